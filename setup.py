@@ -1,0 +1,35 @@
+"""Packaging for storg.
+
+``twisted.plugins`` is listed as a package so that ``twisted/plugins/storg_plugin.py``
+is installed where twistd's plugin scan finds it (that folder has no
+``__init__.py`` on purpose: it is a namespace shared with Twisted).
+"""
+
+from setuptools import setup
+
+setup(
+    name="storg",
+    version="0.1.0",
+    description="A small, trustworthy distributed file store on Raft and Twisted",
+    python_requires=">=3.11",
+    # An explicit root package_dir makes setuptools' editable install a plain .pth
+    # to this folder, so twistd's plugin scan finds twisted/plugins/ here after
+    # `pip install -e .` too (its default import-hook mode hides it).
+    package_dir={"": "."},
+    packages=[
+        "storg",
+        "storg.raft",
+        "storg.wire",
+        "storg.storage",
+        "storg.server",
+        "storg.client",
+        "storg.cli",
+        "twisted.plugins",
+    ],
+    package_data={"twisted.plugins": ["storg_plugin.py"]},
+    install_requires=["Twisted>=23.8", "PyYAML>=6.0"],
+    extras_require={
+        "test": ["pytest>=7.4", "pytest-twisted>=1.14", "hypothesis>=6.80"],
+    },
+    entry_points={"console_scripts": ["storgctl = storg.cli.main:main"]},
+)

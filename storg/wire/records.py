@@ -1,0 +1,164 @@
+"""Byte layouts of the core's value types: entries, hard state, snapshot metadata.
+
+These layouts are shared by the wire (inside Raft messages) and by storage
+(WAL records, the hard-state file, snapshot headers), so an entry is encoded
+the same way wherever it goes.  All integers are big-endian.  Every decoder
+checks every length against the bytes it was given and raises
+:class:`CodecError`, never another exception.
+
+Layouts:
+
+* entry: term u64, index u64, type u8, len(data) u32, data
+* hard state: term u64, len(vote) u8, vote, commit u64
+* conf state: n_voters u16, voters (len u8 + id each), n_learners u16, learners
+* snapshot meta: index u64, term u64, conf state
+"""
+
+from __future__ import annotations
+
+import struct
+
+from storg.raft.types import ConfState, Entry, EntryType, HardState, SnapshotMeta
+
+
+class CodecError(ValueError):
+    """Bytes that are not a valid encoding: truncated, oversized, unknown type."""
+
+
+_ENTRY_HEAD = struct.Struct(">QQBI")
+_U64 = struct.Struct(">Q")
+_U8 = struct.Struct(">B")
+_U16 = struct.Struct(">H")
+
+MAX_ID_BYTES = 255
+"""Node ids are at most 64 characters by config; the layout allows 255 bytes."""
+
+
+class Reader:
+    """A bounds-checked cursor over a bytes-like object.
+
+    Every read checks that the bytes are there, so a decoder built from it
+    cannot read past the end or trust a length it was sent.
+    """
+
+    __slots__ = ("buf", "pos", "end")
+
+    def __init__(self, buf: bytes | memoryview, pos: int = 0, end: int | None = None) -> None:
+        self.buf = buf
+        self.pos = pos
+        self.end = len(buf) if end is None else end
+
+    def remaining(self) -> int:
+        return self.end - self.pos
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > self.end:
+            raise CodecError(f"truncated: need {n} bytes at offset {self.pos}, have {self.end - self.pos}")
+        out = bytes(self.buf[self.pos:self.pos + n])
+        self.pos += n
+        return out
+
+    def unpack(self, st: struct.Struct) -> tuple:
+        if self.pos + st.size > self.end:
+            raise CodecError(f"truncated: need {st.size} bytes at offset {self.pos}, have {self.end - self.pos}")
+        out = st.unpack_from(self.buf, self.pos)
+        self.pos += st.size
+        return out
+
+    def u8(self) -> int:
+        return self.unpack(_U8)[0]
+
+    def u16(self) -> int:
+        return self.unpack(_U16)[0]
+
+    def u64(self) -> int:
+        return self.unpack(_U64)[0]
+
+    def short_str(self) -> str:
+        """A UTF-8 string with a u8 length prefix (node ids)."""
+        raw = self.take(self.u8())
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CodecError("string is not UTF-8") from None
+
+    def done(self) -> None:
+        """Insist that every byte was consumed: trailing garbage is an error."""
+        if self.pos != self.end:
+            raise CodecError(f"{self.end - self.pos} unexpected trailing bytes")
+
+
+def short_str(s: str) -> bytes:
+    raw = s.encode("utf-8")
+    if len(raw) > MAX_ID_BYTES:
+        raise CodecError(f"string too long to encode: {len(raw)} bytes")
+    return _U8.pack(len(raw)) + raw
+
+
+def encode_entry(e: Entry) -> bytes:
+    return _ENTRY_HEAD.pack(e.term, e.index, int(e.type), len(e.data)) + e.data
+
+
+def read_entry(r: Reader) -> Entry:
+    term, index, etype, n = r.unpack(_ENTRY_HEAD)
+    try:
+        kind = EntryType(etype)
+    except ValueError:
+        raise CodecError(f"unknown entry type {etype}") from None
+    return Entry(term, index, kind, r.take(n))
+
+
+def decode_entry(data: bytes | memoryview) -> Entry:
+    r = Reader(data)
+    e = read_entry(r)
+    r.done()
+    return e
+
+
+def encode_hard_state(hs: HardState) -> bytes:
+    return _U64.pack(hs.term) + short_str(hs.vote) + _U64.pack(hs.commit)
+
+
+def read_hard_state(r: Reader) -> HardState:
+    term = r.u64()
+    vote = r.short_str()
+    commit = r.u64()
+    return HardState(term, vote, commit)
+
+
+def decode_hard_state(data: bytes | memoryview) -> HardState:
+    r = Reader(data)
+    hs = read_hard_state(r)
+    r.done()
+    return hs
+
+
+def encode_conf_state(cs: ConfState) -> bytes:
+    parts = [_U16.pack(len(cs.voters))]
+    parts.extend(short_str(v) for v in sorted(cs.voters))
+    parts.append(_U16.pack(len(cs.learners)))
+    parts.extend(short_str(v) for v in sorted(cs.learners))
+    return b"".join(parts)
+
+
+def read_conf_state(r: Reader) -> ConfState:
+    voters = frozenset(r.short_str() for _ in range(r.u16()))
+    learners = frozenset(r.short_str() for _ in range(r.u16()))
+    return ConfState(voters, learners)
+
+
+def encode_snapshot_meta(m: SnapshotMeta) -> bytes:
+    return _U64.pack(m.index) + _U64.pack(m.term) + encode_conf_state(m.conf)
+
+
+def read_snapshot_meta(r: Reader) -> SnapshotMeta:
+    index = r.u64()
+    term = r.u64()
+    return SnapshotMeta(index, term, read_conf_state(r))
+
+
+def decode_snapshot_meta(data: bytes | memoryview) -> SnapshotMeta:
+    r = Reader(data)
+    m = read_snapshot_meta(r)
+    r.done()
+    return m
