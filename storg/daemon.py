@@ -1,1 +1,43 @@
-"""Placeholder replaced below."""
+"""What ``twistd storg`` runs: options, config loading, the node service.
+
+A broken config must stop the start with one clear line and a non-zero
+exit status, before twistd daemonizes (so the line reaches the terminal).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from twisted.python import usage
+
+from storg.config import ConfigError, load_config
+
+
+class Options(usage.Options):
+    optParameters = [
+        ["config", "c", None, "the node's YAML configuration file (required)"],
+    ]
+
+    def postOptions(self) -> None:
+        if not self["config"]:
+            raise usage.UsageError("--config FILE is required")
+
+
+def makeService(options: Options):
+    try:
+        config = load_config(options["config"])
+    except ConfigError as exc:
+        sys.stderr.write(f"storg: {exc}\n")
+        sys.exit(2)
+    from storg.server.service import make_service
+    from storg.storage.errors import StorageError
+    service = make_service(config)
+    # Open the data_dir now, not in startService: twistd calls that after it
+    # has daemonized, where a data_dir of another node or a corrupt log would
+    # no longer reach the operator's terminal or the exit status.
+    try:
+        service.open_storage()
+    except StorageError as exc:
+        sys.stderr.write(f"storg: {config.source}: data_dir: {exc}\n")
+        sys.exit(1)
+    return service

@@ -1,0 +1,1 @@
+"""The storg client library: connections kept open, many requests in flight."""

@@ -1,0 +1,42 @@
+"""The wire format: one codec for every frame, and the byte layouts it is built on.
+
+Use :data:`CODEC` (``CODEC.encode(obj)`` / ``CODEC.decode(body)``); every
+decoding failure is a :class:`CodecError`.
+"""
+
+from storg.wire.codec import (
+    CODEC,
+    ERROR_REPLY,
+    HELLO,
+    HELLO_REFUSED,
+    MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
+    STATUS_REPLY,
+    STATUS_REQUEST,
+    Codec,
+)
+from storg.wire.messages import (
+    BAD_REQUEST,
+    INTEGRITY,
+    INTERNAL,
+    NOT_FOUND,
+    NOT_LEADER,
+    UNAVAILABLE,
+    ErrorCode,
+    ErrorReply,
+    Hello,
+    HelloRefused,
+    MemberAddress,
+    MemberRow,
+    StatusReply,
+    StatusRequest,
+)
+from storg.wire.records import CodecError, Reader
+
+__all__ = [
+    "BAD_REQUEST", "CODEC", "Codec", "CodecError", "ERROR_REPLY", "ErrorCode",
+    "ErrorReply", "HELLO", "HELLO_REFUSED", "Hello", "HelloRefused", "INTEGRITY",
+    "INTERNAL", "MAX_FRAME_BYTES", "MemberAddress", "MemberRow", "NOT_FOUND",
+    "NOT_LEADER", "PROTOCOL_VERSION", "Reader", "STATUS_REPLY", "STATUS_REQUEST",
+    "StatusReply", "StatusRequest", "UNAVAILABLE",
+]

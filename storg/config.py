@@ -1,0 +1,385 @@
+"""Load and validate a node's YAML configuration (INTERFACE.md, "Node configuration").
+
+A node that starts with a wrong configuration does damage that is hard to
+undo (it may bootstrap a second cluster, or vote under the wrong name), so
+everything is checked before anything else happens, and every problem is
+reported as one line that names the file and the key: the operator should
+be able to fix it without reading code.
+
+The result is a tree of frozen dataclasses: the rest of the program never
+sees raw YAML, never needs a default, and cannot change its configuration
+by accident.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+NODE_ID_RE = re.compile(r"[a-z0-9_-]{1,64}")
+_HOST_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+MIN_CHUNK_SIZE = 64 * 1024
+MAX_CHUNK_SIZE = 4 * 1024 * 1024
+
+
+class ConfigError(Exception):
+    """A configuration the node must refuse to start with.
+
+    ``str()`` is one line, ``FILE: KEY: REASON`` (or ``FILE: REASON`` when
+    the whole file is at fault), ready to print before exiting non-zero.
+    """
+
+    def __init__(self, path: str, key: str | None, reason: str) -> None:
+        self.path = path
+        self.key = key
+        self.reason = reason
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        text = f"{self.path}: {self.key}: {self.reason}" if self.key else f"{self.path}: {self.reason}"
+        # One line whatever the reason says (YAML errors carry newlines).
+        return " ".join(text.split())
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A TCP endpoint. ``host`` is bare (no brackets), ready for listenTCP/connectTCP."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One initial cluster member as every node knows it."""
+
+    peer: Address
+    client: Address
+
+
+@dataclass(frozen=True, slots=True)
+class RaftTuning:
+    heartbeat_ms: int = 50
+    election_timeout_ms: tuple[int, int] = (300, 600)
+    snapshot_every: int = 10000
+
+
+@dataclass(frozen=True, slots=True)
+class FileTuning:
+    replication_factor: int = 3
+    chunk_size: int = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_id: str
+    data_dir: Path
+    peer_listen: Address
+    client_listen: Address
+    http_listen: Address | None
+    cluster: dict[str, Member] = field(hash=False)
+    join: bool = False
+    cluster_token: str = "storg"
+    raft: RaftTuning = field(default_factory=RaftTuning)
+    files: FileTuning = field(default_factory=FileTuning)
+    source: Path | None = None
+
+    def peer_addresses(self) -> dict[str, Address]:
+        """The other initial members' peer addresses (what the peer transport dials)."""
+        return {nid: m.peer for nid, m in self.cluster.items() if nid != self.node_id}
+
+
+def parse_address(text: object) -> Address:
+    """Parse ``HOST:PORT`` (or ``[IPV6]:PORT``); raises ValueError with a short reason.
+
+    Kept public because the CLI parses the same form (``--peer``, ``--cluster``).
+    """
+    if not isinstance(text, str):
+        raise ValueError("must be a string HOST:PORT")
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0 or text[close + 1:close + 2] != ":":
+            raise ValueError(f"{text!r} is not [IPV6]:PORT")
+        host, port_text = text[1:close], text[close + 2:]
+        try:
+            if not isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address):
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"{text!r} is not HOST:PORT")
+        if ":" in host:
+            raise ValueError(f"{text!r}: write IPv6 addresses as [ADDR]:PORT")
+        _check_host(host)
+    if not port_text.isdigit() or not port_text.isascii():
+        raise ValueError(f"port {port_text!r} is not a number")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} is not within 1-65535")
+    return Address(host, port)
+
+
+def _check_host(host: str) -> None:
+    labels = host.split(".")
+    if all(label.isdigit() for label in labels if label) and any(labels):
+        # Looks numeric: it must be a real IPv4 literal, not a hostname.
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not a valid IPv4 address") from None
+        return
+    if len(host) > 253 or not all(_HOST_LABEL_RE.fullmatch(label) for label in labels):
+        raise ValueError(f"{host!r} is not a valid host name or IPv4 address")
+
+
+def cluster_id(config: NodeConfig) -> str:
+    """The cluster's identity, computed identically by every initial member.
+
+    Derived from the sorted member ids with their peer addresses and the
+    cluster token, so nodes started from the same ``cluster`` section agree
+    without talking, while a second cluster with the same members but
+    another token (or other members) gets another id and is refused.
+    """
+    canonical = json.dumps(
+        {
+            "token": config.cluster_token,
+            "members": [[nid, str(config.cluster[nid].peer)] for nid in sorted(config.cluster)],
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict:
+    loader.flatten_mapping(node)
+    result: dict = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, (str, int, float, bool)) and key is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, "mapping keys must be plain scalars", key_node.start_mark)
+        if key in result:
+            raise _DuplicateKey(key, key_node.start_mark)
+        result[key] = loader.construct_object(value_node, deep=True)
+    return result
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: object, mark: yaml.Mark) -> None:
+        super().__init__(key)
+        self.key = key
+        self.mark = mark
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+_TOP_KEYS = {
+    "node_id", "data_dir", "peer_listen", "client_listen", "http_listen",
+    "cluster", "join", "cluster_token", "raft", "files",
+}
+_RAFT_KEYS = {"heartbeat_ms", "election_timeout_ms", "snapshot_every"}
+_FILES_KEYS = {"replication_factor", "chunk_size"}
+_MEMBER_KEYS = {"peer", "client"}
+
+
+class _Checker:
+    """Validates one file's raw mapping; every error names ``self.path`` and a dotted key."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def fail(self, key: str | None, reason: str) -> ConfigError:
+        return ConfigError(self.path, key, reason)
+
+    def mapping(self, value: object, key: str, allowed: set[str]) -> Mapping[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(key, f"must be a mapping, got {_kind(value)}")
+        for k in value:
+            if k not in allowed:
+                raise self.fail(f"{key}.{k}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+        return value
+
+    def required(self, raw: Mapping[str, Any], key: str, prefix: str = "") -> Any:
+        if key not in raw:
+            raise self.fail(prefix + key, "required key is missing")
+        if raw[key] is None:
+            raise self.fail(prefix + key, "required key has no value")
+        return raw[key]
+
+    def address(self, value: object, key: str) -> Address:
+        try:
+            return parse_address(value)
+        except ValueError as e:
+            raise self.fail(key, str(e)) from None
+
+    def positive_int(self, value: object, key: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise self.fail(key, f"must be a positive integer, got {value!r}")
+        return value
+
+    def node_id(self, value: object, key: str) -> str:
+        if not isinstance(value, str) or not NODE_ID_RE.fullmatch(value):
+            raise self.fail(key, f"{value!r} must be 1-64 characters of a-z, 0-9, '_' and '-'")
+        return value
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), f"a {type(value).__name__}")
+
+
+def load_config(path: str | os.PathLike[str]) -> NodeConfig:
+    """Read and validate the YAML file at ``path``; raises :class:`ConfigError`."""
+    shown = os.fspath(path)
+    check = _Checker(shown)
+    try:
+        with open(shown, "rb") as f:
+            text = f.read()
+    except OSError as e:
+        raise check.fail(None, f"cannot read the configuration file: {e.strerror or e}") from None
+    try:
+        raw = yaml.load(text, Loader=_StrictLoader)
+    except _DuplicateKey as e:
+        raise check.fail(str(e.key), f"duplicate key (line {e.mark.line + 1})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise check.fail(None, f"{where}not valid YAML: {problem}") from None
+    if not isinstance(raw, dict):
+        raise check.fail(None, f"the top level must be a mapping of keys, got {_kind(raw)}")
+    for key in raw:
+        if key not in _TOP_KEYS:
+            raise check.fail(str(key), f"unknown key (allowed: {', '.join(sorted(_TOP_KEYS))})")
+
+    node_id = check.node_id(check.required(raw, "node_id"), "node_id")
+    data_dir = _data_dir(check, check.required(raw, "data_dir"), shown)
+    peer_listen = check.address(check.required(raw, "peer_listen"), "peer_listen")
+    client_listen = check.address(check.required(raw, "client_listen"), "client_listen")
+    http_raw = raw.get("http_listen")
+    http_listen = None if http_raw is None else check.address(http_raw, "http_listen")
+    _check_distinct(check, peer_listen=peer_listen, client_listen=client_listen, http_listen=http_listen)
+
+    join = raw.get("join", False)
+    if join is None:
+        join = False
+    if not isinstance(join, bool):
+        raise check.fail("join", f"must be true or false, got {join!r}")
+
+    token = raw.get("cluster_token", "storg")
+    if not isinstance(token, str) or not token:
+        raise check.fail("cluster_token", f"must be a non-empty string, got {token!r}")
+
+    if raw.get("cluster") is None and join:
+        cluster: dict[str, Member] = {}
+    else:
+        cluster = _cluster(check, check.required(raw, "cluster"))
+    if not join and node_id not in cluster:
+        raise check.fail(
+            "cluster", f"this node ({node_id}) is not a member; add it, or set join: true to be added later")
+
+    return NodeConfig(
+        node_id=node_id,
+        data_dir=data_dir,
+        peer_listen=peer_listen,
+        client_listen=client_listen,
+        http_listen=http_listen,
+        cluster=cluster,
+        join=join,
+        cluster_token=token,
+        raft=_raft(check, raw.get("raft")),
+        files=_files(check, raw.get("files")),
+        source=Path(os.path.abspath(shown)),
+    )
+
+
+def _data_dir(check: _Checker, value: object, shown: str) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise check.fail("data_dir", f"must be a non-empty path, got {value!r}")
+    base = os.path.dirname(os.path.abspath(shown))
+    return Path(os.path.normpath(os.path.join(base, os.path.expanduser(value))))
+
+
+def _check_distinct(check: _Checker, **addresses: Address | None) -> None:
+    seen: dict[Address, str] = {}
+    for key, addr in addresses.items():
+        if addr is None:
+            continue
+        if addr in seen:
+            raise check.fail(key, f"{addr} is already used by {seen[addr]}")
+        seen[addr] = key
+
+
+def _cluster(check: _Checker, value: object) -> dict[str, Member]:
+    if not isinstance(value, dict) or not value:
+        raise check.fail("cluster", f"must be a non-empty mapping of node id to addresses, got {_kind(value)}")
+    members: dict[str, Member] = {}
+    peers: dict[Address, str] = {}
+    for nid, spec in value.items():
+        key = f"cluster.{nid}"
+        check.node_id(nid, key)
+        spec = check.mapping(spec, key, _MEMBER_KEYS)
+        peer = check.address(check.required(spec, "peer", f"{key}."), f"{key}.peer")
+        client = check.address(check.required(spec, "client", f"{key}."), f"{key}.client")
+        if peer in peers:
+            raise check.fail(f"{key}.peer", f"{peer} is also the peer address of {peers[peer]}")
+        peers[peer] = nid
+        members[nid] = Member(peer, client)
+    return members
+
+
+def _raft(check: _Checker, value: object) -> RaftTuning:
+    default = RaftTuning()
+    if value is None:
+        return default
+    raw = check.mapping(value, "raft", _RAFT_KEYS)
+    heartbeat = check.positive_int(raw.get("heartbeat_ms", default.heartbeat_ms), "raft.heartbeat_ms")
+    timeout = raw.get("election_timeout_ms", list(default.election_timeout_ms))
+    key = "raft.election_timeout_ms"
+    if not isinstance(timeout, list) or len(timeout) != 2:
+        raise check.fail(key, f"must be a pair [MIN, MAX] of milliseconds, got {timeout!r}")
+    low = check.positive_int(timeout[0], key)
+    high = check.positive_int(timeout[1], key)
+    if not low < high:
+        raise check.fail(key, f"the minimum ({low}) must be below the maximum ({high})")
+    if low <= heartbeat:
+        raise check.fail(key, f"the minimum ({low}) must exceed raft.heartbeat_ms ({heartbeat})")
+    snapshot_every = check.positive_int(raw.get("snapshot_every", default.snapshot_every), "raft.snapshot_every")
+    return RaftTuning(heartbeat, (low, high), snapshot_every)
+
+
+def _files(check: _Checker, value: object) -> FileTuning:
+    default = FileTuning()
+    if value is None:
+        return default
+    raw = check.mapping(value, "files", _FILES_KEYS)
+    rf = check.positive_int(raw.get("replication_factor", default.replication_factor), "files.replication_factor")
+    chunk = raw.get("chunk_size", default.chunk_size)
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or not MIN_CHUNK_SIZE <= chunk <= MAX_CHUNK_SIZE:
+        raise check.fail("files.chunk_size",
+                         f"must be an integer within {MIN_CHUNK_SIZE}-{MAX_CHUNK_SIZE} bytes, got {chunk!r}")
+    return FileTuning(rf, chunk)

@@ -1,0 +1,446 @@
+"""The Deferred-driven consensus module: a pure Raft core driven by the reactor.
+
+:class:`RaftNode` owns one :class:`~storg.raft.core.RaftCore` and does the
+I/O the core refuses to do.  It feeds the core ticks from reactor time and
+messages from the peer transport, and handles each ``Ready`` in the order the
+core's contract demands:
+
+1. persist (snapshot, entries, hard state) in a storage thread, durably;
+2. send the messages, which may depend on what was just persisted;
+3. apply committed entries to the state machine and fire the Deferreds of the
+   proposals and reads waiting on them;
+4. ``advance()``.
+
+Only one Ready is in flight at a time.  While its fsync runs, ticks and peer
+messages keep flowing into the core (so a follower's election timer is never
+starved by a slow disk) and proposals keep queueing; the next Ready then
+carries all of them in one write and one fsync, which is the group commit.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from storg.raft.core import RaftCore
+from storg.raft.errors import NotLeader, ProposalDropped
+from storg.raft.types import (
+    ConfChange, Entry, EntryType, HardState, Message, MessageType, ReadState, Ready, Role,
+    SnapshotMeta, SoftState,
+)
+
+log = Logger(namespace="storg.node")
+
+
+class Timeout(Exception):
+    """No answer in time.  For a proposal the outcome is unknown: it may still commit."""
+
+
+class NodeStopped(Exception):
+    """The node stopped before the operation finished."""
+
+
+@dataclass
+class PersistedState:
+    """What a node finds on disk at start: the input to a new RaftCore."""
+
+    hard_state: HardState = field(default_factory=HardState)
+    snapshot: SnapshotMeta = field(default_factory=SnapshotMeta)
+    entries: list[Entry] = field(default_factory=list)
+
+
+class LogStore(Protocol):
+    """The durable half of Raft state, as the node needs it.
+
+    ``persist`` blocks until everything is durable; the node calls it from a
+    storage thread, one call at a time, never concurrently.
+    """
+
+    def load(self) -> PersistedState: ...
+
+    def persist(self, snapshot: SnapshotMeta | None, entries: Sequence[Entry],
+                hard_state: HardState | None) -> None: ...
+
+    def compact(self, index: int) -> None: ...
+
+
+class StateMachine(Protocol):
+    """What committed entries are applied to.  ``apply`` must be deterministic."""
+
+    def apply(self, entry: Entry) -> Any: ...
+
+
+Executor = Callable[..., defer.Deferred]
+"""Runs a blocking callable with arguments and returns a Deferred of its result."""
+
+
+def run_inline(fn: Callable[..., Any], *args: Any) -> defer.Deferred:
+    """An executor for tests with in-memory storage: no thread at all."""
+    return defer.maybeDeferred(fn, *args)
+
+
+_READ_CTX = struct.Struct(">Q")
+
+
+class RaftNode:
+    """Drives a RaftCore from the reactor; the API the servers build on."""
+
+    def __init__(
+        self,
+        core: RaftCore,
+        log_store: LogStore,
+        state_machine: StateMachine,
+        send: Callable[[Message], object],
+        *,
+        reactor: IReactorTime | None = None,
+        executor: Executor | None = None,
+        tick_seconds: float = 0.01,
+        default_timeout: float = 10.0,
+        on_fatal: Callable[[Failure], object] | None = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+            reactor = global_reactor  # type: ignore[assignment]
+        self.core = core
+        self.node_id = core.node_id
+        self._log_store = log_store
+        self._sm = state_machine
+        self._send = send
+        self._reactor = reactor
+        self._executor = executor
+        self._own_pool = None
+        self._tick_seconds = tick_seconds
+        self.default_timeout = default_timeout
+        self._on_fatal = on_fatal
+        self._ticker: LoopingCall | None = None
+        self._busy = False
+        self._stopped = False
+        self._failed: Failure | None = None
+        # index -> (term, Deferred, timeout call) of proposals waiting for apply
+        self._proposals: dict[int, tuple[int, defer.Deferred, Any]] = {}
+        # read context -> (Deferred, timeout call) of reads waiting for a ReadState
+        self._reads: dict[bytes, tuple[defer.Deferred, Any]] = {}
+        # (index, Deferred, timeout call) of reads waiting for apply to catch up
+        self._reads_waiting_apply: list[tuple[int, defer.Deferred, Any]] = []
+        self._next_read_id = 0
+        self._soft = SoftState(core.leader, core.role, core.term)
+        self._role_watchers: list[Callable[[SoftState], object]] = []
+        self._snapshot_handler: Callable[[SnapshotMeta], object] | None = None
+        self.applied_index = core.applied_index
+        self.elections_seen = 0
+
+    # -- lifecycle -------------------------------------------------------
+
+    def start(self) -> None:
+        """Start ticking.  Uses a one-thread pool for storage unless given an executor."""
+        if self._executor is None:
+            from twisted.internet.threads import deferToThreadPool
+            from twisted.python.threadpool import ThreadPool
+            pool = ThreadPool(minthreads=1, maxthreads=1, name=f"storg-storage-{self.node_id}")
+            pool.start()
+            self._own_pool = pool
+            self._executor = lambda fn, *a: deferToThreadPool(self._reactor, pool, fn, *a)
+        self._ticker = LoopingCall(self._tick)
+        self._ticker.clock = self._reactor
+        self._ticker.start(self._tick_seconds, now=False)
+        self._pump()
+
+    def stop(self) -> defer.Deferred:
+        """Stop ticking, fail everything pending, and let the storage thread finish."""
+        self._stopped = True
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
+        self._fail_all(NodeStopped("node stopped"))
+        pool, self._own_pool = self._own_pool, None
+        if pool is not None:
+            from twisted.internet.threads import deferToThread
+            # ThreadPool.stop joins its threads: do it off the reactor thread.
+            return deferToThread(pool.stop)
+        return defer.succeed(None)
+
+    def on_role_change(self, watcher: Callable[[SoftState], object]) -> None:
+        self._role_watchers.append(watcher)
+
+    def on_snapshot(self, handler: Callable[[SnapshotMeta], object]) -> None:
+        """Called when the core installs a snapshot received from the leader."""
+        self._snapshot_handler = handler
+
+    # -- inputs ------------------------------------------------------------
+
+    def step(self, msg: Message) -> None:
+        """A message from a peer.  Never raises: the core ignores what it cannot use."""
+        if self._stopped:
+            return
+        self.core.step(msg)
+        self._pump()
+
+    def propose(self, command: bytes, timeout: float | None = None) -> defer.Deferred:
+        """Fires with the state machine's result once ``command`` is committed and applied.
+
+        Fails with NotLeader (with the leader hint), ProposalDropped (refused,
+        or overwritten by another leader's entry: it will never apply) or
+        Timeout (outcome unknown).
+        """
+        return self._track(lambda: self.core.propose(command), timeout)
+
+    def propose_conf_change(self, cc: ConfChange, timeout: float | None = None) -> defer.Deferred:
+        return self._track(lambda: self.core.propose_conf_change(cc), timeout)
+
+    def read_index(self, timeout: float | None = None) -> defer.Deferred:
+        """Fires with an index once this node has applied everything committed
+        at the moment of the call: a linearizable read may then be served here.
+        """
+        if self._failed is not None or self._stopped:
+            return defer.fail(NodeStopped("node stopped"))
+        self._next_read_id += 1
+        ctx = _READ_CTX.pack(self._next_read_id)
+        try:
+            self.core.read_index(ctx)
+        except Exception as exc:
+            return defer.fail(exc)
+        d: defer.Deferred = defer.Deferred()
+        call = self._reactor.callLater(
+            self.default_timeout if timeout is None else timeout, self._expire_read, ctx)
+        self._reads[ctx] = (d, call)
+        self._pump()
+        return d
+
+    def transfer_leadership(self, to: str = "", timeout: float | None = None) -> defer.Deferred:
+        """Hand leadership over; fires with the new leader's id once this node has stepped down."""
+        if self.core.role != Role.LEADER:
+            return defer.fail(NotLeader(self.core.leader))
+        self.core.transfer_leadership(to)
+        self._pump()
+        d: defer.Deferred = defer.Deferred()
+        deadline = self._reactor.seconds() + (self.default_timeout if timeout is None else timeout)
+
+        def check() -> None:
+            if d.called:
+                return
+            if self.core.role != Role.LEADER:
+                d.callback(self.core.leader)
+            elif self._reactor.seconds() >= deadline or self._stopped:
+                d.errback(Timeout("leadership transfer did not complete"))
+            else:
+                self._reactor.callLater(self._tick_seconds, check)
+
+        check()
+        return d
+
+    def compact(self, index: int) -> defer.Deferred:
+        """Drop the log up to ``index`` (the state machine's snapshot covers it)."""
+        meta = self.core.compact(index)
+        return self._executor(self._log_store.compact, meta.index).addCallback(lambda _: meta)
+
+    # -- views -----------------------------------------------------------
+
+    @property
+    def role(self) -> Role:
+        return self.core.role
+
+    @property
+    def leader(self) -> str:
+        return self.core.leader
+
+    @property
+    def term(self) -> int:
+        return self.core.term
+
+    def is_leader(self) -> bool:
+        return self.core.role == Role.LEADER
+
+    def status(self) -> dict[str, Any]:
+        """The row of ``storgctl status`` for this node."""
+        return {
+            "id": self.node_id,
+            "role": _role_name(self.core.role),
+            "term": self.core.term,
+            "leader": self.core.leader,
+            "commit_index": self.core.commit_index,
+            "applied_index": self.applied_index,
+            "last_index": self.core.last_index,
+        }
+
+    # -- the Ready loop ----------------------------------------------------
+
+    def _tick(self) -> None:
+        if self._stopped:
+            return
+        self.core.tick()
+        self._pump()
+
+    def _track(self, submit: Callable[[], int], timeout: float | None) -> defer.Deferred:
+        if self._failed is not None or self._stopped:
+            return defer.fail(NodeStopped("node stopped"))
+        try:
+            index = submit()
+        except Exception as exc:
+            return defer.fail(exc)
+        d: defer.Deferred = defer.Deferred()
+        call = self._reactor.callLater(
+            self.default_timeout if timeout is None else timeout, self._expire_proposal, index)
+        self._proposals[index] = (self.core.term, d, call)
+        self._pump()
+        return d
+
+    def _pump(self) -> None:
+        """Take the next Ready if none is being handled."""
+        if self._busy or self._stopped or self._failed is not None:
+            return
+        if not self.core.has_ready():
+            return
+        rd = self.core.ready()
+        self._busy = True
+        if rd.soft_state is not None:
+            self._note_soft_state(rd.soft_state)
+        if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
+            d = self._executor(self._log_store.persist, rd.snapshot, rd.entries, rd.hard_state)
+        else:
+            d = defer.succeed(None)
+        d.addCallback(lambda _: self._after_persist(rd))
+        d.addErrback(self._fatal)
+
+    def _after_persist(self, rd: Ready) -> None:
+        if self._stopped:
+            return
+        if rd.snapshot is not None and self._snapshot_handler is not None:
+            self._snapshot_handler(rd.snapshot)
+            self.applied_index = max(self.applied_index, rd.snapshot.index)
+        for msg in rd.messages:
+            self._send(msg)
+        for entry in rd.committed_entries:
+            self._apply(entry)
+        for rs in rd.read_states:
+            self._read_became_safe(rs)
+        self._release_reads()
+        self.core.advance(rd)
+        self._busy = False
+        self._pump()
+
+    def _apply(self, entry: Entry) -> None:
+        if entry.index <= self.applied_index:
+            return
+        result: Any = None
+        error: BaseException | None = None
+        if entry.data or entry.type == EntryType.CONF_CHANGE:
+            try:
+                result = self._sm.apply(entry)
+            except Exception as exc:  # a deterministic refusal is the command's answer
+                error = exc
+        self.applied_index = entry.index
+        waiting = self._proposals.pop(entry.index, None)
+        if waiting is None:
+            return
+        term, d, call = waiting
+        if call.active():
+            call.cancel()
+        if term != entry.term:
+            d.errback(ProposalDropped("overwritten by another leader's entry"))
+        elif error is not None:
+            d.errback(error)
+        else:
+            d.callback(result)
+
+    def _read_became_safe(self, rs: ReadState) -> None:
+        waiting = self._reads.pop(rs.context, None)
+        if waiting is None:
+            return
+        d, call = waiting
+        self._reads_waiting_apply.append((rs.index, d, call))
+
+    def _release_reads(self) -> None:
+        still = []
+        for index, d, call in self._reads_waiting_apply:
+            if index <= self.applied_index:
+                if call.active():
+                    call.cancel()
+                d.callback(index)
+            else:
+                still.append((index, d, call))
+        self._reads_waiting_apply = still
+
+    def _note_soft_state(self, soft: SoftState) -> None:
+        old, self._soft = self._soft, soft
+        if soft.role == old.role and soft.leader == old.leader and soft.term == old.term:
+            return
+        if soft.role == Role.LEADER and old.role != Role.LEADER:
+            self.elections_seen += 1
+            log.info("{node} became leader in term {term}", node=self.node_id, term=soft.term)
+        elif soft.role != old.role:
+            log.info("{node} is now {role} in term {term} (leader {leader})", node=self.node_id,
+                     role=_role_name(soft.role), term=soft.term, leader=soft.leader or "unknown")
+        elif soft.leader != old.leader:
+            log.info("{node} follows {leader} in term {term}", node=self.node_id,
+                     leader=soft.leader or "nobody", term=soft.term)
+        if old.role == Role.LEADER and soft.role != Role.LEADER:
+            # Reads confirmed by our leadership can no longer be confirmed.
+            for ctx in list(self._reads):
+                d, call = self._reads.pop(ctx)
+                if call.active():
+                    call.cancel()
+                d.errback(NotLeader(soft.leader))
+        for watcher in list(self._role_watchers):
+            watcher(soft)
+
+    # -- failures ----------------------------------------------------------
+
+    def _expire_proposal(self, index: int) -> None:
+        waiting = self._proposals.pop(index, None)
+        if waiting is not None:
+            waiting[1].errback(Timeout(f"entry {index} not applied in time"))
+
+    def _expire_read(self, ctx: bytes) -> None:
+        waiting = self._reads.pop(ctx, None)
+        if waiting is not None:
+            waiting[0].errback(Timeout("read not confirmed in time"))
+
+    def _fail_all(self, exc: Exception) -> None:
+        proposals, self._proposals = self._proposals, {}
+        for _term, d, call in proposals.values():
+            if call.active():
+                call.cancel()
+            d.errback(exc)
+        reads, self._reads = self._reads, {}
+        for d, call in reads.values():
+            if call.active():
+                call.cancel()
+            d.errback(exc)
+        waiting, self._reads_waiting_apply = self._reads_waiting_apply, []
+        for _index, d, call in waiting:
+            if call.active():
+                call.cancel()
+            d.errback(exc)
+
+    def _fatal(self, failure: Failure) -> None:
+        """Storage failed: nothing after this point can be trusted to be durable."""
+        self._failed = failure
+        log.failure("{node}: storage failed; stopping the node", failure, node=self.node_id)
+        self._fail_all(NodeStopped("storage failed"))
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
+        if self._on_fatal is not None:
+            self._on_fatal(failure)
+
+
+def _role_name(role: Role) -> str:
+    return {
+        Role.LEADER: "leader",
+        Role.FOLLOWER: "follower",
+        Role.CANDIDATE: "candidate",
+        Role.PRE_CANDIDATE: "candidate",
+        Role.LEARNER: "learner",
+    }[role]
+
+
+__all__ = [
+    "LogStore", "NodeStopped", "PersistedState", "RaftNode", "StateMachine", "Timeout",
+    "run_inline", "MessageType",
+]

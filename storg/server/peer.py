@@ -1,0 +1,591 @@
+"""The Raft peer transport: framed, handshaken TCP connections between nodes.
+
+Shape of the traffic
+--------------------
+Each node keeps exactly one *outgoing* connection to every other member
+and sends its own Raft messages only on it; it *receives* the others'
+messages on the connections they opened to it.  Every direction of traffic
+therefore rides on the sender's outgoing connection: there is no race over
+which of two simultaneous connections wins, a reconnect is the sender's
+business alone, and "can I send to X" is one boolean per peer.
+
+Outgoing connections are made from the host of ``peer_listen``
+(``bindAddress``) so that firewall rules and fault tests can tell nodes
+apart by source address.
+
+Handshake
+---------
+The connecting side sends ``Hello(version, cluster_id, node_id,
+instance_id)``.  The listening side checks the version, the cluster id,
+that the peer is not itself, and finally asks the node (``accept_peer``),
+which refuses a peer whose instance id changed (it came back with an empty
+data_dir, having forgotten its votes).  It answers with its own ``Hello``,
+which the connecting side checks the same way (plus: the node at that
+address is the one it meant to reach), or with ``HelloRefused(reason)``
+and a close.  No Raft message flows before both checks pass.
+
+Untrusted bytes
+---------------
+After the handshake every frame on an incoming connection must decode to a
+Raft :class:`Message` from the handshaken node, addressed to us.  Anything
+else (garbage, an unknown type, an oversized length prefix, a forged
+sender) closes that connection only, with one log line; the listener keeps
+serving everyone else.
+
+Bounded memory
+--------------
+Transports buffer without limit.  Each outgoing connection registers a
+push producer; when the transport says its buffer is full, at most
+``send_buffer_limit`` more bytes are queued and further messages are
+dropped (Raft retries) until the buffer drains.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from typing import Any, Callable, Mapping
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import ClientFactory, ServerFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from storg.config import Address
+from storg.raft.types import Message
+from storg.server.framing import FrameReceiver
+from storg.wire.codec import CODEC
+from storg.wire.messages import Hello, HelloRefused
+from storg.wire.records import CodecError
+
+PROTOCOL_VERSION = 1
+"""Version of the peer protocol (handshake and message flow), checked in Hello."""
+
+CONNECTED = "connected"
+LOST = "lost"
+REFUSED = "refused"
+"""Peer events reported to ``on_peer_event(peer_id, event)``."""
+
+_HEADER = struct.Struct("!I")
+
+log = Logger(namespace="storg.peer")
+
+PeerEventCallback = Callable[[str, str], None]
+AcceptPeer = Callable[[Hello], "str | None"]
+
+
+class _Identity:
+    """What this node says about itself in a Hello, and what it demands of others."""
+
+    __slots__ = ("node_id", "cluster_id", "instance_id")
+
+    def __init__(self, node_id: str, cluster_id: str, instance_id: str) -> None:
+        self.node_id = node_id
+        self.cluster_id = cluster_id
+        self.instance_id = instance_id
+
+    def hello(self) -> Hello:
+        return Hello(PROTOCOL_VERSION, self.cluster_id, self.node_id, self.instance_id)
+
+    def check(self, hello: Hello) -> str | None:
+        """The reason to refuse ``hello``, or None; the checks both sides make."""
+        if hello.version != PROTOCOL_VERSION:
+            return f"peer protocol version {hello.version} is not {PROTOCOL_VERSION}"
+        if hello.cluster_id != self.cluster_id:
+            return f"cluster id {hello.cluster_id} is not ours ({self.cluster_id})"
+        if not hello.node_id:
+            return "empty node id"
+        if hello.node_id == self.node_id:
+            return f"node id {hello.node_id} is our own"
+        return None
+
+
+def _peer_text(transport: Any) -> str:
+    try:
+        addr = transport.getPeer()
+    except Exception:  # a transport already torn down has no address
+        return "?"
+    host = getattr(addr, "host", None)
+    if host is None:
+        return str(addr)
+    return f"[{host}]:{addr.port}" if ":" in host else f"{host}:{addr.port}"
+
+
+class _PeerProtocol(FrameReceiver):
+    """What both directions share: one decoder, one way to give up on a connection."""
+
+    peer_id: str | None = None
+    _timeout: Any = None
+
+    def connectionMade(self) -> None:
+        self.closed = defer.Deferred()
+        self._timeout = self.reactor.callLater(self.handshake_timeout, self._handshake_timed_out)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._cancel_timeout()
+        super().connectionLost(reason)
+        self.closed.callback(None)
+
+    def _cancel_timeout(self) -> None:
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        self._timeout = None
+
+    def _handshake_timed_out(self) -> None:
+        self._timeout = None
+        self.violation("no handshake within {:g} s".format(self.handshake_timeout))
+
+    def send_object(self, obj: object) -> None:
+        self.sendString(CODEC.encode(obj))
+
+    def decode(self, data: bytes) -> object | None:
+        """Decode a frame, or close the connection and return None."""
+        try:
+            return CODEC.decode(data)
+        except CodecError as exc:
+            self.violation(f"undecodable frame ({exc})")
+            return None
+
+    def violation(self, what: str) -> None:
+        """The peer broke the protocol: one log line, close this connection only."""
+        if self.transport.disconnecting:
+            return
+        log.warn("peer connection {direction} {who} at {addr} closed: {what}",
+                 direction=self.direction, who=self.peer_id or "(unknown)",
+                 addr=_peer_text(self.transport), what=what)
+        self.transport.loseConnection()
+
+    def refuse(self, reason: str) -> None:
+        """Tell the peer why, then close (it logs the reason on its side)."""
+        try:
+            self.send_object(HelloRefused(reason))
+        except CodecError:
+            pass
+        self.transport.loseConnection()
+
+
+class PeerServerProtocol(_PeerProtocol):
+    """An incoming connection: a peer delivering its messages to us."""
+
+    direction = "from"
+
+    def __init__(self, factory: "PeerServerFactory") -> None:
+        self.owner = factory.owner
+        self.reactor = factory.owner.reactor
+        self.handshake_timeout = factory.owner.handshake_timeout
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.owner._inbound.add(self)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.owner._inbound_lost(self)
+        super().connectionLost(reason)
+
+    def stringReceived(self, data: bytes) -> None:
+        obj = self.decode(data)
+        if obj is None:
+            return
+        if self.peer_id is None:
+            self._handshake(obj)
+            return
+        if type(obj) is HelloRefused:
+            # Our reply Hello was refused by the connecting side (for
+            # instance our instance id changed): its reason is the operator's fix.
+            self.owner._refused(self.peer_id, f"peer {self.peer_id} refused us: {obj.reason}")
+            self.transport.loseConnection()
+        elif type(obj) is not Message:
+            self.violation(f"expected a Raft message, got {type(obj).__name__}")
+        elif obj.frm != self.peer_id:
+            self.violation(f"message claims to be from {obj.frm!r}")
+        elif obj.to != self.owner.node_id:
+            self.violation(f"message addressed to {obj.to!r}, not to us")
+        else:
+            self.owner._deliver(obj)
+
+    def _handshake(self, obj: object) -> None:
+        if type(obj) is not Hello:
+            self.violation(f"expected Hello, got {type(obj).__name__}")
+            return
+        reason = self.owner._check_hello(obj)
+        if reason is not None:
+            self.owner._refused(obj.node_id, f"refused {obj.node_id} from {_peer_text(self.transport)}: {reason}")
+            self.refuse(reason)
+            return
+        self._cancel_timeout()
+        self.peer_id = obj.node_id
+        self.owner._inbound_ready(self)
+        self.send_object(self.owner.identity.hello())
+
+
+class PeerServerFactory(ServerFactory):
+    """Builds protocols for the peer listener.
+
+    Kept apart from how it is listened on: ``reactor.listenTCP(port,
+    factory, interface=host)`` today, a TLS endpoint (or
+    ``TLSMemoryBIOFactory`` wrapping this factory) later.
+    """
+
+    noisy = False
+
+    def __init__(self, owner: "PeerTransport") -> None:
+        self.owner = owner
+
+    def buildProtocol(self, addr: Any) -> PeerServerProtocol | None:
+        if self.owner._stopped:
+            return None  # closes the connection at once
+        return PeerServerProtocol(self)
+
+
+@implementer(IPushProducer)
+class _SendWindow:
+    """Tracks whether a transport's write buffer is over its high-water mark.
+
+    Registered as a streaming producer, so the transport pauses it when its
+    buffer passes ``bufferSize`` and resumes it once the buffer is empty;
+    while paused, ``budget`` bounds how much more we queue.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.paused = False
+        self.queued_while_paused = 0
+        self.dropping = False
+
+    def admit(self, size: int) -> bool:
+        if not self.paused:
+            return True
+        if self.queued_while_paused + size > self.limit:
+            return False
+        self.queued_while_paused += size
+        return True
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.queued_while_paused = 0
+        self.dropping = False
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+
+class PeerClientProtocol(_PeerProtocol):
+    """Our outgoing connection to one peer: carries only our messages."""
+
+    direction = "to"
+
+    def __init__(self, link: "_Link") -> None:
+        self.link = link
+        self.peer_id = None
+        self.expected = link.peer_id
+        self.reactor = link.owner.reactor
+        self.handshake_timeout = link.owner.handshake_timeout
+        self.window = _SendWindow(link.owner.send_buffer_limit)
+        self.ready = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.link.owner._outbound.add(self)
+        self.transport.registerProducer(self.window, True)
+        self.send_object(self.link.owner.identity.hello())
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.link.owner._outbound.discard(self)
+        self.link.connection_lost(self)
+        self.ready = False
+        super().connectionLost(reason)
+
+    def stringReceived(self, data: bytes) -> None:
+        obj = self.decode(data)
+        if obj is None:
+            return
+        if self.ready:
+            self.violation(f"unexpected {type(obj).__name__} on our outgoing connection")
+        elif type(obj) is HelloRefused:
+            self.link.refused(f"{self.expected} at {_peer_text(self.transport)} refused us: {obj.reason}")
+            self.transport.loseConnection()
+        elif type(obj) is not Hello:
+            self.violation(f"expected Hello, got {type(obj).__name__}")
+        else:
+            reason = self.link.owner._check_hello(obj, expected=self.expected)
+            if reason is not None:
+                self.link.refused(f"refused {obj.node_id} at {_peer_text(self.transport)}: {reason}")
+                self.refuse(reason)
+                return
+            self._cancel_timeout()
+            self.peer_id = obj.node_id
+            self.ready = True
+            self.link.handshaken(self)
+
+    def send_frame(self, body: bytes) -> bool:
+        size = _HEADER.size + len(body)
+        if self.transport.disconnecting:
+            return False
+        if not self.window.admit(size):
+            if not self.window.dropping:
+                self.window.dropping = True
+                log.warn("send buffer to peer {peer} is full; dropping messages until it drains",
+                         peer=self.peer_id)
+            return False
+        # Two writes instead of header + body: no copy of a large body.
+        self.transport.writeSequence((_HEADER.pack(len(body)), body))
+        return True
+
+
+class _LinkFactory(ClientFactory):
+    """One connection attempt of a link; reports the outcome back to it."""
+
+    noisy = False
+
+    def __init__(self, link: "_Link") -> None:
+        self.link = link
+
+    def buildProtocol(self, addr: Any) -> PeerClientProtocol:
+        return PeerClientProtocol(self.link)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self.link.connect_failed(reason)
+
+    def clientConnectionLost(self, connector: Any, reason: Failure) -> None:
+        self.link.attempt_ended()
+
+
+class _Link:
+    """Keeps one outgoing connection to one peer alive, with capped backoff."""
+
+    def __init__(self, owner: "PeerTransport", peer_id: str, address: Address) -> None:
+        self.owner = owner
+        self.peer_id = peer_id
+        self.address = address
+        self.protocol: PeerClientProtocol | None = None  # set once handshaken
+        self.connector: Any = None
+        self.retry: Any = None
+        self.failures = 0
+        self.stopped = False
+        self.last_problem: str | None = None
+
+    def start(self) -> None:
+        self.retry = None
+        if self.stopped:
+            return
+        owner = self.owner
+        self.connector = owner.reactor.connectTCP(
+            self.address.host, self.address.port, _LinkFactory(self),
+            timeout=owner.connect_timeout, bindAddress=(owner.bind_host, 0))
+
+    def handshaken(self, protocol: PeerClientProtocol) -> None:
+        self.protocol = protocol
+        self.failures = 0
+        self.last_problem = None
+        log.info("connected to peer {peer} at {addr}", peer=self.peer_id, addr=self.address)
+        self.owner._event(self.peer_id, CONNECTED)
+
+    def connection_lost(self, protocol: PeerClientProtocol) -> None:
+        if protocol is self.protocol:
+            self.protocol = None
+            log.info("lost connection to peer {peer}", peer=self.peer_id)
+            self.owner._event(self.peer_id, LOST)
+        elif not self.stopped and self.last_problem is None:
+            self._problem(f"connection to peer {self.peer_id} at {self.address} closed before the handshake")
+
+    def refused(self, line: str) -> None:
+        # A refusal will not cure itself in 50 ms: retry at the slowest pace.
+        self.failures = max(self.failures, 32)
+        self._problem(line, warn=True)
+        self.owner._event(self.peer_id, REFUSED)
+
+    def _problem(self, line: str, warn: bool = False) -> None:
+        """Log why the link is down once per outage (and when the reason changes).
+
+        A peer that is down is retried every second; one line per attempt
+        would bury everything else in the log.
+        """
+        if line != self.last_problem:
+            self.last_problem = line
+            (log.warn if warn else log.info)("{line}", line=line)
+
+    def connect_failed(self, reason: Failure) -> None:
+        self.connector = None
+        if not self.stopped:
+            self._problem(f"cannot reach peer {self.peer_id} at {self.address}: {reason.getErrorMessage()}")
+            self._schedule()
+
+    def attempt_ended(self) -> None:
+        self.connector = None
+        if not self.stopped:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        self.retry = self.owner.reactor.callLater(self.owner._backoff(self.failures), self.start)
+        self.failures += 1
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.retry is not None and self.retry.active():
+            self.retry.cancel()
+        self.retry = None
+        if self.connector is not None:
+            self.connector.disconnect()
+
+
+class PeerTransport:
+    """Raft message transport between the members of one cluster.
+
+    ``send`` never blocks and never queues without bound: a message to a
+    peer that is not connected (or whose connection is backed up) is
+    dropped and ``send`` returns False; Raft's own retries recover.
+    Received messages are handed to ``on_message`` in arrival order per
+    peer.
+    """
+
+    initial_backoff = 0.05
+    max_backoff = 1.0
+    connect_timeout = 2.0
+    handshake_timeout = 5.0
+    send_buffer_limit = 16 * 1024 * 1024
+
+    def __init__(
+        self,
+        node_id: str,
+        cluster_id: str,
+        instance_id: str,
+        peers: Mapping[str, Address],
+        bind_host: str,
+        on_message: Callable[[Message], None],
+        reactor: Any = None,
+        on_peer_event: PeerEventCallback | None = None,
+        accept_peer: AcceptPeer | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+            reactor = global_reactor
+        self.reactor = reactor
+        self.node_id = node_id
+        self.identity = _Identity(node_id, cluster_id, instance_id)
+        self.bind_host = bind_host
+        self.on_message = on_message
+        self.on_peer_event = on_peer_event
+        self.accept_peer = accept_peer
+        self.rng = rng if rng is not None else random.Random()
+        self.server_factory = PeerServerFactory(self)
+        self._links: dict[str, _Link] = {}
+        self._inbound: set[PeerServerProtocol] = set()
+        self._outbound: set[PeerClientProtocol] = set()
+        self._inbound_by_peer: dict[str, PeerServerProtocol] = {}
+        self._refusal_logged: dict[str, str] = {}
+        self._stopped = False
+        self.set_peers(peers)
+
+    # -- public API ---------------------------------------------------------
+
+    def send(self, msg: Message) -> bool:
+        """Send ``msg`` to ``msg.to`` if its connection is up; False if dropped."""
+        link = self._links.get(msg.to)
+        if link is None or link.protocol is None:
+            return False
+        try:
+            body = CODEC.encode(msg)
+        except CodecError as exc:
+            log.error("cannot send {type} to {peer}: {exc}", type=msg.type.name, peer=msg.to, exc=exc)
+            return False
+        return link.protocol.send_frame(body)
+
+    def set_peers(self, peers: Mapping[str, Address]) -> None:
+        """Follow a membership change: connect to new peers, drop removed ones."""
+        if self._stopped:
+            return
+        wanted = {pid: addr for pid, addr in peers.items() if pid != self.node_id}
+        for pid in list(self._links):
+            link = self._links[pid]
+            if wanted.get(pid) != link.address:
+                link.stop()
+                del self._links[pid]
+        for pid, addr in wanted.items():
+            if pid not in self._links:
+                link = self._links[pid] = _Link(self, pid, addr)
+                link.start()
+
+    def peers(self) -> dict[str, Address]:
+        """The peers we keep connections to, with their addresses."""
+        return {pid: link.address for pid, link in self._links.items()}
+
+    def connected_peers(self) -> set[str]:
+        """Peers whose outgoing connection is up and handshaken (``send`` can reach them)."""
+        return {pid for pid, link in self._links.items() if link.protocol is not None}
+
+    def inbound_peers(self) -> set[str]:
+        """Peers with a handshaken connection to us (we can hear them)."""
+        return set(self._inbound_by_peer)
+
+    def stop(self) -> defer.Deferred:
+        """Close every connection and stop reconnecting; fires once all are closed."""
+        self._stopped = True
+        protocols = [*self._outbound, *self._inbound]
+        waits = [proto.closed for proto in protocols]
+        for link in self._links.values():
+            link.stop()
+        for proto in protocols:
+            proto.transport.loseConnection()
+        self._links.clear()
+        return defer.gatherResults(waits, consumeErrors=True).addCallback(lambda _: None)
+
+    # -- used by the protocols ----------------------------------------------
+
+    def _check_hello(self, hello: Hello, expected: str | None = None) -> str | None:
+        reason = self.identity.check(hello)
+        if reason is None and expected is not None and hello.node_id != expected:
+            reason = f"expected node {expected} at this address, found {hello.node_id}"
+        if reason is None and self.accept_peer is not None:
+            reason = self.accept_peer(hello)
+        return reason
+
+    def _inbound_ready(self, proto: PeerServerProtocol) -> None:
+        old = self._inbound_by_peer.get(proto.peer_id)
+        self._inbound_by_peer[proto.peer_id] = proto
+        self._refusal_logged.pop(proto.peer_id, None)
+        if old is not None and old is not proto:
+            # The peer keeps one outgoing connection; a new one means the
+            # old one is dead on its side.
+            log.info("peer {peer} reconnected; closing its previous connection", peer=proto.peer_id)
+            old.transport.loseConnection()
+        else:
+            log.info("peer {peer} connected to us from {addr}", peer=proto.peer_id,
+                     addr=_peer_text(proto.transport))
+
+    def _inbound_lost(self, proto: PeerServerProtocol) -> None:
+        self._inbound.discard(proto)
+        if proto.peer_id is not None and self._inbound_by_peer.get(proto.peer_id) is proto:
+            del self._inbound_by_peer[proto.peer_id]
+            log.info("peer {peer} disconnected from us", peer=proto.peer_id)
+
+    def _deliver(self, msg: Message) -> None:
+        try:
+            self.on_message(msg)
+        except Exception:
+            log.failure("on_message failed for {type} from {peer}", type=msg.type.name, peer=msg.frm)
+
+    def _refused(self, peer_id: str, line: str) -> None:
+        # A refused peer retries every second; log the first refusal, and
+        # again only if the reason changes.
+        if self._refusal_logged.get(peer_id) != line:
+            self._refusal_logged[peer_id] = line
+            log.warn("{line}", line=line)
+        self._event(peer_id, REFUSED)
+
+    def _event(self, peer_id: str, event: str) -> None:
+        if self.on_peer_event is None:
+            return
+        try:
+            self.on_peer_event(peer_id, event)
+        except Exception:
+            log.failure("on_peer_event failed for {peer} {event}", peer=peer_id, event=event)
+
+    def _backoff(self, failures: int) -> float:
+        delay = min(self.max_backoff, self.initial_backoff * (2 ** min(failures, 32)))
+        return delay * self.rng.uniform(0.75, 1.25)

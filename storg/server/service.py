@@ -1,0 +1,206 @@
+"""Assembles one storg node: storage, Raft core, node driver, listeners.
+
+The service is a ``MultiService`` so that twistd starts and stops it as one
+piece: storage is opened and the core rebuilt from it in ``startService``,
+and ``stopService`` hands leadership over before anything is closed, so a
+SIGTERM (a rolling restart) costs the cluster no election timeout.
+
+Listeners are built from endpoints (``TCP4ServerEndpoint`` today); a TLS
+endpoint can replace them later without touching the protocols.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from typing import Any
+
+from twisted.application import internet, service
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.logger import Logger
+
+from storg.config import Address, NodeConfig, cluster_id
+from storg.members import MemberDirectory, MembershipStateMachine
+from storg.node import RaftNode, Timeout
+from storg.raft.core import RaftConfig, RaftCore
+from storg.raft.types import ConfState, Role, SnapshotMeta
+from storg.server.client_port import ClientPortFactory
+from storg.server.peer import PeerServerFactory, PeerTransport
+from storg.storage.identity import load_or_create
+from storg.storage.logstore import DiskLogStore
+from storg.wire import PROTOCOL_VERSION, Hello, MemberAddress, MemberRow, StatusReply, StatusRequest
+
+log = Logger(namespace="storg.service")
+
+TICK_MS = 10
+"""One core tick.  Small enough that heartbeat and election timeouts in
+milliseconds map onto ticks without rounding them by much."""
+
+
+def raft_config(config: NodeConfig) -> RaftConfig:
+    """Config milliseconds -> core ticks."""
+    low, high = config.raft.election_timeout_ms
+    return RaftConfig(
+        election_ticks=max(2, low // TICK_MS),
+        heartbeat_ticks=max(1, config.raft.heartbeat_ms // TICK_MS),
+    )
+
+
+def server_endpoint(reactor: Any, address: Address):
+    """The endpoint a listener binds; the single place to add TLS later."""
+    cls = TCP6ServerEndpoint if ":" in address.host else TCP4ServerEndpoint
+    return cls(reactor, address.port, interface=address.host)
+
+
+class NodeService(service.MultiService):
+    """One node, as twistd runs it."""
+
+    def __init__(self, config: NodeConfig, reactor: Any = None) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+            reactor = global_reactor
+        self.config = config
+        self.reactor = reactor
+        self.cluster_id = cluster_id(config)
+        self.node: RaftNode | None = None
+        self.transport: PeerTransport | None = None
+        self.log_store: DiskLogStore | None = None
+        self.directory = MemberDirectory.from_config(config)
+        self._stopping = False
+
+    # -- start -------------------------------------------------------------
+
+    def open_storage(self) -> None:
+        """Check the data_dir's identity and read the log; raises StorageError.
+
+        Separate from startService so that twistd can report a bad data_dir
+        before it daemonizes.
+        """
+        if self.log_store is not None:
+            return
+        cfg = self.config
+        started = time.monotonic()
+        identity = load_or_create(cfg.data_dir, cfg.node_id, self.cluster_id)
+        self.instance_id = identity.instance_id
+        self.directory.load_known_instances(cfg.data_dir)
+        self.log_store = DiskLogStore(cfg.data_dir)
+        self._state = self.log_store.load()
+        self._load_seconds = time.monotonic() - started
+
+    def startService(self) -> None:
+        self.open_storage()
+        cfg = self.config
+        started = time.monotonic() - self._load_seconds
+        state = self._state
+        if state.snapshot.index == 0 and not state.snapshot.conf.voters:
+            state.snapshot = self._bootstrap_snapshot()
+        core = RaftCore(
+            cfg.node_id, raft_config(cfg), random.Random(os.urandom(16)),
+            hard_state=state.hard_state, snapshot=state.snapshot, entries=state.entries,
+        )
+        self.transport = PeerTransport(
+            cfg.node_id, self.cluster_id, self.instance_id,
+            {nid: m.peer for nid, m in self.directory.peers(cfg.node_id).items()},
+            bind_host=cfg.peer_listen.host,
+            on_message=self._on_peer_message,
+            reactor=self.reactor,
+            accept_peer=self._accept_peer,
+        )
+        self.node = RaftNode(
+            core, self.log_store, MembershipStateMachine(self.directory), self.transport.send,
+            reactor=self.reactor, tick_seconds=TICK_MS / 1000.0, on_fatal=self._storage_failed,
+        )
+        self.directory.on_change(self._members_changed)
+        for address, factory in (
+            (cfg.peer_listen, PeerServerFactory(self.transport)),
+            (cfg.client_listen, ClientPortFactory(self)),
+        ):
+            listener = internet.StreamServerEndpointService(server_endpoint(self.reactor, address), factory)
+            # Fail twistd's start with the error (port in use) instead of logging and running deaf.
+            listener._raiseSynchronously = True
+            listener.setServiceParent(self)
+        super().startService()
+        self.transport.start()
+        self.node.start()
+        if core.conf.voters == frozenset({cfg.node_id}) and core.role != Role.LEADER:
+            core.campaign()  # a cluster of one serves at once
+        log.info("{node} started in {ms:.0f} ms: cluster {cluster}, term {term}, last index {last}, "
+                 "members {members}", node=cfg.node_id, ms=(time.monotonic() - started) * 1000,
+                 cluster=self.cluster_id, term=core.term, last=core.last_index,
+                 members=",".join(sorted(core.conf.members())) or "(none yet: waiting to join)")
+
+    def _bootstrap_snapshot(self) -> SnapshotMeta:
+        """The membership at index 0: the config's cluster, or nobody when joining."""
+        if self.config.join:
+            return SnapshotMeta()
+        return SnapshotMeta(0, 0, ConfState(voters=frozenset(self.config.cluster)))
+
+    # -- stop --------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        """Hand leadership over, then close listeners, peers and storage."""
+        self._stopping = True
+        node = self.node
+        if node is not None and node.is_leader() and len(node.core.conf.voters) > 1:
+            try:
+                new_leader = yield node.transfer_leadership(timeout=2.0)
+                log.info("{node} handed leadership to {to} before stopping",
+                         node=self.config.node_id, to=new_leader)
+            except (Timeout, Exception) as exc:
+                log.warn("{node}: leadership transfer before stop failed: {why}",
+                         node=self.config.node_id, why=exc)
+        yield defer.maybeDeferred(super().stopService)
+        if self.transport is not None:
+            self.transport.stop()
+        if node is not None:
+            yield node.stop()
+        if self.log_store is not None:
+            self.log_store.close()
+
+    def _storage_failed(self, failure) -> None:
+        log.critical("{node}: storage failure, stopping: {why}", node=self.config.node_id,
+                     why=failure.getErrorMessage())
+        if self.reactor.running:
+            self.reactor.stop()
+
+    # -- peers -------------------------------------------------------------
+
+    def _on_peer_message(self, msg) -> None:
+        if self.node is not None:
+            self.node.step(msg)
+
+    def _accept_peer(self, hello: Hello) -> str | None:
+        """Refuse a peer that forgot its votes (came back with an empty data_dir)."""
+        return self.directory.check_instance(hello.node_id, hello.instance_id)
+
+    def _members_changed(self) -> None:
+        if self.transport is not None:
+            self.transport.set_peers(
+                {nid: m.peer for nid, m in self.directory.peers(self.config.node_id).items()})
+
+
+    # -- client API ----------------------------------------------------------
+
+    def status_reply(self, request: StatusRequest) -> StatusReply:
+        s = self.node.status()
+        row = MemberRow(s["id"], s["role"], s["term"], s["leader"], s["commit_index"],
+                        s["applied_index"], s["last_index"])
+        members = tuple(
+            MemberAddress(nid, str(m.peer), str(m.client))
+            for nid, m in sorted(self.directory.members().items())
+            if nid in self.node.core.conf.members() or not self.node.core.conf.members()
+        )
+        return StatusReply(request.request_id, row, members)
+
+    def leader_client_address(self) -> str:
+        leader = self.node.leader if self.node is not None else ""
+        member = self.directory.members().get(leader)
+        return str(member.client) if member is not None else ""
+
+
+def make_service(config: NodeConfig, reactor: Any = None) -> NodeService:
+    return NodeService(config, reactor)

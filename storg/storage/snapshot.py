@@ -1,0 +1,275 @@
+"""Snapshots on disk, written and read as streams.
+
+A snapshot of a namespace with a million files is large, so it is never one
+bytes object: :class:`SnapshotWriter` takes any number of ``write`` calls and
+:class:`SnapshotReader` hands it back in chunks.
+
+File layout (big-endian), one file per snapshot named
+``snapshot-<index>-<term>.snap``::
+
+    magic b"SGSN" | version u8 | len(meta) u32 | encode_snapshot_meta(meta)
+    | data length u64 | SHA-256 of data (32 bytes) | CRC-32 of all the above u32
+    | data
+
+The header has a fixed size once the meta is known, so the writer reserves
+it, streams the data after it, and fills it in at :meth:`SnapshotWriter.commit`.
+
+Durability: the file is written under a temporary name, fsynced, renamed,
+and the directory fsynced; only then is the previous snapshot deleted, so a
+crash at any point leaves at least one complete snapshot.  Temporary files
+from a crash are removed when the store is opened.  Snapshots are expected
+to have increasing indexes (Raft never installs an older one), which is how
+:meth:`SnapshotStore.latest` chooses when a crash left two.
+
+Threads: blocking I/O, safe from a thread pool; the caller serializes calls
+on one store, writer or reader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import struct
+import zlib
+from pathlib import Path
+
+from storg.raft.types import SnapshotMeta
+from storg.storage.errors import CorruptionError, StorageError
+from storg.storage.fsutil import (
+    disk_errors, ensure_dir, fsync_dir, remove_temp_files, temp_path, write_all,
+)
+from storg.wire.records import CodecError, decode_snapshot_meta, encode_snapshot_meta
+
+MAGIC = b"SGSN"
+VERSION = 1
+READ_CHUNK = 1 << 20
+
+_START = struct.Struct(">4sBI")  # magic, version, len(meta)
+_TAIL = struct.Struct(">Q32s")  # data length, sha256
+_CRC = struct.Struct(">I")
+_NAME = re.compile(r"^snapshot-(\d{16})-(\d{16})\.snap$")
+
+
+def snapshot_name(meta: SnapshotMeta) -> str:
+    return f"snapshot-{meta.index:016d}-{meta.term:016d}.snap"
+
+
+def _header(meta_bytes: bytes, length: int, digest: bytes) -> bytes:
+    head = _START.pack(MAGIC, VERSION, len(meta_bytes)) + meta_bytes + _TAIL.pack(length, digest)
+    return head + _CRC.pack(zlib.crc32(head))
+
+
+class SnapshotWriter:
+    """Streams one snapshot to a temporary file; nothing is visible until commit."""
+
+    def __init__(self, store: "SnapshotStore", meta: SnapshotMeta) -> None:
+        self.meta = meta
+        self._store = store
+        self._meta_bytes = encode_snapshot_meta(meta)
+        self._final = store.directory / snapshot_name(meta)
+        self._tmp = temp_path(self._final)
+        self._sha = hashlib.sha256()
+        self._length = 0
+        self._done = False
+        with disk_errors(f"cannot create {self._tmp}"):
+            self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            # Reserve the header; commit fills in the length and digest.
+            self._write(bytes(len(_header(self._meta_bytes, 0, bytes(32)))))
+        except BaseException:
+            self.abort()
+            raise
+
+    def _write(self, data: bytes | memoryview) -> None:
+        try:
+            with disk_errors(f"cannot write {self._tmp}"):
+                write_all(self._fd, data)
+        except StorageError:
+            self.abort()
+            raise
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append the next piece of the snapshot's data."""
+        if self._done:
+            raise StorageError(f"snapshot writer for {self._final.name} is finished")
+        self._write(data)
+        self._sha.update(data)
+        self._length += len(data)
+
+    def commit(self) -> SnapshotMeta:
+        """Make the snapshot durable and current, then delete the previous one."""
+        if self._done:
+            raise StorageError(f"snapshot writer for {self._final.name} is finished")
+        try:
+            with disk_errors(f"cannot commit {self._final}"):
+                os.pwrite(self._fd, _header(self._meta_bytes, self._length, self._sha.digest()), 0)
+                os.fsync(self._fd)
+                os.close(self._fd)
+                self._fd = -1
+                os.replace(self._tmp, self._final)
+                fsync_dir(self._store.directory)
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        self._store._remove_all_but(self._final)
+        return self.meta
+
+    def abort(self) -> None:
+        """Discard the temporary file; the previous snapshot stays current."""
+        if self._done:
+            return
+        self._done = True
+        with contextlib.suppress(OSError):
+            if self._fd >= 0:
+                os.close(self._fd)
+        self._fd = -1
+        with contextlib.suppress(OSError):
+            os.unlink(self._tmp)
+
+    def __enter__(self) -> "SnapshotWriter":
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        # Leaving the block without commit() (or with an error) discards it.
+        self.abort()
+
+
+class SnapshotReader:
+    """Reads one snapshot's data in chunks, checking its SHA-256 at the end.
+
+    ``read`` raises :class:`CorruptionError` on the call that reaches the
+    end if the digest is wrong, so a consumer must treat everything it got
+    as provisional until it has read to the end.  ``verify`` checks the
+    whole file up front without holding it in memory.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with disk_errors(f"cannot open {path}"):
+            self._fd = os.open(path, os.O_RDONLY)
+        try:
+            self.meta, self.size, self._digest, self._start = self._read_header()
+            with disk_errors(f"cannot stat {path}"):
+                actual = os.fstat(self._fd).st_size
+            if actual != self._start + self.size:
+                raise CorruptionError(path, actual, f"file is {actual} bytes, header says "
+                                      f"{self._start + self.size}")
+        except BaseException:
+            self.close()
+            raise
+        self._pos = 0
+        self._sha = hashlib.sha256()
+
+    def _pread(self, n: int, offset: int) -> bytes:
+        with disk_errors(f"cannot read {self.path}"):
+            return os.pread(self._fd, n, offset)
+
+    def _read_header(self) -> tuple[SnapshotMeta, int, bytes, int]:
+        start = self._pread(_START.size, 0)
+        if len(start) < _START.size:
+            raise CorruptionError(self.path, 0, "file is shorter than its header")
+        magic, version, meta_len = _START.unpack(start)
+        if magic != MAGIC:
+            raise CorruptionError(self.path, 0, f"bad magic {magic!r}")
+        if version != VERSION:
+            raise CorruptionError(self.path, 4, f"unsupported version {version}")
+        rest_len = meta_len + _TAIL.size + _CRC.size
+        rest = self._pread(rest_len, _START.size)
+        if len(rest) < rest_len:
+            raise CorruptionError(self.path, _START.size, "file is shorter than its header")
+        head = start + rest[:-_CRC.size]
+        if zlib.crc32(head) != _CRC.unpack(rest[-_CRC.size:])[0]:
+            raise CorruptionError(self.path, 0, "header checksum mismatch")
+        try:
+            meta = decode_snapshot_meta(rest[:meta_len])
+        except CodecError as e:
+            raise CorruptionError(self.path, _START.size, f"undecodable snapshot meta: {e}") from None
+        length, digest = _TAIL.unpack_from(rest, meta_len)
+        return meta, length, digest, _START.size + rest_len
+
+    def read(self, n: int = READ_CHUNK) -> bytes:
+        """The next at most ``n`` bytes of data; ``b""`` at the end."""
+        if self._pos >= self.size:
+            return b""
+        data = self._pread(min(n, self.size - self._pos), self._start + self._pos)
+        if not data:
+            raise CorruptionError(self.path, self._start + self._pos, "file ended early")
+        self._pos += len(data)
+        self._sha.update(data)
+        if self._pos >= self.size and self._sha.digest() != self._digest:
+            raise CorruptionError(self.path, self._start, "SHA-256 of the data does not match the header")
+        return data
+
+    def verify(self) -> None:
+        """Check the whole data against its digest, one chunk at a time."""
+        sha = hashlib.sha256()
+        pos = 0
+        while pos < self.size:
+            data = self._pread(min(READ_CHUNK, self.size - pos), self._start + pos)
+            if not data:
+                raise CorruptionError(self.path, self._start + pos, "file ended early")
+            sha.update(data)
+            pos += len(data)
+        if sha.digest() != self._digest:
+            raise CorruptionError(self.path, self._start, "SHA-256 of the data does not match the header")
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+    def __enter__(self) -> "SnapshotReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SnapshotStore:
+    """The snapshots kept in one directory: normally exactly one."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = ensure_dir(directory)
+        remove_temp_files(self.directory)
+
+    def begin(self, meta: SnapshotMeta) -> SnapshotWriter:
+        """Start writing a snapshot described by ``meta``."""
+        return SnapshotWriter(self, meta)
+
+    def _finals(self) -> list[tuple[int, int, Path]]:
+        with disk_errors(f"cannot list {self.directory}"):
+            names = os.listdir(self.directory)
+        return sorted(
+            (int(m.group(1)), int(m.group(2)), self.directory / n)
+            for n in names if (m := _NAME.match(n))
+        )
+
+    def _latest_path(self) -> Path | None:
+        finals = self._finals()
+        return finals[-1][2] if finals else None
+
+    def latest(self) -> SnapshotMeta | None:
+        """Meta of the current snapshot (header checked), or None if there is none."""
+        path = self._latest_path()
+        if path is None:
+            return None
+        with SnapshotReader(path) as r:
+            return r.meta
+
+    def open_latest(self) -> SnapshotReader | None:
+        """A reader over the current snapshot, or None; the caller closes it."""
+        path = self._latest_path()
+        return None if path is None else SnapshotReader(path)
+
+    def _remove_all_but(self, keep: Path) -> None:
+        removed = False
+        with disk_errors(f"cannot remove old snapshots in {self.directory}"):
+            for _, _, path in self._finals():
+                if path != keep:
+                    path.unlink()
+                    removed = True
+            if removed:
+                fsync_dir(self.directory)

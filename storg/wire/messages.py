@@ -1,0 +1,113 @@
+"""Non-Raft frames exchanged between nodes and with storgctl.
+
+Raft's own messages are :class:`storg.raft.types.Message`; these classes
+cover what surrounds them: the peer handshake, and the first client
+command (``status``) with its generic error answer.  They are plain frozen
+values; their byte layouts live in :mod:`storg.wire.codec`.
+
+Node ids are at most 255 bytes on the wire (the config allows 64
+characters); addresses, cluster and instance ids up to 65,535 bytes; free
+text (refusal reasons, error messages) up to the frame size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class ErrorCode(IntEnum):
+    """Why a request failed; the client maps these to storgctl exit codes."""
+
+    NOT_LEADER = 1  # retry at ``ErrorReply.leader`` (empty if unknown)
+    UNAVAILABLE = 2  # no leader or no quorum right now
+    NOT_FOUND = 3
+    BAD_REQUEST = 4
+    INTEGRITY = 5  # checksum mismatch
+    INTERNAL = 6
+
+
+NOT_LEADER = ErrorCode.NOT_LEADER
+UNAVAILABLE = ErrorCode.UNAVAILABLE
+NOT_FOUND = ErrorCode.NOT_FOUND
+BAD_REQUEST = ErrorCode.BAD_REQUEST
+INTEGRITY = ErrorCode.INTEGRITY
+INTERNAL = ErrorCode.INTERNAL
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Peer handshake, sent first in both directions.
+
+    The receiver checks ``version`` and ``cluster_id`` before trusting any
+    Raft message, and uses ``instance_id`` to notice a peer that came back
+    with an empty data_dir (a forgotten vote).  ``version`` is a u16.
+    """
+
+    version: int
+    cluster_id: str
+    node_id: str
+    instance_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class HelloRefused:
+    """Sent just before closing a refused peer, so its log says why."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRequest:
+    """``storgctl status`` asks one node for its row and its member list."""
+
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRow:
+    """One row of ``storgctl status``, as the node itself sees it.
+
+    Not a frame on its own: it is nested inside :class:`StatusReply`.
+    """
+
+    id: str
+    role: str
+    term: int
+    leader: str
+    commit_index: int
+    applied_index: int
+    last_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemberAddress:
+    """Where a member listens; nested inside :class:`StatusReply`."""
+
+    id: str
+    peer: str
+    client: str
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReply:
+    """A node's own row plus the members it knows, so the client can ask each."""
+
+    request_id: int
+    row: MemberRow
+    members: tuple[MemberAddress, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    """A request failed; ``code`` is an :class:`ErrorCode` (u16 on the wire).
+
+    ``leader`` is the leader hint for NOT_LEADER (the server puts the
+    leader's client address there when it knows it), else empty; it is
+    encoded with a u16 length so either an id or an address fits.
+    """
+
+    request_id: int
+    code: int
+    message: str
+    leader: str = ""
