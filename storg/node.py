@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twisted.internet import defer
@@ -33,7 +32,7 @@ from twisted.python.failure import Failure
 from storg.raft.core import RaftCore
 from storg.raft.errors import NotLeader, ProposalDropped
 from storg.raft.types import (
-    ConfChange, Entry, EntryType, HardState, Message, MessageType, ReadState, Ready, Role,
+    ConfChange, Entry, EntryType, HardState, Message, PersistedState, ReadState, Ready, Role,
     SnapshotMeta, SoftState,
 )
 
@@ -46,15 +45,6 @@ class Timeout(Exception):
 
 class NodeStopped(Exception):
     """The node stopped before the operation finished."""
-
-
-@dataclass
-class PersistedState:
-    """What a node finds on disk at start: the input to a new RaftCore."""
-
-    hard_state: HardState = field(default_factory=HardState)
-    snapshot: SnapshotMeta = field(default_factory=SnapshotMeta)
-    entries: list[Entry] = field(default_factory=list)
 
 
 class LogStore(Protocol):
@@ -214,7 +204,11 @@ class RaftNode:
         return d
 
     def transfer_leadership(self, to: str = "", timeout: float | None = None) -> defer.Deferred:
-        """Hand leadership over; fires with the new leader's id once this node has stepped down."""
+        """Hand leadership over; fires with the new leader's id once it is known.
+
+        Fires with "" if this node stepped down but heard from no successor
+        before the timeout; fails with Timeout if it is still the leader.
+        """
         if self.core.role != Role.LEADER:
             return defer.fail(NotLeader(self.core.leader))
         self.core.transfer_leadership(to)
@@ -225,9 +219,12 @@ class RaftNode:
         def check() -> None:
             if d.called:
                 return
-            if self.core.role != Role.LEADER:
-                d.callback(self.core.leader)
-            elif self._reactor.seconds() >= deadline or self._stopped:
+            stepped_down = self.core.role != Role.LEADER
+            successor = self.core.leader if self.core.leader != self.node_id else ""
+            out_of_time = self._reactor.seconds() >= deadline or self._stopped
+            if stepped_down and (successor or out_of_time):
+                d.callback(successor)
+            elif out_of_time:
                 d.errback(Timeout("leadership transfer did not complete"))
             else:
                 self._reactor.callLater(self._tick_seconds, check)
@@ -440,7 +437,4 @@ def _role_name(role: Role) -> str:
     }[role]
 
 
-__all__ = [
-    "LogStore", "NodeStopped", "PersistedState", "RaftNode", "StateMachine", "Timeout",
-    "run_inline", "MessageType",
-]
+__all__ = ["LogStore", "NodeStopped", "RaftNode", "StateMachine", "Timeout", "run_inline"]

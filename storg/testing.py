@@ -12,8 +12,9 @@ import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from storg.node import PersistedState
-from storg.raft.types import ConfChange, Entry, EntryType, HardState, Message, SnapshotMeta
+from storg.raft.types import (
+    ConfChange, Entry, EntryType, HardState, Message, PersistedState, SnapshotMeta,
+)
 
 
 class MemoryLogStore:

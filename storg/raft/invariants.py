@@ -40,6 +40,11 @@ class SafetyChecker:
         self.index_of_command: dict[bytes, int] = {}
         self.snapshot_term: dict[int, int] = {}
         self.leaders_elected = 0
+        self._max_committed = 0
+
+    def max_committed(self) -> int:
+        """The highest index any node has been seen to commit."""
+        return self._max_committed
 
     @staticmethod
     def fail(text: str) -> None:
@@ -83,6 +88,8 @@ class SafetyChecker:
         known = self.committed.get(index)
         if known is None:
             self.committed[index] = (term, node_term)
+            if index > self._max_committed:
+                self._max_committed = index
         elif known[0] != term:
             self.fail(f"committed entry {index} has term {known[0]} on one node and "
                       f"{term} on {node}")

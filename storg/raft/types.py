@@ -232,3 +232,12 @@ class Ready:
             self.soft_state or self.hard_state or self.entries or self.snapshot
             or self.committed_entries or self.messages or self.read_states
         )
+
+
+@dataclass(slots=True)
+class PersistedState:
+    """What a node finds on disk at start: the inputs to a new RaftCore."""
+
+    hard_state: HardState = field(default_factory=HardState)
+    snapshot: SnapshotMeta = field(default_factory=SnapshotMeta)
+    entries: list[Entry] = field(default_factory=list)

@@ -27,10 +27,10 @@ from storg.node import RaftNode, Timeout
 from storg.raft.core import RaftConfig, RaftCore
 from storg.raft.types import ConfState, Role, SnapshotMeta
 from storg.server.client_port import ClientPortFactory
-from storg.server.peer import PeerServerFactory, PeerTransport
+from storg.server.peer import PeerTransport
 from storg.storage.identity import load_or_create
 from storg.storage.logstore import DiskLogStore
-from storg.wire import PROTOCOL_VERSION, Hello, MemberAddress, MemberRow, StatusReply, StatusRequest
+from storg.wire import Hello, MemberAddress, MemberRow, StatusReply, StatusRequest
 
 log = Logger(namespace="storg.service")
 
@@ -115,7 +115,7 @@ class NodeService(service.MultiService):
         )
         self.directory.on_change(self._members_changed)
         for address, factory in (
-            (cfg.peer_listen, PeerServerFactory(self.transport)),
+            (cfg.peer_listen, self.transport.server_factory),
             (cfg.client_listen, ClientPortFactory(self)),
         ):
             listener = internet.StreamServerEndpointService(server_endpoint(self.reactor, address), factory)
@@ -123,7 +123,7 @@ class NodeService(service.MultiService):
             listener._raiseSynchronously = True
             listener.setServiceParent(self)
         super().startService()
-        self.transport.start()
+        self.reactor.callWhenRunning(self._install_sigterm_handler)
         self.node.start()
         if core.conf.voters == frozenset({cfg.node_id}) and core.role != Role.LEADER:
             core.campaign()  # a cluster of one serves at once
@@ -131,6 +131,24 @@ class NodeService(service.MultiService):
                  "members {members}", node=cfg.node_id, ms=(time.monotonic() - started) * 1000,
                  cluster=self.cluster_id, term=core.term, last=core.last_index,
                  members=",".join(sorted(core.conf.members())) or "(none yet: waiting to join)")
+
+    def _install_sigterm_handler(self) -> None:
+        """SIGTERM is the normal way to stop a node: make it exit with status 0.
+
+        twistd's own handler records the signal and re-raises it at exit,
+        so the process would die "by SIGTERM" (status -15) even after a
+        clean stop.  This replaces it, once the reactor has installed its
+        own, with a plain reactor.stop(), which runs stopService (hand
+        leadership over, close the log) as before.
+        """
+        import signal
+
+        def on_sigterm(signum, frame) -> None:
+            log.info("{node} received SIGTERM: stopping", node=self.config.node_id)
+            self.reactor.callFromThread(self.reactor.stop)
+
+        if hasattr(self.reactor, "callFromThread"):
+            signal.signal(signal.SIGTERM, on_sigterm)
 
     def _bootstrap_snapshot(self) -> SnapshotMeta:
         """The membership at index 0: the config's cluster, or nobody when joining."""
@@ -155,7 +173,7 @@ class NodeService(service.MultiService):
                          node=self.config.node_id, why=exc)
         yield defer.maybeDeferred(super().stopService)
         if self.transport is not None:
-            self.transport.stop()
+            yield self.transport.stop()
         if node is not None:
             yield node.stop()
         if self.log_store is not None:

@@ -32,8 +32,10 @@ bytes are followed only by zeros to the end of the file (the file grew but
 its pages never reached the disk), is a torn write: it and everything after
 it are cut off and the cut is fsynced.  Any other bad checksum, anywhere,
 raises :class:`CorruptionError` naming the file and offset; nothing is
-skipped.  A torn batch that left a valid record after a hole is also
-reported as corruption: refusing to start is safe, guessing is not.
+skipped.  A seemingly torn record followed by a valid record of the next
+entry (a flipped bit in a length field, or a batch that reached the disk
+with a hole in it) is also reported as corruption: refusing to start is
+safe, guessing is not.
 
 Memory: the log keeps, per entry, its file offset and term (16 bytes);
 payloads are read back from disk on demand.  The node's Raft core holds its
@@ -66,6 +68,7 @@ DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 
 _HEAD = struct.Struct(">II")
 _LEN = struct.Struct(">I")
+_INDEX = struct.Struct(">Q")
 HEADER_BYTES = _HEAD.size
 _SEGMENT_NAME = re.compile(r"^(\d{16})\.wal$")
 
@@ -132,7 +135,10 @@ def _parse(path: Path, data: bytes, base: int, first_index: int, is_tail: bool):
             # A torn write: the record never fit, or the disk persisted the
             # file's new length but not its last pages (zeros to the end).
             if is_tail and (rec_end is None or len(data.rstrip(b"\0")) < rec_end):
-                raise _Torn(base + pos)
+                later = _next_valid_record(data, pos, index + 1)
+                if later is None:
+                    raise _Torn(base + pos)
+                problem += f", yet a valid record for index {index + 1} follows at offset {base + later}"
             raise CorruptionError(path, base + pos, problem)
         try:
             entry = decode_entry(view[pos + HEADER_BYTES:rec_end])
@@ -143,6 +149,30 @@ def _parse(path: Path, data: bytes, base: int, first_index: int, is_tail: bool):
         yield base + pos, entry
         index += 1
         pos = rec_end
+
+
+def _next_valid_record(data: bytes, after: int, index: int) -> int | None:
+    """Offset of a valid record for entry ``index`` past ``after``, if any.
+
+    A torn write leaves nothing valid behind it, but a flipped bit in a
+    length field also makes a record seem to run past the end of the file.
+    Finding the next entry intact behind it tells the two apart, so acked
+    entries are reported as corrupt instead of being cut off as torn.
+    The search looks only where that entry's index bytes occur.
+    """
+    needle = _INDEX.pack(index)
+    # Record layout: length u32, crc u32, then the entry: term u64, index u64.
+    skip = HEADER_BYTES + 8
+    p = data.find(needle, after + 1 + skip)
+    while p != -1:
+        q = p - skip
+        if q + HEADER_BYTES <= len(data):
+            length, crc = _HEAD.unpack_from(data, q)
+            end = q + HEADER_BYTES + length
+            if end <= len(data) and zlib.crc32(data[q + HEADER_BYTES:end], zlib.crc32(data[q:q + 4])) == crc:
+                return q
+        p = data.find(needle, p + 1)
+    return None
 
 
 class WriteAheadLog:

@@ -10,6 +10,7 @@ from storg.wire.codec import (
     HELLO,
     HELLO_REFUSED,
     MAX_FRAME_BYTES,
+    MEMBER_ADDRESS,
     PROTOCOL_VERSION,
     STATUS_REPLY,
     STATUS_REQUEST,
@@ -36,7 +37,7 @@ from storg.wire.records import CodecError, Reader
 __all__ = [
     "BAD_REQUEST", "CODEC", "Codec", "CodecError", "ERROR_REPLY", "ErrorCode",
     "ErrorReply", "HELLO", "HELLO_REFUSED", "Hello", "HelloRefused", "INTEGRITY",
-    "INTERNAL", "MAX_FRAME_BYTES", "MemberAddress", "MemberRow", "NOT_FOUND",
+    "INTERNAL", "MAX_FRAME_BYTES", "MEMBER_ADDRESS", "MemberAddress", "MemberRow", "NOT_FOUND",
     "NOT_LEADER", "PROTOCOL_VERSION", "Reader", "STATUS_REPLY", "STATUS_REQUEST",
     "StatusReply", "StatusRequest", "UNAVAILABLE",
 ]

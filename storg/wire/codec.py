@@ -12,7 +12,9 @@ node keeps serving.
 Type bytes:
 
 * 1..13: Raft :class:`~storg.raft.types.Message`, type byte = ``MessageType``
-* 32 Hello, 33 HelloRefused, 34 StatusRequest, 35 StatusReply, 36 ErrorReply
+* 32 Hello, 33 HelloRefused, 34 StatusRequest, 35 StatusReply, 36 ErrorReply,
+  37 MemberAddress (also nested in StatusReply; on its own it is the
+  ``context`` of a membership change, so every node learns the address)
 * later issues register client and file messages on :data:`CODEC` with
   :meth:`Codec.register`, using bytes not taken here.
 
@@ -209,6 +211,7 @@ _KNOWN_FLAGS = _FLAG_REJECT | _FLAG_SNAPSHOT
 
 
 def encode_message(m: Message, out: list) -> None:
+    """Every field, whatever the type, so a message always round-trips exactly."""
     flags = (_FLAG_REJECT if m.reject else 0) | (_FLAG_SNAPSHOT if m.snapshot is not None else 0)
     out.append(short_str(m.frm))
     out.append(short_str(m.to))
@@ -221,6 +224,7 @@ def encode_message(m: Message, out: list) -> None:
 
 
 def read_message(kind: MessageType, r: Reader) -> Message:
+    """``kind`` comes from the type byte (bound with functools.partial at registration)."""
     frm = r.short_str()
     to = r.short_str()
     term, log_term, index, commit, reject_hint, hint_term, flags = r.unpack(_MSG_INTS)
@@ -243,6 +247,7 @@ HELLO_REFUSED = 33
 STATUS_REQUEST = 34
 STATUS_REPLY = 35
 ERROR_REPLY = 36
+MEMBER_ADDRESS = 37
 
 _MEMBER_ADDRESS_MIN_BYTES = 1 + 2 + 2
 
@@ -327,6 +332,7 @@ def _build() -> Codec:
     codec.register(STATUS_REQUEST, StatusRequest, encode_status_request, read_status_request)
     codec.register(STATUS_REPLY, StatusReply, encode_status_reply, read_status_reply)
     codec.register(ERROR_REPLY, ErrorReply, encode_error_reply, read_error_reply)
+    codec.register(MEMBER_ADDRESS, MemberAddress, encode_member_address, read_member_address)
     return codec
 
 

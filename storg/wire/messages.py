@@ -82,7 +82,11 @@ class MemberRow:
 
 @dataclass(frozen=True, slots=True)
 class MemberAddress:
-    """Where a member listens; nested inside :class:`StatusReply`."""
+    """Where a member listens.
+
+    Nested inside :class:`StatusReply`, and also a frame of its own: the
+    ``context`` of a membership change carries one.
+    """
 
     id: str
     peer: str

@@ -85,11 +85,12 @@ other_messages = st.one_of(
     st.builds(StatusRequest, u64),
     st.builds(StatusReply, u64, member_rows, st.lists(member_addresses, max_size=5).map(tuple)),
     st.builds(ErrorReply, u64, st.sampled_from(ErrorCode) | u16, free_text, medium_text),
+    member_addresses,
 )
 
 all_messages = raft_messages | other_messages
 
-REGISTERED = sorted({int(t) for t in MessageType} | {32, 33, 34, 35, 36})
+REGISTERED = sorted({int(t) for t in MessageType} | {32, 33, 34, 35, 36, 37})
 
 
 def decodes_or_codec_error(data: bytes | memoryview) -> None:
@@ -141,6 +142,7 @@ def test_each_message_type_has_its_own_type_byte() -> None:
         34: StatusRequest(7),
         35: StatusReply(7, row, ()),
         36: ErrorReply(7, ErrorCode.NOT_LEADER, "not leader", "127.0.0.1:8002"),
+        37: MemberAddress("n4", "127.0.0.1:7004", "127.0.0.1:8004"),
     }
     for tb, obj in frames.items():
         assert CODEC.encode(obj)[1] == tb

@@ -1,0 +1,57 @@
+"""storgctl's argument handling: usage errors are one line and exit 2."""
+
+from __future__ import annotations
+
+import pytest
+
+from storg.cli.main import DEFAULT_CLUSTER, EXIT_USAGE, build_parser, cluster_addresses, format_status, main, CliError
+
+
+def test_cluster_default_env_and_option(monkeypatch):
+    monkeypatch.delenv("STORG_CLUSTER", raising=False)
+    assert cluster_addresses(None) == DEFAULT_CLUSTER.split(",")
+    monkeypatch.setenv("STORG_CLUSTER", "127.0.0.5:9000")
+    assert cluster_addresses(None) == ["127.0.0.5:9000"]
+    assert cluster_addresses("127.0.0.1:1,[::1]:2") == ["127.0.0.1:1", "[::1]:2"]
+
+
+@pytest.mark.parametrize("bad", ["nohost", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:99999", ","])
+def test_bad_cluster_address_is_a_usage_error(bad):
+    with pytest.raises(CliError) as err:
+        cluster_addresses(bad)
+    assert err.value.code == EXIT_USAGE
+
+
+@pytest.mark.parametrize("argv", [[], ["frobnicate"], ["--timeout", "x", "status"]])
+def test_usage_errors_are_one_line_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("storgctl: ")
+    assert err.count("\n") == 1
+
+
+def test_nonpositive_timeout_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--timeout", "0", "status"])
+    assert exit_.value.code == EXIT_USAGE
+    assert capsys.readouterr().err.startswith("storgctl: --timeout")
+
+
+def test_status_table_shows_unreachable_rows_with_dashes():
+    rows = [
+        {"id": "n1", "role": "leader", "term": 3, "leader": "n1", "commit_index": 7,
+         "applied_index": 7, "last_index": 7},
+        {"id": "n2", "role": "unreachable", "term": None, "leader": None, "commit_index": None,
+         "applied_index": None, "last_index": None},
+    ]
+    lines = format_status(rows).splitlines()
+    assert lines[0].split() == ["ID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST"]
+    assert lines[1].split() == ["n1", "leader", "3", "n1", "7", "7", "7"]
+    assert lines[2].split() == ["n2", "unreachable", "-", "-", "-", "-", "-"]
+
+
+def test_global_options_come_before_the_command():
+    args = build_parser().parse_args(["--json", "--timeout", "5", "status"])
+    assert args.json and args.timeout == 5.0 and args.command == "status"
