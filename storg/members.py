@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from storg.config import Address, Member, NodeConfig
 from storg.raft.types import ConfChange, ConfChangeType, Entry, EntryType
 from storg.storage.fsutil import atomic_write
-from storg.wire import CODEC, CodecError, MemberAddress
+from storg.wire import CODEC, CodecError, MemberAddress, ProbeCommand
 
 log = Logger(namespace="storg.members")
 
@@ -133,7 +133,7 @@ class MembershipStateMachine:
 
     def apply(self, entry: Entry) -> Any:
         if entry.type != EntryType.CONF_CHANGE:
-            return None
+            return self._apply_command(entry)
         cc = ConfChange.decode(entry.data)
         if cc.type == ConfChangeType.REMOVE:
             self.directory.remove(cc.node_id)
@@ -146,3 +146,13 @@ class MembershipStateMachine:
             if isinstance(addr, MemberAddress) and addr.id == cc.node_id:
                 self.directory.add(cc.node_id, Member(_address(addr.peer), _address(addr.client)))
         return None
+
+    def _apply_command(self, entry: Entry) -> Any:
+        """A NORMAL entry: a probe answers with its index; anything else is refused."""
+        try:
+            command = CODEC.decode(entry.data)
+        except CodecError as exc:
+            raise ValueError(f"entry {entry.index} holds no command: {exc}") from None
+        if isinstance(command, ProbeCommand):
+            return entry.index
+        raise ValueError(f"entry {entry.index}: {type(command).__name__} is not a command")

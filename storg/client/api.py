@@ -11,8 +11,8 @@ from typing import Any
 
 from twisted.internet import defer
 
-from storg.client.connection import ClientConnection, connect
-from storg.wire import StatusReply, StatusRequest
+from storg.client.connection import ClientConnection, ServerError, connect
+from storg.wire import ErrorCode, ProbeRead, ProbeWrite, StatusReply, StatusRequest
 
 STATUS_KEYS = ("id", "role", "term", "leader", "commit_index", "applied_index", "last_index")
 
@@ -32,6 +32,7 @@ class StorgClient:
         self.reactor = reactor
         self.timeout = timeout
         self._connections: dict[str, ClientConnection] = {}
+        self._leader_guess = self.addresses[0]
 
     async def connection(self, address: str, timeout: float | None = None) -> ClientConnection:
         conn = self._connections.get(address)
@@ -45,6 +46,58 @@ class StorgClient:
         for conn in self._connections.values():
             conn.close()
         self._connections.clear()
+
+    async def call_leader(self, make: Any, timeout: float | None = None) -> Any:
+        """Send ``make(request_id)`` to the leader, following redirects, until ``timeout``.
+
+        NOT_LEADER answers name the leader's client address when the node
+        knows it; otherwise, and on connection failures, the next address
+        is tried, with a short pause once every address has been tried.
+        Raises ClusterUnavailable when the deadline passes, and ServerError
+        for any other refusal.
+        """
+        deadline = self.reactor.seconds() + (self.timeout if timeout is None else timeout)
+        candidates = list(self.addresses)
+        target = self._leader_guess
+        failures = 0
+        last_error: str = "no answer"
+        while True:
+            remaining = deadline - self.reactor.seconds()
+            if remaining <= 0:
+                raise ClusterUnavailable(f"no leader answered within the timeout ({last_error})")
+            try:
+                conn = await self.connection(target, timeout=min(remaining, 5.0))
+                d = conn.request(make)
+                d.addTimeout(remaining, self.reactor)
+                reply = await d
+                self._leader_guess = target
+                return reply
+            except ServerError as exc:
+                if exc.code not in (ErrorCode.NOT_LEADER, ErrorCode.UNAVAILABLE):
+                    raise
+                last_error = str(exc)
+                if exc.code == ErrorCode.NOT_LEADER and exc.leader and exc.leader != target:
+                    target = exc.leader
+                    continue
+            except defer.TimeoutError:
+                last_error = f"{target} did not answer in time"
+            except Exception as exc:  # connection refused, lost, reset
+                last_error = f"{target}: {exc}"
+                self._connections.pop(target, None)
+            failures += 1
+            target = candidates[failures % len(candidates)]
+            if failures % len(candidates) == 0:
+                await _pause(self.reactor, min(0.05 * (failures // len(candidates)), 0.5))
+
+    async def probe_write(self, payload: bytes = b"", timeout: float | None = None) -> int:
+        """Commit a write that changes nothing; returns its log index."""
+        reply = await self.call_leader(lambda rid: ProbeWrite(rid, payload), timeout)
+        return reply.index
+
+    async def probe_read(self, timeout: float | None = None) -> int:
+        """Confirm a linearizable read point on the leader; returns its index."""
+        reply = await self.call_leader(ProbeRead, timeout)
+        return reply.index
 
     async def _ask_status(self, address: str, timeout: float) -> StatusReply:
         conn = await self.connection(address, timeout)
@@ -85,6 +138,11 @@ class StorgClient:
         rows = await defer.gatherResults(
             [defer.Deferred.fromCoroutine(row_of(m)) for m in members], consumeErrors=True)
         return list(rows)
+
+
+def _pause(reactor: Any, seconds: float) -> defer.Deferred:
+    from twisted.internet.task import deferLater
+    return deferLater(reactor, seconds, lambda: None)
 
 
 def _row_dict(reply: StatusReply) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import random
 import sys
 import time
 import traceback
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -209,6 +209,7 @@ class Cluster:
         self.reads: dict[bytes, int] = {}
         self.read_results: dict[bytes, int] = {}
         self.crash_after_persist = 0.0
+        self.stats: Counter[str] = Counter()
         self._cmd_seq = 0
         self._deferred: list[tuple[str, int, str, bool]] = []
         initial = SnapshotMeta(0, 0, ConfState(voters=frozenset(self.ids)))
@@ -228,9 +229,9 @@ class Cluster:
         node.seen_commit = 0
         node.leader_term = -1
         rng = random.Random(f"core/{self.seed}/{node.id}/{node.incarnation}")
-        node.core = self._guard(node.id, "RaftCore()", lambda: RaftCore(
-            node.id, self.config, rng, hard_state=st.hard_state, snapshot=st.snapshot,
-            entries=list(st.entries), applied=st.snapshot.index))
+        node.core = RaftCore(node.id, self.config, rng, hard_state=st.hard_state,
+                             snapshot=st.snapshot, entries=list(st.entries),
+                             applied=st.snapshot.index)
         self.checker.on_restore(node.id, st.snapshot.index, st.snapshot_data.digest)
         self._process(node)
 
@@ -305,7 +306,7 @@ class Cluster:
         for node_id in (ids if ids is not None else self.ids):
             node = self.nodes[node_id]
             if node.core is not None:
-                self._guard(node_id, "tick", node.core.tick)
+                node.core.tick()
                 self._process(node)
         self._flush()
 
@@ -369,8 +370,7 @@ class Cluster:
         data = data if data is not None else self.new_command()
         node = self.nodes[on]
         try:
-            index = self._guard(on, "propose", lambda: node.core.propose(data),
-                                expected=ProposalRefused)
+            index = node.core.propose(data)
         except ProposalRefused as exc:
             self._event("refused", on, data, type(exc).__name__)
             return None
@@ -386,9 +386,7 @@ class Cluster:
             return None
         node = self.nodes[on]
         try:
-            index = self._guard(on, "propose_conf_change",
-                                lambda: node.core.propose_conf_change(cc),
-                                expected=ProposalRefused)
+            index = node.core.propose_conf_change(cc)
         except ProposalRefused as exc:
             self._event("refused", on, cc, type(exc).__name__)
             return None
@@ -404,8 +402,7 @@ class Cluster:
         node = self.nodes[on]
         self._event("transfer", on, to)
         try:
-            self._guard(on, "transfer_leadership", lambda: node.core.transfer_leadership(to),
-                        expected=ProposalRefused)
+            node.core.transfer_leadership(to)
         except ProposalRefused:
             return
         self._process(node)
@@ -414,7 +411,7 @@ class Cluster:
     def campaign(self, node_id: str) -> None:
         node = self.nodes[node_id]
         self._event("campaign", node_id)
-        self._guard(node_id, "campaign", node.core.campaign)
+        node.core.campaign()
         self._process(node)
         self._flush()
 
@@ -427,8 +424,7 @@ class Cluster:
         ctx = b"r%d" % len(self.reads)
         self.reads[ctx] = self.checker.max_committed()
         try:
-            self._guard(on, "read_index", lambda: node.core.read_index(ctx),
-                        expected=ProposalRefused)
+            node.core.read_index(ctx)
         except ProposalRefused:
             return None
         self._event("read_index", on, ctx)
@@ -446,7 +442,7 @@ class Cluster:
             raise ValueError("the simulator snapshots at the applied index")
         if applied <= node.store.snapshot.index:
             return None
-        meta = self._guard(node_id, "compact", lambda: node.core.compact(applied))
+        meta = node.core.compact(applied)
         self._event("compact", node_id, applied)
         if meta.index != applied:
             self.checker.fail(f"{node_id}: compact({applied}) returned index {meta.index}")
@@ -461,18 +457,6 @@ class Cluster:
 
     # -- the driver: Ready handling ---------------------------------------
 
-    def _guard(self, node_id: str, what: str, fn: Callable, expected: type | None = None):
-        try:
-            return fn()
-        except SafetyViolation:
-            raise
-        except Exception as exc:
-            if expected is not None and isinstance(exc, expected):
-                raise
-            tb = traceback.extract_tb(exc.__traceback__)[-1]
-            raise SafetyViolation(f"{node_id}: core raised {exc!r} in {what} "
-                                  f"({os.path.basename(tb.filename)}:{tb.lineno})") from exc
-
     def _deliver(self, env: Envelope) -> None:
         msg = env.msg
         node = self.nodes.get(msg.to)
@@ -482,7 +466,7 @@ class Cluster:
         self.trace.append((self.now, "deliver", msg))
         if msg.type == MessageType.SNAPSHOT and msg.snapshot is not None:
             node.pending_snapshots[(msg.snapshot.index, msg.snapshot.term)] = env.attachment
-        self._guard(node.id, f"step({msg.type.name})", lambda: node.core.step(msg))
+        node.core.step(msg)
         self._process(node)
         if msg.type == MessageType.SNAPSHOT:
             self._deferred.append((msg.frm, env.sender_incarnation, msg.to, True))
@@ -500,15 +484,15 @@ class Cluster:
             if node.core is None or node.incarnation != inc:
                 continue
             self._event("report_snapshot", frm, to, ok)
-            self._guard(frm, "report_snapshot", lambda: node.core.report_snapshot(to, ok))
+            node.core.report_snapshot(to, ok)
             self._process(node)
 
     def _process(self, node: SimNode) -> None:
         """Drain the node's Ready queue in the documented order, checking as we go."""
         core = node.core
         chk = self.checker
-        while core is not None and self._guard(node.id, "has_ready", core.has_ready):
-            rd = self._guard(node.id, "ready", core.ready)
+        while core is not None and core.has_ready():
+            rd = core.ready()
             st = node.store
             # 1. persist: snapshot, entries, hard state
             snap_data = None
@@ -558,6 +542,8 @@ class Cluster:
                 if e.index > core.commit_index:
                     chk.fail(f"{node.id} applies {e.index} beyond commit {core.commit_index}")
                 node.sm.apply(e)
+                if e.type == EntryType.CONF_CHANGE and e.index not in chk.applied_at:
+                    self._event("conf_applied", node.id, ConfChange.decode(e.data))
                 chk.on_apply(node.id, e, node.sm.digest)
                 data = node.proposals.pop(e.index, None)
                 if data is not None and data == e.data:
@@ -569,7 +555,7 @@ class Cluster:
                              f"but {want} was committed before the read was issued")
                 self.read_results[rs.context] = rs.index
             # 4. advance
-            self._guard(node.id, "advance", lambda: core.advance(rd))
+            core.advance(rd)
             self._observe(node)
 
     def _observe(self, node: SimNode) -> None:
@@ -587,6 +573,7 @@ class Cluster:
 
     def _event(self, kind: str, *args) -> None:
         self.trace.append((self.now, kind, *args))
+        self.stats[kind] += 1
 
     def format_trace(self) -> list[str]:
         out = []
@@ -665,7 +652,7 @@ class Cluster:
 # -- the chaos schedule ------------------------------------------------------
 
 STORMY = NetProfile(drop=0.1, duplicate=0.05, min_delay=1, max_delay=8,
-                    long_delay=0.05, long_delay_max=60)
+                    long_delay=0.05, long_delay_max=60, fifo=False)
 CALM = NetProfile(drop=0.0, duplicate=0.0, min_delay=1, max_delay=4)
 
 
@@ -674,7 +661,7 @@ def chaos_config(rng: random.Random) -> RaftConfig:
     return RaftConfig(
         election_ticks=10,
         heartbeat_ticks=rng.choice((1, 1, 2)),
-        max_msg_bytes=rng.choice((64, 256, 4096)),
+        max_msg_bytes=rng.choice((1, 64, 256, 4096)),
         max_inflight=rng.choice((1, 4, 64)),
         max_uncommitted_bytes=rng.choice((2048, 1 << 20)),
     )
@@ -687,6 +674,7 @@ class Chaos:
         self.cl = cluster
         self.rng = rng
         self.stormy = False
+        self.leader_killer = rng.random() < 0.3
 
     def step(self) -> None:
         cl, r = self.cl, self.rng
@@ -701,8 +689,10 @@ class Chaos:
         if live and r.random() < (0.03 if self.stormy else 0.01):
             victim = cl.leader() if r.random() < 0.3 else None
             cl.crash(victim or r.choice(live))
+        if self.leader_killer and r.random() < 0.15:
+            self.kill_leader_mid_send()
         for node_id in down:
-            if r.random() < 0.08:
+            if r.random() < (0.3 if self.leader_killer else 0.08):
                 cl.restart(node_id)
         if r.random() < (0.03 if self.stormy else 0.005):
             shuffled = ids[:]
@@ -731,6 +721,16 @@ class Chaos:
             cl.read_index(on=None if r.random() < 0.7 else r.choice(cl.live() or ids))
         cl.tick()
 
+    def kill_leader_mid_send(self) -> None:
+        """Figure 8 material: a leader dies with only some of its APPENDs out."""
+        ld = self.cl.leader()
+        if ld is None:
+            return
+        r = self.rng
+        lost = self.cl.net.discard(lambda m: m.frm == ld and r.random() < 0.5)
+        self.cl._event("lost_in_flight", ld, lost)
+        self.cl.crash(ld)
+
     def membership(self) -> None:
         cl, r = self.cl, self.rng
         ld = cl.leader()
@@ -758,9 +758,7 @@ class SeedResult:
     violation: str | None
     trace: list[str]
     ticks: int = 0
-    leaders: int = 0
-    committed: int = 0
-    acked: int = 0
+    stats: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def run_seed(seed: int, nodes: int = 5, steps: int = DEFAULT_STEPS,
@@ -775,10 +773,27 @@ def run_seed(seed: int, nodes: int = 5, steps: int = DEFAULT_STEPS,
             chaos.step()
         cl.settle()
     except SafetyViolation as v:
-        trace = cl.format_trace() if cl is not None else []
-        return SeedResult(seed, str(v), trace, cl.ticks if cl else 0)
-    return SeedResult(seed, None, [], cl.ticks, cl.checker.leaders_elected,
-                      len(cl.checker.committed), len(cl.acked))
+        return _failed(seed, str(v), cl)
+    except Exception as exc:  # the core must never raise on these inputs
+        return _failed(seed, describe_crash(exc), cl)
+    stats = dict(cl.stats)
+    stats.update(leaders=cl.checker.leaders_elected, committed=len(cl.checker.committed),
+                 acked=len(cl.acked), messages=sum(cl.net.sent.values()))
+    return SeedResult(seed, None, [], cl.ticks, stats)
+
+
+def describe_crash(exc: BaseException) -> str:
+    """One line naming an unexpected exception and where in storg it came from."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if "storg" in f.filename and not f.filename.endswith(("sim.py", "simnet.py"))]
+    where = frames[-1] if frames else traceback.extract_tb(exc.__traceback__)[-1]
+    return (f"core raised {exc!r} at {os.path.basename(where.filename)}:{where.lineno} "
+            f"in {where.name}")
+
+
+def _failed(seed: int, text: str, cl: Cluster | None) -> SeedResult:
+    trace = cl.format_trace() if cl is not None else []
+    return SeedResult(seed, text, trace, cl.ticks if cl is not None else 0)
 
 
 def _run_one(args: tuple[int, int, int]) -> SeedResult:
@@ -814,10 +829,11 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
     t0 = time.monotonic()
     results = run_seeds(seeds, a.nodes, a.steps, a.jobs)
     bad = [r for r in results if r.violation]
-    for r in results:
-        if a.verbose and not r.violation:
-            print(f"seed {r.seed}: ok, {r.ticks} ticks, {r.leaders} leaders, "
-                  f"{r.committed} committed, {r.acked} acked", file=out)
+    if a.verbose:
+        total: Counter[str] = Counter()
+        for r in results:
+            total.update(r.stats)
+        print("totals: " + ", ".join(f"{k} {v}" for k, v in sorted(total.items())), file=out)
     for r in bad:
         print(f"seed {r.seed}: VIOLATION: {r.violation}", file=out)
         print(f"  replay: python -m storg.raft.sim --seed {r.seed} --nodes {a.nodes} "

@@ -38,6 +38,8 @@ class NetProfile:
     max_delay: int = 4
     long_delay: float = 0.0
     long_delay_max: int = 40
+    fifo: bool = True
+    """Keep each link's messages in order (like TCP); False lets delays reorder them."""
 
 
 RELIABLE = NetProfile()
@@ -77,6 +79,7 @@ class SimNetwork:
         self.profile = profile
         self._heap: list[tuple[int, int, Envelope]] = []
         self._seq = 0
+        self._link_last: dict[tuple[str, str], int] = {}
         self._group: dict[str, int] = {}
         self._next_group = 1
         self._cut: set[tuple[str, str]] = set()
@@ -150,6 +153,10 @@ class SimNetwork:
         else:
             delay = self.rng.randint(p.min_delay, p.max_delay)
         env.deliver_at = now + delay
+        if p.fifo:
+            link = (env.msg.frm, env.msg.to)
+            env.deliver_at = max(env.deliver_at, self._link_last.get(link, 0))
+            self._link_last[link] = env.deliver_at
         self._seq += 1
         heapq.heappush(self._heap, (env.deliver_at, self._seq, env))
 
@@ -170,6 +177,15 @@ class SimNetwork:
                 return env
             self._drop(env)
         return None
+
+    def discard(self, pred: Callable[[Message], bool]) -> int:
+        """Lose the in-flight messages matching ``pred`` (a sender died mid-send)."""
+        keep = [item for item in self._heap if not pred(item[2].msg)]
+        lost = len(self._heap) - len(keep)
+        if lost:
+            heapq.heapify(keep)
+            self._heap = keep
+        return lost
 
     def in_flight(self) -> int:
         return len(self._heap)

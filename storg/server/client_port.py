@@ -23,7 +23,11 @@ from twisted.python.failure import Failure
 
 from storg.raft.errors import NotLeader, ProposalDropped
 from storg.server.framing import FrameReceiver
-from storg.wire import CODEC, CodecError, ErrorCode, ErrorReply, StatusReply, StatusRequest
+from storg.node import Timeout
+from storg.wire import (
+    CODEC, CodecError, ErrorCode, ErrorReply, ProbeRead, ProbeWrite, StatusReply,
+    StatusRequest,
+)
 
 log = Logger(namespace="storg.client_port")
 
@@ -42,6 +46,10 @@ class ClientApi(Protocol):
 
     def status_reply(self, request: StatusRequest) -> StatusReply: ...
 
+    def probe_write(self, request: ProbeWrite) -> defer.Deferred: ...  # of ProbeReply
+
+    def probe_read(self, request: ProbeRead) -> defer.Deferred: ...  # of ProbeReply
+
     def leader_client_address(self) -> str: ...
 
 
@@ -52,6 +60,8 @@ class ClientPortProtocol(FrameReceiver):
         self.api = api
         self.handlers: dict[type, Callable[[Any], Any]] = {
             StatusRequest: api.status_reply,
+            ProbeWrite: api.probe_write,
+            ProbeRead: api.probe_read,
         }
 
     def stringReceived(self, data: bytes) -> None:
@@ -76,8 +86,9 @@ class ClientPortProtocol(FrameReceiver):
         if isinstance(exc, NotLeader):
             return ErrorReply(request_id, int(ErrorCode.NOT_LEADER), "not the leader",
                               self.api.leader_client_address())
-        if isinstance(exc, ProposalDropped):
-            return ErrorReply(request_id, int(ErrorCode.UNAVAILABLE), str(exc) or "proposal dropped")
+        if isinstance(exc, (ProposalDropped, Timeout)):
+            return ErrorReply(request_id, int(ErrorCode.UNAVAILABLE),
+                              f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
         log.failure("request {rid} failed", failure, rid=request_id)
         return ErrorReply(request_id, int(ErrorCode.INTERNAL), f"internal error: {exc!r}")
 

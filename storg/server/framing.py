@@ -95,6 +95,11 @@ class FrameReceiver(Int32StringReceiver):
         self._log.warn(
             "closing connection from {peer}: frame of {length} bytes exceeds the limit of {limit}",
             peer=_describe(peer), length=length, limit=self.MAX_LENGTH)
+        self.close_connection()
+
+    def close_connection(self) -> None:
+        """Close after flushing what was written; subclasses with a registered producer
+        must unregister it first (a transport does not close while one is registered)."""
         self.transport.loseConnection()
 
     def connectionLost(self, reason: object = None) -> None:

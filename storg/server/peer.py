@@ -155,7 +155,7 @@ class _PeerProtocol(FrameReceiver):
         log.warn("peer connection {direction} {who} at {addr} closed: {what}",
                  direction=self.direction, who=self.peer_id or "(unknown)",
                  addr=_peer_text(self.transport), what=what)
-        self.transport.loseConnection()
+        self.close_connection()
 
     def refuse(self, reason: str) -> None:
         """Tell the peer why, then close (it logs the reason on its side)."""
@@ -163,7 +163,7 @@ class _PeerProtocol(FrameReceiver):
             self.send_object(HelloRefused(reason))
         except CodecError:
             pass
-        self.transport.loseConnection()
+        self.close_connection()
 
 
 class PeerServerProtocol(_PeerProtocol):
@@ -195,7 +195,7 @@ class PeerServerProtocol(_PeerProtocol):
             # Our reply Hello was refused by the connecting side (for
             # instance our instance id changed): its reason is the operator's fix.
             self.owner._refused(self.peer_id, f"peer {self.peer_id} refused us: {obj.reason}")
-            self.transport.loseConnection()
+            self.close_connection()
         elif type(obj) is not Message:
             self.violation(f"expected a Raft message, got {type(obj).__name__}")
         elif obj.frm != self.peer_id:
@@ -291,11 +291,20 @@ class PeerClientProtocol(_PeerProtocol):
     def connectionMade(self) -> None:
         super().connectionMade()
         self.link.owner._outbound.add(self)
+        self.link.current = self
         self.transport.registerProducer(self.window, True)
         self.send_object(self.link.owner.identity.hello())
 
+    def close_connection(self) -> None:
+        # A transport with a registered producer never finishes closing.
+        if self.transport.producer is self.window:
+            self.transport.unregisterProducer()
+        self.transport.loseConnection()
+
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.link.owner._outbound.discard(self)
+        if self.link.current is self:
+            self.link.current = None
         self.link.connection_lost(self)
         self.ready = False
         super().connectionLost(reason)
@@ -308,7 +317,7 @@ class PeerClientProtocol(_PeerProtocol):
             self.violation(f"unexpected {type(obj).__name__} on our outgoing connection")
         elif type(obj) is HelloRefused:
             self.link.refused(f"{self.expected} at {_peer_text(self.transport)} refused us: {obj.reason}")
-            self.transport.loseConnection()
+            self.close_connection()
         elif type(obj) is not Hello:
             self.violation(f"expected Hello, got {type(obj).__name__}")
         else:
@@ -363,6 +372,7 @@ class _Link:
         self.peer_id = peer_id
         self.address = address
         self.protocol: PeerClientProtocol | None = None  # set once handshaken
+        self.current: PeerClientProtocol | None = None  # the connected protocol, handshaken or not
         self.connector: Any = None
         self.retry: Any = None
         self.failures = 0
@@ -429,7 +439,9 @@ class _Link:
         if self.retry is not None and self.retry.active():
             self.retry.cancel()
         self.retry = None
-        if self.connector is not None:
+        if self.current is not None:
+            self.current.close_connection()
+        elif self.connector is not None:
             self.connector.disconnect()
 
 
@@ -531,7 +543,7 @@ class PeerTransport:
         for link in self._links.values():
             link.stop()
         for proto in protocols:
-            proto.transport.loseConnection()
+            proto.close_connection()
         self._links.clear()
         return defer.gatherResults(waits, consumeErrors=True).addCallback(lambda _: None)
 
@@ -553,7 +565,7 @@ class PeerTransport:
             # The peer keeps one outgoing connection; a new one means the
             # old one is dead on its side.
             log.info("peer {peer} reconnected; closing its previous connection", peer=proto.peer_id)
-            old.transport.loseConnection()
+            old.close_connection()
         else:
             log.info("peer {peer} connected to us from {addr}", peer=proto.peer_id,
                      addr=_peer_text(proto.transport))

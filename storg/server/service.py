@@ -30,7 +30,10 @@ from storg.server.client_port import ClientPortFactory
 from storg.server.peer import PeerTransport
 from storg.storage.identity import load_or_create
 from storg.storage.logstore import DiskLogStore
-from storg.wire import Hello, MemberAddress, MemberRow, StatusReply, StatusRequest
+from storg.wire import (
+    CODEC, Hello, MemberAddress, MemberRow, ProbeCommand, ProbeRead, ProbeReply, ProbeWrite,
+    StatusReply, StatusRequest,
+)
 
 log = Logger(namespace="storg.service")
 
@@ -213,6 +216,14 @@ class NodeService(service.MultiService):
             if nid in self.node.core.conf.members() or not self.node.core.conf.members()
         )
         return StatusReply(request.request_id, row, members)
+
+    def probe_write(self, request: ProbeWrite) -> defer.Deferred:
+        d = self.node.propose(CODEC.encode(ProbeCommand(request.payload)))
+        return d.addCallback(lambda index: ProbeReply(request.request_id, index))
+
+    def probe_read(self, request: ProbeRead) -> defer.Deferred:
+        d = self.node.read_index()
+        return d.addCallback(lambda index: ProbeReply(request.request_id, index))
 
     def leader_client_address(self) -> str:
         leader = self.node.leader if self.node is not None else ""

@@ -31,7 +31,12 @@ from typing import Protocol
 
 from storg.storage.errors import ChunkNotFoundError, CorruptionError, HashMismatchError
 from storg.storage.fsutil import (
-    disk_errors, ensure_dir, fsync_dir, remove_temp_files, temp_path, write_all,
+    disk_errors,
+    ensure_dir,
+    fsync_dir,
+    remove_temp_files,
+    temp_path,
+    write_all,
 )
 
 _HASH = re.compile(r"^[0-9a-f]{64}$")

@@ -24,16 +24,20 @@ TMP_SUFFIX = ".tmp"
 _FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
+def storage_error(action: str, e: OSError) -> StorageError:
+    """The StorageError (DiskFullError for ENOSPC/EDQUOT) saying ``action`` failed."""
+    where = f" ({e.filename})" if e.filename else ""
+    cls = DiskFullError if e.errno in _FULL else StorageError
+    return cls(f"{action}: {e.strerror or e}{where}")
+
+
 @contextlib.contextmanager
 def disk_errors(action: str) -> Iterator[None]:
     """Turn an ``OSError`` raised inside into a StorageError saying what failed."""
     try:
         yield
     except OSError as e:
-        where = f" ({e.filename})" if e.filename else ""
-        reason = e.strerror or str(e)
-        cls = DiskFullError if e.errno in _FULL else StorageError
-        raise cls(f"{action}: {reason}{where}") from e
+        raise storage_error(action, e) from e
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

@@ -21,7 +21,12 @@ from pathlib import Path
 
 from storg.raft.types import HardState
 from storg.storage.errors import CorruptionError
-from storg.storage.fsutil import atomic_write, ensure_dir, read_optional, remove_temp_files
+from storg.storage.fsutil import (
+    atomic_write,
+    ensure_dir,
+    read_optional,
+    remove_temp_files,
+)
 from storg.wire.records import CodecError, decode_hard_state, encode_hard_state
 
 MAGIC = b"SGHS"

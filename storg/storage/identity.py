@@ -21,7 +21,12 @@ from pathlib import Path
 
 from storg.storage.errors import CorruptionError, IdentityMismatch, StorageError
 from storg.storage.fsutil import (
-    TMP_SUFFIX, atomic_write, disk_errors, ensure_dir, read_optional, remove_temp_files,
+    TMP_SUFFIX,
+    atomic_write,
+    disk_errors,
+    ensure_dir,
+    read_optional,
+    remove_temp_files,
 )
 
 FILE_NAME = "identity"

@@ -34,11 +34,17 @@ import re
 import struct
 import zlib
 from pathlib import Path
+from typing import Self
 
 from storg.raft.types import SnapshotMeta
 from storg.storage.errors import CorruptionError, StorageError
 from storg.storage.fsutil import (
-    disk_errors, ensure_dir, fsync_dir, remove_temp_files, temp_path, write_all,
+    disk_errors,
+    ensure_dir,
+    fsync_dir,
+    remove_temp_files,
+    temp_path,
+    write_all,
 )
 from storg.wire.records import CodecError, decode_snapshot_meta, encode_snapshot_meta
 
@@ -64,7 +70,7 @@ def _header(meta_bytes: bytes, length: int, digest: bytes) -> bytes:
 class SnapshotWriter:
     """Streams one snapshot to a temporary file; nothing is visible until commit."""
 
-    def __init__(self, store: "SnapshotStore", meta: SnapshotMeta) -> None:
+    def __init__(self, store: SnapshotStore, meta: SnapshotMeta) -> None:
         self.meta = meta
         self._store = store
         self._meta_bytes = encode_snapshot_meta(meta)
@@ -129,7 +135,7 @@ class SnapshotWriter:
         with contextlib.suppress(OSError):
             os.unlink(self._tmp)
 
-    def __enter__(self) -> "SnapshotWriter":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
@@ -221,7 +227,7 @@ class SnapshotReader:
             fd, self._fd = self._fd, -1
             os.close(fd)
 
-    def __enter__(self) -> "SnapshotReader":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

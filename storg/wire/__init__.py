@@ -29,6 +29,10 @@ from storg.wire.messages import (
     HelloRefused,
     MemberAddress,
     MemberRow,
+    ProbeCommand,
+    ProbeRead,
+    ProbeReply,
+    ProbeWrite,
     StatusReply,
     StatusRequest,
 )
@@ -38,6 +42,6 @@ __all__ = [
     "BAD_REQUEST", "CODEC", "Codec", "CodecError", "ERROR_REPLY", "ErrorCode",
     "ErrorReply", "HELLO", "HELLO_REFUSED", "Hello", "HelloRefused", "INTEGRITY",
     "INTERNAL", "MAX_FRAME_BYTES", "MEMBER_ADDRESS", "MemberAddress", "MemberRow", "NOT_FOUND",
-    "NOT_LEADER", "PROTOCOL_VERSION", "Reader", "STATUS_REPLY", "STATUS_REQUEST",
+    "NOT_LEADER", "PROTOCOL_VERSION", "ProbeCommand", "ProbeRead", "ProbeReply", "ProbeWrite", "Reader", "STATUS_REPLY", "STATUS_REQUEST",
     "StatusReply", "StatusRequest", "UNAVAILABLE",
 ]

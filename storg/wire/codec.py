@@ -40,6 +40,10 @@ from storg.wire.messages import (
     HelloRefused,
     MemberAddress,
     MemberRow,
+    ProbeCommand,
+    ProbeRead,
+    ProbeReply,
+    ProbeWrite,
     StatusReply,
     StatusRequest,
 )
@@ -319,6 +323,47 @@ def read_error_reply(r: Reader) -> ErrorReply:
     return ErrorReply(r.u64(), r.u16(), r.str32(), r.str16())
 
 
+# --- Probes: a write and a read through consensus that change nothing -------
+
+PROBE_WRITE = 38
+PROBE_READ = 39
+PROBE_REPLY = 40
+PROBE_COMMAND = 64
+"""Type bytes from 64 up are state machine commands (log entry payloads)."""
+
+
+def encode_probe_write(p: ProbeWrite, out: list) -> None:
+    out += (_U64.pack(p.request_id), bytes32(p.payload))
+
+
+def read_probe_write(r: Reader) -> ProbeWrite:
+    return ProbeWrite(r.u64(), r.bytes32())
+
+
+def encode_probe_read(p: ProbeRead, out: list) -> None:
+    out.append(_U64.pack(p.request_id))
+
+
+def read_probe_read(r: Reader) -> ProbeRead:
+    return ProbeRead(r.u64())
+
+
+def encode_probe_reply(p: ProbeReply, out: list) -> None:
+    out += (_U64.pack(p.request_id), _U64.pack(p.index))
+
+
+def read_probe_reply(r: Reader) -> ProbeReply:
+    return ProbeReply(r.u64(), r.u64())
+
+
+def encode_probe_command(p: ProbeCommand, out: list) -> None:
+    out.append(bytes32(p.payload))
+
+
+def read_probe_command(r: Reader) -> ProbeCommand:
+    return ProbeCommand(r.bytes32())
+
+
 def _build() -> Codec:
     codec = Codec()
     codec.register_family(
@@ -333,6 +378,10 @@ def _build() -> Codec:
     codec.register(STATUS_REPLY, StatusReply, encode_status_reply, read_status_reply)
     codec.register(ERROR_REPLY, ErrorReply, encode_error_reply, read_error_reply)
     codec.register(MEMBER_ADDRESS, MemberAddress, encode_member_address, read_member_address)
+    codec.register(PROBE_WRITE, ProbeWrite, encode_probe_write, read_probe_write)
+    codec.register(PROBE_READ, ProbeRead, encode_probe_read, read_probe_read)
+    codec.register(PROBE_REPLY, ProbeReply, encode_probe_reply, read_probe_reply)
+    codec.register(PROBE_COMMAND, ProbeCommand, encode_probe_command, read_probe_command)
     return codec
 
 

@@ -115,3 +115,39 @@ class ErrorReply:
     code: int
     message: str
     leader: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeWrite:
+    """Commit a write that changes nothing: a health check of the whole write path.
+
+    The payload goes through consensus like any command (persisted on a
+    majority, committed, applied) and is then dropped.  Operators use it to
+    check that a cluster can commit; the commit benchmark uses it to measure
+    consensus alone, without file bytes.
+    """
+
+    request_id: int
+    payload: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeRead:
+    """Confirm a linearizable read point (ReadIndex) on the node asked."""
+
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeReply:
+    """Answer to ProbeWrite (the entry's index) and ProbeRead (the safe read index)."""
+
+    request_id: int
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeCommand:
+    """The log entry a ProbeWrite commits; applying it changes no state."""
+
+    payload: bytes = b""

@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from support.proc_cluster import ProcCluster, wait_for
+from storg.devcluster import ProcCluster, wait_for
 
 
 @pytest.fixture

@@ -47,6 +47,7 @@ def test_initial_election_then_stable():
     for n in (3, 5, 7):
         cl = _cluster(n)
         ld = _elect(cl)
+        cl.run_ticks(2)
         term = cl.core(ld).term
         assert all(cl.core(i).leader == ld and cl.core(i).term == term for i in cl.ids)
         cl.run_ticks(5 * ELECTION)
@@ -187,22 +188,25 @@ def test_figure8_crash_loop(seed):
     """Leaders crash at random moments after proposing (Figure 8 situations)."""
     cl = _cluster(5, seed=seed)
     rng = random.Random(seed)
-    for _ in range(120):
-        for ld in cl.leaders():
+    for _ in range(150):
+        cl.run_until(lambda: cl.leaders(), 3 * ELECTION)
+        for ld in cl.leaders():   # stale leaders too: their entries are the danger
             cl.propose(on=ld)
         if rng.random() < 0.1:
-            cl.run_ticks(rng.randint(1, 2 * ELECTION))
+            cl.run_ticks(rng.randint(1, ELECTION))
         else:
             cl.run_ticks(rng.randint(0, 2))
         ld = cl.leader()
-        if ld is not None and rng.random() < 0.5:
+        if ld is not None:
+            if rng.random() < 0.5:   # it died while sending: some APPENDs never left
+                cl.net.discard(lambda m: m.frm == ld and rng.random() < 0.6)
             cl.crash(ld)
         if len(cl.live()) < 3:
             down = [i for i in cl.ids if i not in cl.live()]
             cl.restart(rng.choice(down))
     cl.settle()  # restarts all, requires a leader and every acked command everywhere
-    assert len(cl.acked) > 10
-    assert cl.checker.leaders_elected > 10
+    assert cl.checker.leaders_elected >= 15
+    assert len(cl.commands(cl.ids[0])) >= 10   # crashed leaders' entries did commit
 
 
 @pytest.mark.parametrize("seed", [1, 2])

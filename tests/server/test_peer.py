@@ -60,7 +60,8 @@ class Node:
 
     async def close(self) -> None:
         await self.transport.stop()
-        await self.port.stopListening()
+        if self.port.connected:
+            await self.port.stopListening()
 
 
 @pytest_twisted.async_yield_fixture
@@ -143,7 +144,7 @@ async def test_messages_flow_both_ways(nodes) -> None:
     assert n1.transport.inbound_peers() == {"n2"}
 
     # Order is kept within one direction, including large messages.
-    batch = [msg("n1", "n2", i, bytes([i]) * (i * 10_000)) for i in range(1, 60)]
+    batch = [msg("n1", "n2", i, bytes([i]) * (i * 10_000)) for i in range(1, 40)]
     assert all(n1.transport.send(m) for m in batch)
     await wait_for(lambda: len(n2.received) == 1 + len(batch), "batch")
     assert n2.received[1:] == batch
@@ -258,8 +259,7 @@ async def test_bad_bytes_close_only_that_connection(nodes, warnings, case: str) 
     raw.transport.write(BAD_STREAMS[case])
     await wait_for(lambda: raw.is_closed, "the server to close the bad connection")
     assert n1.received == []
-    lines = [line for line in warnings if "rogue" in line or "closing connection" in line or "refused" in line]
-    assert len(lines) == 1, lines
+    assert len(warnings) == 1, warnings  # one line for the bad connection, nothing else
     # The good peer's connection survived, and the listener still accepts.
     assert n2.transport.connected_peers() == {"n1"}
     assert n2.transport.send(msg("n2", "n1", 9))

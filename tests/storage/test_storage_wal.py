@@ -11,7 +11,13 @@ import pytest
 
 from storg.raft.types import Entry, EntryType
 from storg.storage.errors import CorruptionError, DiskFullError, StorageError
-from storg.storage.wal import HEADER_BYTES, WriteAheadLog, segment_name
+from storg.storage.wal import (
+    HEADER_BYTES,
+    WriteAheadLog,
+    _encode_batch,
+    frame_entry,
+    segment_name,
+)
 
 REC = HEADER_BYTES + 21 + 10
 """Bytes of one record made by ents(): header, entry head, 10 bytes of data."""
@@ -23,6 +29,14 @@ def ents(lo: int, hi: int, term: int = 1, size: int = 10) -> list[Entry]:
 
 def segments(d: Path) -> list[str]:
     return sorted(p.name for p in d.iterdir() if p.name.endswith(".wal"))
+
+
+def test_batch_encoding_is_the_reference_framing() -> None:
+    batch = [Entry(7, 3, EntryType.CONF_CHANGE, b"cc"), Entry(7, 4), Entry(8, 5, data=b"x" * 70_000)]
+    buf, offsets = _encode_batch(batch)
+    records = [frame_entry(e) for e in batch]
+    assert buf == b"".join(records)
+    assert offsets == [0, len(records[0]), len(records[0]) + len(records[1])]
 
 
 def test_new_log_is_empty_and_starts_at_one(tmp_path: Path) -> None:

@@ -35,6 +35,10 @@ from storg.wire import (
     Hello,
     HelloRefused,
     MemberAddress,
+    ProbeCommand,
+    ProbeRead,
+    ProbeReply,
+    ProbeWrite,
     MemberRow,
     StatusReply,
     StatusRequest,
@@ -86,11 +90,15 @@ other_messages = st.one_of(
     st.builds(StatusReply, u64, member_rows, st.lists(member_addresses, max_size=5).map(tuple)),
     st.builds(ErrorReply, u64, st.sampled_from(ErrorCode) | u16, free_text, medium_text),
     member_addresses,
+    st.builds(ProbeWrite, u64, st.binary(max_size=64)),
+    st.builds(ProbeRead, u64),
+    st.builds(ProbeReply, u64, u64),
+    st.builds(ProbeCommand, st.binary(max_size=64)),
 )
 
 all_messages = raft_messages | other_messages
 
-REGISTERED = sorted({int(t) for t in MessageType} | {32, 33, 34, 35, 36, 37})
+REGISTERED = sorted({int(t) for t in MessageType} | {32, 33, 34, 35, 36, 37, 38, 39, 40, 64})
 
 
 def decodes_or_codec_error(data: bytes | memoryview) -> None:

@@ -1,8 +1,8 @@
-"""Real ``twistd storg`` processes for process-level tests.
+"""A local cluster of real ``twistd storg`` processes, for tests and benchmarks.
 
-Each node gets a generated config with ports picked by the OS, a data_dir
-under the test's tmp folder, and its own log file.  Every process started is
-killed when the cluster is closed, whatever the test did.
+Each node gets a generated config with ports picked by the OS on 127.0.0.1,
+a data_dir under the given folder, and its own log file.  Every process
+started is killed when the cluster is closed, whatever the caller did.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
@@ -70,6 +70,8 @@ class ProcCluster:
 
     @classmethod
     def create(cls, root: Path, size: int = 3, raft: dict | None = None) -> "ProcCluster":
+        """Write configs for ``size`` nodes n1..nN under ``root``; start none yet."""
+        root = Path(root).resolve()
         cluster = cls(root)
         ports = {f"n{i}": (free_port(), free_port()) for i in range(1, size + 1)}
         members = {nid: {"peer": f"127.0.0.1:{p}", "client": f"127.0.0.1:{c}"}

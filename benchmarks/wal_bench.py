@@ -1,0 +1,124 @@
+"""How close does WriteAheadLog.append come to the disk's write+fsync ceiling?
+
+For entries of 256 B and 64 KiB in batches of 1, 16 and 256, it times
+``WriteAheadLog.append`` (one write and one fsync per batch) beside a raw
+loop that writes the very same record bytes to one file and fsyncs after
+each batch: the ceiling for durable appends on this disk.  Within a run the
+two alternate batch by batch (in alternating order), so a busy disk or CPU
+hits both alike; each cell is the median of ``--repeats`` runs, each run
+spending about ``--budget`` seconds in each of the two.
+
+    python benchmarks/wal_bench.py --repeats 5 --dir /var/tmp
+
+The ratio column is WAL MB/s over raw MB/s; the goal is >= 0.80 for batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from storg.raft.types import Entry
+from storg.storage.wal import WriteAheadLog, frame_entry
+
+SIZES = (256, 64 * 1024)
+BATCHES = (1, 16, 256)
+MIN_BATCHES = 3
+
+
+def make_batch(first: int, n: int, payload: bytes) -> list[Entry]:
+    return [Entry(1, first + k, data=payload) for k in range(n)]
+
+
+class RawLog:
+    """The ceiling: write the same record bytes to one file, fsync per batch."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def append(self, buf: bytes) -> None:
+        view = memoryview(buf)
+        while view:
+            view = view[os.write(self.fd, view):]
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def measure(root: Path, size: int, n: int, budget: float) -> dict[str, tuple[float, float]]:
+    """One run: WAL and raw batches interleaved, so disk noise hits both alike.
+
+    Returns {"wal": (entries/s, MB/s), "raw": (...)} over ~budget seconds each.
+    """
+    d = Path(tempfile.mkdtemp(prefix="run-", dir=root))
+    payload = os.urandom(size)
+    raw_buf = b"".join(frame_entry(e) for e in make_batch(1, n, payload))
+    log = WriteAheadLog.open(d / "wal")
+    raw = RawLog(d / "raw.log")
+    spent = {"wal": 0.0, "raw": 0.0}
+    rounds = 0
+    try:
+        while min(spent.values()) < budget or rounds < MIN_BATCHES:
+            batch = make_batch(log.last_index + 1, n, payload)  # built outside the timer, like the caller's
+            for kind in (("wal", "raw") if rounds % 2 else ("raw", "wal")):
+                t = time.perf_counter()
+                if kind == "wal":
+                    log.append(batch)
+                else:
+                    raw.append(raw_buf)
+                spent[kind] += time.perf_counter() - t
+            rounds += 1
+    finally:
+        log.close()
+        raw.close()
+        shutil.rmtree(d, ignore_errors=True)
+    nbytes = rounds * len(raw_buf)  # the WAL wrote exactly these bytes too
+    return {k: (rounds * n / t, nbytes / t / 1e6) for k, t in spent.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5, help="runs per cell; the median is shown")
+    ap.add_argument("--dir", default=None, help="directory on the disk to test (default: system temp)")
+    ap.add_argument("--budget", type=float, default=0.25, help="seconds of appending per run")
+    args = ap.parse_args(argv)
+    root = Path(tempfile.mkdtemp(prefix="wal-bench-", dir=args.dir))
+    results: dict[tuple[str, int, int], list[tuple[float, float]]] = {}
+    started = time.monotonic()
+    try:
+        for _ in range(args.repeats):
+            for size in SIZES:
+                for n in BATCHES:
+                    for kind, figures in measure(root, size, n, args.budget).items():
+                        results.setdefault((kind, size, n), []).append(figures)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    print(f"WAL append vs raw write+fsync, {args.repeats} repeats (medians), dir {root.parent}")
+    head = (f"{'entry':>6} {'batch':>5} | {'wal entries/s':>13} {'wal MB/s':>9} {'fsync/s':>8} | "
+            f"{'raw entries/s':>13} {'raw MB/s':>9} | {'ratio':>5}")
+    print(head)
+    print("-" * len(head))
+    for size in SIZES:
+        for n in BATCHES:
+            w = results[("wal", size, n)]
+            r = results[("raw", size, n)]
+            w_eps, w_mbs = statistics.median(x[0] for x in w), statistics.median(x[1] for x in w)
+            r_eps, r_mbs = statistics.median(x[0] for x in r), statistics.median(x[1] for x in r)
+            label = f"{size // 1024}K" if size >= 1024 else f"{size}B"
+            print(f"{label:>6} {n:>5} | {w_eps:>13,.0f} {w_mbs:>9.1f} {w_eps / n:>8,.0f} | "
+                  f"{r_eps:>13,.0f} {r_mbs:>9.1f} | {w_mbs / r_mbs:>5.2f}")
+    print(f"total {time.monotonic() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
