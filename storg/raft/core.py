@@ -435,6 +435,11 @@ class RaftCore:
     # --------------------------------------------------------- elections
 
     def _promotable(self) -> bool:
+        if self._log.snapshot.index == 0 and not self._conf_base.voters:
+            # Waiting to join: the membership at index 0 is unknown until the
+            # leader tells us, so a configuration replayed from our log alone
+            # would be missing the founding voters.
+            return False
         return self.node_id in self.conf.voters
 
     def _follower_role(self) -> Role:
@@ -590,9 +595,21 @@ class RaftCore:
             deferred, self._deferred_reads = self._deferred_reads, []
             for ctx, requester in deferred:
                 self._leader_read(ctx, requester)
-        if not self._promotable() and self._conf_log and self._conf_log[-1][0] <= log.committed:
-            # Removed (or demoted) itself, and the change is committed.
-            self._become_follower(self.term, NONE)
+        if not self._conf_log or self._conf_log[-1][0] <= log.committed:
+            self._forget_removed_peers()
+            if self.node_id not in self.conf.voters:
+                # Removed (or demoted) itself, and the change is committed.
+                self._become_follower(self.term, NONE)
+
+    def _forget_removed_peers(self) -> None:
+        """Stop replicating to servers removed by a now committed change.
+
+        Until the removal commits the leader keeps sending them the log, so
+        they see the entry that removes them and stop campaigning.
+        """
+        members = self.conf.members()
+        for peer in [p for p in self._prs if p != self.node_id and p not in members]:
+            del self._prs[peer]
 
     def _handle_append_resp(self, m: Message, pr: Progress) -> None:
         if m.reject:
@@ -673,9 +690,12 @@ class RaftCore:
         ents: list[Entry] = []
         if pr.next <= log.last_index:
             ents = log.slice(pr.next, log.last_index + 1, self.config.max_msg_bytes)
+        # An APPEND from the very start of the log carries the membership at
+        # index 0, which a joining node cannot learn from the entries.
+        genesis = log.snapshot if prev == 0 else None
         self._msgs.append(Message(MT.APPEND, self.node_id, peer, term=self.term,
                                   index=prev, log_term=prev_term, entries=tuple(ents),
-                                  commit=log.committed))
+                                  commit=log.committed, snapshot=genesis))
         pr.commit_sent = log.committed
         if ents:
             pr.sent_entries(ents[-1].index)
@@ -775,6 +795,8 @@ class RaftCore:
         if log.term_at(prev) != prev_term:
             self._reject_append(m.frm, prev)
             return
+        if prev == 0 and m.snapshot is not None:
+            self._maybe_adopt_genesis(m.snapshot)
         last_new = prev + len(ents)
         conflict = log.find_conflict(ents)
         if conflict:
@@ -786,6 +808,24 @@ class RaftCore:
             self._scan_conf(new)
         log.commit_to(min(m.commit, last_new))
         self._send(MT.APPEND_RESP, m.frm, index=last_new)
+
+    def _maybe_adopt_genesis(self, meta: SnapshotMeta) -> None:
+        """A joining node learns the membership at index 0 from the leader.
+
+        It is reported in Ready.snapshot (index 0, no state-machine data) so
+        the driver persists it: after a restart the node must still know the
+        founding voters, or its configuration would be wrong.
+        """
+        log = self._log
+        if meta.index != 0 or log.snapshot.index != 0 or self._conf_base.voters \
+                or not meta.conf.voters:
+            return
+        log.snapshot = SnapshotMeta(0, 0, meta.conf)
+        self._conf_base = meta.conf
+        self._conf_log = []
+        self._scan_conf(log.slice(log.first_index, log.last_index + 1))
+        self._pending_snapshot = log.snapshot
+        self.role = self._follower_role()
 
     def _reject_append(self, to: str, index: int) -> None:
         log = self._log
@@ -857,9 +897,6 @@ class RaftCore:
                 self.role = self._follower_role()
             return
         members = conf.members()
-        for peer in list(self._prs):
-            if peer != self.node_id and peer not in members:
-                del self._prs[peer]
         for peer in members:
             if peer not in self._prs:
                 self._prs[peer] = Progress(self._log.last_index + 1, self.config.max_inflight)

@@ -209,6 +209,8 @@ class Cluster:
         self.reads: dict[bytes, int] = {}
         self.read_results: dict[bytes, int] = {}
         self.crash_after_persist = 0.0
+        self.after_delivery: Callable[[str], None] | None = None
+        """Called with the receiver after each delivered message (chaos hooks)."""
         self.stats: Counter[str] = Counter()
         self._cmd_seq = 0
         self._deferred: list[tuple[str, int, str, bool]] = []
@@ -471,6 +473,8 @@ class Cluster:
         if msg.type == MessageType.SNAPSHOT:
             self._deferred.append((msg.frm, env.sender_incarnation, msg.to, True))
         self._flush()
+        if self.after_delivery is not None:
+            self.after_delivery(node.id)
 
     def _on_drop(self, env: Envelope) -> None:
         if env.msg.type == MessageType.SNAPSHOT:
@@ -604,6 +608,7 @@ class Cluster:
         """Stop all faults and require convergence; returns the final leader."""
         self._event("settle")
         self.crash_after_persist = 0.0
+        self.after_delivery = None
         self.net.profile = dataclasses.replace(RELIABLE)
         self.net.drop_filter = None
         self.net.heal()
@@ -675,6 +680,24 @@ class Chaos:
         self.rng = rng
         self.stormy = False
         self.leader_killer = rng.random() < 0.3
+        self._judged: dict[str, int] = {}
+        if self.leader_killer:
+            cluster.after_delivery = self._maybe_kill_new_leader
+
+    def _maybe_kill_new_leader(self, node_id: str) -> None:
+        """Kill some leaders the moment they win, their first APPENDs half sent."""
+        node = self.cl.nodes[node_id]
+        if node.core is None or node.core.role != Role.LEADER:
+            return
+        if self._judged.get(node_id) == node.core.term:
+            return
+        self._judged[node_id] = node.core.term
+        r = self.rng
+        if r.random() >= 0.3:
+            return
+        lost = self.cl.net.discard(lambda m: m.frm == node_id and r.random() < 0.5)
+        self.cl._event("lost_in_flight", node_id, lost)
+        self.cl.crash(node_id)
 
     def step(self) -> None:
         cl, r = self.cl, self.rng
@@ -723,10 +746,11 @@ class Chaos:
 
     def kill_leader_mid_send(self) -> None:
         """Figure 8 material: a leader dies with only some of its APPENDs out."""
+        r = self.rng
+        self.cl.deliver_until(self.cl.now + r.randint(0, TICK - 1))
         ld = self.cl.leader()
         if ld is None:
             return
-        r = self.rng
         lost = self.cl.net.discard(lambda m: m.frm == ld and r.random() < 0.5)
         self.cl._event("lost_in_flight", ld, lost)
         self.cl.crash(ld)

@@ -21,6 +21,8 @@ from twisted.protocols.basic import Int32StringReceiver
 from storg.wire.codec import MAX_FRAME_BYTES
 
 _HEADER = struct.Struct("!I")
+_SMALL = 4096
+"""Frames up to this size are sliced directly: cheaper than a memoryview for small copies."""
 
 
 class FrameReceiver(Int32StringReceiver):
@@ -57,7 +59,9 @@ class FrameReceiver(Int32StringReceiver):
 
     def _deliver(self, buf: bytearray) -> None:
         offset = 0
+        unpack_from = _HEADER.unpack_from
         prefix = _HEADER.size
+        max_length = self.MAX_LENGTH
         try:
             while not self.paused:
                 if self._closing():
@@ -65,21 +69,25 @@ class FrameReceiver(Int32StringReceiver):
                     buf.clear()
                     offset = 0
                     return
-                available = len(buf) - offset
-                if available < prefix:
+                start = offset + prefix
+                if len(buf) < start:
                     return
-                (length,) = _HEADER.unpack_from(buf, offset)
-                if length > self.MAX_LENGTH:
+                (length,) = unpack_from(buf, offset)
+                if length > max_length:
                     self.lengthLimitExceeded(length)
                     return
-                if available < prefix + length:
+                end = start + length
+                if len(buf) < end:
                     return
-                start = offset + prefix
-                offset = start + length
-                with memoryview(buf) as view:
-                    frame = view[start:offset].tobytes()
-                # No view of buf may live past this point: stringReceived can
-                # re-enter dataReceived, which appends to (resizes) buf.
+                if length <= _SMALL:
+                    frame = bytes(buf[start:end])
+                else:
+                    # One copy instead of two for large frames.  No view of
+                    # buf may outlive this block: stringReceived can re-enter
+                    # dataReceived, which appends to (resizes) buf.
+                    with memoryview(buf) as view:
+                        frame = view[start:end].tobytes()
+                offset = end
                 self.stringReceived(frame)
         finally:
             if offset:
@@ -94,7 +102,7 @@ class FrameReceiver(Int32StringReceiver):
         peer = self.transport.getPeer() if self.transport is not None else None
         self._log.warn(
             "closing connection from {peer}: frame of {length} bytes exceeds the limit of {limit}",
-            peer=_describe(peer), length=length, limit=self.MAX_LENGTH)
+            peer=describe_address(peer), length=length, limit=self.MAX_LENGTH)
         self.close_connection()
 
     def close_connection(self) -> None:
@@ -108,7 +116,8 @@ class FrameReceiver(Int32StringReceiver):
         super().connectionLost(reason)
 
 
-def _describe(address: object) -> str:
+def describe_address(address: object) -> str:
+    """``host:port`` (``[v6]:port``) of a Twisted address, for log lines."""
     host = getattr(address, "host", None)
     port = getattr(address, "port", None)
     if host is None:

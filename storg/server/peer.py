@@ -53,9 +53,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from storg.config import Address
+from storg.config import NODE_ID_RE, Address
 from storg.raft.types import Message
-from storg.server.framing import FrameReceiver
+from storg.server.framing import FrameReceiver, describe_address
 from storg.wire.codec import CODEC
 from storg.wire.messages import Hello, HelloRefused
 from storg.wire.records import CodecError
@@ -94,9 +94,9 @@ class _Identity:
         if hello.version != PROTOCOL_VERSION:
             return f"peer protocol version {hello.version} is not {PROTOCOL_VERSION}"
         if hello.cluster_id != self.cluster_id:
-            return f"cluster id {hello.cluster_id} is not ours ({self.cluster_id})"
-        if not hello.node_id:
-            return "empty node id"
+            return f"cluster id {_one_line(hello.cluster_id, 80)!r} is not ours ({self.cluster_id})"
+        if not NODE_ID_RE.fullmatch(hello.node_id):
+            return f"node id {_one_line(hello.node_id, 80)!r} is not 1-64 of [a-z0-9_-]"
         if hello.node_id == self.node_id:
             return f"node id {hello.node_id} is our own"
         return None
@@ -104,13 +104,15 @@ class _Identity:
 
 def _peer_text(transport: Any) -> str:
     try:
-        addr = transport.getPeer()
+        return describe_address(transport.getPeer())
     except Exception:  # a transport already torn down has no address
         return "?"
-    host = getattr(addr, "host", None)
-    if host is None:
-        return str(addr)
-    return f"[{host}]:{addr.port}" if ":" in host else f"{host}:{addr.port}"
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """Untrusted text from a peer, made safe for a one-line log entry."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[:limit] + "..."
 
 
 class _PeerProtocol(FrameReceiver):
@@ -194,7 +196,7 @@ class PeerServerProtocol(_PeerProtocol):
         if type(obj) is HelloRefused:
             # Our reply Hello was refused by the connecting side (for
             # instance our instance id changed): its reason is the operator's fix.
-            self.owner._refused(self.peer_id, f"peer {self.peer_id} refused us: {obj.reason}")
+            self.owner._refused(self.peer_id, f"peer {self.peer_id} refused us: {_one_line(obj.reason)}")
             self.close_connection()
         elif type(obj) is not Message:
             self.violation(f"expected a Raft message, got {type(obj).__name__}")
@@ -211,7 +213,8 @@ class PeerServerProtocol(_PeerProtocol):
             return
         reason = self.owner._check_hello(obj)
         if reason is not None:
-            self.owner._refused(obj.node_id, f"refused {obj.node_id} from {_peer_text(self.transport)}: {reason}")
+            who = _one_line(obj.node_id, 64)
+            self.owner._refused(who, f"refused {who} from {_peer_text(self.transport)}: {reason}")
             self.refuse(reason)
             return
         self._cancel_timeout()
@@ -316,14 +319,15 @@ class PeerClientProtocol(_PeerProtocol):
         if self.ready:
             self.violation(f"unexpected {type(obj).__name__} on our outgoing connection")
         elif type(obj) is HelloRefused:
-            self.link.refused(f"{self.expected} at {_peer_text(self.transport)} refused us: {obj.reason}")
+            self.link.refused(f"{self.expected} at {_peer_text(self.transport)} refused us: {_one_line(obj.reason)}")
             self.close_connection()
         elif type(obj) is not Hello:
             self.violation(f"expected Hello, got {type(obj).__name__}")
         else:
             reason = self.link.owner._check_hello(obj, expected=self.expected)
             if reason is not None:
-                self.link.refused(f"refused {obj.node_id} at {_peer_text(self.transport)}: {reason}")
+                who = _one_line(obj.node_id, 64)
+                self.link.refused(f"refused {who} at {_peer_text(self.transport)}: {reason}")
                 self.refuse(reason)
                 return
             self._cancel_timeout()
@@ -554,7 +558,11 @@ class PeerTransport:
         if reason is None and expected is not None and hello.node_id != expected:
             reason = f"expected node {expected} at this address, found {hello.node_id}"
         if reason is None and self.accept_peer is not None:
-            reason = self.accept_peer(hello)
+            try:
+                reason = self.accept_peer(hello)
+            except Exception:
+                log.failure("accept_peer failed for {peer}", peer=hello.node_id)
+                reason = "internal error while checking the peer"
         return reason
 
     def _inbound_ready(self, proto: PeerServerProtocol) -> None:
@@ -586,6 +594,8 @@ class PeerTransport:
         # A refused peer retries every second; log the first refusal, and
         # again only if the reason changes.
         if self._refusal_logged.get(peer_id) != line:
+            if len(self._refusal_logged) > 1024:
+                self._refusal_logged.clear()  # bounded, whatever strangers call themselves
             self._refusal_logged[peer_id] = line
             log.warn("{line}", line=line)
         self._event(peer_id, REFUSED)

@@ -37,6 +37,7 @@ from storg.wire.messages import (
     StatusRequest,
 )
 from storg.wire.records import CodecError, Reader
+from storg.wire import files  # noqa: E402,F401  (registers the file store's frames on CODEC)
 
 __all__ = [
     "BAD_REQUEST", "CODEC", "Codec", "CodecError", "ERROR_REPLY", "ErrorCode",

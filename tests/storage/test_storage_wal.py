@@ -33,9 +33,10 @@ def segments(d: Path) -> list[str]:
 
 def test_batch_encoding_is_the_reference_framing() -> None:
     batch = [Entry(7, 3, EntryType.CONF_CHANGE, b"cc"), Entry(7, 4), Entry(8, 5, data=b"x" * 70_000)]
-    buf, offsets = _encode_batch(batch)
+    parts, nbytes, offsets = _encode_batch(batch)
     records = [frame_entry(e) for e in batch]
-    assert buf == b"".join(records)
+    assert b"".join(parts) == b"".join(records)
+    assert nbytes == sum(map(len, records))
     assert offsets == [0, len(records[0]), len(records[0]) + len(records[1])]
 
 
@@ -186,6 +187,34 @@ def test_one_write_and_one_fsync_per_batch(tmp_path: Path, monkeypatch: pytest.M
         assert log.last_index == 256 + 160
 
 
+def test_big_batch_is_one_writev_and_one_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = WriteAheadLog.open(tmp_path)
+    calls: list[str] = []
+    for name in ("fsync", "write", "writev"):
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda *a, _real=real, _name=name: (calls.append(_name), _real(*a))[1])
+    batch = ents(1, 64, size=65536)
+    log.append(batch)
+    assert calls == ["writev", "fsync"]
+    monkeypatch.undo()
+    assert log.read_all() == batch
+
+
+def test_short_writev_is_completed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = WriteAheadLog.open(tmp_path)
+    real = os.writev
+
+    def short(fd: int, parts: list[bytes]) -> int:
+        return real(fd, parts[:3])
+
+    monkeypatch.setattr(os, "writev", short)
+    log.append(ents(1, 8, size=65536))
+    monkeypatch.undo()
+    log.close()
+    with WriteAheadLog.open(tmp_path) as log:
+        assert log.read_all() == ents(1, 8, size=65536)
+
+
 def _last_record_offset(path: Path) -> int:
     data = path.read_bytes()
     pos = last = 0
@@ -282,11 +311,12 @@ def test_missing_segment_is_corruption(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("partial", [False, True])
+@pytest.mark.parametrize("size", [10, 65536])
 def test_full_disk_is_a_clear_error_and_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                      partial: bool) -> None:
+                                                      partial: bool, size: int) -> None:
     log = WriteAheadLog.open(tmp_path)
     log.append(ents(1, 3))
-    real_write = os.write
+    real_write, real_writev = os.write, os.writev
     state = {"calls": 0}
 
     def full(fd: int, data: bytes) -> int:
@@ -295,9 +325,16 @@ def test_full_disk_is_a_clear_error_and_loses_nothing(tmp_path: Path, monkeypatc
             return real_write(fd, bytes(data)[:len(data) // 2])
         raise OSError(errno.ENOSPC, "No space left on device")
 
+    def full_v(fd: int, parts: list[bytes]) -> int:
+        state["calls"] += 1
+        if partial:
+            return real_writev(fd, parts[:5])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
     monkeypatch.setattr(os, "write", full)
+    monkeypatch.setattr(os, "writev", full_v)
     with pytest.raises(DiskFullError, match="No space left on device") as info:
-        log.append(ents(4, 9))
+        log.append(ents(4, 9, size=size))
     assert isinstance(info.value, StorageError)
     monkeypatch.undo()
     assert log.last_index == 3

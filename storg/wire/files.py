@@ -1,0 +1,253 @@
+"""Frames of the file store: client requests and replies, chunk transfer, and commands.
+
+Three families share the one codec:
+
+* client requests and replies (type bytes 41-59), on a node's client port;
+  every one carries the ``request_id`` it answers, so requests pipeline;
+* chunk transfer between nodes (``ChunkPut``/``ChunkGet``), also on the
+  client port: bulk bytes never queue behind Raft heartbeats on the peer
+  connections;
+* state machine commands (type bytes 65 and up), the payloads of NORMAL log
+  entries.
+
+Puts stream: ``PutStart`` (the leader answers ``PutReady`` or redirects),
+any number of ``PutData`` frames, then ``PutEnd`` with the size and SHA-256
+the client computed; the reply ``PutDone`` comes once the metadata entry is
+committed and applied.  Gets stream the other way: ``GetStart`` (the file's
+metadata), ``GetData`` frames, ``GetEnd``.  ``client_id`` and ``seq`` make
+a retried put or rm apply once (client sessions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from storg.wire.codec import CODEC
+from storg.wire.schema import (
+    BOOL, BYTES32, ID, SHA256, STR16, U32, U64, ListOf, Nested, layout, register_struct,
+)
+
+
+@layout(SHA256, U32, ListOf(ID))
+@dataclass(frozen=True, slots=True)
+class ChunkRef:
+    """One chunk of a file: its SHA-256 (hex), size and the nodes holding it."""
+
+    hash: str
+    size: int
+    holders: tuple[str, ...] = ()
+
+
+@layout(STR16, U64, SHA256, U64, U64, ListOf(Nested(ChunkRef)))
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """A file's metadata as the namespace holds it.
+
+    ``modified_ns`` is the leader's clock when it proposed the put, carried
+    in the entry so every node agrees; ``version`` is the log index of the
+    put that wrote this content.
+    """
+
+    path: str
+    size: int
+    sha256: str
+    modified_ns: int
+    version: int
+    chunks: tuple[ChunkRef, ...] = field(default=())
+
+
+# --- client requests and replies ---------------------------------------------
+
+@layout(U64, STR16, U64, U64)
+@dataclass(frozen=True, slots=True)
+class PutStart:
+    request_id: int
+    path: str
+    client_id: int
+    seq: int
+
+
+@layout(U64, U32)
+@dataclass(frozen=True, slots=True)
+class PutReady:
+    """The leader accepts the upload; send PutData frames of at most ``max_frame`` bytes."""
+
+    request_id: int
+    max_frame: int
+
+
+@layout(U64, BYTES32)
+@dataclass(frozen=True, slots=True)
+class PutData:
+    request_id: int
+    data: bytes
+
+
+@layout(U64, U64, SHA256)
+@dataclass(frozen=True, slots=True)
+class PutEnd:
+    request_id: int
+    size: int
+    sha256: str
+
+
+@layout(U64, Nested(FileInfo))
+@dataclass(frozen=True, slots=True)
+class PutDone:
+    request_id: int
+    info: FileInfo
+
+
+@layout(U64, STR16, BOOL)
+@dataclass(frozen=True, slots=True)
+class GetRequest:
+    request_id: int
+    path: str
+    stale: bool = False
+
+
+@layout(U64, Nested(FileInfo))
+@dataclass(frozen=True, slots=True)
+class GetStart:
+    request_id: int
+    info: FileInfo
+
+
+@layout(U64, BYTES32)
+@dataclass(frozen=True, slots=True)
+class GetData:
+    request_id: int
+    data: bytes
+
+
+@layout(U64)
+@dataclass(frozen=True, slots=True)
+class GetEnd:
+    request_id: int
+
+
+@layout(U64, STR16, BOOL)
+@dataclass(frozen=True, slots=True)
+class LsRequest:
+    request_id: int
+    prefix: str
+    stale: bool = False
+
+
+@layout(U64, ListOf(Nested(FileInfo)), BOOL)
+@dataclass(frozen=True, slots=True)
+class LsReply:
+    """One page of an ``ls``; ``more`` means further LsReply frames follow for this request."""
+
+    request_id: int
+    files: tuple[FileInfo, ...]
+    more: bool = False
+
+
+@layout(U64, STR16, BOOL)
+@dataclass(frozen=True, slots=True)
+class StatRequest:
+    request_id: int
+    path: str
+    stale: bool = False
+
+
+@layout(U64, Nested(FileInfo))
+@dataclass(frozen=True, slots=True)
+class StatReply:
+    request_id: int
+    info: FileInfo
+
+
+@layout(U64, STR16, U64, U64)
+@dataclass(frozen=True, slots=True)
+class RmRequest:
+    request_id: int
+    path: str
+    client_id: int
+    seq: int
+
+
+@layout(U64, U64)
+@dataclass(frozen=True, slots=True)
+class RmDone:
+    request_id: int
+    version: int
+
+
+# --- chunk transfer between nodes -----------------------------------------------
+
+@layout(U64, SHA256, BYTES32)
+@dataclass(frozen=True, slots=True)
+class ChunkPut:
+    """Store this chunk durably; answered with ChunkStored once fsynced."""
+
+    request_id: int
+    hash: str
+    data: bytes
+
+
+@layout(U64, SHA256)
+@dataclass(frozen=True, slots=True)
+class ChunkStored:
+    request_id: int
+    hash: str
+
+
+@layout(U64, SHA256)
+@dataclass(frozen=True, slots=True)
+class ChunkGet:
+    request_id: int
+    hash: str
+
+
+@layout(U64, SHA256, BYTES32)
+@dataclass(frozen=True, slots=True)
+class ChunkData:
+    request_id: int
+    hash: str
+    data: bytes
+
+
+# --- state machine commands (log entry payloads) ----------------------------------
+
+@layout(U64, U64, U64, STR16, U64, SHA256, ListOf(Nested(ChunkRef)))
+@dataclass(frozen=True, slots=True)
+class PutFileCommand:
+    client_id: int
+    seq: int
+    modified_ns: int
+    path: str
+    size: int
+    sha256: str
+    chunks: tuple[ChunkRef, ...]
+
+
+@layout(U64, U64, U64, STR16)
+@dataclass(frozen=True, slots=True)
+class RemoveFileCommand:
+    client_id: int
+    seq: int
+    modified_ns: int
+    path: str
+
+
+@layout(ListOf(SHA256))
+@dataclass(frozen=True, slots=True)
+class CollectChunksCommand:
+    """Forget chunks no file refers to; every node then deletes its copies."""
+
+    hashes: tuple[str, ...]
+
+
+_TYPE_BYTES: dict[int, type] = {
+    41: PutStart, 42: PutReady, 43: PutData, 44: PutEnd, 45: PutDone,
+    46: GetRequest, 47: GetStart, 48: GetData, 49: GetEnd,
+    50: LsRequest, 51: LsReply, 52: StatRequest, 53: StatReply,
+    54: RmRequest, 55: RmDone,
+    56: ChunkPut, 57: ChunkStored, 58: ChunkGet, 59: ChunkData,
+    65: PutFileCommand, 66: RemoveFileCommand, 67: CollectChunksCommand,
+}
+
+for _tb, _cls in _TYPE_BYTES.items():
+    register_struct(CODEC, _tb, _cls)

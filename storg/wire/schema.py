@@ -1,0 +1,196 @@
+"""Declarative layouts: a frozen dataclass plus a list of field kinds is a frame type.
+
+The file store adds a couple of dozen request, reply and command types.
+Writing an encoder and a decoder by hand for each would repeat the same
+lines two dozen times; instead each type lists its fields in order with a
+:class:`Kind`, and :func:`register_struct` derives both functions.  The
+layout is still hand-chosen and fixed: fields in declaration order, each in
+the kind's byte layout, nothing self-describing on the wire.
+
+Kinds: ``U8 U16 U32 U64`` (big-endian unsigned), ``BOOL`` (one byte, 0 or
+1), ``ID`` (u8-length UTF-8), ``STR16``/``STR32`` (u16/u32-length UTF-8),
+``BYTES32`` (u32-length bytes), ``SHA256`` (32 raw bytes, a lowercase hex
+string in Python), ``ListOf(kind)`` (u32 count, then the items; the count is
+checked against the bytes left before anything is built) and
+``Nested(cls)`` (another registered struct's fields, inline).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from storg.wire.records import CodecError, Reader, bytes32, short_str, str16, str32
+
+_U8 = struct.Struct(">B")
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+
+
+class Kind:
+    """How one field is laid out; ``min_bytes`` bounds list counts before decoding."""
+
+    min_bytes = 1
+
+    def write(self, value: Any, out: list) -> None:
+        raise TypeError
+
+    def read(self, r: Reader) -> Any:
+        raise TypeError
+
+
+class _Int(Kind):
+    def __init__(self, st: struct.Struct) -> None:
+        self.st = st
+        self.min_bytes = st.size
+        self.limit = 1 << (8 * st.size)
+
+    def write(self, value: Any, out: list) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < self.limit:
+            raise CodecError(f"{value!r} does not fit in {self.st.size} unsigned bytes")
+        out.append(self.st.pack(value))
+
+    def read(self, r: Reader) -> int:
+        return r.unpack(self.st)[0]
+
+
+class _Bool(Kind):
+    def write(self, value: Any, out: list) -> None:
+        out.append(b"\x01" if value else b"\x00")
+
+    def read(self, r: Reader) -> bool:
+        b = r.u8()
+        if b > 1:
+            raise CodecError(f"boolean byte {b}")
+        return b == 1
+
+
+class _Text(Kind):
+    def __init__(self, encode: Callable[[str], bytes], read_name: str, head: int) -> None:
+        self.encode = encode
+        self.read_name = read_name
+        self.min_bytes = head
+
+    def write(self, value: Any, out: list) -> None:
+        if not isinstance(value, str):
+            raise CodecError(f"expected text, got {type(value).__name__}")
+        out.append(self.encode(value))
+
+    def read(self, r: Reader) -> str:
+        return getattr(r, self.read_name)()
+
+
+class _Bytes(Kind):
+    min_bytes = 4
+
+    def write(self, value: Any, out: list) -> None:
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise CodecError(f"expected bytes, got {type(value).__name__}")
+        out.append(bytes32(bytes(value)))
+
+    def read(self, r: Reader) -> bytes:
+        return r.bytes32()
+
+
+class _Sha256(Kind):
+    min_bytes = 32
+
+    def write(self, value: Any, out: list) -> None:
+        try:
+            raw = bytes.fromhex(value)
+        except (TypeError, ValueError):
+            raise CodecError(f"not a hex SHA-256: {value!r}") from None
+        if len(raw) != 32:
+            raise CodecError(f"a SHA-256 is 32 bytes, not {len(raw)}")
+        out.append(raw)
+
+    def read(self, r: Reader) -> str:
+        return r.take(32).hex()
+
+
+class ListOf(Kind):
+    min_bytes = 4
+
+    def __init__(self, item: Kind) -> None:
+        self.item = item
+
+    def write(self, value: Any, out: list) -> None:
+        items = tuple(value)
+        out.append(_U32.pack(len(items)))
+        for item in items:
+            self.item.write(item, out)
+
+    def read(self, r: Reader) -> tuple:
+        count = r.u32()
+        if count * self.item.min_bytes > r.remaining():
+            raise CodecError(f"{count} items cannot fit in the {r.remaining()} bytes left")
+        return tuple(self.item.read(r) for _ in range(count))
+
+
+class Nested(Kind):
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+        self.fields = _layout_of(cls)
+        self.min_bytes = sum(k.min_bytes for _, k in self.fields)
+
+    def write(self, value: Any, out: list) -> None:
+        if type(value) is not self.cls:
+            raise CodecError(f"expected {self.cls.__name__}, got {type(value).__name__}")
+        write_fields(self.fields, value, out)
+
+    def read(self, r: Reader) -> Any:
+        return read_fields(self.cls, self.fields, r)
+
+
+U8 = _Int(_U8)
+U16 = _Int(_U16)
+U32 = _Int(_U32)
+U64 = _Int(_U64)
+BOOL = _Bool()
+ID = _Text(short_str, "short_str", 1)
+STR16 = _Text(str16, "str16", 2)
+STR32 = _Text(str32, "str32", 4)
+BYTES32 = _Bytes()
+SHA256 = _Sha256()
+
+_LAYOUTS: dict[type, list[tuple[str, Kind]]] = {}
+
+
+def layout(*kinds: Kind) -> Callable[[type], type]:
+    """Class decorator: give a dataclass's fields, in order, these kinds."""
+
+    def attach(cls: type) -> type:
+        names = [f.name for f in dataclasses.fields(cls)]
+        if len(names) != len(kinds):
+            raise TypeError(f"{cls.__name__} has {len(names)} fields but {len(kinds)} kinds")
+        _LAYOUTS[cls] = list(zip(names, kinds))
+        return cls
+
+    return attach
+
+
+def _layout_of(cls: type) -> list[tuple[str, Kind]]:
+    try:
+        return _LAYOUTS[cls]
+    except KeyError:
+        raise TypeError(f"{cls.__name__} has no @layout") from None
+
+
+def write_fields(fields: Sequence[tuple[str, Kind]], obj: Any, out: list) -> None:
+    for name, kind in fields:
+        kind.write(getattr(obj, name), out)
+
+
+def read_fields(cls: type, fields: Sequence[tuple[str, Kind]], r: Reader) -> Any:
+    return cls(*[kind.read(r) for _, kind in fields])
+
+
+def register_struct(codec: Any, type_byte: int, cls: type) -> None:
+    """Register a @layout dataclass on ``codec`` under ``type_byte``."""
+    fields = _layout_of(cls)
+    codec.register(type_byte, cls,
+                   lambda obj, out: write_fields(fields, obj, out),
+                   lambda r: read_fields(cls, fields, r))

@@ -1,0 +1,119 @@
+"""File store frames: every type round-trips; damaged bytes raise CodecError only."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from storg.wire import CODEC, CodecError
+from storg.wire import files as F
+from storg.wire.schema import ListOf, Nested, layout, register_struct, U8, SHA256
+from storg.wire.codec import Codec
+
+u64 = st.integers(0, 2**64 - 1)
+u32 = st.integers(0, 2**32 - 1)
+ids = st.text(st.characters(min_codepoint=48, max_codepoint=122), min_size=1, max_size=8)
+hashes = st.binary(min_size=32, max_size=32).map(bytes.hex)
+text = st.text(max_size=40)
+blobs = st.binary(max_size=64)
+chunk_refs = st.builds(F.ChunkRef, hashes, u32, st.lists(ids, max_size=3).map(tuple))
+infos = st.builds(F.FileInfo, text, u64, hashes, u64, u64, st.lists(chunk_refs, max_size=3).map(tuple))
+
+KINDS = {
+    F.PutStart: (u64, text, u64, u64), F.PutReady: (u64, u32), F.PutData: (u64, blobs),
+    F.PutEnd: (u64, u64, hashes), F.PutDone: (u64, infos), F.GetRequest: (u64, text, st.booleans()),
+    F.GetStart: (u64, infos), F.GetData: (u64, blobs), F.GetEnd: (u64,),
+    F.LsRequest: (u64, text, st.booleans()),
+    F.LsReply: (u64, st.lists(infos, max_size=3).map(tuple), st.booleans()),
+    F.StatRequest: (u64, text, st.booleans()), F.StatReply: (u64, infos),
+    F.RmRequest: (u64, text, u64, u64), F.RmDone: (u64, u64),
+    F.ChunkPut: (u64, hashes, blobs), F.ChunkStored: (u64, hashes), F.ChunkGet: (u64, hashes),
+    F.ChunkData: (u64, hashes, blobs),
+    F.PutFileCommand: (u64, u64, u64, text, u64, hashes, st.lists(chunk_refs, max_size=3).map(tuple)),
+    F.RemoveFileCommand: (u64, u64, u64, text),
+    F.CollectChunksCommand: (st.lists(hashes, max_size=4).map(tuple),),
+}
+frames = st.one_of(*[st.builds(cls, *args) for cls, args in KINDS.items()])
+
+
+@settings(max_examples=300, deadline=None)
+@given(frames)
+def test_every_file_frame_round_trips(obj):
+    assert CODEC.decode(CODEC.encode(obj)) == obj
+
+
+@settings(max_examples=60, deadline=None)
+@given(frames)
+def test_every_truncation_is_a_codec_error(obj):
+    data = CODEC.encode(obj)
+    for cut in range(len(data)):
+        with pytest.raises(CodecError):
+            CODEC.decode(data[:cut])
+    with pytest.raises(CodecError):
+        CODEC.decode(data + b"\x00")
+
+
+@settings(max_examples=200, deadline=None)
+@given(frames, st.integers(0, 10_000), st.integers(0, 255))
+def test_a_changed_byte_decodes_or_raises_codec_error(obj, where, value):
+    data = bytearray(CODEC.encode(obj))
+    data[where % len(data)] = value
+    try:
+        CODEC.decode(bytes(data))
+    except CodecError:
+        pass
+
+
+def test_a_forged_list_count_fails_before_allocating():
+    body = bytearray(CODEC.encode(F.CollectChunksCommand(())))
+    body[2:6] = (0xFFFFFFFF).to_bytes(4, "big")
+    with pytest.raises(CodecError, match="cannot fit"):
+        CODEC.decode(bytes(body))
+
+
+@pytest.mark.parametrize("bad", [
+    F.ChunkGet(1, "zz" * 32), F.ChunkGet(1, "ab"), F.RmDone(-1, 0), F.RmDone(2**64, 0),
+    F.PutData(1, "text, not bytes"),
+])
+def test_unencodable_values_raise_codec_error(bad):
+    with pytest.raises(CodecError):
+        CODEC.encode(bad)
+
+
+def test_a_boolean_byte_other_than_0_or_1_is_refused():
+    data = bytearray(CODEC.encode(F.GetRequest(1, "/a", True)))
+    data[-1] = 2
+    with pytest.raises(CodecError, match="boolean"):
+        CODEC.decode(bytes(data))
+
+
+def test_layout_must_name_every_field():
+    with pytest.raises(TypeError):
+        @layout(U8)
+        @dataclasses.dataclass(frozen=True)
+        class TwoFields:
+            a: int
+            b: int
+
+
+def test_nested_and_list_kinds_on_a_fresh_codec():
+    @layout(U8, SHA256)
+    @dataclasses.dataclass(frozen=True)
+    class Inner:
+        n: int
+        h: str
+
+    @layout(ListOf(Nested(Inner)))
+    @dataclasses.dataclass(frozen=True)
+    class Outer:
+        items: tuple
+
+    codec = Codec()
+    register_struct(codec, 200, Outer)
+    obj = Outer((Inner(1, "00" * 32), Inner(255, "ff" * 32)))
+    assert codec.decode(codec.encode(obj)) == obj
+    with pytest.raises(CodecError):
+        codec.encode(Outer((obj,)))
