@@ -69,7 +69,8 @@ class ProcCluster:
     env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, root: Path, size: int = 3, raft: dict | None = None) -> "ProcCluster":
+    def create(cls, root: Path, size: int = 3, raft: dict | None = None,
+               files: dict | None = None) -> "ProcCluster":
         """Write configs for ``size`` nodes n1..nN under ``root``; start none yet."""
         root = Path(root).resolve()
         cluster = cls(root)
@@ -86,6 +87,8 @@ class ProcCluster:
             }
             if raft:
                 cfg["raft"] = raft
+            if files:
+                cfg["files"] = files
             path = root / f"{nid}.yaml"
             path.write_text(yaml.safe_dump(cfg))
             cluster.nodes[nid] = ProcNode(nid, path, root / f"{nid}.log", peer, client)
@@ -152,6 +155,9 @@ class ProcCluster:
         if all(r["leader"] == leader for r in rows if r["role"] != "unreachable"):
             return leader
         return None
+
+    def data_dir(self, nid: str) -> Path:
+        return self.root / "data" / nid
 
     def log_text(self, nid: str) -> str:
         try:

@@ -8,13 +8,21 @@ stderr starting with ``storgctl: ``.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import sys
 from typing import Any, NoReturn
 
-from storg.client.api import STATUS_KEYS, ClusterUnavailable, StorgClient
+from storg.cli.progress import progress_for
+from storg.client.api import STATUS_KEYS, StorgClient
 from storg.client.connection import split_address
+from storg.client.errors import (
+    BadRequest, ClusterUnavailable, IntegrityError, LocalError, NotFoundError, ServerError,
+)
+from storg.client.files import AtomicFile
+from storg.paths import InvalidPath, normalize_path, normalize_prefix
+from storg.wire.files import FileInfo
 
 DEFAULT_CLUSTER = "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003"
 
@@ -50,6 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     sub.add_parser("status", help="one row per member: role, term, leader, indexes")
+    put = sub.add_parser("put", help="store a local file (LOCAL '-' reads stdin)")
+    put.add_argument("local", metavar="LOCAL")
+    put.add_argument("remote", metavar="REMOTE")
+    get = sub.add_parser("get", help="fetch a file to LOCAL (omitted or '-': stdout)")
+    get.add_argument("remote", metavar="REMOTE")
+    get.add_argument("local", metavar="LOCAL", nargs="?", default="-")
+    ls = sub.add_parser("ls", help="list the files at or below a folder")
+    ls.add_argument("prefix", metavar="PREFIX", nargs="?", default="/")
+    stat = sub.add_parser("stat", help="a file's metadata and chunks")
+    stat.add_argument("remote", metavar="REMOTE")
+    rm = sub.add_parser("rm", help="delete a file")
+    rm.add_argument("remote", metavar="REMOTE")
+    for read in (get, ls, stat):
+        read.add_argument("--stale", action="store_true",
+                          help="read from the node contacted without checking it is current")
     return p
 
 
@@ -84,7 +107,171 @@ async def run_status(client: StorgClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"status": run_status}
+def iso_time(ns: int) -> str:
+    """Nanoseconds since the epoch as ISO 8601 UTC to the second, ending in ``Z``."""
+    moment = datetime.datetime.fromtimestamp(ns // 1_000_000_000, tz=datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def file_dict(info: FileInfo, *, chunks: bool = False) -> dict[str, Any]:
+    """The JSON object of a file (``ls --json`` rows; ``stat --json`` adds its chunks)."""
+    out: dict[str, Any] = {"path": info.path, "size": info.size, "sha256": info.sha256,
+                           "modified": iso_time(info.modified_ns), "version": info.version}
+    if chunks:
+        out["chunks"] = [{"hash": c.hash, "size": c.size, "holders": list(c.holders)}
+                         for c in info.chunks]
+    return out
+
+
+def format_ls(files: list[FileInfo]) -> str:
+    """One line per file: size (right-aligned), modified time, path."""
+    if not files:
+        return ""
+    width = max(len(str(f.size)) for f in files)
+    return "\n".join(f"{f.size:>{width}}  {iso_time(f.modified_ns)}  {f.path}" for f in files)
+
+
+def format_stat(info: FileInfo) -> str:
+    lines = [f"path:      {info.path}", f"size:      {info.size}", f"sha256:    {info.sha256}",
+             f"modified:  {iso_time(info.modified_ns)}", f"version:   {info.version}",
+             f"chunks:    {len(info.chunks)}"]
+    lines += [f"  {c.hash}  {c.size}  {','.join(c.holders) or '-'}" for c in info.chunks]
+    return "\n".join(lines)
+
+
+def remote_path(text: str) -> str:
+    """The normal form of a REMOTE argument; a usage error (exit 2) before anything is sent."""
+    try:
+        return normalize_path(text)
+    except InvalidPath as exc:
+        raise CliError(EXIT_USAGE, f"invalid path: {exc}") from None
+
+
+def remote_prefix(text: str) -> str:
+    try:
+        return normalize_prefix(text)
+    except InvalidPath as exc:
+        raise CliError(EXIT_USAGE, f"invalid prefix: {exc}") from None
+
+
+_PENDING_FILES: list[AtomicFile] = []
+"""Temporary files of gets in progress, removed however storgctl ends (Ctrl-C included)."""
+
+
+def prepare(args: argparse.Namespace) -> None:
+    """Check every argument and open the local files before anything is sent.
+
+    Bad paths and unreadable or unwritable local files are usage errors
+    (exit 2) found without contacting the cluster.  Remote paths are
+    replaced by their normal form; ``args.source`` (put) and ``args.atomic``
+    (get to a file) are set.
+    """
+    if hasattr(args, "remote"):
+        args.remote = remote_path(args.remote)
+    if hasattr(args, "prefix"):
+        args.prefix = remote_prefix(args.prefix)
+    if args.command == "put":
+        if args.local == "-":
+            args.source = sys.stdin.buffer
+        elif os.path.isdir(args.local):
+            raise CliError(EXIT_USAGE, f"cannot read {args.local}: is a directory")
+        else:
+            try:
+                args.source = open(args.local, "rb")
+            except OSError as exc:
+                raise CliError(EXIT_USAGE, f"cannot read {args.local}: {exc.strerror or exc}") from None
+    if args.command == "get":
+        args.atomic = None
+        if args.local != "-":
+            target = args.local
+            if os.path.isdir(target):
+                target = os.path.join(target, args.remote.rsplit("/", 1)[-1])
+            args.atomic = AtomicFile(target)
+            _PENDING_FILES.append(args.atomic)
+
+
+async def run_put(client: StorgClient, args: argparse.Namespace) -> int:
+    bar = progress_for(f"put {args.remote}", sys.stderr)
+    try:
+        info = await client.put(args.source, args.remote, progress=bar)
+    finally:
+        if bar is not None:
+            bar.finish()
+    if args.json:
+        print(json.dumps(file_dict(info)))
+    return EXIT_OK
+
+
+async def run_get(client: StorgClient, args: argparse.Namespace) -> int:
+    bar = progress_for(f"get {args.remote}", sys.stderr)
+    atomic: AtomicFile | None = args.atomic
+    try:
+        sink = sys.stdout.buffer if atomic is None else atomic.f
+        await client.get(args.remote, sink, stale=args.stale, progress=bar)
+        if atomic is not None:
+            atomic.commit()
+    finally:
+        if atomic is not None:
+            atomic.discard()
+        if bar is not None:
+            bar.finish()
+    return EXIT_OK
+
+
+async def run_ls(client: StorgClient, args: argparse.Namespace) -> int:
+    files = await client.ls(args.prefix, stale=args.stale)
+    if args.json:
+        print(json.dumps([file_dict(f) for f in files]))
+    elif files:
+        print(format_ls(files))
+    return EXIT_OK
+
+
+async def run_stat(client: StorgClient, args: argparse.Namespace) -> int:
+    info = await client.stat(args.remote, stale=args.stale)
+    if args.json:
+        print(json.dumps(file_dict(info, chunks=True)))
+    else:
+        print(format_stat(info))
+    return EXIT_OK
+
+
+async def run_rm(client: StorgClient, args: argparse.Namespace) -> int:
+    version = await client.rm(args.remote)
+    if args.json:
+        print(json.dumps({"path": args.remote, "version": version}))
+    return EXIT_OK
+
+
+COMMANDS = {"status": run_status, "put": run_put, "get": run_get, "ls": run_ls,
+            "stat": run_stat, "rm": run_rm}
+
+
+def one_line(text: str) -> str:
+    """Errors are one line on stderr, whatever a server put in its message."""
+    return " ".join(str(text).split())
+
+
+def exit_for(exc: BaseException, args: argparse.Namespace) -> tuple[int, str] | None:
+    """The exit status and message for an error, or None if it is not an expected one."""
+    subject = getattr(args, "remote", None) or getattr(args, "prefix", None) or ""
+    if isinstance(exc, CliError):
+        return exc.code, str(exc)
+    if isinstance(exc, InvalidPath):
+        return EXIT_USAGE, f"invalid path: {exc}"
+    if isinstance(exc, LocalError):
+        return EXIT_USAGE, str(exc)
+    if isinstance(exc, ClusterUnavailable):
+        return EXIT_UNAVAILABLE, f"cluster unavailable: {exc}"
+    if isinstance(exc, NotFoundError):
+        return EXIT_REFUSED, f"{subject}: not found" if subject else f"not found: {exc}"
+    if isinstance(exc, BadRequest):
+        return EXIT_USAGE, f"refused by the cluster: {exc}"
+    if isinstance(exc, IntegrityError):
+        return EXIT_INTEGRITY, f"integrity error: {exc}"
+    if isinstance(exc, ServerError):
+        return EXIT_REFUSED, f"refused by the cluster: {exc}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
@@ -93,9 +280,12 @@ def main(argv: list[str] | None = None) -> NoReturn:
         addresses = cluster_addresses(args.cluster)
         if args.timeout <= 0:
             raise CliError(EXIT_USAGE, "--timeout: must be positive")
-    except CliError as exc:
-        sys.stderr.write(f"storgctl: {exc}\n")
-        sys.exit(exc.code)
+        prepare(args)
+    except (CliError, LocalError) as exc:
+        known = exit_for(exc, args)
+        assert known is not None
+        sys.stderr.write(f"storgctl: {one_line(known[1])}\n")
+        sys.exit(known[0])
 
     from twisted.internet import defer, task
 
@@ -103,18 +293,22 @@ def main(argv: list[str] | None = None) -> NoReturn:
         client = StorgClient(addresses, reactor=reactor, timeout=args.timeout)
         try:
             code = await COMMANDS[args.command](client, args)
-        except CliError as exc:
-            sys.stderr.write(f"storgctl: {exc}\n")
-            code = exc.code
-        except ClusterUnavailable as exc:
-            sys.stderr.write(f"storgctl: cluster unavailable: {exc}\n")
-            code = EXIT_UNAVAILABLE
+        except Exception as exc:
+            known = exit_for(exc, args)
+            if known is None:
+                raise
+            code, message = known
+            sys.stderr.write(f"storgctl: {one_line(message)}\n")
         finally:
             client.close()
         if code:
             raise SystemExit(code)
 
-    task.react(lambda reactor: defer.Deferred.fromCoroutine(run(reactor)))
+    try:
+        task.react(lambda reactor: defer.Deferred.fromCoroutine(run(reactor)))
+    finally:
+        for atomic in list(_PENDING_FILES):
+            atomic.discard()
 
 
 if __name__ == "__main__":

@@ -7,21 +7,53 @@ every member.  Waiting for a leader or a quorum is bounded by ``timeout``.
 
 from __future__ import annotations
 
-from typing import Any
+import itertools
+import os
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any, BinaryIO
 
-from twisted.internet import defer
+from twisted.internet import defer, error as net_error
 
-from storg.client.connection import ClientConnection, ServerError, connect
+from storg.client.connection import ClientConnection, connect
+from storg.client.errors import (
+    BadRequest, ClusterUnavailable, IntegrityError, LocalError, NotFoundError, ProtocolViolation,
+    ServerError,
+)
+from storg.client.files import (
+    AtomicFile, Deadline, Download, DownloadSink, Progress, Upload, UploadSource, Watchdog,
+)
+from storg.paths import InvalidPath, normalize_path, normalize_prefix
 from storg.wire import ErrorCode, ProbeRead, ProbeWrite, StatusReply, StatusRequest
+from storg.wire.files import FileInfo, LsReply, LsRequest, RmRequest, StatRequest
+
+__all__ = [
+    "BadRequest", "ClusterUnavailable", "IntegrityError", "InvalidPath", "LocalError",
+    "NotFoundError", "STATUS_KEYS", "ServerError", "StorgClient",
+]
 
 STATUS_KEYS = ("id", "role", "term", "leader", "commit_index", "applied_index", "last_index")
 
+RETRYABLE = (
+    net_error.ConnectError, net_error.ConnectionClosed, defer.TimeoutError, defer.CancelledError,
+    ProtocolViolation, ConnectionError,
+)
+"""Failures of one node or connection: the operation is tried again on another node."""
 
-class ClusterUnavailable(Exception):
-    """No node answered (or no leader / quorum) within the timeout."""
+MAX_INTERRUPTIONS = 3
+"""Transfers that made progress and then failed, retried at most this often per operation."""
+
+Attempt = Callable[[ClientConnection, Deadline], Awaitable[Any]]
 
 
 class StorgClient:
+    """A cluster's client: connections kept open, many requests in flight at once.
+
+    Writes carry this client's random ``client_id`` and a ``seq`` that grows
+    with each write; a retry of one write reuses its seq, so the cluster's
+    session table applies it once however often it is sent.
+    """
+
     def __init__(self, addresses: list[str], *, reactor: Any = None, timeout: float = 30.0) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -33,10 +65,16 @@ class StorgClient:
         self.timeout = timeout
         self._connections: dict[str, ClientConnection] = {}
         self._leader_guess = self.addresses[0]
+        self.client_id = secrets.randbits(63) or 1
+        self._seqs = itertools.count(1)
+
+    def next_seq(self) -> int:
+        """The sequence number of a new write operation."""
+        return next(self._seqs)
 
     async def connection(self, address: str, timeout: float | None = None) -> ClientConnection:
         conn = self._connections.get(address)
-        if conn is not None and conn.connected:
+        if conn is not None and conn.usable:
             return conn
         conn = await connect(self.reactor, address, timeout=min(self.timeout, timeout or 5.0))
         self._connections[address] = conn
@@ -56,38 +94,68 @@ class StorgClient:
         Raises ClusterUnavailable when the deadline passes, and ServerError
         for any other refusal.
         """
-        deadline = self.reactor.seconds() + (self.timeout if timeout is None else timeout)
+        async def attempt(conn: ClientConnection, deadline: Deadline) -> Any:
+            d = conn.request(make)
+            d.addTimeout(deadline.remaining(), self.reactor)
+            return await d
+
+        return await self.retrying(attempt, timeout=timeout)
+
+    async def retrying(self, attempt: Attempt, *, timeout: float | None = None,
+                       leader: bool = True) -> Any:
+        """Run ``attempt(conn, deadline)`` on one node after another until it succeeds.
+
+        It starts at the node that last acted as leader, follows NOT_LEADER
+        hints, and moves on after UNAVAILABLE or a connection failure, with
+        a short pause after each round of every address.  ``deadline`` is
+        pushed back by attempts that make progress, so only waiting (for a
+        leader, a quorum, a node) counts against ``timeout``; once it has
+        passed, ClusterUnavailable.  Any other error ends the operation.
+        """
+        deadline = Deadline(self.reactor, self.timeout if timeout is None else timeout)
         candidates = list(self.addresses)
         target = self._leader_guess
         failures = 0
+        redirects = 0
+        interruptions = 0
         last_error: str = "no answer"
         while True:
-            remaining = deadline - self.reactor.seconds()
+            remaining = deadline.remaining()
             if remaining <= 0:
-                raise ClusterUnavailable(f"no leader answered within the timeout ({last_error})")
+                who = "no leader" if leader else "no node"
+                raise ClusterUnavailable(f"{who} answered within the timeout ({last_error})")
+            if deadline.progressed:
+                deadline.progressed = False
+                interruptions += 1
+                if interruptions > MAX_INTERRUPTIONS:
+                    raise ClusterUnavailable(
+                        f"the transfer was interrupted {interruptions} times ({last_error})")
             try:
                 conn = await self.connection(target, timeout=min(remaining, 5.0))
-                d = conn.request(make)
-                d.addTimeout(remaining, self.reactor)
-                reply = await d
-                self._leader_guess = target
-                return reply
+                result = await attempt(conn, deadline)
+                if leader:
+                    self._leader_guess = target
+                return result
             except ServerError as exc:
                 if exc.code not in (ErrorCode.NOT_LEADER, ErrorCode.UNAVAILABLE):
                     raise
-                last_error = str(exc)
+                last_error = f"{target}: {exc}"
                 if exc.code == ErrorCode.NOT_LEADER and exc.leader and exc.leader != target:
-                    target = exc.leader
-                    continue
-            except defer.TimeoutError:
+                    redirects += 1
+                    if redirects <= len(candidates):  # nodes pointing at each other: pause
+                        target = exc.leader
+                        continue
+            except (defer.TimeoutError, net_error.TimeoutError):
                 last_error = f"{target} did not answer in time"
-            except Exception as exc:  # connection refused, lost, reset
+            except RETRYABLE as exc:
                 last_error = f"{target}: {exc}"
                 self._connections.pop(target, None)
             failures += 1
             target = candidates[failures % len(candidates)]
             if failures % len(candidates) == 0:
-                await _pause(self.reactor, min(0.05 * (failures // len(candidates)), 0.5))
+                redirects = 0
+                await _pause(self.reactor, min(0.05 * (failures // len(candidates)), 0.5,
+                                               max(deadline.remaining(), 0.0)))
 
     async def probe_write(self, payload: bytes = b"", timeout: float | None = None) -> int:
         """Commit a write that changes nothing; returns its log index."""
@@ -138,6 +206,100 @@ class StorgClient:
         rows = await defer.gatherResults(
             [defer.Deferred.fromCoroutine(row_of(m)) for m in members], consumeErrors=True)
         return list(rows)
+
+    # --- files -------------------------------------------------------------------
+
+    async def put(self, source: str | os.PathLike | BinaryIO, remote: str,
+                  progress: Progress | None = None) -> FileInfo:
+        """Store ``source`` (a local path or a binary stream) as ``remote``; returns its FileInfo.
+
+        Returns once the cluster has committed the file.  After a lost
+        connection or a leader change the whole upload is sent again with
+        the same session numbers, which a file can be and a pipe cannot:
+        a stream already partly read then gives ClusterUnavailable.
+        Raises InvalidPath (before sending anything), LocalError,
+        BadRequest, IntegrityError or ClusterUnavailable.
+        """
+        path = normalize_path(remote)
+        if isinstance(source, (str, os.PathLike)):
+            upload_source = UploadSource.open(source)
+        else:
+            upload_source = UploadSource(source)
+        upload = Upload(self.reactor, upload_source, path, self.client_id, self.next_seq(), progress)
+        try:
+            return await self.retrying(upload.attempt)
+        finally:
+            upload_source.close()
+
+    async def get(self, remote: str, sink: str | os.PathLike | BinaryIO, stale: bool = False,
+                  progress: Progress | None = None) -> FileInfo:
+        """Fetch ``remote`` into ``sink`` (a local path, written atomically, or a binary stream).
+
+        Any node may serve it.  The content is checked against the file's
+        SHA-256 (IntegrityError on a mismatch); a local path is only
+        replaced once the whole verified content is on disk.  On a lost
+        node the get starts over elsewhere if nothing was written yet or
+        the sink can be rewound.
+        """
+        path = normalize_path(remote)
+        if not isinstance(sink, (str, os.PathLike)):
+            download = Download(self.reactor, DownloadSink(sink), path, stale, progress)
+            return await self.retrying(download.attempt, leader=False)
+        atomic = AtomicFile(sink)
+        try:
+            download = Download(self.reactor, DownloadSink(atomic.f), path, stale, progress)
+            info = await self.retrying(download.attempt, leader=False)
+            atomic.commit()
+            return info
+        finally:
+            atomic.discard()
+
+    async def ls(self, prefix: str = "/", stale: bool = False) -> list[FileInfo]:
+        """Every file at or below the folder ``prefix``, sorted by path (chunks left empty)."""
+        normal = normalize_prefix(prefix)
+
+        async def attempt(conn: ClientConnection, deadline: Deadline) -> list[FileInfo]:
+            files: list[FileInfo] = []
+            watchdog = Watchdog(self.reactor, conn, deadline.remaining())
+
+            def on_page(frame: Any) -> bool:
+                if not isinstance(frame, LsReply):
+                    raise ProtocolViolation(f"unexpected {type(frame).__name__} during ls")
+                files.extend(frame.files)
+                deadline.extend()
+                watchdog.reset(deadline.timeout)
+                return not frame.more
+
+            stream = conn.request_stream(lambda rid: LsRequest(rid, normal, stale), on_page)
+            try:
+                await stream.done
+            finally:
+                watchdog.cancel()
+            return files
+
+        return await self.retrying(attempt, leader=False)
+
+    async def stat(self, remote: str, stale: bool = False) -> FileInfo:
+        """A file's metadata with its chunks and their holders; NotFoundError if absent."""
+        path = normalize_path(remote)
+
+        async def attempt(conn: ClientConnection, deadline: Deadline) -> FileInfo:
+            d = conn.request(lambda rid: StatRequest(rid, path, stale))
+            d.addTimeout(deadline.remaining(), self.reactor)
+            return (await d).info
+
+        return await self.retrying(attempt, leader=False)
+
+    async def rm(self, remote: str) -> int:
+        """Delete ``remote``; returns the log index of the removal. NotFoundError if absent.
+
+        A retry after a leader change reuses the seq, so a removal that
+        committed the first time answers success, not "not found".
+        """
+        path = normalize_path(remote)
+        seq = self.next_seq()
+        reply = await self.call_leader(lambda rid: RmRequest(rid, path, self.client_id, seq))
+        return reply.version
 
 
 def _pause(reactor: Any, seconds: float) -> defer.Deferred:

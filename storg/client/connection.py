@@ -1,52 +1,231 @@
-"""One client connection to a node: pipelined requests matched to replies by id."""
+"""One client connection to a node: pipelined requests matched to replies by id.
+
+A request is answered by one frame (status, stat, rm) or by several that
+share its id (a get's GetStart, GetData..., GetEnd; an ls's pages; a put's
+PutReady then PutDone).  :class:`Stream` is one such request; a one-frame
+request is a stream whose first frame is terminal.
+
+Flow control works both ways, with Twisted's producer/consumer interfaces
+rather than our own buffers:
+
+* sending: the connection registers a streaming producer (:class:`_WriteGate`)
+  on its transport.  The transport pauses it when its write buffer is over
+  its ``bufferSize`` and resumes it once drained; an upload awaits
+  :meth:`ClientConnection.wait_writable` before each frame, so at most one
+  frame beyond the transport's small buffer is ever queued in this process.
+* receiving: :meth:`ClientConnection.pause_reading` stops reading the socket
+  (and delivering frames already read) while a slow sink catches up.
+"""
 
 from __future__ import annotations
 
 import itertools
+import struct
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from storg.client.errors import ProtocolViolation, ServerError, error_for
 from storg.server.framing import FrameReceiver
-from storg.wire import CODEC, CodecError, ErrorCode, ErrorReply
+from storg.wire import CODEC, CodecError, ErrorReply
+
+__all__ = [
+    "ClientConnection", "ProtocolViolation", "ServerError", "Stream", "connect", "split_address",
+]
+
+_PREFIX = struct.Struct("!I")
 
 
-class ServerError(Exception):
-    """The node answered with an ErrorReply."""
+class Stream:
+    """One request in flight, answered by one or more frames carrying its id.
 
-    def __init__(self, code: int, message: str, leader: str = "") -> None:
-        super().__init__(message)
-        self.code = code
-        self.leader = leader
+    ``on_frame(frame)`` sees every non-error frame and returns True for the
+    terminal one; ``done`` then fires with that frame.  An ErrorReply at any
+    point, a lost connection, an exception from ``on_frame`` or
+    :meth:`abort` fail ``done`` instead.
+    """
+
+    def __init__(self, conn: ClientConnection, request_id: int,
+                 on_frame: Callable[[Any], bool]) -> None:
+        self.conn = conn
+        self.request_id = request_id
+        # Cancelling (say, by addTimeout) forgets the request, so a late reply is dropped.
+        self.done: defer.Deferred = defer.Deferred(lambda _: conn._forget(self))
+        self._on_frame = on_frame
 
     @property
-    def not_leader(self) -> bool:
-        return self.code == ErrorCode.NOT_LEADER
+    def finished(self) -> bool:
+        return self.done.called
+
+    def send(self, frame: Any) -> None:
+        """Send a further frame of this request (PutData, PutEnd)."""
+        self.conn.send(frame)
+
+    def abort(self, exc: Exception) -> None:
+        """Give up on this request: later frames carrying its id are ignored."""
+        self.conn._forget(self)
+        self._fail(exc)
+
+    def _frame(self, frame: Any) -> None:
+        try:
+            terminal = self._on_frame(frame)
+        except Exception as exc:
+            self.abort(exc)
+            return
+        if terminal and not self.done.called:
+            self.conn._forget(self)
+            self.done.callback(frame)
+
+    def _fail(self, exc: Exception) -> None:
+        if not self.done.called:
+            self.conn._fail_waiters(self, exc)
+            self.done.errback(Failure(exc))
 
 
-class ProtocolViolation(Exception):
-    """The node sent something that is not a valid reply."""
+def _single(frame: Any) -> bool:
+    return True
+
+
+@implementer(IPushProducer)
+class _WriteGate:
+    """Registered on the transport only to learn when its write buffer is full or drained."""
+
+    def __init__(self, on_resume: Callable[[], None]) -> None:
+        self.paused = False
+        self.stopped = False
+        self._on_resume = on_resume
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._on_resume()
+
+    def stopProducing(self) -> None:
+        self.stopped = True
 
 
 class ClientConnection(FrameReceiver):
-    """Sends requests and fires each one's Deferred with its reply."""
+    """Sends requests and delivers each one's reply frames to its :class:`Stream`."""
 
     def __init__(self) -> None:
         self._ids = itertools.count(1)
-        self._pending: dict[int, defer.Deferred] = {}
+        self._streams: dict[int, Stream] = {}
+        self._gate = _WriteGate(self._wake_writers)
+        self._writers: list[tuple[defer.Deferred, Stream | None]] = []
+        self._read_pauses = 0
         self.closed: defer.Deferred = defer.Deferred()
+
+    # --- requests -------------------------------------------------------------
 
     def request(self, make: Callable[[int], Any]) -> defer.Deferred:
         """``make(request_id)`` builds the request; fires with the reply or fails with ServerError."""
+        return self.request_stream(make, _single).done
+
+    def request_stream(self, make: Callable[[int], Any], on_frame: Callable[[Any], bool]) -> Stream:
+        """Send ``make(request_id)``; its reply frames go to ``on_frame`` (see :class:`Stream`)."""
         request_id = next(self._ids)
-        d: defer.Deferred = defer.Deferred()
-        self._pending[request_id] = d
-        self.sendString(CODEC.encode(make(request_id)))
+        stream = Stream(self, request_id, on_frame)
+        if not self.connected or self.transport is None:
+            stream._fail(ConnectionLost("connection to the node is closed"))
+            return stream
+        self._streams[request_id] = stream
+        self.send(make(request_id))
+        return stream
+
+    def send(self, frame: Any) -> None:
+        """Encode and write one frame; the prefix and body go out without being joined."""
+        body = CODEC.encode(frame)
+        self.transport.writeSequence([_PREFIX.pack(len(body)), body])
+
+    def _forget(self, stream: Stream) -> None:
+        if self._streams.get(stream.request_id) is stream:
+            del self._streams[stream.request_id]
+
+    # --- flow control ----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # Small requests (a PutEnd after a PutData, say) must not wait for
+        # a delayed ACK: Nagle's algorithm would hold them up to 40 ms.
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
+        self.transport.registerProducer(self._gate, True)
+
+    @property
+    def usable(self) -> bool:
+        """Connected and not being closed: new requests may be sent on it."""
+        return bool(self.connected and self.transport is not None
+                    and not getattr(self.transport, "disconnecting", False))
+
+    @property
+    def writable(self) -> bool:
+        """False while the transport's write buffer is full (or the connection is gone)."""
+        transport = self.transport
+        return (self.connected and transport is not None and not self._gate.paused
+                and not getattr(transport, "disconnecting", False))
+
+    def wait_writable(self, stream: Stream | None = None) -> defer.Deferred:
+        """Fires once the transport can take another frame.
+
+        Fails with ConnectionLost if the connection goes, and with the
+        stream's error if ``stream`` fails meanwhile (a server that refuses
+        an upload may also have stopped reading: we must not wait on it).
+        """
+        if stream is not None and stream.done.called:
+            return _failed_like(stream)
+        if self.writable:
+            return defer.succeed(None)
+        if not self.connected:
+            return defer.fail(ConnectionLost("connection to the node was lost"))
+        entry: list = []
+
+        def cancel(d: defer.Deferred) -> None:
+            if entry and entry[0] in self._writers:
+                self._writers.remove(entry[0])
+
+        d: defer.Deferred = defer.Deferred(cancel)
+        entry.append((d, stream))
+        self._writers.append(entry[0])
         return d
+
+    def _wake_writers(self) -> None:
+        waiting, self._writers = self._writers, []
+        for d, _ in waiting:
+            d.callback(None)
+
+    def _fail_waiters(self, stream: Stream | None, exc: Exception) -> None:
+        """Fail the writers waiting for ``stream`` (all of them when ``stream`` is None)."""
+        keep = []
+        failed = []
+        for entry in self._writers:
+            (failed if stream is None or entry[1] is stream else keep).append(entry)
+        self._writers = keep
+        for d, _ in failed:
+            d.errback(Failure(exc))
+
+    def pause_reading(self) -> None:
+        """Stop reading the socket until every pause is matched by :meth:`resume_reading`."""
+        self._read_pauses += 1
+        if self._read_pauses == 1 and self.connected:
+            self.pauseProducing()
+
+    def resume_reading(self) -> None:
+        if self._read_pauses == 0:
+            return
+        self._read_pauses -= 1
+        if self._read_pauses == 0 and self.connected:
+            self.resumeProducing()
+
+    # --- receiving -------------------------------------------------------------
 
     def stringReceived(self, data: bytes) -> None:
         try:
@@ -54,29 +233,60 @@ class ClientConnection(FrameReceiver):
             request_id = reply.request_id
         except (CodecError, AttributeError) as exc:
             self._fail_all(ProtocolViolation(f"bad reply from node: {exc}"))
-            self.transport.loseConnection()
+            self.close()
             return
-        d = self._pending.pop(request_id, None)
-        if d is None:
-            return
+        stream = self._streams.get(request_id)
+        if stream is None:
+            return  # an aborted request's late frames
         if isinstance(reply, ErrorReply):
-            d.errback(ServerError(reply.code, reply.message, reply.leader))
+            self._forget(stream)
+            stream._fail(error_for(reply.code, reply.message, reply.leader))
         else:
-            d.callback(reply)
+            stream._frame(reply)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        super().connectionLost(reason)
         self._fail_all(ConnectionLost("connection to the node was lost"))
         if not self.closed.called:
             self.closed.callback(None)
 
     def _fail_all(self, exc: Exception) -> None:
-        pending, self._pending = self._pending, {}
-        for d in pending.values():
-            d.errback(exc)
+        streams, self._streams = self._streams, {}
+        for stream in streams.values():
+            stream._fail(exc)
+        self._fail_waiters(None, exc)
 
     def close(self) -> None:
+        """Close after flushing; the write gate is unregistered first so the close is not held up."""
+        transport = self.transport
+        if transport is None:
+            return
+        if getattr(transport, "producer", None) is self._gate:
+            transport.unregisterProducer()
+        transport.loseConnection()
+
+    def close_connection(self) -> None:
+        self.close()
+
+    def abort(self) -> None:
+        """Drop the connection at once, discarding what is buffered (a stalled node)."""
         if self.transport is not None:
-            self.transport.loseConnection()
+            self.transport.abortConnection()
+
+
+def _failed_like(stream: Stream) -> defer.Deferred:
+    """A Deferred failing as ``stream.done`` did, without consuming that result."""
+    d: defer.Deferred = defer.Deferred()
+
+    def copy(result: Any) -> Any:
+        if isinstance(result, Failure):
+            d.errback(result)
+        else:
+            d.errback(Failure(ProtocolViolation("the request already ended")))
+        return result
+
+    stream.done.addBoth(copy)
+    return d
 
 
 def split_address(address: str) -> tuple[str, int]:

@@ -26,6 +26,14 @@ Design choices worth knowing:
   check-quorum (dissertation 9.6); with check-quorum the same lease also
   makes VOTE requests from a higher term be ignored, unless they follow a
   leadership transfer (``context == b"transfer"``).
+* **Joining nodes learn the founding membership**: a node started with an
+  empty configuration (waiting to be added) cannot tell the voters at index
+  0 from the log, so an APPEND from index 0 carries the leader's index-0
+  SnapshotMeta; the joiner adopts it and reports it in ``Ready.snapshot``
+  (index 0: nothing to restore, only the membership to persist).  Until then
+  it never campaigns.
+* **Removed servers hear of their removal**: the leader keeps replicating to
+  a removed server until the removal commits.
 """
 
 from __future__ import annotations
@@ -82,7 +90,15 @@ class _ReadRequest:
 
 
 class RaftCore:
-    """One Raft server's consensus state; see storg/raft/core_api in the notes."""
+    """One Raft server's consensus state.
+
+    Inputs: ``tick``, ``step``, ``propose``, ``propose_conf_change``,
+    ``read_index``, ``transfer_leadership``, ``campaign``, ``compact``,
+    ``report_unreachable``, ``report_snapshot``.  Outputs: ``ready()`` /
+    ``advance()`` (see :class:`~storg.raft.types.Ready` for the order the
+    driver must follow).  The public attributes (``term``, ``vote``, ``role``,
+    ``leader``, ``applied_index``) and properties are read-only views.
+    """
 
     def __init__(self, node_id: str, config: RaftConfig, rng: random.Random, *,
                  hard_state: HardState = HardState(),
@@ -119,6 +135,8 @@ class RaftCore:
         self._msgs: list[Message] = []
         self._read_states: list[ReadState] = []
         self._pending_snapshot: SnapshotMeta | None = None
+        # Leader: something happened that may let APPENDs go out at the next Ready.
+        self._flush_due = False
         self._prev_hard = HardState(self.term, self.vote, self._log.committed)
         self.role = self._follower_role()
         self._prev_soft = SoftState(self.leader, self.role, self.term)
@@ -189,6 +207,8 @@ class RaftCore:
         return self._propose(EntryType.NORMAL, bytes(data))
 
     def propose_conf_change(self, cc: ConfChange) -> int:
+        if not cc.node_id:
+            raise ValueError("a configuration change must name a node")
         if self.role == Role.LEADER:
             if self.term_at(self.commit_index) != self.term:
                 raise ProposalDropped("no entry of this leader's term is committed yet")
@@ -226,17 +246,20 @@ class RaftCore:
         meta = self._log.compact(index, conf)
         self._conf_base = conf
         self._conf_log = [(i, c) for i, c in self._conf_log if i > index]
+        self._flush_due = True
         return meta
 
     def report_unreachable(self, peer: str) -> None:
         pr = self._prs.get(peer) if self.role == Role.LEADER else None
         if pr is not None and peer != self.node_id and pr.state == ProgressState.REPLICATE:
             pr.become_probe()
+            self._flush_due = True
 
     def report_snapshot(self, peer: str, ok: bool) -> None:
         pr = self._prs.get(peer) if self.role == Role.LEADER else None
         if pr is None or pr.state != ProgressState.SNAPSHOT:
             return
+        self._flush_due = True
         if not ok:
             pr.pending_snapshot = 0
         pr.become_probe()
@@ -248,13 +271,12 @@ class RaftCore:
     def has_ready(self) -> bool:
         self._flush()
         log = self._log
-        return bool(
-            self._msgs or self._read_states or self._pending_snapshot is not None
-            or log.emitted < log.last_index
-            or self._applied_emitted < log.committed
-            or self._hard_state() != self._prev_hard
-            or self._soft_state() != self._prev_soft
-        )
+        if self._msgs or self._read_states or self._pending_snapshot is not None \
+                or log.emitted < log.last_index or self._applied_emitted < log.committed:
+            return True
+        hard, soft = self._prev_hard, self._prev_soft
+        return (hard.term != self.term or hard.vote != self.vote or hard.commit != log.committed
+                or soft.leader != self.leader or soft.role != self.role or soft.term != self.term)
 
     def ready(self) -> Ready:
         """Collect everything to persist, send and apply (see types.Ready)."""
@@ -293,6 +315,7 @@ class RaftCore:
         if ready.committed_entries:
             self.applied_index = max(self.applied_index, ready.committed_entries[-1].index)
         if self.role == Role.LEADER:
+            self._flush_due = True
             own = self._prs.get(self.node_id)
             if own is not None and own.maybe_update(min(log.stable, log.last_index)):
                 self._maybe_commit()
@@ -328,6 +351,7 @@ class RaftCore:
             self._handle_vote_request(m)
         elif self.role == Role.LEADER:
             self._step_leader(m)
+            self._flush_due = True
         elif self.role in (Role.CANDIDATE, Role.PRE_CANDIDATE):
             self._step_candidate(m)
         else:
@@ -572,6 +596,7 @@ class RaftCore:
         return self._append_own(etype, data)
 
     def _append_own(self, etype: EntryType, data: bytes) -> int:
+        self._flush_due = True
         entry = Entry(self.term, self._log.last_index + 1, etype, data)
         self._log.append([entry])
         self._uncommitted_bytes += entry.size()
@@ -617,6 +642,8 @@ class RaftCore:
                 if pr.state == ProgressState.REPLICATE:
                     pr.become_probe()
             return
+        if m.index > self._log.last_index:
+            return  # acknowledges entries we never had: not from this term's log
         was_probe = pr.state == ProgressState.PROBE
         if pr.maybe_update(m.index) or (was_probe and pr.match == m.index):
             if pr.state == ProgressState.PROBE:
@@ -651,9 +678,14 @@ class RaftCore:
             self._ack_read(m.context, m.frm)
 
     def _flush(self) -> None:
-        """Leader: build the APPENDs (and read heartbeats) that are due now."""
-        if self.role != Role.LEADER:
+        """Leader: build the APPENDs (and read heartbeats) that are due now.
+
+        Deferred to Ready time so that everything proposed or acknowledged
+        since the last Ready goes out in as few messages as possible.
+        """
+        if self.role != Role.LEADER or not self._flush_due:
             return
+        self._flush_due = False
         if self._read_heartbeat_due:
             self._read_heartbeat_due = False
             self._broadcast_heartbeat()
@@ -735,6 +767,7 @@ class RaftCore:
         self._reads[ctx] = _ReadRequest(self.commit_index, requester, {self.node_id})
         if not self._release_reads(ctx):
             self._read_heartbeat_due = True
+            self._flush_due = True
 
     def _ack_read(self, ctx: bytes, peer: str) -> None:
         self._reads[ctx].acks.add(peer)
@@ -770,6 +803,7 @@ class RaftCore:
             return
         self._lead_transferee = to
         self._election_elapsed = 0
+        self._flush_due = True  # catch the target up if it lags
         if self._prs[to].match == self._log.last_index:
             self._send(MT.TIMEOUT_NOW, to)
 

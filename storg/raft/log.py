@@ -63,7 +63,8 @@ class RaftLog:
     def slice(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
         """Entries [lo, hi); with ``max_bytes``, a prefix within it (at least one)."""
         if lo < self.first_index or hi > self.last_index + 1 or lo > hi:
-            raise ValueError(f"entries [{lo}, {hi}) outside [{self.first_index}, {self.last_index + 1}]")
+            raise ValueError(
+                f"entries [{lo}, {hi}) outside [{self.first_index}, {self.last_index + 1}]")
         base = self.snapshot.index + 1
         ents = self._ents[lo - base:hi - base]
         if max_bytes is None or not ents:

@@ -194,7 +194,7 @@ class Cluster:
 
     def __init__(self, n: int = 3, seed: int = 0, config: RaftConfig | None = None,
                  profile: NetProfile = RELIABLE, ids: Sequence[str] | None = None,
-                 trace_len: int = 40) -> None:
+                 trace_len: int = 40, voters: Iterable[str] | None = None) -> None:
         self.seed = seed
         self.config = config or RaftConfig()
         self.rng = random.Random(f"sim/{seed}")
@@ -214,10 +214,13 @@ class Cluster:
         self.stats: Counter[str] = Counter()
         self._cmd_seq = 0
         self._deferred: list[tuple[str, int, str, bool]] = []
-        initial = SnapshotMeta(0, 0, ConfState(voters=frozenset(self.ids)))
+        boot = frozenset(self.ids if voters is None else voters)
+        initial = SnapshotMeta(0, 0, ConfState(voters=boot))
         self.nodes: dict[str, SimNode] = {}
         for node_id in self.ids:
-            self.nodes[node_id] = SimNode(node_id, SimStore(initial))
+            # A node outside the initial voters waits to join: empty configuration.
+            meta = initial if node_id in boot else SnapshotMeta()
+            self.nodes[node_id] = SimNode(node_id, SimStore(meta))
             self._boot(self.nodes[node_id])
 
     # -- lifecycle -------------------------------------------------------
@@ -434,14 +437,15 @@ class Cluster:
         self._flush()
         return ctx
 
-    def compact(self, node_id: str, index: int | None = None) -> SnapshotMeta | None:
-        """Snapshot the node's state machine at its applied index and compact the log."""
+    def compact(self, node_id: str) -> SnapshotMeta | None:
+        """Snapshot the node's state machine at its applied index and compact the log.
+
+        None if the node is down or has applied nothing since its last snapshot.
+        """
         node = self.nodes[node_id]
         if node.core is None:
             return None
         applied = node.sm.applied
-        if index is not None and index != applied:
-            raise ValueError("the simulator snapshots at the applied index")
         if applied <= node.store.snapshot.index:
             return None
         meta = node.core.compact(applied)
@@ -500,7 +504,13 @@ class Cluster:
             st = node.store
             # 1. persist: snapshot, entries, hard state
             snap_data = None
-            if rd.snapshot is not None:
+            if rd.snapshot is not None and rd.snapshot.index == 0:
+                # A joining node adopts the founding membership (carried by the
+                # leader's APPEND from index 0): meta only, the log stays.
+                if st.snapshot.index != 0 or node.sm.applied != 0:
+                    chk.fail(f"{node.id}: genesis snapshot after index {st.snapshot.index}")
+                st.snapshot = rd.snapshot
+            elif rd.snapshot is not None:
                 meta = rd.snapshot
                 snap_data = node.pending_snapshots.get((meta.index, meta.term))
                 if snap_data is None:
@@ -680,20 +690,26 @@ class Chaos:
         self.rng = rng
         self.stormy = False
         self.leader_killer = rng.random() < 0.3
-        self._judged: dict[str, int] = {}
+        self._judged: dict[str, tuple[int, int]] = {}
         if self.leader_killer:
             cluster.after_delivery = self._maybe_kill_new_leader
 
     def _maybe_kill_new_leader(self, node_id: str) -> None:
-        """Kill some leaders the moment they win, their first APPENDs half sent."""
+        """Kill leaders at their critical moments, their APPENDs half sent.
+
+        The moment a node wins, and the moment a leader advances its commit
+        index, are when an unsafe core would leave a committed entry on too
+        few nodes or an old-term entry wrongly counted (paper Figure 8).
+        """
         node = self.cl.nodes[node_id]
         if node.core is None or node.core.role != Role.LEADER:
             return
-        if self._judged.get(node_id) == node.core.term:
+        core, r = node.core, self.rng
+        term, commit = self._judged.get(node_id, (-1, -1))
+        if term == core.term and commit == core.commit_index:
             return
-        self._judged[node_id] = node.core.term
-        r = self.rng
-        if r.random() >= 0.3:
+        self._judged[node_id] = (core.term, core.commit_index)
+        if r.random() >= (0.3 if term != core.term else 0.1):
             return
         lost = self.cl.net.discard(lambda m: m.frm == node_id and r.random() < 0.5)
         self.cl._event("lost_in_flight", node_id, lost)
@@ -728,8 +744,7 @@ class Chaos:
             cl.heal()
         if r.random() < 0.6:
             for _ in range(r.randint(1, 3)):
-                on = None if r.random() < 0.9 else r.choice(live or ids)
-                cl.propose(on=on)
+                cl.propose(on=self.pick_target())
         if r.random() < 0.05 and cl.live():
             cl.compact(r.choice(cl.live()))
         if r.random() < 0.02:
@@ -740,9 +755,23 @@ class Chaos:
                 voters = sorted(cl.core(ld).conf.voters - {ld})
                 to = r.choice(voters) if voters and r.random() < 0.5 else ""
                 cl.transfer(to, on=ld if r.random() < 0.8 else r.choice(cl.live()))
-        if r.random() < 0.03:
-            cl.read_index(on=None if r.random() < 0.7 else r.choice(cl.live() or ids))
+        if r.random() < 0.05:
+            cl.read_index(on=self.pick_target())
         cl.tick()
+
+    def pick_target(self) -> str | None:
+        """Mostly the newest leader; sometimes any leader (stale ones in a
+        minority too: their entries are what Figure 8 is about); sometimes
+        any node (refused with a hint, or forwarded)."""
+        r = self.rng
+        x = r.random()
+        if x < 0.7:
+            return None
+        leaders = self.cl.leaders()
+        if x < 0.9 and leaders:
+            return r.choice(leaders)
+        live = self.cl.live()
+        return r.choice(live) if live else None
 
     def kill_leader_mid_send(self) -> None:
         """Figure 8 material: a leader dies with only some of its APPENDs out."""
@@ -791,7 +820,11 @@ def run_seed(seed: int, nodes: int = 5, steps: int = DEFAULT_STEPS,
     rng = random.Random(f"chaos/{seed}")
     cl = None
     try:
-        cl = Cluster(nodes, seed, config=chaos_config(rng), profile=CALM)
+        config = chaos_config(rng)
+        ids = [f"n{i}" for i in range(1, nodes + 1)]
+        # Some runs start with the last node outside the cluster, waiting to join.
+        voters = ids[:-1] if nodes > 3 and rng.random() < 0.3 else ids
+        cl = Cluster(nodes, seed, config=config, profile=CALM, ids=ids, voters=voters)
         chaos = Chaos(cl, rng)
         for _ in range(steps):
             chaos.step()

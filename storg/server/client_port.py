@@ -1,14 +1,22 @@
-"""The client port: storgctl and the client library talk to a node here.
+"""The client port: storgctl, the client library and other nodes' chunk traffic.
 
 Framing, dispatch and commands are separate pieces, as in Twisted's AMP:
 :class:`~storg.server.framing.FrameReceiver` cuts frames, ``CODEC`` turns a
-frame into a request object, and a handler table maps each request class to
-a method of the node's :class:`ClientApi` that returns the reply (or a
-Deferred of it).  A later command is one more row in the table.
+frame into a request object, and a handler table (from the node's
+:class:`ClientApi`) maps each request class to a function of
+``(request, connection)``.  A handler returns the reply (or a Deferred of
+it), or ``None`` when it answers through the connection itself, as the
+streaming commands do (a get sends many frames; a put's data frames get no
+reply of their own).
 
-Requests carry ids and may be pipelined: replies go out as each finishes.
-Garbage, a truncated or oversized frame, or a frame that is not a request
-closes this connection only, with one log line.
+Requests carry ids and may be pipelined.  Garbage, a truncated or oversized
+frame, or a frame that is not a request closes this connection only, with
+one log line.
+
+Flow control both ways: :meth:`ClientConnection.writable` waits until the
+transport has room (a push producer registered on it is paused while its
+buffer is full), and :meth:`ClientConnection.pause_reading` stops reading
+the socket while an upload has too many bytes in flight.
 """
 
 from __future__ import annotations
@@ -17,19 +25,20 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from storg.node import Timeout
 from storg.raft.errors import NotLeader, ProposalDropped
 from storg.server.framing import FrameReceiver
-from storg.node import Timeout
-from storg.wire import (
-    CODEC, CodecError, ErrorCode, ErrorReply, ProbeRead, ProbeWrite, StatusReply,
-    StatusRequest,
-)
+from storg.wire import CODEC, CodecError, ErrorCode, ErrorReply
 
 log = Logger(namespace="storg.client_port")
+
+Handler = Callable[[Any, "ClientConnection"], Any]
 
 
 class RequestError(Exception):
@@ -44,25 +53,100 @@ class RequestError(Exception):
 class ClientApi(Protocol):
     """What the client port needs from the node's service."""
 
-    def status_reply(self, request: StatusRequest) -> StatusReply: ...
-
-    def probe_write(self, request: ProbeWrite) -> defer.Deferred: ...  # of ProbeReply
-
-    def probe_read(self, request: ProbeRead) -> defer.Deferred: ...  # of ProbeReply
+    def client_handlers(self) -> dict[type, Handler]: ...
 
     def leader_client_address(self) -> str: ...
 
 
-class ClientPortProtocol(FrameReceiver):
-    """One client connection."""
+@implementer(IPushProducer)
+class _WriteWindow:
+    """Registered on the transport: paused while its write buffer is full."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self._waiters: list[defer.Deferred] = []
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def stopProducing(self) -> None:
+        self.resumeProducing()
+
+    def wait(self) -> defer.Deferred:
+        if not self.paused:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._waiters.append(d)
+        return d
+
+
+class ClientConnection(FrameReceiver):
+    """One connection to the client port."""
 
     def __init__(self, api: ClientApi) -> None:
         self.api = api
-        self.handlers: dict[type, Callable[[Any], Any]] = {
-            StatusRequest: api.status_reply,
-            ProbeWrite: api.probe_write,
-            ProbeRead: api.probe_read,
-        }
+        self.handlers = api.client_handlers()
+        self._window = _WriteWindow()
+        self._on_close: list[Callable[[], object]] = []
+        self._read_pauses = 0
+
+    # -- what handlers use ---------------------------------------------------
+
+    def send(self, obj: object) -> None:
+        if self.transport is not None and self.connected and not self.transport.disconnecting:
+            self.sendString(CODEC.encode(obj))
+
+    def send_error(self, request_id: int, failure: Failure | BaseException) -> None:
+        self.send(self.error_reply(failure, request_id))
+
+    def writable(self) -> defer.Deferred:
+        """Fires once the transport's buffer has room (at once if it has)."""
+        return self._window.wait()
+
+    @property
+    def open(self) -> bool:
+        return self.connected and self.transport is not None and not self.transport.disconnecting
+
+    def on_close(self, callback: Callable[[], object]) -> None:
+        self._on_close.append(callback)
+
+    def pause_reading(self) -> None:
+        """Stop reading frames (nested: each pause needs its resume)."""
+        self._read_pauses += 1
+        if self._read_pauses == 1:
+            self.pauseProducing()
+
+    def resume_reading(self) -> None:
+        if self._read_pauses == 0:
+            return
+        self._read_pauses -= 1
+        if self._read_pauses == 0 and self.open:
+            self.resumeProducing()
+
+    # -- Twisted -------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self._window, True)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._window.resumeProducing()
+        callbacks, self._on_close = self._on_close, []
+        for cb in callbacks:
+            try:
+                cb()
+            except Exception:
+                log.failure("client connection close callback failed")
+
+    def close_connection(self) -> None:
+        # A transport does not finish closing while a producer is registered.
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
 
     def stringReceived(self, data: bytes) -> None:
         try:
@@ -74,41 +158,49 @@ class ClientPortProtocol(FrameReceiver):
         if handler is None:
             self._drop(f"{type(request).__name__} is not a client request")
             return
-        d = defer.maybeDeferred(handler, request)
-        d.addErrback(self._error_reply, request.request_id)
-        d.addCallback(self._send)
+        request_id = request.request_id
+        d = defer.maybeDeferred(handler, request, self)
+        d.addCallbacks(self._reply, self._failed, errbackArgs=(request_id,))
         d.addErrback(lambda f: log.failure("replying to a client failed", f))
 
-    def _error_reply(self, failure: Failure, request_id: int) -> ErrorReply:
-        exc = failure.value
+    def _reply(self, reply: object) -> None:
+        if reply is not None:
+            self.send(reply)
+
+    def _failed(self, failure: Failure, request_id: int) -> None:
+        self.send(self.error_reply(failure, request_id))
+
+    def error_reply(self, failure: Failure | BaseException, request_id: int) -> ErrorReply:
+        exc = failure.value if isinstance(failure, Failure) else failure
+        code = getattr(exc, "code", None)
         if isinstance(exc, RequestError):
             return ErrorReply(request_id, int(exc.code), str(exc), exc.leader)
         if isinstance(exc, NotLeader):
             return ErrorReply(request_id, int(ErrorCode.NOT_LEADER), "not the leader",
                               self.api.leader_client_address())
-        if isinstance(exc, (ProposalDropped, Timeout)):
+        if isinstance(exc, (ProposalDropped, Timeout, defer.TimeoutError)):
             return ErrorReply(request_id, int(ErrorCode.UNAVAILABLE),
                               f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
-        log.failure("request {rid} failed", failure, rid=request_id)
+        if isinstance(code, ErrorCode):
+            return ErrorReply(request_id, int(code), str(exc))
+        if isinstance(failure, Failure):
+            log.failure("request {rid} failed", failure, rid=request_id)
+        else:
+            log.error("request {rid} failed: {exc!r}", rid=request_id, exc=exc)
         return ErrorReply(request_id, int(ErrorCode.INTERNAL), f"internal error: {exc!r}")
 
-    def _send(self, reply: object) -> None:
-        if self.transport is not None and self.connected:
-            self.sendString(CODEC.encode(reply))
-
     def _drop(self, why: str) -> None:
-        peer = self.transport.getPeer() if self.transport is not None else "?"
-        log.warn("closing client connection from {peer}: {why}", peer=peer, why=why)
-        self.transport.loseConnection()
+        log.warn("closing client connection from {peer}: {why}", peer=self.transport.getPeer(), why=why)
+        self.close_connection()
 
 
 class ClientPortFactory(Factory):
-    """Builds a ClientPortProtocol per connection; listen it on any endpoint (TCP now, TLS later)."""
+    """Builds a ClientConnection per connection; listen it on any endpoint (TCP now, TLS later)."""
 
     def __init__(self, api: ClientApi) -> None:
         self.api = api
 
-    def buildProtocol(self, addr: Any) -> ClientPortProtocol:
-        proto = ClientPortProtocol(self.api)
+    def buildProtocol(self, addr: Any) -> ClientConnection:
+        proto = ClientConnection(self.api)
         proto.factory = self
         return proto

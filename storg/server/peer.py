@@ -159,6 +159,9 @@ class _PeerProtocol(FrameReceiver):
                  addr=_peer_text(self.transport), what=what)
         self.close_connection()
 
+    def lengthLimitExceeded(self, length: int) -> None:
+        self.violation(f"frame of {length} bytes exceeds the limit of {self.MAX_LENGTH}")
+
     def refuse(self, reason: str) -> None:
         """Tell the peer why, then close (it logs the reason on its side)."""
         try:
@@ -248,7 +251,7 @@ class _SendWindow:
 
     Registered as a streaming producer, so the transport pauses it when its
     buffer passes ``bufferSize`` and resumes it once the buffer is empty;
-    while paused, ``budget`` bounds how much more we queue.
+    while paused, ``limit`` bounds how many more bytes we queue.
     """
 
     def __init__(self, limit: int) -> None:
@@ -297,6 +300,14 @@ class PeerClientProtocol(_PeerProtocol):
         self.link.current = self
         self.transport.registerProducer(self.window, True)
         self.send_object(self.link.owner.identity.hello())
+
+    def violation(self, what: str) -> None:
+        # Logged through the link: a wrong service at a peer's address would
+        # otherwise log one line per reconnect attempt.
+        if self.transport.disconnecting:
+            return
+        self.link.protocol_error(f"peer connection to {self.expected} at {_peer_text(self.transport)} closed: {what}")
+        self.close_connection()
 
     def close_connection(self) -> None:
         # A transport with a registered producer never finishes closing.
@@ -388,9 +399,10 @@ class _Link:
         if self.stopped:
             return
         owner = self.owner
+        bind = None if owner.bind_host is None else (owner.bind_host, 0)
         self.connector = owner.reactor.connectTCP(
             self.address.host, self.address.port, _LinkFactory(self),
-            timeout=owner.connect_timeout, bindAddress=(owner.bind_host, 0))
+            timeout=owner.connect_timeout, bindAddress=bind)
 
     def handshaken(self, protocol: PeerClientProtocol) -> None:
         self.protocol = protocol
@@ -412,6 +424,10 @@ class _Link:
         self.failures = max(self.failures, 32)
         self._problem(line, warn=True)
         self.owner._event(self.peer_id, REFUSED)
+
+    def protocol_error(self, line: str) -> None:
+        self.failures = max(self.failures, 32)
+        self._problem(line, warn=True)
 
     def _problem(self, line: str, warn: bool = False) -> None:
         """Log why the link is down once per outage (and when the reason changes).
@@ -457,6 +473,19 @@ class PeerTransport:
     dropped and ``send`` returns False; Raft's own retries recover.
     Received messages are handed to ``on_message`` in arrival order per
     peer.
+
+    ``peers`` maps the other members' ids to their peer addresses (our own
+    id is ignored, so a whole member list can be passed).  ``bind_host`` is
+    the host of our ``peer_listen``: outgoing connections come from it
+    (None: let the OS choose).  ``accept_peer(hello)`` returns a reason to
+    refuse a peer that passed the cluster checks (say, its instance id
+    changed), or None.  ``on_peer_event(peer_id, event)`` hears
+    ``connected`` / ``lost`` / ``refused``.  ``rng`` jitters the reconnect
+    backoff so that nodes restarted together do not retry in lockstep.
+
+    Listen with ``reactor.listenTCP(port, transport.server_factory,
+    interface=host)`` (or any server endpoint); ``stop()`` closes every
+    connection but leaves the listening port to its owner.
     """
 
     initial_backoff = 0.05
@@ -471,7 +500,7 @@ class PeerTransport:
         cluster_id: str,
         instance_id: str,
         peers: Mapping[str, Address],
-        bind_host: str,
+        bind_host: str | None,
         on_message: Callable[[Message], None],
         reactor: Any = None,
         on_peer_event: PeerEventCallback | None = None,

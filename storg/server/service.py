@@ -22,12 +22,16 @@ from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.logger import Logger
 
 from storg.config import Address, NodeConfig, cluster_id
-from storg.members import MemberDirectory, MembershipStateMachine
+from storg.fsm import FileStoreStateMachine
+from storg.members import MemberDirectory
 from storg.node import RaftNode, Timeout
 from storg.raft.core import RaftConfig, RaftCore
 from storg.raft.types import ConfState, Role, SnapshotMeta
+from storg.server.chunk_io import Chunks, LocalChunks, RemoteChunks
 from storg.server.client_port import ClientPortFactory
+from storg.server.files import FileService
 from storg.server.peer import PeerTransport
+from storg.storage.chunks import ChunkStore
 from storg.storage.identity import load_or_create
 from storg.storage.logstore import DiskLogStore
 from storg.wire import (
@@ -72,6 +76,8 @@ class NodeService(service.MultiService):
         self.transport: PeerTransport | None = None
         self.log_store: DiskLogStore | None = None
         self.directory = MemberDirectory.from_config(config)
+        self.files: FileService | None = None
+        self.file_options: dict = {}
         self._stopping = False
 
     # -- start -------------------------------------------------------------
@@ -91,6 +97,7 @@ class NodeService(service.MultiService):
         self.directory.load_known_instances(cfg.data_dir)
         self.log_store = DiskLogStore(cfg.data_dir)
         self._state = self.log_store.load()
+        self.chunk_store = ChunkStore(cfg.data_dir / "chunks")
         self._load_seconds = time.monotonic() - started
 
     def startService(self) -> None:
@@ -112,9 +119,17 @@ class NodeService(service.MultiService):
             reactor=self.reactor,
             accept_peer=self._accept_peer,
         )
+        self.fsm = FileStoreStateMachine(self.directory)
         self.node = RaftNode(
-            core, self.log_store, MembershipStateMachine(self.directory), self.transport.send,
+            core, self.log_store, self.fsm, self.transport.send,
             reactor=self.reactor, tick_seconds=TICK_MS / 1000.0, on_fatal=self._storage_failed,
+        )
+        self.local_chunks = LocalChunks(self.chunk_store, self.reactor)
+        self.remote_chunks = RemoteChunks(self.reactor, self._client_address)
+        self.files = FileService(
+            self.node, self.fsm, Chunks(cfg.node_id, self.local_chunks, self.remote_chunks),
+            replication_factor=cfg.files.replication_factor, chunk_size=cfg.files.chunk_size,
+            reactor=self.reactor, address_of=self._client_address, **self.file_options,
         )
         self.directory.on_change(self._members_changed)
         for address, factory in (
@@ -127,7 +142,9 @@ class NodeService(service.MultiService):
             listener.setServiceParent(self)
         super().startService()
         self.reactor.callWhenRunning(self._install_sigterm_handler)
+        self.local_chunks.start()
         self.node.start()
+        self.files.start()
         if core.conf.voters == frozenset({cfg.node_id}) and core.role != Role.LEADER:
             core.campaign()  # a cluster of one serves at once
         log.info("{node} started in {ms:.0f} ms: cluster {cluster}, term {term}, last index {last}, "
@@ -175,10 +192,15 @@ class NodeService(service.MultiService):
                 log.warn("{node}: leadership transfer before stop failed: {why}",
                          node=self.config.node_id, why=exc)
         yield defer.maybeDeferred(super().stopService)
+        if self.files is not None:
+            self.files.stop()
+            self.remote_chunks.close()
         if self.transport is not None:
             yield self.transport.stop()
         if node is not None:
             yield node.stop()
+        if self.files is not None:
+            yield self.local_chunks.stop()
         if self.log_store is not None:
             self.log_store.close()
 
@@ -206,7 +228,20 @@ class NodeService(service.MultiService):
 
     # -- client API ----------------------------------------------------------
 
-    def status_reply(self, request: StatusRequest) -> StatusReply:
+    def client_handlers(self) -> dict:
+        handlers = {
+            StatusRequest: self.status_reply,
+            ProbeWrite: self.probe_write,
+            ProbeRead: self.probe_read,
+        }
+        handlers.update(self.files.handlers())
+        return handlers
+
+    def _client_address(self, node_id: str) -> str:
+        member = self.directory.members().get(node_id)
+        return str(member.client) if member is not None else ""
+
+    def status_reply(self, request: StatusRequest, conn=None) -> StatusReply:
         s = self.node.status()
         row = MemberRow(s["id"], s["role"], s["term"], s["leader"], s["commit_index"],
                         s["applied_index"], s["last_index"])
@@ -217,18 +252,16 @@ class NodeService(service.MultiService):
         )
         return StatusReply(request.request_id, row, members)
 
-    def probe_write(self, request: ProbeWrite) -> defer.Deferred:
+    def probe_write(self, request: ProbeWrite, conn=None) -> defer.Deferred:
         d = self.node.propose(CODEC.encode(ProbeCommand(request.payload)))
         return d.addCallback(lambda index: ProbeReply(request.request_id, index))
 
-    def probe_read(self, request: ProbeRead) -> defer.Deferred:
+    def probe_read(self, request: ProbeRead, conn=None) -> defer.Deferred:
         d = self.node.read_index()
         return d.addCallback(lambda index: ProbeReply(request.request_id, index))
 
     def leader_client_address(self) -> str:
-        leader = self.node.leader if self.node is not None else ""
-        member = self.directory.members().get(leader)
-        return str(member.client) if member is not None else ""
+        return self._client_address(self.node.leader if self.node is not None else "")
 
 
 def make_service(config: NodeConfig, reactor: Any = None) -> NodeService:

@@ -33,6 +33,7 @@ FILE_NAME = "identity"
 FORMAT_VERSION = 1
 
 _IGNORED = {"lost+found"}  # present at the root of a fresh file system
+_IGNORED_SUFFIXES = (TMP_SUFFIX, ".pid", ".log")  # crash leftovers; twistd's pid and log files
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def load_or_create(data_dir: str | os.PathLike[str], node_id: str, cluster_id: s
             raise IdentityMismatch(f"data_dir {d} belongs to node {ident.node_id!r}, not {node_id!r}")
         return ident
     with disk_errors(f"cannot list {d}"):
-        others = sorted(n for n in os.listdir(d) if n not in _IGNORED and not n.endswith(TMP_SUFFIX))
+        others = sorted(n for n in os.listdir(d) if n not in _IGNORED and not n.endswith(_IGNORED_SUFFIXES))
     if others:
         raise StorageError(f"data_dir {d} is not empty ({', '.join(others[:3])}) "
                            f"but has no {FILE_NAME} file; refusing to adopt it")

@@ -18,12 +18,12 @@ Invariants the code relies on:
   with no entry before it.
 * Only the last segment is ever written.  Earlier segments are complete and
   were fsynced, so a bad record there is corruption, never a torn write.
-* A batch is never split across segments: one ``write`` and one ``fsync``
-  per :meth:`WriteAheadLog.append` (group commit).  A batch bigger than a
-  segment gets a segment of its own.
+* A batch is never split across segments: one ``write`` (``writev`` for
+  big batches) and one ``fsync`` per :meth:`WriteAheadLog.append` (group
+  commit).  A batch bigger than a segment gets a segment of its own.
 * Files are deleted one at a time with a directory fsync after each, in an
   order that leaves a contiguous log at every step (oldest first when
-  compacting, newest first when truncating), so a crash mid-way never
+  compacting, newest first when truncating or resetting), so a crash mid-way never
   leaves a gap that recovery would have to guess about.
 
 Recovery (:meth:`WriteAheadLog.open`) reads the segments in order.  In the
@@ -35,7 +35,8 @@ raises :class:`CorruptionError` naming the file and offset; nothing is
 skipped.  A seemingly torn record followed by a valid record of the next
 entry (a flipped bit in a length field, or a batch that reached the disk
 with a hole in it) is also reported as corruption: refusing to start is
-safe, guessing is not.
+safe, guessing is not.  (A damaged length field in the very last record
+of the log cannot be told from a torn write; that record is cut.)
 
 Memory: the log keeps, per entry, its file offset and term (16 bytes);
 payloads are read back from disk on demand.  The node's Raft core holds its

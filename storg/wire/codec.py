@@ -126,6 +126,10 @@ class Codec:
         self._decoders.update(decoders)
         self._families[cls] = _Family(encoder, type_of, frozenset(decoders))
 
+    def type_bytes(self) -> frozenset[int]:
+        """Every type byte registered so far."""
+        return frozenset(self._decoders)
+
     def type_byte(self, obj: object) -> int:
         """The type byte ``obj`` would be sent with; CodecError if it has none."""
         family = self._families.get(type(obj))

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import pytest
 
-from storg.raft import core as core_mod
 from storg.raft.core import RaftConfig, RaftCore
 from storg.raft.invariants import SafetyViolation
 from storg.raft.log import RaftLog
 from storg.raft.quorum import committed_index
 from storg.raft.sim import Cluster, run_seed
-from storg.raft.types import NONE, MessageType, Role
+from storg.raft.types import NONE, MessageType, ReadState, Role
 
 
 _real_maybe_commit = RaftCore._maybe_commit
@@ -118,7 +117,7 @@ def test_chaos_catches_a_node_that_forgets_its_vote(monkeypatch):
             self.vote = NONE
 
     monkeypatch.setattr(RaftCore, "_handle_vote_request", forgetful)
-    violation = _first_violation(range(40), nodes=3)
+    violation = _first_violation(range(60), nodes=5)
     assert violation is not None and "Election Safety" in violation
 
 
@@ -127,6 +126,19 @@ def test_chaos_catches_votes_that_ignore_the_up_to_date_check(monkeypatch):
     assert _first_violation(range(40), nodes=5) is not None
 
 
+def test_chaos_catches_reads_served_without_a_heartbeat_round(monkeypatch):
+    """ReadIndex answered at once: a deposed leader serves a stale read."""
+    def hasty(self, ctx, requester):
+        if requester == self.node_id:
+            self._read_states.append(ReadState(self.commit_index, ctx))
+        else:
+            self._send(MessageType.READ_INDEX_RESP, requester, index=self.commit_index,
+                       context=ctx)
+
+    monkeypatch.setattr(RaftCore, "_leader_read", hasty)
+    violation = _first_violation(range(60), nodes=5)
+    assert violation is not None and "ReadIndex" in violation
+
+
 def test_intact_core_passes_the_same_seeds():
     assert _first_violation(range(5), nodes=5) is None
-    assert core_mod.RaftCore is RaftCore

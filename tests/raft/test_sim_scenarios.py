@@ -14,7 +14,7 @@ import pytest
 
 from storg.raft.core import RaftConfig
 from storg.raft.sim import Cluster
-from storg.raft.types import MessageType, Role
+from storg.raft.types import ConfChange, ConfChangeType, MessageType, Role
 
 ELECTION = 10
 
@@ -335,3 +335,66 @@ def test_each_entry_goes_once_to_each_follower():
     followers = [i for i in cl.ids if i != ld]
     want = {(f, i): 1 for f in followers for i in range(first, last + 1)}
     assert dict(sent) == want
+
+
+def _conf_change(cl: Cluster, cctype, node: str, max_ticks: int = 50) -> None:
+    """Propose a change on the leader (retrying while refused) until applied by the leader."""
+    def done() -> bool:
+        ld = cl.stable_leader()
+        return ld is not None and ld not in pending and cl.core(ld).applied_index >= pending.get("at", 1 << 60)
+    pending: dict = {}
+    for _ in range(max_ticks):
+        ld = cl.stable_leader()
+        if ld is not None:
+            index = cl.conf_change(ConfChange(cctype, node), on=ld)
+            if index is not None:
+                pending["at"] = index
+                break
+        cl.tick()
+    assert "at" in pending, f"{cctype.name} {node} never accepted"
+    assert cl.run_until(lambda: all(cl.nodes[i].sm.applied >= pending["at"]
+                                    for i in cl.live() if cl.nodes[i].store.last_index()
+                                    >= pending["at"]) and cl.stable_leader() is not None,
+                        max_ticks)
+
+
+def test_membership_learner_promote_remove_and_readd():
+    cl = Cluster(ids=["n1", "n2", "n3", "n4"], voters=["n1", "n2", "n3"], seed=4,
+                 config=RaftConfig(election_ticks=ELECTION))
+    ld = _elect(cl)
+    cmds = _commit(cl, 5)
+    assert cl.core("n4").conf.members() == frozenset()
+    _conf_change(cl, ConfChangeType.ADD_LEARNER, "n4")
+    assert cl.run_until(lambda: _applied_everywhere(cl, cmds, ["n4"]), 5 * ELECTION)
+    assert cl.core("n4").role == Role.LEARNER
+    _conf_change(cl, ConfChangeType.ADD_VOTER, "n4")
+    assert cl.run_until(lambda: cl.core("n4").role == Role.FOLLOWER, 5 * ELECTION)
+    # Remove the leader itself: it steps down once the change commits.
+    _conf_change(cl, ConfChangeType.REMOVE, ld)
+    assert cl.run_until(lambda: cl.stable_leader() not in (None, ld), 10 * ELECTION)
+    assert ld not in cl.core(cl.stable_leader()).conf.members()
+    more = _commit(cl, 3)
+    cl.run_ticks(5 * ELECTION)   # the removed node must not disrupt
+    new_ld = cl.stable_leader()
+    # And back again, with its old log and hard state.
+    _conf_change(cl, ConfChangeType.ADD_LEARNER, ld)
+    _conf_change(cl, ConfChangeType.ADD_VOTER, ld)
+    last = _commit(cl, 2)
+    assert cl.run_until(lambda: _applied_everywhere(cl, cmds + more + last), 5 * ELECTION)
+    assert cl.core(new_ld).conf.voters == frozenset(cl.ids)
+
+
+def test_leadership_transfer_to_a_chosen_voter():
+    cl = _cluster(5)
+    ld = _elect(cl)
+    _commit(cl, 3)
+    target = sorted(i for i in cl.ids if i != ld)[-1]
+    cl.transfer(target, on=ld)
+    assert cl.run_until(lambda: cl.stable_leader() == target, 3 * ELECTION)
+    assert cl.core(target).term == cl.core(ld).term
+    _commit(cl, 2)
+    # Asked on a follower: forwarded to the leader; "" picks the most up-to-date voter.
+    follower = next(i for i in cl.ids if i != target)
+    cl.transfer("", on=follower)
+    assert cl.run_until(lambda: cl.stable_leader() not in (None, target), 3 * ELECTION)
+    _commit(cl, 1)

@@ -15,7 +15,10 @@ class FakeApi:
     def __init__(self, fail_with=None):
         self.fail_with = fail_with
 
-    def status_reply(self, request):
+    def client_handlers(self):
+        return {StatusRequest: self.status_reply}
+
+    def status_reply(self, request, conn):
         if self.fail_with is not None:
             raise self.fail_with
         return StatusReply(request.request_id, MemberRow("n1", "leader", 2, "n1", 5, 5, 5))

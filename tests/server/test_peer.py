@@ -386,3 +386,32 @@ async def test_send_buffer_stays_bounded_while_the_peer_does_not_read(nodes) -> 
     assert [m.index for m in n2.received] == list(range(1, accepted + 1))
     await wait_for(lambda: not outgoing.window.paused, "buffer drained")
     assert n1.transport.send(msg("n1", "n2", accepted + 1))
+
+
+class Babbler(Protocol):
+    """Not a storg node: answers every connection with an HTTP error."""
+
+    def connectionMade(self) -> None:
+        self.factory.connections += 1
+        self.transport.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_service_at_a_peer_address_is_logged_once(nodes, warnings) -> None:
+    from twisted.internet.protocol import ServerFactory
+
+    class Fast(PeerTransport):
+        max_backoff = 0.05
+
+    factory = ServerFactory.forProtocol(Babbler)
+    factory.connections = 0
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    try:
+        n1 = nodes("n1", transport_class=Fast)
+        n1.transport.set_peers({"n2": Address("127.0.0.1", port.getHost().port)})
+        await wait_for(lambda: factory.connections >= 3, "several attempts")
+        assert n1.transport.connected_peers() == set()
+        assert len(warnings) == 1, warnings
+        assert "peer connection to n2" in warnings[0] and "exceeds the limit" in warnings[0]
+    finally:
+        await port.stopListening()

@@ -72,9 +72,15 @@ def test_identity_mismatch_is_one_clear_line(tmp_path: Path) -> None:
 
 
 def test_non_empty_dir_without_identity_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "twistd.pid").write_text("123")  # not data: allowed
     (tmp_path / "wal").mkdir()
     with pytest.raises(StorageError, match="no identity"):
         load_or_create(tmp_path, "n1", "c1")
+
+
+def test_dir_with_only_a_pid_file_gets_an_identity(tmp_path: Path) -> None:
+    (tmp_path / "twistd.pid").write_text("123")
+    assert load_or_create(tmp_path, "n1", "c1").created
 
 
 def test_damaged_identity_is_corruption(tmp_path: Path) -> None:

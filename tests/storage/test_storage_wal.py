@@ -248,6 +248,20 @@ def test_torn_tail_is_cut_at_every_offset_of_the_last_record(tmp_path: Path) -> 
         shutil.rmtree(d)
 
 
+def test_crash_right_after_rolling_leaves_an_empty_segment(tmp_path: Path) -> None:
+    with WriteAheadLog.open(tmp_path) as log:
+        log.append(ents(1, 4))
+    (tmp_path / segment_name(5)).touch()  # created and dir-fsynced, then the crash
+    with WriteAheadLog.open(tmp_path) as log:
+        assert (log.first_index, log.last_index) == (1, 4)
+        log.append(ents(5, 6))
+    with WriteAheadLog.open(tmp_path) as log:
+        assert log.read_all() == ents(1, 6)
+    (tmp_path / segment_name(9)).touch()  # a stray segment leaves a gap
+    with pytest.raises(CorruptionError, match="missing"):
+        WriteAheadLog.open(tmp_path)
+
+
 def test_zero_filled_tail_is_a_torn_write(tmp_path: Path) -> None:
     with WriteAheadLog.open(tmp_path) as log:
         log.append(ents(1, 4))

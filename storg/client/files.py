@@ -1,0 +1,495 @@
+"""File transfers of the client library: one attempt of a put or a get on one connection.
+
+The retry policy (which node, until when) lives in :mod:`storg.client.api`;
+here is what one attempt does, with memory bounded whatever the file size:
+
+* a put reads its source in pieces of the leader's ``max_frame`` in a
+  thread (a local disk or a pipe may block), hashing in the same thread,
+  keeps at most one piece read ahead, and sends a piece only once the
+  connection's transport has drained (:meth:`ClientConnection.wait_writable`);
+* a get hands each GetData frame to a single writer thread (write + hash)
+  and stops reading the socket while more than :data:`SINK_HIGH_WATER`
+  bytes wait for the sink.
+
+A stalled node is not waited on forever: every attempt has a watchdog that
+drops the connection after ``timeout`` seconds without progress, while a
+transfer that keeps moving is never cut off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections import deque
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+from twisted.internet import defer, threads
+
+from storg.client.connection import ClientConnection, Stream
+from storg.client.errors import ClusterUnavailable, IntegrityError, LocalError, ProtocolViolation
+from storg.wire import MAX_FRAME_BYTES
+from storg.wire.files import (
+    FileInfo, GetData, GetEnd, GetRequest, GetStart, PutData, PutDone, PutEnd, PutReady, PutStart,
+)
+
+Progress = Callable[[int, "int | None"], None]
+"""``progress(bytes_done, total_or_None)``; called on the reactor thread."""
+
+SINK_HIGH_WATER = 4 * 1024 * 1024
+"""Bytes received but not yet written before a get stops reading its connection."""
+
+SINK_LOW_WATER = 1 * 1024 * 1024
+"""Reading resumes once the writer is back under this many bytes."""
+
+MAX_PIECE = MAX_FRAME_BYTES - 1024
+"""Never trust a server's max_frame beyond what one frame can carry."""
+
+
+def _no_progress(done: int, total: int | None) -> None:
+    pass
+
+
+class Deadline:
+    """How long a client may still wait; pushed back whenever a transfer makes progress.
+
+    ``progressed`` tells the retry loop that the attempt under way moved
+    something, so that its failure counts as an interrupted transfer (of
+    which only a few are retried: a node failing every transfer halfway
+    would otherwise keep the deadline moving forever).
+    """
+
+    def __init__(self, reactor: Any, timeout: float) -> None:
+        self.reactor = reactor
+        self.timeout = timeout
+        self.at = reactor.seconds() + timeout
+        self.progressed = False
+
+    def remaining(self) -> float:
+        return self.at - self.reactor.seconds()
+
+    def extend(self) -> None:
+        self.progressed = True
+        self.at = max(self.at, self.reactor.seconds() + self.timeout)
+
+
+class Watchdog:
+    """Drops a connection after a quiet spell: a node that stops answering mid-transfer."""
+
+    def __init__(self, reactor: Any, conn: ClientConnection, delay: float) -> None:
+        self.reactor = reactor
+        self.conn = conn
+        self.fired = False
+        self._call = reactor.callLater(max(delay, 0.0), self._fire)
+
+    def _fire(self) -> None:
+        self.fired = True
+        self.conn.abort()
+
+    def reset(self, delay: float) -> None:
+        if self._call.active():
+            self._call.reset(delay)
+
+    def cancel(self) -> None:
+        if self._call.active():
+            self._call.cancel()
+
+
+def _in_thread(reactor: Any, f: Callable[..., Any], *args: Any) -> defer.Deferred:
+    return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+
+
+def _consume(d: defer.Deferred) -> None:
+    """Mark a Deferred's failure as seen (we already acted on it another way)."""
+    d.addErrback(lambda _: None)
+
+
+# --- put -----------------------------------------------------------------------
+
+class UploadSource:
+    """A put's bytes: a local file (re-readable) or a binary stream such as stdin (read once).
+
+    ``consumed`` turns true with the first byte read; a put may be retried
+    from the start only while :meth:`can_restart` holds.
+    """
+
+    def __init__(self, fileobj: BinaryIO, *, owned: bool = False) -> None:
+        self.f = fileobj
+        self.owned = owned
+        try:
+            self.seekable = bool(fileobj.seekable())
+            self.start = fileobj.tell() if self.seekable else 0
+        except (OSError, ValueError, AttributeError):
+            self.seekable = False
+            self.start = 0
+        self.size = self._size()
+        self.consumed = False
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> UploadSource:
+        """Open a local file; an unreadable one is a LocalError (storgctl exit 2)."""
+        try:
+            f = open(path, "rb")
+        except OSError as exc:
+            raise LocalError(f"cannot read {os.fspath(path)}: {exc.strerror or exc}") from None
+        return cls(f, owned=True)
+
+    def _size(self) -> int | None:
+        try:
+            st = os.fstat(self.f.fileno())
+        except (OSError, ValueError, AttributeError):
+            return None
+        import stat as stat_module
+        if stat_module.S_ISREG(st.st_mode):
+            return max(st.st_size - self.start, 0)
+        return None
+
+    def can_restart(self) -> bool:
+        return self.seekable or not self.consumed
+
+    def rewind(self) -> None:
+        if self.consumed and self.seekable:
+            self.f.seek(self.start)
+
+    def read_piece(self, reactor: Any, size: int, hasher: Any) -> defer.Deferred:
+        """Read up to ``size`` bytes (fewer only at the end) and hash them, off the reactor thread."""
+        self.consumed = True
+        return _in_thread(reactor, self._read_and_hash, size, hasher)
+
+    def _read_and_hash(self, size: int, hasher: Any) -> bytes:
+        try:
+            data = self.f.read(size)
+        except (OSError, ValueError) as exc:
+            raise LocalError(f"reading the source failed: {exc}") from None
+        if data is None:  # a non-blocking stream with nothing ready
+            raise LocalError("the source is a non-blocking stream")
+        hasher.update(data)
+        return bytes(data)
+
+    def close(self) -> None:
+        if self.owned:
+            self.f.close()
+
+
+class Upload:
+    """One put, retried as a whole (same ``client_id`` and ``seq``) by the caller's loop."""
+
+    def __init__(self, reactor: Any, source: UploadSource, path: str, client_id: int, seq: int,
+                 progress: Progress | None = None) -> None:
+        self.reactor = reactor
+        self.source = source
+        self.path = path
+        self.client_id = client_id
+        self.seq = seq
+        self.progress = progress or _no_progress
+        self.interrupted = ""
+
+    async def attempt(self, conn: ClientConnection, deadline: Deadline) -> FileInfo:
+        if not self.source.can_restart():
+            raise ClusterUnavailable(
+                f"the upload was interrupted ({self.interrupted or 'leader changed'}) "
+                "and its source cannot be read again")
+        self.source.rewind()
+        ready: defer.Deferred = defer.Deferred()
+
+        def on_frame(frame: Any) -> bool:
+            if isinstance(frame, PutReady) and not ready.called:
+                ready.callback(frame)
+                return False
+            if isinstance(frame, PutDone) and ready.called:
+                return True
+            raise ProtocolViolation(f"unexpected {type(frame).__name__} during a put")
+
+        def fail_ready(failure: Any) -> Any:
+            if not ready.called:
+                ready.errback(failure)
+            return failure
+
+        stream = conn.request_stream(
+            lambda rid: PutStart(rid, self.path, self.client_id, self.seq), on_frame)
+        stream.done.addErrback(fail_ready)
+        watchdog = Watchdog(self.reactor, conn, deadline.remaining())
+        pending: defer.Deferred | None = None
+        try:
+            max_frame = (await ready).max_frame
+            if not 0 < max_frame:
+                raise ProtocolViolation(f"PutReady with max_frame {max_frame}")
+            piece = min(max_frame, MAX_PIECE)
+            deadline.extend()
+            watchdog.reset(deadline.timeout)
+            hasher = hashlib.sha256()
+            sent = 0
+            self.progress(0, self.source.size)
+            pending = self.source.read_piece(self.reactor, piece, hasher)
+            while True:
+                data = await pending
+                pending = None
+                if not data:
+                    break
+                pending = self.source.read_piece(self.reactor, piece, hasher)
+                await conn.wait_writable(stream)
+                stream.send(PutData(stream.request_id, data))
+                sent += len(data)
+                deadline.extend()
+                watchdog.reset(deadline.timeout)
+                self.progress(sent, self.source.size)
+            stream.send(PutEnd(stream.request_id, sent, hasher.hexdigest()))
+            reply = await stream.done
+            return reply.info
+        except LocalError:
+            # The server holds half an upload under this request id: the
+            # protocol's only way to make it let go is to drop the connection.
+            conn.abort()
+            raise
+        except Exception as exc:
+            self.interrupted = str(exc) or type(exc).__name__
+            raise
+        finally:
+            watchdog.cancel()
+            _consume(stream.done)
+            if not stream.finished:
+                stream.abort(ProtocolViolation("put abandoned"))
+            if pending is not None:
+                _consume(pending)
+                if self.source.seekable:
+                    # A read still running in a thread must end before a retry seeks.
+                    await defer.DeferredList([pending], consumeErrors=True)
+
+
+# --- get -----------------------------------------------------------------------
+
+class DownloadSink:
+    """Where a get's bytes go; a seekable sink can be emptied and refilled by a retry."""
+
+    def __init__(self, fileobj: BinaryIO) -> None:
+        self.f = fileobj
+        try:
+            self.seekable = bool(fileobj.seekable())
+            self.start = fileobj.tell() if self.seekable else 0
+        except (OSError, ValueError, AttributeError):
+            self.seekable = False
+            self.start = 0
+        self.dirty = False
+
+    def can_restart(self) -> bool:
+        return self.seekable or not self.dirty
+
+    def restart(self) -> None:
+        if self.dirty and self.seekable:
+            self.f.seek(self.start)
+            self.f.truncate()
+            self.dirty = False
+
+    def write_and_hash(self, data: bytes, hasher: Any) -> None:
+        """Runs in the writer thread; never on the reactor."""
+        try:
+            self.f.write(data)
+        except (OSError, ValueError) as exc:
+            raise LocalError(f"writing the output failed: {exc}") from None
+        hasher.update(data)
+
+    def flush(self) -> None:
+        try:
+            self.f.flush()
+        except (OSError, ValueError) as exc:
+            raise LocalError(f"writing the output failed: {exc}") from None
+
+
+class _SinkWriter:
+    """One writer thread at a time per get, in order; reading pauses when it falls behind."""
+
+    def __init__(self, reactor: Any, conn: ClientConnection, sink: DownloadSink,
+                 on_written: Callable[[int], None], on_error: Callable[[Exception], None]) -> None:
+        self.reactor = reactor
+        self.conn = conn
+        self.sink = sink
+        self.hasher = hashlib.sha256()
+        self.queue: deque[bytes] = deque()
+        self.queued = 0
+        self.written = 0
+        self.paused = False
+        self.stopped = False
+        self._on_written = on_written
+        self._on_error = on_error
+        self._busy: defer.Deferred | None = None
+
+    def write(self, data: bytes) -> None:
+        if self.stopped:
+            return
+        self.queue.append(data)
+        self.queued += len(data)
+        if self.queued > SINK_HIGH_WATER and not self.paused:
+            self.paused = True
+            self.conn.pause_reading()
+        if self._busy is None:
+            self._next()
+
+    def _next(self) -> None:
+        if self.stopped or not self.queue:
+            self._busy = None
+            return
+        data = self.queue.popleft()
+        self.sink.dirty = True
+        self._busy = _in_thread(self.reactor, self.sink.write_and_hash, data, self.hasher)
+        self._busy.addCallbacks(self._done, self._failed, callbackArgs=(len(data),))
+
+    def _done(self, _: Any, size: int) -> None:
+        self.queued -= size
+        self.written += size
+        if self.paused and self.queued <= SINK_LOW_WATER:
+            self.paused = False
+            self.conn.resume_reading()
+        self._on_written(self.written)
+        self._next()
+
+    def _failed(self, failure: Any) -> None:
+        self._busy = None
+        self.stop()
+        self._on_error(failure.value if isinstance(failure.value, LocalError)
+                       else LocalError(f"writing the output failed: {failure.value}"))
+
+    def stop(self) -> None:
+        """Discard what is queued and let reading go on (the attempt is over)."""
+        self.stopped = True
+        self.queue.clear()
+        if self.paused:
+            self.paused = False
+            self.conn.resume_reading()
+
+    async def drain(self) -> None:
+        """Wait until everything handed to :meth:`write` is written (or the writer stopped)."""
+        while self._busy is not None:
+            busy = self._busy
+            await defer.DeferredList([busy], consumeErrors=True)
+            if self._busy is busy:
+                break
+
+
+class Download:
+    """One get; retried on another node by the caller's loop while the sink allows it."""
+
+    def __init__(self, reactor: Any, sink: DownloadSink, path: str, stale: bool,
+                 progress: Progress | None = None) -> None:
+        self.reactor = reactor
+        self.sink = sink
+        self.path = path
+        self.stale = stale
+        self.progress = progress or _no_progress
+
+    async def attempt(self, conn: ClientConnection, deadline: Deadline) -> FileInfo:
+        if not self.sink.can_restart():
+            raise ClusterUnavailable("the node was lost after part of the file was written out")
+        self.sink.restart()
+        watchdog = Watchdog(self.reactor, conn, deadline.remaining())
+        info: list[FileInfo] = []
+        received = [0]
+        stream_box: list[Stream] = []
+
+        def moved(written: int) -> None:
+            deadline.extend()
+            watchdog.reset(deadline.timeout)
+            self.progress(written, info[0].size if info else None)
+
+        def write_failed(exc: Exception) -> None:
+            if stream_box:
+                stream_box[0].abort(exc)
+
+        writer = _SinkWriter(self.reactor, conn, self.sink, moved, write_failed)
+
+        def on_frame(frame: Any) -> bool:
+            if isinstance(frame, GetStart) and not info:
+                info.append(frame.info)
+                deadline.extend()
+                watchdog.reset(deadline.timeout)
+                self.progress(0, frame.info.size)
+                return False
+            if isinstance(frame, GetData) and info:
+                received[0] += len(frame.data)
+                if received[0] > info[0].size:
+                    raise IntegrityError(
+                        f"{self.path}: received more than its {info[0].size} bytes")
+                writer.write(frame.data)
+                deadline.extend()
+                watchdog.reset(deadline.timeout)
+                return False
+            if isinstance(frame, GetEnd) and info:
+                return True
+            raise ProtocolViolation(f"unexpected {type(frame).__name__} during a get")
+
+        stream = conn.request_stream(lambda rid: GetRequest(rid, self.path, self.stale), on_frame)
+        stream_box.append(stream)
+        try:
+            await stream.done
+            await writer.drain()
+            if writer.stopped:
+                raise LocalError("writing the output failed")
+            await _in_thread(self.reactor, self.sink.flush)
+            meta = info[0]
+            if writer.written != meta.size:
+                raise IntegrityError(
+                    f"{self.path}: received {writer.written} bytes, expected {meta.size}")
+            digest = writer.hasher.hexdigest()
+            if digest != meta.sha256:
+                raise IntegrityError(
+                    f"{self.path}: SHA-256 mismatch (got {digest}, expected {meta.sha256})")
+            return meta
+        finally:
+            watchdog.cancel()
+            _consume(stream.done)
+            if not stream.finished:
+                stream.abort(ProtocolViolation("get abandoned"))
+            writer.stop()
+            await writer.drain()
+
+
+# --- atomic local files ------------------------------------------------------------
+
+class AtomicFile:
+    """A file written under a temporary name in the target's folder, renamed at the end.
+
+    Readers of ``target`` see the old file or the whole new one; a failed
+    get leaves the old file untouched and no partial file behind.
+    """
+
+    def __init__(self, target: str | os.PathLike) -> None:
+        target = os.fspath(target)
+        if os.path.isdir(target):
+            raise LocalError(f"{target} is a directory")
+        self.target = target
+        folder = os.path.dirname(os.path.abspath(target))
+        try:
+            fd, self.temp = tempfile.mkstemp(
+                dir=folder, prefix="." + os.path.basename(target) + ".", suffix=".storg-part")
+        except OSError as exc:
+            raise LocalError(f"cannot write in {folder}: {exc.strerror or exc}") from None
+        self.f: BinaryIO = os.fdopen(fd, "w+b")
+        self.finished = False
+
+    def commit(self) -> None:
+        """Make the content durable, then give it the target's name (mode as a new file's)."""
+        try:
+            self.f.flush()
+            os.fsync(self.f.fileno())
+            self.f.close()
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.temp, 0o666 & ~umask)
+            os.replace(self.temp, self.target)
+        except OSError as exc:
+            self.discard()
+            raise LocalError(f"cannot write {self.target}: {exc.strerror or exc}") from None
+        self.finished = True
+
+    def discard(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        try:
+            self.f.close()
+        except OSError:
+            pass
+        try:
+            os.unlink(self.temp)
+        except FileNotFoundError:
+            pass

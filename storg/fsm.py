@@ -1,0 +1,731 @@
+"""The replicated state machine of the file store: namespace, chunk map, client sessions.
+
+Every node applies the same committed entries in the same order, so
+``apply`` must be a pure function of the state and the entry: no clock, no
+randomness, no iteration over anything whose order differs between nodes.
+A refused command raises a :class:`FileStoreError` (the node hands it to
+the proposer as the command's answer); the state is left untouched, which
+is why every command is checked completely before anything changes.
+
+Memory is the constraint that shapes the layout.  The namespace keeps one
+small record per file (sizes and times as ints, hashes as raw bytes) and
+no holders: holders belong to the chunk map, and :meth:`get` assembles a
+:class:`~storg.wire.files.FileInfo` with the holders as they are at read
+time.  Identical holder sets are shared, since in a small cluster nearly
+every chunk has the same holders.
+
+Snapshots must not stall the reactor: :meth:`FileStoreStateMachine.freeze`
+only copies the containers (values are immutable, so a shallow copy is a
+consistent image) and :meth:`FrozenState.frames` encodes from that copy in
+a thread, one small frame per record (see :mod:`storg.fsm_records`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import struct
+from bisect import bisect_left, insort
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from twisted.logger import Logger
+
+from storg.config import Member, parse_address
+from storg.fsm_records import (
+    SNAPSHOT_FORMAT,
+    ChunkRecord,
+    FileRecord,
+    SessionErrorRecord,
+    SessionIndexRecord,
+    SessionPutRecord,
+    SnapshotHeader,
+)
+from storg.members import MemberDirectory, MembershipStateMachine
+from storg.paths import ROOT, InvalidPath, normalize_path, normalize_prefix
+from storg.raft.types import Entry, EntryType
+from storg.wire import (
+    BAD_REQUEST,
+    CODEC,
+    INTERNAL,
+    NOT_FOUND,
+    UNAVAILABLE,
+    CodecError,
+    ErrorCode,
+    MemberAddress,
+    ProbeCommand,
+)
+from storg.wire.files import (
+    ChunkRef,
+    CollectChunksCommand,
+    FileInfo,
+    PutFileCommand,
+    RemoveFileCommand,
+)
+
+log = Logger(namespace="storg.fsm")
+
+DIGEST_BYTES = 32
+
+
+# --- errors: deterministic refusals, each with the code the client sees ------------
+
+class FileStoreError(Exception):
+    """A command or query the state machine refuses; ``code`` is what the client is told."""
+
+    code: ErrorCode = INTERNAL
+
+
+class NotFound(FileStoreError):
+    code = NOT_FOUND
+
+
+class ChunkMissing(FileStoreError):
+    """A dedup reuse named a chunk the cluster no longer has (collected meanwhile).
+
+    UNAVAILABLE because nothing is wrong with the request: the client retries
+    the put with the same seq, and the leader uploads the chunk afresh.
+    """
+
+    code = UNAVAILABLE
+
+
+class StaleRequest(FileStoreError):
+    """A command older than the last one its client session applied."""
+
+    code = BAD_REQUEST
+
+
+class InvalidCommand(FileStoreError):
+    """An entry that is not a valid command: undecodable, unknown or inconsistent."""
+
+    code = BAD_REQUEST
+
+
+class SnapshotFormatError(ValueError):
+    """Snapshot frames that decode but do not describe a consistent state."""
+
+
+_ERRORS: dict[str, type[FileStoreError]] = {
+    cls.__name__: cls for cls in (NotFound, ChunkMissing, StaleRequest, InvalidCommand)
+}
+
+
+# --- state values (immutable, so a shallow copy of their containers is a snapshot) ---
+
+@dataclass(frozen=True, slots=True)
+class ChunkState:
+    """One chunk map entry: its size, the nodes holding it, how many file references it has."""
+
+    size: int
+    holders: frozenset[str]
+    refs: int
+
+
+_FILE_HEAD = struct.Struct(">QQQ32s")
+
+
+class _File(bytes):
+    """A namespace entry packed into one bytes object: the per-file memory is what limits scale.
+
+    Layout: size, modified_ns, version (u64 each), the content's SHA-256
+    (32 raw bytes), then the chunks' raw digests back to back.  One object
+    of ~120 bytes for a one-chunk file, where separate ints, strings and a
+    record object cost about three times that.
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def pack(cls, size: int, sha: bytes, modified_ns: int, version: int, chunks: bytes) -> _File:
+        return cls(_FILE_HEAD.pack(size, modified_ns, version, sha) + chunks)
+
+    def head(self) -> tuple[int, int, int, bytes]:
+        """size, modified_ns, version and sha in one unpacking."""
+        return _FILE_HEAD.unpack_from(self)
+
+    @property
+    def size(self) -> int:
+        return _FILE_HEAD.unpack_from(self)[0]
+
+    @property
+    def chunks(self) -> bytes:
+        return self[_FILE_HEAD.size:]
+
+
+@dataclass(frozen=True, slots=True)
+class _Session:
+    """A client's last applied command: its seq, log index and outcome (a result or an error)."""
+
+    seq: int
+    index: int
+    result: Any = None
+    error: tuple[str, str] | None = None
+
+    def replay(self) -> Any:
+        if self.error is not None:
+            name, message = self.error
+            raise _ERRORS[name](message)
+        return self.result
+
+
+def _digests(chunks: bytes) -> Iterator[bytes]:
+    for pos in range(0, len(chunks), DIGEST_BYTES):
+        yield chunks[pos:pos + DIGEST_BYTES]
+
+
+# --- the sorted path index --------------------------------------------------------------
+
+class _SortedPaths:
+    """The namespace's paths in order, for ``ls`` of a folder without scanning everything.
+
+    A list of sorted buckets of at most ``2 * load`` paths: an insert moves
+    at most a bucket's worth of pointers, where one flat sorted list would
+    move half the namespace on every new file.
+    """
+
+    def __init__(self, ordered: list[str] | None = None, load: int = 1000) -> None:
+        self._load = load
+        ordered = ordered or []
+        self._buckets = [ordered[i:i + load] for i in range(0, len(ordered), load)]
+        self._maxes = [bucket[-1] for bucket in self._buckets]
+
+    def add(self, key: str) -> None:
+        """Insert ``key``, which must not be present."""
+        if not self._buckets:
+            self._buckets.append([key])
+            self._maxes.append(key)
+            return
+        i = bisect_left(self._maxes, key)
+        if i == len(self._maxes):
+            i -= 1
+            self._buckets[i].append(key)
+            self._maxes[i] = key
+        else:
+            insort(self._buckets[i], key)
+        bucket = self._buckets[i]
+        if len(bucket) > 2 * self._load:
+            self._buckets.insert(i + 1, bucket[self._load:])
+            del bucket[self._load:]
+            self._maxes.insert(i, bucket[-1])
+
+    def remove(self, key: str) -> None:
+        """Remove ``key``, which must be present."""
+        i = bisect_left(self._maxes, key)
+        bucket = self._buckets[i]
+        j = bisect_left(bucket, key)
+        del bucket[j]
+        if not bucket:
+            del self._buckets[i]
+            del self._maxes[i]
+        elif j == len(bucket):
+            self._maxes[i] = bucket[-1]
+
+    def from_key(self, start: str) -> Iterator[str]:
+        """The keys >= ``start``, in order; do not change the index while iterating."""
+        i = bisect_left(self._maxes, start)
+        if i == len(self._maxes):
+            return
+        bucket = self._buckets[i]
+        yield from itertools.islice(bucket, bisect_left(bucket, start), None)
+        for bucket in itertools.islice(self._buckets, i + 1, None):
+            yield from bucket
+
+    def __iter__(self) -> Iterator[str]:
+        return itertools.chain.from_iterable(self._buckets)
+
+    def snapshot(self) -> tuple[str, ...]:
+        """All keys in order, as one immutable copy."""
+        return tuple(self)
+
+
+# --- the frozen image a snapshot is written from -----------------------------------------
+
+class FrozenState:
+    """An immutable image of the state at one applied index, cheap to take.
+
+    Its containers are private copies and its values are immutable, so
+    :meth:`frames` may run in any thread while the live state moves on.
+    """
+
+    __slots__ = ("_chunks", "_files", "_members", "_paths", "_sessions")
+
+    def __init__(self, members: tuple[MemberAddress, ...], chunks: Mapping[bytes, ChunkState],
+                 paths: tuple[str, ...], files: Mapping[str, _File],
+                 sessions: tuple[tuple[int, _Session], ...]) -> None:
+        self._members = members
+        self._chunks = MappingProxyType(chunks)
+        self._paths = tuple(paths)
+        self._files = MappingProxyType(files)
+        self._sessions = sessions
+
+    def frames(self) -> Iterator[bytes]:
+        """The snapshot as CODEC frames: the header, then one frame per member, chunk, file, session."""
+        encode = CODEC.encode
+        yield encode(SnapshotHeader(SNAPSHOT_FORMAT, len(self._members), len(self._chunks),
+                                    len(self._paths), len(self._sessions)))
+        for member in self._members:
+            yield encode(member)
+        for digest, chunk in self._chunks.items():
+            yield encode(_chunk_record(digest, chunk))
+        for path in self._paths:
+            yield encode(_file_record(path, self._files[path]))
+        for client_id, session in self._sessions:
+            yield encode(_session_record(client_id, session))
+
+
+def _chunk_record(digest: bytes, chunk: ChunkState) -> ChunkRecord:
+    return ChunkRecord(digest.hex(), chunk.size, chunk.refs, tuple(sorted(chunk.holders)))
+
+
+def _file_record(path: str, rec: _File) -> FileRecord:
+    size, modified_ns, version, sha = rec.head()
+    return FileRecord(path, size, sha.hex(), modified_ns, version,
+                      tuple(d.hex() for d in _digests(rec.chunks)))
+
+
+def _session_record(client_id: int, s: _Session) -> Any:
+    if s.error is not None:
+        return SessionErrorRecord(client_id, s.seq, s.index, s.error[0], s.error[1])
+    if isinstance(s.result, FileInfo):
+        return SessionPutRecord(client_id, s.seq, s.index, s.result)
+    return SessionIndexRecord(client_id, s.seq, s.index, s.result)
+
+
+# --- the state machine -----------------------------------------------------------------------
+
+class FileStoreStateMachine:
+    """Applies committed entries to the namespace, the chunk map and the client sessions.
+
+    ``on_chunks_removed`` (set by the node) is called with the hashes a
+    CollectChunksCommand removed, so the node deletes its local copies.
+    """
+
+    def __init__(self, directory: MemberDirectory | None = None, *, max_sessions: int = 10000) -> None:
+        if max_sessions < 1:
+            raise ValueError("max_sessions must be at least 1")
+        self.directory = directory if directory is not None else MemberDirectory({})
+        self.max_sessions = max_sessions
+        self.on_chunks_removed: Callable[[tuple[str, ...]], object] | None = None
+        self._membership = MembershipStateMachine(self.directory)
+        self._handlers: dict[type, Callable[[Any, int], Any]] = {
+            PutFileCommand: self._apply_put,
+            RemoveFileCommand: self._apply_remove,
+            CollectChunksCommand: self._apply_collect,
+        }
+        self._reset()
+
+    def _reset(self) -> None:
+        self._files: dict[str, _File] = {}
+        self._paths = _SortedPaths()
+        self._chunks: dict[bytes, ChunkState] = {}
+        self._unreferenced: set[bytes] = set()
+        self._sessions: OrderedDict[int, _Session] = OrderedDict()
+        self._holder_sets: dict[frozenset[str], frozenset[str]] = {}
+        self._file_bytes = 0
+
+    # -- apply -------------------------------------------------------------------------
+
+    def apply(self, entry: Entry) -> Any:
+        """Apply one committed entry; returns its result or raises a FileStoreError."""
+        if entry.type == EntryType.CONF_CHANGE:
+            try:
+                return self._membership.apply(entry)
+            except ValueError as exc:
+                raise InvalidCommand(f"entry {entry.index}: bad membership change: {exc}") from None
+        if not entry.data:
+            return None  # a new leader's no-op
+        try:
+            command = CODEC.decode(entry.data)
+        except CodecError as exc:
+            raise InvalidCommand(f"entry {entry.index} holds no command: {exc}") from None
+        if isinstance(command, ProbeCommand):
+            return entry.index
+        handler = self._handlers.get(type(command))
+        if handler is None:
+            raise InvalidCommand(f"entry {entry.index}: {type(command).__name__} is not a command")
+        return handler(command, entry.index)
+
+    def _with_session(self, client_id: int, seq: int, index: int, run: Callable[[], Any]) -> Any:
+        """Apply ``run`` at most once per (client_id, seq); a retry gets the first outcome.
+
+        A ChunkMissing refusal is not recorded: nothing was applied and the
+        client is told to retry the very same seq.
+        """
+        if client_id == 0:
+            return run()
+        session = self._sessions.get(client_id)
+        if session is not None:
+            if seq < session.seq:
+                raise StaleRequest(f"client {client_id:x}: seq {seq} is older than its last, {session.seq}")
+            if seq == session.seq:
+                self._remember(client_id, _Session(seq, index, session.result, session.error))
+                return session.replay()
+        try:
+            result = run()
+        except FileStoreError as exc:
+            if exc.code != UNAVAILABLE:
+                self._remember(client_id, _Session(seq, index, error=(type(exc).__name__, str(exc))))
+            raise
+        self._remember(client_id, _Session(seq, index, result))
+        return result
+
+    def _remember(self, client_id: int, session: _Session) -> None:
+        sessions = self._sessions
+        sessions[client_id] = session
+        sessions.move_to_end(client_id)
+        while len(sessions) > self.max_sessions:
+            sessions.popitem(last=False)
+
+    def _apply_put(self, cmd: PutFileCommand, index: int) -> FileInfo:
+        return self._with_session(cmd.client_id, cmd.seq, index, lambda: self._put(cmd, index))
+
+    def _apply_remove(self, cmd: RemoveFileCommand, index: int) -> int:
+        return self._with_session(cmd.client_id, cmd.seq, index, lambda: self._remove(cmd, index))
+
+    def _put(self, cmd: PutFileCommand, index: int) -> FileInfo:
+        path = _command_path(cmd.path, index)
+        # Check everything first: a refusal must leave the state untouched.
+        fresh: dict[bytes, tuple[int, frozenset[str]]] = {}
+        digests: list[bytes] = []
+        total = 0
+        for ref in cmd.chunks:
+            digest = bytes.fromhex(ref.hash)
+            known = self._chunks.get(digest)
+            size = known.size if known is not None else fresh.get(digest, (None,))[0]
+            if size is not None and size != ref.size:
+                raise InvalidCommand(f"entry {index}: chunk {ref.hash} is {size} bytes, not {ref.size}")
+            if ref.holders:
+                earlier = fresh.get(digest, (0, frozenset()))[1]
+                fresh[digest] = (ref.size, earlier | frozenset(ref.holders))
+            elif known is None and digest not in fresh:
+                raise ChunkMissing(f"chunk {ref.hash} of {path} is no longer stored; upload it again")
+            digests.append(digest)
+            total += ref.size
+        if total != cmd.size:
+            raise InvalidCommand(f"entry {index}: {path} is {cmd.size} bytes but its chunks add up to {total}")
+        old = self._files.get(path)
+        delta = Counter(digests)
+        if old is not None:
+            delta.subtract(_digests(old.chunks))
+        # Counter keeps first-seen order (new chunks, then the old file's), so
+        # the chunk map's order, and so the snapshot's bytes, match on every node.
+        for digest in delta:
+            known = self._chunks.get(digest)
+            if known is None:
+                size, holders = fresh[digest]
+                refs = 0
+            else:
+                size, holders, refs = known.size, known.holders, known.refs
+                if digest in fresh:
+                    holders = holders | fresh[digest][1]
+            self._set_chunk(digest, ChunkState(size, self._shared(holders), refs + delta[digest]))
+        rec = _File.pack(cmd.size, bytes.fromhex(cmd.sha256), cmd.modified_ns, index, b"".join(digests))
+        if old is None:
+            self._paths.add(path)
+        else:
+            self._file_bytes -= old.size
+        self._files[path] = rec
+        self._file_bytes += rec.size
+        return self._info(path, rec)
+
+    def _remove(self, cmd: RemoveFileCommand, index: int) -> int:
+        path = _command_path(cmd.path, index)
+        old = self._files.pop(path, None)
+        if old is None:
+            raise NotFound(f"{path} does not exist")
+        self._paths.remove(path)
+        self._file_bytes -= old.size
+        for digest, count in Counter(_digests(old.chunks)).items():
+            chunk = self._chunks[digest]
+            self._set_chunk(digest, ChunkState(chunk.size, chunk.holders, chunk.refs - count))
+        return index
+
+    def _apply_collect(self, cmd: CollectChunksCommand, index: int) -> tuple[str, ...]:
+        removed = []
+        for text in cmd.hashes:
+            digest = bytes.fromhex(text)
+            chunk = self._chunks.get(digest)
+            if chunk is not None and chunk.refs == 0:
+                del self._chunks[digest]
+                self._unreferenced.discard(digest)
+                removed.append(text)
+        hashes = tuple(removed)
+        if hashes and self.on_chunks_removed is not None:
+            try:
+                self.on_chunks_removed(hashes)
+            except Exception:  # noqa: BLE001 -- the observer's failure must not make nodes diverge
+                log.failure("on_chunks_removed failed for entry {index}", index=index)
+        return hashes
+
+    def _set_chunk(self, digest: bytes, chunk: ChunkState) -> None:
+        if chunk.refs < 0:
+            raise AssertionError(f"chunk {digest.hex()} would have {chunk.refs} references")
+        self._chunks[digest] = chunk
+        if chunk.refs == 0:
+            self._unreferenced.add(digest)
+        else:
+            self._unreferenced.discard(digest)
+
+    def _shared(self, holders: frozenset[str]) -> frozenset[str]:
+        """One object per distinct holder set: most chunks share a handful of sets."""
+        return self._holder_sets.setdefault(holders, holders)
+
+    # -- queries (reactor thread) ------------------------------------------------------
+
+    def get(self, path: str) -> FileInfo | None:
+        """The file at ``path`` (a normal form) with its chunks' current holders, or None."""
+        rec = self._files.get(path)
+        return None if rec is None else self._info(path, rec)
+
+    def list(self, prefix: str = ROOT, *, with_chunks: bool = True) -> list[FileInfo]:
+        """The files at or below the folder ``prefix``, sorted by path.
+
+        ``with_chunks=False`` leaves ``chunks`` empty, which is what ``ls``
+        sends and saves building a ChunkRef per chunk.  Raises InvalidPath
+        for a prefix that is not valid.
+        """
+        prefix = normalize_prefix(prefix)
+        if prefix == ROOT:
+            paths: Iterable[str] = list(self._paths)
+        else:
+            below = prefix + "/"
+            found = [prefix] if prefix in self._files else []
+            for path in self._paths.from_key(below):
+                if not path.startswith(below):
+                    break
+                found.append(path)
+            paths = found
+        files = self._files
+        if with_chunks:
+            return [self._info(path, files[path]) for path in paths]
+        return [_bare_info(path, files[path]) for path in paths]
+
+    def chunk(self, hash: str) -> ChunkState | None:
+        """The chunk map entry of ``hash`` (hex SHA-256), or None."""
+        try:
+            digest = bytes.fromhex(hash)
+        except (TypeError, ValueError):
+            return None
+        return self._chunks.get(digest)
+
+    def unreferenced_chunks(self) -> list[str]:
+        """Hashes of the chunks no file refers to (candidates for CollectChunks), sorted."""
+        return sorted(d.hex() for d in self._unreferenced)
+
+    def stats(self) -> dict[str, int]:
+        """Counts for status output: files, chunks, bytes (of the files' contents), sessions."""
+        return {"files": len(self._files), "chunks": len(self._chunks),
+                "bytes": self._file_bytes, "sessions": len(self._sessions)}
+
+    def _info(self, path: str, rec: _File) -> FileInfo:
+        chunks = self._chunks
+        refs = []
+        for digest in _digests(rec.chunks):
+            chunk = chunks[digest]
+            refs.append(ChunkRef(digest.hex(), chunk.size, tuple(sorted(chunk.holders))))
+        return _bare_info(path, rec, tuple(refs))
+
+    def digest(self) -> str:
+        """A SHA-256 over a canonical encoding of the whole state (members included).
+
+        Two nodes that applied the same entries have the same digest,
+        whatever their history (restored from a snapshot or not).  O(n log n):
+        for tests and diagnostics, not for the reactor on a large namespace.
+        """
+        h = hashlib.sha256()
+        frozen = self.freeze()
+        canonical = FrozenState(frozen._members, dict(sorted(self._chunks.items())),
+                                frozen._paths, self._files, frozen._sessions)
+        for frame in canonical.frames():
+            h.update(len(frame).to_bytes(4, "big"))
+            h.update(frame)
+        return h.hexdigest()
+
+    # -- snapshots -----------------------------------------------------------------------
+
+    def freeze(self) -> FrozenState:
+        """An immutable image of the current state: shallow copies only, no encoding."""
+        members = tuple(
+            MemberAddress(node_id, str(m.peer), str(m.client))
+            for node_id, m in sorted(self.directory.members().items()))
+        return FrozenState(members, dict(self._chunks), self._paths.snapshot(), dict(self._files),
+                           tuple(self._sessions.items()))
+
+    def restore(self, frames: Iterable[bytes]) -> None:
+        """Replace the whole state with a snapshot's, checking it thoroughly first.
+
+        Raises CodecError for frames that do not decode and
+        SnapshotFormatError for frames that do not add up to a consistent
+        state; either way the current state is left as it was.  The
+        snapshot's members are added to the directory.  Equivalent to
+        ``install(read_snapshot(frames))``; a node with a large namespace
+        should call :func:`read_snapshot` in a thread and only
+        :meth:`install` on the reactor.
+        """
+        self.install(read_snapshot(frames))
+
+    def install(self, snapshot: LoadedSnapshot) -> None:
+        """Adopt a snapshot read by :func:`read_snapshot`: O(n) pointer work, no decoding.
+
+        Keeps the newest ``max_sessions`` sessions if the snapshot has more.
+        A LoadedSnapshot is installed once: its containers become the live state.
+        """
+        if snapshot.installed:
+            raise ValueError("this snapshot was already installed; read it again")
+        snapshot.installed = True
+        self._reset()
+        self._files = snapshot.files
+        self._paths = _SortedPaths(snapshot.paths)
+        self._file_bytes = snapshot.file_bytes
+        self._chunks = snapshot.chunks
+        self._unreferenced = snapshot.unreferenced
+        self._holder_sets = snapshot.holder_sets
+        for client_id, session in snapshot.sessions[-self.max_sessions:]:
+            self._sessions[client_id] = session
+        for node_id, member in snapshot.members.items():
+            self.directory.add(node_id, member)
+
+
+def read_snapshot(frames: Iterable[bytes]) -> LoadedSnapshot:
+    """Decode and check snapshot frames into a state ready to install; safe in any thread.
+
+    Touches no state machine, so a large snapshot can be read off the
+    reactor.  Raises CodecError or SnapshotFormatError on damaged input.
+    """
+    loaded = LoadedSnapshot()
+    for frame in frames:
+        loaded.feed(CODEC.decode(frame))
+    loaded.finish()
+    return loaded
+
+
+def _bare_info(path: str, rec: _File, chunks: tuple[ChunkRef, ...] = ()) -> FileInfo:
+    size, modified_ns, version, sha = rec.head()
+    return FileInfo(path, size, sha.hex(), modified_ns, version, chunks)
+
+
+def _command_path(text: str, index: int) -> str:
+    try:
+        return normalize_path(text)
+    except InvalidPath as exc:
+        raise InvalidCommand(f"entry {index}: {exc}") from None
+
+
+class LoadedSnapshot:
+    """A snapshot decoded and checked record by record: the state it describes, ready to install.
+
+    Built by :func:`read_snapshot`; once finished it is only read, by
+    :meth:`FileStoreStateMachine.install`, which adopts its containers.
+    """
+
+    def __init__(self) -> None:
+        self.header: SnapshotHeader | None = None
+        self.members: dict[str, Member] = {}
+        self.chunks: dict[bytes, ChunkState] = {}
+        self.files: dict[str, _File] = {}
+        self.paths: list[str] = []
+        self.file_bytes = 0
+        self.unreferenced: set[bytes] = set()
+        self.holder_sets: dict[frozenset[str], frozenset[str]] = {}
+        self.sessions: list[tuple[int, _Session]] = []
+        self._session_ids: set[int] = set()
+        self.installed = False
+
+    def feed(self, record: object) -> None:
+        if self.header is None:
+            if not isinstance(record, SnapshotHeader):
+                raise SnapshotFormatError(f"a snapshot starts with its header, not {type(record).__name__}")
+            if record.format != SNAPSHOT_FORMAT:
+                raise SnapshotFormatError(f"unknown snapshot format {record.format}")
+            self.header = record
+            return
+        if isinstance(record, MemberAddress):
+            self._member(record)
+        elif isinstance(record, ChunkRecord):
+            self._chunk(record)
+        elif isinstance(record, FileRecord):
+            self._file(record)
+        elif isinstance(record, (SessionPutRecord, SessionIndexRecord, SessionErrorRecord)):
+            self._session(record)
+        else:
+            raise SnapshotFormatError(f"{type(record).__name__} is not a snapshot record")
+
+    def _member(self, rec: MemberAddress) -> None:
+        if rec.id in self.members:
+            raise SnapshotFormatError(f"member {rec.id} appears twice")
+        try:
+            self.members[rec.id] = Member(parse_address(rec.peer), parse_address(rec.client))
+        except ValueError as exc:
+            raise SnapshotFormatError(f"member {rec.id}: {exc}") from None
+
+    def _chunk(self, rec: ChunkRecord) -> None:
+        digest = bytes.fromhex(rec.hash)
+        if digest in self.chunks:
+            raise SnapshotFormatError(f"chunk {rec.hash} appears twice")
+        if not rec.holders:
+            raise SnapshotFormatError(f"chunk {rec.hash} has no holders")
+        holders = frozenset(rec.holders)
+        holders = self.holder_sets.setdefault(holders, holders)
+        self.chunks[digest] = ChunkState(rec.size, holders, rec.refs)
+
+    def _file(self, rec: FileRecord) -> None:
+        try:
+            path = normalize_path(rec.path)
+        except InvalidPath as exc:
+            raise SnapshotFormatError(f"file record: {exc}") from None
+        if path != rec.path:
+            raise SnapshotFormatError(f"file path {rec.path!r} is not in normal form")
+        if path in self.files:
+            raise SnapshotFormatError(f"file {path} appears twice")
+        self.files[path] = _File.pack(rec.size, bytes.fromhex(rec.sha256), rec.modified_ns, rec.version,
+                                 b"".join(bytes.fromhex(h) for h in rec.chunks))
+
+    def _session(self, rec: Any) -> None:
+        if rec.client_id == 0:
+            raise SnapshotFormatError("a session of client 0 (no session)")
+        if rec.client_id in self._session_ids:
+            raise SnapshotFormatError(f"client {rec.client_id:x} has two sessions")
+        self._session_ids.add(rec.client_id)
+        if isinstance(rec, SessionErrorRecord):
+            if rec.error not in _ERRORS:
+                raise SnapshotFormatError(f"session error {rec.error!r} is not a FileStoreError")
+            session = _Session(rec.seq, rec.index, error=(rec.error, rec.message))
+        elif isinstance(rec, SessionPutRecord):
+            session = _Session(rec.seq, rec.index, rec.info)
+        else:
+            session = _Session(rec.seq, rec.index, rec.value)
+        self.sessions.append((rec.client_id, session))
+
+    def finish(self) -> None:
+        header = self.header
+        if header is None:
+            raise SnapshotFormatError("empty snapshot: no header")
+        counts = {"members": len(self.members), "chunks": len(self.chunks),
+                  "files": len(self.files), "sessions": len(self.sessions)}
+        for kind, count in counts.items():
+            if getattr(header, kind) != count:
+                raise SnapshotFormatError(
+                    f"snapshot header announces {getattr(header, kind)} {kind}, found {count} (truncated?)")
+        refs: Counter[bytes] = Counter()
+        for path, rec in self.files.items():
+            total = 0
+            for digest in _digests(rec.chunks):
+                chunk = self.chunks.get(digest)
+                if chunk is None:
+                    raise SnapshotFormatError(f"{path} refers to chunk {digest.hex()}, which is not in the map")
+                total += chunk.size
+                refs[digest] += 1
+            if total != rec.size:
+                raise SnapshotFormatError(f"{path} is {rec.size} bytes but its chunks add up to {total}")
+        for digest, chunk in self.chunks.items():
+            if chunk.refs != refs[digest]:
+                raise SnapshotFormatError(
+                    f"chunk {digest.hex()} records {chunk.refs} references, the files make {refs[digest]}")
+        self.unreferenced = {digest for digest, chunk in self.chunks.items() if chunk.refs == 0}
+        self.paths = sorted(self.files)
+        self.file_bytes = sum(rec.size for rec in self.files.values())
+        self.sessions.sort(key=lambda item: item[1].index)

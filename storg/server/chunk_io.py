@@ -1,0 +1,169 @@
+"""Chunk bytes off the reactor thread: the local store in a thread pool, and other nodes' stores.
+
+Every chunk write is a write, an fsync, a rename and a folder fsync; every
+read re-hashes a megabyte.  Both run in a dedicated pool, apart from the
+Raft log's single storage thread, so a burst of chunk traffic never delays
+a Raft fsync (and so an election).
+
+Other nodes' chunks are reached through their client ports (``ChunkPut``,
+``ChunkGet``), one kept-open connection per node: bulk bytes never queue
+behind heartbeats on the peer connections.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from storg.client.connection import ClientConnection, connect
+from storg.storage.chunks import ChunkStore
+from storg.storage.errors import ChunkNotFoundError, CorruptionError
+from storg.wire.files import ChunkData, ChunkGet, ChunkPut, ChunkStored
+
+log = Logger(namespace="storg.chunks")
+
+
+class ChunkUnavailable(Exception):
+    """No intact copy of a chunk could be read from any holder tried."""
+
+
+class LocalChunks:
+    """The node's own ChunkStore, every call in a thread pool."""
+
+    def __init__(self, store: ChunkStore, reactor: Any, threads: int = 4) -> None:
+        self.store = store
+        self.reactor = reactor
+        self.pool = ThreadPool(minthreads=1, maxthreads=threads, name="storg-chunks")
+
+    def start(self) -> None:
+        self.pool.start()
+
+    def stop(self) -> defer.Deferred:
+        from twisted.internet.threads import deferToThread
+        return deferToThread(self.pool.stop)
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
+        return deferToThreadPool(self.reactor, self.pool, fn, *args)
+
+    def hash_and_put(self, data: bytes) -> defer.Deferred:
+        """Store durably; fires with the SHA-256 hex (hashing rides in the thread too)."""
+        return self._run(self.store.put, data)
+
+    def put(self, data: bytes, expected_hash: str) -> defer.Deferred:
+        return self._run(self.store.put, data, expected_hash)
+
+    def get(self, chunk_hash: str) -> defer.Deferred:
+        """Verified bytes; fails with ChunkNotFoundError or CorruptionError."""
+        return self._run(self.store.get, chunk_hash)
+
+    def has(self, chunk_hash: str) -> defer.Deferred:
+        return self._run(self.store.has, chunk_hash)
+
+    def delete_many(self, hashes: Iterable[str]) -> defer.Deferred:
+        hashes = list(hashes)
+
+        def delete_all() -> int:
+            return sum(1 for h in hashes if self.store.delete(h))
+
+        return self._run(delete_all)
+
+    def hash(self, data: bytes) -> defer.Deferred:
+        return self._run(lambda: hashlib.sha256(data).hexdigest())
+
+
+class RemoteChunks:
+    """Other nodes' chunk stores, through their client ports."""
+
+    def __init__(self, reactor: Any, address_of: Callable[[str], str | None],
+                 timeout: float = 30.0) -> None:
+        self.reactor = reactor
+        self.address_of = address_of
+        self.timeout = timeout
+        self._connections: dict[str, ClientConnection] = {}
+        self._connecting: dict[str, defer.Deferred] = {}
+
+    @defer.inlineCallbacks
+    def _connection(self, node_id: str):
+        conn = self._connections.get(node_id)
+        if conn is not None and conn.connected:
+            return conn
+        address = self.address_of(node_id)
+        if not address:
+            raise ChunkUnavailable(f"no client address known for {node_id}")
+        conn = yield defer.Deferred.fromCoroutine(connect(self.reactor, address, timeout=5.0))
+        self._connections[node_id] = conn
+        return conn
+
+    @defer.inlineCallbacks
+    def put(self, node_id: str, chunk_hash: str, data: bytes):
+        """Fires once ``node_id`` has the chunk fsynced."""
+        conn = yield self._connection(node_id)
+        d = conn.request(lambda rid: ChunkPut(rid, chunk_hash, data))
+        d.addTimeout(self.timeout, self.reactor)
+        reply = yield d
+        if not isinstance(reply, ChunkStored) or reply.hash != chunk_hash:
+            raise ChunkUnavailable(f"{node_id} answered {type(reply).__name__} to a chunk put")
+        return node_id
+
+    @defer.inlineCallbacks
+    def get(self, node_id: str, chunk_hash: str):
+        """The chunk's bytes from ``node_id``, verified here against the hash."""
+        conn = yield self._connection(node_id)
+        d = conn.request(lambda rid: ChunkGet(rid, chunk_hash))
+        d.addTimeout(self.timeout, self.reactor)
+        reply = yield d
+        if not isinstance(reply, ChunkData) or reply.hash != chunk_hash:
+            raise ChunkUnavailable(f"{node_id} answered {type(reply).__name__} to a chunk get")
+        if hashlib.sha256(reply.data).hexdigest() != chunk_hash:
+            raise ChunkUnavailable(f"{node_id} sent bytes that do not match chunk {chunk_hash}")
+        return reply.data
+
+    def close(self) -> None:
+        for conn in self._connections.values():
+            conn.close()
+        self._connections.clear()
+
+
+class Chunks:
+    """Local and remote chunk access for the file service."""
+
+    def __init__(self, node_id: str, local: LocalChunks, remote: RemoteChunks) -> None:
+        self.node_id = node_id
+        self.local = local
+        self.remote = remote
+
+    def store_on(self, holder: str, chunk_hash: str, data: bytes) -> defer.Deferred:
+        if holder == self.node_id:
+            return self.local.put(data, chunk_hash).addCallback(lambda _: holder)
+        return self.remote.put(holder, chunk_hash, data)
+
+    @defer.inlineCallbacks
+    def read(self, chunk_hash: str, holders: Iterable[str]):
+        """Verified bytes from this node if it has an intact copy, else from the holders in turn."""
+        holders = list(holders)
+        order = ([self.node_id] if self.node_id in holders else []) + \
+            [h for h in holders if h != self.node_id]
+        if self.node_id not in order:
+            order.insert(0, self.node_id)  # a copy may be here even if not recorded
+        problems = []
+        for holder in order:
+            try:
+                if holder == self.node_id:
+                    data = yield self.local.get(chunk_hash)
+                else:
+                    data = yield self.remote.get(holder, chunk_hash)
+                return data
+            except (ChunkNotFoundError, CorruptionError, ChunkUnavailable) as exc:
+                if isinstance(exc, CorruptionError):
+                    log.warn("corrupt copy of chunk {h} on {node}: {why}", h=chunk_hash,
+                             node=holder, why=exc)
+                problems.append(f"{holder}: {exc}")
+            except Exception as exc:  # a holder down or slow: try the next one
+                problems.append(f"{holder}: {exc!r}")
+        raise ChunkUnavailable(f"no intact copy of chunk {chunk_hash}: " + "; ".join(problems))

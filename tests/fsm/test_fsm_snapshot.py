@@ -1,0 +1,321 @@
+"""Snapshots (freeze, frames, restore) and determinism of the file store state machine."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import threading
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from storg.config import Address, Member
+from storg.fsm import (
+    FileStoreError,
+    FileStoreStateMachine,
+    LoadedSnapshot,
+    NotFound,
+    SnapshotFormatError,
+    read_snapshot,
+)
+from storg.fsm_records import (
+    ChunkRecord,
+    FileRecord,
+    SessionErrorRecord,
+    SnapshotHeader,
+)
+from storg.members import MemberDirectory
+from storg.raft.types import ConfChange, ConfChangeType, Entry, EntryType
+from storg.wire import CODEC, CodecError, MemberAddress, ProbeCommand
+from storg.wire.files import (
+    ChunkRef,
+    CollectChunksCommand,
+    PutFileCommand,
+    RemoveFileCommand,
+)
+
+
+def h(n: int) -> str:
+    return hashlib.sha256(b"chunk %d" % n).hexdigest()
+
+
+def put(path: str, chunks: list[tuple[int, bool]], client: int = 0, seq: int = 0) -> PutFileCommand:
+    """A put of chunks (n, fresh); chunk n is always n + 1 bytes."""
+    refs = tuple(ChunkRef(h(n), n + 1, ("n1", "n2") if is_fresh else ()) for n, is_fresh in chunks)
+    return PutFileCommand(client, seq, 100 + seq, path, sum(r.size for r in refs),
+                          hashlib.sha256(path.encode()).hexdigest(), refs)
+
+
+def add_member(node_id: str, port: int) -> Entry:
+    context = CODEC.encode(MemberAddress(node_id, f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}"))
+    return Entry(1, 0, EntryType.CONF_CHANGE, ConfChange(ConfChangeType.ADD_VOTER, node_id, context).encode())
+
+
+class Log:
+    def __init__(self, fsm: FileStoreStateMachine | None = None) -> None:
+        self.fsm = fsm or FileStoreStateMachine()
+        self.index = 0
+
+    def __call__(self, command: object) -> object:
+        self.index += 1
+        if isinstance(command, Entry):
+            entry = Entry(command.term, self.index, command.type, command.data)
+        else:
+            entry = Entry(1, self.index, EntryType.NORMAL, CODEC.encode(command))
+        return self.fsm.apply(entry)
+
+
+def populated() -> Log:
+    """A state with every kind of record: members, shared and unreferenced chunks, all session kinds."""
+    log = Log()
+    log(add_member("n1", 7000))
+    log(add_member("n2", 7010))
+    log(put("/docs/a", [(1, True), (2, True)], client=11, seq=1))
+    log(put("/docs/b", [(2, False), (2, False)], client=12, seq=1))
+    log(put("/docs/a", [(3, True)], client=11, seq=2))  # chunk 1 unreferenced
+    log(put("/x", [], client=0))
+    assert log(RemoveFileCommand(13, 1, 5, "/x")) == 7
+    with pytest.raises(NotFound):
+        log(RemoveFileCommand(14, 4, 5, "/nope"))
+    log(put("/é/日本", [(4, True)]))
+    return log
+
+
+def frames_of(fsm: FileStoreStateMachine) -> list[bytes]:
+    return list(fsm.freeze().frames())
+
+
+def test_round_trip_gives_an_equal_state() -> None:
+    log = populated()
+    frames = frames_of(log.fsm)
+    restored = FileStoreStateMachine()
+    restored.restore(frames)
+    assert restored.digest() == log.fsm.digest()
+    assert frames_of(restored) == frames
+    assert restored.list("/") == log.fsm.list("/")
+    assert restored.unreferenced_chunks() == log.fsm.unreferenced_chunks() == [h(1)]
+    assert restored.chunk(h(2)) == log.fsm.chunk(h(2))
+    assert restored.chunk(h(2)).refs == 2
+    assert restored.stats() == log.fsm.stats()
+    assert restored.directory.members() == log.fsm.directory.members()
+
+
+def test_restored_sessions_replay_their_outcomes() -> None:
+    log = populated()
+    first_put = log.fsm.get("/docs/a")
+    again = Log(FileStoreStateMachine())
+    again.fsm.restore(frames_of(log.fsm))
+    again.index = log.index
+    assert again(put("/docs/a", [(3, True)], client=11, seq=2)) == first_put
+    assert again(RemoveFileCommand(13, 1, 5, "/x")) == 7
+    with pytest.raises(NotFound, match="/nope"):
+        again(RemoveFileCommand(14, 4, 5, "/nope"))
+    assert again.fsm.get("/docs/a").version == first_put.version
+
+
+def test_the_snapshot_streams_small_frames() -> None:
+    log = Log()
+    for i in range(500):
+        log(put(f"/many/{i:04d}", [(i, True)]))
+    frozen = log.fsm.freeze()
+    stream = frozen.frames()
+    assert inspect.isgenerator(stream)
+    frames = list(stream)
+    assert len(frames) == 1 + 500 + 500
+    assert max(len(f) for f in frames) < 200
+    assert isinstance(CODEC.decode(frames[0]), SnapshotHeader)
+
+
+def test_a_frozen_state_does_not_change_with_the_live_one() -> None:
+    log = populated()
+    before = log.fsm.digest()
+    frozen = log.fsm.freeze()
+    log(put("/docs/a", [(9, True)], client=11, seq=3))
+    log(RemoveFileCommand(0, 0, 1, "/docs/b"))
+    log(CollectChunksCommand((h(1), h(2))))
+    log(add_member("n9", 7090))
+    out: list[bytes] = []
+    worker = threading.Thread(target=lambda: out.extend(frozen.frames()))
+    worker.start()
+    worker.join()
+    restored = FileStoreStateMachine()
+    restored.restore(out)
+    assert restored.digest() == before
+    assert "n9" not in restored.directory.members()
+
+
+def test_restore_replaces_state_and_adds_members_to_the_attached_directory() -> None:
+    source = populated()
+    directory = MemberDirectory({"n7": Member(Address("127.0.0.1", 1), Address("127.0.0.1", 2))})
+    changes: list[int] = []
+    directory.on_change(lambda: changes.append(1))
+    target = Log(FileStoreStateMachine(directory))
+    target(put("/stale/file", [(50, True)]))
+    target.fsm.restore(frames_of(source.fsm))
+    assert target.fsm.get("/stale/file") is None and target.fsm.chunk(h(50)) is None
+    assert directory.members()["n2"] == Member(Address("127.0.0.1", 7010), Address("127.0.0.1", 7011))
+    assert set(directory.members()) == {"n1", "n2", "n7"}
+    assert changes
+
+
+def test_read_in_a_thread_then_install() -> None:
+    source = populated()
+    frozen = source.fsm.freeze()
+    loaded: list[LoadedSnapshot] = []
+    worker = threading.Thread(target=lambda: loaded.append(read_snapshot(frozen.frames())))
+    worker.start()
+    worker.join()
+    target = FileStoreStateMachine()
+    target.install(loaded[0])
+    assert target.digest() == source.fsm.digest()
+    with pytest.raises(ValueError, match="already installed"):
+        FileStoreStateMachine().install(loaded[0])
+
+
+def test_restore_keeps_the_newest_sessions_when_over_the_limit() -> None:
+    log = Log()
+    for client in range(1, 6):
+        log(put(f"/s{client}", [(client, True)], client=client, seq=1))
+    small = FileStoreStateMachine(max_sessions=2)
+    small.restore(frames_of(log.fsm))
+    assert small.stats()["sessions"] == 2
+    retry = Log(small)
+    retry.index = log.index
+    assert retry(put("/s5", [(5, True)], client=5, seq=1)).version == 5  # cached
+    assert retry(put("/s1", [(1, True)], client=1, seq=1)).version == 7  # evicted: applied again
+
+
+def rewrite(frames: list[bytes], i: int, record: object) -> list[bytes]:
+    return frames[:i] + [CODEC.encode(record)] + frames[i + 1:]
+
+
+def find(frames: list[bytes], cls: type, where: object = lambda record: True) -> tuple[int, object]:
+    for i, frame in enumerate(frames):
+        record = CODEC.decode(frame)
+        if isinstance(record, cls) and where(record):
+            return i, record
+    raise AssertionError(f"no {cls.__name__}")
+
+
+def corruptions() -> dict[str, list[bytes]]:
+    frames = frames_of(populated().fsm)
+    i_file, file_rec = find(frames, FileRecord)
+    i_chunk, chunk_rec = find(frames, ChunkRecord, lambda record: record.refs > 0)
+    i_member, member = find(frames, MemberAddress)
+    i_err, err = find(frames, SessionErrorRecord)
+    header = CODEC.decode(frames[0])
+    return {
+        "empty": [],
+        "no header": frames[1:],
+        "two headers": frames[:1] + frames,
+        "unknown format": rewrite(frames, 0, SnapshotHeader(99, *[getattr(header, k) for k in
+                                                                   ("members", "chunks", "files", "sessions")])),
+        "last frame lost": frames[:-1],
+        "a file lost": frames[:i_file] + frames[i_file + 1:],
+        "a file twice": frames[:i_file + 1] + frames[i_file:-1],
+        "a chunk twice": frames[:i_chunk + 1] + frames[i_chunk:-1],
+        "a member twice": frames[:i_member + 1] + frames[i_member:-1],
+        "a foreign frame": frames[:-1] + [CODEC.encode(ProbeCommand(b"x"))],
+        "wrong refs": rewrite(frames, i_chunk, ChunkRecord(chunk_rec.hash, chunk_rec.size,
+                                                           chunk_rec.refs + 1, chunk_rec.holders)),
+        "wrong chunk size": rewrite(frames, i_chunk, ChunkRecord(chunk_rec.hash, chunk_rec.size + 1,
+                                                                 chunk_rec.refs, chunk_rec.holders)),
+        "no holders": rewrite(frames, i_chunk, ChunkRecord(chunk_rec.hash, chunk_rec.size, chunk_rec.refs, ())),
+        "dangling chunk": rewrite(frames, i_file, FileRecord(file_rec.path, file_rec.size + 1, file_rec.sha256,
+                                                             0, 1, file_rec.chunks + (h(77),))),
+        "bad path": rewrite(frames, i_file, FileRecord("/a/../b", *[getattr(file_rec, k) for k in
+                                                                   ("size", "sha256", "modified_ns",
+                                                                    "version", "chunks")])),
+        "non-normal path": rewrite(frames, i_file, FileRecord(file_rec.path[1:], file_rec.size, file_rec.sha256,
+                                                              0, 1, file_rec.chunks)),
+        "bad address": rewrite(frames, i_member, MemberAddress(member.id, "nowhere", member.client)),
+        "unknown error": rewrite(frames, i_err, SessionErrorRecord(err.client_id, err.seq, err.index,
+                                                                   "KeyError", "boom")),
+        "client zero": rewrite(frames, i_err, SessionErrorRecord(0, err.seq, err.index, err.error, err.message)),
+        "truncated frame": frames[:-1] + [frames[-1][:-5]],
+        "garbage frame": frames[:3] + [b"\x01\x52\xff\xff"] + frames[3:],
+        "not bytes": frames[:2] + [12345] + frames[2:],
+    }
+
+
+CORRUPTIONS = corruptions()
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+def test_restore_rejects_damaged_snapshots_and_keeps_the_state(name: str) -> None:
+    log = Log()
+    log(put("/mine", [(60, True)]))
+    before = log.fsm.digest()
+    with pytest.raises((SnapshotFormatError, CodecError)) as info:
+        log.fsm.restore(CORRUPTIONS[name])
+    assert str(info.value)
+    assert log.fsm.digest() == before
+
+
+def test_every_truncation_of_the_stream_is_rejected() -> None:
+    frames = frames_of(populated().fsm)
+    for cut in range(len(frames)):
+        with pytest.raises(SnapshotFormatError):
+            FileStoreStateMachine().restore(frames[:cut])
+
+
+# --- determinism: the same commands give the same state on every node ---------------------
+
+paths = st.sampled_from(["/a", "/a/b", "/b", "/c/d", "/ab"])
+chunk_lists = st.lists(st.tuples(st.integers(0, 7), st.booleans()), max_size=4)
+clients = st.sampled_from([0, 1, 2, 3])
+commands = st.one_of(
+    st.builds(lambda p, c, cl, s: put(p, c, cl, s), paths, chunk_lists, clients, st.integers(0, 6)),
+    st.builds(lambda p, cl, s: RemoveFileCommand(cl, s, 0, p), paths, clients, st.integers(0, 6)),
+    st.builds(lambda ns: CollectChunksCommand(tuple(h(n) for n in ns)), st.lists(st.integers(0, 7), max_size=4)),
+    st.builds(ProbeCommand, st.binary(max_size=3)),
+    st.builds(lambda n: add_member(f"m{n}", 7000 + 10 * n), st.integers(0, 3)),
+)
+
+
+def outcome(log: Log, command: object) -> object:
+    try:
+        return ("ok", log(command))
+    except FileStoreError as exc:
+        return (type(exc).__name__, str(exc))
+
+
+def check_references(fsm: FileStoreStateMachine) -> None:
+    counts: dict[str, int] = {}
+    for info in fsm.list("/"):
+        for ref in info.chunks:
+            counts[ref.hash] = counts.get(ref.hash, 0) + 1
+    for digest, count in counts.items():
+        assert fsm.chunk(digest).refs == count
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(commands, max_size=40), st.data())
+def test_two_nodes_fed_the_same_commands_end_equal(sequence: list[object], data: st.DataObject) -> None:
+    first, second = Log(FileStoreStateMachine(max_sessions=2)), Log(FileStoreStateMachine(max_sessions=2))
+    removed: list[tuple[str, ...]] = []
+    first.fsm.on_chunks_removed = removed.append
+    cut = data.draw(st.integers(0, len(sequence)), label="snapshot at")
+    third: Log | None = None
+    outcomes: list[object] = []
+    for i, command in enumerate(sequence):
+        if i == cut:
+            third = Log(FileStoreStateMachine(max_sessions=2))
+            third.fsm.restore(frames_of(first.fsm))
+            third.index = first.index
+        a, b = outcome(first, command), outcome(second, command)
+        assert a == b
+        outcomes.append(a)
+        if third is not None:
+            assert outcome(third, command) == a
+        check_references(first.fsm)
+    assert first.fsm.digest() == second.fsm.digest()
+    assert frames_of(first.fsm) == frames_of(second.fsm)
+    if third is not None:
+        assert third.fsm.digest() == first.fsm.digest()
+    restored = FileStoreStateMachine(max_sessions=2)
+    restored.restore(frames_of(first.fsm))
+    assert restored.digest() == first.fsm.digest()
+    collected = [o[1] for o in outcomes if o[0] == "ok" and isinstance(o[1], tuple) and o[1]]
+    assert removed == collected
