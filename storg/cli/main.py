@@ -18,7 +18,12 @@ from storg.cli.progress import progress_for
 from storg.client.api import STATUS_KEYS, StorgClient
 from storg.client.connection import split_address
 from storg.client.errors import (
-    BadRequest, ClusterUnavailable, IntegrityError, LocalError, NotFoundError, ServerError,
+    BadRequest,
+    ClusterUnavailable,
+    IntegrityError,
+    LocalError,
+    NotFoundError,
+    ServerError,
 )
 from storg.client.files import AtomicFile
 from storg.paths import InvalidPath, normalize_path, normalize_prefix
@@ -109,7 +114,7 @@ async def run_status(client: StorgClient, args: argparse.Namespace) -> int:
 
 def iso_time(ns: int) -> str:
     """Nanoseconds since the epoch as ISO 8601 UTC to the second, ending in ``Z``."""
-    moment = datetime.datetime.fromtimestamp(ns // 1_000_000_000, tz=datetime.timezone.utc)
+    moment = datetime.datetime.fromtimestamp(ns // 1_000_000_000, tz=datetime.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

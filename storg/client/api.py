@@ -13,23 +13,43 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, BinaryIO
 
-from twisted.internet import defer, error as net_error
+from twisted.internet import defer
+from twisted.internet import error as net_error
 
 from storg.client.connection import ClientConnection, connect
 from storg.client.errors import (
-    BadRequest, ClusterUnavailable, IntegrityError, LocalError, NotFoundError, ProtocolViolation,
+    BadRequest,
+    ClusterUnavailable,
+    IntegrityError,
+    LocalError,
+    NotFoundError,
+    ProtocolViolation,
     ServerError,
 )
 from storg.client.files import (
-    AtomicFile, Deadline, Download, DownloadSink, Progress, Upload, UploadSource, Watchdog,
+    AtomicFile,
+    Deadline,
+    Download,
+    DownloadSink,
+    Progress,
+    Upload,
+    UploadSource,
+    Watchdog,
 )
 from storg.paths import InvalidPath, normalize_path, normalize_prefix
 from storg.wire import ErrorCode, ProbeRead, ProbeWrite, StatusReply, StatusRequest
 from storg.wire.files import FileInfo, LsReply, LsRequest, RmRequest, StatRequest
 
 __all__ = [
-    "BadRequest", "ClusterUnavailable", "IntegrityError", "InvalidPath", "LocalError",
-    "NotFoundError", "STATUS_KEYS", "ServerError", "StorgClient",
+    "STATUS_KEYS",
+    "BadRequest",
+    "ClusterUnavailable",
+    "IntegrityError",
+    "InvalidPath",
+    "LocalError",
+    "NotFoundError",
+    "ServerError",
+    "StorgClient",
 ]
 
 STATUS_KEYS = ("id", "role", "term", "leader", "commit_index", "applied_index", "last_index")

@@ -25,7 +25,11 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    connectProtocol,
+)
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
@@ -57,6 +61,7 @@ class Stream:
         self.request_id = request_id
         # Cancelling (say, by addTimeout) forgets the request, so a late reply is dropped.
         self.done: defer.Deferred = defer.Deferred(lambda _: conn._forget(self))
+        self.error: Exception | None = None
         self._on_frame = on_frame
 
     @property
@@ -84,6 +89,7 @@ class Stream:
 
     def _fail(self, exc: Exception) -> None:
         if not self.done.called:
+            self.error = exc
             self.conn._fail_waiters(self, exc)
             self.done.errback(Failure(exc))
 
@@ -180,8 +186,8 @@ class ClientConnection(FrameReceiver):
         stream's error if ``stream`` fails meanwhile (a server that refuses
         an upload may also have stopped reading: we must not wait on it).
         """
-        if stream is not None and stream.done.called:
-            return _failed_like(stream)
+        if stream is not None and stream.finished:
+            return defer.fail(stream.error or ProtocolViolation("the request already ended"))
         if self.writable:
             return defer.succeed(None)
         if not self.connected:
@@ -246,6 +252,7 @@ class ClientConnection(FrameReceiver):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         super().connectionLost(reason)
+        self.connected = 0  # Twisted leaves it set; StorgClient checks it before reusing us
         self._fail_all(ConnectionLost("connection to the node was lost"))
         if not self.closed.called:
             self.closed.callback(None)
@@ -272,21 +279,6 @@ class ClientConnection(FrameReceiver):
         """Drop the connection at once, discarding what is buffered (a stalled node)."""
         if self.transport is not None:
             self.transport.abortConnection()
-
-
-def _failed_like(stream: Stream) -> defer.Deferred:
-    """A Deferred failing as ``stream.done`` did, without consuming that result."""
-    d: defer.Deferred = defer.Deferred()
-
-    def copy(result: Any) -> Any:
-        if isinstance(result, Failure):
-            d.errback(result)
-        else:
-            d.errback(Failure(ProtocolViolation("the request already ended")))
-        return result
-
-    stream.done.addBoth(copy)
-    return d
 
 
 def split_address(address: str) -> tuple[str, int]:

@@ -28,10 +28,24 @@ from typing import Any, BinaryIO
 from twisted.internet import defer, threads
 
 from storg.client.connection import ClientConnection, Stream
-from storg.client.errors import ClusterUnavailable, IntegrityError, LocalError, ProtocolViolation
+from storg.client.errors import (
+    ClusterUnavailable,
+    IntegrityError,
+    LocalError,
+    ProtocolViolation,
+)
 from storg.wire import MAX_FRAME_BYTES
 from storg.wire.files import (
-    FileInfo, GetData, GetEnd, GetRequest, GetStart, PutData, PutDone, PutEnd, PutReady, PutStart,
+    FileInfo,
+    GetData,
+    GetEnd,
+    GetRequest,
+    GetStart,
+    PutData,
+    PutDone,
+    PutEnd,
+    PutReady,
+    PutStart,
 )
 
 Progress = Callable[[int, "int | None"], None]

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from storg.cli.main import DEFAULT_CLUSTER, EXIT_USAGE, build_parser, cluster_addresses, format_status, main, CliError
+from storg.cli.main import (
+    DEFAULT_CLUSTER,
+    EXIT_USAGE,
+    CliError,
+    build_parser,
+    cluster_addresses,
+    format_status,
+    main,
+)
 
 
 def test_cluster_default_env_and_option(monkeypatch):

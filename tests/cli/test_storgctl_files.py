@@ -10,12 +10,27 @@ import os
 import pytest
 
 from storg.cli.main import (
-    EXIT_INTEGRITY, EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_USAGE, build_parser, exit_for, file_dict,
-    format_ls, format_stat, iso_time, main, one_line,
+    EXIT_INTEGRITY,
+    EXIT_REFUSED,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    build_parser,
+    exit_for,
+    file_dict,
+    format_ls,
+    format_stat,
+    iso_time,
+    main,
+    one_line,
 )
 from storg.cli.progress import ProgressBar, human_bytes, progress_for
 from storg.client.errors import (
-    BadRequest, ClusterUnavailable, IntegrityError, LocalError, NotFoundError, ServerError,
+    BadRequest,
+    ClusterUnavailable,
+    IntegrityError,
+    LocalError,
+    NotFoundError,
+    ServerError,
 )
 from storg.paths import InvalidPath
 from storg.wire.files import ChunkRef, FileInfo

@@ -18,8 +18,23 @@ from twisted.internet.protocol import Factory
 from storg.server.framing import FrameReceiver
 from storg.wire import CODEC, ErrorCode, ErrorReply
 from storg.wire.files import (
-    ChunkRef, FileInfo, GetData, GetEnd, GetRequest, GetStart, LsReply, LsRequest, PutData,
-    PutDone, PutEnd, PutReady, PutStart, RmDone, RmRequest, StatReply, StatRequest,
+    ChunkRef,
+    FileInfo,
+    GetData,
+    GetEnd,
+    GetRequest,
+    GetStart,
+    LsReply,
+    LsRequest,
+    PutData,
+    PutDone,
+    PutEnd,
+    PutReady,
+    PutStart,
+    RmDone,
+    RmRequest,
+    StatReply,
+    StatRequest,
 )
 
 

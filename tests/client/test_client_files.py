@@ -8,13 +8,17 @@ import os
 
 import pytest
 import pytest_twisted
+from fake_node import FakeNode
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 
-from fake_node import FakeNode
 from storg.client.api import StorgClient
 from storg.client.errors import (
-    BadRequest, ClusterUnavailable, IntegrityError, LocalError, NotFoundError,
+    BadRequest,
+    ClusterUnavailable,
+    IntegrityError,
+    LocalError,
+    NotFoundError,
 )
 from storg.paths import InvalidPath
 

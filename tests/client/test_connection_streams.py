@@ -13,7 +13,14 @@ from storg.client.connection import ClientConnection
 from storg.client.errors import NotFoundError, ServerError
 from storg.wire import CODEC, ErrorCode, ErrorReply
 from storg.wire.files import (
-    FileInfo, GetData, GetEnd, GetRequest, GetStart, LsReply, LsRequest, StatRequest,
+    FileInfo,
+    GetData,
+    GetEnd,
+    GetRequest,
+    GetStart,
+    LsReply,
+    LsRequest,
+    StatRequest,
 )
 
 

@@ -8,9 +8,8 @@ import os
 import sys
 
 import pytest_twisted
-from twisted.internet import defer, protocol, reactor
-
 from fake_node import FakeNode
+from twisted.internet import defer, protocol, reactor
 
 MAIN = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
