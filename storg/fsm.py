@@ -63,6 +63,7 @@ from storg.wire.files import (
     CollectChunksCommand,
     FileInfo,
     PutFileCommand,
+    PutInlineCommand,
     RemoveFileCommand,
 )
 
@@ -302,6 +303,8 @@ class FileStoreStateMachine:
 
     ``on_chunks_removed`` (set by the node) is called with the hashes a
     CollectChunksCommand removed, so the node deletes its local copies.
+    ``on_inline_chunk`` is called with (hash, data, holders) when a
+    PutInlineCommand applies, so each holder writes the bytes it carried.
     """
 
     def __init__(self, directory: MemberDirectory | None = None, *, max_sessions: int = 10000) -> None:
@@ -310,9 +313,11 @@ class FileStoreStateMachine:
         self.directory = directory if directory is not None else MemberDirectory({})
         self.max_sessions = max_sessions
         self.on_chunks_removed: Callable[[tuple[str, ...]], object] | None = None
+        self.on_inline_chunk: Callable[[str, bytes, tuple[str, ...]], object] | None = None
         self._membership = MembershipStateMachine(self.directory)
         self._handlers: dict[type, Callable[[Any, int], Any]] = {
             PutFileCommand: self._apply_put,
+            PutInlineCommand: self._apply_put_inline,
             RemoveFileCommand: self._apply_remove,
             CollectChunksCommand: self._apply_collect,
         }
@@ -382,6 +387,24 @@ class FileStoreStateMachine:
 
     def _apply_put(self, cmd: PutFileCommand, index: int) -> FileInfo:
         return self._with_session(cmd.client_id, cmd.seq, index, lambda: self._put(cmd, index))
+
+    def _apply_put_inline(self, cmd: PutInlineCommand, index: int) -> FileInfo:
+        """A small file carried in the entry: a put of one chunk that every holder writes now."""
+        digest = hashlib.sha256(cmd.data).hexdigest()
+        chunks = (ChunkRef(digest, len(cmd.data), tuple(cmd.holders)),) if cmd.data else ()
+        if cmd.data and not cmd.holders:
+            raise InvalidCommand(f"entry {index}: an inline file needs holders")
+        as_put = PutFileCommand(cmd.client_id, cmd.seq, cmd.modified_ns, cmd.path, len(cmd.data),
+                                digest, chunks)
+        fresh = self._sessions.get(cmd.client_id) is None or \
+            self._sessions[cmd.client_id].seq != cmd.seq or cmd.client_id == 0
+        info = self._apply_put(as_put, index)
+        if cmd.data and fresh and self.on_inline_chunk is not None:
+            try:
+                self.on_inline_chunk(digest, cmd.data, tuple(cmd.holders))
+            except Exception:  # noqa: BLE001 -- a local write failure must not make nodes diverge
+                log.failure("on_inline_chunk failed for entry {index}", index=index)
+        return info
 
     def _apply_remove(self, cmd: RemoveFileCommand, index: int) -> int:
         return self._with_session(cmd.client_id, cmd.seq, index, lambda: self._remove(cmd, index))

@@ -133,6 +133,11 @@ class ClientConnection(FrameReceiver):
 
     def connectionMade(self) -> None:
         self.transport.registerProducer(self._window, True)
+        # Replies are often small frames written back to back (GetStart,
+        # GetData, GetEnd): Nagle's algorithm would hold them for a delayed ACK.
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._window.resumeProducing()

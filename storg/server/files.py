@@ -44,7 +44,8 @@ from storg.storage.errors import ChunkNotFoundError, CorruptionError, HashMismat
 from storg.wire import CODEC, ErrorCode
 from storg.wire.files import (
     ChunkData, ChunkGet, ChunkPut, ChunkRef, ChunkStored, CollectChunksCommand, GetData, GetEnd,
-    GetRequest, GetStart, LsReply, LsRequest, PutData, PutDone, PutEnd, PutFileCommand, PutReady,
+    GetRequest, GetStart, LsReply, LsRequest, PutData, PutDone, PutEnd, PutFileCommand,
+    PutInlineCommand, PutReady,
     PutStart, RemoveFileCommand, RmDone, RmRequest, StatReply, StatRequest,
 )
 
@@ -54,6 +55,18 @@ MAX_DATA_FRAME = 1 << 20
 """Largest PutData/GetData payload a client is asked to send."""
 
 LS_PAGE = 1000
+
+INLINE_MAX = 4096
+"""Files up to this size ride in their metadata entry (PutInlineCommand).
+
+A put of a small file through the chunk path costs a round of chunk
+writes, each with two fsyncs on every holder, before the Raft commit; in
+the entry, the commit's own group-committed fsync makes the bytes durable
+and the holders write them on apply, fsyncing in one batch before the log
+is compacted past them.  4 KiB keeps the in-memory Raft log bounded
+(``snapshot_every`` entries of at most 4 KiB each).  Measured with
+benchmarks/file_bench.py: see the README.
+"""
 
 
 def place(chunk_hash: str, nodes: list[str], copies: int) -> list[str]:
@@ -118,7 +131,10 @@ class Upload:
 
     @defer.inlineCallbacks
     def finish(self, end: PutEnd):
-        if self.buffer:
+        self.inline: bytes | None = None
+        if not self.chunk_results and len(self.buffer) <= INLINE_MAX:
+            self.inline, self.buffer = bytes(self.buffer), bytearray()
+        elif self.buffer:
             chunk, self.buffer = bytes(self.buffer), bytearray()
             self._replicate(chunk)
         results = yield defer.DeferredList(self.chunk_results, consumeErrors=True)
@@ -132,6 +148,12 @@ class Upload:
             raise RequestError(ErrorCode.INTEGRITY,
                                f"the upload arrived as {self.size} bytes with SHA-256 {sha}; "
                                f"the client sent {end.size} bytes with SHA-256 {end.sha256}")
+        if self.inline is not None:
+            holders = tuple(sorted(self.service.node.core.conf.members()))
+            command = PutInlineCommand(self.start.client_id, self.start.seq, time.time_ns(),
+                                       self.path, self.inline, holders)
+            info = yield self.service.node.propose(CODEC.encode(command))
+            return PutDone(self.start.request_id, info)
         command = PutFileCommand(self.start.client_id, self.start.seq, time.time_ns(), self.path,
                                  self.size, sha, tuple(value for _, value in results))
         info = yield self.service.node.propose(CODEC.encode(command))
@@ -170,6 +192,8 @@ class FileService:
         self._gc: LoopingCall | None = None
         self.stats = Counter()
         fsm.on_chunks_removed = self._chunks_removed
+        fsm.on_inline_chunk = self._inline_chunk
+        self._unsynced: set[str] = set()
         node.on_role_change(self._role_changed)
 
     def handlers(self) -> dict[type, Callable[[Any, ClientConnection], Any]]:
@@ -445,6 +469,21 @@ class FileService:
             removed = yield self.chunks.local.delete_many(orphans)
             self.stats["orphans_removed"] += removed
             log.info("removed {n} orphan chunk files", n=removed)
+
+    def _inline_chunk(self, chunk_hash: str, data: bytes, holders: tuple[str, ...]) -> None:
+        """A small file applied: write its bytes here now (no fsync: the log holds them)."""
+        if self.node.node_id not in holders:
+            return
+        self.chunks.local.store.put(data, chunk_hash, durable=False)
+        self._unsynced.add(chunk_hash)
+
+    def sync_inline_chunks(self) -> defer.Deferred:
+        """Fsync the small files written since the last call; run before compacting the log."""
+        hashes, self._unsynced = list(self._unsynced), set()
+        if not hashes:
+            return defer.succeed(0)
+        d = self.chunks.local._run(self.chunks.local.store.sync, hashes)
+        return d.addCallback(lambda _: len(hashes))
 
     def _chunks_removed(self, hashes: tuple[str, ...]) -> None:
         if not hashes:

@@ -123,6 +123,10 @@ class _PeerProtocol(FrameReceiver):
 
     def connectionMade(self) -> None:
         self.closed = defer.Deferred()
+        # Raft messages are small and latency-bound: no Nagle delay.
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
         self._timeout = self.reactor.callLater(self.handshake_timeout, self._handshake_timed_out)
 
     def connectionLost(self, reason: Failure | None = None) -> None:

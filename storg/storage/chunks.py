@@ -25,7 +25,7 @@ import contextlib
 import hashlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -82,12 +82,18 @@ class ChunkStore:
         _check_hash(chunk_hash)
         return self.root / chunk_hash[:2] / chunk_hash
 
-    def put(self, data: bytes, expected_hash: str | None = None) -> str:
+    def put(self, data: bytes, expected_hash: str | None = None, durable: bool = True) -> str:
         """Store ``data`` durably and return its SHA-256 hex digest.
 
         With ``expected_hash``, data that hashes differently is refused
         (:class:`HashMismatchError`) and nothing is written.  Storing a chunk
         already present and intact is a no-op; a damaged copy is replaced.
+
+        ``durable=False`` skips both fsyncs, for bytes that are already
+        durable elsewhere (a small file carried in a Raft log entry); the
+        caller makes them durable later, in one batch, with :meth:`sync`.
+        A crash before that may leave no file or a damaged one, which
+        ``get`` detects.
         """
         digest = hashlib.sha256(data).hexdigest()
         if expected_hash is not None and _check_hash(expected_hash) != digest:
@@ -101,7 +107,8 @@ class ChunkStore:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
                 try:
                     write_all(fd, self._transform.seal(digest, data))
-                    os.fsync(fd)
+                    if durable:
+                        os.fsync(fd)
                 finally:
                     os.close(fd)
                 if not final.parent.is_dir():
@@ -111,8 +118,27 @@ class ChunkStore:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
                 raise
-            fsync_dir(final.parent)
+            if durable:
+                fsync_dir(final.parent)
         return digest
+
+    def sync(self, hashes: Iterable[str]) -> None:
+        """Make chunks stored with ``durable=False`` durable: fsync each file, then each folder once."""
+        folders = set()
+        with disk_errors("cannot sync chunks"):
+            for chunk_hash in hashes:
+                path = self.path(chunk_hash)
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except FileNotFoundError:
+                    continue  # collected meanwhile
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                folders.add(path.parent)
+            for folder in sorted(folders):
+                fsync_dir(folder)
 
     def _intact(self, chunk_hash: str) -> bool:
         try:

@@ -232,6 +232,28 @@ class RemoveFileCommand:
     path: str
 
 
+@layout(U64, U64, U64, STR16, BYTES32, ListOf(ID))
+@dataclass(frozen=True, slots=True)
+class PutInlineCommand:
+    """A small file whose bytes ride in the log entry itself.
+
+    A put of a few KiB is dominated by fsyncs: storing its one chunk on
+    every holder first would cost more than the Raft commit.  Instead the
+    bytes are made durable by the commit (the entry is fsynced on a majority
+    like any other), and each of ``holders`` writes them to its chunk store
+    when it applies the entry; those files are fsynced in one batch before
+    the log is compacted past the entry.  See ``INLINE_MAX`` in
+    storg.server.files.
+    """
+
+    client_id: int
+    seq: int
+    modified_ns: int
+    path: str
+    data: bytes
+    holders: tuple[str, ...]
+
+
 @layout(ListOf(SHA256))
 @dataclass(frozen=True, slots=True)
 class CollectChunksCommand:
@@ -246,7 +268,7 @@ _TYPE_BYTES: dict[int, type] = {
     50: LsRequest, 51: LsReply, 52: StatRequest, 53: StatReply,
     54: RmRequest, 55: RmDone,
     56: ChunkPut, 57: ChunkStored, 58: ChunkGet, 59: ChunkData,
-    65: PutFileCommand, 66: RemoveFileCommand, 67: CollectChunksCommand,
+    65: PutFileCommand, 66: RemoveFileCommand, 67: CollectChunksCommand, 68: PutInlineCommand,
 }
 
 for _tb, _cls in _TYPE_BYTES.items():

@@ -1,0 +1,254 @@
+"""File store benchmark on three real node processes, fsync on, through the client library.
+
+Small files: puts/s and latency p50/p99 of 256-byte and 4 KiB files with 1,
+16 and 64 concurrent clients (each its own StorgClient, one request at a
+time), then linearizable gets of the same files the same way.
+
+Large files: put and get MB/s of one big file (1 GiB by default) beside the
+ceiling measured in the same run: the same bytes written in chunk-sized
+files with fsync into 3 folders and hashed, then read back and hashed.
+Peak RSS (VmHWM) of every node after the big put.
+
+Every figure is the median over ``--repeats`` passes::
+
+    python benchmarks/file_bench.py [--repeats 3] [--seconds 5] [--big-mb 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, task
+
+from storg.client.api import StorgClient
+from storg.devcluster import ProcCluster, wait_for
+
+CHUNK = 1 << 20
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def small_files(reactor: Any, addresses: list[str], size: int, clients: int,
+                      seconds: float, tag: str) -> tuple[dict, dict]:
+    payload = os.urandom(size)
+    written: list[list[str]] = [[] for _ in range(clients)]
+    put_lat: list[float] = []
+    get_lat: list[float] = []
+    errors = {"put": 0, "get": 0}
+
+    async def putter(k: int) -> None:
+        client = StorgClient(addresses, reactor=reactor, timeout=30)
+        try:
+            await client.put(io.BytesIO(payload), f"/bench/{tag}/{k}/warm")
+            stop = time.perf_counter() + seconds
+            n = 0
+            while time.perf_counter() < stop:
+                path = f"/bench/{tag}/{k}/{n}"
+                n += 1
+                t0 = time.perf_counter()
+                try:
+                    await client.put(io.BytesIO(payload), path)
+                except Exception:
+                    errors["put"] += 1
+                    continue
+                put_lat.append(time.perf_counter() - t0)
+                written[k].append(path)
+        finally:
+            client.close()
+
+    async def getter(k: int) -> None:
+        client = StorgClient(addresses[k % len(addresses):] + addresses[:k % len(addresses)],
+                             reactor=reactor, timeout=30)
+        try:
+            stop = time.perf_counter() + seconds
+            paths = written[k] or [f"/bench/{tag}/{k}/warm"]
+            n = 0
+            while time.perf_counter() < stop:
+                sink = io.BytesIO()
+                t0 = time.perf_counter()
+                try:
+                    await client.get(paths[n % len(paths)], sink)
+                except Exception:
+                    errors["get"] += 1
+                    continue
+                n += 1
+                get_lat.append(time.perf_counter() - t0)
+        finally:
+            client.close()
+
+    async def run_all(fn) -> float:
+        t0 = time.perf_counter()
+        await defer.gatherResults([defer.Deferred.fromCoroutine(fn(k)) for k in range(clients)])
+        return time.perf_counter() - t0
+
+    put_time = await run_all(putter)
+    get_time = await run_all(getter)
+
+    def row(lat: list[float], elapsed: float, errs: int) -> dict:
+        return {"ops": len(lat) / elapsed, "p50": percentile(lat, 0.5) * 1000,
+                "p99": percentile(lat, 0.99) * 1000, "errors": errs}
+
+    return row(put_lat, put_time, errors["put"]), row(get_lat, get_time, errors["get"])
+
+
+def make_big_file(path: Path, size: int) -> str:
+    digest = hashlib.sha256()
+    block = os.urandom(CHUNK)
+    with open(path, "wb") as f:
+        written = 0
+        while written < size:
+            piece = block[: min(CHUNK, size - written)]
+            # Vary each block so chunks do not deduplicate.
+            piece = written.to_bytes(8, "big") + piece[8:] if len(piece) >= 8 else piece
+            f.write(piece)
+            digest.update(piece)
+            written += len(piece)
+    return digest.hexdigest()
+
+
+def ceiling(src: Path, workdir: Path) -> tuple[float, float]:
+    """MB/s of writing the file's chunks with fsync into 3 folders (hashing each), then reading back."""
+    folders = [workdir / f"ceiling{i}" for i in range(3)]
+    for folder in folders:
+        folder.mkdir()
+    size = src.stat().st_size
+    t0 = time.perf_counter()
+    with open(src, "rb") as f:
+        n = 0
+        while chunk := f.read(CHUNK):
+            name = hashlib.sha256(chunk).hexdigest()
+            for folder in folders:
+                fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                os.write(fd, chunk)
+                os.fsync(fd)
+                os.close(fd)
+            n += 1
+    write_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for entry in os.scandir(folders[0]):
+        with open(entry.path, "rb") as f:
+            hashlib.sha256(f.read()).hexdigest()
+    read_s = time.perf_counter() - t0
+    for folder in folders:
+        for entry in os.scandir(folder):
+            os.unlink(entry.path)
+        folder.rmdir()
+    return size / write_s / 1e6, size / read_s / 1e6
+
+
+def peak_rss_mib(cluster: ProcCluster) -> dict[str, float]:
+    out = {}
+    for nid, node in cluster.nodes.items():
+        if node.proc is None:
+            continue
+        for line in Path(f"/proc/{node.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                out[nid] = int(line.split()[1]) / 1024
+    return out
+
+
+async def big_file(reactor: Any, cluster: ProcCluster, addresses: list[str], workdir: Path,
+                   size: int) -> dict:
+    src = workdir / "big.src"
+    sha = make_big_file(src, size)
+    ceil_w, ceil_r = ceiling(src, workdir)
+    client = StorgClient(addresses, reactor=reactor, timeout=60)
+    try:
+        t0 = time.perf_counter()
+        info = await client.put(str(src), "/bench/big")
+        put_s = time.perf_counter() - t0
+        assert info.sha256 == sha
+        rss = peak_rss_mib(cluster)
+        dst = workdir / "big.dst"
+        t0 = time.perf_counter()
+        await client.get("/bench/big", str(dst))
+        get_s = time.perf_counter() - t0
+    finally:
+        client.close()
+    dst.unlink()
+    src.unlink()
+    return {"put_mbs": size / put_s / 1e6, "get_mbs": size / get_s / 1e6,
+            "ceiling_write_mbs": ceil_w, "ceiling_read_mbs": ceil_r, "peak_rss_mib": rss}
+
+
+async def one_pass(reactor: Any, args: argparse.Namespace, workdir: Path) -> dict:
+    cluster = ProcCluster.create(workdir, size=3)
+    try:
+        cluster.start_all()
+        wait_for(cluster.leader, 30, "a leader")
+        addresses = [n.client_address for n in cluster.nodes.values()]
+        out: dict[str, Any] = {"small": {}}
+        for size in args.sizes:
+            for clients in args.clients:
+                out["small"][(size, clients)] = await small_files(
+                    reactor, addresses, size, clients, args.seconds, f"{size}-{clients}")
+        if args.big_mb > 0:
+            out["big"] = await big_file(reactor, cluster, addresses, workdir, args.big_mb << 20)
+        return out
+    finally:
+        cluster.close()
+
+
+def summarize(passes: list[dict], args: argparse.Namespace) -> None:
+    med = statistics.median
+    print(f"storg file benchmark: 3 node processes, fsync on, {len(passes)} passes (medians)")
+    print(f"{'size':>6} {'clients':>7} | {'puts/s':>7} {'p50 ms':>7} {'p99 ms':>7} | "
+          f"{'gets/s':>7} {'p50 ms':>7} {'p99 ms':>7} | errors")
+    for size in args.sizes:
+        for clients in args.clients:
+            rows = [p["small"][(size, clients)] for p in passes]
+            puts = [r[0] for r in rows]
+            gets = [r[1] for r in rows]
+            print(f"{size:>6} {clients:>7} | {med(r['ops'] for r in puts):>7.0f} "
+                  f"{med(r['p50'] for r in puts):>7.1f} {med(r['p99'] for r in puts):>7.1f} | "
+                  f"{med(r['ops'] for r in gets):>7.0f} {med(r['p50'] for r in gets):>7.1f} "
+                  f"{med(r['p99'] for r in gets):>7.1f} | "
+                  f"{sum(r['errors'] for r in puts + gets)}")
+    if args.big_mb > 0:
+        bigs = [p["big"] for p in passes]
+        put, get = med(b["put_mbs"] for b in bigs), med(b["get_mbs"] for b in bigs)
+        cw, cr = med(b["ceiling_write_mbs"] for b in bigs), med(b["ceiling_read_mbs"] for b in bigs)
+        print(f"{args.big_mb} MiB file: put {put:.0f} MB/s vs ceiling {cw:.0f} MB/s "
+              f"({put / cw:.0%}); get {get:.0f} MB/s vs ceiling {cr:.0f} MB/s ({get / cr:.0%})")
+        worst = max(max(b["peak_rss_mib"].values()) for b in bigs)
+        print(f"peak node RSS during the big put: {worst:.0f} MiB (max over nodes and passes); "
+              f"per pass: {[b['peak_rss_mib'] for b in bigs]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 4096])
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--big-mb", type=int, default=1024, help="size of the large file (0: skip)")
+    parser.add_argument("--dir", default=".", help="where the clusters and files go")
+    args = parser.parse_args()
+
+    async def run(reactor: Any) -> None:
+        passes = []
+        for i in range(args.repeats):
+            with tempfile.TemporaryDirectory(prefix="storg-file-bench-", dir=args.dir) as tmp:
+                passes.append(await one_pass(reactor, args, Path(tmp)))
+            print(f"pass {i + 1}/{args.repeats} done", file=sys.stderr)
+        summarize(passes, args)
+
+    task.react(lambda reactor: defer.Deferred.fromCoroutine(run(reactor)))
+
+
+if __name__ == "__main__":
+    main()
