@@ -22,19 +22,14 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from storg.config import Address, Member, NodeConfig
+from storg.config import Member, NodeConfig, parse_address
 from storg.raft.types import ConfChange, ConfChangeType, Entry, EntryType
 from storg.storage.fsutil import atomic_write
-from storg.wire import CODEC, CodecError, MemberAddress, ProbeCommand
+from storg.wire import CODEC, CodecError, MemberAddress
 
 log = Logger(namespace="storg.members")
 
 KNOWN_INSTANCES_FILE = "peer_instances.json"
-
-
-def _address(text: str) -> Address:
-    host, _, port = text.rpartition(":")
-    return Address(host.strip("[]"), int(port))
 
 
 class MemberDirectory:
@@ -122,10 +117,9 @@ class MemberDirectory:
 
 
 class MembershipStateMachine:
-    """Applies membership entries to the directory; other entries have no effect yet.
+    """Applies membership entries (CONF_CHANGE) to the directory.
 
-    The file namespace builds on this: it owns one and hands it the
-    CONF_CHANGE entries.
+    The file store's state machine owns one and hands it those entries.
     """
 
     def __init__(self, directory: MemberDirectory) -> None:
@@ -133,7 +127,7 @@ class MembershipStateMachine:
 
     def apply(self, entry: Entry) -> Any:
         if entry.type != EntryType.CONF_CHANGE:
-            return self._apply_command(entry)
+            raise ValueError(f"entry {entry.index} is not a membership change")
         cc = ConfChange.decode(entry.data)
         if cc.type == ConfChangeType.REMOVE:
             self.directory.remove(cc.node_id)
@@ -144,15 +138,6 @@ class MembershipStateMachine:
             except CodecError:
                 addr = None
             if isinstance(addr, MemberAddress) and addr.id == cc.node_id:
-                self.directory.add(cc.node_id, Member(_address(addr.peer), _address(addr.client)))
+                self.directory.add(cc.node_id, Member(parse_address(addr.peer), parse_address(addr.client)))
         return None
 
-    def _apply_command(self, entry: Entry) -> Any:
-        """A NORMAL entry: a probe answers with its index; anything else is refused."""
-        try:
-            command = CODEC.decode(entry.data)
-        except CodecError as exc:
-            raise ValueError(f"entry {entry.index} holds no command: {exc}") from None
-        if isinstance(command, ProbeCommand):
-            return entry.index
-        raise ValueError(f"entry {entry.index}: {type(command).__name__} is not a command")
