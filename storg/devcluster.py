@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,6 +29,20 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def loopback_hosts(size: int, rng: random.Random | None = None) -> list[str]:
+    """``size`` loopback addresses of one random 127.X.Y.0/24 (never 127.0.0.x).
+
+    Each node of a fault-test cluster gets its own address, so a firewall
+    rule can name a node; a random /24 keeps clusters of tests running at
+    the same time (and their rules) apart.
+    """
+    rng = rng or random.SystemRandom()
+    while True:
+        x, y = rng.randrange(1, 255), rng.randrange(0, 256)
+        if (x, y) != (0, 0):
+            return [f"127.{x}.{y}.{10 + i}" for i in range(1, size + 1)]
 
 
 def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
@@ -53,10 +69,17 @@ class ProcNode:
     peer_port: int
     client_port: int
     proc: subprocess.Popen | None = None
+    host: str = "127.0.0.1"
+    cgroup: Path | None = None
+    """A cgroup v2 folder the node is started in (set by :class:`LinkFirewall`)."""
 
     @property
     def client_address(self) -> str:
-        return f"127.0.0.1:{self.client_port}"
+        return f"{self.host}:{self.client_port}"
+
+    @property
+    def peer_address(self) -> str:
+        return f"{self.host}:{self.peer_port}"
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -70,19 +93,27 @@ class ProcCluster:
 
     @classmethod
     def create(cls, root: Path, size: int = 3, raft: dict | None = None,
-               files: dict | None = None) -> "ProcCluster":
-        """Write configs for ``size`` nodes n1..nN under ``root``; start none yet."""
+               files: dict | None = None, hosts: list[str] | None = None) -> "ProcCluster":
+        """Write configs for ``size`` nodes n1..nN under ``root``; start none yet.
+
+        ``hosts``: one loopback address per node (see :func:`loopback_hosts`),
+        so that firewall rules can tell the nodes apart; default 127.0.0.1 for all.
+        """
         root = Path(root).resolve()
         cluster = cls(root)
-        ports = {f"n{i}": (free_port(), free_port()) for i in range(1, size + 1)}
-        members = {nid: {"peer": f"127.0.0.1:{p}", "client": f"127.0.0.1:{c}"}
+        hosts = list(hosts) if hosts is not None else ["127.0.0.1"] * size
+        if len(hosts) != size:
+            raise ValueError(f"{len(hosts)} hosts given for {size} nodes")
+        host_of = {f"n{i}": hosts[i - 1] for i in range(1, size + 1)}
+        ports = {nid: (free_port(h), free_port(h)) for nid, h in host_of.items()}
+        members = {nid: {"peer": f"{host_of[nid]}:{p}", "client": f"{host_of[nid]}:{c}"}
                    for nid, (p, c) in ports.items()}
         for nid, (peer, client) in ports.items():
             cfg = {
                 "node_id": nid,
                 "data_dir": f"data/{nid}",
-                "peer_listen": f"127.0.0.1:{peer}",
-                "client_listen": f"127.0.0.1:{client}",
+                "peer_listen": f"{host_of[nid]}:{peer}",
+                "client_listen": f"{host_of[nid]}:{client}",
                 "cluster": members,
             }
             if raft:
@@ -91,19 +122,50 @@ class ProcCluster:
                 cfg["files"] = files
             path = root / f"{nid}.yaml"
             path.write_text(yaml.safe_dump(cfg))
-            cluster.nodes[nid] = ProcNode(nid, path, root / f"{nid}.log", peer, client)
+            cluster.nodes[nid] = ProcNode(nid, path, root / f"{nid}.log", peer, client,
+                                          host=host_of[nid])
         env = dict(os.environ)
         # twistd finds twisted/plugins/ by scanning sys.path: make this checkout win.
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
         cluster.env = env
         return cluster
 
+    def add_node(self, nid: str, host: str = "127.0.0.1") -> ProcNode:
+        """Write the config of a new node that waits to be added (``join: true``); start none.
+
+        Its ``cluster`` section is the founding members', copied from the
+        first node's config: the cluster id is derived from it, so a joiner
+        with any other section would be refused by every peer.
+        """
+        assert nid not in self.nodes, f"{nid} already exists"
+        template = yaml.safe_load(next(iter(self.nodes.values())).config_path.read_text())
+        peer, client = free_port(host), free_port(host)
+        cfg = dict(template, node_id=nid, data_dir=f"data/{nid}",
+                   peer_listen=f"{host}:{peer}", client_listen=f"{host}:{client}", join=True)
+        path = self.root / f"{nid}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        node = ProcNode(nid, path, self.root / f"{nid}.log", peer, client, host=host)
+        self.nodes[nid] = node
+        return node
+
+    def set_join(self, nid: str, join: bool = True) -> None:
+        """Rewrite ``nid``'s config with ``join`` (a replaced node restarts with join: true)."""
+        path = self.nodes[nid].config_path
+        cfg = yaml.safe_load(path.read_text())
+        cfg["join"] = join
+        path.write_text(yaml.safe_dump(cfg))
+
     def start(self, nid: str) -> None:
         node = self.nodes[nid]
         assert not node.alive(), f"{nid} is already running"
         log = open(node.log_path, "ab")
+        command = [str(BIN / "twistd"), "-n", "--pidfile", "", "storg", "--config", str(node.config_path)]
+        if node.cgroup is not None:
+            # Join the cgroup before exec, so every socket the node opens belongs to it.
+            command = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"',
+                       str(node.cgroup / "cgroup.procs"), *command]
         node.proc = subprocess.Popen(
-            [str(BIN / "twistd"), "-n", "--pidfile", "", "storg", "--config", str(node.config_path)],
+            command,
             cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -123,10 +185,28 @@ class ProcCluster:
         node.proc = None
         return code
 
+    def pause(self, nid: str) -> None:
+        """SIGSTOP: the node keeps its sockets open but answers nothing (a GC pause, a stuck VM)."""
+        self.nodes[nid].proc.send_signal(signal.SIGSTOP)
+
+    def resume(self, nid: str) -> None:
+        self.nodes[nid].proc.send_signal(signal.SIGCONT)
+
+    def restart(self, nid: str, sig: int = signal.SIGKILL) -> int:
+        """Stop the node with ``sig`` (kill -9 by default) and start it again; its exit code."""
+        code = self.kill(nid, sig)
+        self.start(nid)
+        return code
+
+    def wipe(self, nid: str) -> None:
+        """Kill the node and delete its data_dir: it comes back as a stranger (see INTERFACE.md)."""
+        self.kill(nid)
+        shutil.rmtree(self.data_dir(nid), ignore_errors=True)
+
     def close(self) -> None:
         for nid, node in self.nodes.items():
             if node.proc is not None and node.proc.poll() is None:
-                node.proc.kill()
+                node.proc.kill()  # SIGKILL also ends a SIGSTOPped process
                 node.proc.wait(timeout=30)
             node.proc = None
 
@@ -156,6 +236,19 @@ class ProcCluster:
             return leader
         return None
 
+    def applied_indexes(self) -> dict[str, int]:
+        """Each member's applied index as the status rows report it (unreachable: -1)."""
+        return {r["id"]: (r["applied_index"] if r["role"] != "unreachable" else -1)
+                for r in self.status()}
+
+    def namespace(self, nid: str, timeout: float = 10) -> list[dict]:
+        """``ls --stale --json`` of one node: what that node itself has applied."""
+        out = self.storgctl("--timeout", str(timeout), "--json", "ls", "--stale", nodes=[nid],
+                            timeout=timeout + 30)
+        if out.returncode != 0:
+            raise RuntimeError(f"ls on {nid}: {out.stderr.decode(errors='replace')}")
+        return json.loads(out.stdout)
+
     def data_dir(self, nid: str) -> Path:
         return self.root / "data" / nid
 
@@ -164,3 +257,183 @@ class ProcCluster:
             return self.nodes[nid].log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+
+class FirewallUnavailable(RuntimeError):
+    """This machine cannot cut links (not root, no iptables, no netfilter)."""
+
+
+def _cgroup2_root() -> Path | None:
+    """Where the cgroup v2 hierarchy is mounted and writable, if anywhere."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    for line in mounts:
+        fields = line.split()
+        if len(fields) >= 3 and fields[2] == "cgroup2" and os.access(fields[1], os.W_OK):
+            return Path(fields[1])
+    return None
+
+
+class LinkFirewall:
+    """Cuts and heals the links between the nodes of a :class:`ProcCluster` with iptables.
+
+    Why this shape: the nodes share one loopback interface, so a link is
+    named by addresses.  Every node has its own address (``hosts`` of
+    :meth:`ProcCluster.create`) and binds its outgoing Raft connections to
+    it, so ``-s A -d B -j DROP`` cuts A's Raft traffic to B.  Nodes also
+    talk to each other's *client* ports (chunk traffic) from unbound
+    sockets, whose source is 127.0.0.1 like every storgctl's; to cut those
+    too, each node runs in a cgroup v2 group of its own and a second rule
+    drops what that group sends to B's address (``-m cgroup --path``).
+    Clients (storgctl, in no such group) can still reach every node, as in
+    Jepsen's partitions: only node-to-node links are cut.  Where cgroup v2
+    is not writable, only Raft traffic is cut (``per_process`` is False).
+
+    Packets are dropped, not refused, so a cut link looks like a dead
+    network: connections hang, retransmit, and resume when healed.  All
+    rules live in a chain of their own, jumped to from OUTPUT, removed by
+    :meth:`close`.  Create the firewall before starting the nodes.
+    """
+
+    def __init__(self, cluster: ProcCluster, use_cgroups: bool = True) -> None:
+        reason = self.unavailable_reason()
+        if reason:
+            raise FirewallUnavailable(reason)
+        hosts = [n.host for n in cluster.nodes.values()]
+        if len(set(hosts)) != len(hosts):
+            raise ValueError("every node needs its own host (ProcCluster.create(hosts=...))")
+        self.cluster = cluster
+        self._sweep_stale()
+        self.chain = f"storg-{os.getpid()}-{random.SystemRandom().randrange(16**6):06x}"
+        self.blocked: set[tuple[str, str]] = set()
+        self.cgroups: dict[str, Path] = {}
+        self._cgroup_root = _cgroup2_root() if use_cgroups else None
+        self._iptables("-N", self.chain)
+        self._iptables("-I", "OUTPUT", "-j", self.chain)
+        if self._cgroup_root is not None:
+            for nid, node in cluster.nodes.items():
+                group = self._cgroup_root / f"{self.chain}-{nid}"
+                group.mkdir()
+                self.cgroups[nid] = group
+                node.cgroup = group
+
+    @property
+    def per_process(self) -> bool:
+        """True when every byte between two nodes is cut, False when only Raft traffic is."""
+        return bool(self.cgroups)
+
+    @staticmethod
+    def unavailable_reason() -> str | None:
+        """Why links cannot be cut on this machine, or None if they can."""
+        if os.geteuid() != 0:
+            return "cutting links needs root (iptables)"
+        if shutil.which("iptables") is None:
+            return "no iptables binary (apt-get install -y iptables)"
+        probe = subprocess.run(["iptables", "-w", "-S", "OUTPUT"], capture_output=True, check=False)
+        if probe.returncode != 0:
+            return "iptables does not work here: " + probe.stderr.decode(errors="replace").strip()
+        return None
+
+    @staticmethod
+    def _sweep_stale() -> None:
+        """Remove the chains and cgroups of firewalls whose process died without closing them."""
+        listing = subprocess.run(["iptables", "-w", "-S"], capture_output=True, check=False)
+        for line in listing.stdout.decode(errors="replace").splitlines():
+            parts = line.split()
+            if len(parts) != 2 or parts[0] != "-N" or not parts[1].startswith("storg-"):
+                continue
+            chain = parts[1]
+            try:
+                os.kill(int(chain.split("-")[1]), 0)
+                continue  # its owner still runs
+            except (ValueError, IndexError):
+                continue
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+            for args in (["-D", "OUTPUT", "-j", chain], ["-F", chain], ["-X", chain]):
+                subprocess.run(["iptables", "-w", *args], capture_output=True, check=False)
+            root = _cgroup2_root()
+            if root is not None:
+                for group in root.glob(f"{chain}-*"):
+                    try:
+                        group.rmdir()
+                    except OSError:
+                        pass
+
+    def _iptables(self, *args: str) -> None:
+        out = subprocess.run(["iptables", "-w", *args], capture_output=True, check=False)
+        if out.returncode != 0:
+            raise RuntimeError(f"iptables {' '.join(args)}: {out.stderr.decode(errors='replace').strip()}")
+
+    def _rules(self, src: str, dst: str) -> list[list[str]]:
+        a, b = self.cluster.nodes[src], self.cluster.nodes[dst]
+        rules = [["-s", a.host, "-d", b.host, "-j", "DROP"]]
+        if src in self.cgroups:
+            path = "/" + str(self.cgroups[src].relative_to(self._cgroup_root))
+            rules.append(["-m", "cgroup", "--path", path, "-d", b.host, "-j", "DROP"])
+        return rules
+
+    def block(self, src: str, dst: str) -> None:
+        """Drop what ``src`` sends to ``dst`` (one direction)."""
+        if (src, dst) in self.blocked or src == dst:
+            return
+        for rule in self._rules(src, dst):
+            self._iptables("-A", self.chain, *rule)
+        self.blocked.add((src, dst))
+
+    def unblock(self, src: str, dst: str) -> None:
+        if (src, dst) not in self.blocked:
+            return
+        for rule in self._rules(src, dst):
+            self._iptables("-D", self.chain, *rule)
+        self.blocked.discard((src, dst))
+
+    def cut(self, a: str, b: str) -> None:
+        """Cut the link between ``a`` and ``b`` both ways."""
+        self.block(a, b)
+        self.block(b, a)
+
+    def partition(self, *groups: list[str]) -> None:
+        """Exactly these sides: links inside a group work, links across are cut.
+
+        Nodes named in no group form one more group.  Rules that stay are
+        not touched, so a link cut before and after never flickers open.
+        """
+        named = {n for g in groups for n in g}
+        sides = [list(g) for g in groups]
+        rest = [n for n in self.cluster.nodes if n not in named]
+        if rest:
+            sides.append(rest)
+        side_of = {n: i for i, g in enumerate(sides) for n in g}
+        wanted = {(a, b) for a in side_of for b in side_of if side_of[a] != side_of[b]}
+        for link in sorted(self.blocked - wanted):
+            self.unblock(*link)
+        for link in sorted(wanted - self.blocked):
+            self.block(*link)
+
+    def isolate(self, nid: str) -> None:
+        """Cut ``nid`` off from every other node."""
+        self.partition([nid])
+
+    def heal(self) -> None:
+        for link in sorted(self.blocked):
+            self.unblock(*link)
+
+    def close(self) -> None:
+        """Remove the chain; remove the cgroups once their nodes are gone (close the cluster first)."""
+        self.blocked.clear()
+        subprocess.run(["iptables", "-w", "-D", "OUTPUT", "-j", self.chain], capture_output=True, check=False)
+        subprocess.run(["iptables", "-w", "-F", self.chain], capture_output=True, check=False)
+        subprocess.run(["iptables", "-w", "-X", self.chain], capture_output=True, check=False)
+        for nid, group in self.cgroups.items():
+            node = self.cluster.nodes.get(nid)
+            if node is not None and node.cgroup == group:
+                node.cgroup = None
+            try:
+                group.rmdir()
+            except OSError:
+                pass  # a process is still inside: left for the operator, named after our chain

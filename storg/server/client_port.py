@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from storg.node import Timeout
+from storg.node import NodeStopped, Timeout
 from storg.raft.errors import NotLeader, ProposalDropped
 from storg.server.framing import FrameReceiver
 from storg.wire import CODEC, CodecError, ErrorCode, ErrorReply
@@ -183,7 +183,9 @@ class ClientConnection(FrameReceiver):
         if isinstance(exc, NotLeader):
             return ErrorReply(request_id, int(ErrorCode.NOT_LEADER), "not the leader",
                               self.api.leader_client_address())
-        if isinstance(exc, (ProposalDropped, Timeout, defer.TimeoutError)):
+        if isinstance(exc, (ProposalDropped, Timeout, NodeStopped, defer.TimeoutError)):
+            # Try again elsewhere: a stopping node's proposal may still commit,
+            # and the client's session makes the retry apply it once.
             return ErrorReply(request_id, int(ErrorCode.UNAVAILABLE),
                               f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
         if isinstance(code, ErrorCode):
