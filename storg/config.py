@@ -80,8 +80,24 @@ class RaftTuning:
 
 @dataclass(frozen=True, slots=True)
 class FileTuning:
+    """The ``files:`` section.  Seconds and rates may be fractional (tests scale them down)."""
+
     replication_factor: int = 3
     chunk_size: int = 1024 * 1024
+    repair_grace_s: float = 600.0
+    """How long a holder may be unreachable before its chunks are copied elsewhere."""
+    repair_rate_mb_s: float = 50.0
+    """Repair copies at most this many MiB per second, leaving the rest to clients."""
+    repair_interval_s: float = 10.0
+    """The leader looks for chunks to repair this often."""
+    scrub_rate_mb_s: float = 20.0
+    """Each node re-reads its chunks at most this fast."""
+    scrub_interval_s: float = 86400.0
+    """Seconds from the start of one scrub pass over a node's chunks to the next."""
+    orphan_grace_s: float = 3600.0
+    """Chunk files no committed file refers to are deleted once this old (crashed uploads)."""
+    gc_interval_s: float = 30.0
+    """Garbage collection (unreferenced chunks, orphan files) runs this often."""
 
 
 @dataclass(frozen=True)
@@ -200,7 +216,12 @@ _TOP_KEYS = {
     "cluster", "join", "cluster_token", "raft", "files",
 }
 _RAFT_KEYS = {"heartbeat_ms", "election_timeout_ms", "snapshot_every"}
-_FILES_KEYS = {"replication_factor", "chunk_size"}
+_FILES_KEYS = {
+    "replication_factor", "chunk_size", "repair_grace_s", "repair_rate_mb_s", "repair_interval_s",
+    "scrub_rate_mb_s", "scrub_interval_s", "orphan_grace_s", "gc_interval_s",
+}
+_FILES_NUMBERS = ("repair_grace_s", "repair_rate_mb_s", "repair_interval_s", "scrub_rate_mb_s",
+                  "scrub_interval_s", "orphan_grace_s", "gc_interval_s")
 _MEMBER_KEYS = {"peer", "client"}
 
 
@@ -238,6 +259,11 @@ class _Checker:
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise self.fail(key, f"must be a positive integer, got {value!r}")
         return value
+
+    def positive_number(self, value: object, key: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise self.fail(key, f"must be a positive number, got {value!r}")
+        return float(value)
 
     def node_id(self, value: object, key: str) -> str:
         if not isinstance(value, str) or not NODE_ID_RE.fullmatch(value):
@@ -382,4 +408,6 @@ def _files(check: _Checker, value: object) -> FileTuning:
     if isinstance(chunk, bool) or not isinstance(chunk, int) or not MIN_CHUNK_SIZE <= chunk <= MAX_CHUNK_SIZE:
         raise check.fail("files.chunk_size",
                          f"must be an integer within {MIN_CHUNK_SIZE}-{MAX_CHUNK_SIZE} bytes, got {chunk!r}")
-    return FileTuning(rf, chunk)
+    numbers = {key: check.positive_number(raw.get(key, getattr(default, key)), f"files.{key}")
+               for key in _FILES_NUMBERS}
+    return FileTuning(rf, chunk, **numbers)

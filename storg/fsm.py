@@ -59,6 +59,7 @@ from storg.wire import (
     ProbeCommand,
 )
 from storg.wire.files import (
+    ChunkHoldersCommand,
     ChunkRef,
     CollectChunksCommand,
     FileInfo,
@@ -100,6 +101,15 @@ class StaleRequest(FileStoreError):
     code = BAD_REQUEST
 
 
+class StaleChange(FileStoreError):
+    """A holder change decided on a chunk map entry that has changed since (or is gone).
+
+    The leader's repair re-reads the chunk map and decides again.
+    """
+
+    code = UNAVAILABLE
+
+
 class InvalidCommand(FileStoreError):
     """An entry that is not a valid command: undecodable, unknown or inconsistent."""
 
@@ -111,7 +121,7 @@ class SnapshotFormatError(ValueError):
 
 
 _ERRORS: dict[str, type[FileStoreError]] = {
-    cls.__name__: cls for cls in (NotFound, ChunkMissing, StaleRequest, InvalidCommand)
+    cls.__name__: cls for cls in (NotFound, ChunkMissing, StaleRequest, StaleChange, InvalidCommand)
 }
 
 
@@ -320,6 +330,7 @@ class FileStoreStateMachine:
             PutInlineCommand: self._apply_put_inline,
             RemoveFileCommand: self._apply_remove,
             CollectChunksCommand: self._apply_collect,
+            ChunkHoldersCommand: self._apply_holders,
         }
         self._reset()
 
@@ -331,6 +342,7 @@ class FileStoreStateMachine:
         self._sessions: OrderedDict[int, _Session] = OrderedDict()
         self._holder_sets: dict[frozenset[str], frozenset[str]] = {}
         self._file_bytes = 0
+        self._usage: Counter[str] = Counter()
 
     # -- apply -------------------------------------------------------------------------
 
@@ -475,6 +487,7 @@ class FileStoreStateMachine:
             if chunk is not None and chunk.refs == 0:
                 del self._chunks[digest]
                 self._unreferenced.discard(digest)
+                self._count_usage(chunk, -1)
                 removed.append(text)
         hashes = tuple(removed)
         if hashes and self.on_chunks_removed is not None:
@@ -484,9 +497,42 @@ class FileStoreStateMachine:
                 log.failure("on_chunks_removed failed for entry {index}", index=index)
         return hashes
 
+    def _apply_holders(self, cmd: ChunkHoldersCommand, index: int) -> int:
+        """Repair's holder change: applied only if the entry still has the holders it was decided on."""
+        try:
+            digest = bytes.fromhex(cmd.hash)
+        except ValueError:
+            raise InvalidCommand(f"entry {index}: {cmd.hash!r} is not a chunk hash") from None
+        new = frozenset(cmd.holders)
+        if not new or len(new) != len(cmd.holders):
+            raise InvalidCommand(f"entry {index}: chunk {cmd.hash} needs distinct holders, got {cmd.holders}")
+        chunk = self._chunks.get(digest)
+        if chunk is None:
+            raise StaleChange(f"chunk {cmd.hash} is no longer in the chunk map")
+        if chunk.holders != frozenset(cmd.expected):
+            raise StaleChange(f"chunk {cmd.hash} is held by {sorted(chunk.holders)} now, "
+                              f"not {sorted(cmd.expected)}")
+        self._set_chunk(digest, ChunkState(chunk.size, self._shared(new), chunk.refs))
+        return index
+
+    def _count_usage(self, chunk: ChunkState, sign: int) -> None:
+        """Add (sign 1) or take away (sign -1) a chunk's bytes from each of its holders' totals."""
+        usage = self._usage
+        for holder in chunk.holders:
+            left = usage[holder] + sign * chunk.size
+            if left:
+                usage[holder] = left
+            else:
+                del usage[holder]
+
     def _set_chunk(self, digest: bytes, chunk: ChunkState) -> None:
         if chunk.refs < 0:
             raise AssertionError(f"chunk {digest.hex()} would have {chunk.refs} references")
+        old = self._chunks.get(digest)
+        if old is None or old.holders != chunk.holders:
+            if old is not None:
+                self._count_usage(old, -1)
+            self._count_usage(chunk, 1)
         self._chunks[digest] = chunk
         if chunk.refs == 0:
             self._unreferenced.add(digest)
@@ -533,6 +579,22 @@ class FileStoreStateMachine:
             digest = bytes.fromhex(hash)
         except (TypeError, ValueError):
             return None
+        return self._chunks.get(digest)
+
+    def usage(self) -> dict[str, int]:
+        """Bytes each node holds according to the chunk map (placement fills the least used first).
+
+        Derived from the chunk map alone, so every node computes the same
+        figures from the same entries, and a snapshot need not carry them.
+        """
+        return dict(self._usage)
+
+    def chunk_digests(self) -> list[bytes]:
+        """Every chunk's raw digest, as a list copy: repair and scrub walk it in slices."""
+        return list(self._chunks)
+
+    def chunk_by_digest(self, digest: bytes) -> ChunkState | None:
+        """The chunk map entry of a raw digest (see :meth:`chunk_digests`), or None."""
         return self._chunks.get(digest)
 
     def unreferenced_chunks(self) -> list[str]:
@@ -607,6 +669,8 @@ class FileStoreStateMachine:
         self._chunks = snapshot.chunks
         self._unreferenced = snapshot.unreferenced
         self._holder_sets = snapshot.holder_sets
+        for chunk in self._chunks.values():
+            self._count_usage(chunk, 1)
         for client_id, session in snapshot.sessions[-self.max_sessions:]:
             self._sessions[client_id] = session
         for node_id, member in snapshot.members.items():

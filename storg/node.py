@@ -11,6 +11,11 @@ core's contract demands:
    proposals and reads waiting on them;
 4. ``advance()``.
 
+A Ready that carries a snapshot from the leader first restores the state
+machine (the ``on_snapshot`` handler, which may take a thread); SNAPSHOT
+messages go to the ``on_snapshot_message`` sender, which streams the data
+before the message.
+
 Only one Ready is in flight at a time.  While its fsync runs, ticks and peer
 messages keep flowing into the core (so a follower's election timer is never
 starved by a slow disk) and proposals keep queueing; the next Ready then
@@ -32,8 +37,8 @@ from twisted.python.failure import Failure
 from storg.raft.core import RaftCore
 from storg.raft.errors import NotLeader, ProposalDropped
 from storg.raft.types import (
-    ConfChange, Entry, EntryType, HardState, Message, PersistedState, ReadState, Ready, Role,
-    SnapshotMeta, SoftState,
+    ConfChange, Entry, EntryType, HardState, Message, MessageType, PersistedState, ReadState, Ready,
+    Role, SnapshotMeta, SoftState,
 )
 
 log = Logger(namespace="storg.node")
@@ -124,8 +129,14 @@ class RaftNode:
         self._soft = SoftState(core.leader, core.role, core.term)
         self._role_watchers: list[Callable[[SoftState], object]] = []
         self._snapshot_handler: Callable[[SnapshotMeta], object] | None = None
+        self._snapshot_sender: Callable[[Message], object] | None = None
+        self._apply_watchers: list[Callable[[int], object]] = []
+        # (index, Deferred) of compactions waiting for the Ready in flight to finish
+        self._compactions: list[tuple[int, defer.Deferred]] = []
         self.applied_index = core.applied_index
         self.elections_seen = 0
+        # The (term, vote) on disk: the core was built from it.
+        self._persisted_term_vote = (core.term, core.vote)
 
     # -- lifecycle -------------------------------------------------------
 
@@ -149,6 +160,9 @@ class RaftNode:
         if self._ticker is not None and self._ticker.running:
             self._ticker.stop()
         self._fail_all(NodeStopped("node stopped"))
+        compactions, self._compactions = self._compactions, []
+        for _index, d in compactions:
+            d.errback(NodeStopped("node stopped"))
         pool, self._own_pool = self._own_pool, None
         if pool is not None:
             from twisted.internet.threads import deferToThread
@@ -160,8 +174,30 @@ class RaftNode:
         self._role_watchers.append(watcher)
 
     def on_snapshot(self, handler: Callable[[SnapshotMeta], object]) -> None:
-        """Called when the core installs a snapshot received from the leader."""
+        """Called when the core installs a snapshot received from the leader.
+
+        The handler restores the state machine from the snapshot's data and
+        may return a Deferred: nothing after the snapshot is applied (and no
+        message of that Ready is sent) before it fires.  It also sees a
+        joiner's index-0 membership, which has no data.
+        """
         self._snapshot_handler = handler
+
+    def on_snapshot_message(self, sender: Callable[[Message], object]) -> None:
+        """Route the core's SNAPSHOT messages here instead of the peer transport.
+
+        The sender streams the snapshot's data to the follower first, then
+        sends the message itself and calls :meth:`report_snapshot`.
+        """
+        self._snapshot_sender = sender
+
+    def on_applied(self, watcher: Callable[[int], object]) -> None:
+        """Called with the applied index after each batch of committed entries.
+
+        It runs on the reactor between two batches, when the state machine
+        is exactly at that index: the moment to freeze it for a snapshot.
+        """
+        self._apply_watchers.append(watcher)
 
     # -- inputs ------------------------------------------------------------
 
@@ -232,10 +268,45 @@ class RaftNode:
         check()
         return d
 
+    def report_snapshot(self, peer: str, ok: bool) -> None:
+        """The data of a SNAPSHOT message reached ``peer`` (and the message went), or failed."""
+        if self._stopped:
+            return
+        self.core.report_snapshot(peer, ok)
+        self._pump()
+
+    def snapshot_meta_at(self, index: int) -> SnapshotMeta:
+        """The meta for a state-machine snapshot at ``index`` (<= applied); drops nothing."""
+        return self.core.snapshot_meta_at(index)
+
     def compact(self, index: int) -> defer.Deferred:
-        """Drop the log up to ``index`` (the state machine's snapshot covers it)."""
-        meta = self.core.compact(index)
-        return self._executor(self._log_store.compact, meta.index).addCallback(lambda _: meta)
+        """Drop the log up to ``index`` (a durable snapshot covers it).
+
+        Fires with the core's SnapshotMeta, or None if a snapshot at or past
+        ``index`` was installed meanwhile.  Waits for the Ready in flight,
+        so the core's log never shrinks under a Ready being handled.
+        """
+        if self._failed is not None or self._stopped:
+            return defer.fail(NodeStopped("node stopped"))
+        d: defer.Deferred = defer.Deferred()
+        self._compactions.append((index, d))
+        if not self._busy:
+            self._run_compactions()
+        return d
+
+    def _run_compactions(self) -> None:
+        waiting, self._compactions = self._compactions, []
+        for index, d in waiting:
+            if index <= self.core.snapshot_meta.index:
+                d.callback(None)
+                continue
+            try:
+                meta = self.core.compact(index)
+            except ValueError as exc:
+                d.errback(exc)
+                continue
+            self._executor(self._log_store.compact, meta.index).addCallback(
+                lambda _, meta=meta: meta).chainDeferred(d)
 
     # -- views -----------------------------------------------------------
 
@@ -298,6 +369,14 @@ class RaftNode:
         self._busy = True
         if rd.soft_state is not None:
             self._note_soft_state(rd.soft_state)
+        if self._may_send_before_persisting(rd):
+            # A leader's appends may go out while it writes the same entries
+            # to its own disk (Raft thesis 10.2.1): the core counts the
+            # leader's own copy toward commitment only after advance(), so
+            # nothing commits on the strength of an unwritten entry, and the
+            # leader's fsync overlaps its followers' instead of preceding them.
+            self._send_messages(rd)
+            rd.messages = []
         if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
             d = self._executor(self._log_store.persist, rd.snapshot, rd.entries, rd.hard_state)
         else:
@@ -305,14 +384,44 @@ class RaftNode:
         d.addCallback(lambda _: self._after_persist(rd))
         d.addErrback(self._fatal)
 
-    def _after_persist(self, rd: Ready) -> None:
+    def _may_send_before_persisting(self, rd: Ready) -> bool:
+        """True for a leader's Ready that changes no term or vote.
+
+        Only the leader's own new entries are then unwritten, which its
+        messages may carry (see _pump).  A Ready that changes the term or
+        the vote must be on disk before any message that depends on it.
+        """
+        if self.core.role != Role.LEADER or not rd.messages:
+            return False
+        hs = rd.hard_state
+        return hs is None or (hs.term, hs.vote) == self._persisted_term_vote
+
+    def _send_messages(self, rd: Ready) -> None:
+        for msg in rd.messages:
+            if msg.type == MessageType.SNAPSHOT and self._snapshot_sender is not None:
+                self._snapshot_sender(msg)
+            else:
+                self._send(msg)
+
+    def _after_persist(self, rd: Ready) -> defer.Deferred | None:
+        if rd.hard_state is not None:
+            self._persisted_term_vote = (rd.hard_state.term, rd.hard_state.vote)
+        if self._stopped:
+            return None
+        if rd.snapshot is not None and self._snapshot_handler is not None:
+            # Restoring a large snapshot takes a thread: the rest of this
+            # Ready (messages, entries after the snapshot) waits for it.
+            d = defer.maybeDeferred(self._snapshot_handler, rd.snapshot)
+            return d.addCallback(lambda _: self._finish_ready(rd))
+        self._finish_ready(rd)
+        return None
+
+    def _finish_ready(self, rd: Ready) -> None:
         if self._stopped:
             return
-        if rd.snapshot is not None and self._snapshot_handler is not None:
-            self._snapshot_handler(rd.snapshot)
+        if rd.snapshot is not None:
             self.applied_index = max(self.applied_index, rd.snapshot.index)
-        for msg in rd.messages:
-            self._send(msg)
+        self._send_messages(rd)
         for entry in rd.committed_entries:
             self._apply(entry)
         for rs in rd.read_states:
@@ -320,6 +429,14 @@ class RaftNode:
         self._release_reads()
         self.core.advance(rd)
         self._busy = False
+        if self._compactions:
+            self._run_compactions()
+        if rd.committed_entries:
+            for watcher in list(self._apply_watchers):
+                try:
+                    watcher(self.applied_index)
+                except Exception:  # an observer must not stop the Ready loop
+                    log.failure("{node}: applied-index watcher failed", node=self.node_id)
         self._pump()
 
     def _apply(self, entry: Entry) -> None:

@@ -14,6 +14,7 @@ import os
 import sys
 from typing import Any, NoReturn
 
+from storg.cli import members as member_commands
 from storg.cli.progress import progress_for
 from storg.client.api import STATUS_KEYS, StorgClient
 from storg.client.connection import split_address
@@ -36,6 +37,7 @@ EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_INTEGRITY = 4
+EXIT_INTERRUPTED = 130  # the shell's convention for a command stopped by SIGINT
 
 
 class CliError(Exception):
@@ -63,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     sub.add_parser("status", help="one row per member: role, term, leader, indexes")
+    scrub = sub.add_parser("scrub", help="each member's scrub and repair counters")
+    scrub.add_argument("--start", action="store_true", help="start a scrub pass on every member now")
     put = sub.add_parser("put", help="store a local file (LOCAL '-' reads stdin)")
     put.add_argument("local", metavar="LOCAL")
     put.add_argument("remote", metavar="REMOTE")
@@ -78,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     for read in (get, ls, stat):
         read.add_argument("--stale", action="store_true",
                           help="read from the node contacted without checking it is current")
+    member_commands.add_parsers(sub)
     return p
 
 
@@ -109,6 +114,26 @@ async def run_status(client: StorgClient, args: argparse.Namespace) -> int:
         print(json.dumps(rows))
     else:
         print(format_status(rows))
+    return EXIT_OK
+
+
+SCRUB_COLUMNS = (("ID", "id"), ("SCRUBBING", "scrubbing"), ("PASSES", "passes"),
+                 ("CHECKED", "chunks_checked"), ("BAD", "bad_copies"), ("MISSING", "missing_copies"),
+                 ("REPAIRED", "repairs_done"), ("UNDER_REPLICATED", "under_replicated"),
+                 ("COLLECTED", "chunks_collected"), ("ORPHANS", "orphans_removed"))
+
+
+async def run_scrub(client: StorgClient, args: argparse.Namespace) -> int:
+    """One row per member: chunks checked, bad and missing copies, repairs, under-replicated chunks."""
+    rows = await client.scrub(start=args.start)
+    if args.json:
+        print(json.dumps(rows))
+        return EXIT_OK
+    table = [tuple(h for h, _ in SCRUB_COLUMNS)] + [
+        tuple("-" if row.get(k) is None else str(row[k]).lower() for _, k in SCRUB_COLUMNS)
+        for row in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(SCRUB_COLUMNS))]
+    print("\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table))
     return EXIT_OK
 
 
@@ -171,6 +196,8 @@ def prepare(args: argparse.Namespace) -> None:
     replaced by their normal form; ``args.source`` (put) and ``args.atomic``
     (get to a file) are set.
     """
+    if args.command in ("member", "leader"):
+        member_commands.check_args(args)
     if hasattr(args, "remote"):
         args.remote = remote_path(args.remote)
     if hasattr(args, "prefix"):
@@ -249,7 +276,8 @@ async def run_rm(client: StorgClient, args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"status": run_status, "put": run_put, "get": run_get, "ls": run_ls,
-            "stat": run_stat, "rm": run_rm}
+            "stat": run_stat, "rm": run_rm, "scrub": run_scrub,
+            "member": member_commands.run_member, "leader": member_commands.run_leader}
 
 
 def one_line(text: str) -> str:
@@ -260,7 +288,7 @@ def one_line(text: str) -> str:
 def exit_for(exc: BaseException, args: argparse.Namespace) -> tuple[int, str] | None:
     """The exit status and message for an error, or None if it is not an expected one."""
     subject = getattr(args, "remote", None) or getattr(args, "prefix", None) or ""
-    if isinstance(exc, CliError):
+    if isinstance(exc, (CliError, member_commands.MemberCommandError)):
         return exc.code, str(exc)
     if isinstance(exc, InvalidPath):
         return EXIT_USAGE, f"invalid path: {exc}"
@@ -286,7 +314,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         if args.timeout <= 0:
             raise CliError(EXIT_USAGE, "--timeout: must be positive")
         prepare(args)
-    except (CliError, LocalError) as exc:
+    except (CliError, LocalError, member_commands.MemberCommandError) as exc:
         known = exit_for(exc, args)
         assert known is not None
         sys.stderr.write(f"storgctl: {one_line(known[1])}\n")
@@ -294,15 +322,19 @@ def main(argv: list[str] | None = None) -> NoReturn:
 
     from twisted.internet import defer, task
 
+    finished = []
+
     async def run(reactor: Any) -> None:
         client = StorgClient(addresses, reactor=reactor, timeout=args.timeout)
         try:
             code = await COMMANDS[args.command](client, args)
+            finished.append(code)
         except Exception as exc:
             known = exit_for(exc, args)
             if known is None:
                 raise
             code, message = known
+            finished.append(code)
             sys.stderr.write(f"storgctl: {one_line(message)}\n")
         finally:
             client.close()
@@ -311,8 +343,14 @@ def main(argv: list[str] | None = None) -> NoReturn:
 
     try:
         task.react(lambda reactor: defer.Deferred.fromCoroutine(run(reactor)))
+    except SystemExit as exc:
+        if exc.code == 0 and not finished:
+            # The reactor stopped on SIGINT or SIGTERM before the command ended.
+            sys.stderr.write("storgctl: interrupted\n")
+            raise SystemExit(EXIT_INTERRUPTED) from None
+        raise
     finally:
-        for atomic in list(_PENDING_FILES):
+        for atomic in _PENDING_FILES:
             atomic.discard()
 
 

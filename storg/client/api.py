@@ -2,12 +2,18 @@
 
 :class:`StorgClient` knows a list of client addresses, keeps one connection
 per node it has talked to, and spreads questions such as ``status`` over
-every member.  Waiting for a leader or a quorum is bounded by ``timeout``.
+every member.  Waiting for a leader or a quorum is bounded by ``timeout``;
+a transfer that keeps moving is not (see :class:`~storg.client.files.Deadline`).
+
+Files: :meth:`StorgClient.put`, :meth:`~StorgClient.get`, :meth:`~StorgClient.ls`,
+:meth:`~StorgClient.stat`, :meth:`~StorgClient.rm`.  Cluster operations:
+:meth:`~StorgClient.members`, :meth:`~StorgClient.member_add`,
+:meth:`~StorgClient.member_remove`, :meth:`~StorgClient.leader_transfer`.  Errors are the classes of
+:mod:`storg.client.errors`, one per storgctl exit status.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import secrets
 from collections.abc import Awaitable, Callable
@@ -38,6 +44,10 @@ from storg.client.files import (
 )
 from storg.paths import InvalidPath, normalize_path, normalize_prefix
 from storg.wire import ErrorCode, ProbeRead, ProbeWrite, StatusReply, StatusRequest
+from storg.wire.admin import (
+    LeaderTransferDone, LeaderTransferRequest, MemberAddProgress, MemberAddRequest, MemberChanged,
+    MemberInfo, MemberListRequest, MemberRemoveRequest,
+)
 from storg.wire.files import FileInfo, LsReply, LsRequest, RmRequest, StatRequest
 
 __all__ = [
@@ -66,12 +76,48 @@ MAX_INTERRUPTIONS = 3
 Attempt = Callable[[ClientConnection, Deadline], Awaitable[Any]]
 
 
+class Session:
+    """A client session of the cluster (dissertation 6.3): one id, writes numbered 1, 2, ...
+
+    The cluster remembers only the last seq of each session and refuses an
+    older one, so a session must carry one write at a time, in order.
+    """
+
+    def __init__(self, client_id: int) -> None:
+        self.client_id = client_id
+        self.seq = 0
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+
+class SessionPool:
+    """Hands each write in flight a session of its own, so concurrent writes never overlap.
+
+    Writes one after another reuse the first session; only concurrency
+    opens more, each with a fresh random id.
+    """
+
+    def __init__(self, first_id: int) -> None:
+        self._free = [Session(first_id)]
+
+    def acquire(self) -> Session:
+        if self._free:
+            return self._free.pop()
+        return Session(secrets.randbits(63) or 1)
+
+    def release(self, session: Session) -> None:
+        self._free.append(session)
+
+
 class StorgClient:
     """A cluster's client: connections kept open, many requests in flight at once.
 
-    Writes carry this client's random ``client_id`` and a ``seq`` that grows
-    with each write; a retry of one write reuses its seq, so the cluster's
-    session table applies it once however often it is sent.
+    Each write carries a session's ``client_id`` and a ``seq`` that grows
+    with each write of that session; a retry of one write reuses both, so
+    the cluster's session table applies it once however often it is sent.
+    ``client_id`` is the first session's (the only one unless writes overlap).
     """
 
     def __init__(self, addresses: list[str], *, reactor: Any = None, timeout: float = 30.0) -> None:
@@ -86,11 +132,7 @@ class StorgClient:
         self._connections: dict[str, ClientConnection] = {}
         self._leader_guess = self.addresses[0]
         self.client_id = secrets.randbits(63) or 1
-        self._seqs = itertools.count(1)
-
-    def next_seq(self) -> int:
-        """The sequence number of a new write operation."""
-        return next(self._seqs)
+        self.sessions = SessionPool(self.client_id)
 
     async def connection(self, address: str, timeout: float | None = None) -> ClientConnection:
         conn = self._connections.get(address)
@@ -227,6 +269,55 @@ class StorgClient:
             [defer.Deferred.fromCoroutine(row_of(m)) for m in members], consumeErrors=True)
         return list(rows)
 
+    async def scrub(self, start: bool = False) -> list[dict[str, Any]]:
+        """Each member's scrub and repair counters (``storgctl scrub``); ``start`` begins a pass on each.
+
+        Members that do not answer get a row with only ``id`` and
+        ``scrubbing: None``.
+        """
+        from storg.wire.files import ScrubStatusReply, ScrubStatusRequest
+
+        per_node = min(self.timeout, 3.0)
+        rows = await self.status()
+
+        async def row_of(row: dict[str, Any]) -> dict[str, Any]:
+            empty = {"id": row["id"], "scrubbing": None}
+            if row["role"] == "unreachable" or "client" not in row:
+                return empty
+            try:
+                conn = await self.connection(row["client"], per_node)
+                d = conn.request(lambda rid: ScrubStatusRequest(rid, start))
+                d.addTimeout(per_node, self.reactor)
+                reply = await d
+            except Exception:
+                return empty
+            if not isinstance(reply, ScrubStatusReply):
+                return empty
+            return {name: getattr(reply, name) for name in reply.__slots__ if name != "request_id"} | \
+                {"id": reply.node_id}
+
+        clients = await self._member_clients()
+        for row in rows:
+            if row["id"] in clients:
+                row["client"] = clients[row["id"]]
+        found = await defer.gatherResults(
+            [defer.Deferred.fromCoroutine(row_of(r)) for r in rows], consumeErrors=True)
+        for row in found:
+            row.pop("node_id", None)
+        return list(found)
+
+    async def _member_clients(self) -> dict[str, str]:
+        """Member id -> client address, from the first node that answers a status request."""
+        per_node = min(self.timeout, 3.0)
+        for address in self.addresses:
+            try:
+                reply = await self._ask_status(address, per_node)
+            except Exception:
+                continue
+            clients = {m.id: m.client for m in reply.members}
+            return clients or {reply.row.id: address}
+        raise ClusterUnavailable("no node answered at " + ", ".join(self.addresses))
+
     # --- files -------------------------------------------------------------------
 
     async def put(self, source: str | os.PathLike | BinaryIO, remote: str,
@@ -245,10 +336,13 @@ class StorgClient:
             upload_source = UploadSource.open(source)
         else:
             upload_source = UploadSource(source)
-        upload = Upload(self.reactor, upload_source, path, self.client_id, self.next_seq(), progress)
+        session = self.sessions.acquire()
+        upload = Upload(self.reactor, upload_source, path, session.client_id, session.next_seq(),
+                        progress)
         try:
             return await self.retrying(upload.attempt)
         finally:
+            self.sessions.release(session)
             upload_source.close()
 
     async def get(self, remote: str, sink: str | os.PathLike | BinaryIO, stale: bool = False,
@@ -317,9 +411,111 @@ class StorgClient:
         committed the first time answers success, not "not found".
         """
         path = normalize_path(remote)
-        seq = self.next_seq()
-        reply = await self.call_leader(lambda rid: RmRequest(rid, path, self.client_id, seq))
+        session = self.sessions.acquire()
+        seq = session.next_seq()
+        try:
+            reply = await self.call_leader(lambda rid: RmRequest(rid, path, session.client_id, seq))
+        finally:
+            self.sessions.release(session)
         return reply.version
+
+    # --- membership and leadership -------------------------------------------------
+
+    async def members(self) -> list[MemberInfo]:
+        """The leader's membership: id, role (voter or learner), peer and client address."""
+        reply = await self.call_leader(MemberListRequest)
+        return list(reply.members)
+
+    async def member_add(self, node_id: str, peer: str, client: str, *, learner: bool = False,
+                         progress: Callable[[MemberAddProgress], object] | None = None,
+                         ) -> MemberChanged:
+        """Add ``node_id`` as a learner, wait until it caught up, then make it a voter.
+
+        ``learner=True`` returns once it is a learner.  ``progress`` sees
+        each MemberAddProgress (the learner's match against the leader's
+        last index).  Waiting counts against ``timeout`` only while the
+        learner makes no progress, so a long catch-up is not cut off, but a
+        node that was never started is: ClusterUnavailable, and the node
+        stays a learner (the same call again continues from there).
+        Raises BadRequest for bad ids or addresses.
+        """
+        async def attempt(conn: ClientConnection, deadline: Deadline) -> MemberChanged:
+            best = [-1]
+
+            def on_frame(frame: Any) -> bool:
+                if isinstance(frame, MemberAddProgress):
+                    if best[0] >= 0 and frame.match > best[0]:
+                        deadline.extend()
+                    best[0] = max(best[0], frame.match)
+                    if progress is not None:
+                        progress(frame)
+                    return False
+                if isinstance(frame, MemberChanged):
+                    return True
+                raise ProtocolViolation(f"unexpected {type(frame).__name__} during member add")
+
+            stream = conn.request_stream(
+                lambda rid: MemberAddRequest(rid, node_id, peer, client, learner), on_frame)
+            return await self._within(stream, deadline, lambda: ClusterUnavailable(
+                f"{node_id} did not catch up within the timeout (is it running, with join: true?); "
+                f"it stays a learner: the same member add continues"))
+
+        return await self.retrying(attempt)
+
+    async def member_remove(self, node_id: str) -> MemberChanged:
+        """Remove ``node_id`` (the leader hands leadership over first if it is the one).
+
+        NotFoundError if it is not a member.  A retry after an attempt with
+        an unknown outcome that then finds the member gone reports success:
+        the first attempt removed it.
+        """
+        unknown_outcome = [False]
+
+        async def attempt(conn: ClientConnection, deadline: Deadline) -> MemberChanged:
+            d = conn.request(lambda rid: MemberRemoveRequest(rid, node_id))
+            d.addTimeout(deadline.remaining(), self.reactor)
+            try:
+                return await d
+            except NotFoundError:
+                if unknown_outcome[0]:
+                    return MemberChanged(0, node_id, "removed", 0)
+                raise
+            except ServerError as exc:
+                if exc.code != ErrorCode.NOT_LEADER:
+                    unknown_outcome[0] = True
+                raise
+            except Exception:
+                unknown_outcome[0] = True
+                raise
+
+        return await self.retrying(attempt)
+
+    async def leader_transfer(self, target: str = "") -> LeaderTransferDone:
+        """Hand leadership to ``target`` (or the most up-to-date voter); returns the new leader."""
+        return await self.call_leader(lambda rid: LeaderTransferRequest(rid, target))
+
+    def _within(self, stream: Any, deadline: Deadline,
+                expired: Callable[[], Exception]) -> defer.Deferred:
+        """``stream.done``, failed with ``expired()`` once ``deadline`` passes (it may be pushed back)."""
+        call = [None]
+
+        def check() -> None:
+            if stream.finished:
+                return
+            left = deadline.remaining()
+            if left <= 0:
+                stream.abort(expired())
+            else:
+                call[0] = self.reactor.callLater(left, check)
+
+        check()
+
+        def stop(result: Any) -> Any:
+            if call[0] is not None and call[0].active():
+                call[0].cancel()
+            return result
+
+        return stream.done.addBoth(stop)
 
 
 def _pause(reactor: Any, seconds: float) -> defer.Deferred:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 from collections import deque
 from collections.abc import Callable
@@ -154,8 +155,7 @@ class UploadSource:
             st = os.fstat(self.f.fileno())
         except (OSError, ValueError, AttributeError):
             return None
-        import stat as stat_module
-        if stat_module.S_ISREG(st.st_mode):
+        if stat.S_ISREG(st.st_mode):
             return max(st.st_size - self.start, 0)
         return None
 

@@ -234,6 +234,23 @@ class RaftCore:
             raise NotLeader(NONE)
         self._send(MT.TRANSFER_LEADER, self.leader, context=to.encode("utf-8"))
 
+    def snapshot_meta_at(self, index: int) -> SnapshotMeta:
+        """The meta a state-machine snapshot taken at ``index`` (<= applied) carries.
+
+        Nothing is dropped: the driver writes the snapshot first and calls
+        :meth:`compact` only once it is durable.
+        """
+        snap = self._log.snapshot
+        if index == snap.index:
+            return snap
+        if index < snap.index or index > self.applied_index:
+            raise ValueError(
+                f"snapshot_meta_at({index}) outside [{snap.index}, applied={self.applied_index}]")
+        term = self._log.term_at(index)
+        if term is None:
+            raise ValueError(f"snapshot_meta_at({index}): not in the log")
+        return SnapshotMeta(index, term, self._conf_at(index))
+
     def compact(self, index: int) -> SnapshotMeta:
         """Drop entries up to ``index`` (<= applied); return the snapshot's meta."""
         snap = self._log.snapshot

@@ -17,15 +17,35 @@ chunks stream from the local store or from a holder, each verified against
 its hash before a byte of it is sent, with the next chunk read while the
 current one is being sent.
 
+Placement: each fresh chunk goes to the R voters holding the fewest bytes
+(the chunk map's per-node totals plus what uploads in flight have placed),
+reachable ones first, ties broken by rendezvous hashing; so copies spread
+evenly and a new node fills up first.
+
 Garbage: chunks no file refers to are collected by the leader through the
 log (``CollectChunksCommand``), never while an upload on this leader uses
 them; chunk files that never made it into the chunk map (an upload whose
-client went away) are deleted by each node after a grace period.
+client went away), or whose node is no longer a recorded holder (repair
+moved the copy elsewhere), are deleted by each node after a grace period.
+
+The race between a collect and a new upload of the same bytes is closed in
+three places.  A dedup reuse is refused by the state machine if the chunk
+is gone at apply time (ChunkMissing; the client retries).  A fresh copy is
+only written once the writer has applied every collect the leader could
+have proposed before it pinned the chunk (the *collect barrier*, sent along
+in ``ChunkPutAfter``), so no collect entry deletes a copy about to be
+recorded.  And on every node the changes to one chunk's file (write,
+collect's delete, orphan delete) run in the order they were issued
+(:class:`ChunkOps`), not in whatever order a thread pool picks.
+
+Repair (the leader) and scrub (every node) live in storg.server.repair and
+storg.server.scrub; this service owns them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -35,18 +55,20 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from storg.config import FileTuning
 from storg.node import RaftNode
 from storg.paths import InvalidPath, normalize_path, normalize_prefix
 from storg.raft.types import Role
 from storg.server.chunk_io import ChunkUnavailable, Chunks
 from storg.server.client_port import ClientConnection, RequestError
+from storg.storage.chunks import ChunkStore
 from storg.storage.errors import ChunkNotFoundError, CorruptionError, HashMismatchError
 from storg.wire import CODEC, ErrorCode
 from storg.wire.files import (
-    ChunkData, ChunkGet, ChunkPut, ChunkRef, ChunkStored, CollectChunksCommand, GetData, GetEnd,
-    GetRequest, GetStart, LsReply, LsRequest, PutData, PutDone, PutEnd, PutFileCommand,
-    PutInlineCommand, PutReady,
-    PutStart, RemoveFileCommand, RmDone, RmRequest, StatReply, StatRequest,
+    ChunkData, ChunkGet, ChunkPut, ChunkPutAfter, ChunkRef, ChunkStored, CollectChunksCommand,
+    GetData, GetEnd, GetRequest, GetStart, LsReply, LsRequest, PutData, PutDone, PutEnd,
+    PutFileCommand, PutInlineCommand, PutReady, PutStart, RemoveFileCommand, RmDone, RmRequest,
+    ScrubStatusReply, ScrubStatusRequest, StatReply, StatRequest,
 )
 
 log = Logger(namespace="storg.files")
@@ -69,15 +91,158 @@ benchmarks/file_bench.py: see the README.
 """
 
 
-def place(chunk_hash: str, nodes: list[str], copies: int) -> list[str]:
-    """Rendezvous hashing: each chunk ranks the nodes by hash(chunk, node) and takes the first ones.
+APPLY_WAIT = 10.0
+"""Seconds a node waits to catch up to a ChunkPutAfter's index before refusing the chunk."""
 
-    Every node computes the same holders without coordination, copies
-    spread evenly over the nodes, and adding a node moves only the chunks
-    that now rank it first.
+
+def rendezvous(chunk_hash: str, node: str) -> bytes:
+    """The rank of ``node`` for ``chunk_hash``: the same on every node, different per chunk."""
+    return hashlib.sha256(f"{chunk_hash}/{node}".encode()).digest()
+
+
+def place(chunk_hash: str, nodes: list[str], copies: int, usage: dict[str, int] | None = None,
+          avoid: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """The ``copies`` nodes a chunk goes to: least used first, never two copies on one node.
+
+    ``usage`` is bytes held per node; nodes in ``avoid`` (unreachable) come
+    last.  Ties, which are all there is on an empty cluster, go by
+    rendezvous hashing, so chunks of equal usage still spread over the
+    nodes instead of all ranking the same one first.
     """
-    ranked = sorted(nodes, key=lambda n: hashlib.sha256(f"{chunk_hash}/{n}".encode()).digest())
+    usage = usage or {}
+    ranked = sorted(set(nodes), key=lambda n: (n in avoid, usage.get(n, 0), rendezvous(chunk_hash, n)))
     return ranked[:copies]
+
+
+class AppliedWaiter:
+    """Deferreds that fire once this node has applied the log up to an index."""
+
+    def __init__(self, node: RaftNode, reactor: Any, poll: float = 0.05) -> None:
+        self.node = node
+        self.reactor = reactor
+        self.poll = poll
+        self._waiting: list[tuple[int, defer.Deferred]] = []
+        self._call: Any = None
+        node.on_applied(self._check)
+
+    def wait(self, index: int, timeout: float = APPLY_WAIT) -> defer.Deferred:
+        """Fires with the applied index, or fails with defer.TimeoutError after ``timeout``."""
+        if self.node.applied_index >= index:
+            return defer.succeed(self.node.applied_index)
+        d: defer.Deferred = defer.Deferred()
+        self._waiting.append((index, d))
+        d.addTimeout(timeout, self.reactor)
+        self._schedule()
+        return d
+
+    def _schedule(self) -> None:
+        # A snapshot install moves the applied index without an on_applied call: poll too.
+        if self._waiting and (self._call is None or not self._call.active()):
+            self._call = self.reactor.callLater(self.poll, self._check)
+
+    def _check(self, _applied: Any = None) -> None:
+        applied = self.node.applied_index
+        waiting, self._waiting = self._waiting, []
+        for index, d in waiting:
+            if d.called:
+                continue
+            if applied >= index:
+                d.callback(applied)
+            else:
+                self._waiting.append((index, d))
+        self._schedule()
+
+    def stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+
+
+def _put_and_touch(store: ChunkStore, data: bytes, chunk_hash: str, durable: bool) -> str:
+    """Store a chunk and make its file look new, so the orphan collector's grace starts again.
+
+    ``put`` of a chunk already intact here is a no-op that leaves an old
+    mtime; without the touch, a copy about to be recorded could be taken
+    for an old orphan.
+    """
+    store.put(data, chunk_hash, durable=durable)
+    try:
+        os.utime(store.path(chunk_hash))
+    except FileNotFoundError:
+        store.put(data, chunk_hash, durable=durable)
+    return chunk_hash
+
+
+def _delete_older(store: ChunkStore, hashes: list[str], cutoff: float) -> int:
+    """Delete the chunk files last written before ``cutoff``; the check is redone here, in order."""
+    removed = 0
+    for chunk_hash in hashes:
+        try:
+            if store.path(chunk_hash).stat().st_mtime >= cutoff:
+                continue
+        except FileNotFoundError:
+            continue
+        removed += store.delete(chunk_hash)
+    return removed
+
+
+def _delete_all(store: ChunkStore, hashes: list[str]) -> int:
+    return sum(1 for h in hashes if store.delete(h))
+
+
+class ChunkOps:
+    """Changes to this node's chunk files, run per chunk in the order they are issued.
+
+    The thread pool runs jobs in any order; a collect's delete issued at
+    apply, then a write of the same chunk issued later, must not run the
+    other way round.  Each chunk with work pending has a tail Deferred; a
+    new job for it starts when the tail fires.  A batch (a collect's
+    thousand deletes) is one job that waits for all its chunks' tails.
+    """
+
+    def __init__(self, local: Any) -> None:
+        self.local = local
+        self.store: ChunkStore = local.store
+        self._tails: dict[str, defer.Deferred] = {}
+
+    def busy(self, chunk_hash: str) -> bool:
+        return chunk_hash in self._tails
+
+    def run(self, hashes: list[str], fn: Callable[..., Any], *args: Any) -> defer.Deferred:
+        """Run ``fn(*args)`` in the pool after every earlier job on ``hashes``; fires with its result."""
+        before = [self._tails[h] for h in hashes if h in self._tails]
+        tail: defer.Deferred = defer.Deferred()
+        for h in hashes:
+            self._tails[h] = tail
+        result: defer.Deferred = defer.Deferred()
+
+        def finish(outcome: Any) -> None:
+            for h in hashes:
+                if self._tails.get(h) is tail:
+                    del self._tails[h]
+            tail.callback(None)
+            result.callback(outcome)
+
+        def start(_: Any = None) -> None:
+            self.local._run(fn, *args).addBoth(finish)
+
+        if not before:
+            start()
+        elif len(before) == 1:
+            before[0].addCallback(start)
+        else:
+            defer.DeferredList(before).addCallback(start)
+        return result
+
+    def put(self, chunk_hash: str, data: bytes, durable: bool = True) -> defer.Deferred:
+        return self.run([chunk_hash], _put_and_touch, self.store, data, chunk_hash, durable)
+
+    def delete(self, hashes: list[str]) -> defer.Deferred:
+        hashes = list(dict.fromkeys(hashes))
+        return self.run(hashes, _delete_all, self.store, hashes)
+
+    def delete_older(self, hashes: list[str], cutoff: float) -> defer.Deferred:
+        hashes = list(dict.fromkeys(hashes))
+        return self.run(hashes, _delete_older, self.store, hashes, cutoff)
 
 
 def _bad_path(exc: InvalidPath) -> RequestError:
@@ -100,6 +265,7 @@ class Upload:
         self.reading_paused = False
         self.aborted: Exception | None = None
         self.pinned: list[str] = []
+        self.placed: list[tuple[str, int]] = []
 
     def data(self, data: bytes) -> None:
         if self.aborted is not None:
@@ -118,7 +284,7 @@ class Upload:
         if not self.reading_paused and self.in_flight > self.service.upload_window:
             self.reading_paused = True
             self.conn.pause_reading()
-        d = self.service.replicate(chunk, self.pinned)
+        d = self.service.replicate(chunk, self.pinned, self.placed)
         d.addBoth(self._chunk_settled, len(chunk))
         self.chunk_results.append(d)
 
@@ -149,7 +315,7 @@ class Upload:
                                f"the upload arrived as {self.size} bytes with SHA-256 {sha}; "
                                f"the client sent {end.size} bytes with SHA-256 {end.sha256}")
         if self.inline is not None:
-            holders = tuple(sorted(self.service.node.core.conf.members()))
+            holders = tuple(sorted(self.service.inline_holders(self.inline)))
             command = PutInlineCommand(self.start.client_id, self.start.seq, time.time_ns(),
                                        self.path, self.inline, holders)
             info = yield self.service.node.propose(CODEC.encode(command))
@@ -173,34 +339,50 @@ class FileService:
 
     def __init__(self, node: RaftNode, fsm: Any, chunks: Chunks, *, replication_factor: int,
                  chunk_size: int, reactor: Any, upload_window_chunks: int = 4,
-                 all_copies_grace: float = 2.0, gc_interval: float = 30.0,
-                 orphan_grace: float = 3600.0,
+                 all_copies_grace: float = 2.0, gc_interval: float | None = None,
+                 orphan_grace: float | None = None, tuning: FileTuning | None = None,
                  address_of: Callable[[str], str] = lambda node_id: "") -> None:
+        from storg.server.repair import Repairer
+        from storg.server.scrub import Scrubber
+
+        tuning = tuning or FileTuning(replication_factor, chunk_size)
+        self.tuning = tuning
         self.node = node
         self.address_of = address_of
         self.fsm = fsm
         self.chunks = chunks
+        self.ops = ChunkOps(chunks.local)
         self.replication_factor = replication_factor
         self.chunk_size = chunk_size
         self.reactor = reactor
         self.upload_window = upload_window_chunks * chunk_size
         self.all_copies_grace = all_copies_grace
-        self.gc_interval = gc_interval
-        self.orphan_grace = orphan_grace
+        self.gc_interval = gc_interval if gc_interval is not None else tuning.gc_interval_s
+        self.orphan_grace = orphan_grace if orphan_grace is not None else tuning.orphan_grace_s
         self._uploads: dict[tuple[int, int], Upload] = {}
         self._pins: Counter[str] = Counter()
+        self._pending_usage: Counter[str] = Counter()
+        self._barrier_term = -1
+        self._barrier_index = 0
         self._gc: LoopingCall | None = None
         self.stats = Counter()
         fsm.on_chunks_removed = self._chunks_removed
         fsm.on_inline_chunk = self._inline_chunk
         self._unsynced: set[str] = set()
+        self.applied = AppliedWaiter(node, reactor)
         node.on_role_change(self._role_changed)
+        self.repairer = Repairer(self, grace=tuning.repair_grace_s,
+                                 rate=tuning.repair_rate_mb_s * (1 << 20),
+                                 interval=tuning.repair_interval_s)
+        self.scrubber = Scrubber(self, rate=tuning.scrub_rate_mb_s * (1 << 20),
+                                 interval=tuning.scrub_interval_s)
 
     def handlers(self) -> dict[type, Callable[[Any, ClientConnection], Any]]:
         return {
             PutStart: self.put_start, PutData: self.put_data, PutEnd: self.put_end,
             GetRequest: self.get, LsRequest: self.ls, StatRequest: self.stat, RmRequest: self.rm,
-            ChunkPut: self.chunk_put, ChunkGet: self.chunk_get,
+            ChunkPut: self.chunk_put, ChunkGet: self.chunk_get, ChunkPutAfter: self.chunk_put_after,
+            ScrubStatusRequest: self.scrub_status,
         }
 
     def start(self) -> None:
@@ -208,10 +390,15 @@ class FileService:
         self._gc.clock = self.reactor
         self._gc.start(self.gc_interval, now=False).addErrback(
             lambda f: log.failure("garbage collection loop stopped", f))
+        self.repairer.start()
+        self.scrubber.start()
 
     def stop(self) -> None:
         if self._gc is not None and self._gc.running:
             self._gc.stop()
+        self.repairer.stop()
+        self.scrubber.stop()
+        self.applied.stop()
         for upload in list(self._uploads.values()):
             upload.abort(RequestError(ErrorCode.UNAVAILABLE, "node stopping"))
 
@@ -251,6 +438,8 @@ class FileService:
         upload = self._uploads.pop(key, None)
         if upload is not None:
             self._unpin(upload.pinned)
+            # Applied (then the chunk map counts these bytes) or failed: no longer pending.
+            self._unplace(upload.placed)
         return result
 
     def _connection_gone(self, key: tuple[int, int]) -> None:
@@ -271,8 +460,13 @@ class FileService:
                                           self._leader_address()))
 
     @defer.inlineCallbacks
-    def replicate(self, chunk: bytes, pins: list[str]):
-        """Store one chunk on its holders; fires with the ChunkRef to record."""
+    def replicate(self, chunk: bytes, pins: list[str], placed: list[tuple[str, int]] | None = None):
+        """Store one chunk on its holders; fires with the ChunkRef to record.
+
+        The chunk is pinned first (this leader proposes no collect of it
+        from now on), then the collect barrier is awaited, so the chunk
+        map's answer about it can no longer be changed by a collect.
+        """
         chunk_hash = yield self.chunks.local.hash(chunk)
         self._pins[chunk_hash] += 1
         pins.append(chunk_hash)
@@ -283,13 +477,79 @@ class FileService:
         if known is not None and len(known.holders) >= need:
             self.stats["chunks_deduplicated"] += 1
             return ChunkRef(chunk_hash, len(chunk), ())
-        holders = place(chunk_hash, voters, copies)
-        acked = yield self._store_on_holders(chunk_hash, chunk, holders, need)
+        barrier = self.collect_barrier()
+        try:
+            yield self.applied.wait(barrier)
+        except defer.TimeoutError:
+            raise RequestError(ErrorCode.UNAVAILABLE, "the leader is not applying its log") from None
+        known = self.fsm.chunk(chunk_hash)
+        if known is not None and len(known.holders) >= need:
+            self.stats["chunks_deduplicated"] += 1
+            return ChunkRef(chunk_hash, len(chunk), ())
+        holders = place(chunk_hash, voters, copies, self.projected_usage(), self.repairer.unreachable())
+        placed = placed if placed is not None else []
+        for holder in holders:
+            self._pending_usage[holder] += len(chunk)
+            placed.append((holder, len(chunk)))
+        acked = yield self._store_on_holders(chunk_hash, chunk, holders, need, barrier)
         self.stats["chunks_stored"] += 1
         return ChunkRef(chunk_hash, len(chunk), tuple(sorted(acked)))
 
+    def projected_usage(self) -> dict[str, int]:
+        """Bytes per node: the chunk map's, plus what uploads in flight have placed (leader)."""
+        usage = Counter(self.fsm.usage())
+        usage.update(self._pending_usage)
+        return dict(usage)
+
+    def _unplace(self, placed: list[tuple[str, int]]) -> None:
+        for holder, size in placed:
+            self._pending_usage[holder] -= size
+            if self._pending_usage[holder] <= 0:
+                del self._pending_usage[holder]
+        placed.clear()
+
+    def inline_holders(self, data: bytes) -> list[str]:
+        """Where a small file's bytes are written on apply: placed like any chunk."""
+        voters = sorted(self.node.core.conf.voters)
+        copies = min(self.replication_factor, len(voters))
+        return place(hashlib.sha256(data).hexdigest(), voters, copies, self.projected_usage(),
+                     self.repairer.unreachable())
+
+    def collect_barrier(self) -> int:
+        """An index at or after every collect entry this leader's log holds or it proposed.
+
+        Entries of earlier terms all sit below the log's end at the first
+        call in a term; this leader's own collects raise it as proposed.  A
+        chunk pinned now is collected by no entry above it.
+        """
+        if self._barrier_term != self.node.term:
+            self._barrier_term = self.node.term
+            self._barrier_index = self.node.core.last_index
+        return self._barrier_index
+
+    def _raise_barrier(self) -> None:
+        self.collect_barrier()
+        self._barrier_index = max(self._barrier_index, self.node.core.last_index)
+
+    def store_on(self, holder: str, chunk_hash: str, data: bytes, index: int) -> defer.Deferred:
+        """Store a chunk durably on ``holder`` once it has applied up to ``index``; fires with holder."""
+        if holder == self.node.node_id:
+            return self.ops.put(chunk_hash, data).addCallback(lambda _: holder)
+        return self._put_remote(holder, chunk_hash, data, index)
+
+    @defer.inlineCallbacks
+    def _put_remote(self, holder: str, chunk_hash: str, data: bytes, index: int):
+        remote = self.chunks.remote
+        conn = yield remote._connection(holder)
+        d = conn.request(lambda rid: ChunkPutAfter(rid, chunk_hash, index, data))
+        d.addTimeout(remote.timeout, self.reactor)
+        reply = yield d
+        if not isinstance(reply, ChunkStored) or reply.hash != chunk_hash:
+            raise ChunkUnavailable(f"{holder} answered {type(reply).__name__} to a chunk put")
+        return holder
+
     def _store_on_holders(self, chunk_hash: str, chunk: bytes, holders: list[str],
-                          need: int) -> defer.Deferred:
+                          need: int, index: int = 0) -> defer.Deferred:
         """Fires with the holders that acknowledged, once all did, or a majority did and
         the others failed or had ``all_copies_grace`` seconds more; fails below a majority."""
         done: defer.Deferred = defer.Deferred()
@@ -327,7 +587,7 @@ class FileService:
             settle()
 
         for holder in holders:
-            self.chunks.store_on(holder, chunk_hash, chunk).addCallbacks(ok, bad, errbackArgs=(holder,))
+            self.store_on(holder, chunk_hash, chunk, index).addCallbacks(ok, bad, errbackArgs=(holder,))
         return done
 
     def _unpin(self, hashes: list[str]) -> None:
@@ -408,10 +668,38 @@ class FileService:
     @defer.inlineCallbacks
     def chunk_put(self, req: ChunkPut, conn: ClientConnection):
         try:
-            yield self.chunks.local.put(req.data, req.hash)
+            yield self.ops.put(req.hash, req.data)
         except HashMismatchError as exc:
             raise RequestError(ErrorCode.BAD_REQUEST, str(exc)) from None
         return ChunkStored(req.request_id, req.hash)
+
+    @defer.inlineCallbacks
+    def chunk_put_after(self, req: ChunkPutAfter, conn: ClientConnection):
+        """A chunk from the leader (upload or repair): written after the collects it must follow."""
+        try:
+            yield self.applied.wait(req.index)
+        except defer.TimeoutError:
+            raise RequestError(ErrorCode.UNAVAILABLE,
+                               f"{self.node.node_id} has not applied up to index {req.index}") from None
+        try:
+            yield self.ops.put(req.hash, req.data)
+        except HashMismatchError as exc:
+            raise RequestError(ErrorCode.BAD_REQUEST, str(exc)) from None
+        return ChunkStored(req.request_id, req.hash)
+
+    def scrub_status(self, req: ScrubStatusRequest, conn: ClientConnection) -> ScrubStatusReply:
+        """This node's scrub and repair counters (``storgctl scrub``); ``start`` begins a pass."""
+        scrub = self.scrubber
+        if req.start:
+            scrub.start_pass()
+        counts = scrub.counters
+        under = self.repairer.under_replicated if self.node.is_leader() and \
+            self.repairer.rounds else scrub.under_replicated
+        return ScrubStatusReply(
+            req.request_id, self.node.node_id, scrub.running, counts["passes"],
+            counts["chunks_checked"], counts["bytes_checked"], counts["bad_copies"],
+            counts["missing_copies"], counts["repairs_done"] + self.repairer.counters["copies"],
+            under, self.stats["chunks_collected"], self.stats["orphans_removed"])
 
     @defer.inlineCallbacks
     def chunk_get(self, req: ChunkGet, conn: ClientConnection):
@@ -435,7 +723,9 @@ class FileService:
                 candidates = [h for h in self.fsm.unreferenced_chunks() if h not in self._pins]
                 if candidates:
                     command = CollectChunksCommand(tuple(candidates[:1000]))
-                    yield self.node.propose(CODEC.encode(command))
+                    d = self.node.propose(CODEC.encode(command))
+                    self._raise_barrier()
+                    yield d
             yield self.collect_orphans()
         except Exception as exc:  # no quorum now: try again next round
             log.info("garbage collection skipped this round: {why}", why=exc)
@@ -464,15 +754,33 @@ class FileService:
             return old
 
         old = yield self.chunks.local._run(scan)
-        orphans = [h for h in old if known(h) is None and h not in pins]
+        me = self.node.node_id
+
+        def unwanted(chunk_hash: str) -> bool:
+            # Not in the map (a crashed upload), or a copy the map places elsewhere
+            # (repair replaced this node while it was away).
+            chunk = known(chunk_hash)
+            return chunk is None or me not in chunk.holders
+
+        orphans = [h for h in old if h not in pins and unwanted(h)]
         if orphans:
-            removed = yield self.chunks.local.delete_many(orphans)
+            removed = yield self.ops.delete_older(orphans, cutoff)
             self.stats["orphans_removed"] += removed
-            log.info("removed {n} orphan chunk files", n=removed)
+            if removed:
+                log.info("removed {n} orphan chunk files", n=removed)
 
     def _inline_chunk(self, chunk_hash: str, data: bytes, holders: tuple[str, ...]) -> None:
-        """A small file applied: write its bytes here now (no fsync: the log holds them)."""
+        """A small file applied: write its bytes here now (no fsync: the log holds them).
+
+        If a delete of the same chunk is still queued (a collect just
+        before), the write queues behind it instead of being undone by it.
+        """
         if self.node.node_id not in holders:
+            return
+        if self.ops.busy(chunk_hash):
+            d = self.ops.put(chunk_hash, data, durable=False)
+            d.addCallback(lambda _: self._unsynced.add(chunk_hash))
+            d.addErrback(lambda f: log.failure("writing small file chunk {h} failed", f, h=chunk_hash))
             return
         self.chunks.local.store.put(data, chunk_hash, durable=False)
         self._unsynced.add(chunk_hash)
@@ -489,7 +797,7 @@ class FileService:
         if not hashes:
             return
         self.stats["chunks_collected"] += len(hashes)
-        self.chunks.local.delete_many(hashes).addErrback(
+        self.ops.delete(list(hashes)).addErrback(
             lambda f: log.failure("deleting collected chunks failed", f))
 
     # -- helpers ---------------------------------------------------------------

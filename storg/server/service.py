@@ -31,6 +31,7 @@ from storg.server.chunk_io import Chunks, LocalChunks, RemoteChunks
 from storg.server.client_port import ClientPortFactory
 from storg.server.files import FileService
 from storg.server.peer import PeerTransport
+from storg.server.snapshots import NodeSnapshots, load_snapshot
 from storg.storage.chunks import ChunkStore
 from storg.storage.identity import load_or_create
 from storg.storage.logstore import DiskLogStore
@@ -78,6 +79,7 @@ class NodeService(service.MultiService):
         self.directory = MemberDirectory.from_config(config)
         self.files: FileService | None = None
         self.file_options: dict = {}
+        self.snapshots: NodeSnapshots | None = None
         self._stopping = False
 
     # -- start -------------------------------------------------------------
@@ -97,6 +99,8 @@ class NodeService(service.MultiService):
         self.directory.load_known_instances(cfg.data_dir)
         self.log_store = DiskLogStore(cfg.data_dir)
         self._state = self.log_store.load()
+        # Before the reactor runs, so reading the snapshot here blocks nothing.
+        self._loaded_snapshot = load_snapshot(self.log_store)
         self.chunk_store = ChunkStore(cfg.data_dir / "chunks")
         self._load_seconds = time.monotonic() - started
 
@@ -111,6 +115,11 @@ class NodeService(service.MultiService):
             cfg.node_id, raft_config(cfg), random.Random(os.urandom(16)),
             hard_state=state.hard_state, snapshot=state.snapshot, entries=state.entries,
         )
+        self.fsm = FileStoreStateMachine(self.directory)
+        if self._loaded_snapshot is not None:
+            # Before the transport: the snapshot's member addresses are peers too.
+            self.fsm.install(self._loaded_snapshot)
+            self._loaded_snapshot = None
         self.transport = PeerTransport(
             cfg.node_id, self.cluster_id, self.instance_id,
             {nid: m.peer for nid, m in self.directory.peers(cfg.node_id).items()},
@@ -119,16 +128,19 @@ class NodeService(service.MultiService):
             reactor=self.reactor,
             accept_peer=self._accept_peer,
         )
-        self.fsm = FileStoreStateMachine(self.directory)
         self.node = RaftNode(
             core, self.log_store, self.fsm, self.transport.send,
             reactor=self.reactor, tick_seconds=TICK_MS / 1000.0, on_fatal=self._storage_failed,
         )
+        self.snapshots = NodeSnapshots(
+            self.node, self.fsm, self.log_store, every=cfg.raft.snapshot_every, reactor=self.reactor,
+            address_of=self._client_address, send_message=self.transport.send)
         self.local_chunks = LocalChunks(self.chunk_store, self.reactor)
         self.remote_chunks = RemoteChunks(self.reactor, self._client_address)
         self.files = FileService(
             self.node, self.fsm, Chunks(cfg.node_id, self.local_chunks, self.remote_chunks),
             replication_factor=cfg.files.replication_factor, chunk_size=cfg.files.chunk_size,
+            tuning=cfg.files,
             reactor=self.reactor, address_of=self._client_address, **self.file_options,
         )
         self.directory.on_change(self._members_changed)
@@ -147,9 +159,11 @@ class NodeService(service.MultiService):
         self.files.start()
         if core.conf.voters == frozenset({cfg.node_id}) and core.role != Role.LEADER:
             core.campaign()  # a cluster of one serves at once
-        log.info("{node} started in {ms:.0f} ms: cluster {cluster}, term {term}, last index {last}, "
-                 "members {members}", node=cfg.node_id, ms=(time.monotonic() - started) * 1000,
-                 cluster=self.cluster_id, term=core.term, last=core.last_index,
+        log.info("{node} started in {ms:.0f} ms: cluster {cluster}, term {term}, snapshot at index "
+                 "{snapshot} + {tail} log entries, last index {last}, members {members}",
+                 node=cfg.node_id, ms=(time.monotonic() - started) * 1000,
+                 cluster=self.cluster_id, term=core.term, snapshot=core.snapshot_meta.index,
+                 tail=len(state.entries), last=core.last_index,
                  members=",".join(sorted(core.conf.members())) or "(none yet: waiting to join)")
 
     def _install_sigterm_handler(self) -> None:
@@ -197,6 +211,8 @@ class NodeService(service.MultiService):
             self.remote_chunks.close()
         if self.transport is not None:
             yield self.transport.stop()
+        if self.snapshots is not None:
+            yield self.snapshots.stop()
         if node is not None:
             yield node.stop()
         if self.files is not None:
@@ -235,6 +251,11 @@ class NodeService(service.MultiService):
             ProbeRead: self.probe_read,
         }
         handlers.update(self.files.handlers())
+        handlers.update(self.snapshots.handlers())
+        if getattr(self, "admin", None) is None:
+            from storg.server.admin import MembershipAdmin
+            self.admin = MembershipAdmin.for_service(self)
+        handlers.update(self.admin.handlers())
         return handlers
 
     def _client_address(self, node_id: str) -> str:

@@ -14,46 +14,54 @@ change of the commit index alone is kept in memory and written with the next
 term or vote change and on close.  A node that restarts with an older commit
 index simply learns the commit index again from the leader, and the state
 machine is rebuilt from the snapshot and the log either way.
+
+Snapshots are written by three parties: the node's automatic snapshots
+(a thread of their own), a snapshot streamed in from the leader (the
+receiver's thread) and the index-0 membership a joining node adopts (the
+storage thread).  The snapshot store keeps only the latest file, so every
+commit goes through :meth:`DiskLogStore.commit_snapshot` under one lock,
+which also keeps an automatic snapshot from replacing a newer one that was
+received meanwhile.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 from storg.raft.types import Entry, HardState, PersistedState, SnapshotMeta
-from storg.storage.errors import CorruptionError
+from storg.storage.errors import CorruptionError, StorageError
 from storg.storage.hardstate import HardStateStore
-from storg.storage.snapshot import SnapshotStore
-from storg.storage.wal import WriteAheadLog
+from storg.storage.snapshot import SnapshotReader, SnapshotStore, SnapshotWriter
+from storg.storage.wal import DEFAULT_SEGMENT_BYTES, WriteAheadLog
 
 
 class DiskLogStore:
     """Call ``load()`` once, then ``persist()``/``compact()`` from one thread at a time."""
 
-    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, data_dir: str | os.PathLike[str], *, segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> None:
         self.data_dir = Path(data_dir)
+        self.segment_bytes = segment_bytes
         self.hard_states = HardStateStore(self.data_dir)
         self.snapshots = SnapshotStore(self.data_dir / "snap")
         self.wal: WriteAheadLog | None = None
         self._saved = HardState()
         self._latest = HardState()
+        self._snapshot_lock = threading.Lock()
 
     def load(self) -> PersistedState:
         """Recover: the latest snapshot, the hard state, and the log entries after the snapshot."""
-        self.wal = WriteAheadLog.open(self.data_dir / "wal")
+        self.wal = WriteAheadLog.open(self.data_dir / "wal", self.segment_bytes)
         hard_state = self.hard_states.load() or HardState()
         self._saved = self._latest = hard_state
         snapshot = self.snapshots.latest() or SnapshotMeta()
         wal = self.wal
-        if snapshot.index > 0:
-            covered = wal.first_index <= snapshot.index <= wal.last_index
-            if not covered or wal.term_at(snapshot.index) != snapshot.term:
-                # The log does not continue the snapshot (a crash while
-                # installing one): the snapshot is the truth, the log restarts after it.
-                if wal.last_index >= wal.first_index or wal.first_index != snapshot.index + 1:
-                    wal.reset(snapshot.index + 1)
+        if snapshot.index > 0 and not self._continues(snapshot):
+            # The log does not continue the snapshot (a crash while
+            # installing one): the snapshot is the truth, the log restarts after it.
+            wal.reset(snapshot.index + 1)
         start = max(wal.first_index, snapshot.index + 1)
         if start > snapshot.index + 1:
             raise CorruptionError(wal.directory, None,
@@ -65,11 +73,17 @@ class DiskLogStore:
     def persist(self, snapshot: SnapshotMeta | None, entries: Sequence[Entry],
                 hard_state: HardState | None) -> None:
         wal = self._wal()
-        if snapshot is not None:
+        if snapshot is not None and snapshot.index == 0:
+            self._persist_membership(snapshot)
+        elif snapshot is not None:
             # The snapshot's data was written to self.snapshots by whoever
             # received it; the log must now continue from it.
-            if not (wal.first_index <= snapshot.index <= wal.last_index
-                    and wal.term_at(snapshot.index) == snapshot.term):
+            current = self.latest_snapshot()
+            if current is None or (current.index, current.term) != (snapshot.index, snapshot.term):
+                raise StorageError(
+                    f"asked to install the snapshot at index {snapshot.index} term {snapshot.term}, "
+                    f"but the snapshot store holds {current}")
+            if not self._continues(snapshot):
                 wal.reset(snapshot.index + 1)
         if entries:
             wal.append(entries)
@@ -81,6 +95,52 @@ class DiskLogStore:
 
     def compact(self, index: int) -> None:
         self._wal().compact(index)
+
+    def _continues(self, snapshot: SnapshotMeta) -> bool:
+        """Whether the log goes on from ``snapshot``: it holds the snapshot's last entry
+        (same term), or it starts right after it (a log reset when the snapshot was installed)."""
+        wal = self._wal()
+        if wal.first_index == snapshot.index + 1:
+            return True
+        return (wal.first_index <= snapshot.index <= wal.last_index
+                and wal.term_at(snapshot.index) == snapshot.term)
+
+    # -- snapshots (any thread; commits are serialized) ----------------------
+
+    def begin_snapshot(self, meta: SnapshotMeta) -> SnapshotWriter:
+        """A writer for a new snapshot; finish it with :meth:`commit_snapshot`."""
+        return self.snapshots.begin(meta)
+
+    def commit_snapshot(self, writer: SnapshotWriter, *, replace_newer: bool = False) -> bool:
+        """Make ``writer``'s snapshot the current one; False (and aborted) if refused.
+
+        An automatic snapshot is refused when the current one is at or past
+        its index (one received from the leader overtook it).  A snapshot
+        received from the leader (``replace_newer``) is always committed:
+        the follower's core asked for exactly that one.
+        """
+        with self._snapshot_lock:
+            current = self.snapshots.latest()
+            if not replace_newer and current is not None and current.index >= writer.meta.index:
+                writer.abort()
+                return False
+            writer.commit()
+            return True
+
+    def latest_snapshot(self) -> SnapshotMeta | None:
+        with self._snapshot_lock:
+            return self.snapshots.latest()
+
+    def open_snapshot(self) -> SnapshotReader | None:
+        """A reader over the current snapshot (None if there is none); the caller closes it."""
+        with self._snapshot_lock:
+            return self.snapshots.open_latest()
+
+    def _persist_membership(self, snapshot: SnapshotMeta) -> None:
+        """A joiner's index-0 membership: a snapshot without data, so it survives a restart."""
+        with self._snapshot_lock:
+            if self.snapshots.latest() is None:
+                self.snapshots.begin(snapshot).commit()
 
     def close(self) -> None:
         """Write the latest commit index too, then close the log."""

@@ -38,6 +38,8 @@ from storg.wire.messages import (
 )
 from storg.wire.records import CodecError, Reader
 from storg.wire import files  # noqa: E402,F401  (registers the file store's frames on CODEC)
+from storg.wire import snapshots  # noqa: E402,F401  (registers the snapshot streaming frames)
+from storg.wire import admin  # noqa: E402,F401  (registers the membership and transfer frames)
 
 __all__ = [
     "BAD_REQUEST", "CODEC", "Codec", "CodecError", "ERROR_REPLY", "ErrorCode",

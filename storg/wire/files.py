@@ -262,6 +262,67 @@ class CollectChunksCommand:
     hashes: tuple[str, ...]
 
 
+# --- placement, repair and scrub (issue 6) --------------------------------------------
+
+@layout(SHA256, ListOf(ID), ListOf(ID))
+@dataclass(frozen=True, slots=True)
+class ChunkHoldersCommand:
+    """Replace a chunk's recorded holders: ``expected`` -> ``holders`` (repair, by the leader).
+
+    Carries the holders the leader saw when it decided, so the change is
+    refused (StaleChange) if the chunk map moved meanwhile: a put merged
+    new holders, another repair ran, or the chunk was collected.
+    """
+
+    hash: str
+    expected: tuple[str, ...]
+    holders: tuple[str, ...]
+
+
+@layout(U64, BOOL)
+@dataclass(frozen=True, slots=True)
+class ScrubStatusRequest:
+    """Ask one node for its scrub and repair counters; ``start`` begins a scrub pass now."""
+
+    request_id: int
+    start: bool = False
+
+
+@layout(U64, ID, BOOL, U64, U64, U64, U64, U64, U64, U64, U64, U64)
+@dataclass(frozen=True, slots=True)
+class ScrubStatusReply:
+    """One node's counters since it started (``under_replicated``: as of its last scan)."""
+
+    request_id: int
+    node_id: str
+    scrubbing: bool
+    passes: int
+    chunks_checked: int
+    bytes_checked: int
+    bad_copies: int
+    missing_copies: int
+    repairs_done: int
+    under_replicated: int
+    chunks_collected: int
+    orphans_removed: int
+
+
+@layout(U64, SHA256, U64, BYTES32)
+@dataclass(frozen=True, slots=True)
+class ChunkPutAfter:
+    """ChunkPut, stored only once the receiver has applied the log up to ``index``.
+
+    A chunk collected by an entry at or below ``index`` is deleted on the
+    receiver when it applies that entry: writing the new copy after it keeps
+    that deletion from removing a copy the sender is about to record.
+    """
+
+    request_id: int
+    hash: str
+    index: int
+    data: bytes
+
+
 _TYPE_BYTES: dict[int, type] = {
     41: PutStart, 42: PutReady, 43: PutData, 44: PutEnd, 45: PutDone,
     46: GetRequest, 47: GetStart, 48: GetData, 49: GetEnd,
@@ -269,6 +330,8 @@ _TYPE_BYTES: dict[int, type] = {
     54: RmRequest, 55: RmDone,
     56: ChunkPut, 57: ChunkStored, 58: ChunkGet, 59: ChunkData,
     65: PutFileCommand, 66: RemoveFileCommand, 67: CollectChunksCommand, 68: PutInlineCommand,
+    69: ChunkHoldersCommand,
+    120: ScrubStatusRequest, 121: ScrubStatusReply, 122: ChunkPutAfter,
 }
 
 for _tb, _cls in _TYPE_BYTES.items():

@@ -66,6 +66,7 @@ class FakeNode:
         self.drop_put_after: int | None = None  # bytes of PutData, once, then behave
         self.drop_after_commit = False  # apply the put, then drop instead of PutDone (once)
         self.drop_get_after: int | None = None  # bytes of GetData sent, every time
+        self.stall_get_after: int | None = None  # bytes of GetData sent, then silence
         self.corrupt_get = False
         self.pause_after_ready = False
         self.damage_uploads = False  # a bit flips on the way in: PutEnd's checksum fails
@@ -212,6 +213,8 @@ class NodeProtocol(FrameReceiver):
         sent = 0
         step = self.node.get_frame
         for offset in range(0, len(data), step):
+            if self.node.stall_get_after is not None and sent >= self.node.stall_get_after:
+                return
             limit = self.node.drop_get_after
             if limit is not None and sent >= limit:
                 self.transport.loseConnection()  # what was sent arrives, then the close

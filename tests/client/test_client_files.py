@@ -153,6 +153,22 @@ async def test_put_retried_after_a_dropped_connection_reuses_client_id_and_seq(n
 
 
 @pytest_twisted.ensureDeferred
+async def test_concurrent_writes_use_sessions_of_their_own(nodes, clients, tmp_path):
+    node = nodes(max_frame=4096)
+    client = clients([node.address])
+    sources = [write_file(tmp_path, f"f{i}", os.urandom(20_000)) for i in range(4)]
+    await defer.gatherResults([
+        defer.Deferred.fromCoroutine(client.put(src, f"/c/{i}")) for i, src in enumerate(sources)])
+    sessions = {(s.client_id, s.seq) for s in node.put_starts}
+    assert len({cid for cid, _ in sessions}) == 4 and all(seq == 1 for _, seq in sessions)
+    # Sequential writes afterwards reuse a session, seq growing.
+    await client.rm("/c/0")
+    await client.rm("/c/1")
+    rms = [r for r in node.requests if type(r).__name__ == "RmRequest"]
+    assert rms[0].client_id == rms[1].client_id and rms[1].seq == rms[0].seq + 1
+
+
+@pytest_twisted.ensureDeferred
 async def test_put_whose_reply_was_lost_is_applied_once(nodes, clients, tmp_path):
     node = nodes()
     node.drop_after_commit = True

@@ -10,6 +10,7 @@ import sys
 import pytest_twisted
 from fake_node import FakeNode
 from twisted.internet import defer, protocol, reactor
+from twisted.internet.task import deferLater
 
 MAIN = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -35,16 +36,22 @@ class _Collect(protocol.ProcessProtocol):
         self.ended.callback(reason.value.exitCode)
 
 
-async def storgctl(node_or_address, *argv: str, stdin: bytes = b"", cwd=None,
-                   timeout: str = "3") -> tuple[int, bytes, str]:
-    """Run ``python -m storg.cli.main`` (the reactor keeps serving the fake node meanwhile)."""
+def spawn_storgctl(node_or_address, *argv: str, stdin: bytes = b"", timeout: str = "3"):
+    """Start ``python -m storg.cli.main``; the reactor keeps serving the fake node meanwhile."""
     address = getattr(node_or_address, "address", node_or_address)
     proto = _Collect(stdin)
     env = dict(os.environ, PYTHONPATH=MAIN)
-    reactor.spawnProcess(
+    process = reactor.spawnProcess(
         proto, sys.executable,
         [sys.executable, "-m", "storg.cli.main", "--cluster", address, "--timeout", timeout, *argv],
-        env=env, path=str(cwd or MAIN))
+        env=env, path=MAIN)
+    return proto, process
+
+
+async def storgctl(node_or_address, *argv: str, stdin: bytes = b"",
+                   timeout: str = "3") -> tuple[int, bytes, str]:
+    """Run storgctl to the end: (exit status, stdout, stderr)."""
+    proto, _ = spawn_storgctl(node_or_address, *argv, stdin=stdin, timeout=timeout)
     code = await proto.ended
     return code, b"".join(proto.out), b"".join(proto.err).decode()
 
@@ -132,6 +139,23 @@ async def test_get_failing_midway_leaves_no_partial_file(node, tmp_path):
     assert code == 3, err
     assert os.listdir(tmp_path) == ["old"]
     assert (tmp_path / "old").read_bytes() == b"keep me"
+
+
+@pytest_twisted.ensureDeferred
+async def test_interrupted_get_removes_its_temporary_file_and_does_not_exit_0(node, tmp_path):
+    node.add_file("/f", os.urandom(20_000))
+    node.stall_get_after = 5000
+    (tmp_path / "out").write_bytes(b"old")
+    proto, process = spawn_storgctl(node, "get", "/f", str(tmp_path / "out"), timeout="30")
+    deadline = reactor.seconds() + 20
+    while len(os.listdir(tmp_path)) < 2 or not node.requests:
+        assert reactor.seconds() < deadline, "the get never started"
+        await deferLater(reactor, 0.01, lambda: None)
+    process.signalProcess("INT")
+    code = await proto.ended
+    assert code == 130
+    assert b"".join(proto.err) == b"storgctl: interrupted\n"
+    assert os.listdir(tmp_path) == ["out"] and (tmp_path / "out").read_bytes() == b"old"
 
 
 @pytest_twisted.ensureDeferred

@@ -1,0 +1,283 @@
+"""Repair: the leader keeps R copies of every chunk a file needs.
+
+What to repair is read from the chunk map, which every node holds, so a
+new leader picks up where the old one stopped; only "how long has that node
+been silent" is the leader's own observation (it probes each member's
+client port once a round), so a new leader waits a full grace before it
+gives up on a node.
+
+A chunk needs work when fewer than R of its recorded holders are still
+good: members that have not been unreachable for longer than
+``repair_grace_s``.  The leader fetches a verified copy from a live holder,
+stores it on the least-used reachable voters that lack it (each fsyncs
+before acknowledging), then proposes a ChunkHoldersCommand naming the
+holders it started from; the state machine refuses it if the entry changed
+meanwhile, and the next round decides again.  Holders dropped that way
+(removed, or gone past the grace) keep their copy until they come back,
+where it is an orphan that garbage collection deletes.
+
+Copies go through a rate limiter, so repair after a lost node takes its
+share of disk and network and leaves the rest to clients.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer, task
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from storg.server.chunk_io import ChunkUnavailable
+from storg.server.files import place
+from storg.wire import CODEC, StatusReply, StatusRequest
+from storg.wire.files import ChunkHoldersCommand
+
+if TYPE_CHECKING:
+    from storg.server.files import FileService
+
+log = Logger(namespace="storg.repair")
+
+SCAN_SLICE = 2000
+"""Chunk map entries examined per reactor turn: a large map never stalls heartbeats."""
+
+PROBE_TIMEOUT = 2.0
+
+
+class RateLimiter:
+    """Paces transfers to ``rate`` bytes per second by reserving time slots.
+
+    Each reservation starts when the previous ones have used up their share
+    of time; the first starts at once.  Idle time is not banked, so a burst
+    after a quiet period is still paced.
+    """
+
+    def __init__(self, reactor: Any, rate: float) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.reactor = reactor
+        self.rate = rate
+        self._free_at = 0.0
+
+    def reserve(self, size: int) -> defer.Deferred:
+        """Fires when a transfer of ``size`` bytes may start."""
+        now = self.reactor.seconds()
+        start = max(now, self._free_at)
+        self._free_at = start + size / self.rate
+        if start <= now:
+            return defer.succeed(None)
+        return task.deferLater(self.reactor, start - now, lambda: None)
+
+
+class Liveness:
+    """When each member last answered a probe on its client port, as this node saw it."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self._since: float | None = None
+        self._last_ok: dict[str, float] = {}
+        self._failing: set[str] = set()
+
+    def reset(self) -> None:
+        """Forget everything: a node that becomes leader again starts its graces anew."""
+        self._since = None
+        self._last_ok.clear()
+        self._failing.clear()
+
+    def record(self, node_id: str, ok: bool) -> None:
+        now = self.reactor.seconds()
+        if self._since is None:
+            self._since = now
+        if ok:
+            self._last_ok[node_id] = now
+            self._failing.discard(node_id)
+        else:
+            self._failing.add(node_id)
+
+    def reachable(self, node_id: str) -> bool:
+        """Whether the last probe of ``node_id`` succeeded (or none failed yet)."""
+        return node_id not in self._failing
+
+    def down_for(self, node_id: str) -> float:
+        """Seconds ``node_id`` has been unreachable as far as this node knows (0 if reachable)."""
+        if node_id not in self._failing:
+            return 0.0
+        now = self.reactor.seconds()
+        return now - self._last_ok.get(node_id, self._since if self._since is not None else now)
+
+    def failing(self) -> frozenset[str]:
+        return frozenset(self._failing)
+
+
+class Repairer:
+    """The leader's repair loop; idle on followers."""
+
+    def __init__(self, files: FileService, *, grace: float, rate: float, interval: float,
+                 parallel: int = 4) -> None:
+        self.files = files
+        self.node = files.node
+        self.fsm = files.fsm
+        self.reactor = files.reactor
+        self.grace = grace
+        self.interval = interval
+        self.limiter = RateLimiter(self.reactor, rate)
+        self.liveness = Liveness(self.reactor)
+        self.parallel = parallel
+        self.counters: Counter[str] = Counter()
+        self.under_replicated = 0
+        self.rounds = 0
+        self._loop: LoopingCall | None = None
+        self._round: defer.Deferred | None = None
+        self._stopped = False
+
+    def start(self) -> None:
+        self._loop = LoopingCall(self.run_round)
+        self._loop.clock = self.reactor
+        self._loop.start(self.interval, now=False).addErrback(
+            lambda f: log.failure("repair loop stopped", f))
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+    def unreachable(self) -> frozenset[str]:
+        """Members the last probe could not reach (placement puts them last)."""
+        return self.liveness.failing() if self.node.is_leader() else frozenset()
+
+    def run_round(self) -> defer.Deferred:
+        """One pass over the chunk map (at most one at a time); never fails."""
+        if self._round is not None:
+            return defer.succeed(None)
+        d = self._run_round()
+        self._round = d
+
+        def done(result: Any) -> None:
+            self._round = None
+            if isinstance(result, Failure):
+                log.failure("repair round failed", result)
+
+        d.addBoth(done)
+        return d
+
+    @defer.inlineCallbacks
+    def _run_round(self):
+        if not self.node.is_leader():
+            self.liveness.reset()
+            self.rounds = 0
+            return
+        yield self._probe_all()
+        plan, under = yield self._scan()
+        self.under_replicated = under
+        self.rounds += 1
+        if plan:
+            log.info("repair: {n} chunks need copies or holder changes", n=len(plan))
+            semaphore = defer.DeferredSemaphore(self.parallel)
+            yield defer.DeferredList([semaphore.run(self._repair_one, digest) for digest in plan],
+                                     consumeErrors=True)
+
+    @defer.inlineCallbacks
+    def _probe_all(self):
+        me = self.node.node_id
+        members = sorted(self.node.core.conf.members())
+        self.liveness.record(me, True)
+        others = [n for n in members if n != me]
+        results = yield defer.DeferredList([self._probe(n) for n in others], consumeErrors=True)
+        for node_id, (ok, _) in zip(others, results):
+            self.liveness.record(node_id, ok)
+
+    @defer.inlineCallbacks
+    def _probe(self, node_id: str):
+        remote = self.files.chunks.remote
+        connecting = remote._connection(node_id)
+        connecting.addTimeout(PROBE_TIMEOUT, self.reactor)
+        conn = yield connecting
+        d = conn.request(StatusRequest)
+        d.addTimeout(PROBE_TIMEOUT, self.reactor)
+        reply = yield d
+        if not isinstance(reply, StatusReply):
+            raise ChunkUnavailable(f"{node_id} answered {type(reply).__name__} to a status probe")
+        return True
+
+    def _judge(self, holders: frozenset[str]) -> tuple[set[str], int, bool]:
+        """(holders to keep, copies missing, whether it counts as under-replicated now)."""
+        conf = self.node.core.conf
+        members = conf.members()
+        want = min(self.files.replication_factor, len(conf.voters))
+        keep = {h for h in holders if h in members and self.liveness.down_for(h) <= self.grace}
+        live = sum(1 for h in keep if self.liveness.reachable(h))
+        return keep, want - len(keep), live < want
+
+    @defer.inlineCallbacks
+    def _scan(self):
+        """The digests needing work, and how many chunks have fewer than R reachable copies."""
+        digests = self.fsm.chunk_digests()
+        plan: list[bytes] = []
+        under = 0
+        reachable_voters = {n for n in self.node.core.conf.voters if self.liveness.reachable(n)}
+        for start in range(0, len(digests), SCAN_SLICE):
+            if start:
+                yield task.deferLater(self.reactor, 0, lambda: None)
+            if self._stopped or not self.node.is_leader():
+                break
+            for digest in digests[start:start + SCAN_SLICE]:
+                chunk = self.fsm.chunk_by_digest(digest)
+                if chunk is None or chunk.refs == 0:
+                    continue  # garbage collection's business, not repair's
+                keep, missing, short = self._judge(chunk.holders)
+                under += short
+                if len(keep) != len(chunk.holders) or (missing > 0 and reachable_voters - chunk.holders):
+                    plan.append(digest)  # a holder to drop, or a reachable node to copy to
+        return plan, under
+
+    @defer.inlineCallbacks
+    def _repair_one(self, digest: bytes):
+        if self._stopped or not self.node.is_leader():
+            return
+        chunk = self.fsm.chunk_by_digest(digest)
+        if chunk is None or chunk.refs == 0:
+            return
+        chunk_hash = digest.hex()
+        keep, missing, _ = self._judge(chunk.holders)
+        voters = sorted(self.node.core.conf.voters)
+        targets: list[str] = []
+        if missing > 0:
+            candidates = [n for n in voters if n not in chunk.holders and self.liveness.reachable(n)]
+            targets = place(chunk_hash, candidates, missing, self.files.projected_usage())
+            if not targets and len(keep) == len(chunk.holders):
+                return  # nowhere to copy to yet; the count stays short until a node is back
+        files = self.files
+        files._pins[chunk_hash] += 1
+        try:
+            stored: list[str] = []
+            if targets:
+                sources = sorted(keep, key=lambda n: not self.liveness.reachable(n)) + \
+                    sorted(chunk.holders - keep)
+                data = yield files.chunks.read(chunk_hash, sources)
+                yield self.limiter.reserve(len(data) * len(targets))
+                barrier = files.collect_barrier()
+                yield files.applied.wait(barrier)
+                results = yield defer.DeferredList(
+                    [files.store_on(t, chunk_hash, data, barrier) for t in targets], consumeErrors=True)
+                for target, (ok, value) in zip(targets, results):
+                    if ok:
+                        stored.append(target)
+                    else:
+                        log.info("repair: copying chunk {h} to {t} failed: {why}", h=chunk_hash[:12],
+                                 t=target, why=value.getErrorMessage())
+            holders = sorted(keep | set(stored))
+            if not holders or frozenset(holders) == chunk.holders:
+                return
+            command = ChunkHoldersCommand(chunk_hash, tuple(sorted(chunk.holders)), tuple(holders))
+            yield self.node.propose(CODEC.encode(command))
+            self.counters["copies"] += len(stored)
+            self.counters["bytes"] += len(stored) * chunk.size
+            self.counters["holder_changes"] += 1
+        except ChunkUnavailable as exc:
+            log.warn("repair: no intact copy of chunk {h} could be read: {why}", h=chunk_hash, why=exc)
+        except Exception as exc:  # a stale change, a lost leadership, a timeout: next round decides
+            log.info("repair of chunk {h} postponed: {why}", h=chunk_hash[:12], why=exc)
+        finally:
+            files._unpin([chunk_hash])

@@ -1,0 +1,157 @@
+"""Scrub: every node re-reads and re-hashes the chunks it is recorded as holding.
+
+Disks rot quietly: a chunk read once at upload may be unreadable a year
+later, and the copy count in the chunk map says nothing about it.  So each
+node walks the chunk map (not its folder: a copy the map does not count is
+garbage collection's business) and, for every chunk that names it as a
+holder, reads the file back and checks its SHA-256, paced to
+``scrub_rate_mb_s``.  A damaged copy is logged, deleted and replaced with a
+verified copy from another holder; a missing one (a small file's write lost
+in a crash, a copy deleted by hand) is fetched the same way.  The node stays
+a recorded holder throughout: nothing goes through Raft.
+
+Counters (``storgctl scrub``): passes, chunks and bytes checked, bad and
+missing copies found, copies restored, and chunks with fewer than R member
+holders as of the last pass.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer, task
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from storg.server.chunk_io import ChunkUnavailable
+from storg.server.repair import SCAN_SLICE, RateLimiter
+from storg.storage.errors import ChunkNotFoundError, CorruptionError
+
+if TYPE_CHECKING:
+    from storg.server.files import FileService
+
+log = Logger(namespace="storg.scrub")
+
+
+class Scrubber:
+    """One node's background scrub."""
+
+    def __init__(self, files: FileService, *, rate: float, interval: float) -> None:
+        self.files = files
+        self.node = files.node
+        self.fsm = files.fsm
+        self.reactor = files.reactor
+        self.interval = interval
+        self.limiter = RateLimiter(self.reactor, rate)
+        self.counters: Counter[str] = Counter()
+        self.under_replicated = 0
+        self._loop: LoopingCall | None = None
+        self._pass: defer.Deferred | None = None
+        self._stopped = False
+
+    @property
+    def running(self) -> bool:
+        return self._pass is not None
+
+    def start(self) -> None:
+        self._loop = LoopingCall(self.start_pass)
+        self._loop.clock = self.reactor
+        self._loop.start(self.interval, now=False).addErrback(
+            lambda f: log.failure("scrub loop stopped", f))
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+    def start_pass(self) -> defer.Deferred:
+        """Begin a pass unless one is running; fires when the running pass ends."""
+        if self._pass is None:
+            d = self._run_pass()
+            self._pass = d
+
+            def done(result: Any) -> None:
+                self._pass = None
+                if isinstance(result, Failure):
+                    log.failure("scrub pass failed", result)
+
+            d.addBoth(done)
+        waiter: defer.Deferred = defer.Deferred()
+        if self._pass is None:
+            waiter.callback(None)
+        else:
+            self._pass.addBoth(lambda r: (waiter.callback(None), r)[1])
+        return waiter
+
+    @defer.inlineCallbacks
+    def _run_pass(self):
+        me = self.node.node_id
+        digests = self.fsm.chunk_digests()
+        under = 0
+        for start in range(0, len(digests), SCAN_SLICE):
+            if start:
+                yield task.deferLater(self.reactor, 0, lambda: None)
+            if self._stopped:
+                return
+            conf = self.node.core.conf
+            members = conf.members()
+            want = min(self.files.replication_factor, len(conf.voters))
+            for digest in digests[start:start + SCAN_SLICE]:
+                chunk = self.fsm.chunk_by_digest(digest)
+                if chunk is None:
+                    continue
+                if chunk.refs and sum(1 for h in chunk.holders if h in members) < want:
+                    under += 1
+                if me not in chunk.holders:
+                    continue
+                yield self.limiter.reserve(chunk.size)
+                if self._stopped:
+                    return
+                yield self._check(digest.hex())
+        self.under_replicated = under
+        self.counters["passes"] += 1
+
+    @defer.inlineCallbacks
+    def _check(self, chunk_hash: str):
+        """Re-read one chunk; restore it from another holder if it is damaged or missing."""
+        local = self.files.chunks.local
+        try:
+            data = yield local.get(chunk_hash)
+        except ChunkNotFoundError:
+            if not self._still_mine(chunk_hash):
+                return  # collected or moved while the pass went on
+            self.counters["missing_copies"] += 1
+            log.warn("scrub: chunk {h} is recorded here but missing", h=chunk_hash)
+        except CorruptionError as exc:
+            self.counters["bad_copies"] += 1
+            log.warn("scrub: bad copy of chunk {h}: {why}; removing it", h=chunk_hash, why=exc)
+            yield self.files.ops.delete([chunk_hash])
+        else:
+            self.counters["chunks_checked"] += 1
+            self.counters["bytes_checked"] += len(data)
+            return
+        self.counters["chunks_checked"] += 1
+        yield self._restore(chunk_hash)
+
+    def _still_mine(self, chunk_hash: str) -> bool:
+        chunk = self.fsm.chunk(chunk_hash)
+        return chunk is not None and self.node.node_id in chunk.holders
+
+    @defer.inlineCallbacks
+    def _restore(self, chunk_hash: str):
+        chunk = self.fsm.chunk(chunk_hash)
+        if chunk is None or self.node.node_id not in chunk.holders:
+            return
+        others = sorted(h for h in chunk.holders if h != self.node.node_id)
+        try:
+            data = yield self.files.chunks.read(chunk_hash, others)
+        except ChunkUnavailable as exc:
+            log.warn("scrub: cannot restore chunk {h} yet: {why}", h=chunk_hash, why=exc)
+            return
+        if not self._still_mine(chunk_hash):
+            return
+        yield self.files.ops.put(chunk_hash, data)
+        self.counters["repairs_done"] += 1
+        log.info("scrub: restored chunk {h} from another holder", h=chunk_hash)
