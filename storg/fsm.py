@@ -313,6 +313,9 @@ class FileStoreStateMachine:
 
     ``on_chunks_removed`` (set by the node) is called with the hashes a
     CollectChunksCommand removed, so the node deletes its local copies.
+    ChunkHoldersCommand (repair) replaces a chunk's holders only if they are
+    still the ones it names.  Bytes held per node (:meth:`usage`, which
+    placement reads) are kept up to date from the chunk map as it changes.
     ``on_inline_chunk`` is called with (hash, data, holders) when a
     PutInlineCommand applies, so each holder writes the bytes it carried.
     """

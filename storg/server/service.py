@@ -143,6 +143,7 @@ class NodeService(service.MultiService):
             tuning=cfg.files,
             reactor=self.reactor, address_of=self._client_address, **self.file_options,
         )
+        self.snapshots.auto.before_compact.append(self.files.sync_inline_chunks)
         self.directory.on_change(self._members_changed)
         for address, factory in (
             (cfg.peer_listen, self.transport.server_factory),
