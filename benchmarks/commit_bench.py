@@ -25,26 +25,17 @@ import json
 import re
 import signal
 import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, task
 
+from benchlib import percentile, run_passes
 from storg.client.api import StorgClient
 from storg.devcluster import ProcCluster
 
 PAYLOAD = b"x" * 100
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[k]
 
 
 async def wait_leader(reactor: Any, cluster: ProcCluster, timeout: float = 30.0) -> str:
@@ -189,17 +180,13 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write all figures here")
     args = parser.parse_args()
 
-    async def run(reactor: Any) -> None:
-        passes = []
-        for i in range(args.repeats):
-            with tempfile.TemporaryDirectory(prefix="storg-commit-bench-", dir=".") as tmp:
-                passes.append(await one_pass(reactor, args, Path(tmp)))
-            print(f"pass {i + 1}/{args.repeats} done", file=sys.stderr)
+    def report(passes: list[dict]) -> None:
         summarize(passes, args)
         if args.json:
             args.json.write_text(json.dumps(passes, indent=1))
 
-    task.react(lambda reactor: defer.Deferred.fromCoroutine(run(reactor)))
+    run_passes(lambda reactor, tmp: one_pass(reactor, args, tmp), report, args.repeats,
+               "storg-commit-bench-", ".")
 
 
 if __name__ == "__main__":

@@ -21,25 +21,17 @@ import hashlib
 import io
 import os
 import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, task
+from twisted.internet import defer
 
+from benchlib import percentile, run_passes
 from storg.client.api import StorgClient
 from storg.devcluster import ProcCluster, wait_for
 
 CHUNK = 1 << 20
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def small_files(reactor: Any, addresses: list[str], size: int, clients: int,
@@ -239,15 +231,8 @@ def main() -> None:
     parser.add_argument("--dir", default=".", help="where the clusters and files go")
     args = parser.parse_args()
 
-    async def run(reactor: Any) -> None:
-        passes = []
-        for i in range(args.repeats):
-            with tempfile.TemporaryDirectory(prefix="storg-file-bench-", dir=args.dir) as tmp:
-                passes.append(await one_pass(reactor, args, Path(tmp)))
-            print(f"pass {i + 1}/{args.repeats} done", file=sys.stderr)
-        summarize(passes, args)
-
-    task.react(lambda reactor: defer.Deferred.fromCoroutine(run(reactor)))
+    run_passes(lambda reactor, tmp: one_pass(reactor, args, tmp),
+               lambda passes: summarize(passes, args), args.repeats, "storg-file-bench-", args.dir)
 
 
 if __name__ == "__main__":

@@ -20,14 +20,13 @@ import argparse
 import io
 import os
 import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, task
 
+from benchlib import run_passes
 from storg.client.api import StorgClient
 from storg.devcluster import ProcCluster, wait_for
 
@@ -161,15 +160,8 @@ def main() -> None:
     parser.add_argument("--dir", default=".", help="where the clusters go")
     args = parser.parse_args()
 
-    async def run(reactor: Any) -> None:
-        passes = []
-        for i in range(args.repeats):
-            with tempfile.TemporaryDirectory(prefix="storg-repair-bench-", dir=args.dir) as tmp:
-                passes.append(await one_pass(reactor, args, Path(tmp)))
-            print(f"pass {i + 1}/{args.repeats} done", file=sys.stderr)
-        summarize(passes, args)
-
-    task.react(lambda reactor: defer.Deferred.fromCoroutine(run(reactor)))
+    run_passes(lambda reactor, tmp: one_pass(reactor, args, tmp),
+               lambda passes: summarize(passes, args), args.repeats, "storg-repair-bench-", args.dir)
 
 
 if __name__ == "__main__":
