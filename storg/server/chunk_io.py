@@ -48,22 +48,22 @@ class LocalChunks:
         from twisted.internet.threads import deferToThread
         return deferToThread(self.pool.stop)
 
-    def _run(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
+    def run(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
         return deferToThreadPool(self.reactor, self.pool, fn, *args)
 
     def hash_and_put(self, data: bytes) -> defer.Deferred:
         """Store durably; fires with the SHA-256 hex (hashing rides in the thread too)."""
-        return self._run(self.store.put, data)
+        return self.run(self.store.put, data)
 
     def put(self, data: bytes, expected_hash: str) -> defer.Deferred:
-        return self._run(self.store.put, data, expected_hash)
+        return self.run(self.store.put, data, expected_hash)
 
     def get(self, chunk_hash: str) -> defer.Deferred:
         """Verified bytes; fails with ChunkNotFoundError or CorruptionError."""
-        return self._run(self.store.get, chunk_hash)
+        return self.run(self.store.get, chunk_hash)
 
     def has(self, chunk_hash: str) -> defer.Deferred:
-        return self._run(self.store.has, chunk_hash)
+        return self.run(self.store.has, chunk_hash)
 
     def delete_many(self, hashes: Iterable[str]) -> defer.Deferred:
         hashes = list(hashes)
@@ -71,10 +71,10 @@ class LocalChunks:
         def delete_all() -> int:
             return sum(1 for h in hashes if self.store.delete(h))
 
-        return self._run(delete_all)
+        return self.run(delete_all)
 
     def hash(self, data: bytes) -> defer.Deferred:
-        return self._run(lambda: hashlib.sha256(data).hexdigest())
+        return self.run(lambda: hashlib.sha256(data).hexdigest())
 
 
 class RemoteChunks:
@@ -89,7 +89,7 @@ class RemoteChunks:
         self._connecting: dict[str, defer.Deferred] = {}
 
     @defer.inlineCallbacks
-    def _connection(self, node_id: str):
+    def connection(self, node_id: str):
         conn = self._connections.get(node_id)
         if conn is not None and conn.connected:
             return conn
@@ -103,7 +103,7 @@ class RemoteChunks:
     @defer.inlineCallbacks
     def put(self, node_id: str, chunk_hash: str, data: bytes):
         """Fires once ``node_id`` has the chunk fsynced."""
-        conn = yield self._connection(node_id)
+        conn = yield self.connection(node_id)
         d = conn.request(lambda rid: ChunkPut(rid, chunk_hash, data))
         d.addTimeout(self.timeout, self.reactor)
         reply = yield d
@@ -114,7 +114,7 @@ class RemoteChunks:
     @defer.inlineCallbacks
     def get(self, node_id: str, chunk_hash: str):
         """The chunk's bytes from ``node_id``, verified here against the hash."""
-        conn = yield self._connection(node_id)
+        conn = yield self.connection(node_id)
         d = conn.request(lambda rid: ChunkGet(rid, chunk_hash))
         d.addTimeout(self.timeout, self.reactor)
         reply = yield d

@@ -223,7 +223,7 @@ class ChunkOps:
             result.callback(outcome)
 
         def start(_: Any = None) -> None:
-            self.local._run(fn, *args).addBoth(finish)
+            self.local.run(fn, *args).addBoth(finish)
 
         if not before:
             start()
@@ -540,7 +540,7 @@ class FileService:
     @defer.inlineCallbacks
     def _put_remote(self, holder: str, chunk_hash: str, data: bytes, index: int):
         remote = self.chunks.remote
-        conn = yield remote._connection(holder)
+        conn = yield remote.connection(holder)
         d = conn.request(lambda rid: ChunkPutAfter(rid, chunk_hash, index, data))
         d.addTimeout(remote.timeout, self.reactor)
         reply = yield d
@@ -753,7 +753,7 @@ class FileService:
                     continue
             return old
 
-        old = yield self.chunks.local._run(scan)
+        old = yield self.chunks.local.run(scan)
         me = self.node.node_id
 
         def unwanted(chunk_hash: str) -> bool:
@@ -790,7 +790,7 @@ class FileService:
         hashes, self._unsynced = list(self._unsynced), set()
         if not hashes:
             return defer.succeed(0)
-        d = self.chunks.local._run(self.chunks.local.store.sync, hashes)
+        d = self.chunks.local.run(self.chunks.local.store.sync, hashes)
         return d.addCallback(lambda _: len(hashes))
 
     def _chunks_removed(self, hashes: tuple[str, ...]) -> None:

@@ -191,7 +191,7 @@ class Repairer:
     @defer.inlineCallbacks
     def _probe(self, node_id: str):
         remote = self.files.chunks.remote
-        connecting = remote._connection(node_id)
+        connecting = remote.connection(node_id)
         connecting.addTimeout(PROBE_TIMEOUT, self.reactor)
         conn = yield connecting
         d = conn.request(StatusRequest)

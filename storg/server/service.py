@@ -78,7 +78,6 @@ class NodeService(service.MultiService):
         self.log_store: DiskLogStore | None = None
         self.directory = MemberDirectory.from_config(config)
         self.files: FileService | None = None
-        self.file_options: dict = {}
         self.snapshots: NodeSnapshots | None = None
         self._stopping = False
 
@@ -141,7 +140,7 @@ class NodeService(service.MultiService):
             self.node, self.fsm, Chunks(cfg.node_id, self.local_chunks, self.remote_chunks),
             replication_factor=cfg.files.replication_factor, chunk_size=cfg.files.chunk_size,
             tuning=cfg.files,
-            reactor=self.reactor, address_of=self._client_address, **self.file_options,
+            reactor=self.reactor, address_of=self._client_address,
         )
         self.snapshots.auto.before_compact.append(self.files.sync_inline_chunks)
         self.directory.on_change(self._members_changed)

@@ -58,7 +58,7 @@ class ManualPool:
         self.store = object()
         self.jobs: list[tuple[str, defer.Deferred]] = []
 
-    def _run(self, fn, *args):
+    def run(self, fn, *args):
         d = defer.Deferred()
         self.jobs.append((fn.__name__, d))
         return d
