@@ -30,6 +30,7 @@ from storg.raft.types import ConfState, Role, SnapshotMeta
 from storg.server.chunk_io import Chunks, LocalChunks, RemoteChunks
 from storg.server.client_port import ClientPortFactory
 from storg.server.files import FileService
+from storg.server.fill import ChunkFiller
 from storg.server.peer import PeerTransport
 from storg.server.snapshots import NodeSnapshots, load_snapshot
 from storg.storage.chunks import ChunkStore
@@ -79,6 +80,7 @@ class NodeService(service.MultiService):
         self.directory = MemberDirectory.from_config(config)
         self.files: FileService | None = None
         self.snapshots: NodeSnapshots | None = None
+        self.filler: ChunkFiller | None = None
         self._stopping = False
 
     # -- start -------------------------------------------------------------
@@ -143,6 +145,9 @@ class NodeService(service.MultiService):
             reactor=self.reactor, address_of=self._client_address,
         )
         self.snapshots.auto.before_compact.append(self.files.sync_inline_chunks)
+        # Copies the state says are here but are not (a snapshot from the leader, a crash).
+        self.filler = ChunkFiller(self.files)
+        self.snapshots.installed.append(lambda _index: self.filler.trigger())
         self.directory.on_change(self._members_changed)
         for address, factory in (
             (cfg.peer_listen, self.transport.server_factory),
@@ -157,6 +162,7 @@ class NodeService(service.MultiService):
         self.local_chunks.start()
         self.node.start()
         self.files.start()
+        self.reactor.callWhenRunning(self.filler.trigger)
         if core.conf.voters == frozenset({cfg.node_id}) and core.role != Role.LEADER:
             core.campaign()  # a cluster of one serves at once
         log.info("{node} started in {ms:.0f} ms: cluster {cluster}, term {term}, snapshot at index "
@@ -208,6 +214,7 @@ class NodeService(service.MultiService):
         yield defer.maybeDeferred(super().stopService)
         if self.files is not None:
             self.files.stop()
+            self.filler.stop()
             self.remote_chunks.close()
         if self.transport is not None:
             yield self.transport.stop()

@@ -695,6 +695,9 @@ class NodeSnapshots:
         self.receiver = SnapshotReceiver(node, log_store, executor, gate)
         self.restored: list[tuple[int, float]] = []
         """(index, seconds) of each snapshot restored from the leader."""
+        self.installed: list[Callable[[int], object]] = []
+        """Called with the index after each snapshot from the leader is installed in the
+        state machine: the node then fetches the chunk copies its new map says it holds."""
         node.on_snapshot(self.restore)
         node.on_snapshot_message(self.sender.send)
         node.on_applied(self.auto.applied)
@@ -723,6 +726,11 @@ class NodeSnapshots:
             log.info("{node} installed the leader's snapshot at index {index} in {seconds:.3f} s "
                      "({files} files)", node=self.node.node_id, index=meta.index, seconds=seconds,
                      files=self.fsm.stats()["files"])
+            for listener in self.installed:
+                try:
+                    listener(meta.index)
+                except Exception:  # a listener's bug must not fail the install
+                    log.failure("snapshot install listener failed")
 
         return d.addCallback(install)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +43,18 @@ def applied(cluster, nid):
     return rows[0]["applied_index"] if rows and rows[0]["role"] != "unreachable" else -1
 
 
+def recorded_on(cluster, nid, names):
+    """The chunk hashes whose recorded holders (``stat``) include ``nid``, over ``names``."""
+    with ThreadPoolExecutor(4) as pool:
+        infos = list(pool.map(lambda name: json.loads(ctl(cluster, "--json", "stat", name).stdout), names))
+    return {c["hash"] for info in infos for c in info["chunks"] if nid in c["holders"]}
+
+
+def chunk_files(cluster, nid):
+    root = cluster.data_dir(nid) / "chunks"
+    return {f.name for f in root.glob("??/*") if len(f.name) == 64}
+
+
 def test_a_follower_away_while_the_log_was_compacted_catches_up_by_snapshot(cluster):
     put_many(cluster, [f"/before/{i}" for i in range(3)])
     leader = cluster.leader()
@@ -59,6 +72,12 @@ def test_a_follower_away_while_the_log_was_compacted_catches_up_by_snapshot(clus
     assert "sent the snapshot at index" in cluster.log_text(leader)
     out = ctl(cluster, "get", "/while-away/7", "-", nodes=[away])
     assert out.stdout == b"/while-away/7" * 3
+    # The small files put while it was away name it as a holder (placement picks every
+    # voter with R = 3) but came in the snapshot, not as entries it applied: it fetches them.
+    mine = recorded_on(cluster, away, [f"/while-away/{i}" for i in range(2 * EVERY + 1)])
+    assert len(mine) == 2 * EVERY + 1
+    wait_for(lambda: mine <= chunk_files(cluster, away), 60, f"{away} to hold every chunk recorded on it")
+    assert re.search(r"fill: \S+ fetched [1-9]\d* missing chunks", cluster.log_text(away))
 
 
 def test_restarting_every_node_restores_from_snapshot_and_log_tail(cluster):
