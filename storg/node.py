@@ -24,6 +24,7 @@ carries all of them in one write and one fsync, which is the group commit.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -83,6 +84,7 @@ def run_inline(fn: Callable[..., Any], *args: Any) -> defer.Deferred:
 
 
 _READ_CTX = struct.Struct(">Q")
+"""The per-node counter part of a ReadIndex context."""
 
 
 class RaftNode:
@@ -121,11 +123,24 @@ class RaftNode:
         self._failed: Failure | None = None
         # index -> (term, Deferred, timeout call) of proposals waiting for apply
         self._proposals: dict[int, tuple[int, defer.Deferred, Any]] = {}
-        # read context -> (Deferred, timeout call) of reads waiting for a ReadState
-        self._reads: dict[bytes, tuple[defer.Deferred, Any]] = {}
-        # (index, Deferred, timeout call) of reads waiting for apply to catch up
-        self._reads_waiting_apply: list[tuple[int, defer.Deferred, Any]] = []
+        # Reads not yet handed to the core: the next Ready issues one ReadIndex for all.
+        self._unissued_reads: list[_ReadWaiter] = []
+        # read context -> the reads that share it, waiting for its ReadState
+        self._reads: dict[bytes, list[_ReadWaiter]] = {}
+        # (index, read) of reads waiting for apply to catch up
+        self._reads_waiting_apply: list[tuple[int, _ReadWaiter]] = []
         self._next_read_id = 0
+        # A commit-only hard state not yet handed to the store (see _pump).
+        self._hard_state_to_save: HardState | None = None
+        self._pump_call: Any = None
+        # The leader keeps pending reads by context, from every node at once,
+        # and a heartbeat response acknowledges the read its context names.
+        # A context must therefore never be issued twice in the cluster: two
+        # followers' counters alike would make the leader drop one read
+        # (it then times out), and a context reused after a restart could be
+        # acknowledged by a heartbeat sent before the read existed.  So each
+        # is this node's id, a random prefix drawn per process, and a counter.
+        self._read_prefix = _node_id_bytes(core.node_id) + os.urandom(8)
         self._soft = SoftState(core.leader, core.role, core.term)
         self._role_watchers: list[Callable[[SoftState], object]] = []
         self._snapshot_handler: Callable[[SnapshotMeta], object] | None = None
@@ -159,6 +174,9 @@ class RaftNode:
         self._stopped = True
         if self._ticker is not None and self._ticker.running:
             self._ticker.stop()
+        if self._pump_call is not None and self._pump_call.active():
+            self._pump_call.cancel()
+        self._pump_call = None
         self._fail_all(NodeStopped("node stopped"))
         compactions, self._compactions = self._compactions, []
         for _index, d in compactions:
@@ -206,7 +224,9 @@ class RaftNode:
         if self._stopped:
             return
         self.core.step(msg)
-        self._pump()
+        # Messages read in one reactor turn (two followers' acks, a burst of
+        # READ_INDEX requests) are then handled by one Ready.
+        self._pump_soon()
 
     def propose(self, command: bytes, timeout: float | None = None) -> defer.Deferred:
         """Fires with the state machine's result once ``command`` is committed and applied.
@@ -223,21 +243,21 @@ class RaftNode:
     def read_index(self, timeout: float | None = None) -> defer.Deferred:
         """Fires with an index once this node has applied everything committed
         at the moment of the call: a linearizable read may then be served here.
+
+        Reads are batched: every read that arrives before the next Ready is
+        taken shares one ReadIndex (one READ_INDEX message from a follower,
+        one slot in the leader's heartbeat round).  That ReadIndex is issued
+        after all of them arrived, so its index covers every commit each of
+        them must see.  Fails with NotLeader if no leader is known.
         """
         if self._failed is not None or self._stopped:
             return defer.fail(NodeStopped("node stopped"))
-        self._next_read_id += 1
-        ctx = _READ_CTX.pack(self._next_read_id)
-        try:
-            self.core.read_index(ctx)
-        except Exception as exc:
-            return defer.fail(exc)
-        d: defer.Deferred = defer.Deferred()
-        call = self._reactor.callLater(
-            self.default_timeout if timeout is None else timeout, self._expire_read, ctx)
-        self._reads[ctx] = (d, call)
-        self._pump()
-        return d
+        waiter = _ReadWaiter()
+        waiter.call = self._reactor.callLater(
+            self.default_timeout if timeout is None else timeout, self._expire_read, waiter)
+        self._unissued_reads.append(waiter)
+        self._pump_soon()
+        return waiter.d
 
     def transfer_leadership(self, to: str = "", timeout: float | None = None) -> defer.Deferred:
         """Hand leadership over; fires with the new leader's id once it is known.
@@ -356,13 +376,29 @@ class RaftNode:
         call = self._reactor.callLater(
             self.default_timeout if timeout is None else timeout, self._expire_proposal, index)
         self._proposals[index] = (self.core.term, d, call)
-        self._pump()
+        self._pump_soon()
         return d
+
+    def _pump_soon(self) -> None:
+        """Take the next Ready at the end of this reactor turn, not now.
+
+        Proposals and reads that arrive in one turn (many clients' frames
+        read in one poll) then share one Ready: one write and fsync, one
+        APPEND per follower, one ReadIndex.
+        """
+        if self._pump_call is None:
+            self._pump_call = self._reactor.callLater(0, self._pump_later)
+
+    def _pump_later(self) -> None:
+        self._pump_call = None
+        self._pump()
 
     def _pump(self) -> None:
         """Take the next Ready if none is being handled."""
         if self._busy or self._stopped or self._failed is not None:
             return
+        if self._unissued_reads:
+            self._issue_reads()
         if not self.core.has_ready():
             return
         rd = self.core.ready()
@@ -377,12 +413,51 @@ class RaftNode:
             # leader's fsync overlaps its followers' instead of preceding them.
             self._send_messages(rd)
             rd.messages = []
-        if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
-            d = self._executor(self._log_store.persist, rd.snapshot, rd.entries, rd.hard_state)
+        hard_state = rd.hard_state
+        if hard_state is not None and rd.snapshot is None and not rd.entries and \
+                (hard_state.term, hard_state.vote) == self._persisted_term_vote:
+            # Only the commit index moved.  Raft never needs it durable (a
+            # restarted node learns it again), so this Ready skips the storage
+            # thread; the store gets the hard state with the next write.
+            self._hard_state_to_save = hard_state
+            hard_state = None
+        elif hard_state is None and (rd.snapshot is not None or rd.entries):
+            hard_state, self._hard_state_to_save = self._hard_state_to_save, None
+        else:
+            self._hard_state_to_save = None
+        if rd.snapshot is not None or rd.entries or hard_state is not None:
+            if rd.snapshot is None and rd.committed_entries:
+                self._apply_durable_now(rd)
+            d = self._executor(self._log_store.persist, rd.snapshot, rd.entries, hard_state)
         else:
             d = defer.succeed(None)
         d.addCallback(lambda _: self._after_persist(rd))
         d.addErrback(self._fatal)
+
+    def _apply_durable_now(self, rd: Ready) -> None:
+        """Apply, before this Ready's write, the committed entries an earlier Ready wrote.
+
+        Under load a leader's Ready carries the entries committed by the
+        last round and the new proposals to write.  The committed ones are
+        already on this disk (every entry below ``rd.entries[0]`` was
+        written by an earlier Ready, one at a time) and on a majority's, so
+        the order "persist, then apply" holds for them without waiting for
+        this Ready's fsync; their clients are answered one fsync sooner.
+        Entries this Ready itself writes are applied after it, as before.
+        """
+        first_new = rd.entries[0].index if rd.entries else None
+        applied = False
+        # (The state machine is then ahead of core.applied_index until
+        # advance(); nothing reads the core's figure in between.)
+        for entry in rd.committed_entries:
+            if first_new is not None and entry.index >= first_new:
+                break
+            self._apply(entry)
+            applied = True
+        if applied:
+            # The on_applied watchers wait for _finish_ready: a snapshot may
+            # only be taken once the core has been told (advance) too.
+            self._release_reads()
 
     def _may_send_before_persisting(self, rd: Ready) -> bool:
         """True for a leader's Ready that changes no term or vote.
@@ -432,12 +507,15 @@ class RaftNode:
         if self._compactions:
             self._run_compactions()
         if rd.committed_entries:
-            for watcher in list(self._apply_watchers):
-                try:
-                    watcher(self.applied_index)
-                except Exception:  # an observer must not stop the Ready loop
-                    log.failure("{node}: applied-index watcher failed", node=self.node_id)
+            self._notify_applied()
         self._pump()
+
+    def _notify_applied(self) -> None:
+        for watcher in list(self._apply_watchers):
+            try:
+                watcher(self.applied_index)
+            except Exception:  # an observer must not stop the Ready loop
+                log.failure("{node}: applied-index watcher failed", node=self.node_id)
 
     def _apply(self, entry: Entry) -> None:
         if entry.index <= self.applied_index:
@@ -463,22 +541,39 @@ class RaftNode:
         else:
             d.callback(result)
 
-    def _read_became_safe(self, rs: ReadState) -> None:
-        waiting = self._reads.pop(rs.context, None)
-        if waiting is None:
+    def _issue_reads(self) -> None:
+        """One ReadIndex for every read waiting to be issued (see read_index)."""
+        batch, self._unissued_reads = self._unissued_reads, []
+        batch = [w for w in batch if not w.d.called]
+        if not batch:
             return
-        d, call = waiting
-        self._reads_waiting_apply.append((rs.index, d, call))
+        self._next_read_id += 1
+        ctx = self._read_prefix + _READ_CTX.pack(self._next_read_id)
+        try:
+            self.core.read_index(ctx)
+        except Exception as exc:
+            for waiter in batch:
+                waiter.fail(exc)
+            return
+        for waiter in batch:
+            waiter.ctx = ctx
+        self._reads[ctx] = batch
+
+    def _read_became_safe(self, rs: ReadState) -> None:
+        batch = self._reads.pop(rs.context, None)
+        if batch is None:
+            return
+        self._reads_waiting_apply.extend((rs.index, w) for w in batch if not w.d.called)
 
     def _release_reads(self) -> None:
+        if not self._reads_waiting_apply:
+            return
         still = []
-        for index, d, call in self._reads_waiting_apply:
+        for index, waiter in self._reads_waiting_apply:
             if index <= self.applied_index:
-                if call.active():
-                    call.cancel()
-                d.callback(index)
+                waiter.succeed(index)
             else:
-                still.append((index, d, call))
+                still.append((index, waiter))
         self._reads_waiting_apply = still
 
     def _note_soft_state(self, soft: SoftState) -> None:
@@ -496,11 +591,10 @@ class RaftNode:
                      leader=soft.leader or "nobody", term=soft.term)
         if old.role == Role.LEADER and soft.role != Role.LEADER:
             # Reads confirmed by our leadership can no longer be confirmed.
-            for ctx in list(self._reads):
-                d, call = self._reads.pop(ctx)
-                if call.active():
-                    call.cancel()
-                d.errback(NotLeader(soft.leader))
+            reads, self._reads = self._reads, {}
+            for batch in reads.values():
+                for waiter in batch:
+                    waiter.fail(NotLeader(soft.leader))
         for watcher in list(self._role_watchers):
             watcher(soft)
 
@@ -511,10 +605,15 @@ class RaftNode:
         if waiting is not None:
             waiting[1].errback(Timeout(f"entry {index} not applied in time"))
 
-    def _expire_read(self, ctx: bytes) -> None:
-        waiting = self._reads.pop(ctx, None)
-        if waiting is not None:
-            waiting[0].errback(Timeout("read not confirmed in time"))
+    def _expire_read(self, waiter: _ReadWaiter) -> None:
+        waiter.fail(Timeout("read not confirmed in time"))
+        if waiter.ctx is None:
+            if waiter in self._unissued_reads:
+                self._unissued_reads.remove(waiter)
+            return
+        batch = self._reads.get(waiter.ctx)
+        if batch is not None and all(w.d.called for w in batch):
+            del self._reads[waiter.ctx]  # its ReadState may never come: forget it
 
     def _fail_all(self, exc: Exception) -> None:
         proposals, self._proposals = self._proposals, {}
@@ -522,16 +621,12 @@ class RaftNode:
             if call.active():
                 call.cancel()
             d.errback(exc)
+        unissued, self._unissued_reads = self._unissued_reads, []
         reads, self._reads = self._reads, {}
-        for d, call in reads.values():
-            if call.active():
-                call.cancel()
-            d.errback(exc)
         waiting, self._reads_waiting_apply = self._reads_waiting_apply, []
-        for _index, d, call in waiting:
-            if call.active():
-                call.cancel()
-            d.errback(exc)
+        for waiter in unissued + [w for batch in reads.values() for w in batch] + \
+                [w for _index, w in waiting]:
+            waiter.fail(exc)
 
     def _fatal(self, failure: Failure) -> None:
         """Storage failed: nothing after this point can be trusted to be durable."""
@@ -542,6 +637,37 @@ class RaftNode:
             self._ticker.stop()
         if self._on_fatal is not None:
             self._on_fatal(failure)
+
+
+class _ReadWaiter:
+    """One caller of read_index: its Deferred, its timeout, and the context it shares once issued."""
+
+    __slots__ = ("call", "ctx", "d")
+
+    def __init__(self) -> None:
+        self.d: defer.Deferred = defer.Deferred()
+        self.call: Any = None
+        self.ctx: bytes | None = None
+
+    def succeed(self, index: int) -> None:
+        self._stop_timer()
+        if not self.d.called:
+            self.d.callback(index)
+
+    def fail(self, exc: BaseException) -> None:
+        self._stop_timer()
+        if not self.d.called:
+            self.d.errback(exc)
+
+    def _stop_timer(self) -> None:
+        if self.call is not None and self.call.active():
+            self.call.cancel()
+
+
+def _node_id_bytes(node_id: str) -> bytes:
+    """``node_id`` as a length-prefixed byte string, so no two ids give overlapping prefixes."""
+    raw = node_id.encode("utf-8")
+    return bytes([min(len(raw), 255)]) + raw[:255]
 
 
 def _role_name(role: Role) -> str:

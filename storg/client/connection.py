@@ -128,6 +128,9 @@ class ClientConnection(FrameReceiver):
         self._writers: list[tuple[defer.Deferred, Stream | None]] = []
         self._read_pauses = 0
         self.closed: defer.Deferred = defer.Deferred()
+        # The max_frame of this node's last PutReady: a small put that fits
+        # may then send its data without waiting for the next one.
+        self.max_frame: int | None = None
 
     # --- requests -------------------------------------------------------------
 

@@ -7,9 +7,18 @@ here is what one attempt does, with memory bounded whatever the file size:
   thread (a local disk or a pipe may block), hashing in the same thread,
   keeps at most one piece read ahead, and sends a piece only once the
   connection's transport has drained (:meth:`ClientConnection.wait_writable`);
+* a put of a small file of known size (at most :data:`SMALL_PUT` bytes,
+  and within the ``max_frame`` of the connection's last PutReady) is read
+  whole first and sent as PutStart, PutData, PutEnd back to back, without
+  waiting for PutReady: one round trip instead of two.  The node handles
+  the frames in order; if it refuses the PutStart, it refuses the rest too,
+  and those late errors are dropped with the request;
 * a get hands each GetData frame to a single writer thread (write + hash)
   and stops reading the socket while more than :data:`SINK_HIGH_WATER`
-  bytes wait for the sink.
+  bytes wait for the sink;
+* an in-memory source or sink (``io.BytesIO``) is read or written on the
+  reactor thread: it cannot block, and a thread hop per frame would cost
+  more than the copy.
 
 A stalled node is not waited on forever: every attempt has a watchdog that
 drops the connection after ``timeout`` seconds without progress, while a
@@ -19,6 +28,7 @@ transfer that keeps moving is never cut off.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import stat
 import tempfile
@@ -60,6 +70,10 @@ SINK_LOW_WATER = 1 * 1024 * 1024
 
 MAX_PIECE = MAX_FRAME_BYTES - 1024
 """Never trust a server's max_frame beyond what one frame can carry."""
+
+SMALL_PUT = 64 * 1024
+"""Sources up to this size may be put in one round trip (PutData sent before PutReady),
+when they also fit in the ``max_frame`` the node gave on this connection before."""
 
 
 def _no_progress(done: int, total: int | None) -> None:
@@ -138,6 +152,7 @@ class UploadSource:
         except (OSError, ValueError, AttributeError):
             self.seekable = False
             self.start = 0
+        self.in_memory = isinstance(fileobj, io.BytesIO)
         self.size = self._size()
         self.consumed = False
 
@@ -151,6 +166,8 @@ class UploadSource:
         return cls(f, owned=True)
 
     def _size(self) -> int | None:
+        if self.in_memory:
+            return max(len(self.f.getbuffer()) - self.start, 0)
         try:
             st = os.fstat(self.f.fileno())
         except (OSError, ValueError, AttributeError):
@@ -166,9 +183,36 @@ class UploadSource:
         if self.consumed and self.seekable:
             self.f.seek(self.start)
 
+    def read_small(self, reactor: Any, limit: int) -> defer.Deferred:
+        """Fires with the whole content if it is known to be at most ``limit`` bytes, else None.
+
+        Nothing counts as read after None: the caller goes on with
+        :meth:`read_piece` from the start.  A regular file that grew past
+        ``limit`` meanwhile is rewound.
+        """
+        if self.size is None or self.size > limit or not self.seekable:
+            return defer.succeed(None)
+        if self.in_memory:
+            self.consumed = True
+            return defer.maybeDeferred(self._read_whole, limit)
+        self.consumed = True
+        return _in_thread(reactor, self._read_whole, limit)
+
+    def _read_whole(self, limit: int) -> bytes | None:
+        try:
+            data = self.f.read(limit + 1)
+            if data is None or len(data) > limit:
+                self.f.seek(self.start)
+                return None
+        except (OSError, ValueError) as exc:
+            raise LocalError(f"reading the source failed: {exc}") from None
+        return bytes(data)
+
     def read_piece(self, reactor: Any, size: int, hasher: Any) -> defer.Deferred:
         """Read up to ``size`` bytes (fewer only at the end) and hash them, off the reactor thread."""
         self.consumed = True
+        if self.in_memory:
+            return defer.maybeDeferred(self._read_and_hash, size, hasher)
         return _in_thread(reactor, self._read_and_hash, size, hasher)
 
     def _read_and_hash(self, size: int, hasher: Any) -> bytes:
@@ -205,6 +249,11 @@ class Upload:
                 f"the upload was interrupted ({self.interrupted or 'leader changed'}) "
                 "and its source cannot be read again")
         self.source.rewind()
+        small = None
+        if conn.max_frame is not None:
+            small = await self.source.read_small(self.reactor, min(SMALL_PUT, conn.max_frame))
+        if small is not None:
+            return await self._attempt_small(conn, deadline, small)
         ready: defer.Deferred = defer.Deferred()
 
         def on_frame(frame: Any) -> bool:
@@ -229,6 +278,7 @@ class Upload:
             max_frame = (await ready).max_frame
             if not 0 < max_frame:
                 raise ProtocolViolation(f"PutReady with max_frame {max_frame}")
+            conn.max_frame = max_frame
             piece = min(max_frame, MAX_PIECE)
             deadline.extend()
             watchdog.reset(deadline.timeout)
@@ -271,6 +321,50 @@ class Upload:
                     await defer.DeferredList([pending], consumeErrors=True)
 
 
+    async def _attempt_small(self, conn: ClientConnection, deadline: Deadline, data: bytes) -> FileInfo:
+        """The whole put in one round trip: PutStart, PutData, PutEnd without waiting for PutReady.
+
+        A node that reads all three at once answers PutDone alone; one that
+        reads them apart sends PutReady first.
+        """
+        ready = [False]
+
+        def on_frame(frame: Any) -> bool:
+            if isinstance(frame, PutReady) and not ready[0]:
+                ready[0] = True
+                conn.max_frame = frame.max_frame
+                if frame.max_frame < len(data):
+                    raise ProtocolViolation(
+                        f"PutReady with max_frame {frame.max_frame}, below the {len(data)} bytes sent")
+                return False
+            if isinstance(frame, PutDone):
+                return True  # a node may skip PutReady when the PutEnd came with the PutStart
+            raise ProtocolViolation(f"unexpected {type(frame).__name__} during a put")
+
+        digest = hashlib.sha256(data).hexdigest()
+        self.progress(0, len(data))
+        stream = conn.request_stream(
+            lambda rid: PutStart(rid, self.path, self.client_id, self.seq), on_frame)
+        watchdog = Watchdog(self.reactor, conn, deadline.remaining())
+        try:
+            if data and not stream.finished:
+                stream.send(PutData(stream.request_id, data))
+            if not stream.finished:
+                stream.send(PutEnd(stream.request_id, len(data), digest))
+            reply = await stream.done
+            deadline.extend()
+            self.progress(len(data), len(data))
+            return reply.info
+        except Exception as exc:
+            self.interrupted = str(exc) or type(exc).__name__
+            raise
+        finally:
+            watchdog.cancel()
+            _consume(stream.done)
+            if not stream.finished:
+                stream.abort(ProtocolViolation("put abandoned"))
+
+
 # --- get -----------------------------------------------------------------------
 
 class DownloadSink:
@@ -284,6 +378,7 @@ class DownloadSink:
         except (OSError, ValueError, AttributeError):
             self.seekable = False
             self.start = 0
+        self.in_memory = isinstance(fileobj, io.BytesIO)
         self.dirty = False
 
     def can_restart(self) -> bool:
@@ -330,6 +425,18 @@ class _SinkWriter:
 
     def write(self, data: bytes) -> None:
         if self.stopped:
+            return
+        if self.sink.in_memory and self._busy is None:
+            # Nothing queued: write in place (see the module docstring).
+            self.sink.dirty = True
+            try:
+                self.sink.write_and_hash(data, self.hasher)
+            except LocalError as exc:
+                self.stop()
+                self._on_error(exc)
+                return
+            self.written += len(data)
+            self._on_written(self.written)
             return
         self.queue.append(data)
         self.queued += len(data)
@@ -438,7 +545,10 @@ class Download:
             await writer.drain()
             if writer.stopped:
                 raise LocalError("writing the output failed")
-            await _in_thread(self.reactor, self.sink.flush)
+            if self.sink.in_memory:
+                self.sink.flush()
+            else:
+                await _in_thread(self.reactor, self.sink.flush)
             meta = info[0]
             if writer.written != meta.size:
                 raise IntegrityError(

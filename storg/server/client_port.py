@@ -86,6 +86,24 @@ class _WriteWindow:
         return d
 
 
+class HeldReply:
+    """A reply held until the frames of the current read are handled; see send_soon."""
+
+    __slots__ = ("cancelled", "frame")
+
+    def __init__(self, frame: object) -> None:
+        self.frame = frame
+        self.cancelled = False
+
+    def cancel(self) -> bool:
+        """Drop the reply if it is still held; True if it was (it will never be sent)."""
+        if self.frame is None:
+            return False
+        self.cancelled = True
+        self.frame = None
+        return True
+
+
 class ClientConnection(FrameReceiver):
     """One connection to the client port."""
 
@@ -95,12 +113,35 @@ class ClientConnection(FrameReceiver):
         self._window = _WriteWindow()
         self._on_close: list[Callable[[], object]] = []
         self._read_pauses = 0
+        self._held: list[HeldReply] = []
 
     # -- what handlers use ---------------------------------------------------
 
     def send(self, obj: object) -> None:
         if self.transport is not None and self.connected and not self.transport.disconnecting:
             self.sendString(CODEC.encode(obj))
+
+    def send_soon(self, obj: object) -> HeldReply:
+        """Send ``obj`` once the frames already read from the socket are handled.
+
+        Until then :meth:`HeldReply.cancel` drops it: a PutReady whose
+        PutEnd came in the same read (a client that did not wait for it)
+        is never sent.
+        """
+        held = HeldReply(obj)
+        if self._parsing:
+            self._held.append(held)
+        else:  # not called while handling a read: nothing later can make it moot
+            held.frame = None
+            self.send(obj)
+        return held
+
+    def framesDelivered(self) -> None:
+        held, self._held = self._held, []
+        for reply in held:
+            frame, reply.frame = reply.frame, None
+            if frame is not None:
+                self.send(frame)
 
     def send_error(self, request_id: int, failure: Failure | BaseException) -> None:
         self.send(self.error_reply(failure, request_id))

@@ -92,6 +92,14 @@ class FrameReceiver(Int32StringReceiver):
         finally:
             if offset:
                 del buf[:offset]
+                self.framesDelivered()
+
+    def framesDelivered(self) -> None:
+        """Called after the frames of one read were delivered (hook; does nothing here).
+
+        A subclass may hold replies back until then, so a reply made moot
+        by a later frame of the same read need not be sent at all.
+        """
 
     def _closing(self) -> bool:
         transport = self.transport

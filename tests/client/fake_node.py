@@ -73,6 +73,8 @@ class FakeNode:
         self.not_leader_after: int | None = None  # bytes of PutData, once: NOT_LEADER naming redirect_hint
         self.redirect_hint = ""
         self.ignore_put_end = False  # never answer: a leader that lost its quorum
+        self.ready_late = False  # hold PutReady back until the PutEnd: a client must not wait for it
+        self.skip_ready = False  # no PutReady at all, as a node that read PutStart and PutEnd at once
         self.protocols: list[NodeProtocol] = []
         factory = Factory.forProtocol(lambda: NodeProtocol(self))
         self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
@@ -130,7 +132,8 @@ class NodeProtocol(FrameReceiver):
             self.error(frame.request_id, ErrorCode.NOT_LEADER, "not the leader", node.redirect_to)
             return
         self.uploads[frame.request_id] = _Upload(frame)
-        self.send(PutReady(frame.request_id, node.max_frame))
+        if not node.ready_late and not node.skip_ready:
+            self.send(PutReady(frame.request_id, node.max_frame))
         if node.pause_after_ready:
             self.transport.pauseProducing()
 
@@ -161,6 +164,8 @@ class NodeProtocol(FrameReceiver):
         node = self.node
         if upload is None or node.ignore_put_end:
             return
+        if node.ready_late and not node.skip_ready:
+            self.send(PutReady(frame.request_id, node.max_frame))
         if frame.size != upload.size or frame.sha256 != upload.hasher.hexdigest():
             self.error(frame.request_id, ErrorCode.INTEGRITY, "size or checksum mismatch")
             return

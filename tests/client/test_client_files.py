@@ -461,3 +461,76 @@ async def test_bad_request_from_the_server(nodes, clients, monkeypatch):
     monkeypatch.setattr(fake_node.NodeProtocol, "on_StatRequest", refuse)
     with pytest.raises(BadRequest):
         await clients([node.address]).stat("/f")
+
+
+# --- small puts in one round trip ------------------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_a_small_put_does_not_wait_for_put_ready_once_max_frame_is_known(nodes, clients, tmp_path):
+    node = nodes(max_frame=4096)
+    client = clients([node.address])
+    await client.put(io.BytesIO(b"first"), "/first")  # learns max_frame the usual way
+    node.ready_late = True  # PutReady only after PutEnd: waiting for it would hang
+    for name, data in [("mem", b"m" * 300), ("empty", b""), ("limit", os.urandom(4096))]:
+        info = await client.put(io.BytesIO(data), f"/{name}")
+        assert node.files[f"/{name}"][1] == data and info.size == len(data)
+    info = await client.put(write_file(tmp_path, "f", b"from disk"), "/disk")
+    assert node.files["/disk"][1] == b"from disk" and info.sha256 == hashlib.sha256(b"from disk").hexdigest()
+    assert len({s.client_id for s in node.put_starts}) == 1
+    node.ready_late, node.skip_ready = False, True  # PutDone alone is answer enough
+    info = await client.put(io.BytesIO(b"no ready"), "/noready")
+    assert node.files["/noready"][1] == b"no ready" and info.size == 8
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_put_larger_than_max_frame_still_waits_for_put_ready(nodes, clients):
+    node = nodes(max_frame=4096)
+    client = clients([node.address])
+    await client.put(io.BytesIO(b"first"), "/first")
+    data = os.urandom(4097)
+    info = await client.put(io.BytesIO(data), "/bigger")  # the fake asserts every frame fits
+    assert node.files["/bigger"][1] == data and info.size == 4097
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pipelined_put_refused_by_a_former_leader_goes_to_the_new_one(nodes, clients):
+    old = nodes()
+    new = nodes()
+    client = clients([old.address, new.address])
+    await client.put(io.BytesIO(b"one"), "/one")
+    old.redirect_to = new.address  # old learned it is no longer the leader
+    data = b"two" * 50
+    info = await client.put(io.BytesIO(data), "/two")
+    assert new.files["/two"][1] == data and info.size == len(data)
+    assert "/two" not in old.files
+    assert (old.put_starts[-1].client_id, old.put_starts[-1].seq) == (
+        new.put_starts[-1].client_id, new.put_starts[-1].seq)
+    # The old node's errors for the PutData and PutEnd it was sent anyway were dropped.
+    await client.put(io.BytesIO(b"three"), "/three")
+    assert new.files["/three"][1] == b"three"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pipelined_put_whose_connection_drops_is_sent_again(nodes, clients):
+    node = nodes()
+    client = clients([node.address])
+    await client.put(io.BytesIO(b"warm"), "/warm")
+    node.drop_put_after = 1
+    data = os.urandom(1000)
+    info = await client.put(io.BytesIO(data), "/again")
+    assert node.files["/again"][1] == data and info.size == 1000
+    assert (node.put_starts[-1].client_id, node.put_starts[-1].seq) == (
+        node.put_starts[-2].client_id, node.put_starts[-2].seq)
+
+
+@pytest_twisted.ensureDeferred
+async def test_in_memory_sources_and_sinks_larger_than_a_frame(nodes, clients):
+    node = nodes(max_frame=4096, get_frame=4096)
+    client = clients([node.address])
+    data = os.urandom(100_000)
+    seen = []
+    await client.put(io.BytesIO(data), "/mem", progress=lambda d, t: seen.append((d, t)))
+    assert node.files["/mem"][1] == data and seen[-1] == (len(data), len(data))
+    sink = io.BytesIO()
+    info = await client.get("/mem", sink)
+    assert sink.getvalue() == data and info.size == len(data)

@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from storg.node import NodeStopped, RaftNode, Timeout, run_inline
 from storg.raft.core import RaftConfig, RaftCore
 from storg.raft.errors import NotLeader
-from storg.raft.types import ConfState, Role, SnapshotMeta
+from storg.raft.types import ConfState, MessageType, Role, SnapshotMeta
 from storg.testing import ListStateMachine, MemoryLogStore, MemoryNetwork
 
 TICK = 0.01
@@ -188,3 +188,136 @@ def test_stop_fails_pending_operations():
     got = result_of(leader.propose(b"x"))
     leader.stop()
     assert got and got[0].check(NodeStopped)
+
+
+def test_reads_from_several_followers_at_once_are_all_answered():
+    """Each node's read contexts are its own: the leader must not take two followers'
+    first reads for one and drop the other (which then timed out)."""
+    c = Cluster()
+    leader = c.wait_leader()
+    done = result_of(leader.propose(b"w"))
+    c.run_until(lambda: done)
+    followers = [n for n in c.nodes.values() if n is not leader]
+    reads = [result_of(n.read_index()) for n in followers for _ in range(3)]
+    reads.append(result_of(leader.read_index()))
+    c.run_until(lambda: all(reads), seconds=1.0)
+    assert all(isinstance(r[0], int) and r[0] >= done[0] for r in reads)
+
+
+def test_read_contexts_differ_between_nodes_and_restarts():
+    c = Cluster()
+    first = {nid: n._read_prefix for nid, n in c.nodes.items()}
+    assert len(set(first.values())) == len(first)
+    c.crash("a")
+    again = c.start("a")
+    assert again._read_prefix != first["a"]
+
+
+def test_reads_arriving_in_one_turn_share_one_read_index():
+    c = Cluster()
+    leader = c.wait_leader()
+    done = result_of(leader.propose(b"w"))
+    c.run_until(lambda: done)
+    follower = next(n for n in c.nodes.values() if n is not leader)
+    before = len(c.net.sent)
+    reads = [result_of(follower.read_index()) for _ in range(20)]
+    c.run_until(lambda: all(reads), seconds=1.0)
+    asks = [m for m in c.net.sent[before:]
+            if m.type == MessageType.READ_INDEX and m.frm == follower.node_id]
+    assert len(asks) == 1
+    assert {r[0] for r in reads} == {reads[0][0]} and reads[0][0] >= done[0]
+
+
+def test_a_read_arriving_after_a_batch_was_issued_waits_for_a_newer_read_index():
+    c = Cluster()
+    leader = c.wait_leader()
+    follower = next(n for n in c.nodes.values() if n is not leader)
+    first = result_of(follower.read_index())
+    c.clock.advance(0)  # the first batch is issued
+    write = result_of(leader.propose(b"later"))
+    c.run_until(lambda: write)
+    second = result_of(follower.read_index())
+    c.run_until(lambda: first and second, seconds=1.0)
+    assert second[0] >= write[0]
+    assert b"later" in c.sms[follower.node_id].applied
+
+
+def test_a_read_timing_out_in_a_batch_leaves_the_others_be():
+    c = Cluster()
+    leader = c.wait_leader()
+    follower = next(n for n in c.nodes.values() if n is not leader)
+    c.net.isolate(follower.node_id)
+    short = result_of(follower.read_index(timeout=0.05))
+    long = result_of(follower.read_index(timeout=5.0))
+    c.run(0.2)
+    assert short and short[0].check(Timeout) and not long
+    c.net.heal()
+    c.run(4.9)
+    assert long and long[0].check(Timeout)
+    assert not follower._reads and not follower._unissued_reads
+
+
+def test_ready_with_only_a_new_commit_index_skips_the_storage_thread():
+    calls = {}
+
+    def counting(nid):
+        def run(fn, *args):
+            snapshot, entries, hard_state = args if len(args) == 3 else (None, None, None)
+            if fn.__name__ == "persist":
+                calls.setdefault(nid, []).append((snapshot, list(entries), hard_state))
+            return run_inline(fn, *args)
+        return run
+
+    c = Cluster(executor_for=counting)
+    leader = c.wait_leader()
+    for i in range(5):
+        got = result_of(leader.propose(b"p%d" % i))
+        c.run_until(lambda got=got: got)
+    c.run(0.5)
+    for nid, seen in calls.items():
+        last = None
+        for snapshot, entries, hard_state in seen:
+            if snapshot is None and not entries:
+                assert hard_state is not None and (hard_state.term, hard_state.vote) != last, nid
+            if hard_state is not None:
+                last = (hard_state.term, hard_state.vote)
+    # The commit index still reaches the store, with the next write.
+    assert c.stores[leader.node_id].hard_state.commit > 0
+
+
+def test_entries_committed_by_the_last_round_are_applied_without_waiting_for_the_next_write():
+    hold: set[str] = set()
+    held: list = []
+
+    def holding(nid):
+        def run(fn, *args):
+            if nid in hold and fn.__name__ == "persist":
+                d = defer.Deferred()
+                held.append((d, fn, args))
+                return d
+            return run_inline(fn, *args)
+        return run
+
+    def release_one():
+        d, fn, args = held.pop(0)
+        d.callback(fn(*args))
+
+    c = Cluster(executor_for=holding)
+    leader = c.wait_leader()
+    c.run(0.1)
+    hold.add(leader.node_id)
+    first = result_of(leader.propose(b"first"))
+    c.clock.advance(0)  # the leader writes "first" (held) and sends it
+    c.clock.advance(0)
+    c.clock.advance(0)  # the followers write it and acknowledge
+    assert len(held) == 1 and not first
+    second = result_of(leader.propose(b"second"))
+    release_one()  # "first" is on the leader's disk: committed; the next Ready writes "second"
+    c.clock.advance(0)
+    assert len(held) == 1, "the write of 'second' is under way"
+    assert first and first[0] >= 1, "'first' was answered before that write finished"
+    assert not second
+    assert c.sms[leader.node_id].applied[-1:] == [b"first"]
+    release_one()
+    c.run_until(lambda: second)
+    assert second[0] == first[0] + 1

@@ -82,3 +82,47 @@ def test_oversized_length_prefix_closes_the_connection():
     proto, transport = connect(FakeApi())
     proto.dataReceived(struct.pack(">I", 0x7FFFFFFF) + b"x")
     assert transport.disconnecting
+
+
+class HoldingApi(FakeApi):
+    """StatusRequest with an even id holds a reply; an odd id cancels the one held before it."""
+
+    def __init__(self):
+        super().__init__()
+        self.held = {}
+
+    def status_reply(self, request, conn):
+        if request.request_id % 2 == 0:
+            self.held[request.request_id] = conn.send_soon(super().status_reply(request, conn))
+            return None
+        cancelled = self.held[request.request_id - 1].cancel()
+        row = MemberRow("n1", "leader", int(cancelled), "n1", 5, 5, 5)
+        return StatusReply(request.request_id, row)
+
+
+def test_a_held_reply_is_sent_after_the_frames_of_its_read():
+    api = HoldingApi()
+    proto, transport = connect(api)
+    proto.dataReceived(frame(StatusRequest(2)) + frame(StatusRequest(4)))
+    assert [r.request_id for r in replies(transport)] == [2, 4]
+    assert not api.held[2].cancel()  # already sent: too late to drop
+
+
+def test_a_held_reply_made_moot_in_the_same_read_is_never_sent():
+    api = HoldingApi()
+    proto, transport = connect(api)
+    proto.dataReceived(frame(StatusRequest(2)) + frame(StatusRequest(3)))
+    got = replies(transport)
+    assert [r.request_id for r in got] == [3] and got[0].row.term == 1
+
+
+def test_a_held_reply_goes_out_when_the_next_frame_comes_in_a_later_read():
+    api = HoldingApi()
+    proto, transport = connect(api)
+    both = frame(StatusRequest(2)) + frame(StatusRequest(3))
+    cut = len(frame(StatusRequest(2))) + 2
+    proto.dataReceived(both[:cut])
+    assert [r.request_id for r in replies(transport)] == [2]
+    proto.dataReceived(both[cut:])
+    got = replies(transport)
+    assert [r.request_id for r in got] == [2, 3] and got[1].row.term == 0

@@ -1,0 +1,159 @@
+"""Small files on a node: written off the reactor after apply, yet readable and synced in order.
+
+The chunk pool is a fake whose jobs run only when the test releases them,
+so the test sees the moment between apply and the file being on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from storg.fsm import FileStoreStateMachine
+from storg.raft.types import ConfState, Entry, EntryType
+from storg.server.chunk_io import Chunks
+from storg.server.files import FileService
+from storg.storage.chunks import ChunkStore
+from storg.wire import CODEC
+from storg.wire.files import GetData, GetEnd, GetRequest, GetStart, PutInlineCommand
+
+
+class HeldPool:
+    """LocalChunks with a pool that runs nothing until ``release``."""
+
+    def __init__(self, store: ChunkStore) -> None:
+        self.store = store
+        self.jobs: list[tuple[defer.Deferred, object, tuple]] = []
+
+    def run(self, fn, *args) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        self.jobs.append((d, fn, args))
+        return d
+
+    def get(self, chunk_hash: str) -> defer.Deferred:
+        return self.run(self.store.get, chunk_hash)
+
+    def release(self) -> None:
+        while self.jobs:
+            d, fn, args = self.jobs.pop(0)
+            try:
+                result = fn(*args)
+            except Exception:
+                d.errback()
+            else:
+                d.callback(result)
+
+
+class NoRemote:
+    timeout = 1.0
+
+    def get(self, node_id, chunk_hash):
+        return defer.fail(ConnectionRefusedError(node_id))
+
+
+class FakeCore:
+    conf = ConfState(voters=frozenset({"n1", "n2", "n3"}))
+    last_index = 0
+
+
+class FakeNode:
+    node_id = "n1"
+    applied_index = 0
+    term = 1
+    leader = "n1"
+    core = FakeCore()
+
+    def on_applied(self, watcher) -> None:
+        pass
+
+    def on_role_change(self, watcher) -> None:
+        pass
+
+    def is_leader(self) -> bool:
+        return True
+
+    def read_index(self) -> defer.Deferred:
+        return defer.succeed(self.applied_index)
+
+
+class Conn:
+    open = True
+
+    def __init__(self) -> None:
+        self.sent: list[object] = []
+
+    def send(self, frame) -> None:
+        self.sent.append(frame)
+
+    def writable(self) -> defer.Deferred:
+        return defer.succeed(None)
+
+
+def make(tmp_path):
+    store = ChunkStore(tmp_path / "chunks")
+    pool = HeldPool(store)
+    fsm = FileStoreStateMachine()
+    service = FileService(FakeNode(), fsm, Chunks("n1", pool, NoRemote()), replication_factor=3,
+                          chunk_size=1 << 20, reactor=Clock())
+    return service, fsm, pool, store
+
+
+def apply_small(fsm, index: int, path: str, data: bytes) -> str:
+    cmd = PutInlineCommand(0, 0, 1_000, path, data, ("n1", "n2", "n3"))
+    fsm.apply(Entry(1, index, EntryType.NORMAL, CODEC.encode(cmd)))
+    return hashlib.sha256(data).hexdigest()
+
+
+def get(service, path: str) -> list[object]:
+    conn = Conn()
+    d = service.get(GetRequest(1, path, False), conn)
+    d.addCallback(conn.send)
+    return conn.sent
+
+
+def test_a_small_file_is_written_off_the_reactor_and_served_from_memory_meanwhile(tmp_path):
+    service, fsm, pool, store = make(tmp_path)
+    h = apply_small(fsm, 1, "/s", b"small bytes")
+    assert not store.has(h) and len(pool.jobs) == 1  # queued, not written on apply
+    sent = get(service, "/s")
+    assert [type(f) for f in sent] == [GetStart, GetData, GetEnd]
+    assert sent[1].data == b"small bytes"
+    pool.release()
+    assert store.get(h) == b"small bytes"
+
+
+def test_without_the_cache_a_get_reads_after_the_queued_write(tmp_path):
+    service, fsm, pool, _store = make(tmp_path)
+    service.small_cache.max_bytes = 0
+    apply_small(fsm, 1, "/s", b"uncached")
+    sent = get(service, "/s")
+    assert [type(f) for f in sent] == [GetStart]  # its data waits behind the write, no error
+    pool.release()
+    assert [type(f) for f in sent] == [GetStart, GetData, GetEnd] and sent[1].data == b"uncached"
+
+
+def test_sync_before_compaction_waits_for_the_writes_already_issued(tmp_path):
+    service, fsm, pool, store = make(tmp_path)
+    h = apply_small(fsm, 1, "/a", b"first")
+    synced = []
+    service.sync_inline_chunks().addCallback(synced.append)
+    pool.release()  # the write, then the fsync it was waiting for
+    assert synced == [1] and store.has(h)
+    again = []
+    service.sync_inline_chunks().addCallback(again.append)
+    assert again == [0]
+
+
+def test_the_same_small_file_applied_twice_is_written_once_unless_a_delete_came_between(tmp_path):
+    service, fsm, pool, store = make(tmp_path)
+    h = apply_small(fsm, 1, "/a", b"same")
+    apply_small(fsm, 2, "/b", b"same")
+    assert len(pool.jobs) == 1 and len(service._inline_writes) == 1  # one write covers both
+    service.ops.delete([h])
+    assert not service.ops.write_queued(h)
+    apply_small(fsm, 3, "/c", b"same")
+    assert service.ops.write_queued(h) and len(service._inline_writes) == 2
+    pool.release()  # write, delete, write: in that order
+    assert store.get(h) == b"same" and not service._inline_writes
