@@ -5,22 +5,30 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
 
+import storg.storage.wal as wal_module
 from storg.raft.types import Entry, EntryType
 from storg.storage.errors import CorruptionError, DiskFullError, StorageError
 from storg.storage.wal import (
     HEADER_BYTES,
+    MAGIC,
+    MIN_RECORD_BYTES,
+    PER_ENTRY_BYTES,
     WriteAheadLog,
     _encode_batch,
-    frame_entry,
+    frame_batch,
     segment_name,
 )
 
-REC = HEADER_BYTES + 21 + 10
-"""Bytes of one record made by ents(): header, entry head, 10 bytes of data."""
+
+def rec(n: int, size: int = 10) -> int:
+    """Bytes of the record for a batch of ``n`` entries of ``size`` bytes."""
+    return MIN_RECORD_BYTES + n * (PER_ENTRY_BYTES + size)
 
 
 def ents(lo: int, hi: int, term: int = 1, size: int = 10) -> list[Entry]:
@@ -31,13 +39,34 @@ def segments(d: Path) -> list[str]:
     return sorted(p.name for p in d.iterdir() if p.name.endswith(".wal"))
 
 
-def test_batch_encoding_is_the_reference_framing() -> None:
-    batch = [Entry(7, 3, EntryType.CONF_CHANGE, b"cc"), Entry(7, 4), Entry(8, 5, data=b"x" * 70_000)]
-    parts, nbytes, offsets = _encode_batch(batch)
-    records = [frame_entry(e) for e in batch]
-    assert b"".join(parts) == b"".join(records)
-    assert nbytes == sum(map(len, records))
-    assert offsets == [0, len(records[0]), len(records[0]) + len(records[1])]
+def reference_record(batch: list[Entry]) -> bytes:
+    """The format as the module docstring states it, built the slow, obvious way."""
+    body = b"".join(struct.pack(">Q", e.term) for e in batch)
+    body += bytes(int(e.type) for e in batch)
+    body += b"".join(struct.pack(">I", len(e.data)) for e in batch)
+    body += b"".join(e.data for e in batch)
+    length = 4 + 4 + 8 + 4 + len(body) + 4
+    head = MAGIC + struct.pack(">IQI", length, batch[0].index if batch else 0, len(batch))
+    return head + body + struct.pack(">I", zlib.crc32(head + body))
+
+
+@pytest.mark.parametrize("size", [0, 10, 70_000])
+@pytest.mark.parametrize("n", [1, 3])
+def test_batch_encoding_is_the_documented_format(size: int, n: int) -> None:
+    batch = [Entry(2**40, 3, data=b"x" * size), Entry(7, 4, EntryType.CONF_CHANGE, b"cc"), Entry(7, 5)][:n]
+    parts, nbytes, terms = _encode_batch(batch)
+    expected = reference_record(batch)
+    assert frame_batch(batch) == expected
+    assert b"".join(parts) == expected[:-4]
+    assert nbytes == len(expected) == rec(n, 0) + size + (2 if n > 1 else 0)
+    assert list(terms) == [2**40, 7, 7][:n]
+
+
+def test_append_writes_exactly_the_framed_batch(tmp_path: Path) -> None:
+    with WriteAheadLog.open(tmp_path) as log:
+        log.append(ents(1, 3))
+        log.append(ents(4, 5, size=300_000))  # the big-record path
+    assert (tmp_path / segment_name(1)).read_bytes() == frame_batch(ents(1, 3)) + frame_batch(ents(4, 5, size=300_000))
 
 
 def test_new_log_is_empty_and_starts_at_one(tmp_path: Path) -> None:
@@ -121,6 +150,10 @@ def test_bad_appends_are_refused(tmp_path: Path) -> None:
             log.append(ents(5, 6))
         with pytest.raises(ValueError, match="not consecutive"):
             log.append([Entry(1, 4), Entry(1, 6)])
+        with pytest.raises(ValueError, match="unknown type"):
+            log.append([Entry(1, 4, 7)])  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="unknown type"):
+            log.append([Entry(1, 4), Entry(1, 5, 9)])  # type: ignore[arg-type]
         log.append([])
         assert log.read_all() == ents(1, 3)
 
@@ -164,7 +197,7 @@ def test_reset_leaves_a_snapshot_marker(tmp_path: Path) -> None:
 def test_one_write_and_one_fsync_per_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     log = WriteAheadLog.open(tmp_path)
     calls = {"fsync": 0, "write": 0}
-    real_fsync, real_write = os.fsync, os.write
+    real_fsync, real_write, real_writev = os.fsync, os.write, os.writev
 
     def fsync(fd: int) -> None:
         calls["fsync"] += 1
@@ -174,8 +207,13 @@ def test_one_write_and_one_fsync_per_batch(tmp_path: Path, monkeypatch: pytest.M
         calls["write"] += 1
         return real_write(fd, data)
 
+    def writev(fd: int, parts: list[bytes]) -> int:
+        calls["write"] += 1
+        return real_writev(fd, parts)
+
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "write", write)
+    monkeypatch.setattr(os, "writev", writev)
     log.append(ents(1, 256, size=256))
     assert calls == {"fsync": 1, "write": 1}
     for k in range(10):
@@ -198,6 +236,18 @@ def test_big_batch_is_one_writev_and_one_fsync(tmp_path: Path, monkeypatch: pyte
     assert calls == ["writev", "fsync"]
     monkeypatch.undo()
     assert log.read_all() == batch
+    log.close()
+    with WriteAheadLog.open(tmp_path) as log:
+        assert log.read_all() == batch
+
+
+def test_batch_with_more_parts_than_iov_max(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wal_module, "_IOV_MAX", 7)
+    batch = ents(1, 40, size=20_000)
+    with WriteAheadLog.open(tmp_path) as log:
+        log.append(batch)
+    with WriteAheadLog.open(tmp_path) as log:
+        assert log.read_all() == batch
 
 
 def test_short_writev_is_completed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -205,7 +255,7 @@ def test_short_writev_is_completed(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     real = os.writev
 
     def short(fd: int, parts: list[bytes]) -> int:
-        return real(fd, parts[:3])
+        return real(fd, [parts[0], bytes(parts[1])[:5]])
 
     monkeypatch.setattr(os, "writev", short)
     log.append(ents(1, 8, size=65536))
@@ -220,7 +270,7 @@ def _last_record_offset(path: Path) -> int:
     pos = last = 0
     while pos < len(data):
         last = pos
-        pos += HEADER_BYTES + int.from_bytes(data[pos:pos + 4], "big")
+        pos += int.from_bytes(data[pos + 4:pos + 8], "big")
     return last
 
 
@@ -234,17 +284,19 @@ def test_torn_tail_is_cut_at_every_offset_of_the_last_record(tmp_path: Path) -> 
     last = src / names[-1]
     full = last.read_bytes()
     start = _last_record_offset(last)
+    assert start > 0 and len(full) - start == rec(3, 17)
     for cut in range(start, len(full)):
         d = tmp_path / f"cut{cut}"
         shutil.copytree(src, d)
         (d / names[-1]).write_bytes(full[:cut])
         with WriteAheadLog.open(d, segment_bytes=300) as log:
-            assert log.last_index == 11
-            assert log.read_all() == ents(1, 11, size=17)
+            # The torn record is the whole last batch (10..12): none of it was acknowledged.
+            assert log.last_index == 9
+            assert log.read_all() == ents(1, 9, size=17)
             assert (d / names[-1]).stat().st_size == start
-            log.append(ents(12, 13, term=2))
+            log.append(ents(10, 11, term=2))
         with WriteAheadLog.open(d, segment_bytes=300) as log:
-            assert log.read_all() == ents(1, 11, size=17) + ents(12, 13, term=2)
+            assert log.read_all() == ents(1, 9, size=17) + ents(10, 11, term=2)
         shutil.rmtree(d)
 
 
@@ -262,18 +314,69 @@ def test_crash_right_after_rolling_leaves_an_empty_segment(tmp_path: Path) -> No
         WriteAheadLog.open(tmp_path)
 
 
-def test_zero_filled_tail_is_a_torn_write(tmp_path: Path) -> None:
+@pytest.mark.parametrize("zero_from", [0, 3, 10, 40])
+def test_zero_filled_tail_is_a_torn_write(tmp_path: Path, zero_from: int) -> None:
     with WriteAheadLog.open(tmp_path) as log:
         log.append(ents(1, 4))
         log.append(ents(5, 6))
     seg = tmp_path / segment_name(1)
     data = bytearray(seg.read_bytes())
     start = _last_record_offset(seg)
-    # The file grew but the last record's pages never reached the disk.
-    data[start + 3:] = bytes(len(data) - start - 3) + bytes(4096)
+    # The file grew but (part of) the last record's pages never reached the disk.
+    data[start + zero_from:] = bytes(len(data) - start - zero_from) + bytes(4096)
     seg.write_bytes(bytes(data))
     with WriteAheadLog.open(tmp_path) as log:
-        assert log.read_all() == ents(1, 5)
+        assert log.read_all() == ents(1, 4)
+    assert seg.stat().st_size == start
+
+
+def test_torn_big_batch_at_the_tail_is_dropped_whole(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    with WriteAheadLog.open(src) as log:
+        log.append(ents(1, 3))
+        log.append(ents(4, 11, size=65536))  # written payload first, CRC last
+    seg = src / segment_name(1)
+    full = seg.read_bytes()
+    start = rec(3)
+    assert len(full) == start + rec(8, 65536)
+    for cut in (start + 1, start + HEADER_BYTES + 5, start + 3 * 65536, len(full) - 4, len(full) - 1):
+        d = tmp_path / f"cut{cut}"
+        shutil.copytree(src, d)
+        (d / segment_name(1)).write_bytes(full[:cut])
+        with WriteAheadLog.open(d) as log:
+            assert log.read_all() == ents(1, 3)
+            log.append(ents(4, 4, term=2))
+        with WriteAheadLog.open(d) as log:
+            assert log.read_all() == ents(1, 3) + ents(4, 4, term=2)
+        shutil.rmtree(d)
+
+
+def test_hole_in_a_batch_that_is_not_the_last_is_corruption(tmp_path: Path) -> None:
+    with WriteAheadLog.open(tmp_path) as log:
+        log.append(ents(1, 3))
+        log.append(ents(4, 9))
+        log.append(ents(10, 10))
+    seg = tmp_path / segment_name(1)
+    data = bytearray(seg.read_bytes())
+    # The middle batch reached the disk with a page of zeros in it; a later batch did not.
+    data[rec(3) + 30:rec(3) + rec(6)] = bytes(rec(6) - 30)
+    seg.write_bytes(bytes(data))
+    with pytest.raises(CorruptionError, match="checksum mismatch") as info:
+        WriteAheadLog.open(tmp_path)
+    assert info.value.offset == rec(3)
+    assert seg.read_bytes() == bytes(data)  # nothing was cut
+
+
+def test_format_1_log_is_refused_not_cut(tmp_path: Path) -> None:
+    # Format 1: length u32, crc u32, then term, index, type, size, data per entry.
+    payload = struct.pack(">QQBI", 1, 1, 0, 2) + b"ab"
+    head = struct.pack(">I", len(payload))
+    seg = tmp_path / segment_name(1)
+    seg.write_bytes(head + struct.pack(">I", zlib.crc32(payload, zlib.crc32(head))) + payload)
+    with pytest.raises(CorruptionError, match="format-2") as info:
+        WriteAheadLog.open(tmp_path)
+    assert info.value.offset == 0
+    assert seg.stat().st_size == 8 + len(payload)
 
 
 def _flip(path: Path, offset: int) -> None:
@@ -282,36 +385,41 @@ def _flip(path: Path, offset: int) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("where", ["middle of last segment", "last record of last segment",
-                                   "last record of an earlier segment", "length field"])
+@pytest.mark.parametrize("where", ["first record of last segment", "last record of last segment",
+                                   "last record of an earlier segment", "length field", "magic",
+                                   "entry count"])
 def test_flipped_bit_is_corruption_naming_file_and_offset(tmp_path: Path, where: str) -> None:
-    with WriteAheadLog.open(tmp_path, segment_bytes=200) as log:
+    with WriteAheadLog.open(tmp_path, segment_bytes=300) as log:
         for i in range(1, 25, 4):
-            log.append(ents(i, i + 3))
+            log.append(ents(i, i + 3))  # two batch records per segment
     names = segments(tmp_path)
     if where == "last record of an earlier segment":
         target = tmp_path / names[0]
-        rec = _last_record_offset(target)
+        offset = _last_record_offset(target)
     else:
         target = tmp_path / names[-1]
-        rec = _last_record_offset(target) if where == "last record of last segment" else REC
-    _flip(target, rec + 1 if where == "length field" else rec + HEADER_BYTES + 20)
+        offset = _last_record_offset(target) if where == "last record of last segment" else 0
+    assert offset in (0, rec(4))
+    bit = {"length field": 5, "magic": 1, "entry count": HEADER_BYTES - 1}.get(where, HEADER_BYTES + 4 * 13 + 7)
+    _flip(target, offset + bit)
     with pytest.raises(CorruptionError) as info:
-        WriteAheadLog.open(tmp_path, segment_bytes=200)
+        WriteAheadLog.open(tmp_path, segment_bytes=300)
     err = info.value
     assert err.path == str(target)
-    assert err.offset == rec
-    assert str(target) in str(err) and f"offset {rec}" in str(err)
+    assert err.offset == offset
+    assert str(target) in str(err) and f"offset {offset}" in str(err)
     assert "\n" not in str(err)
 
 
 def test_corruption_after_open_is_detected_on_read(tmp_path: Path) -> None:
     with WriteAheadLog.open(tmp_path) as log:
-        log.append(ents(1, 5))
-        _flip(tmp_path / segment_name(1), 2 * REC + HEADER_BYTES + 5)
+        log.append(ents(1, 2))
+        log.append(ents(3, 5))
+        _flip(tmp_path / segment_name(1), rec(2) + HEADER_BYTES + 3 * 13 + 5)
         assert log.entries(1, 3) == ents(1, 2)
-        with pytest.raises(CorruptionError):
-            log.entries(1, 4)
+        with pytest.raises(CorruptionError, match="checksum") as info:
+            log.entries(2, 4)
+        assert info.value.offset == rec(2)
 
 
 def test_missing_segment_is_corruption(tmp_path: Path) -> None:
@@ -330,33 +438,160 @@ def test_full_disk_is_a_clear_error_and_loses_nothing(tmp_path: Path, monkeypatc
                                                       partial: bool, size: int) -> None:
     log = WriteAheadLog.open(tmp_path)
     log.append(ents(1, 3))
-    real_write, real_writev = os.write, os.writev
+    real_write = os.write
     state = {"calls": 0}
 
     def full(fd: int, data: bytes) -> int:
         state["calls"] += 1
-        if partial and state["calls"] == 1:
-            return real_write(fd, bytes(data)[:len(data) // 2])
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    def full_v(fd: int, parts: list[bytes]) -> int:
-        state["calls"] += 1
-        if partial:
-            return real_writev(fd, parts[:5])
+        if partial and state["calls"] == 1:  # some bytes fit, then the disk is full
+            return real_write(fd, bytes(data)[:max(1, len(data) // 2)])
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "write", full)
-    monkeypatch.setattr(os, "writev", full_v)
+    monkeypatch.setattr(os, "writev", lambda fd, parts: full(fd, b"".join(parts)))
     with pytest.raises(DiskFullError, match="No space left on device") as info:
         log.append(ents(4, 9, size=size))
     assert isinstance(info.value, StorageError)
     monkeypatch.undo()
     assert log.last_index == 3
-    assert (tmp_path / segment_name(1)).stat().st_size == 3 * REC
+    assert (tmp_path / segment_name(1)).stat().st_size == rec(3)
     log.append(ents(4, 5))  # space came back
     log.close()
     with WriteAheadLog.open(tmp_path) as log:
         assert log.read_all() == ents(1, 5)
+
+
+def test_full_disk_while_truncating_inside_a_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = WriteAheadLog.open(tmp_path)
+    log.append(ents(1, 6))
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(DiskFullError):
+        log.truncate(4)
+    monkeypatch.undo()
+    with pytest.raises(StorageError, match="reopen"):
+        log.append(ents(7, 7))
+    log.close()
+    with WriteAheadLog.open(tmp_path) as log:  # the truncation did not happen
+        assert log.read_all() == ents(1, 6)
+
+
+# -- truncating inside a batch record ------------------------------------------------
+
+
+def test_truncate_inside_a_batch_keeps_the_prefix_across_restarts(tmp_path: Path) -> None:
+    seg = tmp_path / segment_name(1)
+    with WriteAheadLog.open(tmp_path) as log:
+        log.append(ents(1, 3))
+        log.append(ents(4, 10))
+        log.truncate(6)  # inside the second batch: a marker is appended, nothing rewritten
+        assert (log.last_index, log.read_all()) == (5, ents(1, 5))
+        assert seg.stat().st_size == rec(3) + rec(7) + MIN_RECORD_BYTES
+        assert [log.term_at(i) for i in range(1, 6)] == [1] * 5
+    with WriteAheadLog.open(tmp_path) as log:
+        assert (log.last_index, log.read_all()) == (5, ents(1, 5))
+        log.append(ents(6, 8, term=2))
+        log.append(ents(7, 9, term=3))  # a conflict inside the batch just written
+        expected = ents(1, 5) + ents(6, 6, term=2) + ents(7, 9, term=3)
+        assert log.read_all() == expected
+        assert log.entries(5, 8) == expected[4:7]
+    with WriteAheadLog.open(tmp_path) as log:
+        assert log.read_all() == expected
+        assert [log.term_at(i) for i in range(1, 10)] == [e.term for e in expected]
+        log.truncate(4)  # the first entry of a live batch: the file is cut there
+        assert seg.stat().st_size == rec(3)
+        assert log.read_all() == ents(1, 3)
+    with WriteAheadLog.open(tmp_path) as log:
+        assert log.read_all() == ents(1, 3)
+
+
+def test_overwriting_a_suffix_in_the_last_segment_is_one_write_and_one_fsync(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "src"
+    log = WriteAheadLog.open(src)
+    log.append(ents(1, 10))
+    calls: list[str] = []
+    for name in ("fsync", "write", "writev", "ftruncate"):
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda *a, _real=real, _name=name: (calls.append(_name), _real(*a))[1])
+    log.append(ents(6, 8, term=2))  # replaces 6..10 by its own record
+    monkeypatch.undo()
+    assert calls == ["writev", "fsync"]
+    expected = ents(1, 5) + ents(6, 8, term=2)
+    assert log.read_all() == expected and log.last_index == 8
+    log.append(ents(9, 9, term=2))
+    log.close()
+    full = (src / segment_name(1)).read_bytes()
+    assert len(full) == rec(10) + rec(3) + rec(1)
+    with WriteAheadLog.open(src) as log:
+        assert log.read_all() == expected + ents(9, 9, term=2)
+    for cut in range(rec(10), rec(10) + rec(3)):  # a crash while writing the overwriting batch
+        d = tmp_path / f"cut{cut}"
+        d.mkdir()
+        (d / segment_name(1)).write_bytes(full[:cut])
+        with WriteAheadLog.open(d) as log:
+            assert log.read_all() == ents(1, 10)
+        shutil.rmtree(d)
+
+
+def test_truncating_a_record_that_replaced_a_suffix_does_not_bring_the_suffix_back(tmp_path: Path) -> None:
+    with WriteAheadLog.open(tmp_path, segment_bytes=rec(6) + rec(2)) as log:
+        log.append(ents(1, 3))
+        log.append(ents(3, 3, term=2))  # replaces the old 3 by its own record
+        log.truncate(3)  # at that record's start: cutting the file there would revive the old 3
+        assert log.read_all() == ents(1, 2)
+    with WriteAheadLog.open(tmp_path, segment_bytes=rec(6) + rec(2)) as log:
+        assert log.read_all() == ents(1, 2)
+        log.append(ents(1, 6, term=3))  # replaces the whole segment in place
+        log.append(ents(1, 1, term=4))  # does not fit: the segment is emptied, not rolled onto itself
+        assert segments(tmp_path) == [segment_name(1)]
+        assert log.read_all() == ents(1, 1, term=4)
+    with WriteAheadLog.open(tmp_path) as log:
+        assert log.read_all() == ents(1, 1, term=4)
+
+
+def test_truncate_inside_a_batch_of_an_earlier_segment(tmp_path: Path) -> None:
+    with WriteAheadLog.open(tmp_path, segment_bytes=rec(5) + 10) as log:
+        for i in range(1, 21, 5):
+            log.append(ents(i, i + 4))
+        assert len(segments(tmp_path)) == 4
+        log.truncate(8)
+        assert segments(tmp_path) == [segment_name(1), segment_name(6)]
+        log.append(ents(8, 8, term=2))  # no room beside the replaced bytes and the marker: rolls
+        assert segments(tmp_path) == [segment_name(1), segment_name(6), segment_name(8)]
+        assert log.read_all() == ents(1, 7) + ents(8, 8, term=2)
+        log.append(ents(9, 12, term=2))
+    with WriteAheadLog.open(tmp_path, segment_bytes=rec(5) + 10) as log:
+        assert log.read_all() == ents(1, 7) + ents(8, 12, term=2)
+
+
+def test_crash_while_writing_a_truncation_marker(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    with WriteAheadLog.open(src) as log:
+        log.append(ents(1, 8))
+        log.truncate(5)
+    full = (src / segment_name(1)).read_bytes()
+    assert len(full) == rec(8) + MIN_RECORD_BYTES
+    for cut in range(rec(8), len(full)):
+        d = tmp_path / f"cut{cut}"
+        shutil.copytree(src, d)
+        (d / segment_name(1)).write_bytes(full[:cut])
+        with WriteAheadLog.open(d) as log:  # before the truncation: nothing acknowledged is lost
+            assert log.read_all() == ents(1, 8)
+        shutil.rmtree(d)
+    with WriteAheadLog.open(src) as log:
+        assert log.read_all() == ents(1, 4)
+
+
+def test_record_that_starts_past_the_log_is_corruption(tmp_path: Path) -> None:
+    seg = tmp_path / segment_name(1)
+    seg.write_bytes(frame_batch(ents(1, 2)) + frame_batch(ents(4, 5)) + frame_batch(ents(6, 6)))
+    with pytest.raises(CorruptionError, match="entries from 4") as info:
+        WriteAheadLog.open(tmp_path)
+    assert info.value.offset == rec(2)
 
 
 def test_failed_fsync_makes_the_log_unusable_until_reopened(tmp_path: Path,

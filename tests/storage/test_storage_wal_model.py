@@ -1,4 +1,5 @@
-"""Property test: the log behaves like a list under appends, overwrites, compaction, resets, restarts."""
+"""Property test: the log behaves like a list under appends, overwrites, truncations
+(at and inside batch records), compaction, resets, restarts and torn appends."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from hypothesis.stateful import (
 )
 
 from storg.raft.types import Entry, EntryType
-from storg.storage.wal import WriteAheadLog
+from storg.storage.wal import WriteAheadLog, frame_batch
 
 SEGMENT_BYTES = 180  # a handful of records per segment, so batches roll and span segments
 
@@ -43,6 +44,24 @@ class LogModel(RuleBasedStateMachine):
         self.log.append(batch)
         del self.model[start - self.first:]
         self.model.extend(batch)
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data())
+    def truncate(self, data: st.DataObject) -> None:
+        cut = data.draw(st.integers(self.first, self.last + 1))
+        self.log.truncate(cut)
+        del self.model[cut - self.first:]
+
+    @rule(count=st.integers(1, 5), size=st.sampled_from([0, 3, 300]), keep=st.floats(0, 1, exclude_max=True))
+    def crash_mid_append(self, count: int, size: int, keep: float) -> None:
+        """The process dies while a batch is being written: a prefix of its record is on disk."""
+        start = self.last + 1
+        record = frame_batch([Entry(9, start + k, EntryType.NORMAL, b"t" * size) for k in range(count)])
+        self.log.close()
+        tail = max(p for p in self.dir.iterdir() if p.suffix == ".wal")
+        with tail.open("ab") as f:
+            f.write(record[:int(len(record) * keep)])
+        self.log = WriteAheadLog.open(self.dir, segment_bytes=SEGMENT_BYTES)
 
     @precondition(lambda self: self.model)
     @rule(data=st.data())
