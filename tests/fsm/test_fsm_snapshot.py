@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import inspect
 import threading
@@ -20,8 +21,14 @@ from storg.fsm import (
     read_snapshot,
 )
 from storg.fsm_records import (
+    FILE_BATCH_BYTES,
+    ChunkBatch,
     ChunkRecord,
+    FileBatch,
     FileRecord,
+    file_chunks,
+    file_head,
+    pack_file,
     SessionErrorRecord,
     SnapshotHeader,
 )
@@ -98,6 +105,7 @@ def test_round_trip_gives_an_equal_state() -> None:
     assert restored.chunk(h(2)) == log.fsm.chunk(h(2))
     assert restored.chunk(h(2)).refs == 2
     assert restored.stats() == log.fsm.stats()
+    assert restored.usage() == log.fsm.usage()
     assert restored.directory.members() == log.fsm.directory.members()
 
 
@@ -114,17 +122,41 @@ def test_restored_sessions_replay_their_outcomes() -> None:
     assert again.fsm.get("/docs/a").version == first_put.version
 
 
-def test_the_snapshot_streams_small_frames() -> None:
+def test_the_snapshot_streams_bounded_batches() -> None:
     log = Log()
-    for i in range(500):
-        log(put(f"/many/{i:04d}", [(i, True)]))
+    for i in range(3000):
+        log(put(f"/many/{i:04d}", [(i, True), (i + 5000, True)] if i % 3 == 0 else [(i, True)]))
     frozen = log.fsm.freeze()
     stream = frozen.frames()
     assert inspect.isgenerator(stream)
     frames = list(stream)
-    assert len(frames) == 1 + 500 + 500
-    assert max(len(f) for f in frames) < 200
-    assert isinstance(CODEC.decode(frames[0]), SnapshotHeader)
+    records = [CODEC.decode(f) for f in frames]
+    assert isinstance(records[0], SnapshotHeader)
+    chunk_batches = [r for r in records if isinstance(r, ChunkBatch)]
+    file_batches = [r for r in records if isinstance(r, FileBatch)]
+    assert len(chunk_batches) == 4 and len(file_batches) > 2  # 4000 chunks, 1024 a batch
+    assert sum(len(b.chunks) for b in chunk_batches) == records[0].chunks
+    assert [p for b in file_batches for p in b.paths] == [f"/many/{i:04d}" for i in range(3000)]
+    assert max(len(f) for f in frames) < FILE_BATCH_BYTES + 2048
+    assert all(len(b.holder_sets) == 1 for b in chunk_batches)
+    restored = FileStoreStateMachine()
+    restored.restore(frames)
+    assert restored.digest() == log.fsm.digest()
+    assert restored.usage() == log.fsm.usage()
+    assert restored.list("/many")[:3] == log.fsm.list("/many")[:3]
+
+
+def test_a_huge_file_goes_alone_in_its_batch() -> None:
+    log = Log()
+    log(put("/a", [(1, True)]))
+    log(put("/big", [(n, True) for n in range(10, 2100)]))
+    log(put("/c", [(2, True)]))
+    frames = frames_of(log.fsm)
+    batches = [r for r in map(CODEC.decode, frames) if isinstance(r, FileBatch)]
+    assert [b.paths for b in batches] == [("/a", "/big"), ("/c",)]
+    restored = FileStoreStateMachine()
+    restored.restore(frames)
+    assert restored.get("/big") == log.fsm.get("/big")
 
 
 def test_a_frozen_state_does_not_change_with_the_live_one() -> None:
@@ -198,42 +230,98 @@ def find(frames: list[bytes], cls: type, where: object = lambda record: True) ->
     raise AssertionError(f"no {cls.__name__}")
 
 
+def with_files(batch: FileBatch, pairs: list[tuple[str, bytes]]) -> FileBatch:
+    return FileBatch(tuple(p for p, _ in pairs), tuple(f for _, f in pairs))
+
+
+def with_row(batch: ChunkBatch, i: int, **change: int) -> ChunkBatch:
+    digest, size, refs, index = batch.chunks[i]
+    row = (digest, change.get("size", size), change.get("refs", refs), index)
+    return ChunkBatch(batch.holder_sets, batch.chunks[:i] + (row,) + batch.chunks[i + 1:])
+
+
+def format_1(frames: list[bytes]) -> list[bytes]:
+    """The same snapshot as format 1 wrote it: one frame per chunk and per file, hex hashes."""
+    out = []
+    for frame in frames:
+        record = CODEC.decode(frame)
+        if isinstance(record, SnapshotHeader):
+            out.append(CODEC.encode(SnapshotHeader(1, record.members, record.chunks, record.files,
+                                                   record.sessions)))
+        elif isinstance(record, ChunkBatch):
+            out += [CODEC.encode(ChunkRecord(d.hex(), size, refs, record.holder_sets[i]))
+                    for d, size, refs, i in record.chunks]
+        elif isinstance(record, FileBatch):
+            for path, rec in zip(record.paths, record.files):
+                size, modified, version, sha = file_head(rec)
+                digests = file_chunks(rec)
+                out.append(CODEC.encode(FileRecord(path, size, sha.hex(), modified, version, tuple(
+                    digests[i:i + 32].hex() for i in range(0, len(digests), 32)))))
+        else:
+            out.append(frame)
+    return out
+
+
+def test_a_format_1_snapshot_is_still_restored() -> None:
+    log = populated()
+    restored = FileStoreStateMachine()
+    restored.restore(format_1(frames_of(log.fsm)))
+    assert restored.digest() == log.fsm.digest()
+    assert restored.usage() == log.fsm.usage()
+    assert CODEC.decode(frames_of(restored)[0]).format == 2
+
+
 def corruptions() -> dict[str, list[bytes]]:
     frames = frames_of(populated().fsm)
-    i_file, file_rec = find(frames, FileRecord)
-    i_chunk, chunk_rec = find(frames, ChunkRecord, lambda record: record.refs > 0)
+    i_files, files = find(frames, FileBatch)
+    i_chunks, chunks = find(frames, ChunkBatch)
     i_member, member = find(frames, MemberAddress)
     i_err, err = find(frames, SessionErrorRecord)
     header = CODEC.decode(frames[0])
+    pairs = list(zip(files.paths, files.files))
+    used = next(i for i, row in enumerate(chunks.chunks) if row[2] > 0)
+    one = next(i for i, f in enumerate(files.files) if len(f) == 88)
+    size, modified, version, sha = file_head(files.files[one])
+    with_extra_chunk = pack_file(size + 1, sha, modified, version,
+                                 file_chunks(files.files[one]) + bytes.fromhex(h(77)))
     return {
         "empty": [],
         "no header": frames[1:],
         "two headers": frames[:1] + frames,
         "unknown format": rewrite(frames, 0, SnapshotHeader(99, *[getattr(header, k) for k in
                                                                    ("members", "chunks", "files", "sessions")])),
+        "format 1 with a bad file": format_1(frames)[:-5] + [CODEC.encode(FileRecord(
+            "/zz/../x", 0, h(0), 0, 1, ()))] + format_1(frames)[-4:],
         "last frame lost": frames[:-1],
-        "a file lost": frames[:i_file] + frames[i_file + 1:],
-        "a file twice": frames[:i_file + 1] + frames[i_file:-1],
-        "a chunk twice": frames[:i_chunk + 1] + frames[i_chunk:-1],
+        "a file lost": rewrite(frames, i_files, with_files(files, pairs[1:])),
+        "a file twice": rewrite(frames, i_files, with_files(files, pairs[:1] + pairs)),
+        "a file batch twice": frames[:i_files + 1] + frames[i_files:-1],
+        "files out of order": rewrite(frames, i_files, with_files(files, pairs[::-1])),
+        "chunks after files": (frames[:i_chunks] + frames[i_chunks + 1:i_files + 1] + [frames[i_chunks]]
+                               + frames[i_files + 1:]),
+        "a chunk twice": rewrite(frames, i_chunks, ChunkBatch(chunks.holder_sets, chunks.chunks[:1] + chunks.chunks)),
+        "a chunk batch twice": frames[:i_chunks + 1] + frames[i_chunks:-1],
+        "a chunk batch after the files": frames[:i_files + 1] + [frames[i_chunks]] + frames[i_files + 1:],
         "a member twice": frames[:i_member + 1] + frames[i_member:-1],
         "a foreign frame": frames[:-1] + [CODEC.encode(ProbeCommand(b"x"))],
-        "wrong refs": rewrite(frames, i_chunk, ChunkRecord(chunk_rec.hash, chunk_rec.size,
-                                                           chunk_rec.refs + 1, chunk_rec.holders)),
-        "wrong chunk size": rewrite(frames, i_chunk, ChunkRecord(chunk_rec.hash, chunk_rec.size + 1,
-                                                                 chunk_rec.refs, chunk_rec.holders)),
-        "no holders": rewrite(frames, i_chunk, ChunkRecord(chunk_rec.hash, chunk_rec.size, chunk_rec.refs, ())),
-        "dangling chunk": rewrite(frames, i_file, FileRecord(file_rec.path, file_rec.size + 1, file_rec.sha256,
-                                                             0, 1, file_rec.chunks + (h(77),))),
-        "bad path": rewrite(frames, i_file, FileRecord("/a/../b", *[getattr(file_rec, k) for k in
-                                                                   ("size", "sha256", "modified_ns",
-                                                                    "version", "chunks")])),
-        "non-normal path": rewrite(frames, i_file, FileRecord(file_rec.path[1:], file_rec.size, file_rec.sha256,
-                                                              0, 1, file_rec.chunks)),
+        "wrong refs": rewrite(frames, i_chunks, with_row(chunks, used, refs=chunks.chunks[used][2] + 1)),
+        "wrong chunk size": rewrite(frames, i_chunks, with_row(chunks, used, size=chunks.chunks[used][1] + 1)),
+        "no holders": rewrite(frames, i_chunks, ChunkBatch(((),) * len(chunks.holder_sets), chunks.chunks)),
+        "dangling chunk": rewrite(frames, i_files, with_files(
+            files, pairs[:one] + [(pairs[one][0], with_extra_chunk)] + pairs[one + 1:])),
+        "bad path": rewrite(frames, i_files, with_files(files, [("/a/../b", pairs[0][1])] + pairs[1:])),
+        "non-normal path": rewrite(frames, i_files, with_files(
+            files, [(pairs[0][0][1:], pairs[0][1])] + pairs[1:])),
+        "trailing slash": rewrite(frames, i_files, with_files(files, [(pairs[0][0] + "/", pairs[0][1])] + pairs[1:])),
+        "path over the limit": rewrite(frames, i_files, with_files(
+            files, [("/" + "é" * 600, pairs[0][1])] + pairs[1:])),
         "bad address": rewrite(frames, i_member, MemberAddress(member.id, "nowhere", member.client)),
         "unknown error": rewrite(frames, i_err, SessionErrorRecord(err.client_id, err.seq, err.index,
                                                                    "KeyError", "boom")),
         "client zero": rewrite(frames, i_err, SessionErrorRecord(0, err.seq, err.index, err.error, err.message)),
         "truncated frame": frames[:-1] + [frames[-1][:-5]],
+        "truncated file batch": frames[:i_files] + [frames[i_files][:-5]] + frames[i_files + 1:],
+        "truncated chunk batch": frames[:i_chunks] + [frames[i_chunks][:-5]] + frames[i_chunks + 1:],
         "garbage frame": frames[:3] + [b"\x01\x52\xff\xff"] + frames[3:],
         "not bytes": frames[:2] + [12345] + frames[2:],
     }
@@ -319,3 +407,19 @@ def test_two_nodes_fed_the_same_commands_end_equal(sequence: list[object], data:
     assert restored.digest() == first.fsm.digest()
     collected = [o[1] for o in outcomes if o[0] == "ok" and isinstance(o[1], tuple) and o[1]]
     assert removed == collected
+
+
+def test_reading_a_snapshot_leaves_garbage_collection_as_it_was() -> None:
+    frames = frames_of(populated().fsm)
+    assert gc.isenabled()
+    read_snapshot(frames)
+    assert gc.isenabled()
+    with pytest.raises(SnapshotFormatError):
+        read_snapshot(frames[:-1])
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        read_snapshot(frames)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
