@@ -27,7 +27,7 @@ setup(
         "twisted.plugins",
     ],
     package_data={"twisted.plugins": ["storg_plugin.py"]},
-    install_requires=["Twisted>=23.8", "PyYAML>=6.0"],
+    install_requires=["Twisted>=23.8", "PyYAML>=6.0", "google-crc32c>=1.5"],
     extras_require={
         "test": ["pytest>=7.4", "pytest-twisted>=1.14", "hypothesis>=6.80"],
     },

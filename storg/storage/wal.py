@@ -11,8 +11,9 @@ write, one fsync)::
 
 all big-endian.  The record holds entries ``first .. first + count - 1``;
 ``length`` is the size of the whole record, magic to crc inclusive; ``crc``
-is zlib's CRC-32 of every byte before it, so an all-zero page (one the disk
-never wrote) is never a valid record.  Why this shape:
+is the CRC-32C (Castagnoli, as in etcd's WAL) of every byte before it, so an
+all-zero page (one the disk never wrote) is never a valid record.  Why this
+shape:
 
 * Columnar, one record per batch: on a disk whose fsync takes 0.1 ms the
   append path is CPU-bound, and framing each entry as its own record (a
@@ -24,6 +25,9 @@ never wrote) is never a valid record.  Why this shape:
   starting the payload's writeback with ``sync_file_range`` first gained
   nothing here, since the fsync's cost is the flush, not the transfer; a
   CRC thread beside ``writev`` lost to GIL hand-offs under load.)
+* CRC-32C through ``google_crc32c``, which uses the CPU's CRC instruction:
+  about 5 GB/s here against 1.2-2 GB/s for zlib's CRC-32, whose cost alone
+  kept batches of 64 KiB entries under 0.8 of the raw write+fsync rate.
 * The magic marks the format (format 1, one record per entry, had none: its
   segments are reported as corrupt at offset 0, never cut) and lets recovery
   find a valid record behind a damaged one (see below).
@@ -88,13 +92,15 @@ import os
 import re
 import struct
 import sys
-import zlib
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
 from typing import Self
+
+from google_crc32c import extend as crc32c_extend
+from google_crc32c import value as crc32c
 
 from storg.raft.types import Entry, EntryType
 from storg.storage.errors import CorruptionError, StorageError
@@ -183,14 +189,14 @@ def _encode_batch(entries: Sequence[Entry]) -> tuple[list[bytes], int, array]:
 def _marker(first: int) -> bytes:
     """A record without entries: "the log from ``first`` on is empty"."""
     head = _HEAD.pack(MAGIC, MIN_RECORD_BYTES, first, 0)
-    return head + _CRC.pack(zlib.crc32(head))
+    return head + _CRC.pack(crc32c(head))
 
 
 def frame_batch(entries: Sequence[Entry]) -> bytes:
     """The exact bytes :meth:`WriteAheadLog.append` writes for this batch."""
     parts, _, _ = _encode_batch(entries)
     body = b"".join(parts)
-    return body + _CRC.pack(zlib.crc32(body))
+    return body + _CRC.pack(crc32c(body))
 
 
 # -- writing -----------------------------------------------------------------
@@ -222,11 +228,11 @@ def _write_record(fd: int, parts: list[bytes], nbytes: int) -> None:
     """
     if nbytes < WRITEV_MIN_BYTES:
         body = b"".join(parts)
-        _write_parts(fd, [body, _CRC.pack(zlib.crc32(body))], nbytes)
+        _write_parts(fd, [body, _CRC.pack(crc32c(body))], nbytes)
         return
     crc = 0
     for part in parts:
-        crc = zlib.crc32(part, crc)
+        crc = crc32c_extend(crc, part)
     parts.append(_CRC.pack(crc))
     _write_parts(fd, parts, nbytes)
 
@@ -264,7 +270,7 @@ def _check_record(data: bytes, view: memoryview, pos: int) -> tuple[int, int, in
     if end > size:
         raise _BadRecord(f"record of {length} bytes runs past the end of the file", None)
     (crc,) = _CRC.unpack_from(data, end - TRAILER_BYTES)
-    if zlib.crc32(view[pos:end - TRAILER_BYTES]) != crc:
+    if crc32c(data[pos:end - TRAILER_BYTES]) != crc:
         raise _BadRecord("checksum mismatch", end)
     first, count = _FIRST_COUNT.unpack_from(data, pos + 8)
     if MIN_RECORD_BYTES + PER_ENTRY_BYTES * count > length:

@@ -10,6 +10,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+from google_crc32c import value as crc32c
 
 import storg.storage.wal as wal_module
 from storg.raft.types import Entry, EntryType
@@ -47,7 +48,7 @@ def reference_record(batch: list[Entry]) -> bytes:
     body += b"".join(e.data for e in batch)
     length = 4 + 4 + 8 + 4 + len(body) + 4
     head = MAGIC + struct.pack(">IQI", length, batch[0].index if batch else 0, len(batch))
-    return head + body + struct.pack(">I", zlib.crc32(head + body))
+    return head + body + struct.pack(">I", crc32c(head + body))
 
 
 @pytest.mark.parametrize("size", [0, 10, 70_000])
@@ -626,3 +627,11 @@ def test_crash_after_segment_deletions_in_reset_is_reconcilable(tmp_path: Path) 
         log.append(ents(51, 51))
     with WriteAheadLog.open(tmp_path, segment_bytes=100) as log:
         assert log.read_all() == ents(51, 51)
+
+
+def test_the_record_checksum_is_crc32c():
+    """The format says CRC-32C (Castagnoli): its check value for "123456789" is 0xE3069283."""
+    assert crc32c(b"123456789") == 0xE3069283
+    batch = [Entry(1, 1, data=b"123456789")]
+    record = wal_module.frame_batch(batch)
+    assert struct.unpack(">I", record[-4:])[0] == crc32c(record[:-4])
