@@ -320,7 +320,6 @@ class Upload:
                     # A read still running in a thread must end before a retry seeks.
                     await defer.DeferredList([pending], consumeErrors=True)
 
-
     async def _attempt_small(self, conn: ClientConnection, deadline: Deadline, data: bytes) -> FileInfo:
         """The whole put in one round trip: PutStart, PutData, PutEnd without waiting for PutReady.
 
