@@ -700,14 +700,11 @@ class FileService:
         return GetEnd(req.request_id)
 
     def _read_chunk(self, ref: ChunkRef) -> defer.Deferred:
-        if ref.size <= INLINE_MAX:
+        small = ref.size <= INLINE_MAX
+        if small:
             data = self.small_cache.get(ref.hash)
             if data is not None:
                 return defer.succeed(data)
-            if not self.ops.busy(ref.hash):
-                data = self._read_small_here(ref.hash)
-                if data is not None:
-                    return defer.succeed(data)
         if self.ops.busy(ref.hash):
             # A write of this chunk is queued (a small file just applied):
             # read after it, then, if that fails, from wherever it is.
@@ -715,6 +712,8 @@ class FileService:
             d.addErrback(lambda _: self.chunks.read(ref.hash, ref.holders))
         else:
             d = self.chunks.read(ref.hash, ref.holders)
+        if small:
+            d.addCallback(self._remember_small, ref.hash)
 
         def unavailable(failure: Any) -> None:
             failure.trap(ChunkUnavailable)
@@ -744,27 +743,10 @@ class FileService:
             raise RequestError(ErrorCode.NOT_FOUND, f"no such file: {path}")
         return StatReply(req.request_id, info)
 
-    def _read_small_here(self, chunk_hash: str) -> bytes | None:
-        """A small chunk's verified bytes from memory or read on the reactor thread, or None.
-
-        Small files are cached at apply (see :meth:`_inline_chunk`) and
-        written right after, so they are in memory or in the page cache;
-        either costs less than the thread hop of the general path, which
-        doubled a small get's latency.  Anything unusual (absent, damaged,
-        a disk error) returns None: the general path retries it, logs it,
-        and tries the other holders.
-        """
-        data = self.small_cache.get(chunk_hash)
-        if data is not None:
-            return data
-        try:
-            data = self.chunks.local.store.get(chunk_hash)
-        except Exception:
-            return None
+    def _remember_small(self, data: bytes, chunk_hash: str) -> bytes:
+        """Keep a small chunk just read (and verified: every read path checks the hash)."""
         self.small_cache.put(chunk_hash, data)
         return data
-
-    # -- rm --------------------------------------------------------------------
 
     @defer.inlineCallbacks
     def rm(self, req: RmRequest, conn: ClientConnection):
