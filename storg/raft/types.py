@@ -16,6 +16,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import NamedTuple
 
 NONE = ""
 """The node id meaning "nobody": no vote cast, no leader known."""
@@ -33,8 +34,16 @@ class EntryType(IntEnum):
     CONF_CHANGE = 1
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
+    """One log entry.
+
+    A named tuple rather than a frozen dataclass: entries are made by the
+    thousand on every hot path (decoding appends, replaying the log) and a
+    tuple is built about three times faster; and the write-ahead log can
+    split a batch into its columns in one C-level pass (``zip(*entries)``).
+    Note that the field ``index`` hides ``tuple.index``.
+    """
+
     term: int
     index: int
     type: EntryType = EntryType.NORMAL

@@ -152,9 +152,10 @@ def _encode_batch(entries: Sequence[Entry]) -> tuple[list[bytes], int, array]:
 
     Returns the parts, the size of the whole record (trailer included) and
     the entries' terms as a native array for the in-memory index.  Payloads
-    are not copied: big records go out with writev.  One list comprehension
-    per column: in CPython 3.11 they beat ``map(attrgetter(...))`` by 2x, and
-    this runs on every append.
+    are not copied: big records go out with writev.  ``zip(*entries)``
+    splits the batch into its columns in one C-level pass; a comprehension
+    per column walked the entries four times, which cost more than the
+    write itself for a batch of small entries.
     """
     n = len(entries)
     if n == 1:  # the common unbatched case: one struct, no arrays to swap
@@ -165,11 +166,15 @@ def _encode_batch(entries: Sequence[Entry]) -> tuple[list[bytes], int, array]:
         if e.type not in _ENTRY_TYPES:
             raise ValueError(f"entry {e.index} has unknown type {e.type!r}")
         return [_ONE.pack(MAGIC, nbytes, e.index, 1, e.term, e.type, len(e.data)), e.data], nbytes, array("Q", (e.term,))
-    types = bytes([e.type for e in entries])
+    term_col, index_col, type_col, datas = zip(*entries, strict=True)  # one C-level pass over the batch
+    first = index_col[0]
+    if index_col != tuple(range(first, first + n)):
+        k = next(k for k, i in enumerate(index_col) if i != first + k)
+        raise ValueError(f"batch is not consecutive: index {index_col[k]} at position {k} after {first}")
+    types = bytes(type_col)
     if types.translate(None, _VALID_TYPES):
         raise ValueError(f"batch holds an entry of unknown type (types {sorted(set(types))})")
-    terms = array("Q", [e.term for e in entries])
-    datas = [e.data for e in entries]
+    terms = array("Q", term_col)
     sizes = array("I", list(map(len, datas)))
     nbytes = MIN_RECORD_BYTES + PER_ENTRY_BYTES * n + sum(sizes)
     if nbytes > MAX_RECORD_BYTES:
@@ -181,7 +186,7 @@ def _encode_batch(entries: Sequence[Entry]) -> tuple[list[bytes], int, array]:
         sizes.byteswap()
     else:
         term_bytes = terms.tobytes()
-    parts = [_HEAD.pack(MAGIC, nbytes, entries[0].index, n), term_bytes, types, sizes.tobytes()]
+    parts = [_HEAD.pack(MAGIC, nbytes, first, n), term_bytes, types, sizes.tobytes()]
     parts += datas
     return parts, nbytes, terms
 
@@ -607,9 +612,6 @@ class WriteAheadLog:
         if not entries:
             return
         first = entries[0].index
-        if len(entries) > 1 and (indexes := [e.index for e in entries]) != list(range(first, first + len(entries))):
-            k = next(k for k, i in enumerate(indexes) if i != first + k)
-            raise ValueError(f"batch is not consecutive: index {indexes[k]} at position {k} after {first}")
         if not self.first_index <= first <= self.last_index + 1:
             raise ValueError(f"batch starting at {first} does not fit a log holding "
                              f"[{self.first_index}, {self.last_index}]")
