@@ -53,6 +53,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
 from twisted.logger import Logger
 
 from storg.config import FileTuning
@@ -236,6 +237,17 @@ def _delete_all(store: ChunkStore, hashes: list[str]) -> int:
     return sum(1 for h in hashes if store.delete(h))
 
 
+def _put_many(store: ChunkStore, jobs: list[tuple[str, bytes, bool]]) -> list[Any]:
+    """Write several chunks in one pool job; each one's outcome: its hash, or the Failure that stopped it."""
+    outcomes: list[Any] = []
+    for chunk_hash, data, durable in jobs:
+        try:
+            outcomes.append(_put_and_touch(store, data, chunk_hash, durable))
+        except Exception:  # noqa: BLE001 -- reported to that chunk's waiter, the others go on
+            outcomes.append(Failure())
+    return outcomes
+
+
 class ChunkOps:
     """Changes to this node's chunk files, run per chunk in the order they are issued.
 
@@ -244,13 +256,26 @@ class ChunkOps:
     other way round.  Each chunk with work pending has a tail Deferred; a
     new job for it starts when the tail fires.  A batch (a collect's
     thousand deletes) is one job that waits for all its chunks' tails.
+
+    Small files' writes at apply (:meth:`put_batched`) are gathered for up
+    to ``batch_delay`` seconds, or ``batch_max`` files, and written by one
+    pool job: a pool job per put cost every node about 0.1 ms of CPU for
+    the thread hand-off alone, and with three nodes and a client sharing
+    two cores that was a third of a small put's whole cost.  Their order
+    against other jobs on the same chunk is kept as for any job.
     """
 
-    def __init__(self, local: Any) -> None:
+    def __init__(self, local: Any, reactor: Any = None, batch_delay: float = 0.02,
+                 batch_max: int = 512) -> None:
         self.local = local
         self.store: ChunkStore = local.store
+        self.reactor = reactor
+        self.batch_delay = batch_delay
+        self.batch_max = batch_max
         self._tails: dict[str, defer.Deferred] = {}
         self._last_fn: dict[str, Callable[..., Any]] = {}
+        self._batch: list[tuple[str, bytes, bool, defer.Deferred]] = []
+        self._batch_call: Any = None
 
     def busy(self, chunk_hash: str) -> bool:
         return chunk_hash in self._tails
@@ -265,6 +290,11 @@ class ChunkOps:
 
     def run(self, hashes: list[str], fn: Callable[..., Any], *args: Any) -> defer.Deferred:
         """Run ``fn(*args)`` in the pool after every earlier job on ``hashes``; fires with its result."""
+        return self._after(hashes, fn, lambda: self.local.run(fn, *args))
+
+    def _after(self, hashes: list[str], fn: Callable[..., Any],
+               launch: Callable[[], defer.Deferred]) -> defer.Deferred:
+        """Call ``launch`` once every earlier job on ``hashes`` is over; fires with its outcome."""
         before = [self._tails[h] for h in hashes if h in self._tails]
         tail: defer.Deferred = defer.Deferred()
         for h in hashes:
@@ -281,7 +311,7 @@ class ChunkOps:
             result.callback(outcome)
 
         def start(_: Any = None) -> None:
-            self.local.run(fn, *args).addBoth(finish)
+            launch().addBoth(finish)
 
         if not before:
             start()
@@ -290,6 +320,43 @@ class ChunkOps:
         else:
             defer.DeferredList(before).addCallback(start)
         return result
+
+    def put_batched(self, chunk_hash: str, data: bytes) -> defer.Deferred:
+        """Write a chunk without fsync (see ChunkStore.put), in the next batch; fires when written."""
+        if self.reactor is None:
+            return self.put(chunk_hash, data, durable=False)
+        return self._after([chunk_hash], _put_and_touch, lambda: self._join_batch(chunk_hash, data, False))
+
+    def _join_batch(self, chunk_hash: str, data: bytes, durable: bool) -> defer.Deferred:
+        done: defer.Deferred = defer.Deferred()
+        self._batch.append((chunk_hash, data, durable, done))
+        if len(self._batch) >= self.batch_max:
+            self.flush()
+        elif self._batch_call is None:
+            self._batch_call = self.reactor.callLater(self.batch_delay, self.flush)
+        return done
+
+    def flush(self) -> None:
+        """Start writing the gathered batch now (before a sync, or when it is full)."""
+        if self._batch_call is not None:
+            if self._batch_call.active():
+                self._batch_call.cancel()
+            self._batch_call = None
+        batch, self._batch = self._batch, []
+        if not batch:
+            return
+        jobs = [(h, data, durable) for h, data, durable, _ in batch]
+
+        def settle(outcomes: Any) -> None:
+            if isinstance(outcomes, Failure):  # the pool itself failed: every write did
+                outcomes = [outcomes] * len(batch)
+            for (_, _, _, done), outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, Failure):
+                    done.errback(outcome)
+                else:
+                    done.callback(outcome)
+
+        self.local.run(_put_many, self.store, jobs).addBoth(settle)
 
     def put(self, chunk_hash: str, data: bytes, durable: bool = True) -> defer.Deferred:
         return self.run([chunk_hash], _put_and_touch, self.store, data, chunk_hash, durable)
@@ -421,7 +488,7 @@ class FileService:
         self.address_of = address_of
         self.fsm = fsm
         self.chunks = chunks
-        self.ops = ChunkOps(chunks.local)
+        self.ops = ChunkOps(chunks.local, reactor)
         self.replication_factor = replication_factor
         self.chunk_size = chunk_size
         self.reactor = reactor
@@ -867,9 +934,10 @@ class FileService:
     def _inline_chunk(self, chunk_hash: str, data: bytes, holders: tuple[str, ...]) -> None:
         """A small file applied: write its bytes here (no fsync: the log holds them).
 
-        The write runs in the chunk pool, not on the reactor: creating a
-        file took the reactor 0.1 to 0.8 ms per put on every node.  Until it
-        is done, gets are served from :attr:`small_cache` (filled here: the
+        The write runs in the chunk pool, not on the reactor (creating a
+        file took the reactor 0.1 to 0.8 ms per put on every node), batched
+        with the other small files applied within a few milliseconds
+        (:meth:`ChunkOps.put_batched`).  Until it is done, gets are served from :attr:`small_cache` (filled here: the
         state machine hashed ``data`` to ``chunk_hash``) or read after it
         (:class:`ChunkOps` orders every change and read of one chunk), and
         :meth:`sync_inline_chunks` waits for it.  If a delete of the same
@@ -879,7 +947,7 @@ class FileService:
         self.small_cache.put(chunk_hash, data)
         if self.node.node_id not in holders or self.ops.write_queued(chunk_hash):
             return  # not ours, or the same bytes are about to be written anyway
-        d = self.ops.put(chunk_hash, data, durable=False)
+        d = self.ops.put_batched(chunk_hash, data)
         self._inline_writes.add(d)
 
         def written(_: Any) -> None:
@@ -900,6 +968,7 @@ class FileService:
         Waits for the writes issued before the call (entries already
         applied, which the compaction may drop) to finish first.
         """
+        self.ops.flush()
         pending = list(self._inline_writes)
         d = defer.DeferredList(pending) if pending else defer.succeed(None)
 

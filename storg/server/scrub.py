@@ -116,6 +116,11 @@ class Scrubber:
     @defer.inlineCallbacks
     def _check(self, chunk_hash: str):
         """Re-read one chunk; restore it from another holder if it is damaged or missing."""
+        if self.files.ops.busy(chunk_hash):
+            # A write or delete of it is queued (a small file applied a moment
+            # ago is written in a batch): its file may not be there yet.  The
+            # next pass checks it.
+            return
         local = self.files.chunks.local
         try:
             data = yield local.get(chunk_hash)

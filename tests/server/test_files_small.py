@@ -1,7 +1,8 @@
 """Small files on a node: written off the reactor after apply, yet readable and synced in order.
 
 The chunk pool is a fake whose jobs run only when the test releases them,
-so the test sees the moment between apply and the file being on disk.
+and time is a task.Clock, so the test sees each moment between apply, the
+batched write being issued, and the file being on disk.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from storg.raft.types import ConfState, Entry, EntryType
 from storg.server.chunk_io import Chunks
 from storg.server.files import FileService
 from storg.storage.chunks import ChunkStore
+from storg.storage.errors import HashMismatchError
 from storg.wire import CODEC
 from storg.wire.files import GetData, GetEnd, GetRequest, GetStart, PutInlineCommand
 
@@ -106,6 +108,11 @@ def apply_small(fsm, index: int, path: str, data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def issue_batch(service) -> None:
+    """Let the batch delay pass: the gathered small-file writes go to the pool."""
+    service.reactor.advance(service.ops.batch_delay)
+
+
 def get(service, path: str) -> list[object]:
     conn = Conn()
     d = service.get(GetRequest(1, path, False), conn)
@@ -116,7 +123,9 @@ def get(service, path: str) -> list[object]:
 def test_a_small_file_is_written_off_the_reactor_and_served_from_memory_meanwhile(tmp_path):
     service, fsm, pool, store = make(tmp_path)
     h = apply_small(fsm, 1, "/s", b"small bytes")
-    assert not store.has(h) and len(pool.jobs) == 1  # queued, not written on apply
+    assert not store.has(h) and not pool.jobs  # gathered for a batch, not written on apply
+    issue_batch(service)
+    assert not store.has(h) and len(pool.jobs) == 1  # issued to the pool, not written yet
     sent = get(service, "/s")
     assert [type(f) for f in sent] == [GetStart, GetData, GetEnd]
     assert sent[1].data == b"small bytes"
@@ -130,6 +139,7 @@ def test_without_the_cache_a_get_reads_after_the_queued_write(tmp_path):
     apply_small(fsm, 1, "/s", b"uncached")
     sent = get(service, "/s")
     assert [type(f) for f in sent] == [GetStart]  # its data waits behind the write, no error
+    issue_batch(service)
     pool.release()
     assert [type(f) for f in sent] == [GetStart, GetData, GetEnd] and sent[1].data == b"uncached"
 
@@ -150,10 +160,51 @@ def test_the_same_small_file_applied_twice_is_written_once_unless_a_delete_came_
     service, fsm, pool, store = make(tmp_path)
     h = apply_small(fsm, 1, "/a", b"same")
     apply_small(fsm, 2, "/b", b"same")
-    assert len(pool.jobs) == 1 and len(service._inline_writes) == 1  # one write covers both
+    assert len(service._inline_writes) == 1  # one write covers both
     service.ops.delete([h])
     assert not service.ops.write_queued(h)
     apply_small(fsm, 3, "/c", b"same")
     assert service.ops.write_queued(h) and len(service._inline_writes) == 2
-    pool.release()  # write, delete, write: in that order
+    issue_batch(service)
+    assert len(pool.jobs) == 1  # only the first write: the delete and the rewrite wait for it
+    pool.release()  # write, then delete; the rewrite joins the next batch
+    assert not store.has(h) and len(service._inline_writes) == 1
+    issue_batch(service)
+    pool.release()
     assert store.get(h) == b"same" and not service._inline_writes
+
+
+def test_small_files_applied_together_are_written_by_one_pool_job(tmp_path):
+    service, fsm, pool, store = make(tmp_path)
+    hashes = [apply_small(fsm, i, f"/f{i}", b"file %d" % i) for i in range(1, 6)]
+    issue_batch(service)
+    assert len(pool.jobs) == 1
+    pool.release()
+    assert [store.get(h) for h in hashes] == [b"file %d" % i for i in range(1, 6)]
+    assert not service._inline_writes
+
+
+def test_a_full_batch_goes_to_the_pool_without_waiting_for_the_delay(tmp_path):
+    service, fsm, pool, store = make(tmp_path)
+    service.ops.batch_max = 3
+    apply_small(fsm, 1, "/a", b"a")
+    apply_small(fsm, 2, "/b", b"b")
+    assert not pool.jobs
+    apply_small(fsm, 3, "/c", b"c")
+    assert len(pool.jobs) == 1
+    assert not service.reactor.getDelayedCalls()  # the delay's timer went with the batch
+
+
+def test_one_failed_write_in_a_batch_fails_only_its_own_waiter(tmp_path):
+    service, _fsm, pool, store = make(tmp_path)
+    good = hashlib.sha256(b"good").hexdigest()
+    d_good = service.ops.put_batched(good, b"good")
+    d_bad = service.ops.put_batched(hashlib.sha256(b"other").hexdigest(), b"not the other")
+    outcomes: list[object] = []
+    d_good.addCallback(outcomes.append)
+    d_bad.addErrback(lambda f: outcomes.append(f.type))
+    issue_batch(service)
+    pool.release()
+    assert outcomes == [good, HashMismatchError]
+    assert store.get(good) == b"good"
+    assert not service.ops.busy(good)
