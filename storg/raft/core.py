@@ -724,8 +724,13 @@ class RaftCore:
             if not self._send_append(peer, pr):
                 return
             sent = True
-        if not sent and not pr.is_paused() and (
-                pr.send_empty or pr.commit_sent < log.committed):
+        # No APPEND only to say that the commit index moved: it rides on the
+        # next APPEND (the next proposal's) or the next heartbeat.  An empty
+        # APPEND per commit, and its answer, were two of every small put's
+        # five messages per follower; followers now apply up to one
+        # heartbeat later when the leader falls idle (etcd sends them,
+        # hashicorp/raft waits for the next batch or its commit timeout).
+        if not sent and not pr.is_paused() and pr.send_empty:
             self._send_append(peer, pr)
         pr.send_empty = False
 
@@ -745,7 +750,6 @@ class RaftCore:
         self._msgs.append(Message(MT.APPEND, self.node_id, peer, term=self.term,
                                   index=prev, log_term=prev_term, entries=tuple(ents),
                                   commit=log.committed, snapshot=genesis))
-        pr.commit_sent = log.committed
         if ents:
             pr.sent_entries(ents[-1].index)
         else:

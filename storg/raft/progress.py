@@ -41,7 +41,7 @@ class Progress:
 
     __slots__ = (
         "match", "next", "state", "probe_sent", "pending_snapshot",
-        "recent_active", "inflights", "max_inflight", "commit_sent", "send_empty",
+        "recent_active", "inflights", "max_inflight", "send_empty",
     )
 
     def __init__(self, next_index: int, max_inflight: int) -> None:
@@ -54,9 +54,6 @@ class Progress:
         # Last index carried by each unacknowledged APPEND, oldest first.
         self.inflights: deque[int] = deque()
         self.max_inflight = max(1, max_inflight)
-        # The commit index the follower was last told in an APPEND: lets the
-        # leader send an empty APPEND only when there is news.
-        self.commit_sent = 0
         # Set when a heartbeat response suggests an APPEND was lost: send an
         # (empty) APPEND so the follower's answer reveals the gap.
         self.send_empty = False

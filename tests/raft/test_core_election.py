@@ -121,7 +121,10 @@ def test_initial_election_and_noop() -> None:
     a = net.elect("a")
     assert a.term == 1
     assert all(c.leader == "a" and c.term == 1 for c in net.cores.values())
-    # The leader appended an empty NORMAL entry when it took office; it commits.
+    # The leader appended an empty NORMAL entry when it took office; it commits,
+    # and the followers learn so from the next heartbeat.
+    assert a.commit_index == 1 and not net.applied["b"]
+    net.heartbeat("a")
     assert [(e.index, e.term, e.data) for e in net.applied["b"]] == [(1, 1, b"")]
 
 

@@ -125,6 +125,7 @@ def test_transfer_brings_the_target_up_to_date_then_sends_timeout_now() -> None:
     assert a.role == Role.FOLLOWER and a.leader == "c"
     c.propose(b"y")
     net.pump()
+    net.heartbeat("c")
     assert a.commit_index == c.last_index
 
 
@@ -340,6 +341,7 @@ def test_lagging_follower_gets_a_snapshot() -> None:
     a.report_snapshot("c", True)  # late report: harmless
     a.propose(b"after")
     net.pump()
+    net.heartbeat("a")
     assert c.last_index == 12 and net.applied["c"][-1].data == b"after"
 
 
@@ -382,6 +384,7 @@ def test_restart_from_persisted_state() -> None:
     for k in range(3):
         a.propose(b"x%d" % k)
     net.pump()
+    net.heartbeat("a")
     meta = a.compact(2)
     b = net.cores["b"]
     persisted = b.entries(b.first_index, b.last_index + 1)

@@ -121,6 +121,14 @@ class Net:
                 self.cores[nid].tick()
             self.pump()
 
+    def heartbeat(self, nid: str) -> None:
+        """Tick only the leader ``nid``: its heartbeat tells followers the commit index.
+
+        A leader sends no APPEND just to announce a new commit index;
+        followers learn it from the next APPEND or heartbeat.
+        """
+        self.tick(1, only=[nid])
+
     def elect(self, nid: str) -> RaftCore:
         self.cores[nid].campaign()
         self.pump()
@@ -141,6 +149,8 @@ def test_net_elects_and_replicates() -> None:
     leader = net.elect("a")
     idx = leader.propose(b"x")
     net.pump()
+    assert leader.commit_index == idx
+    net.heartbeat("a")
     for nid in "abc":
         assert net.cores[nid].commit_index == idx
         assert [e.data for e in net.applied[nid]] == [b"", b"x"]

@@ -100,6 +100,7 @@ def test_figure_7_every_follower_log_converges_to_the_leader() -> None:
                          entries=ents(*terms)))
     leader = net.elect("l")
     assert leader.term == 8
+    net.heartbeat("l")
     expected = [(i + 1, t) for i, t in enumerate(FIG7_LEADER)] + [(11, 8)]
     for nid in ids:
         assert log_of(net.cores[nid]) == expected, nid
@@ -269,9 +270,12 @@ def test_each_entry_goes_once_to_each_follower() -> None:
         net.pump()
         if k % 4 == 0:
             net.tick()
+    net.heartbeat("a")
     for nid in "bc":
         sent = [e.index for m in net.sent(MT.APPEND, "a") if m.to == nid for e in m.entries]
         assert sent == list(range(2, a.last_index + 1))
+        # No APPEND went out only to announce a commit index: every one carried entries.
+        assert all(m.entries for m in net.sent(MT.APPEND, "a") if m.to == nid)
     assert all(c.commit_index == a.last_index for c in net.cores.values())
 
 
@@ -282,11 +286,14 @@ def test_lost_append_is_recovered_by_the_next_append() -> None:
     net.drop = lambda m: (m.type == MT.APPEND and m.to == "c" and bool(m.entries)
                           and not lost and not lost.append(m))
     a.propose(b"x")
+    net.pump()
     a.propose(b"y")
     net.pump()
-    # The APPEND telling c about the new commit index reveals the gap at once.
+    # The APPEND carrying y does not fit c's log: c's refusal reveals the gap at once.
     assert len(lost) == 1
-    assert net.cores["c"].last_index == 3 and net.cores["c"].commit_index == 3
+    assert net.cores["c"].last_index == 3
+    net.heartbeat("a")
+    assert net.cores["c"].commit_index == 3
 
 
 def test_lost_append_is_recovered_via_heartbeat() -> None:
