@@ -16,6 +16,7 @@ import storg.storage.wal as wal_module
 from storg.raft.types import Entry, EntryType
 from storg.storage.errors import CorruptionError, DiskFullError, StorageError
 from storg.storage.wal import (
+    DEFAULT_FILL_BYTES,
     HEADER_BYTES,
     MAGIC,
     MIN_RECORD_BYTES,
@@ -38,6 +39,15 @@ def ents(lo: int, hi: int, term: int = 1, size: int = 10) -> list[Entry]:
 
 def segments(d: Path) -> list[str]:
     return sorted(p.name for p in d.iterdir() if p.name.endswith(".wal"))
+
+
+def logical_size(path: Path) -> int:
+    """End of the last record in a segment file: where its zero fill (if any) starts."""
+    data = path.read_bytes()
+    pos = 0
+    while pos + 8 <= len(data) and data[pos:pos + 4] == MAGIC:
+        pos += int.from_bytes(data[pos + 4:pos + 8], "big")
+    return pos
 
 
 def reference_record(batch: list[Entry]) -> bytes:
@@ -65,9 +75,12 @@ def test_batch_encoding_is_the_documented_format(size: int, n: int) -> None:
 
 def test_append_writes_exactly_the_framed_batch(tmp_path: Path) -> None:
     with WriteAheadLog.open(tmp_path) as log:
-        log.append(ents(1, 3))
-        log.append(ents(4, 5, size=300_000))  # the big-record path
-    assert (tmp_path / segment_name(1)).read_bytes() == frame_batch(ents(1, 3)) + frame_batch(ents(4, 5, size=300_000))
+        log.append(ents(1, 3))  # written with the next stretch of zero fill
+        log.append(ents(4, 5, size=300_000))  # the big-record path, over that fill
+    expected = frame_batch(ents(1, 3)) + frame_batch(ents(4, 5, size=300_000))
+    data = (tmp_path / segment_name(1)).read_bytes()
+    assert data[:len(expected)] == expected
+    assert len(data) == rec(3) + DEFAULT_FILL_BYTES and data.count(0, len(expected)) == len(data) - len(expected)
 
 
 def test_new_log_is_empty_and_starts_at_one(tmp_path: Path) -> None:
@@ -198,24 +211,26 @@ def test_reset_leaves_a_snapshot_marker(tmp_path: Path) -> None:
 def test_one_write_and_one_fsync_per_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     log = WriteAheadLog.open(tmp_path)
     calls = {"fsync": 0, "write": 0}
-    real_fsync, real_write, real_writev = os.fsync, os.write, os.writev
+    real_fsync, real_pwrite, real_pwritev = os.fsync, os.pwrite, os.pwritev
 
     def fsync(fd: int) -> None:
         calls["fsync"] += 1
         real_fsync(fd)
 
-    def write(fd: int, data: bytes) -> int:
+    def pwrite(fd: int, data: bytes, offset: int) -> int:
         calls["write"] += 1
-        return real_write(fd, data)
+        return real_pwrite(fd, data, offset)
 
-    def writev(fd: int, parts: list[bytes]) -> int:
+    def pwritev(fd: int, parts: list[bytes], offset: int) -> int:
         calls["write"] += 1
-        return real_writev(fd, parts)
+        return real_pwritev(fd, parts, offset)
 
+    for name in ("write", "writev", "ftruncate"):
+        monkeypatch.setattr(os, name, lambda *a, _name=name: pytest.fail(f"append called os.{_name}"))
     monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "write", write)
-    monkeypatch.setattr(os, "writev", writev)
-    log.append(ents(1, 256, size=256))
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    monkeypatch.setattr(os, "pwritev", pwritev)
+    log.append(ents(1, 256, size=256))  # the record and the first stretch of zero fill: still one write
     assert calls == {"fsync": 1, "write": 1}
     for k in range(10):
         log.append(ents(257 + 16 * k, 272 + 16 * k))
@@ -229,12 +244,12 @@ def test_one_write_and_one_fsync_per_batch(tmp_path: Path, monkeypatch: pytest.M
 def test_big_batch_is_one_writev_and_one_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     log = WriteAheadLog.open(tmp_path)
     calls: list[str] = []
-    for name in ("fsync", "write", "writev"):
+    for name in ("fsync", "write", "writev", "pwrite", "pwritev"):
         real = getattr(os, name)
         monkeypatch.setattr(os, name, lambda *a, _real=real, _name=name: (calls.append(_name), _real(*a))[1])
     batch = ents(1, 64, size=65536)
     log.append(batch)
-    assert calls == ["writev", "fsync"]
+    assert calls == ["pwritev", "fsync"]
     monkeypatch.undo()
     assert log.read_all() == batch
     log.close()
@@ -253,12 +268,12 @@ def test_batch_with_more_parts_than_iov_max(tmp_path: Path, monkeypatch: pytest.
 
 def test_short_writev_is_completed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     log = WriteAheadLog.open(tmp_path)
-    real = os.writev
+    real = os.pwritev
 
-    def short(fd: int, parts: list[bytes]) -> int:
-        return real(fd, [parts[0], bytes(parts[1])[:5]])
+    def short(fd: int, parts: list[bytes], offset: int) -> int:
+        return real(fd, [parts[0], bytes(parts[1])[:5]], offset)
 
-    monkeypatch.setattr(os, "writev", short)
+    monkeypatch.setattr(os, "pwritev", short)
     log.append(ents(1, 8, size=65536))
     monkeypatch.undo()
     log.close()
@@ -269,13 +284,14 @@ def test_short_writev_is_completed(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def _last_record_offset(path: Path) -> int:
     data = path.read_bytes()
     pos = last = 0
-    while pos < len(data):
+    while pos < len(data) and data[pos:pos + 4] == MAGIC:  # zeros after the records are zero fill
         last = pos
         pos += int.from_bytes(data[pos + 4:pos + 8], "big")
     return last
 
 
-def test_torn_tail_is_cut_at_every_offset_of_the_last_record(tmp_path: Path) -> None:
+@pytest.mark.parametrize("over_fill", [False, True])
+def test_torn_tail_is_cut_at_every_offset_of_the_last_record(tmp_path: Path, over_fill: bool) -> None:
     src = tmp_path / "src"
     with WriteAheadLog.open(src, segment_bytes=300) as log:
         for i in range(1, 13, 3):
@@ -285,16 +301,19 @@ def test_torn_tail_is_cut_at_every_offset_of_the_last_record(tmp_path: Path) -> 
     last = src / names[-1]
     full = last.read_bytes()
     start = _last_record_offset(last)
-    assert start > 0 and len(full) - start == rec(3, 17)
-    for cut in range(start, len(full)):
+    end = start + rec(3, 17)
+    assert start > 0 and logical_size(last) == end and len(full) == 300  # zero fill up to segment_bytes
+    for cut in range(start, end):
         d = tmp_path / f"cut{cut}"
         shutil.copytree(src, d)
-        (d / names[-1]).write_bytes(full[:cut])
+        # The file grew by a prefix of the record, or the record went over zero fill and only a prefix stuck.
+        (d / names[-1]).write_bytes(full[:cut] + (bytes(len(full) - cut) if over_fill else b""))
         with WriteAheadLog.open(d, segment_bytes=300) as log:
             # The torn record is the whole last batch (10..12): none of it was acknowledged.
             assert log.last_index == 9
             assert log.read_all() == ents(1, 9, size=17)
-            assert (d / names[-1]).stat().st_size == start
+            # A torn record is cut, fill and all; zeros from the record's start on are just fill.
+            assert (d / names[-1]).stat().st_size == (len(full) if over_fill and cut == start else start)
             log.append(ents(10, 11, term=2))
         with WriteAheadLog.open(d, segment_bytes=300) as log:
             assert log.read_all() == ents(1, 9, size=17) + ents(10, 11, term=2)
@@ -304,12 +323,14 @@ def test_torn_tail_is_cut_at_every_offset_of_the_last_record(tmp_path: Path) -> 
 def test_crash_right_after_rolling_leaves_an_empty_segment(tmp_path: Path) -> None:
     with WriteAheadLog.open(tmp_path) as log:
         log.append(ents(1, 4))
-    (tmp_path / segment_name(5)).touch()  # created and dir-fsynced, then the crash
+    os.truncate(tmp_path / segment_name(1), rec(4))  # rolling cuts the zero fill first,
+    (tmp_path / segment_name(5)).touch()  # then creates the new segment and fsyncs the directory; the crash
     with WriteAheadLog.open(tmp_path) as log:
         assert (log.first_index, log.last_index) == (1, 4)
         log.append(ents(5, 6))
     with WriteAheadLog.open(tmp_path) as log:
         assert log.read_all() == ents(1, 6)
+    os.truncate(tmp_path / segment_name(5), rec(2))  # as if rolled: no fill before the next segment
     (tmp_path / segment_name(9)).touch()  # a stray segment leaves a gap
     with pytest.raises(CorruptionError, match="missing"):
         WriteAheadLog.open(tmp_path)
@@ -317,18 +338,20 @@ def test_crash_right_after_rolling_leaves_an_empty_segment(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("zero_from", [0, 3, 10, 40])
 def test_zero_filled_tail_is_a_torn_write(tmp_path: Path, zero_from: int) -> None:
-    with WriteAheadLog.open(tmp_path) as log:
+    with WriteAheadLog.open(tmp_path, fill_bytes=0) as log:
         log.append(ents(1, 4))
         log.append(ents(5, 6))
     seg = tmp_path / segment_name(1)
     data = bytearray(seg.read_bytes())
     start = _last_record_offset(seg)
+    assert len(data) == start + rec(2)
     # The file grew but (part of) the last record's pages never reached the disk.
     data[start + zero_from:] = bytes(len(data) - start - zero_from) + bytes(4096)
     seg.write_bytes(bytes(data))
     with WriteAheadLog.open(tmp_path) as log:
         assert log.read_all() == ents(1, 4)
-    assert seg.stat().st_size == start
+    # Zeros from a record boundary on are zero fill, the end of the log, and stay; a torn record is cut.
+    assert seg.stat().st_size == (len(data) if zero_from == 0 else start)
 
 
 def test_torn_big_batch_at_the_tail_is_dropped_whole(tmp_path: Path) -> None:
@@ -339,11 +362,12 @@ def test_torn_big_batch_at_the_tail_is_dropped_whole(tmp_path: Path) -> None:
     seg = src / segment_name(1)
     full = seg.read_bytes()
     start = rec(3)
-    assert len(full) == start + rec(8, 65536)
-    for cut in (start + 1, start + HEADER_BYTES + 5, start + 3 * 65536, len(full) - 4, len(full) - 1):
+    end = start + rec(8, 65536)
+    assert logical_size(seg) == end and len(full) == start + DEFAULT_FILL_BYTES  # written over the fill
+    for cut in (start + 1, start + HEADER_BYTES + 5, start + 3 * 65536, end - 4, end - 1):
         d = tmp_path / f"cut{cut}"
         shutil.copytree(src, d)
-        (d / segment_name(1)).write_bytes(full[:cut])
+        (d / segment_name(1)).write_bytes(full[:cut] + bytes(len(full) - cut))
         with WriteAheadLog.open(d) as log:
             assert log.read_all() == ents(1, 3)
             log.append(ents(4, 4, term=2))
@@ -439,23 +463,23 @@ def test_full_disk_is_a_clear_error_and_loses_nothing(tmp_path: Path, monkeypatc
                                                       partial: bool, size: int) -> None:
     log = WriteAheadLog.open(tmp_path)
     log.append(ents(1, 3))
-    real_write = os.write
+    real_pwrite = os.pwrite
     state = {"calls": 0}
 
-    def full(fd: int, data: bytes) -> int:
+    def full_at(fd: int, data: bytes, offset: int) -> int:
         state["calls"] += 1
         if partial and state["calls"] == 1:  # some bytes fit, then the disk is full
-            return real_write(fd, bytes(data)[:max(1, len(data) // 2)])
+            return real_pwrite(fd, bytes(data)[:max(1, len(data) // 2)], offset)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(os, "write", full)
-    monkeypatch.setattr(os, "writev", lambda fd, parts: full(fd, b"".join(parts)))
+    monkeypatch.setattr(os, "pwrite", full_at)
+    monkeypatch.setattr(os, "pwritev", lambda fd, parts, offset: full_at(fd, b"".join(parts), offset))
     with pytest.raises(DiskFullError, match="No space left on device") as info:
         log.append(ents(4, 9, size=size))
     assert isinstance(info.value, StorageError)
     monkeypatch.undo()
     assert log.last_index == 3
-    assert (tmp_path / segment_name(1)).stat().st_size == rec(3)
+    assert (tmp_path / segment_name(1)).stat().st_size == rec(3)  # the half record went, and the fill with it
     log.append(ents(4, 5))  # space came back
     log.close()
     with WriteAheadLog.open(tmp_path) as log:
@@ -466,10 +490,10 @@ def test_full_disk_while_truncating_inside_a_batch(tmp_path: Path, monkeypatch: 
     log = WriteAheadLog.open(tmp_path)
     log.append(ents(1, 6))
 
-    def full(fd: int, data: bytes) -> int:
+    def full(fd: int, data: bytes, offset: int) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(os, "write", full)
+    monkeypatch.setattr(os, "pwrite", full)
     with pytest.raises(DiskFullError):
         log.truncate(4)
     monkeypatch.undo()
@@ -490,7 +514,7 @@ def test_truncate_inside_a_batch_keeps_the_prefix_across_restarts(tmp_path: Path
         log.append(ents(4, 10))
         log.truncate(6)  # inside the second batch: a marker is appended, nothing rewritten
         assert (log.last_index, log.read_all()) == (5, ents(1, 5))
-        assert seg.stat().st_size == rec(3) + rec(7) + MIN_RECORD_BYTES
+        assert logical_size(seg) == rec(3) + rec(7) + MIN_RECORD_BYTES
         assert [log.term_at(i) for i in range(1, 6)] == [1] * 5
     with WriteAheadLog.open(tmp_path) as log:
         assert (log.last_index, log.read_all()) == (5, ents(1, 5))
@@ -515,24 +539,24 @@ def test_overwriting_a_suffix_in_the_last_segment_is_one_write_and_one_fsync(
     log = WriteAheadLog.open(src)
     log.append(ents(1, 10))
     calls: list[str] = []
-    for name in ("fsync", "write", "writev", "ftruncate"):
+    for name in ("fsync", "write", "writev", "pwrite", "pwritev", "ftruncate"):
         real = getattr(os, name)
         monkeypatch.setattr(os, name, lambda *a, _real=real, _name=name: (calls.append(_name), _real(*a))[1])
     log.append(ents(6, 8, term=2))  # replaces 6..10 by its own record
     monkeypatch.undo()
-    assert calls == ["writev", "fsync"]
+    assert calls == ["pwritev", "fsync"]
     expected = ents(1, 5) + ents(6, 8, term=2)
     assert log.read_all() == expected and log.last_index == 8
     log.append(ents(9, 9, term=2))
     log.close()
     full = (src / segment_name(1)).read_bytes()
-    assert len(full) == rec(10) + rec(3) + rec(1)
+    assert logical_size(src / segment_name(1)) == rec(10) + rec(3) + rec(1)
     with WriteAheadLog.open(src) as log:
         assert log.read_all() == expected + ents(9, 9, term=2)
-    for cut in range(rec(10), rec(10) + rec(3)):  # a crash while writing the overwriting batch
+    for cut in range(rec(10), rec(10) + rec(3)):  # a crash while writing the overwriting batch over the fill
         d = tmp_path / f"cut{cut}"
         d.mkdir()
-        (d / segment_name(1)).write_bytes(full[:cut])
+        (d / segment_name(1)).write_bytes(full[:cut] + bytes(len(full) - cut))
         with WriteAheadLog.open(d) as log:
             assert log.read_all() == ents(1, 10)
         shutil.rmtree(d)
@@ -575,11 +599,11 @@ def test_crash_while_writing_a_truncation_marker(tmp_path: Path) -> None:
         log.append(ents(1, 8))
         log.truncate(5)
     full = (src / segment_name(1)).read_bytes()
-    assert len(full) == rec(8) + MIN_RECORD_BYTES
-    for cut in range(rec(8), len(full)):
+    assert logical_size(src / segment_name(1)) == rec(8) + MIN_RECORD_BYTES < len(full)  # over the fill
+    for cut in range(rec(8), rec(8) + MIN_RECORD_BYTES):
         d = tmp_path / f"cut{cut}"
         shutil.copytree(src, d)
-        (d / segment_name(1)).write_bytes(full[:cut])
+        (d / segment_name(1)).write_bytes(full[:cut] + bytes(len(full) - cut))
         with WriteAheadLog.open(d) as log:  # before the truncation: nothing acknowledged is lost
             assert log.read_all() == ents(1, 8)
         shutil.rmtree(d)
