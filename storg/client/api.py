@@ -19,7 +19,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, BinaryIO
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.internet import error as net_error
 
 from storg.client.connection import ClientConnection, connect
@@ -45,8 +45,14 @@ from storg.client.files import (
 from storg.paths import InvalidPath, normalize_path, normalize_prefix
 from storg.wire import ErrorCode, ProbeRead, ProbeWrite, StatusReply, StatusRequest
 from storg.wire.admin import (
-    LeaderTransferDone, LeaderTransferRequest, MemberAddProgress, MemberAddRequest, MemberChanged,
-    MemberInfo, MemberListRequest, MemberRemoveRequest,
+    LeaderTransferDone,
+    LeaderTransferRequest,
+    MemberAddProgress,
+    MemberAddRequest,
+    MemberChanged,
+    MemberInfo,
+    MemberListRequest,
+    MemberRemoveRequest,
 )
 from storg.wire.files import FileInfo, LsReply, LsRequest, RmRequest, StatRequest
 
@@ -361,9 +367,10 @@ class StorgClient:
             return await self.retrying(download.attempt, leader=False)
         atomic = AtomicFile(sink)
         try:
-            download = Download(self.reactor, DownloadSink(atomic.f), path, stale, progress)
+            download = Download(self.reactor, DownloadSink(atomic.f, sync=True), path, stale, progress)
             info = await self.retrying(download.attempt, leader=False)
-            atomic.commit()
+            # An fsync of what may be a gigabyte: never on the reactor thread.
+            await threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), atomic.commit)
             return info
         finally:
             atomic.discard()

@@ -20,7 +20,6 @@ rather than our own buffers:
 from __future__ import annotations
 
 import itertools
-import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -36,14 +35,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from storg.client.errors import ProtocolViolation, ServerError, error_for
-from storg.server.framing import FrameReceiver
-from storg.wire import CODEC, CodecError, ErrorReply
+from storg.server.framing import FrameReceiver, decode_bulk, send_bulk
+from storg.wire import CodecError, ErrorReply
 
 __all__ = [
     "ClientConnection", "ProtocolViolation", "ServerError", "Stream", "connect", "split_address",
 ]
-
-_PREFIX = struct.Struct("!I")
 
 
 class Stream:
@@ -150,9 +147,8 @@ class ClientConnection(FrameReceiver):
         return stream
 
     def send(self, frame: Any) -> None:
-        """Encode and write one frame; the prefix and body go out without being joined."""
-        body = CODEC.encode(frame)
-        self.transport.writeSequence([_PREFIX.pack(len(body)), body])
+        """Encode and write one frame; a chunk's payload is not copied on the way (see framing)."""
+        send_bulk(self.transport, frame)
 
     def _forget(self, stream: Stream) -> None:
         if self._streams.get(stream.request_id) is stream:
@@ -238,7 +234,8 @@ class ClientConnection(FrameReceiver):
 
     def stringReceived(self, data: bytes) -> None:
         try:
-            reply = CODEC.decode(data)
+            # GetData and ChunkData payloads arrive as views of the frame: not copied again.
+            reply = decode_bulk(data)
             request_id = reply.request_id
         except (CodecError, AttributeError) as exc:
             self._fail_all(ProtocolViolation(f"bad reply from node: {exc}"))

@@ -14,8 +14,9 @@ makes the file visible at once on every node, and answers the client.
 
 Get, ls, stat (any node): a ReadIndex round first unless ``stale``; then
 chunks stream from the local store or from a holder, each verified against
-its hash before a byte of it is sent, with the next chunk read while the
-current one is being sent.
+its hash before a byte of it is sent, with the next few chunks read (and
+verified, in the pool) while the current one is being sent, and sent
+without copying their payload (storg.server.framing.send_bulk).
 
 Placement: each fresh chunk goes to the R voters holding the fewest bytes
 (the chunk map's per-node totals plus what uploads in flight have placed),
@@ -47,11 +48,12 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 from twisted.logger import Logger
@@ -62,6 +64,7 @@ from storg.paths import InvalidPath, normalize_path, normalize_prefix
 from storg.raft.types import Role
 from storg.server.chunk_io import ChunkUnavailable, Chunks
 from storg.server.client_port import ClientConnection, RequestError
+from storg.server.framing import BULK_MIN, send_bulk
 from storg.storage.chunks import ChunkStore
 from storg.storage.errors import ChunkNotFoundError, CorruptionError, HashMismatchError
 from storg.wire import CODEC, ErrorCode
@@ -78,6 +81,9 @@ MAX_DATA_FRAME = 1 << 20
 """Largest PutData/GetData payload a client is asked to send."""
 
 LS_PAGE = 1000
+
+GET_READ_AHEAD = 3
+"""Chunks a get reads (and verifies) ahead of the one being sent: a few MiB per get."""
 
 INLINE_MAX = 4096
 """Files up to this size ride in their metadata entry (PutInlineCommand).
@@ -205,18 +211,19 @@ class AppliedWaiter:
             self._call.cancel()
 
 
-def _put_and_touch(store: ChunkStore, data: bytes, chunk_hash: str, durable: bool) -> str:
+def _put_and_touch(store: ChunkStore, data: bytes, chunk_hash: str, durable: bool,
+                   verified: bool = False) -> str:
     """Store a chunk and make its file look new, so the orphan collector's grace starts again.
 
     ``put`` of a chunk already intact here is a no-op that leaves an old
     mtime; without the touch, a copy about to be recorded could be taken
-    for an old orphan.
+    for an old orphan.  ``verified``: see :meth:`ChunkStore.put`.
     """
-    store.put(data, chunk_hash, durable=durable)
+    store.put(data, chunk_hash, durable=durable, verified=verified)
     try:
         os.utime(store.path(chunk_hash))
     except FileNotFoundError:
-        store.put(data, chunk_hash, durable=durable)
+        store.put(data, chunk_hash, durable=durable, verified=verified)
     return chunk_hash
 
 
@@ -358,8 +365,9 @@ class ChunkOps:
 
         self.local.run(_put_many, self.store, jobs).addBoth(settle)
 
-    def put(self, chunk_hash: str, data: bytes, durable: bool = True) -> defer.Deferred:
-        return self.run([chunk_hash], _put_and_touch, self.store, data, chunk_hash, durable)
+    def put(self, chunk_hash: str, data: bytes, durable: bool = True,
+            verified: bool = False) -> defer.Deferred:
+        return self.run([chunk_hash], _put_and_touch, self.store, data, chunk_hash, durable, verified)
 
     def delete(self, hashes: list[str]) -> defer.Deferred:
         hashes = list(dict.fromkeys(hashes))
@@ -374,8 +382,56 @@ def _bad_path(exc: InvalidPath) -> RequestError:
     return RequestError(ErrorCode.BAD_REQUEST, f"invalid path: {exc}")
 
 
+HASH_INLINE = 64 * 1024
+"""An upload's first bytes up to this size are hashed on the reactor (cheap), so a small
+put's digest is ready at once; past it, the whole-file hash runs in a thread."""
+
+
+class SerialHasher:
+    """Feeds one hasher in a thread, piece after piece in the order given.
+
+    The whole-file SHA-256 of an upload must see the bytes in order, and a
+    megabyte of it takes the reactor thread 3 to 5 ms: hashlib releases the
+    GIL, so in a thread it overlaps with the reactor and the other nodes.
+    """
+
+    def __init__(self, run: Callable[..., defer.Deferred], hasher: Any) -> None:
+        self.run = run  # run(fn, *args) in a thread
+        self.hasher = hasher
+        self._queue: deque[tuple[Any, defer.Deferred]] = deque()
+        self._busy = False
+
+    def update(self, piece: Any) -> defer.Deferred:
+        """Fires once ``piece`` (and everything given before it) is hashed."""
+        d: defer.Deferred = defer.Deferred()
+        self._queue.append((piece, d))
+        self._next()
+        return d
+
+    def _next(self) -> None:
+        if self._busy or not self._queue:
+            return
+        self._busy = True
+        piece, d = self._queue.popleft()
+        self.run(self.hasher.update, piece).addBoth(self._done, d)
+
+    def _done(self, result: Any, d: defer.Deferred) -> None:
+        self._busy = False
+        self._next()
+        if isinstance(result, Failure):
+            d.errback(result)
+        else:
+            d.callback(None)
+
+
 class Upload:
-    """One client's put in progress on the leader."""
+    """One client's put in progress on the leader.
+
+    A PutData frame of exactly one chunk (what the client library sends)
+    becomes the chunk as it is, without a copy.  The whole-file hash of all
+    but a small upload's bytes runs in a :class:`SerialHasher`; a chunk
+    counts against the upload window until it is both stored and hashed.
+    """
 
     def __init__(self, service: "FileService", conn: ClientConnection, start: PutStart, path: str) -> None:
         self.service = service
@@ -392,14 +448,23 @@ class Upload:
         self.pinned: list[str] = []
         self.placed: list[tuple[str, int]] = []
         self.ready: Any = None
+        self.hashed = 0  # bytes of the stream fed to hasher on the reactor (the first ones)
+        self.cut = 0  # bytes of the stream cut into chunks so far
+        self.file_hasher: SerialHasher | None = None
+        self.last_hash: defer.Deferred | None = None
 
     def data(self, data: bytes) -> None:
         if self.aborted is not None:
             return
-        self.hasher.update(data)
         self.size += len(data)
-        self.buffer += data
+        if self.file_hasher is None and self.size <= max(HASH_INLINE, INLINE_MAX):
+            self.hasher.update(data)
+            self.hashed = self.size
         size = self.service.chunk_size
+        if not self.buffer and len(data) == size and isinstance(data, bytes):
+            self._replicate(data)
+            return
+        self.buffer += data
         while len(self.buffer) >= size:
             chunk = bytes(self.buffer[:size])
             del self.buffer[:size]
@@ -410,8 +475,24 @@ class Upload:
         if not self.reading_paused and self.in_flight > self.service.upload_window:
             self.reading_paused = True
             self.conn.pause_reading()
+        # The part of this chunk not hashed on the reactor goes to the thread, in order.
+        skip = min(len(chunk), max(0, self.hashed - self.cut))
+        self.cut += len(chunk)
+        if self.file_hasher is None:
+            self.file_hasher = SerialHasher(self.service.hash_in_thread, self.hasher)
+        hashed = self.file_hasher.update(memoryview(chunk)[skip:] if skip else chunk)
+        self.last_hash = hashed
         d = self.service.replicate(chunk, self.pinned, self.placed)
-        d.addBoth(self._chunk_settled, len(chunk))
+        waiting = [2]
+
+        def settled(result: Any) -> Any:
+            waiting[0] -= 1
+            if waiting[0] == 0:
+                self._chunk_settled(None, len(chunk))
+            return result
+
+        d.addBoth(settled)
+        hashed.addBoth(settled)
         self.chunk_results.append(d)
 
     def _chunk_settled(self, result: Any, size: int) -> Any:
@@ -451,6 +532,8 @@ class Upload:
             chunk, self.buffer = bytes(self.buffer), bytearray()
             self._replicate(chunk)
         results = yield defer.DeferredList(self.chunk_results, consumeErrors=True)
+        if self.last_hash is not None:
+            yield self.last_hash  # the whole-file hash has seen every byte
         if self.aborted is not None:
             raise self.aborted
         for ok, value in results:
@@ -475,7 +558,7 @@ class FileService:
     """Handlers for the file store's requests, and the garbage collector."""
 
     def __init__(self, node: RaftNode, fsm: Any, chunks: Chunks, *, replication_factor: int,
-                 chunk_size: int, reactor: Any, upload_window_chunks: int = 4,
+                 chunk_size: int, reactor: Any, upload_window_chunks: int = 8,
                  all_copies_grace: float = 2.0, gc_interval: float | None = None,
                  orphan_grace: float | None = None, tuning: FileTuning | None = None,
                  address_of: Callable[[str], str] = lambda node_id: "") -> None:
@@ -635,9 +718,14 @@ class FileService:
         for holder in holders:
             self._pending_usage[holder] += len(chunk)
             placed.append((holder, len(chunk)))
-        acked = yield self._store_on_holders(chunk_hash, chunk, holders, need, barrier)
+        acked = yield self._store_on_holders(chunk_hash, chunk, holders, need, barrier, verified=True)
         self.stats["chunks_stored"] += 1
         return ChunkRef(chunk_hash, len(chunk), tuple(sorted(acked)))
+
+    def hash_in_thread(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
+        """Run ``fn(*args)`` in the reactor's pool: hashing for uploads, apart from the
+        chunk pool, whose threads may all be waiting on fsyncs."""
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *args)
 
     def projected_usage(self) -> dict[str, int]:
         """Bytes per node: the chunk map's, plus what uploads in flight have placed (leader)."""
@@ -675,10 +763,14 @@ class FileService:
         self.collect_barrier()
         self._barrier_index = max(self._barrier_index, self.node.core.last_index)
 
-    def store_on(self, holder: str, chunk_hash: str, data: bytes, index: int) -> defer.Deferred:
-        """Store a chunk durably on ``holder`` once it has applied up to ``index``; fires with holder."""
+    def store_on(self, holder: str, chunk_hash: str, data: bytes, index: int,
+                 verified: bool = False) -> defer.Deferred:
+        """Store a chunk durably on ``holder`` once it has applied up to ``index``; fires with holder.
+
+        ``verified``: this process hashed ``data`` to ``chunk_hash`` itself (see ChunkStore.put).
+        """
         if holder == self.node.node_id:
-            return self.ops.put(chunk_hash, data).addCallback(lambda _: holder)
+            return self.ops.put(chunk_hash, data, verified=verified).addCallback(lambda _: holder)
         return self._put_remote(holder, chunk_hash, data, index)
 
     @defer.inlineCallbacks
@@ -693,7 +785,7 @@ class FileService:
         return holder
 
     def _store_on_holders(self, chunk_hash: str, chunk: bytes, holders: list[str],
-                          need: int, index: int = 0) -> defer.Deferred:
+                          need: int, index: int = 0, verified: bool = False) -> defer.Deferred:
         """Fires with the holders that acknowledged, once all did, or a majority did and
         the others failed or had ``all_copies_grace`` seconds more; fails below a majority."""
         done: defer.Deferred = defer.Deferred()
@@ -731,7 +823,8 @@ class FileService:
             settle()
 
         for holder in holders:
-            self.store_on(holder, chunk_hash, chunk, index).addCallbacks(ok, bad, errbackArgs=(holder,))
+            self.store_on(holder, chunk_hash, chunk, index, verified).addCallbacks(
+                ok, bad, errbackArgs=(holder,))
         return done
 
     def _unpin(self, hashes: list[str]) -> None:
@@ -754,16 +847,33 @@ class FileService:
         if info is None:
             raise RequestError(ErrorCode.NOT_FOUND, f"no such file: {path}")
         conn.send(GetStart(req.request_id, info))
-        pending = self._read_chunk(info.chunks[0]) if info.chunks else None
-        for i in range(len(info.chunks)):
-            data = yield pending
-            pending = self._read_chunk(info.chunks[i + 1]) if i + 1 < len(info.chunks) else None
-            yield conn.writable()
-            if not conn.open:
-                if pending is not None:
-                    pending.addErrback(lambda _: None)
-                return None
-            conn.send(GetData(req.request_id, data))
+        # Reads (each one a file read and a SHA-256 in the pool) run ahead of
+        # the socket by up to GET_READ_AHEAD chunks, so neither waits for the other.
+        chunks = iter(info.chunks)
+        pending: deque[defer.Deferred] = deque()
+
+        def read_ahead() -> None:
+            while len(pending) < GET_READ_AHEAD:
+                ref = next(chunks, None)
+                if ref is None:
+                    return
+                pending.append(self._read_chunk(ref))
+
+        try:
+            read_ahead()
+            while pending:
+                data = yield pending.popleft()
+                read_ahead()
+                yield conn.writable()
+                if not conn.open:
+                    return None
+                if len(data) >= BULK_MIN:
+                    send_bulk(conn.transport, GetData(req.request_id, data))  # no payload copy
+                else:
+                    conn.send(GetData(req.request_id, data))
+        finally:
+            for d in pending:
+                d.addErrback(lambda _: None)
         return GetEnd(req.request_id)
 
     def _read_chunk(self, ref: ChunkRef) -> defer.Deferred:
@@ -873,7 +983,12 @@ class FileService:
             log.warn("corrupt chunk {h} requested by a peer: {why}", h=req.hash, why=exc)
             raise RequestError(ErrorCode.INTEGRITY, f"chunk {req.hash} is damaged here") from None
         yield conn.writable()
-        return ChunkData(req.request_id, req.hash, data)
+        reply = ChunkData(req.request_id, req.hash, data)
+        if len(data) < BULK_MIN:
+            return reply
+        if conn.open:
+            send_bulk(conn.transport, reply)  # no payload copy
+        return None
 
     # -- garbage ---------------------------------------------------------------
 

@@ -534,3 +534,54 @@ async def test_in_memory_sources_and_sinks_larger_than_a_frame(nodes, clients):
     sink = io.BytesIO()
     info = await client.get("/mem", sink)
     assert sink.getvalue() == data and info.size == len(data)
+
+
+# --- big frames: payloads as views, batched writes, background sync ------------------
+
+@pytest_twisted.ensureDeferred
+async def test_get_of_large_frames_with_a_corrupted_byte_writes_nothing_under_the_name(
+        nodes, clients, tmp_path):
+    """1 MiB GetData frames (collected read by read, payloads handed on as views)."""
+    node = nodes(get_frame=1 << 20)
+    node.add_file("/big", os.urandom(5 * (1 << 20) + 17))
+    node.corrupt_get = True
+    target = tmp_path / "out"
+    with pytest.raises(IntegrityError, match="SHA-256"):
+        await clients([node.address]).get("/big", target)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_of_large_frames_into_a_stream_is_exact(nodes, clients):
+    node = nodes(get_frame=1 << 20)
+    data = os.urandom(3 * (1 << 20) + 5)
+    node.add_file("/big", data)
+    sink = OneWaySink()
+    info = await clients([node.address]).get("/big", sink)
+    assert sink.getvalue() == data and info.size == len(data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_into_a_file_syncs_in_the_background_as_it_goes(nodes, clients, tmp_path, monkeypatch):
+    from storg.client import files as client_files
+
+    monkeypatch.setattr(client_files, "SYNC_EVERY", 1 << 20)
+    synced = []
+    real = client_files.DownloadSink.sync_now
+
+    def counting(sink):
+        synced.append(sink.f.tell())
+        real(sink)
+
+    monkeypatch.setattr(client_files.DownloadSink, "sync_now", counting)
+    node = nodes(get_frame=256 * 1024)
+    data = os.urandom(6 * (1 << 20))
+    node.add_file("/big", data)
+    target = tmp_path / "out"
+    await clients([node.address]).get("/big", target)
+    assert target.read_bytes() == data
+    assert synced  # at least one fdatasync before the final fsync
+    # A stream sink (stdout, say) is never fdatasync'ed.
+    synced.clear()
+    await clients([node.address]).get("/big", io.BytesIO())
+    assert synced == []

@@ -65,3 +65,31 @@ def test_one_gib_round_trip_in_bounded_memory(tmp_path):
         assert got.hexdigest() == expected.hexdigest()
     finally:
         cluster.close()
+
+
+def test_a_chunk_corrupt_on_every_holder_stops_the_pipelined_get_before_it(tmp_path):
+    """Gets read chunks ahead; a damaged one still reaches no client, nor does anything after it."""
+    cluster = ProcCluster.create(tmp_path, size=3)
+    try:
+        cluster.start_all()
+        wait_for(cluster.leader, 30, "a leader")
+        data = b"".join(block(i) for i in range(8))
+        src = tmp_path / "src"
+        src.write_bytes(data)
+        assert cluster.storgctl("put", str(src), "/f").returncode == 0
+        bad = hashlib.sha256(block(5)).hexdigest()
+        for nid in cluster.nodes:
+            path = cluster.data_dir(nid) / "chunks" / bad[:2] / bad
+            damaged = bytearray(path.read_bytes())
+            damaged[12345] ^= 0x40
+            path.write_bytes(bytes(damaged))
+        got = cluster.storgctl("get", "/f", "-")
+        assert got.returncode == 4, got.stderr
+        # What reached stdout is the file's first chunks, exactly, and none of the damaged one.
+        assert len(got.stdout) <= 5 * BLOCK
+        assert got.stdout == data[:len(got.stdout)]
+        target = tmp_path / "out"
+        assert cluster.storgctl("get", "/f", str(target)).returncode == 4
+        assert not target.exists()
+    finally:
+        cluster.close()

@@ -11,7 +11,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from storg.fsm import FileStoreStateMachine
-from storg.raft.types import ConfState, Entry, EntryType
+from storg.raft.types import ConfState, Entry
 from storg.server.chunk_io import ChunkUnavailable
 from storg.server.files import AppliedWaiter, ChunkOps
 from storg.server.repair import Liveness, RateLimiter, Repairer

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 
 import pytest
 from twisted.internet.testing import StringTransport
 from twisted.protocols.basic import Int32StringReceiver
 
-from storg.server.framing import FrameReceiver
+from storg.server.framing import (
+    BULK_MIN,
+    LARGE_FRAME,
+    FrameReceiver,
+    bulk_frame,
+    decode_bulk,
+    send_bulk,
+)
+from storg.wire import CODEC, CodecError
 from storg.wire.codec import MAX_FRAME_BYTES
+from storg.wire.files import ChunkData, ChunkPut, ChunkPutAfter, GetData, PutData
 
 
 class Recorder(FrameReceiver):
@@ -202,3 +212,108 @@ def test_agrees_with_twisted_receiver(size: int) -> None:
         theirs.dataReceived(data[i:i + 7919])
     assert ours.frames == theirs.frames
     assert len(ours.frames) == 5
+
+
+# --- large frames collected read by read, and bulk frames ------------------------
+
+BIG = LARGE_FRAME + 12345
+
+
+def test_large_frame_split_anywhere_near_its_edges() -> None:
+    """Two reads, cut at every point around the big frame's header and end."""
+    big = bytes(range(256)) * (BIG // 256) + b"!" * (BIG % 256)
+    stream = frame(b"before") + frame(big) + frame(b"after") + frame(b"x" * 5000)
+    start = len(frame(b"before"))
+    end = start + 4 + BIG
+    cuts = list(range(start - 3, start + 12)) + list(range(end - 6, end + 12))
+    for cut in cuts:
+        proto = Recorder()
+        connected(proto)
+        proto.dataReceived(stream[:cut])
+        proto.dataReceived(stream[cut:])
+        assert proto.frames == [b"before", big, b"after", b"x" * 5000], cut
+        assert proto._pieces is None and proto._whole is None and not proto._rbuf
+
+
+def test_large_frame_in_small_reads_is_joined_once_whole() -> None:
+    big = b"q" * BIG
+    stream = frame(big) + frame(b"tail")
+    proto = Recorder()
+    connected(proto)
+    for i in range(0, len(stream), 1000):
+        proto.dataReceived(stream[i:i + 1000])
+        if i + 1000 < 4 + BIG:
+            assert proto.frames == []
+            # The pieces are kept as they came, not appended to the buffer.
+            assert len(proto._rbuf) < 1000
+    assert proto.frames == [big, b"tail"]
+
+
+def test_a_completed_large_frame_waits_while_paused() -> None:
+    def pause_on_first(proto: Recorder, data: bytes) -> None:
+        if data == b"first":
+            proto.pauseProducing()
+
+    big = b"z" * BIG
+    stream = frame(b"first") + frame(big) + frame(b"last")
+    proto = Recorder(pause_on_first)
+    connected(proto)
+    proto.dataReceived(stream[:20])
+    assert proto.frames == [b"first"]
+    proto.dataReceived(stream[20:])  # completes the big frame while paused
+    assert proto.frames == [b"first"]
+    proto.resumeProducing()
+    assert proto.frames == [b"first", big, b"last"]
+
+
+def test_closing_while_collecting_drops_the_pieces() -> None:
+    proto = Recorder()
+    transport = connected(proto)
+    proto.dataReceived(frame(b"y" * BIG)[:30000])
+    assert proto._pieces is not None
+    transport.loseConnection()
+    proto.dataReceived(b"y" * 40000)
+    proto.connectionLost(None)
+    assert proto._pieces is None and proto._whole is None and proto.frames == []
+
+
+SAMPLES = [
+    PutData(1, b"p" * (BULK_MIN + 3)),
+    GetData(2, b"g" * (BULK_MIN + 5)),
+    ChunkPut(3, "ab" * 32, b"c" * BULK_MIN),
+    ChunkPutAfter(4, "cd" * 32, 99, b"a" * (BULK_MIN + 1)),
+    ChunkData(5, "ef" * 32, b"d" * (2 * BULK_MIN)),
+]
+
+
+@pytest.mark.parametrize("obj", SAMPLES, ids=lambda o: type(o).__name__)
+def test_bulk_frame_is_the_codec_frame_and_decodes_to_a_view(obj) -> None:
+    head, payload = bulk_frame(obj)
+    assert payload is obj.data
+    body = CODEC.encode(obj)
+    assert head + payload == frame(body)
+    decoded = decode_bulk(body)
+    assert isinstance(decoded.data, memoryview)
+    assert type(decoded) is type(obj)
+    assert dataclasses.replace(decoded, data=bytes(decoded.data)) == CODEC.decode(body) == obj
+    transport = StringTransport()
+    send_bulk(transport, obj)
+    assert transport.value() == frame(body)
+
+
+def test_decode_bulk_refuses_a_payload_length_that_disagrees_with_the_frame() -> None:
+    body = bytearray(CODEC.encode(GetData(9, b"v" * BULK_MIN)))
+    body[13] ^= 1  # the low byte of the payload's u32 length
+    with pytest.raises(CodecError):
+        decode_bulk(bytes(body))
+    with pytest.raises(CodecError):
+        decode_bulk(bytes(body[:-1]))
+
+
+def test_small_and_other_frames_decode_as_usual() -> None:
+    small = CODEC.encode(GetData(1, b"tiny"))
+    assert decode_bulk(small) == GetData(1, b"tiny")
+    assert isinstance(decode_bulk(small).data, bytes)
+    transport = StringTransport()
+    send_bulk(transport, GetData(1, b"tiny"))
+    assert transport.value() == frame(small)

@@ -124,3 +124,18 @@ def test_transform_seam_is_used_both_ways(tmp_path: Path) -> None:
     assert store.get(h) == b"secret"
     with pytest.raises(CorruptionError):
         ChunkStore(tmp_path).get(h)  # read without the transform: wrong bytes, refused
+
+
+def test_verified_put_trusts_the_callers_hash_and_get_still_checks(tmp_path: Path) -> None:
+    """``verified=True`` skips the second hash of bytes the caller just hashed; reads still verify."""
+    store = ChunkStore(tmp_path)
+    data = os.urandom(70_000)
+    assert store.put(data, sha(data), verified=True) == sha(data)
+    assert store.get(sha(data)) == data
+    # Misused (bytes that do not match), it would store them under that name: get refuses them.
+    other = os.urandom(100)
+    store.put(other, sha(b"claimed"), verified=True)
+    with pytest.raises(CorruptionError):
+        store.get(sha(b"claimed"))
+    # Without an expected hash there is nothing to trust: the bytes are hashed.
+    assert store.put(b"plain", verified=True) == sha(b"plain")
