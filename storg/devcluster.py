@@ -1,8 +1,9 @@
 """A local cluster of real ``twistd storg`` processes, for tests and benchmarks.
 
-Each node gets a generated config with ports picked by the OS on 127.0.0.1,
-a data_dir under the given folder, and its own log file.  Every process
-started is killed when the cluster is closed, whatever the caller did.
+Each node gets a generated config with free ports on 127.0.0.1 (see
+:func:`free_port`), a data_dir under the given folder, and its own log
+file.  Every process started is killed when the cluster is closed,
+whatever the caller did.
 """
 
 from __future__ import annotations
@@ -25,10 +26,56 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+_EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_handed_out: set[tuple[str, int]] = set()
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range of source ports for outgoing connections (Linux's default if unknown)."""
+    try:
+        low, high = map(int, _EPHEMERAL_RANGE_FILE.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
+def _port_pool() -> range:
+    """Ports to pick listeners from: the widest stretch of 10000-65535 outside the ephemeral range."""
+    low, high = ephemeral_range()
+    below, above = range(10000, max(10000, low)), range(max(10000, high + 1), 65536)
+    return max(below, above, key=len)
+
+
+def free_port(host: str = "127.0.0.1", rng: random.Random | None = None) -> int:
+    """A port on ``host`` that nothing is bound to, outside the kernel's ephemeral range.
+
+    A node starts listening a moment after its port is picked, and its
+    peers may already be connecting to it.  A port from the ephemeral range
+    (what binding port 0 gives) can meanwhile be handed to one of their
+    outgoing connections as its source port; on loopback, a connection to
+    a port nobody listens on can even connect to itself (TCP simultaneous
+    open).  Either way the node then fails to bind: a test cluster that
+    lost a node at random.  Ports from outside that range are never given
+    out as source ports.  A port is never handed out twice by this process.
+    """
+    rng = rng or random.SystemRandom()
+    pool = _port_pool()
+    if len(pool) < 1000:  # no room outside the ephemeral range: let the OS pick
+        with socket.socket() as s:
+            s.bind((host, 0))
+            return s.getsockname()[1]
+    for _ in range(200):
+        port = rng.choice(pool)
+        if (host, port) in _handed_out:
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind((host, port))
+        except OSError:
+            continue
+        _handed_out.add((host, port))
+        return port
+    raise RuntimeError(f"no free port found on {host} in {pool.start}-{pool.stop - 1}")
 
 
 def loopback_hosts(size: int, rng: random.Random | None = None) -> list[str]:
