@@ -575,21 +575,39 @@ class FileStoreStateMachine:
         sends and saves building a ChunkRef per chunk.  Raises InvalidPath
         for a prefix that is not valid.
         """
-        prefix = normalize_prefix(prefix)
-        if prefix == ROOT:
-            paths: Iterable[str] = list(self._paths)
-        else:
-            below = prefix + "/"
-            found = [prefix] if prefix in self._files else []
-            for path in self._paths.from_key(below):
-                if not path.startswith(below):
-                    break
-                found.append(path)
-            paths = found
+        paths = self._paths_under(normalize_prefix(prefix))
         files = self._files
         if with_chunks:
             return [self._info(path, files[path]) for path in paths]
         return [_bare_info(path, files[path]) for path in paths]
+
+    def listing(self, prefix: str = ROOT) -> "Listing":
+        """The files at or below the folder ``prefix`` as they are now, sorted by path.
+
+        ``ls`` builds a million files' FileInfos page by page from it,
+        letting the reactor run between pages, while later entries change
+        the namespace: a file's record is immutable bytes, so a copy of the
+        path-to-record map freezes the listing (about 0.1 s per million
+        files; building every FileInfo at once took 10 s).  Raises
+        InvalidPath for a prefix that is not valid.
+        """
+        paths = self._paths_under(normalize_prefix(prefix))
+        files = self._files
+        if 4 * len(paths) >= len(files):
+            return Listing(paths, dict(files))  # a dict copy is the cheapest way to take most of it
+        return Listing(paths, {path: files[path] for path in paths})
+
+    def _paths_under(self, prefix: str) -> list[str]:
+        """The paths at or below the folder ``prefix`` (a normal form), sorted."""
+        if prefix == ROOT:
+            return list(self._paths)
+        below = prefix + "/"
+        found = [prefix] if prefix in self._files else []
+        for path in self._paths.from_key(below):
+            if not path.startswith(below):
+                break
+            found.append(path)
+        return found
 
     def chunk(self, hash: str) -> ChunkState | None:
         """The chunk map entry of ``hash`` (hex SHA-256), or None."""
@@ -739,6 +757,24 @@ class _GCPause:
 
 
 _GC_PAUSE = _GCPause()
+
+
+class Listing:
+    """A frozen listing of files (see :meth:`FileStoreStateMachine.listing`)."""
+
+    __slots__ = ("paths", "_records")
+
+    def __init__(self, paths: list[str], records: Mapping[str, _File]) -> None:
+        self.paths = paths
+        self._records = records
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def page(self, start: int, stop: int) -> list[FileInfo]:
+        """FileInfos, without chunks, of the files ``start`` to ``stop - 1`` in path order."""
+        records = self._records
+        return [_bare_info(path, records[path]) for path in self.paths[start:stop]]
 
 
 def _bare_info(path: str, rec: _File, chunks: tuple[ChunkRef, ...] = ()) -> FileInfo:

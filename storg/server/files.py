@@ -54,7 +54,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.python.failure import Failure
 from twisted.logger import Logger
 
@@ -905,11 +905,18 @@ class FileService:
         except InvalidPath as exc:
             raise _bad_path(exc) from None
         yield self._read_point(req.stale)
-        files = [_without_chunks(info) for info in self.fsm.list(prefix)]
-        for start in range(0, max(len(files) - LS_PAGE, 0), LS_PAGE):
-            conn.send(LsReply(req.request_id, tuple(files[start:start + LS_PAGE]), True))
-        last = (max(len(files) - 1, 0) // LS_PAGE) * LS_PAGE
-        return LsReply(req.request_id, tuple(files[last:]), False)
+        # Frozen at the read point; FileInfos built and sent a page at a time,
+        # with the reactor free between pages and the socket's buffer bounded:
+        # a million files is seconds of work and a hundred MB of replies.
+        listing = self.fsm.listing(prefix)
+        last = (max(len(listing) - 1, 0) // LS_PAGE) * LS_PAGE
+        for start in range(0, last, LS_PAGE):
+            conn.send(LsReply(req.request_id, tuple(listing.page(start, start + LS_PAGE)), True))
+            yield conn.writable()
+            yield deferLater(self.reactor, 0, lambda: None)
+            if not conn.open:
+                return None
+        return LsReply(req.request_id, tuple(listing.page(last, len(listing))), False)
 
     @defer.inlineCallbacks
     def stat(self, req: StatRequest, conn: ClientConnection):
@@ -1114,7 +1121,3 @@ class FileService:
 
     def _leader_address(self) -> str:
         return self.address_of(self.node.leader)
-
-
-def _without_chunks(info: Any) -> Any:
-    return type(info)(info.path, info.size, info.sha256, info.modified_ns, info.version, ())
