@@ -27,6 +27,8 @@ from storg.storage.wal import (
     segment_name,
 )
 
+from tests.storage.wal_files import logical_size
+
 
 def rec(n: int, size: int = 10) -> int:
     """Bytes of the record for a batch of ``n`` entries of ``size`` bytes."""
@@ -39,15 +41,6 @@ def ents(lo: int, hi: int, term: int = 1, size: int = 10) -> list[Entry]:
 
 def segments(d: Path) -> list[str]:
     return sorted(p.name for p in d.iterdir() if p.name.endswith(".wal"))
-
-
-def logical_size(path: Path) -> int:
-    """End of the last record in a segment file: where its zero fill (if any) starts."""
-    data = path.read_bytes()
-    pos = 0
-    while pos + 8 <= len(data) and data[pos:pos + 4] == MAGIC:
-        pos += int.from_bytes(data[pos + 4:pos + 8], "big")
-    return pos
 
 
 def reference_record(batch: list[Entry]) -> bytes:

@@ -21,20 +21,13 @@ from hypothesis.stateful import (
 
 import storg.storage.wal as wal_module
 from storg.raft.types import Entry, EntryType
-from storg.storage.wal import MAGIC, WriteAheadLog, frame_batch
+from storg.storage.wal import WriteAheadLog, frame_batch
+
+from tests.storage.wal_files import logical_size
 
 SEGMENT_BYTES = 180  # a handful of records per segment, so batches roll and span segments
 FILL_BYTES = 48  # less than most records: the fill is extended, overwritten and cut all the time
 SECTOR_BYTES = 16  # torn-write granularity in this test, so that small records tear into pieces
-
-
-def logical_size(path: Path) -> int:
-    """End of the last record in a segment file: where its zero fill starts."""
-    data = path.read_bytes()
-    pos = 0
-    while pos + 8 <= len(data) and data[pos:pos + 4] == MAGIC:
-        pos += int.from_bytes(data[pos + 4:pos + 8], "big")
-    return pos
 
 
 class LogModel(RuleBasedStateMachine):

@@ -20,7 +20,6 @@ from storg.raft.types import Entry, EntryType
 from storg.storage.errors import CorruptionError, DiskFullError
 from storg.storage.wal import (
     FILL_MAX_RECORD_BYTES,
-    MAGIC,
     MIN_RECORD_BYTES,
     PER_ENTRY_BYTES,
     SECTOR_BYTES,
@@ -28,6 +27,8 @@ from storg.storage.wal import (
     frame_batch,
     segment_name,
 )
+
+from tests.storage.wal_files import logical_size
 
 FILL = 4096
 
@@ -42,14 +43,6 @@ def ents(lo: int, hi: int, term: int = 1, size: int = 10) -> list[Entry]:
 
 def wal_files(d: Path) -> list[Path]:
     return sorted(p for p in d.iterdir() if p.name.endswith(".wal"))
-
-
-def logical_size(path: Path) -> int:
-    data = path.read_bytes()
-    pos = 0
-    while pos + 8 <= len(data) and data[pos:pos + 4] == MAGIC:
-        pos += int.from_bytes(data[pos + 4:pos + 8], "big")
-    return pos
 
 
 def is_zero(data: bytes) -> bool:
