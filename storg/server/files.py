@@ -664,7 +664,7 @@ class FileService:
     def _upload_over(self, result: Any, key: tuple[int, int]) -> Any:
         upload = self._uploads.pop(key, None)
         if upload is not None:
-            self._unpin(upload.pinned)
+            self.unpin(upload.pinned)
             # Applied (then the chunk map counts these bytes) or failed: no longer pending.
             self._unplace(upload.placed)
         return result
@@ -695,7 +695,7 @@ class FileService:
         map's answer about it can no longer be changed by a collect.
         """
         chunk_hash = yield self.chunks.local.hash(chunk)
-        self._pins[chunk_hash] += 1
+        self.pin(chunk_hash)
         pins.append(chunk_hash)
         voters = sorted(self.node.core.conf.voters)
         copies = min(self.replication_factor, len(voters))
@@ -827,7 +827,15 @@ class FileService:
                 ok, bad, errbackArgs=(holder,))
         return done
 
-    def _unpin(self, hashes: list[str]) -> None:
+    def pin(self, chunk_hash: str) -> None:
+        """Keep this leader from proposing a collect of ``chunk_hash`` until :meth:`unpin`.
+
+        Pins nest: uploads and repair pin the chunks they are about to record.
+        """
+        self._pins[chunk_hash] += 1
+
+    def unpin(self, hashes: list[str]) -> None:
+        """Undo one :meth:`pin` of each of ``hashes``."""
         for h in hashes:
             self._pins[h] -= 1
             if self._pins[h] <= 0:

@@ -249,7 +249,7 @@ class Repairer:
             if not targets and len(keep) == len(chunk.holders):
                 return  # nowhere to copy to yet; the count stays short until a node is back
         files = self.files
-        files._pins[chunk_hash] += 1
+        files.pin(chunk_hash)
         try:
             stored: list[str] = []
             if targets:
@@ -280,4 +280,4 @@ class Repairer:
         except Exception as exc:  # a stale change, a lost leadership, a timeout: next round decides
             log.info("repair of chunk {h} postponed: {why}", h=chunk_hash[:12], why=exc)
         finally:
-            files._unpin([chunk_hash])
+            files.unpin([chunk_hash])

@@ -128,7 +128,7 @@ class FakeFiles:
         self.node = FakeNode(self.fsm, voters)
         self.reactor = clock
         self.replication_factor = 3
-        self._pins = Counter()
+        self.pins = Counter()
         self.stored = []
         self.unreadable = set(unreadable)
         self.applied = SimpleNamespace(wait=lambda index: defer.succeed(index))
@@ -152,9 +152,12 @@ class FakeFiles:
     def projected_usage(self):
         return self.fsm.usage()
 
-    def _unpin(self, hashes):
+    def pin(self, chunk_hash):
+        self.pins[chunk_hash] += 1
+
+    def unpin(self, hashes):
         for h in hashes:
-            self._pins[h] -= 1
+            self.pins[h] -= 1
 
 
 def repairer(files, down=(), grace=10):
@@ -227,4 +230,4 @@ def test_an_unreadable_chunk_is_left_for_the_next_round(unreadable):
     files = FakeFiles(clock, ["n1", "n2", "n3"], ["n1", "n2"], unreadable=unreadable)
     r = repairer(files)
     r.run_round()
-    assert files.stored == [] and holders(files) == ["n1", "n2"] and files._pins[HASH] == 0
+    assert files.stored == [] and holders(files) == ["n1", "n2"] and files.pins[HASH] == 0
