@@ -571,8 +571,8 @@ class FileStoreStateMachine:
     def list(self, prefix: str = ROOT, *, with_chunks: bool = True) -> list[FileInfo]:
         """The files at or below the folder ``prefix``, sorted by path.
 
-        ``with_chunks=False`` leaves ``chunks`` empty, which is what ``ls``
-        sends and saves building a ChunkRef per chunk.  Raises InvalidPath
+        ``with_chunks=False`` leaves ``chunks`` empty (as ``ls`` sends them,
+        see :meth:`listing`) and saves building a ChunkRef per chunk.  Raises InvalidPath
         for a prefix that is not valid.
         """
         paths = self._paths_under(normalize_prefix(prefix))

@@ -45,14 +45,8 @@ from storg.client.files import (
 from storg.paths import InvalidPath, normalize_path, normalize_prefix
 from storg.wire import ErrorCode, ProbeRead, ProbeWrite, StatusReply, StatusRequest
 from storg.wire.admin import (
-    LeaderTransferDone,
-    LeaderTransferRequest,
-    MemberAddProgress,
-    MemberAddRequest,
-    MemberChanged,
-    MemberInfo,
-    MemberListRequest,
-    MemberRemoveRequest,
+    LeaderTransferDone, LeaderTransferRequest, MemberAddProgress, MemberAddRequest, MemberChanged,
+    MemberInfo, MemberListRequest, MemberRemoveRequest,
 )
 from storg.wire.files import FileInfo, LsReply, LsRequest, RmRequest, StatRequest
 

@@ -35,6 +35,8 @@ from storg.wire.files import (
     PutStart,
 )
 
+from tests.server.test_files_small import FakeNode as LeaderOfThree, NoRemote
+
 CHUNK = 128 * 1024
 
 
@@ -54,36 +56,15 @@ class InlinePool:
         return defer.succeed(hashlib.sha256(data).hexdigest())
 
 
-class NoRemote:
-    timeout = 1.0
-
-    def get(self, node_id, chunk_hash):
-        return defer.fail(ConnectionRefusedError(node_id))
-
-
 class FakeCore:
     conf = ConfState(voters=frozenset({"n1"}))
     last_index = 0
 
 
-class FakeNode:
-    node_id = "n1"
-    applied_index = 0
-    term = 1
-    leader = "n1"
+class FakeNode(LeaderOfThree):
+    """The small-file tests' leader, alone in its cluster, recording what it is asked to propose."""
+
     core = FakeCore()
-
-    def on_applied(self, watcher) -> None:
-        pass
-
-    def on_role_change(self, watcher) -> None:
-        pass
-
-    def is_leader(self) -> bool:
-        return True
-
-    def read_index(self) -> defer.Deferred:
-        return defer.succeed(self.applied_index)
 
     def propose(self, data: bytes) -> defer.Deferred:
         self.proposed = CODEC.decode(data)
