@@ -7,6 +7,8 @@ shared and its speed drifts.
 
 from __future__ import annotations
 
+import os
+import resource
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -37,3 +39,35 @@ def run_passes(one_pass: Callable[[Any, Path], Awaitable[dict]], summarize: Call
         summarize(passes)
 
     task.react(lambda reactor: defer.Deferred.fromCoroutine(run(reactor)))
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process (all its threads) has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds used by each node process of a cluster and by this (the client) process.
+
+    Throughput on this 2-core machine is bounded by CPU as much as by any
+    wait, so the benchmarks print where the CPU went: per node, and for
+    the client library in this process (``resource.getrusage``, all threads).
+    """
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+
+    def read(self) -> dict[str, float]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        out = {"client": usage.ru_utime + usage.ru_stime}
+        for nid, pid in self.pids.items():
+            try:
+                out[nid] = process_cpu_seconds(pid)
+            except (FileNotFoundError, ProcessLookupError):
+                out[nid] = float("nan")
+        return out
+
+    @staticmethod
+    def used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        return {k: after[k] - before[k] for k in before}

@@ -27,7 +27,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from benchlib import percentile, run_passes
+from benchlib import CpuMeter, percentile, run_passes
 from storg.client.api import StorgClient
 from storg.devcluster import ProcCluster, wait_for
 
@@ -35,7 +35,7 @@ CHUNK = 1 << 20
 
 
 async def small_files(reactor: Any, addresses: list[str], size: int, clients: int,
-                      seconds: float, tag: str) -> tuple[dict, dict]:
+                      seconds: float, tag: str, meter: CpuMeter, leader: str) -> tuple[dict, dict]:
     payload = os.urandom(size)
     written: list[list[str]] = [[] for _ in range(clients)]
     put_lat: list[float] = []
@@ -82,19 +82,28 @@ async def small_files(reactor: Any, addresses: list[str], size: int, clients: in
         finally:
             client.close()
 
-    async def run_all(fn) -> float:
+    async def run_all(fn) -> tuple[float, dict[str, float]]:
+        before = meter.read()
         t0 = time.perf_counter()
         await defer.gatherResults([defer.Deferred.fromCoroutine(fn(k)) for k in range(clients)])
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, CpuMeter.used(before, meter.read())
 
-    put_time = await run_all(putter)
-    get_time = await run_all(getter)
+    put_time, put_cpu = await run_all(putter)
+    get_time, get_cpu = await run_all(getter)
 
-    def row(lat: list[float], elapsed: float, errs: int) -> dict:
+    def row(lat: list[float], elapsed: float, errs: int, cpu: dict[str, float]) -> dict:
+        # CPU per operation (ms), by role: the warm-up op of each client is counted in the
+        # CPU but not in the ops, which overstates it by at most 1 in (ops / clients).
+        per_op = {k: v / max(len(lat), 1) * 1000 for k, v in cpu.items()}
+        followers = [v for k, v in per_op.items() if k not in ("client", leader)]
         return {"ops": len(lat) / elapsed, "p50": percentile(lat, 0.5) * 1000,
-                "p99": percentile(lat, 0.99) * 1000, "errors": errs}
+                "p99": percentile(lat, 0.99) * 1000, "errors": errs,
+                "cpu_leader": per_op.get(leader, float("nan")),
+                "cpu_follower": statistics.mean(followers) if followers else float("nan"),
+                "cpu_client": per_op["client"], "cpu_total": sum(per_op.values())}
 
-    return row(put_lat, put_time, errors["put"]), row(get_lat, get_time, errors["get"])
+    return (row(put_lat, put_time, errors["put"], put_cpu),
+            row(get_lat, get_time, errors["get"], get_cpu))
 
 
 def make_big_file(path: Path, size: int) -> str:
@@ -153,43 +162,63 @@ def peak_rss_mib(cluster: ProcCluster) -> dict[str, float]:
     return out
 
 
+def sha256_mbs(seconds: float = 0.5) -> float:
+    """MB/s of hashlib.sha256 on one core of this machine (1 MiB buffers, as chunks are)."""
+    block = os.urandom(CHUNK)
+    n = 0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        hashlib.sha256(block).digest()
+        n += 1
+    return n * CHUNK / (time.perf_counter() - t0) / 1e6
+
+
 async def big_file(reactor: Any, cluster: ProcCluster, addresses: list[str], workdir: Path,
-                   size: int) -> dict:
+                   size: int, meter: CpuMeter) -> dict:
     src = workdir / "big.src"
     sha = make_big_file(src, size)
     ceil_w, ceil_r = ceiling(src, workdir)
     client = StorgClient(addresses, reactor=reactor, timeout=60)
     try:
+        before = meter.read()
         t0 = time.perf_counter()
         info = await client.put(str(src), "/bench/big")
         put_s = time.perf_counter() - t0
+        put_cpu = CpuMeter.used(before, meter.read())
         assert info.sha256 == sha
         rss = peak_rss_mib(cluster)
         dst = workdir / "big.dst"
+        before = meter.read()
         t0 = time.perf_counter()
         await client.get("/bench/big", str(dst))
         get_s = time.perf_counter() - t0
+        get_cpu = CpuMeter.used(before, meter.read())
     finally:
         client.close()
     dst.unlink()
     src.unlink()
+    gib = size / (1 << 30)
     return {"put_mbs": size / put_s / 1e6, "get_mbs": size / get_s / 1e6,
-            "ceiling_write_mbs": ceil_w, "ceiling_read_mbs": ceil_r, "peak_rss_mib": rss}
+            "ceiling_write_mbs": ceil_w, "ceiling_read_mbs": ceil_r, "peak_rss_mib": rss,
+            "put_cpu_s_per_gib": {k: v / gib for k, v in put_cpu.items()},
+            "get_cpu_s_per_gib": {k: v / gib for k, v in get_cpu.items()},
+            "sha256_mbs": sha256_mbs()}
 
 
 async def one_pass(reactor: Any, args: argparse.Namespace, workdir: Path) -> dict:
     cluster = ProcCluster.create(workdir, size=3)
     try:
         cluster.start_all()
-        wait_for(cluster.leader, 30, "a leader")
+        leader = wait_for(cluster.leader, 30, "a leader")
         addresses = [n.client_address for n in cluster.nodes.values()]
+        meter = CpuMeter({nid: n.proc.pid for nid, n in cluster.nodes.items() if n.proc is not None})
         out: dict[str, Any] = {"small": {}}
         for size in [] if args.big_only else args.sizes:
             for clients in args.clients:
                 out["small"][(size, clients)] = await small_files(
-                    reactor, addresses, size, clients, args.seconds, f"{size}-{clients}")
+                    reactor, addresses, size, clients, args.seconds, f"{size}-{clients}", meter, leader)
         if args.big_mb > 0:
-            out["big"] = await big_file(reactor, cluster, addresses, workdir, args.big_mb << 20)
+            out["big"] = await big_file(reactor, cluster, addresses, workdir, args.big_mb << 20, meter)
         return out
     finally:
         cluster.close()
@@ -210,6 +239,20 @@ def summarize(passes: list[dict], args: argparse.Namespace) -> None:
                   f"{med(r['ops'] for r in gets):>7.0f} {med(r['p50'] for r in gets):>7.1f} "
                   f"{med(r['p99'] for r in gets):>7.1f} | "
                   f"{sum(r['errors'] for r in puts + gets)}")
+    if not args.big_only:
+        print("CPU ms per operation (user + system, all threads; the machine has 2 cores):")
+        print(f"{'size':>6} {'clients':>7} | {'put: leader':>11} {'follower':>8} {'client':>6} {'total':>6} | "
+              f"{'get: leader':>11} {'follower':>8} {'client':>6} {'total':>6}")
+        for size in args.sizes:
+            for clients in args.clients:
+                rows = [p["small"][(size, clients)] for p in passes]
+                cells = []
+                for kind in (0, 1):
+                    cells.append(" ".join(
+                        f"{med(r[kind][key] for r in rows):>{width}.3f}"
+                        for key, width in (("cpu_leader", 11), ("cpu_follower", 8),
+                                           ("cpu_client", 6), ("cpu_total", 6))))
+                print(f"{size:>6} {clients:>7} | {cells[0]} | {cells[1]}")
     if args.big_mb > 0:
         bigs = [p["big"] for p in passes]
         put, get = med(b["put_mbs"] for b in bigs), med(b["get_mbs"] for b in bigs)
@@ -224,6 +267,14 @@ def summarize(passes: list[dict], args: argparse.Namespace) -> None:
         print(f"median of the per-pass ratios: put "
               f"{med(b['put_mbs'] / b['ceiling_write_mbs'] for b in bigs):.0%}, get "
               f"{med(b['get_mbs'] / b['ceiling_read_mbs'] for b in bigs):.0%}")
+        for what in ("put", "get"):
+            keys = sorted(bigs[0][f"{what}_cpu_s_per_gib"])
+            cpu = {k: med(b[f"{what}_cpu_s_per_gib"][k] for b in bigs) for k in keys}
+            print(f"CPU seconds per GiB during the {what}: "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()) + f"; total {sum(cpu.values()):.2f}")
+        sha = med(b["sha256_mbs"] for b in bigs)
+        print(f"SHA-256 on one core of this machine: {sha:.0f} MB/s, {(1 << 30) / sha / 1e6:.2f} s per GiB. "
+              f"A get hashes every byte twice (the node verifies each chunk, the client the whole file)")
         worst = max(max(b["peak_rss_mib"].values()) for b in bigs)
         print(f"peak node RSS during the big put: {worst:.0f} MiB (max over nodes and passes); "
               f"per pass: {[b['peak_rss_mib'] for b in bigs]}")

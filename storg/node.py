@@ -35,6 +35,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from storg.executor import SerialExecutor
 from storg.raft.core import RaftCore
 from storg.raft.errors import NotLeader, ProposalDropped
 from storg.raft.types import (
@@ -156,14 +157,11 @@ class RaftNode:
     # -- lifecycle -------------------------------------------------------
 
     def start(self) -> None:
-        """Start ticking.  Uses a one-thread pool for storage unless given an executor."""
+        """Start ticking.  Storage calls go to a thread of their own (SerialExecutor) unless given an executor."""
         if self._executor is None:
-            from twisted.internet.threads import deferToThreadPool
-            from twisted.python.threadpool import ThreadPool
-            pool = ThreadPool(minthreads=1, maxthreads=1, name=f"storg-storage-{self.node_id}")
-            pool.start()
+            pool = SerialExecutor(self._reactor, name=f"storg-storage-{self.node_id}")
             self._own_pool = pool
-            self._executor = lambda fn, *a: deferToThreadPool(self._reactor, pool, fn, *a)
+            self._executor = pool
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = self._reactor
         self._ticker.start(self._tick_seconds, now=False)
@@ -183,9 +181,7 @@ class RaftNode:
             d.errback(NodeStopped("node stopped"))
         pool, self._own_pool = self._own_pool, None
         if pool is not None:
-            from twisted.internet.threads import deferToThread
-            # ThreadPool.stop joins its threads: do it off the reactor thread.
-            return deferToThread(pool.stop)
+            return pool.stop()  # the calls already handed to it finish first
         return defer.succeed(None)
 
     def on_role_change(self, watcher: Callable[[SoftState], object]) -> None:

@@ -744,6 +744,10 @@ class FileService:
         """Where a small file's bytes are written on apply: placed like any chunk."""
         voters = sorted(self.node.core.conf.voters)
         copies = min(self.replication_factor, len(voters))
+        if copies == len(voters):
+            # Every voter holds it (a cluster of R voters or fewer): ranking
+            # them, which hashes the data and the usage map, changes nothing.
+            return voters
         return place(hashlib.sha256(data).hexdigest(), voters, copies, self.projected_usage(),
                      self.repairer.unreachable())
 

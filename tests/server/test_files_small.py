@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 from storg.fsm import FileStoreStateMachine
 from storg.raft.types import ConfState, Entry, EntryType
 from storg.server.chunk_io import Chunks
-from storg.server.files import FileService
+from storg.server.files import FileService, place
 from storg.storage.chunks import ChunkStore
 from storg.storage.errors import HashMismatchError
 from storg.wire import CODEC
@@ -208,3 +208,24 @@ def test_one_failed_write_in_a_batch_fails_only_its_own_waiter(tmp_path):
     assert outcomes == [good, HashMismatchError]
     assert store.get(good) == b"good"
     assert not service.ops.busy(good)
+
+
+def test_inline_holders_are_every_voter_when_the_cluster_has_r_voters_or_fewer(tmp_path):
+    service, _, _, _ = make(tmp_path)
+    assert service.inline_holders(b"x" * 100) == ["n1", "n2", "n3"]
+    service.replication_factor = 5  # more copies wanted than voters: still each voter once
+    assert service.inline_holders(b"x" * 100) == ["n1", "n2", "n3"]
+
+
+def test_inline_holders_of_a_bigger_cluster_are_placed_like_any_chunk(tmp_path, monkeypatch):
+    service, _, _, _ = make(tmp_path)
+    monkeypatch.setattr(FakeCore, "conf", ConfState(voters=frozenset({"n1", "n2", "n3", "n4", "n5"})))
+    spread = set()
+    for k in range(40):
+        data = b"file %d" % k
+        holders = service.inline_holders(data)
+        assert len(holders) == 3 and len(set(holders)) == 3
+        assert set(holders) == set(place(hashlib.sha256(data).hexdigest(), ["n1", "n2", "n3", "n4", "n5"], 3,
+                                          service.projected_usage(), service.repairer.unreachable()))
+        spread |= set(holders)
+    assert spread == {"n1", "n2", "n3", "n4", "n5"}  # rendezvous ranking spreads them
