@@ -77,28 +77,42 @@ class Reader:
     def u64(self) -> int:
         return self.unpack(_U64)[0]
 
+    def _prefixed(self, head: struct.Struct) -> bytes | memoryview:
+        """The bytes behind a length prefix of layout ``head`` (a view if ``buf`` is one).
+
+        The string and bytes readers below are on every decode's path (paths,
+        node ids, payloads), so they read prefix and body here in one call
+        rather than through ``unpack`` and ``take``.
+        """
+        pos = self.pos
+        start = pos + head.size
+        if start > self.end:
+            raise CodecError(f"truncated: need {head.size} bytes at offset {pos}, have {self.end - pos}")
+        (n,) = head.unpack_from(self.buf, pos)
+        stop = start + n
+        if stop > self.end:
+            raise CodecError(f"truncated: need {n} bytes at offset {start}, have {self.end - start}")
+        self.pos = stop
+        return self.buf[start:stop]
+
     def short_str(self) -> str:
         """A UTF-8 string with a u8 length prefix (node ids)."""
-        raw = self.take(self.u8())
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise CodecError("string is not UTF-8") from None
+        return _utf8(self._prefixed(_U8))
 
     def u32(self) -> int:
         return self.unpack(_U32)[0]
 
     def str16(self) -> str:
         """A UTF-8 string with a u16 length prefix (addresses, cluster ids)."""
-        return _utf8(self.take(self.u16()))
+        return _utf8(self._prefixed(_U16))
 
     def str32(self) -> str:
         """A UTF-8 string with a u32 length prefix (free text such as error messages)."""
-        return _utf8(self.take(self.u32()))
+        return _utf8(self._prefixed(_U32))
 
     def bytes32(self) -> bytes:
         """Opaque bytes with a u32 length prefix."""
-        return self.take(self.u32())
+        return bytes(self._prefixed(_U32))
 
     def done(self) -> None:
         """Insist that every byte was consumed: trailing garbage is an error."""
@@ -113,9 +127,9 @@ def short_str(s: str) -> bytes:
     return _U8.pack(len(raw)) + raw
 
 
-def _utf8(raw: bytes) -> str:
+def _utf8(raw: bytes | memoryview) -> str:
     try:
-        return raw.decode("utf-8")
+        return str(raw, "utf-8")
     except UnicodeDecodeError:
         raise CodecError("string is not UTF-8") from None
 
