@@ -9,7 +9,7 @@ from setuptools import setup
 
 setup(
     name="storg",
-    version="0.3.0",
+    version="0.3.1",
     description="A small, trustworthy distributed file store on Raft and Twisted",
     python_requires=">=3.11",
     # An explicit root package_dir makes setuptools' editable install a plain .pth

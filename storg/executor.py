@@ -4,13 +4,13 @@ A Raft node hands its storage thread one call per Ready (write the new
 entries and the hard state, fsync), and waits for it before it answers
 anyone.  At low load that is one hand-off per commit on every node, so
 what the hand-off itself costs is paid on the commit path.  Twisted's
-``deferToThreadPool`` costs about 80 us of CPU per round trip on this
+``deferToThreadPool`` costs about 100 us of CPU per round trip on this
 machine (its Team and LockWorker, a ``queue.Queue`` built on a Condition,
 the log context captured and restored around each call).  This executor
 keeps the same contract with less: a ``queue.SimpleQueue`` (implemented in
 C) to the thread, and one ``reactor.callFromThread`` per outcome back,
-about 38 us per round trip (``tests/test_executor.py`` checks the contract,
-the README gives the figures).
+about half the CPU per round trip (``benchmarks/hotpath_bench.py`` prints
+both; ``tests/test_executor.py`` checks the contract).
 
 The contract, the same as a one-thread ThreadPool's:
 
