@@ -31,9 +31,14 @@ _U64 = struct.Struct(">Q")
 
 
 class Kind:
-    """How one field is laid out; ``min_bytes`` bounds list counts before decoding."""
+    """How one field is laid out; ``min_bytes`` bounds list counts before decoding.
+
+    ``code`` is the ``struct`` code of a fixed-size integer kind (None for
+    the others): :func:`compile_reader` reads neighbouring ones in one call.
+    """
 
     min_bytes = 1
+    code: str | None = None
 
     def write(self, value: Any, out: list) -> None:
         raise TypeError
@@ -46,7 +51,6 @@ class _Int(Kind):
     def __init__(self, st: struct.Struct) -> None:
         self.st = st
         self.code = st.format.lstrip(">")
-        """The struct code: neighbouring integer fields are read with one struct call."""
         self.min_bytes = st.size
         self.limit = 1 << (8 * st.size)
 
@@ -80,7 +84,6 @@ class _Text(Kind):
         if not isinstance(value, str):
             raise CodecError(f"expected text, got {type(value).__name__}")
         out.append(self.encode(value))
-
 
 
 class _Bytes(Kind):
@@ -203,9 +206,8 @@ def compile_reader(cls: type, fields: Sequence[tuple[str, Kind]]) -> Callable[[R
     steps: list[tuple[struct.Struct | None, Kind | None]] = []
     run = ""
     for _, kind in fields:
-        code = getattr(kind, "code", None)
-        if code is not None:
-            run += code
+        if kind.code is not None:
+            run += kind.code
             continue
         if run:
             steps.append((struct.Struct(">" + run), None))
