@@ -5,7 +5,7 @@ is installed where twistd's plugin scan finds it (that folder has no
 ``__init__.py`` on purpose: it is a namespace shared with Twisted).
 """
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="storg",
@@ -16,16 +16,7 @@ setup(
     # to this folder, so twistd's plugin scan finds twisted/plugins/ here after
     # `pip install -e .` too (its default import-hook mode hides it).
     package_dir={"": "."},
-    packages=[
-        "storg",
-        "storg.raft",
-        "storg.wire",
-        "storg.storage",
-        "storg.server",
-        "storg.client",
-        "storg.cli",
-        "twisted.plugins",
-    ],
+    packages=find_packages(include=["storg", "storg.*"]) + ["twisted.plugins"],
     package_data={"twisted.plugins": ["storg_plugin.py"]},
     install_requires=["Twisted>=23.8", "PyYAML>=6.0", "google-crc32c>=1.5"],
     extras_require={

@@ -33,7 +33,7 @@ from twisted.internet import defer, task
 
 from benchlib import percentile, run_passes
 from storg.client.api import StorgClient
-from storg.devcluster import ProcCluster
+from storg.testing.devcluster import ProcCluster
 
 PAYLOAD = b"x" * 100
 

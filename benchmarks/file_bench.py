@@ -29,7 +29,7 @@ from twisted.internet import defer
 
 from benchlib import CpuMeter, percentile, run_passes
 from storg.client.api import StorgClient
-from storg.devcluster import ProcCluster, wait_for
+from storg.testing.devcluster import ProcCluster, wait_for
 
 CHUNK = 1 << 20
 

@@ -34,7 +34,7 @@ from twisted.internet import defer, task
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-from storg.executor import SerialExecutor
+from storg.node.executor import SerialExecutor
 from storg.wire import CODEC
 from storg.wire.files import PutData, PutEnd, PutInlineCommand, PutStart
 from storg.wire.records import Reader

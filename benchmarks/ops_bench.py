@@ -49,10 +49,10 @@ from typing import Any
 from twisted.internet import defer, task
 
 from storg.client.api import StorgClient
-from storg.devcluster import ProcCluster, wait_for
-from storg.fsm import FileStoreStateMachine
+from storg.testing.devcluster import ProcCluster, wait_for
+from storg.fsm.machine import FileStoreStateMachine
 from storg.raft.types import ConfState, Entry, SnapshotMeta
-from storg.server.snapshots import load_snapshot, write_frames
+from storg.server.snapshots.node_snapshots import load_snapshot, write_frames
 from storg.storage.chunks import ChunkStore
 from storg.storage.logstore import DiskLogStore
 from storg.wire import CODEC

@@ -28,7 +28,7 @@ from twisted.internet import defer, task
 
 from benchlib import run_passes
 from storg.client.api import StorgClient
-from storg.devcluster import ProcCluster, wait_for
+from storg.testing.devcluster import ProcCluster, wait_for
 
 CHUNK = 1 << 20
 FILE = 32 << 20

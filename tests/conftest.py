@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from storg.devcluster import ProcCluster
+from storg.testing.devcluster import ProcCluster
 
 LOG_TAIL_LINES = 60
 NOISE = ("Starting factory", "Stopping factory")

@@ -26,7 +26,7 @@ from storg.client.errors import (
     NotFoundError,
     ServerError,
 )
-from storg.client.files import AtomicFile
+from storg.client.transfer import AtomicFile
 from storg.paths import InvalidPath, normalize_path, normalize_prefix
 from storg.wire.files import FileInfo
 

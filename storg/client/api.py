@@ -3,7 +3,7 @@
 :class:`StorgClient` knows a list of client addresses, keeps one connection
 per node it has talked to, and spreads questions such as ``status`` over
 every member.  Waiting for a leader or a quorum is bounded by ``timeout``;
-a transfer that keeps moving is not (see :class:`~storg.client.files.Deadline`).
+a transfer that keeps moving is not (see :class:`~storg.client.transfer.Deadline`).
 
 Files: :meth:`StorgClient.put`, :meth:`~StorgClient.get`, :meth:`~StorgClient.ls`,
 :meth:`~StorgClient.stat`, :meth:`~StorgClient.rm`.  Cluster operations:
@@ -32,7 +32,7 @@ from storg.client.errors import (
     ProtocolViolation,
     ServerError,
 )
-from storg.client.files import (
+from storg.client.transfer import (
     AtomicFile,
     Deadline,
     Download,

@@ -35,7 +35,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from storg.client.errors import ProtocolViolation, ServerError, error_for
-from storg.server.framing import FrameReceiver, decode_bulk, send_bulk
+from storg.net.framing import FrameReceiver, send_bulk
+from storg.wire.bulk import decode_bulk
 from storg.wire import CodecError, ErrorReply
 
 __all__ = [

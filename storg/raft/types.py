@@ -2,7 +2,7 @@
 
 These types are the contract between the pure core (``storg.raft``), the
 codec (``storg.wire``), the storage layer (``storg.storage``) and the Twisted
-driver (``storg.node``).  They are plain value objects with no behaviour
+driver (``storg.node.raft_node``).  They are plain value objects with no behaviour
 beyond validation helpers, so every layer can import them without importing
 anything else.
 

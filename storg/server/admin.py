@@ -33,7 +33,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from storg.config import NODE_ID_RE, parse_address
-from storg.node import RaftNode, Timeout
+from storg.node.raft_node import RaftNode, Timeout
 from storg.raft.errors import NotLeader, ProposalDropped
 from storg.raft.types import ConfChange, ConfChangeType, Role
 from storg.server.client_port import RequestError

@@ -1,7 +1,7 @@
 """The client port: storgctl, the client library and other nodes' chunk traffic.
 
 Framing, dispatch and commands are separate pieces, as in Twisted's AMP:
-:class:`~storg.server.framing.FrameReceiver` cuts frames, ``CODEC`` turns a
+:class:`~storg.net.framing.FrameReceiver` cuts frames, ``CODEC`` turns a
 frame into a request object, and a handler table (from the node's
 :class:`ClientApi`) maps each request class to a function of
 ``(request, connection)``.  A handler returns the reply (or a Deferred of
@@ -31,9 +31,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from storg.node import NodeStopped, Timeout
+from storg.node.raft_node import NodeStopped, Timeout
 from storg.raft.errors import NotLeader, ProposalDropped
-from storg.server.framing import FrameReceiver
+from storg.net.framing import FrameReceiver
 from storg.wire import CODEC, CodecError, ErrorCode, ErrorReply
 
 log = Logger(namespace="storg.client_port")

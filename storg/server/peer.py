@@ -55,7 +55,7 @@ from zope.interface import implementer
 
 from storg.config import NODE_ID_RE, Address
 from storg.raft.types import Message
-from storg.server.framing import FrameReceiver, describe_address
+from storg.net.framing import FrameReceiver, describe_address
 from storg.wire.codec import CODEC
 from storg.wire.messages import Hello, HelloRefused
 from storg.wire.records import CodecError

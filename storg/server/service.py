@@ -22,17 +22,17 @@ from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.logger import Logger
 
 from storg.config import Address, NodeConfig, cluster_id
-from storg.fsm import FileStoreStateMachine
-from storg.members import MemberDirectory
-from storg.node import RaftNode, Timeout
+from storg.fsm.machine import FileStoreStateMachine
+from storg.fsm.members import MemberDirectory
+from storg.node.raft_node import RaftNode, Timeout
 from storg.raft.core import RaftConfig, RaftCore
 from storg.raft.types import ConfState, Role, SnapshotMeta
-from storg.server.chunk_io import Chunks, LocalChunks, RemoteChunks
+from storg.server.files.chunk_io import Chunks, LocalChunks, RemoteChunks
 from storg.server.client_port import ClientPortFactory
-from storg.server.files import FileService
-from storg.server.fill import ChunkFiller
+from storg.server.files.service import FileService
+from storg.server.upkeep.fill import ChunkFiller
 from storg.server.peer import PeerTransport
-from storg.server.snapshots import NodeSnapshots, load_snapshot
+from storg.server.snapshots.node_snapshots import NodeSnapshots, load_snapshot
 from storg.storage.chunks import ChunkStore
 from storg.storage.identity import load_or_create
 from storg.storage.logstore import DiskLogStore

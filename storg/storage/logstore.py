@@ -1,6 +1,6 @@
 """The node's durable Raft state: the write-ahead log, hard state and snapshots together.
 
-This is the ``LogStore`` that ``storg.node.RaftNode`` persists each Ready
+This is the ``LogStore`` that ``storg.node.raft_node.RaftNode`` persists each Ready
 into, from its storage thread.  Layout under the data_dir::
 
     wal/        segment files (storg.storage.wal)

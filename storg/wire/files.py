@@ -243,7 +243,7 @@ class PutInlineCommand:
     like any other), and each of ``holders`` writes them to its chunk store
     when it applies the entry; those files are fsynced in one batch before
     the log is compacted past the entry.  See ``INLINE_MAX`` in
-    storg.server.files.
+    storg.server.files.service.
     """
 
     client_id: int

@@ -9,14 +9,14 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from storg.config import Address, Member
-from storg.members import MemberDirectory, MembershipStateMachine
-from storg.node import RaftNode, run_inline
+from storg.fsm.members import MemberDirectory, MembershipStateMachine
+from storg.node.raft_node import RaftNode, run_inline
 from storg.raft.core import RaftConfig, RaftCore
 from storg.raft.errors import NotLeader
 from storg.raft.types import ConfState, Role, SnapshotMeta
 from storg.server.admin import MembershipAdmin
 from storg.server.client_port import RequestError
-from storg.testing import MemoryLogStore, MemoryNetwork
+from storg.testing.memory import MemoryLogStore, MemoryNetwork
 from storg.wire import CODEC, ErrorCode, ProbeCommand
 from storg.wire.admin import (
     LeaderTransferRequest,

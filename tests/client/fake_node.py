@@ -15,7 +15,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.protocol import Factory
 
-from storg.server.framing import FrameReceiver
+from storg.net.framing import FrameReceiver
 from storg.wire import CODEC, ErrorCode, ErrorReply
 from storg.wire.files import (
     ChunkRef,

@@ -16,7 +16,7 @@ import time
 import pytest
 from fault_harness import SUMMARY, Nemesis, Workload, verify
 
-from storg.devcluster import (
+from storg.testing.devcluster import (
     FirewallUnavailable,
     LinkFirewall,
     ProcCluster,

@@ -5,11 +5,11 @@ scripts would, and record for every operation when it was invoked, when it
 returned, and what it returned: ok, failed for sure, or unknown (exit 3, a
 client timeout: the operation may or may not have happened).  The nemesis
 breaks the cluster (kill -9, SIGSTOP, partitions through
-:class:`storg.devcluster.LinkFirewall`) and counts what it did.  After a
+:class:`storg.testing.devcluster.LinkFirewall`) and counts what it did.  After a
 scenario, :func:`verify` heals everything and checks the guarantees of
 INTERFACE.md: same applied index and namespace on every node, every
 acknowledged put that nothing could have replaced is readable, and the
-whole history is linearizable (:mod:`storg.linearizability`).
+whole history is linearizable (:mod:`storg.testing.linearizability`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from storg.devcluster import LinkFirewall, ProcCluster, wait_for
-from storg.linearizability import GET, PUT, RM, Op, Outcome, check_history
+from storg.testing.devcluster import LinkFirewall, ProcCluster, wait_for
+from storg.testing.linearizability import GET, PUT, RM, Op, Outcome, check_history
 
 SUMMARY: list[dict] = []
 """One row per finished scenario; the conftest prints them at the end of the run."""

@@ -14,7 +14,7 @@ import signal
 
 from fault_harness import hold
 
-from storg.linearizability import Outcome
+from storg.testing.linearizability import Outcome
 
 
 def test_leader_killed_in_a_loop(scenario):

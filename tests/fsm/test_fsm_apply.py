@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from storg.config import Address, Member
-from storg.fsm import (
+from storg.fsm.machine import (
     ChunkMissing,
     ChunkState,
     FileStoreError,
@@ -18,7 +18,7 @@ from storg.fsm import (
     NotFound,
     _SortedPaths,
 )
-from storg.members import MemberDirectory
+from storg.fsm.members import MemberDirectory
 from storg.paths import InvalidPath
 from storg.raft.types import ConfChange, ConfChangeType, Entry, EntryType
 from storg.wire import (

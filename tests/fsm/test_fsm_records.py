@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from storg.fsm_records import ChunkBatch, FileBatch, file_head, pack_file
+from storg.fsm.records import ChunkBatch, FileBatch, file_head, pack_file
 from storg.wire import CODEC, CodecError
 
 node_ids = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=8)

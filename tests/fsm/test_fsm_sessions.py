@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from storg.fsm import (
+from storg.fsm.machine import (
     ChunkMissing,
     FileStoreStateMachine,
     InvalidCommand,

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from storg.config import Address, Member
-from storg.fsm import (
+from storg.fsm.machine import (
     FileStoreError,
     FileStoreStateMachine,
     LoadedSnapshot,
@@ -20,7 +20,7 @@ from storg.fsm import (
     SnapshotFormatError,
     read_snapshot,
 )
-from storg.fsm_records import (
+from storg.fsm.records import (
     FILE_BATCH_BYTES,
     ChunkBatch,
     ChunkRecord,
@@ -32,7 +32,7 @@ from storg.fsm_records import (
     SessionErrorRecord,
     SnapshotHeader,
 )
-from storg.members import MemberDirectory
+from storg.fsm.members import MemberDirectory
 from storg.raft.types import ConfChange, ConfChangeType, Entry, EntryType
 from storg.wire import CODEC, CodecError, MemberAddress, ProbeCommand
 from storg.wire.files import (

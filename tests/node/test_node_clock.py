@@ -7,11 +7,11 @@ import random
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from storg.node import NodeStopped, RaftNode, Timeout, run_inline
+from storg.node.raft_node import NodeStopped, RaftNode, Timeout, run_inline
 from storg.raft.core import RaftConfig, RaftCore
 from storg.raft.errors import NotLeader
 from storg.raft.types import ConfState, MessageType, Role, SnapshotMeta
-from storg.testing import ListStateMachine, MemoryLogStore, MemoryNetwork
+from storg.testing.memory import ListStateMachine, MemoryLogStore, MemoryNetwork
 
 TICK = 0.01
 IDS = ("a", "b", "c")

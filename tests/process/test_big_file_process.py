@@ -7,7 +7,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-from storg.devcluster import BIN, ProcCluster, wait_for
+from storg.testing.devcluster import BIN, ProcCluster, wait_for
 
 GIB = 1 << 30
 BLOCK = 1 << 20

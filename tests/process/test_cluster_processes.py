@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from storg.devcluster import ProcCluster, wait_for
+from storg.testing.devcluster import ProcCluster, wait_for
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from storg.devcluster import BIN, ProcCluster, wait_for
+from storg.testing.devcluster import BIN, ProcCluster, wait_for
 
 CHUNK = 64 * 1024
 

@@ -8,7 +8,7 @@ import subprocess
 
 import yaml
 
-from storg.devcluster import BIN, ProcCluster, wait_for
+from storg.testing.devcluster import BIN, ProcCluster, wait_for
 
 
 def run_twistd(cluster: ProcCluster, config) -> subprocess.CompletedProcess:

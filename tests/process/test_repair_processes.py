@@ -17,7 +17,7 @@ from collections import Counter
 
 import pytest
 
-from storg.devcluster import BIN, ProcCluster, wait_for
+from storg.testing.devcluster import BIN, ProcCluster, wait_for
 
 CHUNK = 64 * 1024
 HASH = re.compile(r"^[0-9a-f]{64}$")

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from storg.devcluster import ProcCluster, wait_for
+from storg.testing.devcluster import ProcCluster, wait_for
 
 EVERY = 5
 

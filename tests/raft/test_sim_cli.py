@@ -7,7 +7,7 @@ import io
 import pytest
 
 from storg.raft.core import RaftCore
-from storg.raft.sim import main, run_seed
+from storg.raft.sim.sim import main, run_seed
 from storg.raft.types import NONE, MessageType
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from storg.raft.simnet import NetProfile, SimNetwork
+from storg.raft.sim.simnet import NetProfile, SimNetwork
 from storg.raft.types import Message, MessageType
 
 

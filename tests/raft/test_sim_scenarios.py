@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 
 from storg.raft.core import RaftConfig
-from storg.raft.sim import Cluster
+from storg.raft.sim.sim import Cluster
 from storg.raft.types import ConfChange, ConfChangeType, MessageType, Role
 
 ELECTION = 10

@@ -15,13 +15,13 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-import storg.server.fill as fill_module
-from storg.fsm import FileStoreStateMachine
+import storg.server.upkeep.fill as fill_module
+from storg.fsm.machine import FileStoreStateMachine
 from storg.raft.types import Entry
-from storg.server.chunk_io import ChunkUnavailable
-from storg.server.files import ChunkOps
-from storg.server.fill import ChunkFiller
-from storg.server.repair import RateLimiter
+from storg.server.files.chunk_io import ChunkUnavailable
+from storg.server.files.service import ChunkOps
+from storg.server.upkeep.fill import ChunkFiller
+from storg.server.upkeep.repair import RateLimiter
 from storg.storage.chunks import ChunkStore
 from storg.wire import CODEC
 from storg.wire.files import (

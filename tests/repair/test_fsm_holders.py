@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from storg.fsm import FileStoreStateMachine, InvalidCommand, StaleChange
+from storg.fsm.machine import FileStoreStateMachine, InvalidCommand, StaleChange
 from storg.raft.types import Entry, EntryType
 from storg.wire import CODEC
 from storg.wire.files import (

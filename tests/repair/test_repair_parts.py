@@ -10,11 +10,11 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from storg.fsm import FileStoreStateMachine
+from storg.fsm.machine import FileStoreStateMachine
 from storg.raft.types import ConfState, Entry
-from storg.server.chunk_io import ChunkUnavailable
-from storg.server.files import AppliedWaiter, ChunkOps
-from storg.server.repair import Liveness, RateLimiter, Repairer
+from storg.server.files.chunk_io import ChunkUnavailable
+from storg.server.files.service import AppliedWaiter, ChunkOps
+from storg.server.upkeep.repair import Liveness, RateLimiter, Repairer
 from storg.wire import CODEC
 from storg.wire.files import ChunkRef, PutFileCommand
 

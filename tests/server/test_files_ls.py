@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet import defer
 
 from storg.raft.types import Entry, EntryType
-from storg.server import files as files_module
+from storg.server.files import service as files_module
 from storg.wire import CODEC
 from storg.wire.files import LsReply, LsRequest, PutInlineCommand, RemoveFileCommand
 

@@ -12,10 +12,10 @@ import hashlib
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from storg.fsm import FileStoreStateMachine
+from storg.fsm.machine import FileStoreStateMachine
 from storg.raft.types import ConfState, Entry, EntryType
-from storg.server.chunk_io import Chunks
-from storg.server.files import FileService, place
+from storg.server.files.chunk_io import Chunks
+from storg.server.files.service import FileService, place
 from storg.storage.chunks import ChunkStore
 from storg.storage.errors import HashMismatchError
 from storg.wire import CODEC

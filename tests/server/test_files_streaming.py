@@ -16,12 +16,13 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from storg.fsm import FileStoreStateMachine
+from storg.fsm.machine import FileStoreStateMachine
 from storg.raft.types import ConfState, Entry, EntryType
-from storg.server.chunk_io import Chunks
+from storg.server.files.chunk_io import Chunks
 from storg.server.client_port import RequestError
-from storg.server.files import FileService
-from storg.server.framing import FrameReceiver, decode_bulk
+from storg.server.files.service import FileService
+from storg.net.framing import FrameReceiver
+from storg.wire.bulk import decode_bulk
 from storg.storage.chunks import ChunkStore
 from storg.wire import CODEC, ErrorCode
 from storg.wire.files import (

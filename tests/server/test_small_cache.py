@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from storg.server.files import INLINE_MAX, SmallChunkCache
+from storg.server.files.service import INLINE_MAX, SmallChunkCache
 
 
 def test_keeps_recently_used_chunks_within_its_byte_budget():

@@ -1,6 +1,6 @@
 """Nodes with real disk storage, the file store state machine and snapshots, on one task.Clock.
 
-Raft messages go through :class:`~storg.testing.MemoryNetwork`; snapshot
+Raft messages go through :class:`~storg.testing.memory.MemoryNetwork`; snapshot
 streams go through in-memory connections (``twisted.test.iosim``) between
 the leader's real ClientConnection and the follower's real client port
 protocol, pumped on every tick.  Storage runs inline (no threads), so a
@@ -17,14 +17,14 @@ from twisted.internet.task import Clock
 from twisted.test import iosim
 
 from storg.client.connection import ClientConnection
-from storg.fsm import FileStoreStateMachine
-from storg.node import RaftNode, run_inline
+from storg.fsm.machine import FileStoreStateMachine
+from storg.node.raft_node import RaftNode, run_inline
 from storg.raft.core import RaftConfig, RaftCore
 from storg.raft.types import ConfState, Role, SnapshotMeta
 from storg.server.client_port import ClientPortFactory
-from storg.server.snapshots import NodeSnapshots, load_snapshot
+from storg.server.snapshots.node_snapshots import NodeSnapshots, load_snapshot
 from storg.storage.logstore import DiskLogStore
-from storg.testing import MemoryNetwork
+from storg.testing.memory import MemoryNetwork
 from storg.wire import CODEC
 from storg.wire.files import ChunkRef, PutFileCommand
 

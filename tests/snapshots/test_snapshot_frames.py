@@ -15,10 +15,10 @@ from twisted.test import iosim
 
 from storg.client.connection import ClientConnection
 from storg.client.errors import BadRequest, IntegrityError, ServerError
-from storg.node import run_inline
+from storg.node.raft_node import run_inline
 from storg.raft.types import ConfState, SnapshotMeta
 from storg.server.client_port import ClientPortFactory
-from storg.server.snapshots import SnapshotReceiver, _WriteGate
+from storg.server.snapshots.node_snapshots import SnapshotReceiver, _WriteGate
 from storg.storage.logstore import DiskLogStore
 from storg.wire import ErrorCode
 from storg.wire.snapshots import (

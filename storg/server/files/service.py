@@ -16,7 +16,7 @@ Get, ls, stat (any node): a ReadIndex round first unless ``stale``; then
 chunks stream from the local store or from a holder, each verified against
 its hash before a byte of it is sent, with the next few chunks read (and
 verified, in the pool) while the current one is being sent, and sent
-without copying their payload (storg.server.framing.send_bulk).
+without copying their payload (storg.net.framing.send_bulk).
 
 Placement: each fresh chunk goes to the R voters holding the fewest bytes
 (the chunk map's per-node totals plus what uploads in flight have placed),
@@ -39,8 +39,8 @@ recorded.  And on every node the changes to one chunk's file (write,
 collect's delete, orphan delete) run in the order they were issued
 (:class:`ChunkOps`), not in whatever order a thread pool picks.
 
-Repair (the leader) and scrub (every node) live in storg.server.repair and
-storg.server.scrub; this service owns them.
+Repair (the leader) and scrub (every node) live in storg.server.upkeep.repair and
+storg.server.upkeep.scrub; this service owns them.
 """
 
 from __future__ import annotations
@@ -59,12 +59,13 @@ from twisted.python.failure import Failure
 from twisted.logger import Logger
 
 from storg.config import FileTuning
-from storg.node import RaftNode
+from storg.node.raft_node import RaftNode
 from storg.paths import InvalidPath, normalize_path, normalize_prefix
 from storg.raft.types import Role
-from storg.server.chunk_io import ChunkUnavailable, Chunks
+from storg.server.files.chunk_io import ChunkUnavailable, Chunks
 from storg.server.client_port import ClientConnection, RequestError
-from storg.server.framing import BULK_MIN, send_bulk
+from storg.net.framing import send_bulk
+from storg.wire.bulk import BULK_MIN
 from storg.storage.chunks import ChunkStore
 from storg.storage.errors import ChunkNotFoundError, CorruptionError, HashMismatchError
 from storg.wire import CODEC, ErrorCode
@@ -562,8 +563,8 @@ class FileService:
                  all_copies_grace: float = 2.0, gc_interval: float | None = None,
                  orphan_grace: float | None = None, tuning: FileTuning | None = None,
                  address_of: Callable[[str], str] = lambda node_id: "") -> None:
-        from storg.server.repair import Repairer
-        from storg.server.scrub import Scrubber
+        from storg.server.upkeep.repair import Repairer
+        from storg.server.upkeep.scrub import Scrubber
 
         tuning = tuning or FileTuning(replication_factor, chunk_size)
         self.tuning = tuning

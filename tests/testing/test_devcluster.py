@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 import socket
 
-from storg import devcluster
-from storg.devcluster import ephemeral_range, free_port
+from storg.testing import devcluster
+from storg.testing.devcluster import ephemeral_range, free_port
 
 
 def test_free_ports_are_outside_the_ephemeral_range_distinct_and_bindable() -> None:

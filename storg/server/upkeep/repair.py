@@ -30,13 +30,13 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from storg.server.chunk_io import ChunkUnavailable
-from storg.server.files import place
+from storg.server.files.chunk_io import ChunkUnavailable
+from storg.server.files.service import place
 from storg.wire import CODEC, StatusReply, StatusRequest
 from storg.wire.files import ChunkHoldersCommand
 
 if TYPE_CHECKING:
-    from storg.server.files import FileService
+    from storg.server.files.service import FileService
 
 log = Logger(namespace="storg.repair")
 

@@ -35,7 +35,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from storg.executor import SerialExecutor
+from storg.node.executor import SerialExecutor
 from storg.raft.core import RaftCore
 from storg.raft.errors import NotLeader, ProposalDropped
 from storg.raft.types import (

@@ -17,7 +17,7 @@ every chunk has the same holders.
 Snapshots must not stall the reactor: :meth:`FileStoreStateMachine.freeze`
 only copies the containers (values are immutable, so a shallow copy is a
 consistent image) and :meth:`FrozenState.frames` encodes from that copy in
-a thread, in bounded batch frames (see :mod:`storg.fsm_records`).  Restart
+a thread, in bounded batch frames (see :mod:`storg.fsm.records`).  Restart
 time is dominated by reading a snapshot back, so :class:`LoadedSnapshot`
 derives everything :meth:`FileStoreStateMachine.install` needs while it
 decodes, and a file's packed record is the same bytes in memory and on disk.
@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 from twisted.logger import Logger
 
 from storg.config import Member, parse_address
-from storg.fsm_records import (
+from storg.fsm.records import (
     CHUNKS_PER_BATCH,
     DIGEST_BYTES,
     FILE_BATCH_BYTES,
@@ -62,7 +62,7 @@ from storg.fsm_records import (
     file_size,
     pack_file,
 )
-from storg.members import MemberDirectory, MembershipStateMachine
+from storg.fsm.members import MemberDirectory, MembershipStateMachine
 from storg.paths import MAX_PATH_BYTES, ROOT, InvalidPath, normalize_path, normalize_prefix
 from storg.raft.types import Entry, EntryType
 from storg.wire import (
@@ -159,7 +159,7 @@ _new_chunk_state = functools.partial(tuple.__new__, ChunkState)
 """ChunkState from a (size, holders, refs) tuple without the keyword-handling constructor."""
 
 _File = bytes
-"""A namespace entry, as :func:`~storg.fsm_records.pack_file` lays it out; snapshots carry the same bytes."""
+"""A namespace entry, as :func:`~storg.fsm.records.pack_file` lays it out; snapshots carry the same bytes."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,8 +40,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from storg.client.connection import ProtocolViolation, connect
-from storg.fsm import FileStoreStateMachine, LoadedSnapshot, SnapshotFormatError, read_snapshot
-from storg.node import NodeStopped, RaftNode
+from storg.fsm.machine import FileStoreStateMachine, LoadedSnapshot, SnapshotFormatError, read_snapshot
+from storg.node.raft_node import NodeStopped, RaftNode
 from storg.raft.types import ConfState, Message, Role, SnapshotMeta
 from storg.server.client_port import RequestError
 from storg.storage.errors import CorruptionError, StorageError

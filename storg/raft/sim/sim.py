@@ -1,9 +1,9 @@
 """Deterministic simulator that checks the Raft core: ``python -m storg.raft.sim``.
 
 Many :class:`RaftCore` instances run against one seeded fake network
-(:mod:`storg.raft.simnet`); a chaos schedule crashes and restarts nodes,
+(:mod:`storg.raft.sim.simnet`); a chaos schedule crashes and restarts nodes,
 partitions and heals, compacts logs, changes membership, transfers
-leadership and proposes unique commands, while :mod:`storg.raft.invariants`
+leadership and proposes unique commands, while :mod:`storg.raft.sim.invariants`
 checks Raft's safety properties at every step.  When the faults stop the run
 must converge: a leader within a bounded number of ticks, and every command
 acknowledged as committed applied on every member.
@@ -34,8 +34,8 @@ from dataclasses import dataclass
 
 from storg.raft.core import RaftConfig, RaftCore
 from storg.raft.errors import ProposalRefused
-from storg.raft.invariants import SafetyChecker, SafetyViolation
-from storg.raft.simnet import RELIABLE, Envelope, NetProfile, SimNetwork
+from storg.raft.sim.invariants import SafetyChecker, SafetyViolation
+from storg.raft.sim.simnet import RELIABLE, Envelope, NetProfile, SimNetwork
 from storg.raft.types import (
     ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState,
     Message, MessageType, Role, SnapshotMeta,

@@ -38,12 +38,12 @@ from twisted.internet import defer, task
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from storg.server.chunk_io import ChunkUnavailable
-from storg.server.repair import SCAN_SLICE, RateLimiter
+from storg.server.files.chunk_io import ChunkUnavailable
+from storg.server.upkeep.repair import SCAN_SLICE, RateLimiter
 from storg.storage.chunks import ChunkStore
 
 if TYPE_CHECKING:
-    from storg.server.files import FileService
+    from storg.server.files.service import FileService
 
 log = Logger(namespace="storg.fill")
 

@@ -25,27 +25,20 @@ header without touching the payload, so only the transport copies it, and
 
 from __future__ import annotations
 
-import dataclasses
-import struct
 from typing import Any
 
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 
-from storg.wire import CODEC
-from storg.wire.codec import MAX_FRAME_BYTES, CodecError
-from storg.wire.files import ChunkData, ChunkPut, ChunkPutAfter, GetData, PutData
+from storg.wire.bulk import BULK_MIN, BULK_TYPES, FRAME_HEADER, bulk_frame
+from storg.wire.codec import CODEC, MAX_FRAME_BYTES
 
-_HEADER = struct.Struct("!I")
-_U32 = struct.Struct(">I")
+_HEADER = FRAME_HEADER
 _SMALL = 4096
 """Frames up to this size are sliced directly: cheaper than a memoryview for small copies."""
 
 LARGE_FRAME = 64 * 1024
 """A frame at least this long that a read leaves incomplete is collected piece by piece."""
-
-BULK_MIN = 64 * 1024
-"""Payloads at least this long go through :func:`bulk_frame` / :func:`decode_bulk`."""
 
 
 class FrameReceiver(Int32StringReceiver):
@@ -196,45 +189,6 @@ class FrameReceiver(Int32StringReceiver):
         super().connectionLost(reason)
 
 
-# --- bulk frames: a header and a large payload, the payload never copied by us ---
-
-def _bulk_layouts() -> dict[int, tuple[type, int]]:
-    """Type byte -> (class, header length) of the frames whose last field is a bulk payload.
-
-    Each of these layouts is fixed-size fields, then the payload as a u32
-    length and its bytes (tests check that against ``CODEC.encode``), so
-    the header is the encoding of the frame with an empty payload, minus
-    its zero length.
-    """
-    samples = [PutData(0, b""), GetData(0, b""), ChunkData(0, "0" * 64, b""),
-               ChunkPut(0, "0" * 64, b""), ChunkPutAfter(0, "0" * 64, 0, b"")]
-    layouts = {}
-    for sample in samples:
-        body = CODEC.encode(sample)
-        if not body.endswith(b"\0\0\0\0"):
-            raise RuntimeError(f"{type(sample).__name__} does not end with its bulk payload")
-        layouts[body[1]] = (type(sample), len(body))
-    return layouts
-
-
-_BULK = _bulk_layouts()
-BULK_TYPES = frozenset(cls for cls, _ in _BULK.values())
-
-
-def bulk_frame(obj: Any) -> list[bytes]:
-    """``[length prefix + header, payload]``: the frame of ``obj`` (one of :data:`BULK_TYPES`).
-
-    Written with ``transport.writeSequence``, the payload is copied only by
-    the transport, not by ``encode`` and ``sendString`` first.
-    """
-    payload = obj.data
-    body = CODEC.encode(dataclasses.replace(obj, data=b""))
-    size = len(body) + len(payload)
-    if size > MAX_FRAME_BYTES:
-        raise CodecError(f"{type(obj).__name__} frame of {size} bytes exceeds {MAX_FRAME_BYTES}")
-    return [_HEADER.pack(size) + body[:-4] + _U32.pack(len(payload)), payload]
-
-
 def send_bulk(transport: Any, obj: Any) -> None:
     """Write ``obj`` framed on ``transport``; a large payload of a bulk type is not copied here."""
     if type(obj) in BULK_TYPES and len(obj.data) >= BULK_MIN:
@@ -242,25 +196,6 @@ def send_bulk(transport: Any, obj: Any) -> None:
     else:
         body = CODEC.encode(obj)
         transport.writeSequence([_HEADER.pack(len(body)), body])
-
-
-def decode_bulk(frame: bytes) -> Any:
-    """``CODEC.decode(frame)``, except that a large payload comes back as a view of ``frame``.
-
-    The view keeps ``frame`` alive; hashlib, files and sockets take it as
-    they take bytes.  Anything else decodes as usual.
-    """
-    layout = _BULK.get(frame[1]) if len(frame) >= BULK_MIN else None
-    if layout is None:
-        return CODEC.decode(frame)
-    cls, head = layout
-    if len(frame) < head:
-        return CODEC.decode(frame)  # reports the truncation
-    (length,) = _U32.unpack_from(frame, head - 4)
-    if length != len(frame) - head:
-        raise CodecError(f"{cls.__name__} payload of {length} bytes in a frame of {len(frame)}")
-    obj = CODEC.decode(frame[:head - 4] + b"\0\0\0\0")
-    return dataclasses.replace(obj, data=memoryview(frame)[head:])
 
 
 def describe_address(address: object) -> str:

@@ -8,7 +8,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
-from storg.executor import ExecutorStopped, SerialExecutor
+from storg.node.executor import ExecutorStopped, SerialExecutor
 
 
 @pytest.fixture

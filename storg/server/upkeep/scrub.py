@@ -25,12 +25,12 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from storg.server.chunk_io import ChunkUnavailable
-from storg.server.repair import SCAN_SLICE, RateLimiter
+from storg.server.files.chunk_io import ChunkUnavailable
+from storg.server.upkeep.repair import SCAN_SLICE, RateLimiter
 from storg.storage.errors import ChunkNotFoundError, CorruptionError
 
 if TYPE_CHECKING:
-    from storg.server.files import FileService
+    from storg.server.files.service import FileService
 
 log = Logger(namespace="storg.scrub")
 
