@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 from storg.cli import members as member_commands
 from storg.cli.progress import progress_for
 from storg.client.api import STATUS_KEYS, StorgClient
-from storg.client.connection import split_address
+from storg.net.connection import split_address
 from storg.client.errors import (
     BadRequest,
     ClusterUnavailable,

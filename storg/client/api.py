@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 from twisted.internet import defer, threads
 from twisted.internet import error as net_error
 
-from storg.client.connection import ClientConnection, connect
+from storg.net.connection import RequestConnection, connect
 from storg.client.errors import (
     BadRequest,
     ClusterUnavailable,
@@ -73,7 +73,7 @@ RETRYABLE = (
 MAX_INTERRUPTIONS = 3
 """Transfers that made progress and then failed, retried at most this often per operation."""
 
-Attempt = Callable[[ClientConnection, Deadline], Awaitable[Any]]
+Attempt = Callable[[RequestConnection, Deadline], Awaitable[Any]]
 
 
 class Session:
@@ -129,12 +129,12 @@ class StorgClient:
         self.addresses = list(addresses)
         self.reactor = reactor
         self.timeout = timeout
-        self._connections: dict[str, ClientConnection] = {}
+        self._connections: dict[str, RequestConnection] = {}
         self._leader_guess = self.addresses[0]
         self.client_id = secrets.randbits(63) or 1
         self.sessions = SessionPool(self.client_id)
 
-    async def connection(self, address: str, timeout: float | None = None) -> ClientConnection:
+    async def connection(self, address: str, timeout: float | None = None) -> RequestConnection:
         conn = self._connections.get(address)
         if conn is not None and conn.usable:
             return conn
@@ -156,7 +156,7 @@ class StorgClient:
         Raises ClusterUnavailable when the deadline passes, and ServerError
         for any other refusal.
         """
-        async def attempt(conn: ClientConnection, deadline: Deadline) -> Any:
+        async def attempt(conn: RequestConnection, deadline: Deadline) -> Any:
             d = conn.request(make)
             d.addTimeout(deadline.remaining(), self.reactor)
             return await d
@@ -373,7 +373,7 @@ class StorgClient:
         """Every file at or below the folder ``prefix``, sorted by path (chunks left empty)."""
         normal = normalize_prefix(prefix)
 
-        async def attempt(conn: ClientConnection, deadline: Deadline) -> list[FileInfo]:
+        async def attempt(conn: RequestConnection, deadline: Deadline) -> list[FileInfo]:
             files: list[FileInfo] = []
             watchdog = Watchdog(self.reactor, conn, deadline.remaining())
 
@@ -398,7 +398,7 @@ class StorgClient:
         """A file's metadata with its chunks and their holders; NotFoundError if absent."""
         path = normalize_path(remote)
 
-        async def attempt(conn: ClientConnection, deadline: Deadline) -> FileInfo:
+        async def attempt(conn: RequestConnection, deadline: Deadline) -> FileInfo:
             d = conn.request(lambda rid: StatRequest(rid, path, stale))
             d.addTimeout(deadline.remaining(), self.reactor)
             return (await d).info
@@ -440,7 +440,7 @@ class StorgClient:
         stays a learner (the same call again continues from there).
         Raises BadRequest for bad ids or addresses.
         """
-        async def attempt(conn: ClientConnection, deadline: Deadline) -> MemberChanged:
+        async def attempt(conn: RequestConnection, deadline: Deadline) -> MemberChanged:
             best = [-1]
 
             def on_frame(frame: Any) -> bool:
@@ -472,7 +472,7 @@ class StorgClient:
         """
         unknown_outcome = [False]
 
-        async def attempt(conn: ClientConnection, deadline: Deadline) -> MemberChanged:
+        async def attempt(conn: RequestConnection, deadline: Deadline) -> MemberChanged:
             d = conn.request(lambda rid: MemberRemoveRequest(rid, node_id))
             d.addTimeout(deadline.remaining(), self.reactor)
             try:

@@ -1,70 +1,32 @@
 """What can go wrong for a client, as exceptions a caller can tell apart.
 
-Each class stands for one storgctl exit status (INTERFACE.md), so the
-command line maps exceptions to exit codes without looking at messages,
-and a library user can catch "not found" without parsing error codes.
+Each class stands for one storgctl exit status (the README's "Exit
+status"), so the command line maps exceptions to exit codes without looking
+at messages, and a library user can catch "not found" without parsing
+error codes.  The errors a node's reply can carry are defined with the
+request protocol in :mod:`storg.net.errors` and listed here too, so a
+library user finds every client exception in one module.
 """
 
 from __future__ import annotations
 
-from storg.wire import ErrorCode
+from storg.net.errors import (
+    BadRequest,
+    IntegrityError,
+    NotFoundError,
+    ProtocolViolation,
+    ServerError,
+    error_for,
+)
 
-
-class ServerError(Exception):
-    """The node answered with an ErrorReply (``code`` is an :class:`ErrorCode`)."""
-
-    def __init__(self, code: int, message: str, leader: str = "") -> None:
-        super().__init__(message)
-        self.code = code
-        self.leader = leader
-
-    @property
-    def not_leader(self) -> bool:
-        return self.code == ErrorCode.NOT_LEADER
-
-
-class NotFoundError(ServerError):
-    """The path (or member) does not exist: storgctl exit 1."""
-
-    def __init__(self, message: str, leader: str = "") -> None:
-        super().__init__(ErrorCode.NOT_FOUND, message, leader)
-
-
-class BadRequest(ServerError):
-    """The request is malformed, e.g. an invalid path: storgctl exit 2."""
-
-    def __init__(self, message: str, leader: str = "") -> None:
-        super().__init__(ErrorCode.BAD_REQUEST, message, leader)
-
-
-class IntegrityError(ServerError):
-    """A checksum or size did not match, on the server or as the client checked it: exit 4."""
-
-    def __init__(self, message: str, leader: str = "") -> None:
-        super().__init__(ErrorCode.INTEGRITY, message, leader)
+__all__ = [
+    "BadRequest", "ClusterUnavailable", "IntegrityError", "LocalError", "NotFoundError",
+    "ProtocolViolation", "ServerError", "error_for",
+]
 
 
 class ClusterUnavailable(Exception):
     """No leader or no quorum answered within the timeout (storgctl exit 3)."""
-
-
-class ProtocolViolation(Exception):
-    """The node sent something that is not a valid reply."""
-
-
-_BY_CODE: dict[int, type[ServerError]] = {
-    ErrorCode.NOT_FOUND: NotFoundError,
-    ErrorCode.BAD_REQUEST: BadRequest,
-    ErrorCode.INTEGRITY: IntegrityError,
-}
-
-
-def error_for(code: int, message: str, leader: str = "") -> ServerError:
-    """The most specific exception for an ErrorReply, so callers catch by class."""
-    cls = _BY_CODE.get(code)
-    if cls is None:
-        return ServerError(code, message, leader)
-    return cls(message, leader)
 
 
 class LocalError(Exception):

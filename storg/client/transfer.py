@@ -6,7 +6,7 @@ here is what one attempt does, with memory bounded whatever the file size:
 * a put reads its source in pieces of the leader's ``max_frame`` in a
   thread (a local disk or a pipe may block), hashing in the same thread,
   keeps at most one piece read ahead, and sends a piece only once the
-  connection's transport has drained (:meth:`ClientConnection.wait_writable`);
+  connection's transport has drained (:meth:`RequestConnection.wait_writable`);
 * a put of a small file of known size (at most :data:`SMALL_PUT` bytes,
   and within the ``max_frame`` of the connection's last PutReady) is read
   whole first and sent as PutStart, PutData, PutEnd back to back, without
@@ -42,7 +42,7 @@ from typing import Any, BinaryIO
 
 from twisted.internet import defer, threads
 
-from storg.client.connection import ClientConnection, Stream
+from storg.net.connection import RequestConnection, Stream
 from storg.client.errors import (
     ClusterUnavailable,
     IntegrityError,
@@ -113,7 +113,7 @@ class Deadline:
 class Watchdog:
     """Drops a connection after a quiet spell: a node that stops answering mid-transfer."""
 
-    def __init__(self, reactor: Any, conn: ClientConnection, delay: float) -> None:
+    def __init__(self, reactor: Any, conn: RequestConnection, delay: float) -> None:
         self.reactor = reactor
         self.conn = conn
         self.fired = False
@@ -250,7 +250,7 @@ class Upload:
         self.progress = progress or _no_progress
         self.interrupted = ""
 
-    async def attempt(self, conn: ClientConnection, deadline: Deadline) -> FileInfo:
+    async def attempt(self, conn: RequestConnection, deadline: Deadline) -> FileInfo:
         if not self.source.can_restart():
             raise ClusterUnavailable(
                 f"the upload was interrupted ({self.interrupted or 'leader changed'}) "
@@ -327,7 +327,7 @@ class Upload:
                     # A read still running in a thread must end before a retry seeks.
                     await defer.DeferredList([pending], consumeErrors=True)
 
-    async def _attempt_small(self, conn: ClientConnection, deadline: Deadline, data: bytes) -> FileInfo:
+    async def _attempt_small(self, conn: RequestConnection, deadline: Deadline, data: bytes) -> FileInfo:
         """The whole put in one round trip: PutStart, PutData, PutEnd without waiting for PutReady.
 
         A node that reads all three at once answers PutDone alone; one that
@@ -443,7 +443,7 @@ def _hash_all(hasher: Any, pieces: list) -> None:
 class _SinkWriter:
     """One writer thread at a time per get, in order; reading pauses when it falls behind."""
 
-    def __init__(self, reactor: Any, conn: ClientConnection, sink: DownloadSink,
+    def __init__(self, reactor: Any, conn: RequestConnection, sink: DownloadSink,
                  on_written: Callable[[int], None], on_error: Callable[[Exception], None]) -> None:
         self.reactor = reactor
         self.conn = conn
@@ -553,7 +553,7 @@ class Download:
         self.stale = stale
         self.progress = progress or _no_progress
 
-    async def attempt(self, conn: ClientConnection, deadline: Deadline) -> FileInfo:
+    async def attempt(self, conn: RequestConnection, deadline: Deadline) -> FileInfo:
         if not self.sink.can_restart():
             raise ClusterUnavailable("the node was lost after part of the file was written out")
         self.sink.restart()

@@ -89,7 +89,7 @@ class MembershipAdmin:
         self.reactor = reactor
         self._stop = stop
         if connect is None:
-            from storg.client.connection import connect as client_connect
+            from storg.net.connection import connect as client_connect
             connect = client_connect
         self._connect = connect
         self.catch_up_slack = catch_up_slack

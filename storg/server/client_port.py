@@ -25,14 +25,13 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from storg.node.raft_node import NodeStopped, Timeout
 from storg.raft.errors import NotLeader, ProposalDropped
+from storg.net.flow import WriteWindow
 from storg.net.framing import FrameReceiver
 from storg.wire import CODEC, CodecError, ErrorCode, ErrorReply
 
@@ -56,34 +55,6 @@ class ClientApi(Protocol):
     def client_handlers(self) -> dict[type, Handler]: ...
 
     def leader_client_address(self) -> str: ...
-
-
-@implementer(IPushProducer)
-class _WriteWindow:
-    """Registered on the transport: paused while its write buffer is full."""
-
-    def __init__(self) -> None:
-        self.paused = False
-        self._waiters: list[defer.Deferred] = []
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(None)
-
-    def stopProducing(self) -> None:
-        self.resumeProducing()
-
-    def wait(self) -> defer.Deferred:
-        if not self.paused:
-            return defer.succeed(None)
-        d: defer.Deferred = defer.Deferred()
-        self._waiters.append(d)
-        return d
 
 
 class HeldReply:
@@ -110,7 +81,7 @@ class ClientConnection(FrameReceiver):
     def __init__(self, api: ClientApi) -> None:
         self.api = api
         self.handlers = api.client_handlers()
-        self._window = _WriteWindow()
+        self._window = WriteWindow()
         self._on_close: list[Callable[[], object]] = []
         self._read_pauses = 0
         self._held: list[HeldReply] = []

@@ -47,14 +47,13 @@ import struct
 from typing import Any, Callable, Mapping
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import ClientFactory, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from storg.config import NODE_ID_RE, Address
 from storg.raft.types import Message
+from storg.net.flow import WriteWindow
 from storg.net.framing import FrameReceiver, describe_address
 from storg.wire.codec import CODEC
 from storg.wire.messages import Hello, HelloRefused
@@ -249,41 +248,6 @@ class PeerServerFactory(ServerFactory):
         return PeerServerProtocol(self)
 
 
-@implementer(IPushProducer)
-class _SendWindow:
-    """Tracks whether a transport's write buffer is over its high-water mark.
-
-    Registered as a streaming producer, so the transport pauses it when its
-    buffer passes ``bufferSize`` and resumes it once the buffer is empty;
-    while paused, ``limit`` bounds how many more bytes we queue.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.paused = False
-        self.queued_while_paused = 0
-        self.dropping = False
-
-    def admit(self, size: int) -> bool:
-        if not self.paused:
-            return True
-        if self.queued_while_paused + size > self.limit:
-            return False
-        self.queued_while_paused += size
-        return True
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self.queued_while_paused = 0
-        self.dropping = False
-
-    def stopProducing(self) -> None:
-        self.paused = True
-
-
 class PeerClientProtocol(_PeerProtocol):
     """Our outgoing connection to one peer: carries only our messages."""
 
@@ -295,7 +259,7 @@ class PeerClientProtocol(_PeerProtocol):
         self.expected = link.peer_id
         self.reactor = link.owner.reactor
         self.handshake_timeout = link.owner.handshake_timeout
-        self.window = _SendWindow(link.owner.send_buffer_limit)
+        self.window = WriteWindow(limit=link.owner.send_buffer_limit)
         self.ready = False
 
     def connectionMade(self) -> None:

@@ -17,7 +17,7 @@ from twisted.internet.testing import StringTransport
 from storg.cli import main as cli
 from storg.cli.members import AddProgress, format_members
 from storg.client.api import StorgClient
-from storg.client.connection import ClientConnection
+from storg.net.connection import RequestConnection
 from storg.client.errors import ClusterUnavailable, NotFoundError
 from storg.wire import CODEC, ErrorCode, ErrorReply
 from storg.wire.admin import (
@@ -63,15 +63,15 @@ def test_admin_frames_round_trip_in_their_type_byte_range(frame):
 
 
 class Scripted:
-    """A StorgClient whose only node is a ClientConnection on a StringTransport."""
+    """A StorgClient whose only node is a RequestConnection on a StringTransport."""
 
     def __init__(self, timeout: float = 5.0) -> None:
         self.clock = Clock()
         self.client = StorgClient(["127.0.0.1:1"], reactor=self.clock, timeout=timeout)
-        self.conns: list[ClientConnection] = []
+        self.conns: list[RequestConnection] = []
 
         async def connection(address, timeout=None):
-            conn = ClientConnection()
+            conn = RequestConnection()
             conn.makeConnection(StringTransport())
             self.conns.append(conn)
             return conn

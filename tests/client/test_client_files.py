@@ -277,7 +277,7 @@ async def test_put_with_integrity_reply_is_an_integrity_error(nodes, clients, tm
 @pytest_twisted.ensureDeferred
 async def test_upload_to_a_node_that_stops_reading_stays_bounded(nodes, clients, monkeypatch):
     """The client never queues more than about one frame in its transport, however big the file."""
-    from storg.client import connection as connection_module
+    from storg.net import connection as connection_module
 
     max_frame = 1024 * 1024
     node = nodes(max_frame=max_frame)
@@ -285,13 +285,13 @@ async def test_upload_to_a_node_that_stops_reading_stays_bounded(nodes, clients,
     node.pause_after_ready = True
     client = clients([node.address], timeout=30.0)
     peak = [0]
-    original_send = connection_module.ClientConnection.send
+    original_send = connection_module.RequestConnection.send
 
     def send(self, frame):
         original_send(self, frame)
         peak[0] = max(peak[0], buffered(self.transport))
 
-    monkeypatch.setattr(connection_module.ClientConnection, "send", send)
+    monkeypatch.setattr(connection_module.RequestConnection, "send", send)
     total = 64 * 1024 * 1024
     source = OneWayStream(total, pattern=b"0123456789abcdef")
     d = defer.Deferred.fromCoroutine(client.put(io.BufferedReader(source), "/big"))

@@ -1,4 +1,4 @@
-"""ClientConnection on an in-memory transport: multi-frame replies, errors, flow control."""
+"""RequestConnection on an in-memory transport: multi-frame replies, errors, flow control."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from twisted.internet.error import ConnectionLost
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from storg.client.connection import ClientConnection
+from storg.net.connection import RequestConnection
 from storg.client.errors import NotFoundError, ServerError
 from storg.wire import CODEC, ErrorCode, ErrorReply
 from storg.wire.files import (
@@ -41,7 +41,7 @@ def sent_frames(transport: StringTransport) -> list:
 
 @pytest.fixture
 def conn():
-    c = ClientConnection()
+    c = RequestConnection()
     c.makeConnection(StringTransport())
     return c
 

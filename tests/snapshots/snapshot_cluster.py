@@ -2,7 +2,7 @@
 
 Raft messages go through :class:`~storg.testing.memory.MemoryNetwork`; snapshot
 streams go through in-memory connections (``twisted.test.iosim``) between
-the leader's real ClientConnection and the follower's real client port
+the leader's real RequestConnection and the follower's real client port
 protocol, pumped on every tick.  Storage runs inline (no threads), so a
 test is deterministic and needs no sleeping.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 from twisted.internet.task import Clock
 from twisted.test import iosim
 
-from storg.client.connection import ClientConnection
+from storg.net.connection import RequestConnection
 from storg.fsm.machine import FileStoreStateMachine
 from storg.node.raft_node import RaftNode, run_inline
 from storg.raft.core import RaftConfig, RaftCore
@@ -120,13 +120,13 @@ class SnapCluster:
         self.net.down.add(nid)
         self.members.pop(nid).stop()
 
-    async def connect(self, reactor, address: str, timeout: float = 5.0) -> ClientConnection:
-        """Stands in for storg.client.connection.connect: an in-memory link to ``address``'s port."""
+    async def connect(self, reactor, address: str, timeout: float = 5.0) -> RequestConnection:
+        """Stands in for storg.net.connection.connect: an in-memory link to ``address``'s port."""
         member = self.members.get(address)
         if member is None or address in self.net.down:
             raise ConnectionRefusedError(address)
         server = ClientPortFactory(_PortApi(member)).buildProtocol(None)
-        client = ClientConnection()
+        client = RequestConnection()
         self.pumps.append(iosim.connect(server, iosim.makeFakeServer(server),
                                         client, iosim.makeFakeClient(client), greet=False))
         self.connections += 1

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 from twisted.test import iosim
 
-from storg.client.connection import ClientConnection
+from storg.net.connection import RequestConnection
 from storg.client.errors import BadRequest, IntegrityError, ServerError
 from storg.node.raft_node import run_inline
 from storg.raft.types import ConfState, SnapshotMeta
@@ -48,7 +48,7 @@ class Follower:
 
     def connect(self):
         server = ClientPortFactory(self).buildProtocol(None)
-        client = ClientConnection()
+        client = RequestConnection()
         self.pumps.append(iosim.connect(server, iosim.makeFakeServer(server),
                                         client, iosim.makeFakeClient(client)))
         return client

@@ -21,7 +21,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from storg.client.connection import ClientConnection, connect
+from storg.net.connection import RequestConnection, connect
 from storg.storage.chunks import ChunkStore
 from storg.storage.errors import ChunkNotFoundError, CorruptionError
 from storg.wire.files import ChunkData, ChunkGet, ChunkPut, ChunkStored
@@ -92,7 +92,7 @@ class RemoteChunks:
         self.reactor = reactor
         self.address_of = address_of
         self.timeout = timeout
-        self._connections: dict[str, ClientConnection] = {}
+        self._connections: dict[str, RequestConnection] = {}
         self._connecting: dict[str, defer.Deferred] = {}
 
     @defer.inlineCallbacks

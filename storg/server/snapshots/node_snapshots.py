@@ -39,7 +39,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from storg.client.connection import ProtocolViolation, connect
+from storg.net.connection import ProtocolViolation, connect
 from storg.fsm.machine import FileStoreStateMachine, LoadedSnapshot, SnapshotFormatError, read_snapshot
 from storg.node.raft_node import NodeStopped, RaftNode
 from storg.raft.types import ConfState, Message, Role, SnapshotMeta

@@ -8,12 +8,12 @@ request is a stream whose first frame is terminal.
 Flow control works both ways, with Twisted's producer/consumer interfaces
 rather than our own buffers:
 
-* sending: the connection registers a streaming producer (:class:`_WriteGate`)
+* sending: the connection registers a streaming producer (:class:`~storg.net.flow.WriteWindow`)
   on its transport.  The transport pauses it when its write buffer is over
   its ``bufferSize`` and resumes it once drained; an upload awaits
-  :meth:`ClientConnection.wait_writable` before each frame, so at most one
+  :meth:`RequestConnection.wait_writable` before each frame, so at most one
   frame beyond the transport's small buffer is ever queued in this process.
-* receiving: :meth:`ClientConnection.pause_reading` stops reading the socket
+* receiving: :meth:`RequestConnection.pause_reading` stops reading the socket
   (and delivering frames already read) while a slow sink catches up.
 """
 
@@ -30,17 +30,16 @@ from twisted.internet.endpoints import (
     connectProtocol,
 )
 from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from storg.client.errors import ProtocolViolation, ServerError, error_for
+from storg.net.errors import ProtocolViolation, ServerError, error_for
+from storg.net.flow import WriteWindow
 from storg.net.framing import FrameReceiver, send_bulk
 from storg.wire.bulk import decode_bulk
 from storg.wire import CodecError, ErrorReply
 
 __all__ = [
-    "ClientConnection", "ProtocolViolation", "ServerError", "Stream", "connect", "split_address",
+    "RequestConnection", "ProtocolViolation", "ServerError", "Stream", "connect", "split_address",
 ]
 
 
@@ -53,7 +52,7 @@ class Stream:
     :meth:`abort` fail ``done`` instead.
     """
 
-    def __init__(self, conn: ClientConnection, request_id: int,
+    def __init__(self, conn: RequestConnection, request_id: int,
                  on_frame: Callable[[Any], bool]) -> None:
         self.conn = conn
         self.request_id = request_id
@@ -96,33 +95,13 @@ def _single(frame: Any) -> bool:
     return True
 
 
-@implementer(IPushProducer)
-class _WriteGate:
-    """Registered on the transport only to learn when its write buffer is full or drained."""
-
-    def __init__(self, on_resume: Callable[[], None]) -> None:
-        self.paused = False
-        self.stopped = False
-        self._on_resume = on_resume
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self._on_resume()
-
-    def stopProducing(self) -> None:
-        self.stopped = True
-
-
-class ClientConnection(FrameReceiver):
+class RequestConnection(FrameReceiver):
     """Sends requests and delivers each one's reply frames to its :class:`Stream`."""
 
     def __init__(self) -> None:
         self._ids = itertools.count(1)
         self._streams: dict[int, Stream] = {}
-        self._gate = _WriteGate(self._wake_writers)
+        self._gate = WriteWindow(on_resume=self._wake_writers)
         self._writers: list[tuple[defer.Deferred, Stream | None]] = []
         self._read_pauses = 0
         self.closed: defer.Deferred = defer.Deferred()
@@ -295,9 +274,9 @@ def split_address(address: str) -> tuple[str, int]:
     return host, port
 
 
-async def connect(reactor: Any, address: str, timeout: float = 5.0) -> ClientConnection:
+async def connect(reactor: Any, address: str, timeout: float = 5.0) -> RequestConnection:
     """Open a connection to a node's client port."""
     host, port = split_address(address)
     endpoint_cls = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
     endpoint = endpoint_cls(reactor, host, port, timeout=timeout)
-    return await connectProtocol(endpoint, ClientConnection())
+    return await connectProtocol(endpoint, RequestConnection())

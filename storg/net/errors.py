@@ -1,0 +1,65 @@
+"""Errors of the request protocol: a node's ErrorReply as an exception, and a broken reply.
+
+They live below the client library because every speaker of the client
+protocol raises them: storgctl and the client library, and nodes reaching
+one another's chunk stores and snapshot senders through the same port.
+Each ServerError subclass stands for one storgctl exit status (see the
+README's "Exit status"), so callers catch by class instead of parsing codes.
+"""
+
+from __future__ import annotations
+
+from storg.wire import ErrorCode
+
+
+class ServerError(Exception):
+    """The node answered with an ErrorReply (``code`` is an :class:`ErrorCode`)."""
+
+    def __init__(self, code: int, message: str, leader: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.leader = leader
+
+    @property
+    def not_leader(self) -> bool:
+        return self.code == ErrorCode.NOT_LEADER
+
+
+class NotFoundError(ServerError):
+    """The path (or member) does not exist: storgctl exit 1."""
+
+    def __init__(self, message: str, leader: str = "") -> None:
+        super().__init__(ErrorCode.NOT_FOUND, message, leader)
+
+
+class BadRequest(ServerError):
+    """The request is malformed, e.g. an invalid path: storgctl exit 2."""
+
+    def __init__(self, message: str, leader: str = "") -> None:
+        super().__init__(ErrorCode.BAD_REQUEST, message, leader)
+
+
+class IntegrityError(ServerError):
+    """A checksum or size did not match, on the server or as the client checked it: exit 4."""
+
+    def __init__(self, message: str, leader: str = "") -> None:
+        super().__init__(ErrorCode.INTEGRITY, message, leader)
+
+
+class ProtocolViolation(Exception):
+    """The node sent something that is not a valid reply."""
+
+
+_BY_CODE: dict[int, type[ServerError]] = {
+    ErrorCode.NOT_FOUND: NotFoundError,
+    ErrorCode.BAD_REQUEST: BadRequest,
+    ErrorCode.INTEGRITY: IntegrityError,
+}
+
+
+def error_for(code: int, message: str, leader: str = "") -> ServerError:
+    """The most specific exception for an ErrorReply, so callers catch by class."""
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        return ServerError(code, message, leader)
+    return cls(message, leader)
