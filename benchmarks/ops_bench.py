@@ -52,7 +52,7 @@ from storg.client.api import StorgClient
 from storg.testing.devcluster import ProcCluster, wait_for
 from storg.fsm.machine import FileStoreStateMachine
 from storg.raft.types import ConfState, Entry, SnapshotMeta
-from storg.server.snapshots.node_snapshots import load_snapshot, write_frames
+from storg.server.snapshots.data import load_snapshot, write_frames
 from storg.storage.chunks import ChunkStore
 from storg.storage.logstore import DiskLogStore
 from storg.wire import CODEC

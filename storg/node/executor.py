@@ -1,4 +1,10 @@
-"""A one-thread executor for a node's storage calls: in order, off the reactor, cheap to use.
+"""Executors: the one way storg runs blocking work off the reactor thread.
+
+:class:`Executor` is the interface; :class:`SerialExecutor` and
+:class:`PoolExecutor` are its two kinds.  The rest of this docstring is
+about the serial one, whose cost is on the commit path.
+
+A one-thread executor for a node's storage calls: in order, off the reactor, cheap to use.
 
 A Raft node hands its storage thread one call per Ready (write the new
 entries and the hard state, fsync), and waits for it before it answers
@@ -10,7 +16,7 @@ the log context captured and restored around each call).  This executor
 keeps the same contract with less: a ``queue.SimpleQueue`` (implemented in
 C) to the thread, and one ``reactor.callFromThread`` per outcome back,
 about half the CPU per round trip (``benchmarks/hotpath_bench.py`` prints
-both; ``tests/test_executor.py`` checks the contract).
+both; ``tests/node/test_executor.py`` checks the contract).
 
 The contract, the same as a one-thread ThreadPool's:
 
@@ -27,10 +33,12 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import defer
+from twisted.internet.threads import deferToThread, deferToThreadPool
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
 
 class ExecutorStopped(RuntimeError):
@@ -101,3 +109,59 @@ class SerialExecutor:
                 call_from_thread(d.callback, result)
                 result = None
             d = fn = args = None  # keep nothing of the last call alive while idle
+
+
+Submit = Callable[..., "defer.Deferred[Any]"]
+"""What a user of an executor holds: ``submit(fn, *args)`` -> Deferred (tests pass a function that runs inline)."""
+
+
+class Executor(Protocol):
+    """Work off the reactor thread: every blocking call storg makes goes through one of these.
+
+    ``executor(fn, *args)`` runs ``fn(*args)`` on a thread that is not the
+    reactor's and returns a Deferred fired on the reactor thread with its
+    outcome; ``stop()`` lets submitted calls finish and fires once the
+    threads are gone.  :class:`SerialExecutor` runs calls one at a time in
+    order (the Raft log's storage); :class:`PoolExecutor` runs up to
+    ``threads`` at once in any order (chunk files, hashing, snapshots).
+    """
+
+    def __call__(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]: ...
+
+    def stop(self) -> defer.Deferred[None]: ...
+
+
+class PoolExecutor:
+    """Runs blocking calls on up to ``threads`` threads of a Twisted ThreadPool, in any order.
+
+    For work whose calls are independent (each chunk file, each hash), where
+    several disks or cores can help.  Order between calls on the same chunk
+    is kept above this, by :class:`storg.server.files.chunk_ops.ChunkOps`.
+    """
+
+    def __init__(self, reactor: Any, name: str, threads: int) -> None:
+        self._reactor = reactor
+        self._pool = ThreadPool(minthreads=0, maxthreads=threads, name=name)
+        self._pool.start()
+        self._stopping: defer.Deferred[None] | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self._pool.name)
+
+    def __call__(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        if self._stopping is not None:
+            return defer.fail(ExecutorStopped(f"executor {self.name} is stopped"))
+        return deferToThreadPool(self._reactor, self._pool, fn, *args)
+
+    def stop(self) -> defer.Deferred[None]:
+        """Finish the calls already submitted, then end the threads; fires when they have ended.
+
+        ThreadPool.stop joins its threads, so it runs on a thread of its own
+        (the reactor's pool), never on the reactor thread.
+        """
+        if self._stopping is None:
+            self._stopping = deferToThread(self._pool.stop)
+        done: defer.Deferred[None] = defer.Deferred()
+        self._stopping.addBoth(lambda result: (done.callback(None), result)[1])
+        return done

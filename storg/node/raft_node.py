@@ -35,7 +35,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from storg.node.executor import SerialExecutor
+from storg.node.executor import SerialExecutor, Submit
 from storg.raft.core import RaftCore
 from storg.raft.errors import NotLeader, ProposalDropped
 from storg.raft.types import (
@@ -75,7 +75,6 @@ class StateMachine(Protocol):
     def apply(self, entry: Entry) -> Any: ...
 
 
-Executor = Callable[..., defer.Deferred]
 """Runs a blocking callable with arguments and returns a Deferred of its result."""
 
 
@@ -99,7 +98,7 @@ class RaftNode:
         send: Callable[[Message], object],
         *,
         reactor: IReactorTime | None = None,
-        executor: Executor | None = None,
+        executor: Submit | None = None,
         tick_seconds: float = 0.01,
         default_timeout: float = 10.0,
         on_fatal: Callable[[Failure], object] | None = None,

@@ -32,7 +32,8 @@ from storg.server.client_port import ClientPortFactory
 from storg.server.files.service import FileService
 from storg.server.upkeep.fill import ChunkFiller
 from storg.server.peer import PeerTransport
-from storg.server.snapshots.node_snapshots import NodeSnapshots, load_snapshot
+from storg.server.snapshots.data import load_snapshot
+from storg.server.snapshots.node import NodeSnapshots
 from storg.storage.chunks import ChunkStore
 from storg.storage.identity import load_or_create
 from storg.storage.logstore import DiskLogStore

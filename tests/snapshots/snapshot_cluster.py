@@ -22,7 +22,8 @@ from storg.node.raft_node import RaftNode, run_inline
 from storg.raft.core import RaftConfig, RaftCore
 from storg.raft.types import ConfState, Role, SnapshotMeta
 from storg.server.client_port import ClientPortFactory
-from storg.server.snapshots.node_snapshots import NodeSnapshots, load_snapshot
+from storg.server.snapshots.data import load_snapshot
+from storg.server.snapshots.node import NodeSnapshots
 from storg.storage.logstore import DiskLogStore
 from storg.testing.memory import MemoryNetwork
 from storg.wire import CODEC

@@ -18,7 +18,8 @@ from storg.client.errors import BadRequest, IntegrityError, ServerError
 from storg.node.raft_node import run_inline
 from storg.raft.types import ConfState, SnapshotMeta
 from storg.server.client_port import ClientPortFactory
-from storg.server.snapshots.node_snapshots import SnapshotReceiver, _WriteGate
+from storg.server.snapshots.data import SnapshotWriteLock
+from storg.server.snapshots.receiver import SnapshotReceiver
 from storg.storage.logstore import DiskLogStore
 from storg.wire import ErrorCode
 from storg.wire.snapshots import (
@@ -37,7 +38,7 @@ class Follower:
         node = SimpleNamespace(node_id="f", core=self.core)
         self.store = DiskLogStore(tmp_path / "f")
         self.store.load()
-        self.receiver = SnapshotReceiver(node, self.store, run_inline, _WriteGate(), max_part=max_part)
+        self.receiver = SnapshotReceiver(node, self.store, run_inline, SnapshotWriteLock(), max_part=max_part)
         self.pumps = []
 
     def client_handlers(self):

@@ -6,7 +6,7 @@ import pytest
 
 from storg.fsm.machine import FileStoreStateMachine, SnapshotFormatError, read_snapshot
 from storg.raft.types import ConfState, Entry, HardState, SnapshotMeta
-from storg.server.snapshots.node_snapshots import load_snapshot, read_frames, write_frames
+from storg.server.snapshots.data import load_snapshot, read_frames, write_frames
 from storg.storage.errors import StorageError
 from storg.storage.logstore import DiskLogStore
 from storg.wire import CODEC
