@@ -49,12 +49,12 @@ from typing import Any
 from twisted.internet import defer, task
 
 from storg.client.api import StorgClient
-from storg.testing.devcluster import ProcCluster, wait_for
 from storg.fsm.machine import FileStoreStateMachine
 from storg.raft.types import ConfState, Entry, SnapshotMeta
 from storg.server.snapshots.data import load_snapshot, write_frames
 from storg.storage.chunks import ChunkStore
 from storg.storage.logstore import DiskLogStore
+from storg.testing.devcluster import ProcCluster, wait_for
 from storg.wire import CODEC
 from storg.wire.files import ChunkRef, PutFileCommand
 

@@ -29,10 +29,10 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from storg.node.raft_node import NodeStopped, Timeout
-from storg.raft.errors import NotLeader, ProposalDropped
 from storg.net.flow import WriteWindow
 from storg.net.framing import FrameReceiver
+from storg.node.raft_node import NodeStopped, Timeout
+from storg.raft.errors import NotLeader, ProposalDropped
 from storg.wire import CODEC, CodecError, ErrorCode, ErrorReply
 
 log = Logger(namespace="storg.client_port")

@@ -52,9 +52,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from storg.config import NODE_ID_RE, Address
-from storg.raft.types import Message
 from storg.net.flow import WriteWindow
 from storg.net.framing import FrameReceiver, describe_address
+from storg.raft.types import Message
 from storg.wire.codec import CODEC
 from storg.wire.messages import Hello, HelloRefused
 from storg.wire.records import CodecError

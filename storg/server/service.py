@@ -24,27 +24,46 @@ from twisted.logger import Logger
 from storg.config import Address, NodeConfig, cluster_id
 from storg.fsm.machine import FileStoreStateMachine
 from storg.fsm.members import MemberDirectory
+from storg.node.executor import PoolExecutor
 from storg.node.raft_node import RaftNode, Timeout
 from storg.raft.core import RaftConfig, RaftCore
 from storg.raft.types import ConfState, Role, SnapshotMeta
-from storg.server.files.chunk_io import Chunks, LocalChunks, RemoteChunks
 from storg.server.client_port import ClientPortFactory
+from storg.server.files.chunk_io import Chunks, LocalChunks, RemoteChunks
+from storg.server.files.placement import Liveness
 from storg.server.files.service import FileService
-from storg.server.upkeep.fill import ChunkFiller
 from storg.server.peer import PeerTransport
 from storg.server.snapshots.data import load_snapshot
 from storg.server.snapshots.node import NodeSnapshots
+from storg.server.upkeep.fill import ChunkFiller
+from storg.server.upkeep.repair import Repairer
+from storg.server.upkeep.scrub import Scrubber
+from storg.server.upkeep.status import UpkeepStatus
 from storg.storage.chunks import ChunkStore
 from storg.storage.identity import load_or_create
 from storg.storage.logstore import DiskLogStore
 from storg.wire import (
-    CODEC, Hello, MemberAddress, MemberRow, ProbeCommand, ProbeRead, ProbeReply, ProbeWrite,
-    StatusReply, StatusRequest,
+    CODEC,
+    Hello,
+    MemberAddress,
+    MemberRow,
+    ProbeCommand,
+    ProbeRead,
+    ProbeReply,
+    ProbeWrite,
+    StatusReply,
+    StatusRequest,
 )
 
 log = Logger(namespace="storg.service")
 
 TICK_MS = 10
+
+CHUNK_THREADS = 4
+"""Chunk file jobs at once: each is a write, an fsync, a rename and a folder fsync, or a read and a hash."""
+
+HASH_THREADS = 2
+"""Whole-file hashes of uploads and verification of chunks from peers (hashlib releases the GIL)."""
 """One core tick.  Small enough that heartbeat and election timeouts in
 milliseconds map onto ticks without rounding them by much."""
 
@@ -137,17 +156,7 @@ class NodeService(service.MultiService):
         self.snapshots = NodeSnapshots(
             self.node, self.fsm, self.log_store, every=cfg.raft.snapshot_every, reactor=self.reactor,
             address_of=self._client_address, send_message=self.transport.send)
-        self.local_chunks = LocalChunks(self.chunk_store, self.reactor)
-        self.remote_chunks = RemoteChunks(self.reactor, self._client_address)
-        self.files = FileService(
-            self.node, self.fsm, Chunks(cfg.node_id, self.local_chunks, self.remote_chunks),
-            replication_factor=cfg.files.replication_factor, chunk_size=cfg.files.chunk_size,
-            tuning=cfg.files,
-            reactor=self.reactor, address_of=self._client_address,
-        )
-        self.snapshots.auto.before_compact.append(self.files.sync_inline_chunks)
-        # Copies the state says are here but are not (a snapshot from the leader, a crash).
-        self.filler = ChunkFiller(self.files)
+        self._build_data_path()
         self.snapshots.installed.append(lambda _index: self.filler.trigger())
         self.directory.on_change(self._members_changed)
         for address, factory in (
@@ -160,9 +169,10 @@ class NodeService(service.MultiService):
             listener.setServiceParent(self)
         super().startService()
         self.reactor.callWhenRunning(self._install_sigterm_handler)
-        self.local_chunks.start()
         self.node.start()
         self.files.start()
+        self.repairer.start()
+        self.scrubber.start()
         self.reactor.callWhenRunning(self.filler.trigger)
         if core.conf.voters == frozenset({cfg.node_id}) and core.role != Role.LEADER:
             core.campaign()  # a cluster of one serves at once
@@ -172,6 +182,44 @@ class NodeService(service.MultiService):
                  cluster=self.cluster_id, term=core.term, snapshot=core.snapshot_meta.index,
                  tail=len(state.entries), last=core.last_index,
                  members=",".join(sorted(core.conf.members())) or "(none yet: waiting to join)")
+
+    def _build_data_path(self) -> None:
+        """The file service and its upkeep, each given the parts it uses and nothing more.
+
+        Chunk files get a pool of their own, apart from the Raft log's
+        storage thread, so a burst of chunk traffic never delays a Raft
+        fsync; hashing gets another, because the chunk pool's threads may
+        all be waiting on fsyncs.
+        """
+        cfg = self.config
+        tuning = cfg.files
+        self.chunk_pool = PoolExecutor(self.reactor, f"storg-chunks-{cfg.node_id}", CHUNK_THREADS)
+        self.hash_pool = PoolExecutor(self.reactor, f"storg-hash-{cfg.node_id}", HASH_THREADS)
+        self.local_chunks = LocalChunks(self.chunk_store, self.chunk_pool)
+        self.remote_chunks = RemoteChunks(self.reactor, self._client_address, self.hash_pool)
+        chunks = Chunks(cfg.node_id, self.local_chunks, self.remote_chunks)
+        liveness = Liveness(self.reactor)
+        self.files = files = FileService(
+            self.node, self.fsm, chunks,
+            replication_factor=tuning.replication_factor, chunk_size=tuning.chunk_size,
+            tuning=tuning, reactor=self.reactor, hasher=self.hash_pool, liveness=liveness,
+            address_of=self._client_address,
+        )
+        self.snapshots.auto.before_compact.append(files.sync_inline_chunks)
+        self.repairer = Repairer(
+            self.node, self.fsm, self.reactor, chunks=chunks, replicator=files.replicator,
+            guard=files.guard, applied=files.applied, liveness=liveness,
+            grace=tuning.repair_grace_s, rate=tuning.repair_rate_mb_s * (1 << 20),
+            interval=tuning.repair_interval_s)
+        self.scrubber = Scrubber(
+            self.node, self.fsm, self.reactor, chunks=chunks, ops=files.ops,
+            replication_factor=tuning.replication_factor,
+            rate=tuning.scrub_rate_mb_s * (1 << 20), interval=tuning.scrub_interval_s)
+        # Copies the state says are here but are not (a snapshot from the leader, a crash).
+        self.filler = ChunkFiller(
+            self.node, self.fsm, self.reactor, chunks=chunks, ops=files.ops,
+            limiter=self.scrubber.limiter, scrub_counters=self.scrubber.counters)
+        self.upkeep_status = UpkeepStatus(self.node, self.scrubber, self.repairer, files.garbage)
 
     def _install_sigterm_handler(self) -> None:
         """SIGTERM is the normal way to stop a node: make it exit with status 0.
@@ -215,6 +263,8 @@ class NodeService(service.MultiService):
         yield defer.maybeDeferred(super().stopService)
         if self.files is not None:
             self.files.stop()
+            self.repairer.stop()
+            self.scrubber.stop()
             self.filler.stop()
             self.remote_chunks.close()
         if self.transport is not None:
@@ -224,7 +274,8 @@ class NodeService(service.MultiService):
         if node is not None:
             yield node.stop()
         if self.files is not None:
-            yield self.local_chunks.stop()
+            yield self.chunk_pool.stop()
+            yield self.hash_pool.stop()
         if self.log_store is not None:
             self.log_store.close()
 
@@ -259,6 +310,7 @@ class NodeService(service.MultiService):
             ProbeRead: self.probe_read,
         }
         handlers.update(self.files.handlers())
+        handlers.update(self.upkeep_status.handlers())
         handlers.update(self.snapshots.handlers())
         if getattr(self, "admin", None) is None:
             from storg.server.admin import MembershipAdmin

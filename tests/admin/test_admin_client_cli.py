@@ -17,8 +17,8 @@ from twisted.internet.testing import StringTransport
 from storg.cli import main as cli
 from storg.cli.members import AddProgress, format_members
 from storg.client.api import StorgClient
-from storg.net.connection import RequestConnection
 from storg.client.errors import ClusterUnavailable, NotFoundError
+from storg.net.connection import RequestConnection
 from storg.wire import CODEC, ErrorCode, ErrorReply
 from storg.wire.admin import (
     LeaderTransferDone,

@@ -9,8 +9,8 @@ from twisted.internet.error import ConnectionLost
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from storg.net.connection import RequestConnection
 from storg.client.errors import NotFoundError, ServerError
+from storg.net.connection import RequestConnection
 from storg.wire import CODEC, ErrorCode, ErrorReply
 from storg.wire.files import (
     FileInfo,

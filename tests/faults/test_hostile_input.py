@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from storg.config import cluster_id, load_config
-from storg.testing.devcluster import ProcCluster, loopback_hosts, wait_for
 from storg.raft.types import Entry, Message, MessageType
+from storg.testing.devcluster import ProcCluster, loopback_hosts, wait_for
 from storg.wire import CODEC, MAX_FRAME_BYTES, CodecError, Hello, StatusRequest
 from storg.wire.files import (
     ChunkData,

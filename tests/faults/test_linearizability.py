@@ -8,7 +8,15 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from storg.testing.linearizability import GET, PUT, RM, Op, Outcome, check_history, check_key
+from storg.testing.linearizability import (
+    GET,
+    PUT,
+    RM,
+    Op,
+    Outcome,
+    check_history,
+    check_key,
+)
 
 OK, FAILED, UNKNOWN = Outcome.OK, Outcome.FAILED, Outcome.UNKNOWN
 

@@ -20,19 +20,19 @@ from storg.fsm.machine import (
     SnapshotFormatError,
     read_snapshot,
 )
+from storg.fsm.members import MemberDirectory
 from storg.fsm.records import (
     FILE_BATCH_BYTES,
     ChunkBatch,
     ChunkRecord,
     FileBatch,
     FileRecord,
+    SessionErrorRecord,
+    SnapshotHeader,
     file_chunks,
     file_head,
     pack_file,
-    SessionErrorRecord,
-    SnapshotHeader,
 )
-from storg.fsm.members import MemberDirectory
 from storg.raft.types import ConfChange, ConfChangeType, Entry, EntryType
 from storg.wire import CODEC, CodecError, MemberAddress, ProbeCommand
 from storg.wire.files import (

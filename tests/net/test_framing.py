@@ -10,8 +10,8 @@ from twisted.internet.testing import StringTransport
 from twisted.protocols.basic import Int32StringReceiver
 
 from storg.net.framing import LARGE_FRAME, FrameReceiver, send_bulk
-from storg.wire.bulk import BULK_MIN, bulk_frame, decode_bulk
 from storg.wire import CODEC, CodecError
+from storg.wire.bulk import BULK_MIN, bulk_frame, decode_bulk
 from storg.wire.codec import MAX_FRAME_BYTES
 from storg.wire.files import ChunkData, ChunkPut, ChunkPutAfter, GetData, PutData
 

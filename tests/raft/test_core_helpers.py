@@ -13,7 +13,14 @@ from collections.abc import Callable, Iterable
 
 from storg.raft.core import RaftConfig, RaftCore
 from storg.raft.types import (
-    ConfState, Entry, HardState, Message, MessageType, ReadState, Role, SnapshotMeta,
+    ConfState,
+    Entry,
+    HardState,
+    Message,
+    MessageType,
+    ReadState,
+    Role,
+    SnapshotMeta,
 )
 
 MT = MessageType

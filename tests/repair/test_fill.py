@@ -19,9 +19,9 @@ import storg.server.upkeep.fill as fill_module
 from storg.fsm.machine import FileStoreStateMachine
 from storg.raft.types import Entry
 from storg.server.files.chunk_io import ChunkUnavailable
-from storg.server.files.service import ChunkOps
+from storg.server.files.chunk_ops import ChunkOps
 from storg.server.upkeep.fill import ChunkFiller
-from storg.server.upkeep.repair import RateLimiter
+from storg.server.upkeep.pacing import RateLimiter
 from storg.storage.chunks import ChunkStore
 from storg.wire import CODEC
 from storg.wire.files import (
@@ -84,7 +84,8 @@ class Holders:
 
 
 class FakeFiles:
-    """The slice of FileService the filler uses, around a real state machine and store."""
+    """The parts the filler is given (node, state machine, chunks, chunk jobs, scrub's pace
+    and counters), around a real state machine and store."""
 
     def __init__(self, tmp_path, rate: float = float("inf")) -> None:
         self.reactor = Clock()
@@ -112,6 +113,13 @@ class FakeFiles:
         return h
 
 
+def make_filler(parts, **options) -> ChunkFiller:
+    """A ChunkFiller given exactly what the node's assembly gives it."""
+    return ChunkFiller(parts.node, parts.fsm, parts.reactor, chunks=parts.chunks, ops=parts.ops,
+                       limiter=parts.scrubber.limiter, scrub_counters=parts.scrubber.counters,
+                       **options)
+
+
 def settle(clock: Clock, d: defer.Deferred, turns: int = 200) -> None:
     """Run the clock's zero-delay calls (one per slice) until ``d`` fires."""
     for _ in range(turns):
@@ -133,7 +141,7 @@ def test_only_absent_chunks_recorded_here_and_still_referenced_are_fetched(tmp_p
     unreferenced = files.put("/gone", blob(13))
     files.apply(RemoveFileCommand(0, 0, 2, "/gone"))
 
-    filler = ChunkFiller(files)
+    filler = make_filler(files)
     settle(files.reactor, filler.trigger())
 
     assert sorted(files.holders.reads) == sorted(absent)
@@ -155,7 +163,7 @@ def test_the_map_is_walked_in_slices_with_a_single_stat_job_per_slice(tmp_path, 
     for h in hashes[:5]:
         files.store.put(files.holders.copies["n2"][h])
     jobs_before = files.chunks.local.jobs
-    filler = ChunkFiller(files)
+    filler = make_filler(files)
     done = filler.trigger()
     assert not done.called  # the first slice ran; the rest wait for the next reactor turns
     settle(files.reactor, done)
@@ -168,7 +176,7 @@ def test_requests_during_a_pass_are_coalesced_into_one_more_pass(tmp_path):
     files = FakeFiles(tmp_path)
     first = files.put("/one", blob(1))
     files.holders.gate = defer.Deferred()
-    filler = ChunkFiller(files)
+    filler = make_filler(files)
     running = filler.trigger()
     assert filler.running and not running.called
     # A snapshot lands meanwhile with another chunk; three triggers ask for one more pass.
@@ -187,7 +195,7 @@ def test_holders_down_are_retried_with_backoff_then_left_to_scrub(tmp_path):
     files = FakeFiles(tmp_path)
     h = files.put("/f", blob(1))
     files.holders.down = {"n2", "n3"}
-    filler = ChunkFiller(files, retry_delays=(1.0, 4.0))
+    filler = make_filler(files, retry_delays=(1.0, 4.0))
     settle(files.reactor, filler.trigger())
     assert filler.counters["unavailable"] == 1 and not files.store.has(h)
     files.reactor.advance(1.0)  # first retry: still down
@@ -208,7 +216,7 @@ def test_a_retry_finds_a_holder_back(tmp_path):
     files = FakeFiles(tmp_path)
     h = files.put("/f", blob(1))
     files.holders.down = {"n2", "n3"}
-    filler = ChunkFiller(files, retry_delays=(2.0, 8.0))
+    filler = make_filler(files, retry_delays=(2.0, 8.0))
     settle(files.reactor, filler.trigger())
     files.holders.down = {"n3"}
     files.reactor.advance(2.0)
@@ -222,7 +230,7 @@ def test_a_chunk_that_stops_being_ours_during_the_fetch_is_not_stored(tmp_path, 
     files = FakeFiles(tmp_path)
     h = files.put("/f", blob(1))
     files.holders.gate = defer.Deferred()
-    filler = ChunkFiller(files)
+    filler = make_filler(files)
     done = filler.trigger()
     assert files.holders.reads == [h]
     if change == "collected":
@@ -240,7 +248,7 @@ def test_a_chunk_that_stops_being_ours_during_the_fetch_is_not_stored(tmp_path, 
 def test_fetches_are_paced_by_the_shared_rate_limiter(tmp_path):
     files = FakeFiles(tmp_path, rate=1000)
     hashes = [files.put(f"/r/{i}", blob(i, 1000)) for i in range(3)]
-    filler = ChunkFiller(files, parallel=1)
+    filler = make_filler(files, parallel=1)
     done = filler.trigger()
     assert len(files.holders.reads) == 1  # the first starts at once
     files.reactor.advance(0.99)
@@ -256,7 +264,7 @@ def test_stop_ends_a_pass_and_answers_waiting_triggers(tmp_path):
     files = FakeFiles(tmp_path)
     files.put("/f", blob(1))
     files.holders.gate = defer.Deferred()
-    filler = ChunkFiller(files)
+    filler = make_filler(files)
     first, second = filler.trigger(), filler.trigger()
     filler.stop()
     files.holders.gate.callback(None)
@@ -270,7 +278,7 @@ def test_stop_ends_a_pass_and_answers_waiting_triggers(tmp_path):
 
 
 class MemberFiles:
-    """FileService's slice for one SnapCluster member: its own store, the others' to read."""
+    """The filler's parts for one SnapCluster member: its own store, the others' to read."""
 
     def __init__(self, cluster: SnapCluster, nid: str, stores: dict[str, ChunkStore]) -> None:
         member = cluster.members[nid]
@@ -308,7 +316,7 @@ def test_a_follower_fills_the_copies_it_missed_right_after_installing_a_snapshot
     assert len(list(stores[lagger].list())) == 5
 
     back = c.start(lagger)
-    filler = ChunkFiller(MemberFiles(c, lagger, stores))
+    filler = make_filler(MemberFiles(c, lagger, stores))
     at_install: list[set[str]] = []
 
     def installed(_index: int) -> None:

@@ -12,7 +12,11 @@ from storg.fsm.machine import FileStoreStateMachine, InvalidCommand, StaleChange
 from storg.raft.types import Entry, EntryType
 from storg.wire import CODEC
 from storg.wire.files import (
-    ChunkHoldersCommand, ChunkRef, CollectChunksCommand, PutFileCommand, PutInlineCommand,
+    ChunkHoldersCommand,
+    ChunkRef,
+    CollectChunksCommand,
+    PutFileCommand,
+    PutInlineCommand,
     RemoveFileCommand,
 )
 

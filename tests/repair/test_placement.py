@@ -8,7 +8,7 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from storg.server.files.service import place
+from storg.server.files.placement import place
 
 
 def h(n: int) -> str:

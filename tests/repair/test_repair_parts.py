@@ -12,9 +12,12 @@ from twisted.internet.task import Clock
 
 from storg.fsm.machine import FileStoreStateMachine
 from storg.raft.types import ConfState, Entry
+from storg.server.files.applied import AppliedWaiter
 from storg.server.files.chunk_io import ChunkUnavailable
-from storg.server.files.service import AppliedWaiter, ChunkOps
-from storg.server.upkeep.repair import Liveness, RateLimiter, Repairer
+from storg.server.files.chunk_ops import ChunkOps
+from storg.server.files.placement import Liveness
+from storg.server.upkeep.pacing import RateLimiter
+from storg.server.upkeep.repair import Repairer
 from storg.wire import CODEC
 from storg.wire.files import ChunkRef, PutFileCommand
 
@@ -122,7 +125,7 @@ class FakeNode:
             return defer.fail(exc)
 
 
-class FakeFiles:
+class FakeParts:
     def __init__(self, clock, voters, holders, unreadable=()):
         self.fsm = FileStoreStateMachine()
         self.node = FakeNode(self.fsm, voters)
@@ -146,7 +149,7 @@ class FakeFiles:
         self.stored.append(holder)
         return defer.succeed(holder)
 
-    def collect_barrier(self):
+    def barrier(self):
         return 0
 
     def projected_usage(self):
@@ -161,7 +164,11 @@ class FakeFiles:
 
 
 def repairer(files, down=(), grace=10):
-    r = Repairer(files, grace=grace, rate=1e9, interval=1)
+    # The one fake plays every part the assembly hands a Repairer: the replicator
+    # (store_on, projected_usage), the collect guard (pins, barrier), the chunks, the waiter.
+    r = Repairer(files.node, files.fsm, files.reactor, chunks=files.chunks, replicator=files,
+                 guard=files, applied=files.applied, liveness=Liveness(files.reactor),
+                 grace=grace, rate=1e9, interval=1)
 
     def probe(node_id):
         return defer.fail(ConnectionError("down")) if node_id in down else defer.succeed(True)
@@ -176,7 +183,7 @@ def holders(files):
 
 def test_a_missing_copy_goes_to_a_reachable_voter_and_is_recorded():
     clock = Clock()
-    files = FakeFiles(clock, ["n1", "n2", "n3", "n4"], ["n1", "n2"])
+    files = FakeParts(clock, ["n1", "n2", "n3", "n4"], ["n1", "n2"])
     r = repairer(files, down={"n3"})
     r.run_round()
     assert files.stored == ["n4"] and holders(files) == ["n1", "n2", "n4"]
@@ -187,7 +194,7 @@ def test_a_missing_copy_goes_to_a_reachable_voter_and_is_recorded():
 
 def test_a_holder_down_within_the_grace_is_waited_for_then_replaced():
     clock = Clock()
-    files = FakeFiles(clock, ["n1", "n2", "n3", "n4"], ["n1", "n2", "n3"])
+    files = FakeParts(clock, ["n1", "n2", "n3", "n4"], ["n1", "n2", "n3"])
     r = repairer(files, down={"n3"}, grace=10)
     r.run_round()
     assert files.stored == [] and r.under_replicated == 1
@@ -198,14 +205,14 @@ def test_a_holder_down_within_the_grace_is_waited_for_then_replaced():
 
 def test_a_removed_member_is_dropped_even_when_enough_copies_remain():
     clock = Clock()
-    files = FakeFiles(clock, ["n1", "n2", "n3"], ["n1", "n2", "n3", "n9"])
+    files = FakeParts(clock, ["n1", "n2", "n3"], ["n1", "n2", "n3", "n9"])
     repairer(files).run_round()
     assert files.stored == [] and holders(files) == ["n1", "n2", "n3"]
 
 
 def test_with_no_node_to_copy_to_the_chunk_waits_and_nothing_is_proposed():
     clock = Clock()
-    files = FakeFiles(clock, ["n1", "n2", "n3"], ["n1", "n2"])
+    files = FakeParts(clock, ["n1", "n2", "n3"], ["n1", "n2"])
     r = repairer(files, down={"n3"})
     r.run_round()
     assert files.stored == [] and len(files.node.proposed) == 1  # only the put
@@ -216,7 +223,7 @@ def test_with_no_node_to_copy_to_the_chunk_waits_and_nothing_is_proposed():
 
 def test_followers_do_not_repair_and_forget_their_liveness_view():
     clock = Clock()
-    files = FakeFiles(clock, ["n1", "n2", "n3", "n4"], ["n1", "n2"])
+    files = FakeParts(clock, ["n1", "n2", "n3", "n4"], ["n1", "n2"])
     files.node.leader = False
     r = repairer(files)
     r.liveness.record("n4", False)
@@ -227,7 +234,7 @@ def test_followers_do_not_repair_and_forget_their_liveness_view():
 @pytest.mark.parametrize("unreadable", [{"n1", "n2"}])
 def test_an_unreadable_chunk_is_left_for_the_next_round(unreadable):
     clock = Clock()
-    files = FakeFiles(clock, ["n1", "n2", "n3"], ["n1", "n2"], unreadable=unreadable)
+    files = FakeParts(clock, ["n1", "n2", "n3"], ["n1", "n2"], unreadable=unreadable)
     r = repairer(files)
     r.run_round()
     assert files.stored == [] and holders(files) == ["n1", "n2"] and files.pins[HASH] == 0

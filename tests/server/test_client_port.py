@@ -8,7 +8,15 @@ from twisted.internet.testing import StringTransport
 
 from storg.raft.errors import NotLeader
 from storg.server.client_port import ClientPortFactory
-from storg.wire import CODEC, ErrorCode, ErrorReply, Hello, MemberRow, StatusReply, StatusRequest
+from storg.wire import (
+    CODEC,
+    ErrorCode,
+    ErrorReply,
+    Hello,
+    MemberRow,
+    StatusReply,
+    StatusRequest,
+)
 
 
 class FakeApi:

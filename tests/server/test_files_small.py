@@ -15,7 +15,8 @@ from twisted.internet.task import Clock
 from storg.fsm.machine import FileStoreStateMachine
 from storg.raft.types import ConfState, Entry, EntryType
 from storg.server.files.chunk_io import Chunks
-from storg.server.files.service import FileService, place
+from storg.server.files.placement import place
+from storg.server.files.service import FileService
 from storg.storage.chunks import ChunkStore
 from storg.storage.errors import HashMismatchError
 from storg.wire import CODEC
@@ -93,12 +94,17 @@ class Conn:
         return defer.succeed(None)
 
 
+def run_inline(fn, *args) -> defer.Deferred:
+    """An executor that runs each call at once (the tests' stand-in for the hash pool)."""
+    return defer.maybeDeferred(fn, *args)
+
+
 def make(tmp_path):
     store = ChunkStore(tmp_path / "chunks")
     pool = HeldPool(store)
     fsm = FileStoreStateMachine()
     service = FileService(FakeNode(), fsm, Chunks("n1", pool, NoRemote()), replication_factor=3,
-                          chunk_size=1 << 20, reactor=Clock())
+                          chunk_size=1 << 20, reactor=Clock(), hasher=run_inline)
     return service, fsm, pool, store
 
 
@@ -212,9 +218,9 @@ def test_one_failed_write_in_a_batch_fails_only_its_own_waiter(tmp_path):
 
 def test_inline_holders_are_every_voter_when_the_cluster_has_r_voters_or_fewer(tmp_path):
     service, _, _, _ = make(tmp_path)
-    assert service.inline_holders(b"x" * 100) == ["n1", "n2", "n3"]
+    assert service.replicator.inline_holders(b"x" * 100) == ["n1", "n2", "n3"]
     service.replication_factor = 5  # more copies wanted than voters: still each voter once
-    assert service.inline_holders(b"x" * 100) == ["n1", "n2", "n3"]
+    assert service.replicator.inline_holders(b"x" * 100) == ["n1", "n2", "n3"]
 
 
 def test_inline_holders_of_a_bigger_cluster_are_placed_like_any_chunk(tmp_path, monkeypatch):
@@ -223,9 +229,9 @@ def test_inline_holders_of_a_bigger_cluster_are_placed_like_any_chunk(tmp_path, 
     spread = set()
     for k in range(40):
         data = b"file %d" % k
-        holders = service.inline_holders(data)
+        holders = service.replicator.inline_holders(data)
         assert len(holders) == 3 and len(set(holders)) == 3
         assert set(holders) == set(place(hashlib.sha256(data).hexdigest(), ["n1", "n2", "n3", "n4", "n5"], 3,
-                                          service.projected_usage(), service.repairer.unreachable()))
+                                          service.replicator.projected_usage(), service.unreachable()))
         spread |= set(holders)
     assert spread == {"n1", "n2", "n3", "n4", "n5"}  # rendezvous ranking spreads them

@@ -17,14 +17,14 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from storg.fsm.machine import FileStoreStateMachine
-from storg.raft.types import ConfState, Entry, EntryType
-from storg.server.files.chunk_io import Chunks
-from storg.server.client_port import RequestError
-from storg.server.files.service import FileService
 from storg.net.framing import FrameReceiver
-from storg.wire.bulk import decode_bulk
+from storg.raft.types import ConfState, Entry, EntryType
+from storg.server.client_port import RequestError
+from storg.server.files.chunk_io import Chunks
+from storg.server.files.service import FileService
 from storg.storage.chunks import ChunkStore
 from storg.wire import CODEC, ErrorCode
+from storg.wire.bulk import decode_bulk
 from storg.wire.files import (
     ChunkRef,
     GetData,
@@ -35,8 +35,8 @@ from storg.wire.files import (
     PutFileCommand,
     PutStart,
 )
-
-from tests.server.test_files_small import FakeNode as LeaderOfThree, NoRemote
+from tests.server.test_files_small import FakeNode as LeaderOfThree
+from tests.server.test_files_small import NoRemote
 
 CHUNK = 128 * 1024
 
@@ -110,11 +110,17 @@ class Conn:
         return [decode_bulk(f) for f in frames]
 
 
+def run_inline(fn, *args) -> defer.Deferred:
+    """An executor that runs each call at once (the tests' stand-in for the hash pool)."""
+    return defer.maybeDeferred(fn, *args)
+
+
 def make(tmp_path, **kwargs):
     store = ChunkStore(tmp_path / "chunks")
     fsm = FileStoreStateMachine()
     service = FileService(FakeNode(), fsm, Chunks("n1", InlinePool(store), NoRemote()),
-                          replication_factor=1, chunk_size=CHUNK, reactor=Clock(), **kwargs)
+                          replication_factor=1, chunk_size=CHUNK, reactor=Clock(),
+                          hasher=run_inline, **kwargs)
     return service, fsm, store
 
 
@@ -177,9 +183,9 @@ class HeldReplication:
 
 def test_upload_stops_reading_past_its_window_and_resumes_as_chunks_settle(tmp_path):
     service, _, _ = make(tmp_path, upload_window_chunks=3)
-    service.hash_in_thread = lambda fn, *args: defer.maybeDeferred(fn, *args)
+    service.hasher = lambda fn, *args: defer.maybeDeferred(fn, *args)
     replication = HeldReplication()
-    service.replicate = replication
+    service.replicator.replicate = replication
     conn = Conn()
     service.put_start(PutStart(1, "/up", 5, 1), conn)
     data = [os.urandom(CHUNK) for _ in range(5)]
@@ -205,9 +211,9 @@ def test_upload_hash_covers_bytes_hashed_inline_and_in_the_thread(tmp_path):
         jobs.append((d, fn, args))
         return d
 
-    service.hash_in_thread = held
+    service.hasher = held
     replication = HeldReplication()
-    service.replicate = replication
+    service.replicator.replicate = replication
     conn = Conn()
     service.put_start(PutStart(1, "/odd", 5, 1), conn)
     stream = os.urandom(3 * CHUNK + 1234)
@@ -230,9 +236,9 @@ def test_upload_hash_covers_bytes_hashed_inline_and_in_the_thread(tmp_path):
 
 def test_upload_whose_bytes_differ_from_its_put_end_is_refused(tmp_path):
     service, _, _ = make(tmp_path)
-    service.hash_in_thread = lambda fn, *args: defer.maybeDeferred(fn, *args)
+    service.hasher = lambda fn, *args: defer.maybeDeferred(fn, *args)
     replication = HeldReplication()
-    service.replicate = replication
+    service.replicator.replicate = replication
     conn = Conn()
     service.put_start(PutStart(1, "/bad", 5, 1), conn)
     stream = os.urandom(2 * CHUNK)

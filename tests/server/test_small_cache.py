@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from storg.server.files.service import INLINE_MAX, SmallChunkCache
+from storg.server.files.cache import SmallChunkCache
+from storg.server.files.upload import INLINE_MAX
 
 
 def test_keeps_recently_used_chunks_within_its_byte_budget():

@@ -16,8 +16,8 @@ from pathlib import Path
 from twisted.internet.task import Clock
 from twisted.test import iosim
 
-from storg.net.connection import RequestConnection
 from storg.fsm.machine import FileStoreStateMachine
+from storg.net.connection import RequestConnection
 from storg.node.raft_node import RaftNode, run_inline
 from storg.raft.core import RaftConfig, RaftCore
 from storg.raft.types import ConfState, Role, SnapshotMeta

@@ -13,8 +13,8 @@ from types import SimpleNamespace
 import pytest
 from twisted.test import iosim
 
-from storg.net.connection import RequestConnection
 from storg.client.errors import BadRequest, IntegrityError, ServerError
+from storg.net.connection import RequestConnection
 from storg.node.raft_node import run_inline
 from storg.raft.types import ConfState, SnapshotMeta
 from storg.server.client_port import ClientPortFactory
@@ -23,7 +23,11 @@ from storg.server.snapshots.receiver import SnapshotReceiver
 from storg.storage.logstore import DiskLogStore
 from storg.wire import ErrorCode
 from storg.wire.snapshots import (
-    SnapshotBegin, SnapshotEnd, SnapshotOffset, SnapshotPart, SnapshotStored,
+    SnapshotBegin,
+    SnapshotEnd,
+    SnapshotOffset,
+    SnapshotPart,
+    SnapshotStored,
 )
 
 DATA = os.urandom(10_000)

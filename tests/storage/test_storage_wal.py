@@ -26,7 +26,6 @@ from storg.storage.wal import (
     frame_batch,
     segment_name,
 )
-
 from tests.storage.wal_files import logical_size
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 import storg.storage.wal as wal_module
 from storg.raft.types import Entry, EntryType
 from storg.storage.errors import CorruptionError, DiskFullError
@@ -27,7 +28,6 @@ from storg.storage.wal import (
     frame_batch,
     segment_name,
 )
-
 from tests.storage.wal_files import logical_size
 
 FILL = 4096

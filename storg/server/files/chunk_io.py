@@ -1,12 +1,13 @@
 """Chunk bytes off the reactor thread: the local store in a thread pool, and other nodes' stores.
 
 Every chunk write is a write, an fsync, a rename and a folder fsync; every
-read re-hashes a megabyte.  Both run in a dedicated pool, apart from the
+read re-hashes a megabyte.  Both run in a dedicated pool (``LocalChunks.run``), apart from the
 Raft log's single storage thread, so a burst of chunk traffic never delays
 a Raft fsync (and so an election).
 
-Other nodes' chunks are reached through their client ports (``ChunkPut``,
-``ChunkGet``), one kept-open connection per node: bulk bytes never queue
+Other nodes' chunks are reached through their client ports (``ChunkGet``;
+the leader's writes are ``ChunkPutAfter``, sent by
+:mod:`storg.server.files.replication`), one kept-open connection per node: bulk bytes never queue
 behind heartbeats on the peer connections.
 """
 
@@ -17,14 +18,13 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 
 from storg.net.connection import RequestConnection, connect
+from storg.node.executor import Submit
 from storg.storage.chunks import ChunkStore
 from storg.storage.errors import ChunkNotFoundError, CorruptionError
-from storg.wire.files import ChunkData, ChunkGet, ChunkPut, ChunkStored
+from storg.wire.files import ChunkData, ChunkGet
 
 log = Logger(namespace="storg.chunks")
 
@@ -36,42 +36,14 @@ class ChunkUnavailable(Exception):
 class LocalChunks:
     """The node's own ChunkStore, every call in a thread pool."""
 
-    def __init__(self, store: ChunkStore, reactor: Any, threads: int = 4) -> None:
+    def __init__(self, store: ChunkStore, run: Submit) -> None:
         self.store = store
-        self.reactor = reactor
-        self.pool = ThreadPool(minthreads=1, maxthreads=threads, name="storg-chunks")
-
-    def start(self) -> None:
-        self.pool.start()
-
-    def stop(self) -> defer.Deferred:
-        from twisted.internet.threads import deferToThread
-        return deferToThread(self.pool.stop)
-
-    def run(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
-        return deferToThreadPool(self.reactor, self.pool, fn, *args)
-
-    def hash_and_put(self, data: bytes) -> defer.Deferred:
-        """Store durably; fires with the SHA-256 hex (hashing rides in the thread too)."""
-        return self.run(self.store.put, data)
-
-    def put(self, data: bytes, expected_hash: str) -> defer.Deferred:
-        return self.run(self.store.put, data, expected_hash)
+        self.run = run
+        """Runs a blocking call on the chunk pool (a PoolExecutor of the assembly's)."""
 
     def get(self, chunk_hash: str) -> defer.Deferred:
         """Verified bytes; fails with ChunkNotFoundError or CorruptionError."""
         return self.run(self.store.get, chunk_hash)
-
-    def has(self, chunk_hash: str) -> defer.Deferred:
-        return self.run(self.store.has, chunk_hash)
-
-    def delete_many(self, hashes: Iterable[str]) -> defer.Deferred:
-        hashes = list(hashes)
-
-        def delete_all() -> int:
-            return sum(1 for h in hashes if self.store.delete(h))
-
-        return self.run(delete_all)
 
     def hash(self, data: bytes) -> defer.Deferred:
         return self.run(lambda: hashlib.sha256(data).hexdigest())
@@ -87,9 +59,10 @@ def _verified_bytes(data: bytes | memoryview, chunk_hash: str) -> bytes | None:
 class RemoteChunks:
     """Other nodes' chunk stores, through their client ports."""
 
-    def __init__(self, reactor: Any, address_of: Callable[[str], str | None],
+    def __init__(self, reactor: Any, address_of: Callable[[str], str | None], hasher: Submit,
                  timeout: float = 30.0) -> None:
         self.reactor = reactor
+        self.hasher = hasher
         self.address_of = address_of
         self.timeout = timeout
         self._connections: dict[str, RequestConnection] = {}
@@ -108,17 +81,6 @@ class RemoteChunks:
         return conn
 
     @defer.inlineCallbacks
-    def put(self, node_id: str, chunk_hash: str, data: bytes):
-        """Fires once ``node_id`` has the chunk fsynced."""
-        conn = yield self.connection(node_id)
-        d = conn.request(lambda rid: ChunkPut(rid, chunk_hash, data))
-        d.addTimeout(self.timeout, self.reactor)
-        reply = yield d
-        if not isinstance(reply, ChunkStored) or reply.hash != chunk_hash:
-            raise ChunkUnavailable(f"{node_id} answered {type(reply).__name__} to a chunk put")
-        return node_id
-
-    @defer.inlineCallbacks
     def get(self, node_id: str, chunk_hash: str):
         """The chunk's bytes from ``node_id``, verified here against the hash."""
         conn = yield self.connection(node_id)
@@ -128,8 +90,7 @@ class RemoteChunks:
         if not isinstance(reply, ChunkData) or reply.hash != chunk_hash:
             raise ChunkUnavailable(f"{node_id} answered {type(reply).__name__} to a chunk get")
         # A megabyte of hashing is milliseconds: not on the reactor thread.
-        data = yield deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
-                                       _verified_bytes, reply.data, chunk_hash)
+        data = yield self.hasher(_verified_bytes, reply.data, chunk_hash)
         if data is None:
             raise ChunkUnavailable(f"{node_id} sent bytes that do not match chunk {chunk_hash}")
         return data
@@ -147,11 +108,6 @@ class Chunks:
         self.node_id = node_id
         self.local = local
         self.remote = remote
-
-    def store_on(self, holder: str, chunk_hash: str, data: bytes) -> defer.Deferred:
-        if holder == self.node_id:
-            return self.local.put(data, chunk_hash).addCallback(lambda _: holder)
-        return self.remote.put(holder, chunk_hash, data)
 
     @defer.inlineCallbacks
     def read(self, chunk_hash: str, holders: Iterable[str]):

@@ -32,18 +32,17 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet import defer, task
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from storg.server.files.chunk_io import ChunkUnavailable
-from storg.server.upkeep.repair import SCAN_SLICE, RateLimiter
+from storg.node.raft_node import RaftNode
+from storg.server.files.chunk_io import Chunks, ChunkUnavailable
+from storg.server.files.chunk_ops import ChunkOps
+from storg.server.upkeep.pacing import SCAN_SLICE, RateLimiter
 from storg.storage.chunks import ChunkStore
-
-if TYPE_CHECKING:
-    from storg.server.files.service import FileService
 
 log = Logger(namespace="storg.fill")
 
@@ -62,13 +61,18 @@ def absent(store: ChunkStore, hashes: Sequence[str]) -> list[str]:
 class ChunkFiller:
     """One node's fill passes (see the module docstring)."""
 
-    def __init__(self, files: FileService, *, limiter: RateLimiter | None = None,
+    def __init__(self, node: RaftNode, fsm: Any, reactor: Any, *, chunks: Chunks, ops: ChunkOps,
+                 limiter: RateLimiter, scrub_counters: Counter[str],
                  retry_delays: Sequence[float] = RETRY_DELAYS, parallel: int = PARALLEL) -> None:
-        self.files = files
-        self.node = files.node
-        self.fsm = files.fsm
-        self.reactor = files.reactor
-        self.limiter = limiter if limiter is not None else files.scrubber.limiter
+        self.node = node
+        self.fsm = fsm
+        self.reactor = reactor
+        self.chunks = chunks
+        self.ops = ops
+        self.limiter = limiter
+        """Scrub's: fill and scrub move bytes at one pace between them."""
+        self.scrub_counters = scrub_counters
+        """A filled copy counts as a missing copy found and restored (``storgctl scrub``)."""
         self.retry_delays = tuple(retry_delays)
         self.parallel = parallel
         self.counters: Counter[str] = Counter()
@@ -167,7 +171,7 @@ class ChunkFiller:
         """One walk over the map; fires with how many absent chunks could not be fetched."""
         started = time.monotonic()
         me = self.node.node_id
-        local = self.files.chunks.local
+        local = self.chunks.local
         digests = self.fsm.chunk_digests()
         before = Counter(self.counters)
         unavailable: list[str] = []
@@ -214,17 +218,17 @@ class ChunkFiller:
         yield self.limiter.reserve(chunk.size)
         others = sorted(h for h in chunk.holders if h != self.node.node_id)
         try:
-            data = yield self.files.chunks.read(chunk_hash, others)
+            data = yield self.chunks.read(chunk_hash, others)
         except ChunkUnavailable:
             return False
         if self._stopped or not self._wanted(chunk_hash):
             return True
         # Issued in this reactor turn, right after the check: a collect applied
         # from now on queues its delete behind this write (ChunkOps' order).
-        yield self.files.ops.put(chunk_hash, data)
+        yield self.ops.put(chunk_hash, data)
         self.counters["fetched"] += 1
         self.counters["bytes_fetched"] += len(data)
-        scrub = self.files.scrubber.counters
+        scrub = self.scrub_counters
         scrub["missing_copies"] += 1
         scrub["repairs_done"] += 1
         return True

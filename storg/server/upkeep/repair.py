@@ -23,107 +23,47 @@ share of disk and network and leaves the rest to clients.
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet import defer, task
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from storg.server.files.chunk_io import ChunkUnavailable
-from storg.server.files.service import place
+from storg.node.raft_node import RaftNode
+from storg.server.files.applied import AppliedWaiter
+from storg.server.files.chunk_io import Chunks, ChunkUnavailable
+from storg.server.files.pins import CollectGuard
+from storg.server.files.placement import Liveness, place
+from storg.server.files.replication import ChunkReplicator
+from storg.server.upkeep.pacing import SCAN_SLICE, RateLimiter
 from storg.wire import CODEC, StatusReply, StatusRequest
 from storg.wire.files import ChunkHoldersCommand
 
-if TYPE_CHECKING:
-    from storg.server.files.service import FileService
-
 log = Logger(namespace="storg.repair")
 
-SCAN_SLICE = 2000
-"""Chunk map entries examined per reactor turn: a large map never stalls heartbeats."""
-
 PROBE_TIMEOUT = 2.0
-
-
-class RateLimiter:
-    """Paces transfers to ``rate`` bytes per second by reserving time slots.
-
-    Each reservation starts when the previous ones have used up their share
-    of time; the first starts at once.  Idle time is not banked, so a burst
-    after a quiet period is still paced.
-    """
-
-    def __init__(self, reactor: Any, rate: float) -> None:
-        if rate <= 0:
-            raise ValueError("rate must be positive")
-        self.reactor = reactor
-        self.rate = rate
-        self._free_at = 0.0
-
-    def reserve(self, size: int) -> defer.Deferred:
-        """Fires when a transfer of ``size`` bytes may start."""
-        now = self.reactor.seconds()
-        start = max(now, self._free_at)
-        self._free_at = start + size / self.rate
-        if start <= now:
-            return defer.succeed(None)
-        return task.deferLater(self.reactor, start - now, lambda: None)
-
-
-class Liveness:
-    """When each member last answered a probe on its client port, as this node saw it."""
-
-    def __init__(self, reactor: Any) -> None:
-        self.reactor = reactor
-        self._since: float | None = None
-        self._last_ok: dict[str, float] = {}
-        self._failing: set[str] = set()
-
-    def reset(self) -> None:
-        """Forget everything: a node that becomes leader again starts its graces anew."""
-        self._since = None
-        self._last_ok.clear()
-        self._failing.clear()
-
-    def record(self, node_id: str, ok: bool) -> None:
-        now = self.reactor.seconds()
-        if self._since is None:
-            self._since = now
-        if ok:
-            self._last_ok[node_id] = now
-            self._failing.discard(node_id)
-        else:
-            self._failing.add(node_id)
-
-    def reachable(self, node_id: str) -> bool:
-        """Whether the last probe of ``node_id`` succeeded (or none failed yet)."""
-        return node_id not in self._failing
-
-    def down_for(self, node_id: str) -> float:
-        """Seconds ``node_id`` has been unreachable as far as this node knows (0 if reachable)."""
-        if node_id not in self._failing:
-            return 0.0
-        now = self.reactor.seconds()
-        return now - self._last_ok.get(node_id, self._since if self._since is not None else now)
-
-    def failing(self) -> frozenset[str]:
-        return frozenset(self._failing)
 
 
 class Repairer:
     """The leader's repair loop; idle on followers."""
 
-    def __init__(self, files: FileService, *, grace: float, rate: float, interval: float,
+    def __init__(self, node: RaftNode, fsm: Any, reactor: Any, *, chunks: Chunks,
+                 replicator: ChunkReplicator, guard: CollectGuard, applied: AppliedWaiter,
+                 liveness: Liveness, grace: float, rate: float, interval: float,
                  parallel: int = 4) -> None:
-        self.files = files
-        self.node = files.node
-        self.fsm = files.fsm
-        self.reactor = files.reactor
+        self.node = node
+        self.fsm = fsm
+        self.reactor = reactor
+        self.chunks = chunks
+        self.replicator = replicator
+        self.guard = guard
+        self.applied = applied
         self.grace = grace
         self.interval = interval
         self.limiter = RateLimiter(self.reactor, rate)
-        self.liveness = Liveness(self.reactor)
+        self.liveness = liveness
+        """Recorded here (the leader's probes); placement reads it too."""
         self.parallel = parallel
         self.counters: Counter[str] = Counter()
         self.under_replicated = 0
@@ -142,10 +82,6 @@ class Repairer:
         self._stopped = True
         if self._loop is not None and self._loop.running:
             self._loop.stop()
-
-    def unreachable(self) -> frozenset[str]:
-        """Members the last probe could not reach (placement puts them last)."""
-        return self.liveness.failing() if self.node.is_leader() else frozenset()
 
     def run_round(self) -> defer.Deferred:
         """One pass over the chunk map (at most one at a time); never fails."""
@@ -190,7 +126,7 @@ class Repairer:
 
     @defer.inlineCallbacks
     def _probe(self, node_id: str):
-        remote = self.files.chunks.remote
+        remote = self.chunks.remote
         connecting = remote.connection(node_id)
         connecting.addTimeout(PROBE_TIMEOUT, self.reactor)
         conn = yield connecting
@@ -205,7 +141,7 @@ class Repairer:
         """(holders to keep, copies missing, whether it counts as under-replicated now)."""
         conf = self.node.core.conf
         members = conf.members()
-        want = min(self.files.replication_factor, len(conf.voters))
+        want = min(self.replicator.replication_factor, len(conf.voters))
         keep = {h for h in holders if h in members and self.liveness.down_for(h) <= self.grace}
         live = sum(1 for h in keep if self.liveness.reachable(h))
         return keep, want - len(keep), live < want
@@ -245,22 +181,21 @@ class Repairer:
         targets: list[str] = []
         if missing > 0:
             candidates = [n for n in voters if n not in chunk.holders and self.liveness.reachable(n)]
-            targets = place(chunk_hash, candidates, missing, self.files.projected_usage())
+            targets = place(chunk_hash, candidates, missing, self.replicator.projected_usage())
             if not targets and len(keep) == len(chunk.holders):
                 return  # nowhere to copy to yet; the count stays short until a node is back
-        files = self.files
-        files.pin(chunk_hash)
+        self.guard.pin(chunk_hash)
         try:
             stored: list[str] = []
             if targets:
                 sources = sorted(keep, key=lambda n: not self.liveness.reachable(n)) + \
                     sorted(chunk.holders - keep)
-                data = yield files.chunks.read(chunk_hash, sources)
+                data = yield self.chunks.read(chunk_hash, sources)
                 yield self.limiter.reserve(len(data) * len(targets))
-                barrier = files.collect_barrier()
-                yield files.applied.wait(barrier)
+                barrier = self.guard.barrier()
+                yield self.applied.wait(barrier)
                 results = yield defer.DeferredList(
-                    [files.store_on(t, chunk_hash, data, barrier) for t in targets], consumeErrors=True)
+                    [self.replicator.store_on(t, chunk_hash, data, barrier) for t in targets], consumeErrors=True)
                 for target, (ok, value) in zip(targets, results):
                     if ok:
                         stored.append(target)
@@ -280,4 +215,4 @@ class Repairer:
         except Exception as exc:  # a stale change, a lost leadership, a timeout: next round decides
             log.info("repair of chunk {h} postponed: {why}", h=chunk_hash[:12], why=exc)
         finally:
-            files.unpin([chunk_hash])
+            self.guard.unpin([chunk_hash])

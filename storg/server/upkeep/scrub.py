@@ -18,19 +18,18 @@ holders as of the last pass.
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet import defer, task
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from storg.server.files.chunk_io import ChunkUnavailable
-from storg.server.upkeep.repair import SCAN_SLICE, RateLimiter
+from storg.node.raft_node import RaftNode
+from storg.server.files.chunk_io import Chunks, ChunkUnavailable
+from storg.server.files.chunk_ops import ChunkOps
+from storg.server.upkeep.pacing import SCAN_SLICE, RateLimiter
 from storg.storage.errors import ChunkNotFoundError, CorruptionError
-
-if TYPE_CHECKING:
-    from storg.server.files.service import FileService
 
 log = Logger(namespace="storg.scrub")
 
@@ -38,11 +37,14 @@ log = Logger(namespace="storg.scrub")
 class Scrubber:
     """One node's background scrub."""
 
-    def __init__(self, files: FileService, *, rate: float, interval: float) -> None:
-        self.files = files
-        self.node = files.node
-        self.fsm = files.fsm
-        self.reactor = files.reactor
+    def __init__(self, node: RaftNode, fsm: Any, reactor: Any, *, chunks: Chunks, ops: ChunkOps,
+                 replication_factor: int, rate: float, interval: float) -> None:
+        self.node = node
+        self.fsm = fsm
+        self.reactor = reactor
+        self.chunks = chunks
+        self.ops = ops
+        self.replication_factor = replication_factor
         self.interval = interval
         self.limiter = RateLimiter(self.reactor, rate)
         self.counters: Counter[str] = Counter()
@@ -97,7 +99,7 @@ class Scrubber:
                 return
             conf = self.node.core.conf
             members = conf.members()
-            want = min(self.files.replication_factor, len(conf.voters))
+            want = min(self.replication_factor, len(conf.voters))
             for digest in digests[start:start + SCAN_SLICE]:
                 chunk = self.fsm.chunk_by_digest(digest)
                 if chunk is None:
@@ -116,12 +118,12 @@ class Scrubber:
     @defer.inlineCallbacks
     def _check(self, chunk_hash: str):
         """Re-read one chunk; restore it from another holder if it is damaged or missing."""
-        if self.files.ops.busy(chunk_hash):
+        if self.ops.busy(chunk_hash):
             # A write or delete of it is queued (a small file applied a moment
             # ago is written in a batch): its file may not be there yet.  The
             # next pass checks it.
             return
-        local = self.files.chunks.local
+        local = self.chunks.local
         try:
             data = yield local.get(chunk_hash)
         except ChunkNotFoundError:
@@ -132,7 +134,7 @@ class Scrubber:
         except CorruptionError as exc:
             self.counters["bad_copies"] += 1
             log.warn("scrub: bad copy of chunk {h}: {why}; removing it", h=chunk_hash, why=exc)
-            yield self.files.ops.delete([chunk_hash])
+            yield self.ops.delete([chunk_hash])
         else:
             self.counters["chunks_checked"] += 1
             self.counters["bytes_checked"] += len(data)
@@ -151,12 +153,12 @@ class Scrubber:
             return
         others = sorted(h for h in chunk.holders if h != self.node.node_id)
         try:
-            data = yield self.files.chunks.read(chunk_hash, others)
+            data = yield self.chunks.read(chunk_hash, others)
         except ChunkUnavailable as exc:
             log.warn("scrub: cannot restore chunk {h} yet: {why}", h=chunk_hash, why=exc)
             return
         if not self._still_mine(chunk_hash):
             return
-        yield self.files.ops.put(chunk_hash, data)
+        yield self.ops.put(chunk_hash, data)
         self.counters["repairs_done"] += 1
         log.info("scrub: restored chunk {h} from another holder", h=chunk_hash)
