@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 from storg.cli import members as member_commands
 from storg.cli.progress import progress_for
 from storg.client.api import STATUS_KEYS, StorgClient
-from storg.net.connection import split_address
+from storg.client.download import AtomicFile
 from storg.client.errors import (
     BadRequest,
     ClusterUnavailable,
@@ -26,7 +26,7 @@ from storg.client.errors import (
     NotFoundError,
     ServerError,
 )
-from storg.client.transfer import AtomicFile
+from storg.net.connection import split_address
 from storg.paths import InvalidPath, normalize_path, normalize_prefix
 from storg.wire.files import FileInfo
 

@@ -19,10 +19,10 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, BinaryIO
 
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.internet import error as net_error
 
-from storg.net.connection import RequestConnection, connect
+from storg.client.download import AtomicFile, Download, DownloadSink
 from storg.client.errors import (
     BadRequest,
     ClusterUnavailable,
@@ -32,21 +32,21 @@ from storg.client.errors import (
     ProtocolViolation,
     ServerError,
 )
-from storg.client.transfer import (
-    AtomicFile,
-    Deadline,
-    Download,
-    DownloadSink,
-    Progress,
-    Upload,
-    UploadSource,
-    Watchdog,
-)
+from storg.client.transfer import Deadline, Progress, Watchdog
+from storg.client.upload import Upload, UploadSource
+from storg.net.connection import RequestConnection, connect
+from storg.node.executor import reactor_pool
 from storg.paths import InvalidPath, normalize_path, normalize_prefix
 from storg.wire import ErrorCode, ProbeRead, ProbeWrite, StatusReply, StatusRequest
 from storg.wire.admin import (
-    LeaderTransferDone, LeaderTransferRequest, MemberAddProgress, MemberAddRequest, MemberChanged,
-    MemberInfo, MemberListRequest, MemberRemoveRequest,
+    LeaderTransferDone,
+    LeaderTransferRequest,
+    MemberAddProgress,
+    MemberAddRequest,
+    MemberChanged,
+    MemberInfo,
+    MemberListRequest,
+    MemberRemoveRequest,
 )
 from storg.wire.files import FileInfo, LsReply, LsRequest, RmRequest, StatRequest
 
@@ -364,7 +364,7 @@ class StorgClient:
             download = Download(self.reactor, DownloadSink(atomic.f, sync=True), path, stale, progress)
             info = await self.retrying(download.attempt, leader=False)
             # An fsync of what may be a gigabyte: never on the reactor thread.
-            await threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), atomic.commit)
+            await reactor_pool(self.reactor)(atomic.commit)
             return info
         finally:
             atomic.discard()

@@ -165,3 +165,11 @@ class PoolExecutor:
         done: defer.Deferred[None] = defer.Deferred()
         self._stopping.addBoth(lambda result: (done.callback(None), result)[1])
         return done
+
+
+def reactor_pool(reactor: Any) -> Submit:
+    """The reactor's own thread pool as a :data:`Submit`: for a short-lived process (storgctl)
+    whose few blocking calls (an fsync at the end of a get, a hash) need no pool of their own."""
+    def submit(fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        return deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
+    return submit

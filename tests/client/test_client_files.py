@@ -563,7 +563,7 @@ async def test_get_of_large_frames_into_a_stream_is_exact(nodes, clients):
 
 @pytest_twisted.ensureDeferred
 async def test_get_into_a_file_syncs_in_the_background_as_it_goes(nodes, clients, tmp_path, monkeypatch):
-    from storg.client import transfer as client_files
+    from storg.client import download as client_files
 
     monkeypatch.setattr(client_files, "SYNC_EVERY", 1 << 20)
     synced = []

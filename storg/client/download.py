@@ -1,0 +1,348 @@
+"""One attempt of a get: write and hash the GetData frames off the reactor, memory bounded;
+and :class:`AtomicFile`, so a get never leaves a partial local file.
+
+See :mod:`storg.client.transfer` for the whole picture of a transfer."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from collections import deque
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+from twisted.internet import defer
+
+from storg.client.errors import (
+    ClusterUnavailable,
+    IntegrityError,
+    LocalError,
+    ProtocolViolation,
+)
+from storg.client.transfer import (
+    Deadline,
+    Progress,
+    Watchdog,
+    consume,
+    in_thread,
+    no_progress,
+)
+from storg.net.connection import RequestConnection, Stream
+from storg.wire.files import (
+    FileInfo,
+    GetData,
+    GetEnd,
+    GetRequest,
+    GetStart,
+)
+
+SINK_HIGH_WATER = 4 * 1024 * 1024
+"""Bytes received but not yet written before a get stops reading its connection."""
+
+SINK_LOW_WATER = 1 * 1024 * 1024
+"""Reading resumes once the writer is back under this many bytes."""
+
+SYNC_EVERY = 64 * 1024 * 1024
+"""Bytes written to a ``sync`` sink between two background fdatasyncs."""
+
+class DownloadSink:
+    """Where a get's bytes go; a seekable sink can be emptied and refilled by a retry.
+
+    ``sync=True``: the file will be fsynced once complete (AtomicFile), so
+    flushing it to disk early, in the background, only moves that work.
+    """
+
+    def __init__(self, fileobj: BinaryIO, sync: bool = False) -> None:
+        self.f = fileobj
+        self.sync = sync
+        try:
+            self.seekable = bool(fileobj.seekable())
+            self.start = fileobj.tell() if self.seekable else 0
+        except (OSError, ValueError, AttributeError):
+            self.seekable = False
+            self.start = 0
+        self.in_memory = isinstance(fileobj, io.BytesIO)
+        self.dirty = False
+
+    def can_restart(self) -> bool:
+        return self.seekable or not self.dirty
+
+    def restart(self) -> None:
+        if self.dirty and self.seekable:
+            self.f.seek(self.start)
+            self.f.truncate()
+            self.dirty = False
+
+    def write_and_hash(self, data: bytes, hasher: Any) -> None:
+        """Runs in the writer thread; never on the reactor."""
+        try:
+            self.f.write(data)
+        except (OSError, ValueError) as exc:
+            raise LocalError(f"writing the output failed: {exc}") from None
+        hasher.update(data)
+
+    def write_many(self, pieces: list) -> None:
+        """Runs in a thread: write each piece, in order (hashing runs beside it)."""
+        try:
+            for data in pieces:
+                self.f.write(data)
+        except (OSError, ValueError) as exc:
+            raise LocalError(f"writing the output failed: {exc}") from None
+
+    def sync_now(self) -> None:
+        """Runs in a thread beside the writer: push what the kernel holds to disk.
+
+        Large writes bypass the file object's buffer, so the descriptor has
+        them; whatever is still buffered is the final fsync's business.
+        """
+        try:
+            os.fdatasync(self.f.fileno())
+        except (OSError, ValueError):
+            pass  # the final fsync reports real trouble
+
+    def flush(self) -> None:
+        try:
+            self.f.flush()
+        except (OSError, ValueError) as exc:
+            raise LocalError(f"writing the output failed: {exc}") from None
+
+
+def _hash_all(hasher: Any, pieces: list) -> None:
+    for data in pieces:
+        hasher.update(data)
+
+
+class _SinkWriter:
+    """One writer thread at a time per get, in order; reading pauses when it falls behind."""
+
+    def __init__(self, reactor: Any, conn: RequestConnection, sink: DownloadSink,
+                 on_written: Callable[[int], None], on_error: Callable[[Exception], None]) -> None:
+        self.reactor = reactor
+        self.conn = conn
+        self.sink = sink
+        self.hasher = hashlib.sha256()
+        self.queue: deque[bytes] = deque()
+        self.queued = 0
+        self.written = 0
+        self.paused = False
+        self.stopped = False
+        self._on_written = on_written
+        self._on_error = on_error
+        self._busy: defer.Deferred | None = None
+        self._syncing: defer.Deferred | None = None
+        self._synced = 0
+
+    def write(self, data: bytes) -> None:
+        if self.stopped:
+            return
+        if self.sink.in_memory and self._busy is None:
+            # Nothing queued: write in place (see the module docstring).
+            self.sink.dirty = True
+            try:
+                self.sink.write_and_hash(data, self.hasher)
+            except LocalError as exc:
+                self.stop()
+                self._on_error(exc)
+                return
+            self.written += len(data)
+            self._on_written(self.written)
+            return
+        self.queue.append(data)
+        self.queued += len(data)
+        if self.queued > SINK_HIGH_WATER and not self.paused:
+            self.paused = True
+            self.conn.pause_reading()
+        if self._busy is None:
+            self._next()
+
+    def _next(self) -> None:
+        if self.stopped or not self.queue:
+            self._busy = None
+            return
+        batch = list(self.queue)
+        self.queue.clear()
+        self.sink.dirty = True
+        # The write and the hash of a batch run in two threads at once: the
+        # whole-file hash is the one serial step of a get, so nothing else
+        # waits in line with it.  The next batch starts when both are done.
+        written = in_thread(self.reactor, self.sink.write_many, batch)
+        hashed = in_thread(self.reactor, _hash_all, self.hasher, batch)
+        both = defer.gatherResults([written, hashed], consumeErrors=True)
+        both.addErrback(lambda failure: failure.value.subFailure)
+        self._busy = both
+        both.addCallbacks(self._done, self._failed, callbackArgs=(sum(map(len, batch)),))
+
+    def _done(self, _: Any, size: int) -> None:
+        self.queued -= size
+        self.written += size
+        if self.paused and self.queued <= SINK_LOW_WATER:
+            self.paused = False
+            self.conn.resume_reading()
+        self._on_written(self.written)
+        self._next()
+        if self.sink.sync and self._syncing is None and self.written - self._synced >= SYNC_EVERY:
+            self._synced = self.written
+            self._syncing = in_thread(self.reactor, self.sink.sync_now)
+            self._syncing.addBoth(self._sync_done)
+
+    def _sync_done(self, _: Any) -> None:
+        self._syncing = None
+
+    def _failed(self, failure: Any) -> None:
+        self._busy = None
+        self.stop()
+        self._on_error(failure.value if isinstance(failure.value, LocalError)
+                       else LocalError(f"writing the output failed: {failure.value}"))
+
+    def stop(self) -> None:
+        """Discard what is queued and let reading go on (the attempt is over)."""
+        self.stopped = True
+        self.queue.clear()
+        if self.paused:
+            self.paused = False
+            self.conn.resume_reading()
+
+    async def drain(self) -> None:
+        """Wait until everything handed to :meth:`write` is written (or the writer stopped),
+        and no background sync still uses the file."""
+        while self._busy is not None:
+            busy = self._busy
+            await defer.DeferredList([busy], consumeErrors=True)
+            if self._busy is busy:
+                break
+        if self._syncing is not None:
+            await defer.DeferredList([self._syncing], consumeErrors=True)
+
+
+class Download:
+    """One get; retried on another node by the caller's loop while the sink allows it."""
+
+    def __init__(self, reactor: Any, sink: DownloadSink, path: str, stale: bool,
+                 progress: Progress | None = None) -> None:
+        self.reactor = reactor
+        self.sink = sink
+        self.path = path
+        self.stale = stale
+        self.progress = progress or no_progress
+
+    async def attempt(self, conn: RequestConnection, deadline: Deadline) -> FileInfo:
+        if not self.sink.can_restart():
+            raise ClusterUnavailable("the node was lost after part of the file was written out")
+        self.sink.restart()
+        watchdog = Watchdog(self.reactor, conn, deadline.remaining())
+        info: list[FileInfo] = []
+        received = [0]
+        stream_box: list[Stream] = []
+
+        def moved(written: int) -> None:
+            deadline.extend()
+            watchdog.reset(deadline.timeout)
+            self.progress(written, info[0].size if info else None)
+
+        def write_failed(exc: Exception) -> None:
+            if stream_box:
+                stream_box[0].abort(exc)
+
+        writer = _SinkWriter(self.reactor, conn, self.sink, moved, write_failed)
+
+        def on_frame(frame: Any) -> bool:
+            if isinstance(frame, GetStart) and not info:
+                info.append(frame.info)
+                deadline.extend()
+                watchdog.reset(deadline.timeout)
+                self.progress(0, frame.info.size)
+                return False
+            if isinstance(frame, GetData) and info:
+                received[0] += len(frame.data)
+                if received[0] > info[0].size:
+                    raise IntegrityError(
+                        f"{self.path}: received more than its {info[0].size} bytes")
+                writer.write(frame.data)
+                deadline.extend()
+                watchdog.reset(deadline.timeout)
+                return False
+            if isinstance(frame, GetEnd) and info:
+                return True
+            raise ProtocolViolation(f"unexpected {type(frame).__name__} during a get")
+
+        stream = conn.request_stream(lambda rid: GetRequest(rid, self.path, self.stale), on_frame)
+        stream_box.append(stream)
+        try:
+            await stream.done
+            await writer.drain()
+            if writer.stopped:
+                raise LocalError("writing the output failed")
+            if self.sink.in_memory:
+                self.sink.flush()
+            else:
+                await in_thread(self.reactor, self.sink.flush)
+            meta = info[0]
+            if writer.written != meta.size:
+                raise IntegrityError(
+                    f"{self.path}: received {writer.written} bytes, expected {meta.size}")
+            digest = writer.hasher.hexdigest()
+            if digest != meta.sha256:
+                raise IntegrityError(
+                    f"{self.path}: SHA-256 mismatch (got {digest}, expected {meta.sha256})")
+            return meta
+        finally:
+            watchdog.cancel()
+            consume(stream.done)
+            if not stream.finished:
+                stream.abort(ProtocolViolation("get abandoned"))
+            writer.stop()
+            await writer.drain()
+
+
+# --- atomic local files ------------------------------------------------------------
+
+class AtomicFile:
+    """A file written under a temporary name in the target's folder, renamed at the end.
+
+    Readers of ``target`` see the old file or the whole new one; a failed
+    get leaves the old file untouched and no partial file behind.
+    """
+
+    def __init__(self, target: str | os.PathLike) -> None:
+        target = os.fspath(target)
+        if os.path.isdir(target):
+            raise LocalError(f"{target} is a directory")
+        self.target = target
+        folder = os.path.dirname(os.path.abspath(target))
+        try:
+            fd, self.temp = tempfile.mkstemp(
+                dir=folder, prefix="." + os.path.basename(target) + ".", suffix=".storg-part")
+        except OSError as exc:
+            raise LocalError(f"cannot write in {folder}: {exc.strerror or exc}") from None
+        self.f: BinaryIO = os.fdopen(fd, "w+b")
+        self.finished = False
+
+    def commit(self) -> None:
+        """Make the content durable, then give it the target's name (mode as a new file's)."""
+        try:
+            self.f.flush()
+            os.fsync(self.f.fileno())
+            self.f.close()
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.temp, 0o666 & ~umask)
+            os.replace(self.temp, self.target)
+        except OSError as exc:
+            self.discard()
+            raise LocalError(f"cannot write {self.target}: {exc.strerror or exc}") from None
+        self.finished = True
+
+    def discard(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        try:
+            self.f.close()
+        except OSError:
+            pass
+        try:
+            os.unlink(self.temp)
+        except FileNotFoundError:
+            pass

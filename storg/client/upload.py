@@ -1,0 +1,269 @@
+"""One attempt of a put: read the source in pieces off the reactor, hash, send as the socket drains.
+
+See :mod:`storg.client.transfer` for the whole picture of a transfer."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+from typing import Any, BinaryIO
+
+from twisted.internet import defer
+
+from storg.client.errors import (
+    ClusterUnavailable,
+    LocalError,
+    ProtocolViolation,
+)
+from storg.client.transfer import (
+    MAX_PIECE,
+    SMALL_PUT,
+    Deadline,
+    Progress,
+    Watchdog,
+    consume,
+    in_thread,
+    no_progress,
+)
+from storg.net.connection import RequestConnection
+from storg.wire.files import (
+    FileInfo,
+    PutData,
+    PutDone,
+    PutEnd,
+    PutReady,
+    PutStart,
+)
+
+
+class UploadSource:
+    """A put's bytes: a local file (re-readable) or a binary stream such as stdin (read once).
+
+    ``consumed`` turns true with the first byte read; a put may be retried
+    from the start only while :meth:`can_restart` holds.
+    """
+
+    def __init__(self, fileobj: BinaryIO, *, owned: bool = False) -> None:
+        self.f = fileobj
+        self.owned = owned
+        try:
+            self.seekable = bool(fileobj.seekable())
+            self.start = fileobj.tell() if self.seekable else 0
+        except (OSError, ValueError, AttributeError):
+            self.seekable = False
+            self.start = 0
+        self.in_memory = isinstance(fileobj, io.BytesIO)
+        self.size = self._size()
+        self.consumed = False
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> UploadSource:
+        """Open a local file; an unreadable one is a LocalError (storgctl exit 2)."""
+        try:
+            f = open(path, "rb")
+        except OSError as exc:
+            raise LocalError(f"cannot read {os.fspath(path)}: {exc.strerror or exc}") from None
+        return cls(f, owned=True)
+
+    def _size(self) -> int | None:
+        if self.in_memory:
+            return max(len(self.f.getbuffer()) - self.start, 0)
+        try:
+            st = os.fstat(self.f.fileno())
+        except (OSError, ValueError, AttributeError):
+            return None
+        if stat.S_ISREG(st.st_mode):
+            return max(st.st_size - self.start, 0)
+        return None
+
+    def can_restart(self) -> bool:
+        return self.seekable or not self.consumed
+
+    def rewind(self) -> None:
+        if self.consumed and self.seekable:
+            self.f.seek(self.start)
+
+    def read_small(self, reactor: Any, limit: int) -> defer.Deferred:
+        """Fires with the whole content if it is known to be at most ``limit`` bytes, else None.
+
+        Nothing counts as read after None: the caller goes on with
+        :meth:`read_piece` from the start.  A regular file that grew past
+        ``limit`` meanwhile is rewound.
+        """
+        if self.size is None or self.size > limit or not self.seekable:
+            return defer.succeed(None)
+        if self.in_memory:
+            self.consumed = True
+            return defer.maybeDeferred(self._read_whole, limit)
+        self.consumed = True
+        return in_thread(reactor, self._read_whole, limit)
+
+    def _read_whole(self, limit: int) -> bytes | None:
+        try:
+            data = self.f.read(limit + 1)
+            if data is None or len(data) > limit:
+                self.f.seek(self.start)
+                return None
+        except (OSError, ValueError) as exc:
+            raise LocalError(f"reading the source failed: {exc}") from None
+        return bytes(data)
+
+    def read_piece(self, reactor: Any, size: int, hasher: Any) -> defer.Deferred:
+        """Read up to ``size`` bytes (fewer only at the end) and hash them, off the reactor thread."""
+        self.consumed = True
+        if self.in_memory:
+            return defer.maybeDeferred(self._read_and_hash, size, hasher)
+        return in_thread(reactor, self._read_and_hash, size, hasher)
+
+    def _read_and_hash(self, size: int, hasher: Any) -> bytes:
+        try:
+            data = self.f.read(size)
+        except (OSError, ValueError) as exc:
+            raise LocalError(f"reading the source failed: {exc}") from None
+        if data is None:  # a non-blocking stream with nothing ready
+            raise LocalError("the source is a non-blocking stream")
+        hasher.update(data)
+        return bytes(data)
+
+    def close(self) -> None:
+        if self.owned:
+            self.f.close()
+
+
+class Upload:
+    """One put, retried as a whole (same ``client_id`` and ``seq``) by the caller's loop."""
+
+    def __init__(self, reactor: Any, source: UploadSource, path: str, client_id: int, seq: int,
+                 progress: Progress | None = None) -> None:
+        self.reactor = reactor
+        self.source = source
+        self.path = path
+        self.client_id = client_id
+        self.seq = seq
+        self.progress = progress or no_progress
+        self.interrupted = ""
+
+    async def attempt(self, conn: RequestConnection, deadline: Deadline) -> FileInfo:
+        if not self.source.can_restart():
+            raise ClusterUnavailable(
+                f"the upload was interrupted ({self.interrupted or 'leader changed'}) "
+                "and its source cannot be read again")
+        self.source.rewind()
+        small = None
+        if conn.max_frame is not None:
+            small = await self.source.read_small(self.reactor, min(SMALL_PUT, conn.max_frame))
+        if small is not None:
+            return await self._attempt_small(conn, deadline, small)
+        ready: defer.Deferred = defer.Deferred()
+
+        def on_frame(frame: Any) -> bool:
+            if isinstance(frame, PutReady) and not ready.called:
+                ready.callback(frame)
+                return False
+            if isinstance(frame, PutDone) and ready.called:
+                return True
+            raise ProtocolViolation(f"unexpected {type(frame).__name__} during a put")
+
+        def fail_ready(failure: Any) -> Any:
+            if not ready.called:
+                ready.errback(failure)
+            return failure
+
+        stream = conn.request_stream(
+            lambda rid: PutStart(rid, self.path, self.client_id, self.seq), on_frame)
+        stream.done.addErrback(fail_ready)
+        watchdog = Watchdog(self.reactor, conn, deadline.remaining())
+        pending: defer.Deferred | None = None
+        try:
+            max_frame = (await ready).max_frame
+            if not 0 < max_frame:
+                raise ProtocolViolation(f"PutReady with max_frame {max_frame}")
+            conn.max_frame = max_frame
+            piece = min(max_frame, MAX_PIECE)
+            deadline.extend()
+            watchdog.reset(deadline.timeout)
+            hasher = hashlib.sha256()
+            sent = 0
+            self.progress(0, self.source.size)
+            pending = self.source.read_piece(self.reactor, piece, hasher)
+            while True:
+                data = await pending
+                pending = None
+                if not data:
+                    break
+                pending = self.source.read_piece(self.reactor, piece, hasher)
+                await conn.wait_writable(stream)
+                stream.send(PutData(stream.request_id, data))
+                sent += len(data)
+                deadline.extend()
+                watchdog.reset(deadline.timeout)
+                self.progress(sent, self.source.size)
+            stream.send(PutEnd(stream.request_id, sent, hasher.hexdigest()))
+            reply = await stream.done
+            return reply.info
+        except LocalError:
+            # The server holds half an upload under this request id: the
+            # protocol's only way to make it let go is to drop the connection.
+            conn.abort()
+            raise
+        except Exception as exc:
+            self.interrupted = str(exc) or type(exc).__name__
+            raise
+        finally:
+            watchdog.cancel()
+            consume(stream.done)
+            if not stream.finished:
+                stream.abort(ProtocolViolation("put abandoned"))
+            if pending is not None:
+                consume(pending)
+                if self.source.seekable:
+                    # A read still running in a thread must end before a retry seeks.
+                    await defer.DeferredList([pending], consumeErrors=True)
+
+    async def _attempt_small(self, conn: RequestConnection, deadline: Deadline, data: bytes) -> FileInfo:
+        """The whole put in one round trip: PutStart, PutData, PutEnd without waiting for PutReady.
+
+        A node that reads all three at once answers PutDone alone; one that
+        reads them apart sends PutReady first.
+        """
+        ready = [False]
+
+        def on_frame(frame: Any) -> bool:
+            if isinstance(frame, PutReady) and not ready[0]:
+                ready[0] = True
+                conn.max_frame = frame.max_frame
+                if frame.max_frame < len(data):
+                    raise ProtocolViolation(
+                        f"PutReady with max_frame {frame.max_frame}, below the {len(data)} bytes sent")
+                return False
+            if isinstance(frame, PutDone):
+                return True  # a node may skip PutReady when the PutEnd came with the PutStart
+            raise ProtocolViolation(f"unexpected {type(frame).__name__} during a put")
+
+        digest = hashlib.sha256(data).hexdigest()
+        self.progress(0, len(data))
+        stream = conn.request_stream(
+            lambda rid: PutStart(rid, self.path, self.client_id, self.seq), on_frame)
+        watchdog = Watchdog(self.reactor, conn, deadline.remaining())
+        try:
+            if data and not stream.finished:
+                stream.send(PutData(stream.request_id, data))
+            if not stream.finished:
+                stream.send(PutEnd(stream.request_id, len(data), digest))
+            reply = await stream.done
+            deadline.extend()
+            self.progress(len(data), len(data))
+            return reply.info
+        except Exception as exc:
+            self.interrupted = str(exc) or type(exc).__name__
+            raise
+        finally:
+            watchdog.cancel()
+            consume(stream.done)
+            if not stream.finished:
+                stream.abort(ProtocolViolation("put abandoned"))
+
+
+# --- get -----------------------------------------------------------------------
