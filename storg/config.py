@@ -1,4 +1,4 @@
-"""Load and validate a node's YAML configuration (INTERFACE.md, "Node configuration").
+"""Load and validate a node's YAML configuration (README.rst, section "Configuration").
 
 A node that starts with a wrong configuration does damage that is hard to
 undo (it may bootstrap a second cluster, or vote under the wrong name), so

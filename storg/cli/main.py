@@ -1,6 +1,6 @@
 """``storgctl``: the command line over the client library.
 
-Exit status (INTERFACE.md): 0 success; 1 refused; 2 usage or local error;
+Exit status (README.rst, section "Exit status"): 0 success; 1 refused; 2 usage or local error;
 3 cluster unavailable; 4 integrity error.  Every error is one line on
 stderr starting with ``storgctl: ``.
 """
@@ -47,7 +47,7 @@ class CliError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is the one line INTERFACE.md promises, exit 2."""
+    """argparse, but a usage error is the one line README.rst promises ("Exit status"), exit 2."""
 
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"storgctl: {message} (see storgctl --help)\n")

@@ -246,7 +246,7 @@ class ProcCluster:
         return code
 
     def wipe(self, nid: str) -> None:
-        """Kill the node and delete its data_dir: it comes back as a stranger (see INTERFACE.md)."""
+        """Kill the node and delete its data_dir: a stranger now (docs/architecture.rst, "Membership")."""
         self.kill(nid)
         shutil.rmtree(self.data_dir(nid), ignore_errors=True)
 

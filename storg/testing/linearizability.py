@@ -4,7 +4,7 @@ Why it exists: the fault tests record what concurrent clients saw while a
 nemesis broke the cluster, and this module decides whether some order of
 those operations, each taking effect at one instant between its invocation
 and its completion, explains every answer.  That is the property
-INTERFACE.md promises ("reads are linearizable", "an acknowledged put
+README.rst promises in "Guarantees" ("reads are linearizable", "an acknowledged put
 survives"), checked as Jepsen's Knossos and Porcupine do.
 
 The search is Wing & Gong's, with Lowe's memoisation: walk the history in

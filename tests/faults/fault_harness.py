@@ -7,7 +7,7 @@ client timeout: the operation may or may not have happened).  The nemesis
 breaks the cluster (kill -9, SIGSTOP, partitions through
 :class:`storg.testing.devcluster.LinkFirewall`) and counts what it did.  After a
 scenario, :func:`verify` heals everything and checks the guarantees of
-INTERFACE.md: same applied index and namespace on every node, every
+README.rst, section "Guarantees": same applied index and namespace on every node, every
 acknowledged put that nothing could have replaced is readable, and the
 whole history is linearizable (:mod:`storg.testing.linearizability`).
 """

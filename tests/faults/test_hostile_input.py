@@ -5,7 +5,7 @@ real nodes and sends random bytes, truncated frames, oversized length
 prefixes, and valid frames in the wrong place or order: PutData without
 PutStart, replies (GetEnd, PutDone, ...) sent by a "client", Raft messages
 to the client port, file frames to the peer port before and after a Hello,
-Hellos from strangers.  INTERFACE.md: such a connection is closed with one
+Hellos from strangers.  README.rst, "Guarantees": such a connection is closed with one
 log line and everyone else is served.  After every example all nodes must be
 alive; at the end a put/get round trip must still work.
 """

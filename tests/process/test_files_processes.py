@@ -1,4 +1,4 @@
-"""The file store end to end: real nodes, real storgctl, the guarantees of INTERFACE.md."""
+"""The file store end to end: real nodes, real storgctl, the guarantees of README.rst, "Guarantees"."""
 
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ the entry, the commit's own group-committed fsync makes the bytes durable
 and the holders write them on apply, fsyncing in one batch before the log
 is compacted past them.  4 KiB keeps the in-memory Raft log bounded
 (``snapshot_every`` entries of at most 4 KiB each).  Measured with
-benchmarks/file_bench.py: see the README.
+benchmarks/file_bench.py: see docs/benchmarks.rst, section "Current figures".
 """
 
 
