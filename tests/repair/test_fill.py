@@ -83,7 +83,7 @@ class Holders:
         raise ChunkUnavailable(f"no intact copy of chunk {chunk_hash}")
 
 
-class FakeFiles:
+class FillParts:
     """The parts the filler is given (node, state machine, chunks, chunk jobs, scrub's pace
     and counters), around a real state machine and store."""
 
@@ -130,7 +130,7 @@ def settle(clock: Clock, d: defer.Deferred, turns: int = 200) -> None:
 
 
 def test_only_absent_chunks_recorded_here_and_still_referenced_are_fetched(tmp_path):
-    files = FakeFiles(tmp_path)
+    files = FillParts(tmp_path)
     absent = [files.put(f"/a/{i}", blob(i)) for i in range(3)]
     present = files.put("/present", blob(10))
     files.store.put(blob(10))
@@ -158,7 +158,7 @@ def test_only_absent_chunks_recorded_here_and_still_referenced_are_fetched(tmp_p
 
 def test_the_map_is_walked_in_slices_with_a_single_stat_job_per_slice(tmp_path, monkeypatch):
     monkeypatch.setattr(fill_module, "SCAN_SLICE", 4)
-    files = FakeFiles(tmp_path)
+    files = FillParts(tmp_path)
     hashes = [files.put(f"/s/{i}", blob(i)) for i in range(10)]
     for h in hashes[:5]:
         files.store.put(files.holders.copies["n2"][h])
@@ -173,7 +173,7 @@ def test_the_map_is_walked_in_slices_with_a_single_stat_job_per_slice(tmp_path, 
 
 
 def test_requests_during_a_pass_are_coalesced_into_one_more_pass(tmp_path):
-    files = FakeFiles(tmp_path)
+    files = FillParts(tmp_path)
     first = files.put("/one", blob(1))
     files.holders.gate = defer.Deferred()
     filler = make_filler(files)
@@ -192,7 +192,7 @@ def test_requests_during_a_pass_are_coalesced_into_one_more_pass(tmp_path):
 
 
 def test_holders_down_are_retried_with_backoff_then_left_to_scrub(tmp_path):
-    files = FakeFiles(tmp_path)
+    files = FillParts(tmp_path)
     h = files.put("/f", blob(1))
     files.holders.down = {"n2", "n3"}
     filler = make_filler(files, retry_delays=(1.0, 4.0))
@@ -213,7 +213,7 @@ def test_holders_down_are_retried_with_backoff_then_left_to_scrub(tmp_path):
 
 
 def test_a_retry_finds_a_holder_back(tmp_path):
-    files = FakeFiles(tmp_path)
+    files = FillParts(tmp_path)
     h = files.put("/f", blob(1))
     files.holders.down = {"n2", "n3"}
     filler = make_filler(files, retry_delays=(2.0, 8.0))
@@ -227,7 +227,7 @@ def test_a_retry_finds_a_holder_back(tmp_path):
 
 @pytest.mark.parametrize("change", ["collected", "moved"])
 def test_a_chunk_that_stops_being_ours_during_the_fetch_is_not_stored(tmp_path, change):
-    files = FakeFiles(tmp_path)
+    files = FillParts(tmp_path)
     h = files.put("/f", blob(1))
     files.holders.gate = defer.Deferred()
     filler = make_filler(files)
@@ -246,7 +246,7 @@ def test_a_chunk_that_stops_being_ours_during_the_fetch_is_not_stored(tmp_path, 
 
 
 def test_fetches_are_paced_by_the_shared_rate_limiter(tmp_path):
-    files = FakeFiles(tmp_path, rate=1000)
+    files = FillParts(tmp_path, rate=1000)
     hashes = [files.put(f"/r/{i}", blob(i, 1000)) for i in range(3)]
     filler = make_filler(files, parallel=1)
     done = filler.trigger()
@@ -261,7 +261,7 @@ def test_fetches_are_paced_by_the_shared_rate_limiter(tmp_path):
 
 
 def test_stop_ends_a_pass_and_answers_waiting_triggers(tmp_path):
-    files = FakeFiles(tmp_path)
+    files = FillParts(tmp_path)
     files.put("/f", blob(1))
     files.holders.gate = defer.Deferred()
     filler = make_filler(files)
@@ -277,7 +277,7 @@ def test_stop_ends_a_pass_and_answers_waiting_triggers(tmp_path):
 # -- with the snapshot cluster: a follower installs the leader's snapshot, then fills ------
 
 
-class MemberFiles:
+class MemberFillParts:
     """The filler's parts for one SnapCluster member: its own store, the others' to read."""
 
     def __init__(self, cluster: SnapCluster, nid: str, stores: dict[str, ChunkStore]) -> None:
@@ -316,7 +316,7 @@ def test_a_follower_fills_the_copies_it_missed_right_after_installing_a_snapshot
     assert len(list(stores[lagger].list())) == 5
 
     back = c.start(lagger)
-    filler = make_filler(MemberFiles(c, lagger, stores))
+    filler = make_filler(MemberFillParts(c, lagger, stores))
     at_install: list[set[str]] = []
 
     def installed(_index: int) -> None:
