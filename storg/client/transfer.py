@@ -88,11 +88,9 @@ class Watchdog:
     def __init__(self, reactor: Any, conn: RequestConnection, delay: float) -> None:
         self.reactor = reactor
         self.conn = conn
-        self.fired = False
         self._call = reactor.callLater(max(delay, 0.0), self._fire)
 
     def _fire(self) -> None:
-        self.fired = True
         self.conn.abort()
 
     def reset(self, delay: float) -> None:

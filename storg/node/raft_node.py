@@ -149,7 +149,6 @@ class RaftNode:
         # (index, Deferred) of compactions waiting for the Ready in flight to finish
         self._compactions: list[tuple[int, defer.Deferred]] = []
         self.applied_index = core.applied_index
-        self.elections_seen = 0
         # The (term, vote) on disk: the core was built from it.
         self._persisted_term_vote = (core.term, core.vote)
 
@@ -576,7 +575,6 @@ class RaftNode:
         if soft.role == old.role and soft.leader == old.leader and soft.term == old.term:
             return
         if soft.role == Role.LEADER and old.role != Role.LEADER:
-            self.elections_seen += 1
             log.info("{node} became leader in term {term}", node=self.node_id, term=soft.term)
         elif soft.role != old.role:
             log.info("{node} is now {role} in term {term} (leader {leader})", node=self.node_id,

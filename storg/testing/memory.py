@@ -28,14 +28,12 @@ class MemoryLogStore:
         self.hard_state = HardState()
         self.snapshot = SnapshotMeta()
         self.entries: list[Entry] = []
-        self.persist_calls = 0
 
     def load(self) -> PersistedState:
         return PersistedState(self.hard_state, self.snapshot, list(self.entries))
 
     def persist(self, snapshot: SnapshotMeta | None, entries: Sequence[Entry],
                 hard_state: HardState | None) -> None:
-        self.persist_calls += 1
         if snapshot is not None:
             self.snapshot = snapshot
             self.entries = [e for e in self.entries if e.index > snapshot.index]

@@ -66,7 +66,6 @@ class RemoteChunks:
         self.address_of = address_of
         self.timeout = timeout
         self._connections: dict[str, RequestConnection] = {}
-        self._connecting: dict[str, defer.Deferred] = {}
 
     @defer.inlineCallbacks
     def connection(self, node_id: str):
