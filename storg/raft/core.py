@@ -45,12 +45,21 @@ from dataclasses import dataclass
 from storg.raft.errors import NotLeader, ProposalDropped
 from storg.raft.log import RaftLog
 from storg.raft.progress import Progress, ProgressState, ProgressView
-from storg.raft.quorum import (
-    VoteResult, apply_conf_change, committed_index, has_quorum, vote_result,
-)
+from storg.raft.quorum import VoteResult, apply_conf_change, committed_index, has_quorum, vote_result
 from storg.raft.types import (
-    NONE, ConfChange, ConfState, Entry, EntryType, HardState, Message,
-    MessageType, Ready, ReadState, Role, SnapshotMeta, SoftState,
+    NONE,
+    ConfChange,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    Message,
+    MessageType,
+    ReadState,
+    Ready,
+    Role,
+    SnapshotMeta,
+    SoftState,
 )
 
 __all__ = ["RaftConfig", "RaftCore", "ProgressView", "TRANSFER_CONTEXT"]

@@ -219,7 +219,8 @@ def _encode_batch(entries: Sequence[Entry]) -> tuple[list[bytes], int, array]:
             raise ValueError(f"a batch of {nbytes} bytes does not fit one record (at most {MAX_RECORD_BYTES})")
         if e.type not in _ENTRY_TYPES:
             raise ValueError(f"entry {e.index} has unknown type {e.type!r}")
-        return [_ONE.pack(MAGIC, nbytes, e.index, 1, e.term, e.type, len(e.data)), e.data], nbytes, array("Q", (e.term,))
+        head = _ONE.pack(MAGIC, nbytes, e.index, 1, e.term, e.type, len(e.data))
+        return [head, e.data], nbytes, array("Q", (e.term,))
     term_col, index_col, type_col, datas = zip(*entries, strict=True)  # one C-level pass over the batch
     first = index_col[0]
     if index_col != tuple(range(first, first + n)):

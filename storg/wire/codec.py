@@ -29,9 +29,10 @@ snapshot meta when flag bit 1 is set.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from storg.raft.types import Message, MessageType
 from storg.wire.messages import (

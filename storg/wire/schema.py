@@ -171,7 +171,7 @@ def layout(*kinds: Kind) -> Callable[[type], type]:
         names = [f.name for f in dataclasses.fields(cls)]
         if len(names) != len(kinds):
             raise TypeError(f"{cls.__name__} has {len(names)} fields but {len(kinds)} kinds")
-        _LAYOUTS[cls] = list(zip(names, kinds))
+        _LAYOUTS[cls] = list(zip(names, kinds, strict=True))
         return cls
 
     return attach

@@ -19,7 +19,14 @@ import pytest
 from storg.raft.core import RaftConfig, RaftCore
 from storg.raft.errors import ProposalRefused
 from storg.raft.types import (
-    ConfChange, ConfChangeType, ConfState, Entry, HardState, Message, MessageType, Role,
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    HardState,
+    Message,
+    MessageType,
+    Role,
     SnapshotMeta,
 )
 

@@ -11,8 +11,16 @@ from test_core_helpers import MT, Net, drain, log_of, new_core
 from storg.raft.core import RaftConfig, RaftCore
 from storg.raft.errors import NotLeader, ProposalDropped
 from storg.raft.types import (
-    ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message,
-    ReadState, Role, SnapshotMeta,
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    Message,
+    ReadState,
+    Role,
+    SnapshotMeta,
 )
 
 ADD_VOTER, ADD_LEARNER, REMOVE = (ConfChangeType.ADD_VOTER, ConfChangeType.ADD_LEARNER,

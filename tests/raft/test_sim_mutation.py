@@ -10,12 +10,11 @@ from __future__ import annotations
 import pytest
 
 from storg.raft.core import RaftConfig, RaftCore
-from storg.raft.sim.invariants import SafetyViolation
 from storg.raft.log import RaftLog
 from storg.raft.quorum import committed_index
+from storg.raft.sim.invariants import SafetyViolation
 from storg.raft.sim.sim import Cluster, run_seed
 from storg.raft.types import NONE, MessageType, ReadState, Role
-
 
 _real_maybe_commit = RaftCore._maybe_commit
 

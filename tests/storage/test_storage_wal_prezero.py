@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 import storg.storage.wal as wal_module
 from storg.raft.types import Entry, EntryType
 from storg.storage.errors import CorruptionError, DiskFullError

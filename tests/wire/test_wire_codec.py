@@ -35,11 +35,11 @@ from storg.wire import (
     Hello,
     HelloRefused,
     MemberAddress,
+    MemberRow,
     ProbeCommand,
     ProbeRead,
     ProbeReply,
     ProbeWrite,
-    MemberRow,
     StatusReply,
     StatusRequest,
 )

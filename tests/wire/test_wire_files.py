@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from storg.wire import CODEC, CodecError
 from storg.wire import files as F
-from storg.wire.schema import ListOf, Nested, layout, register_struct, U8, SHA256
 from storg.wire.codec import Codec
+from storg.wire.schema import SHA256, U8, ListOf, Nested, layout, register_struct
 
 u64 = st.integers(0, 2**64 - 1)
 u32 = st.integers(0, 2**32 - 1)

@@ -37,8 +37,16 @@ from storg.raft.errors import ProposalRefused
 from storg.raft.sim.invariants import SafetyChecker, SafetyViolation
 from storg.raft.sim.simnet import RELIABLE, Envelope, NetProfile, SimNetwork
 from storg.raft.types import (
-    ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState,
-    Message, MessageType, Role, SnapshotMeta,
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    Message,
+    MessageType,
+    Role,
+    SnapshotMeta,
 )
 
 TICK = 10
