@@ -45,7 +45,7 @@ class Entry(NamedTuple):
     """
 
     term: int
-    index: int
+    index: int  # type: ignore[assignment]  # hides tuple.index, on purpose (see above)
     type: EntryType = EntryType.NORMAL
     data: bytes = b""
 
