@@ -7,6 +7,8 @@ is installed where twistd's plugin scan finds it (that folder has no
 
 from setuptools import find_packages, setup
 
+LINT = ["ruff~=0.17.6", "mypy~=2.4.1", "types-PyYAML>=6.0"]
+
 setup(
     name="storg",
     version="0.3.1",
@@ -19,8 +21,11 @@ setup(
     packages=find_packages(include=["storg", "storg.*"]) + ["twisted.plugins"],
     package_data={"twisted.plugins": ["storg_plugin.py"]},
     install_requires=["Twisted>=23.8", "PyYAML>=6.0", "google-crc32c>=1.5"],
+    # The linters ride in the test extras too, so CI's one install has them
+    # (scripts/lint.sh); pinned to a minor release, as new ones add checks.
     extras_require={
-        "test": ["pytest>=7.4", "pytest-twisted>=1.14", "hypothesis>=6.80"],
+        "test": ["pytest>=7.4", "pytest-twisted>=1.14", "hypothesis>=6.80", *LINT],
+        "lint": LINT,
     },
     entry_points={"console_scripts": ["storgctl = storg.cli.main:main"]},
 )

@@ -41,24 +41,48 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, TypedDict
 
 from storg.raft.errors import NotLeader, ProposalDropped
 from storg.raft.log import RaftLog
 from storg.raft.progress import Progress, ProgressState, ProgressView
-from storg.raft.quorum import (
-    VoteResult, apply_conf_change, committed_index, has_quorum, vote_result,
-)
+from storg.raft.quorum import VoteResult, apply_conf_change, committed_index, has_quorum, vote_result
 from storg.raft.types import (
-    NONE, ConfChange, ConfState, Entry, EntryType, HardState, Message,
-    MessageType, Ready, ReadState, Role, SnapshotMeta, SoftState,
+    NONE,
+    ConfChange,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    Message,
+    MessageType,
+    ReadState,
+    Ready,
+    Role,
+    SnapshotMeta,
+    SoftState,
 )
 
-__all__ = ["RaftConfig", "RaftCore", "ProgressView", "TRANSFER_CONTEXT"]
+__all__ = ["CoreStatus", "RaftConfig", "RaftCore", "ProgressView", "TRANSFER_CONTEXT"]
 
 TRANSFER_CONTEXT = b"transfer"
 """VOTE context of a campaign that follows TIMEOUT_NOW: it may break the lease."""
 
 MT = MessageType
+
+
+class CoreStatus(TypedDict):
+    """What :meth:`RaftCore.status` returns (a plain dict at run time)."""
+
+    id: str
+    role: str
+    term: int
+    leader: str
+    commit_index: int
+    applied_index: int
+    last_index: int
+    voters: list[str]
+    learners: list[str]
 
 
 @dataclass(frozen=True)
@@ -176,7 +200,7 @@ class RaftCore:
             return {}
         return {peer: pr.view() for peer, pr in self._prs.items()}
 
-    def status(self) -> dict:
+    def status(self) -> CoreStatus:
         conf = self.conf
         return {
             "id": self.node_id,
@@ -833,7 +857,8 @@ class RaftCore:
     def _handle_append(self, m: Message) -> None:
         log = self._log
         ents = m.entries
-        prev, prev_term = m.index, m.log_term
+        prev = m.index
+        prev_term: int | None = m.log_term  # may be log.term_at() below, which is int | None
         for i, e in enumerate(ents):
             if e.index != prev + 1 + i or e.term > m.term:
                 return  # malformed
@@ -961,5 +986,5 @@ class RaftCore:
 
     # ------------------------------------------------------------------ util
 
-    def _send(self, mtype: MessageType, to: str, **fields) -> None:
+    def _send(self, mtype: MessageType, to: str, **fields: Any) -> None:
         self._msgs.append(Message(mtype, self.node_id, to, term=self.term, **fields))

@@ -45,7 +45,7 @@ class Entry(NamedTuple):
     """
 
     term: int
-    index: int
+    index: int  # type: ignore[assignment]  # hides tuple.index, on purpose (see above)
     type: EntryType = EntryType.NORMAL
     data: bytes = b""
 
@@ -85,7 +85,7 @@ class ConfChange:
         return _CC_HEAD.pack(int(self.type), len(nid), len(self.context)) + nid + self.context
 
     @classmethod
-    def decode(cls, data: bytes) -> "ConfChange":
+    def decode(cls, data: bytes) -> ConfChange:
         """Decode; raises ValueError on any malformed input."""
         if len(data) < _CC_HEAD.size:
             raise ValueError("conf change too short")

@@ -201,7 +201,7 @@ def segment_name(first_index: int) -> str:
 # -- encoding ----------------------------------------------------------------
 
 
-def _encode_batch(entries: Sequence[Entry]) -> tuple[list[bytes], int, array]:
+def _encode_batch(entries: Sequence[Entry]) -> tuple[list[bytes], int, array[int]]:
     """Frame a batch as the parts of one record, all but the CRC trailer.
 
     Returns the parts, the size of the whole record (trailer included) and
@@ -219,7 +219,8 @@ def _encode_batch(entries: Sequence[Entry]) -> tuple[list[bytes], int, array]:
             raise ValueError(f"a batch of {nbytes} bytes does not fit one record (at most {MAX_RECORD_BYTES})")
         if e.type not in _ENTRY_TYPES:
             raise ValueError(f"entry {e.index} has unknown type {e.type!r}")
-        return [_ONE.pack(MAGIC, nbytes, e.index, 1, e.term, e.type, len(e.data)), e.data], nbytes, array("Q", (e.term,))
+        head = _ONE.pack(MAGIC, nbytes, e.index, 1, e.term, e.type, len(e.data))
+        return [head, e.data], nbytes, array("Q", (e.term,))
     term_col, index_col, type_col, datas = zip(*entries, strict=True)  # one C-level pass over the batch
     first = index_col[0]
     if index_col != tuple(range(first, first + n)):
@@ -355,7 +356,7 @@ def _check_record(data: bytes, view: memoryview, pos: int) -> tuple[int, int, in
     return end, first, count
 
 
-def _columns(data: bytes, pos: int, end: int, count: int) -> tuple[array, bytes, array, int]:
+def _columns(data: bytes, pos: int, end: int, count: int) -> tuple[array[int], bytes, array[int], int]:
     """The term, type and size columns of a checked record, and where its data starts."""
     p = pos + HEADER_BYTES
     terms = array("Q", data[p:p + 8 * count])
@@ -399,11 +400,11 @@ class _Segment:
     first: int
     path: Path
     size: int = 0
-    terms: array = field(default_factory=lambda: array("Q"))
-    rec_first: array = field(default_factory=lambda: array("Q"))
-    rec_off: array = field(default_factory=lambda: array("Q"))
-    rec_len: array = field(default_factory=lambda: array("Q"))
-    rec_appended: array = field(default_factory=lambda: array("B"))
+    terms: array[int] = field(default_factory=lambda: array("Q"))
+    rec_first: array[int] = field(default_factory=lambda: array("Q"))
+    rec_off: array[int] = field(default_factory=lambda: array("Q"))
+    rec_len: array[int] = field(default_factory=lambda: array("Q"))
+    rec_appended: array[int] = field(default_factory=lambda: array("B"))
 
     @property
     def last(self) -> int:
@@ -413,7 +414,7 @@ class _Segment:
         """Position in the rec_* arrays of the record holding ``index``."""
         return bisect.bisect_right(self.rec_first, index) - 1
 
-    def add(self, first: int, offset: int, nbytes: int, terms: array) -> None:
+    def add(self, first: int, offset: int, nbytes: int, terms: array[int]) -> None:
         """Account for a record of entries ``first...`` at ``offset``, replacing any from ``first`` on."""
         appended = first > self.last
         if not appended:
@@ -549,7 +550,8 @@ class WriteAheadLog:
         self._zeros = memoryview(bytes(min(fill_bytes, segment_bytes)))
         self._segments = segments
         self._firsts = [s.first for s in segments]
-        self._fd: int | None = None
+        self._fd = -1
+        """The tail segment open for writing; -1 while none is (as in snapshot.py)."""
         self._filled = 0
         """Size of the tail file: bytes from the tail's logical size up to here are zeros."""
         self._failed: str | None = None
@@ -627,8 +629,8 @@ class WriteAheadLog:
             self._filled = os.fstat(self._fd).st_size
 
     def _close_fd(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
             os.close(fd)
 
     def close(self) -> None:

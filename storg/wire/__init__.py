@@ -4,6 +4,12 @@ Use :data:`CODEC` (``CODEC.encode(obj)`` / ``CODEC.decode(body)``); every
 decoding failure is a :class:`CodecError`.
 """
 
+# Imported for what importing them does: each registers its frames on CODEC.
+from storg.wire import (
+    admin,  # noqa: F401  (the membership and transfer frames)
+    files,  # noqa: F401  (the file store's frames)
+    snapshots,  # noqa: F401  (the snapshot streaming frames)
+)
 from storg.wire.codec import (
     CODEC,
     ERROR_REPLY,
@@ -37,14 +43,11 @@ from storg.wire.messages import (
     StatusRequest,
 )
 from storg.wire.records import CodecError, Reader
-from storg.wire import files  # noqa: E402,F401  (registers the file store's frames on CODEC)
-from storg.wire import snapshots  # noqa: E402,F401  (registers the snapshot streaming frames)
-from storg.wire import admin  # noqa: E402,F401  (registers the membership and transfer frames)
 
 __all__ = [
-    "BAD_REQUEST", "CODEC", "Codec", "CodecError", "ERROR_REPLY", "ErrorCode",
-    "ErrorReply", "HELLO", "HELLO_REFUSED", "Hello", "HelloRefused", "INTEGRITY",
-    "INTERNAL", "MAX_FRAME_BYTES", "MEMBER_ADDRESS", "MemberAddress", "MemberRow", "NOT_FOUND",
-    "NOT_LEADER", "PROTOCOL_VERSION", "ProbeCommand", "ProbeRead", "ProbeReply", "ProbeWrite", "Reader", "STATUS_REPLY", "STATUS_REQUEST",
-    "StatusReply", "StatusRequest", "UNAVAILABLE",
+    "BAD_REQUEST", "CODEC", "Codec", "CodecError", "ERROR_REPLY", "ErrorCode", "ErrorReply",
+    "HELLO", "HELLO_REFUSED", "Hello", "HelloRefused", "INTEGRITY", "INTERNAL", "MAX_FRAME_BYTES",
+    "MEMBER_ADDRESS", "MemberAddress", "MemberRow", "NOT_FOUND", "NOT_LEADER", "PROTOCOL_VERSION",
+    "ProbeCommand", "ProbeRead", "ProbeReply", "ProbeWrite", "Reader", "STATUS_REPLY",
+    "STATUS_REQUEST", "StatusReply", "StatusRequest", "UNAVAILABLE",
 ]

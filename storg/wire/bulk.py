@@ -16,8 +16,9 @@ import dataclasses
 import struct
 from typing import Any
 
-from storg.wire.codec import CODEC, MAX_FRAME_BYTES, CodecError
+from storg.wire.codec import CODEC, MAX_FRAME_BYTES
 from storg.wire.files import ChunkData, ChunkPut, ChunkPutAfter, GetData, PutData
+from storg.wire.records import CodecError
 
 FRAME_HEADER = struct.Struct("!I")
 """The int32 length prefix of every frame (``Int32StringReceiver``'s)."""

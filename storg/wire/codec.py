@@ -29,9 +29,10 @@ snapshot meta when flag bit 1 is set.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from storg.raft.types import Message, MessageType
 from storg.wire.messages import (
@@ -71,7 +72,7 @@ a 1 MiB file chunk plus its headers, with a wide margin; the peer protocol
 sets ``Int32StringReceiver.MAX_LENGTH`` to it.
 """
 
-Encoder = Callable[[Any, list], None]
+Encoder = Callable[[Any, list[bytes]], None]
 """Appends the layout of an object (without version and type) to a list of byte strings."""
 
 Decoder = Callable[[Reader], Any]
@@ -146,7 +147,7 @@ class Codec:
     def encode(self, obj: object) -> bytes:
         """The frame body for ``obj``; CodecError if it cannot be encoded or is too big."""
         tb = self.type_byte(obj)
-        parts: list = [bytes((PROTOCOL_VERSION, tb))]
+        parts: list[bytes] = [bytes((PROTOCOL_VERSION, tb))]
         try:
             self._families[type(obj)].encoder(obj, parts)
         except CodecError:
@@ -218,7 +219,7 @@ _FLAG_SNAPSHOT = 2
 _KNOWN_FLAGS = _FLAG_REJECT | _FLAG_SNAPSHOT
 
 
-def encode_message(m: Message, out: list) -> None:
+def encode_message(m: Message, out: list[bytes]) -> None:
     """Every field, whatever the type, so a message always round-trips exactly."""
     flags = (_FLAG_REJECT if m.reject else 0) | (_FLAG_SNAPSHOT if m.snapshot is not None else 0)
     out.append(short_str(m.frm))
@@ -260,7 +261,7 @@ MEMBER_ADDRESS = 37
 _MEMBER_ADDRESS_MIN_BYTES = 1 + 2 + 2
 
 
-def encode_hello(h: Hello, out: list) -> None:
+def encode_hello(h: Hello, out: list[bytes]) -> None:
     out += (_U16.pack(h.version), str16(h.cluster_id), short_str(h.node_id), str16(h.instance_id))
 
 
@@ -268,7 +269,7 @@ def read_hello(r: Reader) -> Hello:
     return Hello(r.u16(), r.str16(), r.short_str(), r.str16())
 
 
-def encode_hello_refused(h: HelloRefused, out: list) -> None:
+def encode_hello_refused(h: HelloRefused, out: list[bytes]) -> None:
     out.append(str32(h.reason))
 
 
@@ -276,7 +277,7 @@ def read_hello_refused(r: Reader) -> HelloRefused:
     return HelloRefused(r.str32())
 
 
-def encode_status_request(s: StatusRequest, out: list) -> None:
+def encode_status_request(s: StatusRequest, out: list[bytes]) -> None:
     out.append(_U64.pack(s.request_id))
 
 
@@ -284,7 +285,7 @@ def read_status_request(r: Reader) -> StatusRequest:
     return StatusRequest(r.u64())
 
 
-def encode_member_row(m: MemberRow, out: list) -> None:
+def encode_member_row(m: MemberRow, out: list[bytes]) -> None:
     out += (
         short_str(m.id), short_str(m.role), _U64.pack(m.term), short_str(m.leader),
         _U64.pack(m.commit_index), _U64.pack(m.applied_index), _U64.pack(m.last_index),
@@ -295,7 +296,7 @@ def read_member_row(r: Reader) -> MemberRow:
     return MemberRow(r.short_str(), r.short_str(), r.u64(), r.short_str(), r.u64(), r.u64(), r.u64())
 
 
-def encode_member_address(a: MemberAddress, out: list) -> None:
+def encode_member_address(a: MemberAddress, out: list[bytes]) -> None:
     out += (short_str(a.id), str16(a.peer), str16(a.client))
 
 
@@ -303,7 +304,7 @@ def read_member_address(r: Reader) -> MemberAddress:
     return MemberAddress(r.short_str(), r.str16(), r.str16())
 
 
-def encode_status_reply(s: StatusReply, out: list) -> None:
+def encode_status_reply(s: StatusReply, out: list[bytes]) -> None:
     out.append(_U64.pack(s.request_id))
     encode_member_row(s.row, out)
     out.append(_U16.pack(len(s.members)))
@@ -319,7 +320,7 @@ def read_status_reply(r: Reader) -> StatusReply:
     return StatusReply(request_id, row, tuple([read_member_address(r) for _ in range(count)]))
 
 
-def encode_error_reply(e: ErrorReply, out: list) -> None:
+def encode_error_reply(e: ErrorReply, out: list[bytes]) -> None:
     out += (_U64.pack(e.request_id), _U16.pack(e.code), str32(e.message), str16(e.leader))
 
 
@@ -336,7 +337,7 @@ PROBE_COMMAND = 64
 """Type bytes from 64 up are state machine commands (log entry payloads)."""
 
 
-def encode_probe_write(p: ProbeWrite, out: list) -> None:
+def encode_probe_write(p: ProbeWrite, out: list[bytes]) -> None:
     out += (_U64.pack(p.request_id), bytes32(p.payload))
 
 
@@ -344,7 +345,7 @@ def read_probe_write(r: Reader) -> ProbeWrite:
     return ProbeWrite(r.u64(), r.bytes32())
 
 
-def encode_probe_read(p: ProbeRead, out: list) -> None:
+def encode_probe_read(p: ProbeRead, out: list[bytes]) -> None:
     out.append(_U64.pack(p.request_id))
 
 
@@ -352,7 +353,7 @@ def read_probe_read(r: Reader) -> ProbeRead:
     return ProbeRead(r.u64())
 
 
-def encode_probe_reply(p: ProbeReply, out: list) -> None:
+def encode_probe_reply(p: ProbeReply, out: list[bytes]) -> None:
     out += (_U64.pack(p.request_id), _U64.pack(p.index))
 
 
@@ -360,7 +361,7 @@ def read_probe_reply(r: Reader) -> ProbeReply:
     return ProbeReply(r.u64(), r.u64())
 
 
-def encode_probe_command(p: ProbeCommand, out: list) -> None:
+def encode_probe_command(p: ProbeCommand, out: list[bytes]) -> None:
     out.append(bytes32(p.payload))
 
 

@@ -23,9 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from storg.wire.codec import CODEC
-from storg.wire.schema import (
-    BOOL, BYTES32, ID, SHA256, STR16, U32, U64, ListOf, Nested, layout, register_struct,
-)
+from storg.wire.schema import BOOL, BYTES32, ID, SHA256, STR16, U32, U64, ListOf, Nested, layout, register_struct
 
 
 @layout(SHA256, U32, ListOf(ID))

@@ -61,7 +61,8 @@ class Reader:
         self.pos += n
         return out
 
-    def unpack(self, st: struct.Struct) -> tuple:
+    def unpack(self, st: struct.Struct) -> tuple[int, ...]:
+        """The fields of ``st``, an integer-only layout (every caller's is)."""
         if self.pos + st.size > self.end:
             raise CodecError(f"truncated: need {st.size} bytes at offset {self.pos}, have {self.end - self.pos}")
         out = st.unpack_from(self.buf, self.pos)

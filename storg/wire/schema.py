@@ -20,9 +20,12 @@ from __future__ import annotations
 import dataclasses
 import struct
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from storg.wire.records import CodecError, Reader, bytes32, short_str, str16, str32
+
+if TYPE_CHECKING:
+    from storg.wire.codec import Codec
 
 _U8 = struct.Struct(">B")
 _U16 = struct.Struct(">H")
@@ -40,7 +43,7 @@ class Kind:
     min_bytes = 1
     code: str | None = None
 
-    def write(self, value: Any, out: list) -> None:
+    def write(self, value: Any, out: list[bytes]) -> None:
         raise TypeError
 
     def read(self, r: Reader) -> Any:
@@ -54,7 +57,7 @@ class _Int(Kind):
         self.min_bytes = st.size
         self.limit = 1 << (8 * st.size)
 
-    def write(self, value: Any, out: list) -> None:
+    def write(self, value: Any, out: list[bytes]) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < self.limit:
             raise CodecError(f"{value!r} does not fit in {self.st.size} unsigned bytes")
         out.append(self.st.pack(value))
@@ -64,7 +67,7 @@ class _Int(Kind):
 
 
 class _Bool(Kind):
-    def write(self, value: Any, out: list) -> None:
+    def write(self, value: Any, out: list[bytes]) -> None:
         out.append(b"\x01" if value else b"\x00")
 
     def read(self, r: Reader) -> bool:
@@ -77,10 +80,10 @@ class _Bool(Kind):
 class _Text(Kind):
     def __init__(self, encode: Callable[[str], bytes], read_name: str, head: int) -> None:
         self.encode = encode
-        self.read = getattr(Reader, read_name)  # type: ignore[method-assign] -- Reader.str16(r), unbound
+        self.read = getattr(Reader, read_name)  # type: ignore[method-assign]  # Reader.str16(r), unbound
         self.min_bytes = head
 
-    def write(self, value: Any, out: list) -> None:
+    def write(self, value: Any, out: list[bytes]) -> None:
         if not isinstance(value, str):
             raise CodecError(f"expected text, got {type(value).__name__}")
         out.append(self.encode(value))
@@ -89,7 +92,7 @@ class _Text(Kind):
 class _Bytes(Kind):
     min_bytes = 4
 
-    def write(self, value: Any, out: list) -> None:
+    def write(self, value: Any, out: list[bytes]) -> None:
         if not isinstance(value, (bytes, bytearray, memoryview)):
             raise CodecError(f"expected bytes, got {type(value).__name__}")
         out.append(bytes32(bytes(value)))
@@ -101,7 +104,7 @@ class _Bytes(Kind):
 class _Sha256(Kind):
     min_bytes = 32
 
-    def write(self, value: Any, out: list) -> None:
+    def write(self, value: Any, out: list[bytes]) -> None:
         try:
             raw = bytes.fromhex(value)
         except (TypeError, ValueError):
@@ -120,13 +123,13 @@ class ListOf(Kind):
     def __init__(self, item: Kind) -> None:
         self.item = item
 
-    def write(self, value: Any, out: list) -> None:
+    def write(self, value: Any, out: list[bytes]) -> None:
         items = tuple(value)
         out.append(_U32.pack(len(items)))
         for item in items:
             self.item.write(item, out)
 
-    def read(self, r: Reader) -> tuple:
+    def read(self, r: Reader) -> tuple[Any, ...]:
         count = r.u32()
         if count * self.item.min_bytes > r.remaining():
             raise CodecError(f"{count} items cannot fit in the {r.remaining()} bytes left")
@@ -141,7 +144,7 @@ class Nested(Kind):
         self.min_bytes = sum(k.min_bytes for _, k in self.fields)
         self._read = compile_reader(cls, self.fields)
 
-    def write(self, value: Any, out: list) -> None:
+    def write(self, value: Any, out: list[bytes]) -> None:
         if type(value) is not self.cls:
             raise CodecError(f"expected {self.cls.__name__}, got {type(value).__name__}")
         write_fields(self.fields, value, out)
@@ -171,7 +174,7 @@ def layout(*kinds: Kind) -> Callable[[type], type]:
         names = [f.name for f in dataclasses.fields(cls)]
         if len(names) != len(kinds):
             raise TypeError(f"{cls.__name__} has {len(names)} fields but {len(kinds)} kinds")
-        _LAYOUTS[cls] = list(zip(names, kinds))
+        _LAYOUTS[cls] = list(zip(names, kinds, strict=True))
         return cls
 
     return attach
@@ -184,7 +187,7 @@ def _layout_of(cls: type) -> list[tuple[str, Kind]]:
         raise TypeError(f"{cls.__name__} has no @layout") from None
 
 
-def write_fields(fields: Sequence[tuple[str, Kind]], obj: Any, out: list) -> None:
+def write_fields(fields: Sequence[tuple[str, Kind]], obj: Any, out: list[bytes]) -> None:
     for name, kind in fields:
         kind.write(getattr(obj, name), out)
 
@@ -218,7 +221,9 @@ def compile_reader(cls: type, fields: Sequence[tuple[str, Kind]]) -> Callable[[R
     if len(steps) == 1 and steps[0][0] is not None:
         only = steps[0][0]
         return lambda r: cls(*r.unpack(only))
-    plan = [(st, None if kind is None else kind.read) for st, kind in steps]
+    # A step's reader is None exactly where its struct is not: Any says so
+    # without a check in the loop below, which runs for every frame.
+    plan: list[tuple[struct.Struct | None, Any]] = [(st, None if kind is None else kind.read) for st, kind in steps]
 
     def read(r: Reader) -> Any:
         values: list[Any] = []
@@ -232,7 +237,7 @@ def compile_reader(cls: type, fields: Sequence[tuple[str, Kind]]) -> Callable[[R
     return read
 
 
-def register_struct(codec: Any, type_byte: int, cls: type) -> None:
+def register_struct(codec: Codec, type_byte: int, cls: type) -> None:
     """Register a @layout dataclass on ``codec`` under ``type_byte``."""
     fields = _layout_of(cls)
     codec.register(type_byte, cls,

@@ -12,16 +12,7 @@ import random
 from collections.abc import Callable, Iterable
 
 from storg.raft.core import RaftConfig, RaftCore
-from storg.raft.types import (
-    ConfState,
-    Entry,
-    HardState,
-    Message,
-    MessageType,
-    ReadState,
-    Role,
-    SnapshotMeta,
-)
+from storg.raft.types import ConfState, Entry, HardState, Message, MessageType, ReadState, Role, SnapshotMeta
 
 MT = MessageType
 

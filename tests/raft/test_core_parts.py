@@ -8,14 +8,7 @@ from hypothesis import strategies as st
 
 from storg.raft.log import RaftLog
 from storg.raft.progress import Progress, ProgressState
-from storg.raft.quorum import (
-    VoteResult,
-    apply_conf_change,
-    committed_index,
-    has_quorum,
-    majority,
-    vote_result,
-)
+from storg.raft.quorum import VoteResult, apply_conf_change, committed_index, has_quorum, majority, vote_result
 from storg.raft.types import ConfChange, ConfChangeType, ConfState, Entry, SnapshotMeta
 
 # Non-decreasing term sequences, as every Raft log is.

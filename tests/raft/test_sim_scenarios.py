@@ -199,7 +199,7 @@ def test_figure8_crash_loop(seed):
         ld = cl.leader()
         if ld is not None:
             if rng.random() < 0.5:   # it died while sending: some APPENDs never left
-                cl.net.discard(lambda m: m.frm == ld and rng.random() < 0.6)
+                cl.net.discard(lambda m, ld=ld: m.frm == ld and rng.random() < 0.6)
             cl.crash(ld)
         if len(cl.live()) < 3:
             down = [i for i in cl.ids if i not in cl.live()]

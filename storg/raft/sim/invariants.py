@@ -21,6 +21,9 @@ event and still catches a violation at the step that caused it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NoReturn
+
 from storg.raft.types import Entry, HardState, SnapshotMeta
 
 
@@ -47,13 +50,13 @@ class SafetyChecker:
         return self._max_committed
 
     @staticmethod
-    def fail(text: str) -> None:
+    def fail(text: str) -> NoReturn:
         raise SafetyViolation(text)
 
     # -- Election Safety and Leader Completeness ---------------------------
 
     def on_leader(self, node: str, term: int, first_index: int,
-                  term_at) -> None:
+                  term_at: Callable[[int], int | None]) -> None:
         """A node was seen as leader of ``term``; called once per (node, term).
 
         ``term_at(i)`` is the leader's log lookup; entries at or below

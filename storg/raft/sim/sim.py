@@ -31,14 +31,23 @@ import traceback
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any, TextIO
 
 from storg.raft.core import RaftConfig, RaftCore
 from storg.raft.errors import ProposalRefused
 from storg.raft.sim.invariants import SafetyChecker, SafetyViolation
 from storg.raft.sim.simnet import RELIABLE, Envelope, NetProfile, SimNetwork
 from storg.raft.types import (
-    ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState,
-    Message, MessageType, Role, SnapshotMeta,
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    Message,
+    MessageType,
+    Role,
+    SnapshotMeta,
 )
 
 TICK = 10
@@ -126,6 +135,7 @@ class SimStore:
         del self.entries[first - self.snapshot.index - 1:]
         prev_index = first - 1
         prev_term = self.term_at(prev_index)
+        assert prev_term is not None  # the range check above: prev_index is in the log or its snapshot
         for e in entries:
             if e.index != prev_index + 1:
                 checker.fail(f"{node}: Ready.entries not contiguous at {e.index}")
@@ -202,7 +212,7 @@ class Cluster:
         self.net.on_drop = self._on_drop
         self.ids = list(ids) if ids else [f"n{i}" for i in range(1, n + 1)]
         self.checker = SafetyChecker()
-        self.trace: deque[tuple] = deque(maxlen=trace_len)
+        self.trace: deque[tuple[Any, ...]] = deque(maxlen=trace_len)
         self.now = 0
         self.ticks = 0
         self.acked: dict[bytes, int] = {}
@@ -271,9 +281,9 @@ class Cluster:
     # -- network control -------------------------------------------------
 
     def partition(self, *groups: Iterable[str]) -> None:
-        groups = [sorted(g) for g in groups]
-        self._event("partition", groups)
-        self.net.partition(*groups)
+        sides = [sorted(g) for g in groups]
+        self._event("partition", sides)
+        self.net.partition(*sides)
 
     def isolate(self, node_id: str) -> None:
         self._event("isolate", node_id)
@@ -330,7 +340,7 @@ class Cluster:
     # -- observation ------------------------------------------------------
 
     def leaders(self) -> list[str]:
-        return [i for i in self.live() if self.nodes[i].core.role == Role.LEADER]
+        return [i for i in self.live() if self.core(i).role == Role.LEADER]
 
     def leader(self) -> str | None:
         """The live leader of the highest term, if any."""
@@ -349,9 +359,9 @@ class Cluster:
         voters = core.conf.voters
         if ld not in voters:
             return None
-        following = sum(1 for v in voters if self.nodes[v].core is not None
-                        and self.nodes[v].core.term == core.term
-                        and self.nodes[v].core.leader == ld)
+        following = sum(1 for v in voters if (vc := self.nodes[v].core) is not None
+                        and vc.term == core.term
+                        and vc.leader == ld)
         return ld if following * 2 > len(voters) else None
 
     def wait_leader(self, max_ticks: int = LEADER_BOUND_TICKS) -> str | None:
@@ -375,7 +385,7 @@ class Cluster:
         data = data if data is not None else self.new_command()
         node = self.nodes[on]
         try:
-            index = node.core.propose(data)
+            index = self.core(on).propose(data)
         except ProposalRefused as exc:
             self._event("refused", on, data, type(exc).__name__)
             return None
@@ -391,7 +401,7 @@ class Cluster:
             return None
         node = self.nodes[on]
         try:
-            index = node.core.propose_conf_change(cc)
+            index = self.core(on).propose_conf_change(cc)
         except ProposalRefused as exc:
             self._event("refused", on, cc, type(exc).__name__)
             return None
@@ -407,7 +417,7 @@ class Cluster:
         node = self.nodes[on]
         self._event("transfer", on, to)
         try:
-            node.core.transfer_leadership(to)
+            self.core(on).transfer_leadership(to)
         except ProposalRefused:
             return
         self._process(node)
@@ -416,7 +426,7 @@ class Cluster:
     def campaign(self, node_id: str) -> None:
         node = self.nodes[node_id]
         self._event("campaign", node_id)
-        node.core.campaign()
+        self.core(node_id).campaign()
         self._process(node)
         self._flush()
 
@@ -429,7 +439,7 @@ class Cluster:
         ctx = b"r%d" % len(self.reads)
         self.reads[ctx] = self.checker.max_committed()
         try:
-            node.core.read_index(ctx)
+            self.core(on).read_index(ctx)
         except ProposalRefused:
             return None
         self._event("read_index", on, ctx)
@@ -574,6 +584,7 @@ class Cluster:
 
     def _observe(self, node: SimNode) -> None:
         core = node.core
+        assert core is not None  # called from _process, on a live node
         if core.role == Role.LEADER and node.leader_term != core.term:
             node.leader_term = core.term
             self._event("leader", node.id, core.term)
@@ -585,7 +596,7 @@ class Cluster:
                 self.checker.on_commit(node.id, i, core.term_at(i), term)
             node.seen_commit = ci
 
-    def _event(self, kind: str, *args) -> None:
+    def _event(self, kind: str, *args: object) -> None:
         self.trace.append((self.now, kind, *args))
         self.stats[kind] += 1
 
@@ -815,7 +826,7 @@ class SeedResult:
 
 
 def run_seed(seed: int, nodes: int = 5, steps: int = DEFAULT_STEPS,
-             core_factory: Callable | None = None) -> SeedResult:
+             core_factory: Callable[..., RaftCore] | None = None) -> SeedResult:
     """One chaotic run plus the convergence check; never raises on a violation."""
     rng = random.Random(f"chaos/{seed}")
     cl = None
@@ -869,7 +880,7 @@ def run_seeds(seeds: Sequence[int], nodes: int = 5, steps: int = DEFAULT_STEPS,
         return pool.map(_run_one, work, chunksize=max(1, len(work) // (jobs * 8)))
 
 
-def main(argv: Sequence[str] | None = None, out=None) -> int:
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """The CLI; returns the exit status (non-zero on any violation)."""
     out = out or sys.stdout
     p = argparse.ArgumentParser(prog="python -m storg.raft.sim",
