@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import percentile, run_passes
 from twisted.internet import defer, task
 
+from benchlib import percentile, run_passes
 from storg.client.api import StorgClient
 from storg.testing.devcluster import ProcCluster
 

@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import CpuMeter, percentile, run_passes
 from twisted.internet import defer
 
+from benchlib import CpuMeter, percentile, run_passes
 from storg.client.api import StorgClient
 from storg.testing.devcluster import ProcCluster, wait_for
 

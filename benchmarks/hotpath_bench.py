@@ -81,7 +81,7 @@ def decode_round(frames: list[tuple[str, bytes, type]], plain: bool) -> dict[str
                 r.done()
                 return obj
         else:
-            def decode(frame=frame, read=compile_reader(cls, fields)):
+            def decode(frame=frame, read=compile_reader(cls, fields)):  # noqa: B008 -- compiled once, at definition
                 r = Reader(frame, 2)
                 obj = read(r)
                 r.done()

@@ -163,7 +163,7 @@ def in_process_costs(files: int, repeats: int, workdir: Path) -> dict:
         c2, w2 = time.process_time(), time.perf_counter()
         rows.append((size, c1 - c0, w1 - w0, c2 - c1, w2 - w1))
     store.close()
-    med = [statistics.median(col) for col in zip(*rows)]
+    med = [statistics.median(col) for col in zip(*rows, strict=True)]
     return {"bytes": med[0], "write_cpu_s": med[1], "write_wall_s": med[2],
             "load_cpu_s": med[3], "load_wall_s": med[4]}
 

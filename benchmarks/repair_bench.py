@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import run_passes
 from twisted.internet import defer, task
 
+from benchlib import run_passes
 from storg.client.api import StorgClient
 from storg.testing.devcluster import ProcCluster, wait_for
 

@@ -105,7 +105,7 @@ def format_status(rows: list[dict[str, Any]]) -> str:
         tuple("-" if row[k] in (None, "") else str(row[k]) for k in STATUS_KEYS) for row in rows
     ]
     widths = [max(len(r[i]) for r in table) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table)
 
 
 async def run_status(client: StorgClient, args: argparse.Namespace) -> int:
@@ -133,7 +133,7 @@ async def run_scrub(client: StorgClient, args: argparse.Namespace) -> int:
         tuple("-" if row.get(k) is None else str(row[k]).lower() for _, k in SCRUB_COLUMNS)
         for row in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(SCRUB_COLUMNS))]
-    print("\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table))
+    print("\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table))
     return EXIT_OK
 
 

@@ -72,7 +72,7 @@ def format_members(members: list[MemberInfo]) -> str:
     headers = ("ID", "ROLE", "PEER", "CLIENT")
     table = [headers] + [(m.id, m.role, m.peer or "-", m.client or "-") for m in members]
     widths = [max(len(r[i]) for r in table) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table)
 
 
 class AddProgress:

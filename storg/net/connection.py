@@ -35,8 +35,8 @@ from twisted.python.failure import Failure
 from storg.net.errors import ProtocolViolation, ServerError, error_for
 from storg.net.flow import WriteWindow
 from storg.net.framing import FrameReceiver, send_bulk
-from storg.wire.bulk import decode_bulk
 from storg.wire import CodecError, ErrorReply
+from storg.wire.bulk import decode_bulk
 
 __all__ = [
     "RequestConnection", "ProtocolViolation", "ServerError", "Stream", "connect", "split_address",
@@ -230,7 +230,7 @@ class RequestConnection(FrameReceiver):
         else:
             stream._frame(reply)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: object = None) -> None:
         super().connectionLost(reason)
         self.connected = 0  # Twisted leaves it set; StorgClient checks it before reusing us
         self._fail_all(ConnectionLost("connection to the node was lost"))

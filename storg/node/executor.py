@@ -103,7 +103,7 @@ class SerialExecutor:
             job = None
             try:
                 result = fn(*args)
-            except BaseException:  # noqa: BLE001 -- the caller's Deferred carries it
+            except BaseException:  # the caller's Deferred carries it
                 call_from_thread(d.errback, Failure())
             else:
                 call_from_thread(d.callback, result)

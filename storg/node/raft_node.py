@@ -39,8 +39,18 @@ from storg.node.executor import SerialExecutor, Submit
 from storg.raft.core import RaftCore
 from storg.raft.errors import NotLeader, ProposalDropped
 from storg.raft.types import (
-    ConfChange, Entry, EntryType, HardState, Message, MessageType, PersistedState, ReadState, Ready,
-    Role, SnapshotMeta, SoftState,
+    ConfChange,
+    Entry,
+    EntryType,
+    HardState,
+    Message,
+    MessageType,
+    PersistedState,
+    ReadState,
+    Ready,
+    Role,
+    SnapshotMeta,
+    SoftState,
 )
 
 log = Logger(namespace="storg.node")
@@ -105,7 +115,7 @@ class RaftNode:
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
-            reactor = global_reactor  # type: ignore[assignment]
+            reactor = global_reactor
         self.core = core
         self.node_id = core.node_id
         self._log_store = log_store

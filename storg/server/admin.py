@@ -96,7 +96,7 @@ class MembershipAdmin:
         self.removed = False
 
     @classmethod
-    def for_service(cls, service: Any) -> "MembershipAdmin":
+    def for_service(cls, service: Any) -> MembershipAdmin:
         """Built from a NodeService: a removed node stops its reactor (exit status 0)."""
         reactor = service.reactor
 
@@ -150,7 +150,7 @@ class MembershipAdmin:
                 return index
             except ProposalDropped as exc:
                 if waited >= PROPOSE_RETRY_SECONDS:
-                    raise RequestError(ErrorCode.UNAVAILABLE, f"membership change refused: {exc}")
+                    raise RequestError(ErrorCode.UNAVAILABLE, f"membership change refused: {exc}") from None
             await _sleep(self.reactor, POLL_SECONDS)
             waited += POLL_SECONDS
 

@@ -44,7 +44,8 @@ from __future__ import annotations
 
 import random
 import struct
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.protocol import ClientFactory, ServerFactory
@@ -140,7 +141,7 @@ class _PeerProtocol(FrameReceiver):
 
     def _handshake_timed_out(self) -> None:
         self._timeout = None
-        self.violation("no handshake within {:g} s".format(self.handshake_timeout))
+        self.violation(f"no handshake within {self.handshake_timeout:g} s")
 
     def send_object(self, obj: object) -> None:
         self.sendString(CODEC.encode(obj))
@@ -179,7 +180,7 @@ class PeerServerProtocol(_PeerProtocol):
 
     direction = "from"
 
-    def __init__(self, factory: "PeerServerFactory") -> None:
+    def __init__(self, factory: PeerServerFactory) -> None:
         self.owner = factory.owner
         self.reactor = factory.owner.reactor
         self.handshake_timeout = factory.owner.handshake_timeout
@@ -239,7 +240,7 @@ class PeerServerFactory(ServerFactory):
 
     noisy = False
 
-    def __init__(self, owner: "PeerTransport") -> None:
+    def __init__(self, owner: PeerTransport) -> None:
         self.owner = owner
 
     def buildProtocol(self, addr: Any) -> PeerServerProtocol | None:
@@ -253,7 +254,7 @@ class PeerClientProtocol(_PeerProtocol):
 
     direction = "to"
 
-    def __init__(self, link: "_Link") -> None:
+    def __init__(self, link: _Link) -> None:
         self.link = link
         self.peer_id = None
         self.expected = link.peer_id
@@ -334,7 +335,7 @@ class _LinkFactory(ClientFactory):
 
     noisy = False
 
-    def __init__(self, link: "_Link") -> None:
+    def __init__(self, link: _Link) -> None:
         self.link = link
 
     def buildProtocol(self, addr: Any) -> PeerClientProtocol:
@@ -350,7 +351,7 @@ class _LinkFactory(ClientFactory):
 class _Link:
     """Keeps one outgoing connection to one peer alive, with capped backoff."""
 
-    def __init__(self, owner: "PeerTransport", peer_id: str, address: Address) -> None:
+    def __init__(self, owner: PeerTransport, peer_id: str, address: Address) -> None:
         self.owner = owner
         self.peer_id = peer_id
         self.address = address

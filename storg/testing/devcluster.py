@@ -140,7 +140,7 @@ class ProcCluster:
 
     @classmethod
     def create(cls, root: Path, size: int = 3, raft: dict | None = None,
-               files: dict | None = None, hosts: list[str] | None = None) -> "ProcCluster":
+               files: dict | None = None, hosts: list[str] | None = None) -> ProcCluster:
         """Write configs for ``size`` nodes n1..nN under ``root``; start none yet.
 
         ``hosts``: one loopback address per node (see :func:`loopback_hosts`),
@@ -251,7 +251,7 @@ class ProcCluster:
         shutil.rmtree(self.data_dir(nid), ignore_errors=True)
 
     def close(self) -> None:
-        for nid, node in self.nodes.items():
+        for node in self.nodes.values():
             if node.proc is not None and node.proc.poll() is None:
                 node.proc.kill()  # SIGKILL also ends a SIGSTOPped process
                 node.proc.wait(timeout=30)

@@ -57,7 +57,7 @@ GET = "get"
 RM = "rm"
 
 
-class Outcome(str, enum.Enum):
+class Outcome(enum.StrEnum):
     OK = "ok"
     FAILED = "failed"
     UNKNOWN = "unknown"

@@ -13,7 +13,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from storg.raft.types import (
-    ConfChange, Entry, EntryType, HardState, Message, PersistedState, SnapshotMeta,
+    ConfChange,
+    Entry,
+    EntryType,
+    HardState,
+    Message,
+    PersistedState,
+    SnapshotMeta,
 )
 
 

@@ -340,7 +340,7 @@ class Nemesis:
 
     def kill_all(self) -> None:
         """SIGKILL every node at once (signals first, then reap), as a power cut would."""
-        for nid, node in self.cluster.nodes.items():
+        for node in self.cluster.nodes.values():
             if node.alive():
                 node.proc.send_signal(signal.SIGKILL)
         for nid in self.cluster.nodes:

@@ -110,7 +110,7 @@ def test_unknown_writes_in_bulk_stay_cheap():
     for i in range(40):
         ops.append(put(f"u{i}", t, t + 0.5, UNKNOWN, p=i % 4))
         t += 1
-    for i in range(20):
+    for _ in range(20):
         ops.append(rm(True, t, t + 0.5, UNKNOWN))
         t += 1
     ops += [put("z", t, t + 1), get("z", t + 2, t + 3)]

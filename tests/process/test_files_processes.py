@@ -87,7 +87,7 @@ def test_ls_prints_size_time_and_path_and_json(cluster):
     put_bytes(cluster, "/ls/xy", b"333")
     lines = ctl(cluster, "ls", "/ls/x").stdout.decode().splitlines()
     assert len(lines) == 2
-    for line, (size, path) in zip(lines, [("1", "/ls/x/one"), ("2", "/ls/x/two")]):
+    for line, (size, path) in zip(lines, [("1", "/ls/x/one"), ("2", "/ls/x/two")], strict=True):
         fields = line.split()
         assert fields[0] == size and fields[-1] == path
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", fields[1])

@@ -72,7 +72,7 @@ def test_a_wiped_member_is_refused_as_a_voter_with_instructions(tmp_path):
         cluster.start(victim)
         text = wait_for(lambda: "came back with an empty data_dir" in cluster.log_text(leader)
                         and cluster.log_text(leader), 30, "the leader to refuse the wiped node")
-        line = next(l for l in text.splitlines() if "came back with an empty data_dir" in l)
+        line = next(ln for ln in text.splitlines() if "came back with an empty data_dir" in ln)
         assert re.search(rf"storgctl member remove {victim}", line)
         assert f"storgctl member add {victim} --peer" in line and "join: true" in line
         others = [n for n in cluster.nodes if n != victim]

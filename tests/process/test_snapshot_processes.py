@@ -84,7 +84,7 @@ def test_restarting_every_node_restores_from_snapshot_and_log_tail(cluster):
     names = [f"/restart/{i}" for i in range(EVERY + 3)]
     put_many(cluster, names)
     for nid in cluster.nodes:
-        wait_for(lambda: "wrote a snapshot at index" in cluster.log_text(nid), 30, f"a snapshot on {nid}")
+        wait_for(lambda nid=nid: "wrote a snapshot at index" in cluster.log_text(nid), 30, f"a snapshot on {nid}")
     for nid in cluster.nodes:
         assert cluster.kill(nid, signal.SIGTERM) == 0
     cluster.start_all()

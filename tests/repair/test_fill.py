@@ -31,6 +31,7 @@ from storg.wire.files import (
     PutFileCommand,
     RemoveFileCommand,
 )
+
 from tests.snapshots.snapshot_cluster import SnapCluster
 
 ME = "n1"

@@ -121,7 +121,7 @@ class FakeNode:
         self.proposed.append(CODEC.decode(data))
         try:
             return defer.succeed(self.fsm.apply(Entry(term=1, index=self.index, data=data)))
-        except Exception as exc:  # noqa: BLE001 -- a refusal is the proposal's failure
+        except Exception as exc:  # a refusal is the proposal's failure
             return defer.fail(exc)
 
 

@@ -8,6 +8,7 @@ from storg.raft.types import Entry, EntryType
 from storg.server.files import service as files_module
 from storg.wire import CODEC
 from storg.wire.files import LsReply, LsRequest, PutInlineCommand, RemoveFileCommand
+
 from tests.server.test_files_streaming import Conn, make
 
 PAGE = 10

@@ -35,6 +35,7 @@ from storg.wire.files import (
     PutFileCommand,
     PutStart,
 )
+
 from tests.server.test_files_small import FakeNode as LeaderOfThree
 from tests.server.test_files_small import NoRemote
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import socket
 import struct
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import pytest_twisted
@@ -55,7 +55,7 @@ class Node:
         self.port = reactor.listenTCP(port, self.transport.server_factory, interface="127.0.0.1")
         self.address = Address("127.0.0.1", self.port.getHost().port)
 
-    def connect_to(self, *others: "Node") -> None:
+    def connect_to(self, *others: Node) -> None:
         self.transport.set_peers({o.node_id: o.address for o in others})
 
     async def close(self) -> None:

@@ -45,7 +45,7 @@ def put_command(i: int, holders=IDS) -> bytes:
 class _PortApi:
     """The slice of NodeService the client port needs: the snapshot handlers."""
 
-    def __init__(self, member: "Member") -> None:
+    def __init__(self, member: Member) -> None:
         self.member = member
 
     def client_handlers(self) -> dict:
@@ -58,7 +58,7 @@ class _PortApi:
 class Member:
     """One node: its disk, core, state machine, driver and snapshots."""
 
-    def __init__(self, cluster: "SnapCluster", nid: str) -> None:
+    def __init__(self, cluster: SnapCluster, nid: str) -> None:
         self.cluster = cluster
         self.nid = nid
         self.dir = cluster.root / nid

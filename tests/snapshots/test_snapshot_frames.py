@@ -64,7 +64,10 @@ class Follower:
                 return
 
 
-def begin(rid, leader="L", term=3, index=20, size=len(DATA), sha=SHA):
+DATA_SIZE = len(DATA)
+
+
+def begin(rid, leader="L", term=3, index=20, size=DATA_SIZE, sha=SHA):
     return SnapshotBegin(rid, leader, term, index, 2, ("L", "f", "g"), (), size, sha)
 
 

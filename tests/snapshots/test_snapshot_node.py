@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from snapshot_cluster import SnapCluster
 
 
@@ -12,7 +14,7 @@ def test_a_snapshot_every_n_applied_entries_then_the_log_is_compacted(tmp_path):
     for member in c.members.values():
         taken = [index for index, _size, _secs in member.snapshots.auto.taken]
         assert len(taken) >= 3, taken
-        assert all(b - a >= 10 for a, b in zip(taken, taken[1:]))
+        assert all(b - a >= 10 for a, b in itertools.pairwise(taken))
         core = member.node.core
         assert core.snapshot_meta.index == taken[-1] <= last
         assert core.first_index == taken[-1] + 1
@@ -32,7 +34,7 @@ def test_restart_from_snapshot_and_log_tail_restores_the_same_state(tmp_path):
         c.crash(nid)
     for nid in c.ids:
         c.start(nid)
-    for nid, member in c.members.items():
+    for member in c.members.values():
         assert member.start_snapshot > 0  # started from a snapshot ...
         assert member.start_tail > 0  # ... plus the entries after it
         assert member.fsm.stats()["files"] >= 1

@@ -22,6 +22,7 @@ from hypothesis.stateful import (
 import storg.storage.wal as wal_module
 from storg.raft.types import Entry, EntryType
 from storg.storage.wal import WriteAheadLog, frame_batch
+
 from tests.storage.wal_files import logical_size
 
 SEGMENT_BYTES = 180  # a handful of records per segment, so batches roll and span segments

@@ -27,7 +27,7 @@ def test_a_port_in_use_is_never_picked(monkeypatch) -> None:
             super().__init__(0)
             self.choices = choices
 
-        def choice(self, seq):  # type: ignore[override]
+        def choice(self, seq):
             return self.choices.pop(0)
 
     pool = devcluster._port_pool()

@@ -56,7 +56,7 @@ def _put_many(store: ChunkStore, jobs: list[tuple[str, bytes, bool]]) -> list[An
     for chunk_hash, data, durable in jobs:
         try:
             outcomes.append(_put_and_touch(store, data, chunk_hash, durable))
-        except Exception:  # noqa: BLE001 -- reported to that chunk's waiter, the others go on
+        except Exception:  # reported to that chunk's waiter, the others go on
             outcomes.append(Failure())
     return outcomes
 

@@ -121,7 +121,7 @@ class Repairer:
         self.liveness.record(me, True)
         others = [n for n in members if n != me]
         results = yield defer.DeferredList([self._probe(n) for n in others], consumeErrors=True)
-        for node_id, (ok, _) in zip(others, results):
+        for node_id, (ok, _) in zip(others, results, strict=True):
             self.liveness.record(node_id, ok)
 
     @defer.inlineCallbacks
@@ -196,7 +196,7 @@ class Repairer:
                 yield self.applied.wait(barrier)
                 results = yield defer.DeferredList(
                     [self.replicator.store_on(t, chunk_hash, data, barrier) for t in targets], consumeErrors=True)
-                for target, (ok, value) in zip(targets, results):
+                for target, (ok, value) in zip(targets, results, strict=True):
                     if ok:
                         stored.append(target)
                     else:
