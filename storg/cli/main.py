@@ -14,6 +14,7 @@ import os
 import sys
 from typing import Any, NoReturn
 
+from storg.cli import certs as certs_commands
 from storg.cli import members as member_commands
 from storg.cli.progress import progress_for
 from storg.client.api import STATUS_KEYS, StorgClient
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         read.add_argument("--stale", action="store_true",
                           help="read from the node contacted without checking it is current")
     member_commands.add_parsers(sub)
+    certs_commands.add_parsers(sub)
     return p
 
 
@@ -309,6 +311,13 @@ def exit_for(exc: BaseException, args: argparse.Namespace) -> tuple[int, str] | 
 
 def main(argv: list[str] | None = None) -> NoReturn:
     args = build_parser().parse_args(argv)
+    if args.command == "certs":
+        # Local only: no cluster, no reactor.
+        try:
+            sys.exit(certs_commands.run_certs(args))
+        except certs_commands.CertsError as exc:
+            sys.stderr.write(f"storgctl: {one_line(str(exc))}\n")
+            sys.exit(EXIT_USAGE)
     try:
         addresses = cluster_addresses(args.cluster)
         if args.timeout <= 0:
