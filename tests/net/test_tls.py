@@ -378,8 +378,12 @@ async def test_a_client_certificate_the_ca_did_not_vouch_for_is_refused(pki, har
 class RawClient:
     """A hostile client: plain pyOpenSSL, any certificate, trusting any server (not storg's client)."""
 
-    def __init__(self, pair: tuple[str, str]) -> None:
+    def __init__(self, pair: tuple[str, str], max_version: int | None = None) -> None:
         self.context = SSL.Context(SSL.TLS_METHOD)
+        if max_version is not None:
+            self.context.set_min_proto_version(0)
+            self.context.set_max_proto_version(max_version)
+            self.context.set_cipher_list(b"ALL:@SECLEVEL=0")
         self.context.use_certificate(x509.load_pem_x509_certificate(Path(pair[0]).read_bytes()))
         self.context.use_privatekey(load_pem_private_key(Path(pair[1]).read_bytes(), password=None))
         self.context.set_verify(SSL.VERIFY_NONE)
@@ -421,3 +425,16 @@ async def test_a_server_from_another_ca_or_with_a_client_certificate_is_refused(
 
 def test_private_key_files_are_0600(pki):
     assert os.stat(pki.key("n1")).st_mode & 0o777 == 0o600
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_1_2_is_the_minimum(pki, harness):
+    serve, connect = harness
+    server = await serve(server_options(pki.path("ca"), *pki.pair("n1")))
+    side = await connect(server, RawClient(pki.pair("alice"), max_version=SSL.TLS1_2_VERSION))
+    assert side.received == b"ping"
+    assert side.transport.getHandle().get_protocol_version_name() == "TLSv1.2"
+    assert server.sides[-1].identity == Identity.client("alice", "readwrite")
+    side = await connect(server, RawClient(pki.pair("alice"), max_version=SSL.TLS1_1_VERSION))
+    assert side.received == b"" and side.lost is not None and not server.sides[-1].handshake_done
+    await assert_served(server, connect, pki)
