@@ -25,54 +25,36 @@ decodes, and a file's packed record is the same bytes in memory and on disk.
 
 from __future__ import annotations
 
-import functools
-import gc
 import hashlib
-import itertools
-import operator
-import struct
-import threading
-from bisect import bisect_left, insort
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from twisted.logger import Logger
 
-from storg.config import Member, parse_address
+from storg.fsm.errors import (
+    ChunkMissing,
+    FileStoreError,
+    InvalidCommand,
+    NotFound,
+    StaleChange,
+    StaleRequest,
+)
+from storg.fsm.members import MemberDirectory, MembershipStateMachine
 from storg.fsm.records import (
-    CHUNKS_PER_BATCH,
-    DIGEST_BYTES,
-    FILE_BATCH_BYTES,
-    FILE_HEAD_BYTES,
-    READABLE_FORMATS,
-    SNAPSHOT_FORMAT,
-    ChunkBatch,
-    ChunkRecord,
-    FileBatch,
-    FileRecord,
-    SessionErrorRecord,
-    SessionIndexRecord,
-    SessionPutRecord,
-    SnapshotHeader,
     file_chunks,
-    file_head,
     file_size,
     pack_file,
 )
-from storg.fsm.members import MemberDirectory, MembershipStateMachine
-from storg.paths import MAX_PATH_BYTES, ROOT, InvalidPath, normalize_path, normalize_prefix
+from storg.fsm.snapshot import FrozenState, LoadedSnapshot, read_snapshot
+from storg.fsm.sorted_paths import SortedPaths
+from storg.fsm.state import ChunkState, Listing, PackedFile, Session, bare_info, chunk_digests_of
+from storg.paths import ROOT, InvalidPath, normalize_path, normalize_prefix
 from storg.raft.types import Entry, EntryType
 from storg.wire import (
-    BAD_REQUEST,
     CODEC,
-    INTERNAL,
-    NOT_FOUND,
     UNAVAILABLE,
     CodecError,
-    ErrorCode,
     MemberAddress,
     ProbeCommand,
 )
@@ -88,240 +70,6 @@ from storg.wire.files import (
 
 log = Logger(namespace="storg.fsm")
 
-
-# --- errors: deterministic refusals, each with the code the client sees ------------
-
-class FileStoreError(Exception):
-    """A command or query the state machine refuses; ``code`` is what the client is told."""
-
-    code: ErrorCode = INTERNAL
-
-
-class NotFound(FileStoreError):
-    code = NOT_FOUND
-
-
-class ChunkMissing(FileStoreError):
-    """A dedup reuse named a chunk the cluster no longer has (collected meanwhile).
-
-    UNAVAILABLE because nothing is wrong with the request: the client retries
-    the put with the same seq, and the leader uploads the chunk afresh.
-    """
-
-    code = UNAVAILABLE
-
-
-class StaleRequest(FileStoreError):
-    """A command older than the last one its client session applied."""
-
-    code = BAD_REQUEST
-
-
-class StaleChange(FileStoreError):
-    """A holder change decided on a chunk map entry that has changed since (or is gone).
-
-    The leader's repair re-reads the chunk map and decides again.
-    """
-
-    code = UNAVAILABLE
-
-
-class InvalidCommand(FileStoreError):
-    """An entry that is not a valid command: undecodable, unknown or inconsistent."""
-
-    code = BAD_REQUEST
-
-
-class SnapshotFormatError(ValueError):
-    """Snapshot frames that decode but do not describe a consistent state."""
-
-
-_ERRORS: dict[str, type[FileStoreError]] = {
-    cls.__name__: cls for cls in (NotFound, ChunkMissing, StaleRequest, StaleChange, InvalidCommand)
-}
-
-
-# --- state values (immutable, so a shallow copy of their containers is a snapshot) ---
-
-class ChunkState(NamedTuple):
-    """One chunk map entry: its size, the nodes holding it, how many file references it has.
-
-    A named tuple rather than a frozen dataclass: restoring a snapshot
-    builds one per chunk, and a tuple is built about three times faster.
-    """
-
-    size: int
-    holders: frozenset[str]
-    refs: int
-
-
-_new_chunk_state = functools.partial(tuple.__new__, ChunkState)
-"""ChunkState from a (size, holders, refs) tuple without the keyword-handling constructor."""
-
-_File = bytes
-"""A namespace entry, as :func:`~storg.fsm.records.pack_file` lays it out; snapshots carry the same bytes."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Session:
-    """A client's last applied command: its seq, log index and outcome (a result or an error)."""
-
-    seq: int
-    index: int
-    result: Any = None
-    error: tuple[str, str] | None = None
-
-    def replay(self) -> Any:
-        if self.error is not None:
-            name, message = self.error
-            raise _ERRORS[name](message)
-        return self.result
-
-
-def _digests(chunks: bytes) -> Iterator[bytes]:
-    for pos in range(0, len(chunks), DIGEST_BYTES):
-        yield chunks[pos:pos + DIGEST_BYTES]
-
-
-# --- the sorted path index --------------------------------------------------------------
-
-class _SortedPaths:
-    """The namespace's paths in order, for ``ls`` of a folder without scanning everything.
-
-    A list of sorted buckets of at most ``2 * load`` paths: an insert moves
-    at most a bucket's worth of pointers, where one flat sorted list would
-    move half the namespace on every new file.
-    """
-
-    def __init__(self, ordered: list[str] | None = None, load: int = 1000) -> None:
-        self._load = load
-        ordered = ordered or []
-        self._buckets = [ordered[i:i + load] for i in range(0, len(ordered), load)]
-        self._maxes = [bucket[-1] for bucket in self._buckets]
-
-    def add(self, key: str) -> None:
-        """Insert ``key``, which must not be present."""
-        if not self._buckets:
-            self._buckets.append([key])
-            self._maxes.append(key)
-            return
-        i = bisect_left(self._maxes, key)
-        if i == len(self._maxes):
-            i -= 1
-            self._buckets[i].append(key)
-            self._maxes[i] = key
-        else:
-            insort(self._buckets[i], key)
-        bucket = self._buckets[i]
-        if len(bucket) > 2 * self._load:
-            self._buckets.insert(i + 1, bucket[self._load:])
-            del bucket[self._load:]
-            self._maxes.insert(i, bucket[-1])
-
-    def remove(self, key: str) -> None:
-        """Remove ``key``, which must be present."""
-        i = bisect_left(self._maxes, key)
-        bucket = self._buckets[i]
-        j = bisect_left(bucket, key)
-        del bucket[j]
-        if not bucket:
-            del self._buckets[i]
-            del self._maxes[i]
-        elif j == len(bucket):
-            self._maxes[i] = bucket[-1]
-
-    def from_key(self, start: str) -> Iterator[str]:
-        """The keys >= ``start``, in order; do not change the index while iterating."""
-        i = bisect_left(self._maxes, start)
-        if i == len(self._maxes):
-            return
-        bucket = self._buckets[i]
-        yield from itertools.islice(bucket, bisect_left(bucket, start), None)
-        for bucket in itertools.islice(self._buckets, i + 1, None):
-            yield from bucket
-
-    def __iter__(self) -> Iterator[str]:
-        return itertools.chain.from_iterable(self._buckets)
-
-    def snapshot(self) -> tuple[str, ...]:
-        """All keys in order, as one immutable copy."""
-        return tuple(self)
-
-
-# --- the frozen image a snapshot is written from -----------------------------------------
-
-class FrozenState:
-    """An immutable image of the state at one applied index, cheap to take.
-
-    Its containers are private copies and its values are immutable, so
-    :meth:`frames` may run in any thread while the live state moves on.
-    """
-
-    __slots__ = ("_chunks", "_files", "_members", "_paths", "_sessions")
-
-    def __init__(self, members: tuple[MemberAddress, ...], chunks: Mapping[bytes, ChunkState],
-                 paths: tuple[str, ...], files: Mapping[str, _File],
-                 sessions: tuple[tuple[int, _Session], ...]) -> None:
-        self._members = members
-        self._chunks = MappingProxyType(chunks)
-        self._paths = tuple(paths)
-        self._files = MappingProxyType(files)
-        self._sessions = sessions
-
-    def frames(self) -> Iterator[bytes]:
-        """The snapshot as CODEC frames: the header, one frame per member, the chunk map and
-        the namespace in bounded batches, then one frame per session."""
-        encode = CODEC.encode
-        yield encode(SnapshotHeader(SNAPSHOT_FORMAT, len(self._members), len(self._chunks),
-                                    len(self._paths), len(self._sessions)))
-        for member in self._members:
-            yield encode(member)
-        chunks = iter(self._chunks.items())
-        while batch := list(itertools.islice(chunks, CHUNKS_PER_BATCH)):
-            yield encode(_chunk_batch(batch))
-        files = self._files
-        paths: list[str] = []
-        records: list[_File] = []
-        pending = 0
-        for path in self._paths:
-            rec = files[path]
-            paths.append(path)
-            records.append(rec)
-            # Its chunk count, the path in characters (cheaper than UTF-8
-            # bytes and close enough for a bound), a separator, the record.
-            pending += 5 + len(path) + len(rec)
-            if pending >= FILE_BATCH_BYTES:
-                yield encode(FileBatch(tuple(paths), tuple(records)))
-                paths.clear()
-                records.clear()
-                pending = 0
-        if paths:
-            yield encode(FileBatch(tuple(paths), tuple(records)))
-        for client_id, session in self._sessions:
-            yield encode(_session_record(client_id, session))
-
-
-def _chunk_batch(items: list[tuple[bytes, ChunkState]]) -> ChunkBatch:
-    """One ChunkBatch: each distinct holder set listed once, in order of first use."""
-    index: dict[frozenset[str], int] = {}
-    rows = []
-    for digest, (size, holders, refs) in items:
-        i = index.get(holders)
-        if i is None:
-            i = index[holders] = len(index)
-        rows.append((digest, size, refs, i))
-    return ChunkBatch(tuple(tuple(sorted(holders)) for holders in index), tuple(rows))
-
-
-def _session_record(client_id: int, s: _Session) -> Any:
-    if s.error is not None:
-        return SessionErrorRecord(client_id, s.seq, s.index, s.error[0], s.error[1])
-    if isinstance(s.result, FileInfo):
-        return SessionPutRecord(client_id, s.seq, s.index, s.result)
-    return SessionIndexRecord(client_id, s.seq, s.index, s.result)
-
-
-# --- the state machine -----------------------------------------------------------------------
 
 class FileStoreStateMachine:
     """Applies committed entries to the namespace, the chunk map and the client sessions.
@@ -353,11 +101,11 @@ class FileStoreStateMachine:
         self._reset()
 
     def _reset(self) -> None:
-        self._files: dict[str, _File] = {}
-        self._paths = _SortedPaths()
+        self._files: dict[str, PackedFile] = {}
+        self._paths = SortedPaths()
         self._chunks: dict[bytes, ChunkState] = {}
         self._unreferenced: set[bytes] = set()
-        self._sessions: OrderedDict[int, _Session] = OrderedDict()
+        self._sessions: OrderedDict[int, Session] = OrderedDict()
         self._holder_sets: dict[frozenset[str], frozenset[str]] = {}
         self._file_bytes = 0
         self._usage: Counter[str] = Counter()
@@ -397,18 +145,18 @@ class FileStoreStateMachine:
             if seq < session.seq:
                 raise StaleRequest(f"client {client_id:x}: seq {seq} is older than its last, {session.seq}")
             if seq == session.seq:
-                self._remember(client_id, _Session(seq, index, session.result, session.error))
+                self._remember(client_id, Session(seq, index, session.result, session.error))
                 return session.replay()
         try:
             result = run()
         except FileStoreError as exc:
             if exc.code != UNAVAILABLE:
-                self._remember(client_id, _Session(seq, index, error=(type(exc).__name__, str(exc))))
+                self._remember(client_id, Session(seq, index, error=(type(exc).__name__, str(exc))))
             raise
-        self._remember(client_id, _Session(seq, index, result))
+        self._remember(client_id, Session(seq, index, result))
         return result
 
-    def _remember(self, client_id: int, session: _Session) -> None:
+    def _remember(self, client_id: int, session: Session) -> None:
         sessions = self._sessions
         sessions[client_id] = session
         sessions.move_to_end(client_id)
@@ -463,7 +211,7 @@ class FileStoreStateMachine:
         old = self._files.get(path)
         delta = Counter(digests)
         if old is not None:
-            delta.subtract(_digests(file_chunks(old)))
+            delta.subtract(chunk_digests_of(file_chunks(old)))
         # Counter keeps first-seen order (new chunks, then the old file's), so
         # the chunk map's order, and so the snapshot's bytes, match on every node.
         for digest in delta:
@@ -492,7 +240,7 @@ class FileStoreStateMachine:
             raise NotFound(f"{path} does not exist")
         self._paths.remove(path)
         self._file_bytes -= file_size(old)
-        for digest, count in Counter(_digests(file_chunks(old))).items():
+        for digest, count in Counter(chunk_digests_of(file_chunks(old))).items():
             chunk = self._chunks[digest]
             self._set_chunk(digest, ChunkState(chunk.size, chunk.holders, chunk.refs - count))
         return index
@@ -579,9 +327,9 @@ class FileStoreStateMachine:
         files = self._files
         if with_chunks:
             return [self._info(path, files[path]) for path in paths]
-        return [_bare_info(path, files[path]) for path in paths]
+        return [bare_info(path, files[path]) for path in paths]
 
-    def listing(self, prefix: str = ROOT) -> "Listing":
+    def listing(self, prefix: str = ROOT) -> Listing:
         """The files at or below the folder ``prefix`` as they are now, sorted by path.
 
         ``ls`` builds a million files' FileInfos page by page from it,
@@ -642,13 +390,13 @@ class FileStoreStateMachine:
         return {"files": len(self._files), "chunks": len(self._chunks),
                 "bytes": self._file_bytes, "sessions": len(self._sessions)}
 
-    def _info(self, path: str, rec: _File) -> FileInfo:
+    def _info(self, path: str, rec: PackedFile) -> FileInfo:
         chunks = self._chunks
         refs = []
-        for digest in _digests(file_chunks(rec)):
+        for digest in chunk_digests_of(file_chunks(rec)):
             chunk = chunks[digest]
             refs.append(ChunkRef(digest.hex(), chunk.size, tuple(sorted(chunk.holders))))
-        return _bare_info(path, rec, tuple(refs))
+        return bare_info(path, rec, tuple(refs))
 
     def digest(self) -> str:
         """A SHA-256 over a canonical encoding of the whole state (members included).
@@ -700,7 +448,7 @@ class FileStoreStateMachine:
         snapshot.installed = True
         self._reset()
         self._files = snapshot.files
-        self._paths = _SortedPaths(snapshot.paths)
+        self._paths = SortedPaths(snapshot.paths)
         self._file_bytes = snapshot.file_bytes
         self._chunks = snapshot.chunks
         self._unreferenced = snapshot.unreferenced
@@ -712,292 +460,8 @@ class FileStoreStateMachine:
             self.directory.add(node_id, member)
 
 
-def read_snapshot(frames: Iterable[bytes]) -> LoadedSnapshot:
-    """Decode and check snapshot frames into a state ready to install; safe in any thread.
-
-    Touches no state machine, so a large snapshot can be read off the
-    reactor.  Raises CodecError or SnapshotFormatError on damaged input.
-    """
-    loaded = LoadedSnapshot()
-    with _GC_PAUSE:
-        for frame in frames:
-            loaded.feed(CODEC.decode(frame))
-        loaded.finish()
-    return loaded
-
-
-class _GCPause:
-    """Cyclic garbage collection off while a snapshot is read; safe from several threads.
-
-    Reading a large snapshot allocates one long-lived tracked object per
-    chunk, which makes the collector walk the growing heap again and
-    again: about a third of the read's CPU time for nothing, since the
-    read makes no cycles.  Reference counting still frees everything else.
-    A count (under a lock) re-enables collection only when the last
-    concurrent reader is done, and only if it was enabled before.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._depth = 0
-        self._was_enabled = False
-
-    def __enter__(self) -> None:
-        with self._lock:
-            if self._depth == 0:
-                self._was_enabled = gc.isenabled()
-                gc.disable()
-            self._depth += 1
-
-    def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            self._depth -= 1
-            if self._depth == 0 and self._was_enabled:
-                gc.enable()
-
-
-_GC_PAUSE = _GCPause()
-
-
-class Listing:
-    """A frozen listing of files (see :meth:`FileStoreStateMachine.listing`)."""
-
-    __slots__ = ("paths", "_records")
-
-    def __init__(self, paths: list[str], records: Mapping[str, _File]) -> None:
-        self.paths = paths
-        self._records = records
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def page(self, start: int, stop: int) -> list[FileInfo]:
-        """FileInfos, without chunks, of the files ``start`` to ``stop - 1`` in path order."""
-        records = self._records
-        return [_bare_info(path, records[path]) for path in self.paths[start:stop]]
-
-
-def _bare_info(path: str, rec: _File, chunks: tuple[ChunkRef, ...] = ()) -> FileInfo:
-    size, modified_ns, version, sha = file_head(rec)
-    return FileInfo(path, size, sha.hex(), modified_ns, version, chunks)
-
-
 def _command_path(text: str, index: int) -> str:
     try:
         return normalize_path(text)
     except InvalidPath as exc:
         raise InvalidCommand(f"entry {index}: {exc}") from None
-
-
-_PATH_FAULTS = ("//", "/\x00", "/./", "/.\x00", "/../", "/..\x00")
-_SIZE = struct.Struct(">Q")
-_FIRST = operator.itemgetter(0)
-_REFS = operator.itemgetter(2)
-_CHUNK_DIGESTS = operator.itemgetter(slice(FILE_HEAD_BYTES, None))
-_ONE_CHUNK_FILE = FILE_HEAD_BYTES + DIGEST_BYTES
-
-
-def _chunk_batch_of_one(rec: ChunkRecord) -> ChunkBatch:
-    """A format 1 chunk record as a batch: one code path checks both formats."""
-    return ChunkBatch((tuple(rec.holders),), ((bytes.fromhex(rec.hash), rec.size, rec.refs, 0),))
-
-
-def _file_batch_of_one(rec: FileRecord) -> FileBatch:
-    """A format 1 file record as a batch (format 1 also wrote files in path order)."""
-    chunks = b"".join(bytes.fromhex(h) for h in rec.chunks)
-    return FileBatch((rec.path,), (pack_file(rec.size, bytes.fromhex(rec.sha256), rec.modified_ns,
-                                             rec.version, chunks),))
-
-
-def _all_normal(paths: tuple[str, ...]) -> bool:
-    """Whether every path is a normal form (storg.paths' rules), tested on a whole batch at once.
-
-    A path-by-path :func:`normalize_path` cost more than the rest of a
-    file's restore.  Joined with NUL, which no normal form contains, every
-    path reads NUL, "/", segments; an empty, "." or ".." segment then shows
-    as one of ``_PATH_FAULTS``.  Long paths (possibly over the byte limit)
-    and any failure are left to the exact check.
-    """
-    joined = "\x00" + "\x00".join(paths) + "\x00"
-    n = len(paths)
-    return (joined.count("\x00") == n + 1 and joined.count("\x00/") == n
-            and max(map(len, paths)) * 4 <= MAX_PATH_BYTES
-            and not any(fault in joined for fault in _PATH_FAULTS))
-
-
-class LoadedSnapshot:
-    """A snapshot decoded and checked batch by batch: the state it describes, ready to install.
-
-    Built by :func:`read_snapshot`; once finished it is only read, by
-    :meth:`FileStoreStateMachine.install`, which adopts its containers.
-    Everything install needs is derived while decoding (paths in order,
-    unreferenced chunks, bytes per holder), so installing is pointer work.
-    """
-
-    def __init__(self) -> None:
-        self.header: SnapshotHeader | None = None
-        self.members: dict[str, Member] = {}
-        self.chunks: dict[bytes, ChunkState] = {}
-        self.files: dict[str, _File] = {}
-        self.paths: list[str] = []
-        self.file_bytes = 0
-        self.unreferenced: set[bytes] = set()
-        self.holder_sets: dict[frozenset[str], frozenset[str]] = {}
-        self.usage: Counter[str] = Counter()
-        self.sessions: list[tuple[int, _Session]] = []
-        self._session_ids: set[int] = set()
-        self._refs: Counter[bytes] = Counter()
-        self.installed = False
-
-    def feed(self, record: object) -> None:
-        if self.header is None:
-            if not isinstance(record, SnapshotHeader):
-                raise SnapshotFormatError(f"a snapshot starts with its header, not {type(record).__name__}")
-            if record.format not in READABLE_FORMATS:
-                raise SnapshotFormatError(f"unknown snapshot format {record.format}")
-            self.header = record
-            return
-        kind = type(record)
-        if kind is FileBatch:
-            self._files(record)
-        elif kind is ChunkBatch:
-            self._chunks(record)
-        elif kind is MemberAddress:
-            self._member(record)
-        elif kind in (SessionPutRecord, SessionIndexRecord, SessionErrorRecord):
-            self._session(record)
-        elif kind is ChunkRecord:
-            self._chunks(_chunk_batch_of_one(record))
-        elif kind is FileRecord:
-            self._files(_file_batch_of_one(record))
-        else:
-            raise SnapshotFormatError(f"{kind.__name__} is not a snapshot record")
-
-    def _member(self, rec: MemberAddress) -> None:
-        if rec.id in self.members:
-            raise SnapshotFormatError(f"member {rec.id} appears twice")
-        try:
-            self.members[rec.id] = Member(parse_address(rec.peer), parse_address(rec.client))
-        except ValueError as exc:
-            raise SnapshotFormatError(f"member {rec.id}: {exc}") from None
-
-    def _chunks(self, batch: ChunkBatch) -> None:
-        if self.files:
-            raise SnapshotFormatError("chunk records after the file records")
-        sets = []
-        for holders in batch.holder_sets:
-            found = frozenset(holders)
-            if not found:
-                raise SnapshotFormatError("a chunk batch lists an empty holder set (a chunk with no holders)")
-            sets.append(self.holder_sets.setdefault(found, found))
-        if not batch.chunks:
-            return
-        chunks = self.chunks
-        expected = len(chunks) + len(batch.chunks)
-        # Column by column, so the per-chunk work runs in C (map, zip, compress).
-        digests, sizes, refs, indexes = zip(*batch.chunks)
-        if len(sets) == 1:
-            holders = itertools.repeat(sets[0])
-            set_bytes = [sum(sizes)]
-        else:
-            holders = map(sets.__getitem__, indexes)
-            set_bytes = [0] * len(sets)
-            for i, size in zip(indexes, sizes):
-                set_bytes[i] += size
-        chunks.update(zip(digests, map(_new_chunk_state, zip(sizes, holders, refs))))
-        self.unreferenced.update(itertools.compress(digests, map(operator.not_, refs)))
-        if len(chunks) != expected:
-            twice = [d for d, n in Counter(row[0] for row in batch.chunks).items() if n > 1]
-            raise SnapshotFormatError(f"chunk {twice[0].hex()} appears twice" if twice else
-                                      f"{expected - len(chunks)} chunks of a batch appear in an earlier one")
-        usage = self.usage
-        for holders, total in zip(sets, set_bytes):
-            for holder in holders:
-                usage[holder] += total
-
-    def _files(self, batch: FileBatch) -> None:
-        paths, records = batch.paths, batch.files
-        if not paths:
-            return
-        if not _all_normal(paths):
-            for path in paths:
-                try:
-                    normal = normalize_path(path)
-                except InvalidPath as exc:
-                    raise SnapshotFormatError(f"file record: {exc}") from None
-                if normal != path:
-                    raise SnapshotFormatError(f"file path {path!r} is not in normal form")
-        # Strictly increasing paths: the order install relies on, and no path twice.
-        last = self.paths[-1] if self.paths else ""
-        if not (last < paths[0] and all(map(str.__lt__, paths, itertools.islice(paths, 1, None)))):
-            previous = last
-            for path in paths:
-                if not previous < path:
-                    raise SnapshotFormatError(f"file {path} appears twice" if previous == path else
-                                              f"file {path} comes after {previous}: not in path order")
-                previous = path
-        chunks = self.chunks
-        sizes = list(map(_FIRST, map(_SIZE.unpack_from, records)))
-        if min(map(len, records)) == max(map(len, records)) == _ONE_CHUNK_FILE:
-            # The common batch: one chunk per file, checked column by column in C.
-            digests = list(map(_CHUNK_DIGESTS, records))
-            found = list(map(chunks.get, digests))
-            if None in found or list(map(_FIRST, found)) != sizes:
-                for path, rec in zip(paths, records):
-                    self._check_file(path, rec)
-            self._refs.update(digests)
-        else:
-            for path, rec in zip(paths, records):
-                self._refs.update(self._check_file(path, rec))
-        self.file_bytes += sum(sizes)
-        self.files.update(zip(paths, records))
-        self.paths.extend(paths)
-
-    def _check_file(self, path: str, rec: _File) -> list[bytes]:
-        """The digests of a file's chunks, once checked to be in the map and to add up to its size."""
-        digests = list(_digests(file_chunks(rec)))
-        total = 0
-        for digest in digests:
-            chunk = self.chunks.get(digest)
-            if chunk is None:
-                raise SnapshotFormatError(f"{path} refers to chunk {digest.hex()}, which is not in the map")
-            total += chunk.size
-        if total != file_size(rec):
-            raise SnapshotFormatError(f"{path} is {file_size(rec)} bytes but its chunks add up to {total}")
-        return digests
-
-    def _session(self, rec: Any) -> None:
-        if rec.client_id == 0:
-            raise SnapshotFormatError("a session of client 0 (no session)")
-        if rec.client_id in self._session_ids:
-            raise SnapshotFormatError(f"client {rec.client_id:x} has two sessions")
-        self._session_ids.add(rec.client_id)
-        if isinstance(rec, SessionErrorRecord):
-            if rec.error not in _ERRORS:
-                raise SnapshotFormatError(f"session error {rec.error!r} is not a FileStoreError")
-            session = _Session(rec.seq, rec.index, error=(rec.error, rec.message))
-        elif isinstance(rec, SessionPutRecord):
-            session = _Session(rec.seq, rec.index, rec.info)
-        else:
-            session = _Session(rec.seq, rec.index, rec.value)
-        self.sessions.append((rec.client_id, session))
-
-    def finish(self) -> None:
-        header = self.header
-        if header is None:
-            raise SnapshotFormatError("empty snapshot: no header")
-        counts = {"members": len(self.members), "chunks": len(self.chunks),
-                  "files": len(self.files), "sessions": len(self.sessions)}
-        for kind, count in counts.items():
-            if getattr(header, kind) != count:
-                raise SnapshotFormatError(
-                    f"snapshot header announces {getattr(header, kind)} {kind}, found {count} (truncated?)")
-        refs = self._refs
-        if list(map(_REFS, self.chunks.values())) != list(map(refs.__getitem__, self.chunks)):
-            for digest, chunk in self.chunks.items():
-                if chunk.refs != refs[digest]:
-                    raise SnapshotFormatError(
-                        f"chunk {digest.hex()} records {chunk.refs} references, the files make {refs[digest]}")
-        self._refs = Counter()
-        self.usage = +self.usage  # no zero totals, as _count_usage keeps it
-        self.sessions.sort(key=lambda item: item[1].index)

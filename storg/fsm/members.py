@@ -41,7 +41,7 @@ class MemberDirectory:
         self._write_lock = threading.Lock()
 
     @classmethod
-    def from_config(cls, config: NodeConfig) -> "MemberDirectory":
+    def from_config(cls, config: NodeConfig) -> MemberDirectory:
         members = dict(config.cluster)
         members.setdefault(config.node_id, Member(config.peer_listen, config.client_listen))
         return cls(members)

@@ -232,7 +232,7 @@ def encode_file_batch(batch: FileBatch, out: list) -> None:
         raise CodecError(f"{len(paths)} paths for {len(files)} files")
     counts = array("I")
     head = _FILE_HEAD.size
-    for path, rec in zip(paths, files):
+    for path, rec in zip(paths, files, strict=True):
         if not isinstance(rec, bytes):
             raise CodecError(f"file {path!r} is a {type(rec).__name__}, not a packed record")
         chunks, odd = divmod(len(rec) - head, DIGEST_BYTES)

@@ -9,16 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from storg.config import Address, Member
-from storg.fsm.machine import (
-    ChunkMissing,
-    ChunkState,
-    FileStoreError,
-    FileStoreStateMachine,
-    InvalidCommand,
-    NotFound,
-    _SortedPaths,
-)
+from storg.fsm.errors import ChunkMissing, FileStoreError, InvalidCommand, NotFound
+from storg.fsm.machine import FileStoreStateMachine
 from storg.fsm.members import MemberDirectory
+from storg.fsm.sorted_paths import SortedPaths
+from storg.fsm.state import ChunkState
 from storg.paths import InvalidPath
 from storg.raft.types import ConfChange, ConfChangeType, Entry, EntryType
 from storg.wire import (
@@ -333,7 +328,7 @@ def test_get_and_chunk_of_unknown_or_malformed_keys(log: Log) -> None:
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.booleans(), st.text("ab/", max_size=5)), max_size=200), st.text("ab/", max_size=4))
 def test_sorted_path_index_matches_a_sorted_set(ops: list[tuple[bool, str]], start: str) -> None:
-    index = _SortedPaths(load=3)
+    index = SortedPaths(load=3)
     model: set[str] = set()
     for add, key in ops:
         if add and key not in model:
@@ -344,4 +339,4 @@ def test_sorted_path_index_matches_a_sorted_set(ops: list[tuple[bool, str]], sta
             model.discard(key)
         assert list(index) == sorted(model)
     assert list(index.from_key(start)) == sorted(k for k in model if k >= start)
-    assert list(_SortedPaths(sorted(model), load=3)) == sorted(model)
+    assert list(SortedPaths(sorted(model), load=3)) == sorted(model)

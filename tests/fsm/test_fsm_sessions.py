@@ -6,13 +6,8 @@ import hashlib
 
 import pytest
 
-from storg.fsm.machine import (
-    ChunkMissing,
-    FileStoreStateMachine,
-    InvalidCommand,
-    NotFound,
-    StaleRequest,
-)
+from storg.fsm.errors import ChunkMissing, InvalidCommand, NotFound, StaleRequest
+from storg.fsm.machine import FileStoreStateMachine
 from storg.raft.types import Entry
 from storg.wire import BAD_REQUEST, CODEC
 from storg.wire.files import (

@@ -12,14 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from storg.config import Address, Member
-from storg.fsm.machine import (
-    FileStoreError,
-    FileStoreStateMachine,
-    LoadedSnapshot,
-    NotFound,
-    SnapshotFormatError,
-    read_snapshot,
-)
+from storg.fsm.errors import FileStoreError, NotFound, SnapshotFormatError
+from storg.fsm.machine import FileStoreStateMachine
 from storg.fsm.members import MemberDirectory
 from storg.fsm.records import (
     FILE_BATCH_BYTES,
@@ -33,6 +27,7 @@ from storg.fsm.records import (
     file_head,
     pack_file,
 )
+from storg.fsm.snapshot import LoadedSnapshot, read_snapshot
 from storg.raft.types import ConfChange, ConfChangeType, Entry, EntryType
 from storg.wire import CODEC, CodecError, MemberAddress, ProbeCommand
 from storg.wire.files import (
@@ -252,7 +247,7 @@ def format_1(frames: list[bytes]) -> list[bytes]:
             out += [CODEC.encode(ChunkRecord(d.hex(), size, refs, record.holder_sets[i]))
                     for d, size, refs, i in record.chunks]
         elif isinstance(record, FileBatch):
-            for path, rec in zip(record.paths, record.files):
+            for path, rec in zip(record.paths, record.files, strict=True):
                 size, modified, version, sha = file_head(rec)
                 digests = file_chunks(rec)
                 out.append(CODEC.encode(FileRecord(path, size, sha.hex(), modified, version, tuple(
@@ -278,7 +273,7 @@ def corruptions() -> dict[str, list[bytes]]:
     i_member, member = find(frames, MemberAddress)
     i_err, err = find(frames, SessionErrorRecord)
     header = CODEC.decode(frames[0])
-    pairs = list(zip(files.paths, files.files))
+    pairs = list(zip(files.paths, files.files, strict=True))
     used = next(i for i, row in enumerate(chunks.chunks) if row[2] > 0)
     one = next(i for i, f in enumerate(files.files) if len(f) == 88)
     size, modified, version, sha = file_head(files.files[one])

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from storg.fsm.machine import FileStoreStateMachine, InvalidCommand, StaleChange
+from storg.fsm.errors import InvalidCommand, StaleChange
+from storg.fsm.machine import FileStoreStateMachine
 from storg.raft.types import Entry, EntryType
 from storg.wire import CODEC
 from storg.wire.files import (

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from storg.fsm.machine import FileStoreStateMachine, SnapshotFormatError, read_snapshot
+from storg.fsm.errors import SnapshotFormatError
+from storg.fsm.machine import FileStoreStateMachine
+from storg.fsm.snapshot import read_snapshot
 from storg.raft.types import ConfState, Entry, HardState, SnapshotMeta
 from storg.server.snapshots.data import load_snapshot, read_frames, write_frames
 from storg.storage.errors import StorageError

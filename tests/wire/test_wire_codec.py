@@ -98,7 +98,7 @@ other_messages = st.one_of(
 
 all_messages = raft_messages | other_messages
 
-import storg.fsm.machine  # noqa: E402,F401  (registers the snapshot records: every frame type is known below)
+import storg.fsm.records  # noqa: E402,F401  (registers the snapshot records: every frame type is known below)
 
 REGISTERED = sorted(CODEC.type_bytes())
 

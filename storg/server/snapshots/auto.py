@@ -15,9 +15,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from storg.fsm.machine import (
-    FileStoreStateMachine,
-)
+from storg.fsm.machine import FileStoreStateMachine
 from storg.node.executor import Submit
 from storg.node.raft_node import NodeStopped, RaftNode
 from storg.raft.types import SnapshotMeta

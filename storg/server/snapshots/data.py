@@ -15,11 +15,8 @@ from collections.abc import Callable, Iterable, Iterator
 
 from twisted.logger import Logger
 
-from storg.fsm.machine import (
-    LoadedSnapshot,
-    SnapshotFormatError,
-    read_snapshot,
-)
+from storg.fsm.errors import SnapshotFormatError
+from storg.fsm.snapshot import LoadedSnapshot, read_snapshot
 from storg.raft.types import SnapshotMeta
 from storg.storage.errors import StorageError
 from storg.storage.logstore import DiskLogStore

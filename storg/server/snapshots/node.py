@@ -31,10 +31,8 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from storg.fsm.machine import (
-    FileStoreStateMachine,
-    LoadedSnapshot,
-)
+from storg.fsm.machine import FileStoreStateMachine
+from storg.fsm.snapshot import LoadedSnapshot
 from storg.node.executor import PoolExecutor, Submit
 from storg.node.raft_node import RaftNode
 from storg.raft.types import Message, SnapshotMeta
