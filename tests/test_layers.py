@@ -170,3 +170,15 @@ def test_relative_and_submodule_imports_are_resolved(tmp_path):
                       "def f():\n    from .b import x\n")
     # c.py stands for storg.a.c: a module of package storg.a.
     assert imports_of("storg.a.c", source, known) == {"storg.a.b", "storg.d"}
+
+
+def test_the_state_machine_does_no_io():
+    """``apply`` must not write files: storg.fsm imports neither storage nor os-level file helpers."""
+    graph = import_graph()
+    modules = all_modules()
+    for name in (m for m in graph if m.startswith("storg.fsm")):
+        assert not [b for b in graph[name] if b.startswith(("storg.storage", "storg.net", "storg.node"))], name
+        tree = ast.parse(modules[name].read_text())
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        assert not imported & {"os", "shutil", "tempfile", "twisted.internet.threads"}, name

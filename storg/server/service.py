@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from storg.config import Address, NodeConfig, cluster_id
 from storg.fsm.machine import FileStoreStateMachine
 from storg.fsm.members import MemberDirectory
-from storg.node.executor import PoolExecutor
+from storg.node.executor import PoolExecutor, reactor_pool
 from storg.node.raft_node import RaftNode, Timeout
 from storg.raft.core import RaftConfig, RaftCore
 from storg.raft.types import ConfState, Role, SnapshotMeta
@@ -33,6 +33,7 @@ from storg.server.files.chunk_io import Chunks, LocalChunks, RemoteChunks
 from storg.server.files.placement import Liveness
 from storg.server.files.service import FileService
 from storg.server.peer import PeerTransport
+from storg.server.peer_instances import KnownInstances
 from storg.server.snapshots.data import load_snapshot
 from storg.server.snapshots.node import NodeSnapshots
 from storg.server.upkeep.fill import ChunkFiller
@@ -117,7 +118,7 @@ class NodeService(service.MultiService):
         started = time.monotonic()
         identity = load_or_create(cfg.data_dir, cfg.node_id, self.cluster_id)
         self.instance_id = identity.instance_id
-        self.directory.load_known_instances(cfg.data_dir)
+        self.instances = KnownInstances(self.directory, cfg.data_dir, reactor_pool(self.reactor))
         self.log_store = DiskLogStore(cfg.data_dir)
         self._state = self.log_store.load()
         # Before the reactor runs, so reading the snapshot here blocks nothing.
@@ -293,7 +294,7 @@ class NodeService(service.MultiService):
 
     def _accept_peer(self, hello: Hello) -> str | None:
         """Refuse a peer that forgot its votes (came back with an empty data_dir)."""
-        return self.directory.check_instance(hello.node_id, hello.instance_id)
+        return self.instances.check(hello.node_id, hello.instance_id)
 
     def _members_changed(self) -> None:
         if self.transport is not None:
