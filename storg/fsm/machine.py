@@ -25,6 +25,7 @@ decodes, and a file's packed record is the same bytes in memory and on disk.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
@@ -316,7 +317,7 @@ class FileStoreStateMachine:
         rec = self._files.get(path)
         return None if rec is None else self._info(path, rec)
 
-    def list(self, prefix: str = ROOT, *, with_chunks: bool = True) -> list[FileInfo]:
+    def list(self, prefix: str = ROOT, *, with_chunks: bool = True) -> builtins.list[FileInfo]:
         """The files at or below the folder ``prefix``, sorted by path.
 
         ``with_chunks=False`` leaves ``chunks`` empty (as ``ls`` sends them,
@@ -345,7 +346,7 @@ class FileStoreStateMachine:
             return Listing(paths, dict(files))  # a dict copy is the cheapest way to take most of it
         return Listing(paths, {path: files[path] for path in paths})
 
-    def _paths_under(self, prefix: str) -> list[str]:
+    def _paths_under(self, prefix: str) -> builtins.list[str]:
         """The paths at or below the folder ``prefix`` (a normal form), sorted."""
         if prefix == ROOT:
             return list(self._paths)
@@ -373,7 +374,7 @@ class FileStoreStateMachine:
         """
         return dict(self._usage)
 
-    def chunk_digests(self) -> list[bytes]:
+    def chunk_digests(self) -> builtins.list[bytes]:
         """Every chunk's raw digest, as a list copy: repair and scrub walk it in slices."""
         return list(self._chunks)
 
@@ -381,7 +382,7 @@ class FileStoreStateMachine:
         """The chunk map entry of a raw digest (see :meth:`chunk_digests`), or None."""
         return self._chunks.get(digest)
 
-    def unreferenced_chunks(self) -> list[str]:
+    def unreferenced_chunks(self) -> builtins.list[str]:
         """Hashes of the chunks no file refers to (candidates for CollectChunks), sorted."""
         return sorted(d.hex() for d in self._unreferenced)
 

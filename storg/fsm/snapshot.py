@@ -18,7 +18,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 from storg.config import Member, parse_address
 from storg.fsm.errors import (
@@ -245,21 +245,20 @@ class LoadedSnapshot:
                 raise SnapshotFormatError(f"unknown snapshot format {record.format}")
             self.header = record
             return
-        kind = type(record)
-        if kind is FileBatch:
+        if isinstance(record, FileBatch):
             self._files(record)
-        elif kind is ChunkBatch:
+        elif isinstance(record, ChunkBatch):
             self._chunks(record)
-        elif kind is MemberAddress:
+        elif isinstance(record, MemberAddress):
             self._member(record)
-        elif kind in (SessionPutRecord, SessionIndexRecord, SessionErrorRecord):
+        elif isinstance(record, (SessionPutRecord, SessionIndexRecord, SessionErrorRecord)):
             self._session(record)
-        elif kind is ChunkRecord:
+        elif isinstance(record, ChunkRecord):
             self._chunks(_chunk_batch_of_one(record))
-        elif kind is FileRecord:
+        elif isinstance(record, FileRecord):
             self._files(_file_batch_of_one(record))
         else:
-            raise SnapshotFormatError(f"{kind.__name__} is not a snapshot record")
+            raise SnapshotFormatError(f"{type(record).__name__} is not a snapshot record")
 
     def _member(self, rec: MemberAddress) -> None:
         if rec.id in self.members:
@@ -284,24 +283,25 @@ class LoadedSnapshot:
         expected = len(chunks) + len(batch.chunks)
         # Column by column, so the per-chunk work runs in C (map, zip, compress).
         digests, sizes, refs, indexes = zip(*batch.chunks, strict=True)
+        holder_sets: Iterable[frozenset[str]]
         if len(sets) == 1:
-            holders = itertools.repeat(sets[0])
+            holder_sets = itertools.repeat(sets[0])
             set_bytes = [sum(sizes)]
         else:
-            holders = map(sets.__getitem__, indexes)
+            holder_sets = map(sets.__getitem__, indexes)
             set_bytes = [0] * len(sets)
             for i, size in zip(indexes, sizes, strict=True):
                 set_bytes[i] += size
-        # holders may be an endless repeat of the one set: the inner zip stops with sizes.
-        chunks.update(zip(digests, map(new_chunk_state, zip(sizes, holders, refs, strict=False)), strict=True))
+        # holder_sets may be an endless repeat of the one set: the inner zip stops with sizes.
+        chunks.update(zip(digests, map(new_chunk_state, zip(sizes, holder_sets, refs, strict=False)), strict=True))
         self.unreferenced.update(itertools.compress(digests, map(operator.not_, refs)))
         if len(chunks) != expected:
             twice = [d for d, n in Counter(row[0] for row in batch.chunks).items() if n > 1]
             raise SnapshotFormatError(f"chunk {twice[0].hex()} appears twice" if twice else
                                       f"{expected - len(chunks)} chunks of a batch appear in an earlier one")
         usage = self.usage
-        for holders, total in zip(sets, set_bytes, strict=True):
-            for holder in holders:
+        for holder_set, total in zip(sets, set_bytes, strict=True):
+            for holder in holder_set:
                 usage[holder] += total
 
     def _files(self, batch: FileBatch) -> None:
@@ -331,7 +331,7 @@ class LoadedSnapshot:
             # The common batch: one chunk per file, checked column by column in C.
             digests = list(map(_CHUNK_DIGESTS, records))
             found = list(map(chunks.get, digests))
-            if None in found or list(map(_FIRST, found)) != sizes:
+            if None in found or list(map(_FIRST, cast("list[ChunkState]", found))) != sizes:
                 for path, rec in zip(paths, records, strict=True):
                     self._check_file(path, rec)
             self._refs.update(digests)
