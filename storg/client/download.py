@@ -11,9 +11,10 @@ import os
 import tempfile
 from collections import deque
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from storg.client.errors import (
     ClusterUnavailable,
@@ -114,6 +115,11 @@ def _hash_all(hasher: Any, pieces: list) -> None:
         hasher.update(data)
 
 
+def _first_failure(failure: Failure) -> Failure:
+    """gatherResults(consumeErrors=True) fails with a FirstError: the Failure inside it."""
+    return cast(defer.FirstError, failure.value).subFailure
+
+
 class _SinkWriter:
     """One writer thread at a time per get, in order; reading pauses when it falls behind."""
 
@@ -170,7 +176,7 @@ class _SinkWriter:
         written = in_thread(self.reactor, self.sink.write_many, batch)
         hashed = in_thread(self.reactor, _hash_all, self.hasher, batch)
         both = defer.gatherResults([written, hashed], consumeErrors=True)
-        both.addErrback(lambda failure: failure.value.subFailure)
+        both.addErrback(_first_failure)
         self._busy = both
         both.addCallbacks(self._done, self._failed, callbackArgs=(sum(map(len, batch)),))
 

@@ -8,7 +8,7 @@ import hashlib
 import io
 import os
 import stat
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from twisted.internet import defer
 
@@ -69,7 +69,7 @@ class UploadSource:
 
     def _size(self) -> int | None:
         if self.in_memory:
-            return max(len(self.f.getbuffer()) - self.start, 0)
+            return max(len(cast(io.BytesIO, self.f).getbuffer()) - self.start, 0)
         try:
             st = os.fstat(self.f.fileno())
         except (OSError, ValueError, AttributeError):

@@ -140,10 +140,12 @@ class RequestConnection(FrameReceiver):
         super().connectionMade()
         # Small requests (a PutEnd after a PutData, say) must not wait for
         # a delayed ACK: Nagle's algorithm would hold them up to 40 ms.
-        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        transport = self.transport
+        assert transport is not None  # makeConnection set it
+        set_no_delay = getattr(transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)
-        self.transport.registerProducer(self._gate, True)
+        transport.registerProducer(self._gate, True)
 
     @property
     def usable(self) -> bool:
@@ -155,7 +157,7 @@ class RequestConnection(FrameReceiver):
     def writable(self) -> bool:
         """False while the transport's write buffer is full (or the connection is gone)."""
         transport = self.transport
-        return (self.connected and transport is not None and not self._gate.paused
+        return (self.connected != 0 and transport is not None and not self._gate.paused
                 and not getattr(transport, "disconnecting", False))
 
     def wait_writable(self, stream: Stream | None = None) -> defer.Deferred:
@@ -189,8 +191,8 @@ class RequestConnection(FrameReceiver):
 
     def _fail_waiters(self, stream: Stream | None, exc: Exception) -> None:
         """Fail the writers waiting for ``stream`` (all of them when ``stream`` is None)."""
-        keep = []
-        failed = []
+        keep: list[tuple[defer.Deferred, Stream | None]] = []
+        failed: list[tuple[defer.Deferred, Stream | None]] = []
         for entry in self._writers:
             (failed if stream is None or entry[1] is stream else keep).append(entry)
         self._writers = keep

@@ -9,6 +9,8 @@ README's "Exit status"), so callers catch by class instead of parsing codes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from storg.wire import ErrorCode
 
 
@@ -50,7 +52,8 @@ class ProtocolViolation(Exception):
     """The node sent something that is not a valid reply."""
 
 
-_BY_CODE: dict[int, type[ServerError]] = {
+# The subclasses take (message, leader): their code is fixed.
+_BY_CODE: dict[int, Callable[[str, str], ServerError]] = {
     ErrorCode.NOT_FOUND: NotFoundError,
     ErrorCode.BAD_REQUEST: BadRequest,
     ErrorCode.INTEGRITY: IntegrityError,

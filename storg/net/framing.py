@@ -25,10 +25,13 @@ header without touching the payload, so only the transport copies it, and
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol, cast
 
+from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
+from twisted.python.failure import Failure
 
 from storg.wire.bulk import BULK_MIN, BULK_TYPES, FRAME_HEADER, bulk_frame
 from storg.wire.codec import CODEC, MAX_FRAME_BYTES
@@ -39,6 +42,35 @@ _SMALL = 4096
 
 LARGE_FRAME = 64 * 1024
 """A frame at least this long that a read leaves incomplete is collected piece by piece."""
+
+
+class Transport(Protocol):
+    """The part of a Twisted stream transport (TCP, later TLS) that storg's protocols use.
+
+    ``Protocol.transport`` is declared as ``ITransport``, a zope interface
+    whose methods are written without ``self``: without the mypy-zope
+    plugin mypy cannot call them (``getPeer``, ``loseConnection``,
+    ``writeSequence``), and it does not know the producer half at all.
+    This spells out what the transports we run on (``tcp.Connection``,
+    Twisted's ``StringTransport`` in tests) provide.
+    """
+
+    disconnecting: bool
+    producer: object
+
+    def write(self, data: bytes) -> None: ...
+
+    def writeSequence(self, data: Iterable[bytes]) -> None: ...
+
+    def loseConnection(self) -> None: ...
+
+    def abortConnection(self) -> None: ...
+
+    def getPeer(self) -> IAddress: ...
+
+    def registerProducer(self, producer: object, streaming: bool) -> None: ...
+
+    def unregisterProducer(self) -> None: ...
 
 
 class FrameReceiver(Int32StringReceiver):
@@ -58,9 +90,11 @@ class FrameReceiver(Int32StringReceiver):
 
     MAX_LENGTH = MAX_FRAME_BYTES
 
+    # Set by makeConnection; see Transport for why it is not ITransport.
+    transport: Transport | None  # type: ignore[assignment]  # ITransport's zope methods lack self
     _rbuf: bytearray | None = None
     _parsing = False
-    _pieces: list | None = None
+    _pieces: list[bytes | memoryview] | None = None
     _missing = 0
     _whole: bytes | None = None
     _log = Logger()
@@ -86,6 +120,7 @@ class FrameReceiver(Int32StringReceiver):
     def _collect(self, data: bytes, buf: bytearray) -> None:
         """Add a read to the large frame being collected; join it once it is whole."""
         pieces = self._pieces
+        assert pieces is not None  # dataReceived checked it
         missing = self._missing
         if len(data) < missing:
             if data:
@@ -180,13 +215,16 @@ class FrameReceiver(Int32StringReceiver):
     def close_connection(self) -> None:
         """Close after flushing what was written; subclasses with a registered producer
         must unregister it first (a transport does not close while one is registered)."""
-        self.transport.loseConnection()
+        transport = self.transport
+        assert transport is not None  # set by makeConnection, never cleared
+        transport.loseConnection()
 
     def connectionLost(self, reason: object = None) -> None:
         # A half-received frame can be megabytes; do not keep it around.
         self._rbuf = None
         self._pieces = self._whole = None
-        super().connectionLost(reason)
+        # Twisted passes a Failure; tests may pass nothing.  Protocol's own method ignores it.
+        super().connectionLost(cast(Failure, reason))
 
 
 def send_bulk(transport: Any, obj: Any) -> None:

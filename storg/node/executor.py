@@ -163,7 +163,12 @@ class PoolExecutor:
         if self._stopping is None:
             self._stopping = deferToThread(self._pool.stop)
         done: defer.Deferred[None] = defer.Deferred()
-        self._stopping.addBoth(lambda result: (done.callback(None), result)[1])
+
+        def stopped(result: object) -> object:
+            done.callback(None)
+            return result
+
+        self._stopping.addBoth(stopped)
         return done
 
 

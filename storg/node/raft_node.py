@@ -27,10 +27,9 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -54,6 +53,8 @@ from storg.raft.types import (
 )
 
 log = Logger(namespace="storg.node")
+
+_T = TypeVar("_T")
 
 
 class Timeout(Exception):
@@ -93,6 +94,11 @@ def run_inline(fn: Callable[..., Any], *args: Any) -> defer.Deferred:
     return defer.maybeDeferred(fn, *args)
 
 
+def _replace(_result: object, value: _T) -> _T:
+    """A callback that replaces a Deferred's result with ``value``."""
+    return value
+
+
 _READ_CTX = struct.Struct(">Q")
 """The per-node counter part of a ReadIndex context."""
 
@@ -107,7 +113,7 @@ class RaftNode:
         state_machine: StateMachine,
         send: Callable[[Message], object],
         *,
-        reactor: IReactorTime | None = None,
+        reactor: Any = None,
         executor: Submit | None = None,
         tick_seconds: float = 0.01,
         default_timeout: float = 10.0,
@@ -123,7 +129,7 @@ class RaftNode:
         self._send = send
         self._reactor = reactor
         self._executor = executor
-        self._own_pool = None
+        self._own_pool: SerialExecutor | None = None
         self._tick_seconds = tick_seconds
         self.default_timeout = default_timeout
         self._on_fatal = on_fatal
@@ -329,8 +335,9 @@ class RaftNode:
             except ValueError as exc:
                 d.errback(exc)
                 continue
-            self._executor(self._log_store.compact, meta.index).addCallback(
-                lambda _, meta=meta: meta).chainDeferred(d)
+            executor = self._executor
+            assert executor is not None  # start() made one
+            executor(self._log_store.compact, meta.index).addCallback(_replace, meta).chainDeferred(d)
 
     # -- views -----------------------------------------------------------
 
@@ -432,7 +439,9 @@ class RaftNode:
         if rd.snapshot is not None or rd.entries or hard_state is not None:
             if rd.snapshot is None and rd.committed_entries:
                 self._apply_durable_now(rd)
-            d = self._executor(self._log_store.persist, rd.snapshot, rd.entries, hard_state)
+            executor = self._executor
+            assert executor is not None  # start() made one
+            d = executor(self._log_store.persist, rd.snapshot, rd.entries, hard_state)
         else:
             d = defer.succeed(None)
         d.addCallback(lambda _: self._after_persist(rd))

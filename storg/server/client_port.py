@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from storg.net.flow import WriteWindow
-from storg.net.framing import FrameReceiver
+from storg.net.framing import FrameReceiver, Transport
 from storg.node.raft_node import NodeStopped, Timeout
 from storg.raft.errors import NotLeader, ProposalDropped
 from storg.wire import CODEC, CodecError, ErrorCode, ErrorReply
@@ -78,6 +78,10 @@ class HeldReply:
 class ClientConnection(FrameReceiver):
     """One connection to the client port."""
 
+    # Connected (makeConnection) as soon as the factory builds it, before
+    # any method here runs: the transport is always there.
+    transport: Transport
+
     def __init__(self, api: ClientApi) -> None:
         self.api = api
         self.handlers = api.client_handlers()
@@ -123,7 +127,8 @@ class ClientConnection(FrameReceiver):
 
     @property
     def open(self) -> bool:
-        return self.connected and self.transport is not None and not self.transport.disconnecting
+        transport = self.transport
+        return self.connected != 0 and transport is not None and not transport.disconnecting
 
     def on_close(self, callback: Callable[[], object]) -> None:
         self._on_close.append(callback)
@@ -151,7 +156,7 @@ class ClientConnection(FrameReceiver):
         if set_no_delay is not None:
             set_no_delay(True)
 
-    def connectionLost(self, reason: Failure | None = None) -> None:
+    def connectionLost(self, reason: object = None) -> None:
         self._window.resumeProducing()
         callbacks, self._on_close = self._on_close, []
         for cb in callbacks:

@@ -54,7 +54,7 @@ from twisted.python.failure import Failure
 
 from storg.config import NODE_ID_RE, Address
 from storg.net.flow import WriteWindow
-from storg.net.framing import FrameReceiver, describe_address
+from storg.net.framing import FrameReceiver, Transport, describe_address
 from storg.raft.types import Message
 from storg.wire.codec import CODEC
 from storg.wire.messages import Hello, HelloRefused
@@ -118,8 +118,16 @@ def _one_line(text: str, limit: int = 300) -> str:
 class _PeerProtocol(FrameReceiver):
     """What both directions share: one decoder, one way to give up on a connection."""
 
+    # A factory's protocol is connected (makeConnection) as soon as it is
+    # built, before any method here runs: the transport is always there.
+    transport: Transport
     peer_id: str | None = None
     _timeout: Any = None
+    # Set by the subclasses (class attribute or __init__) and by connectionMade:
+    direction: str
+    reactor: Any
+    handshake_timeout: float
+    closed: defer.Deferred[None]
 
     def connectionMade(self) -> None:
         self.closed = defer.Deferred()
@@ -129,7 +137,7 @@ class _PeerProtocol(FrameReceiver):
             set_no_delay(True)
         self._timeout = self.reactor.callLater(self.handshake_timeout, self._handshake_timed_out)
 
-    def connectionLost(self, reason: Failure | None = None) -> None:
+    def connectionLost(self, reason: object = None) -> None:
         self._cancel_timeout()
         super().connectionLost(reason)
         self.closed.callback(None)
@@ -189,7 +197,7 @@ class PeerServerProtocol(_PeerProtocol):
         super().connectionMade()
         self.owner._inbound.add(self)
 
-    def connectionLost(self, reason: Failure | None = None) -> None:
+    def connectionLost(self, reason: object = None) -> None:
         self.owner._inbound_lost(self)
         super().connectionLost(reason)
 
@@ -284,7 +292,7 @@ class PeerClientProtocol(_PeerProtocol):
             self.transport.unregisterProducer()
         self.transport.loseConnection()
 
-    def connectionLost(self, reason: Failure | None = None) -> None:
+    def connectionLost(self, reason: object = None) -> None:
         self.link.owner._outbound.discard(self)
         if self.link.current is self:
             self.link.current = None
@@ -564,16 +572,18 @@ class PeerTransport:
         return reason
 
     def _inbound_ready(self, proto: PeerServerProtocol) -> None:
-        old = self._inbound_by_peer.get(proto.peer_id)
-        self._inbound_by_peer[proto.peer_id] = proto
-        self._refusal_logged.pop(proto.peer_id, None)
+        peer_id = proto.peer_id
+        assert peer_id is not None  # set by the handshake that calls this
+        old = self._inbound_by_peer.get(peer_id)
+        self._inbound_by_peer[peer_id] = proto
+        self._refusal_logged.pop(peer_id, None)
         if old is not None and old is not proto:
             # The peer keeps one outgoing connection; a new one means the
             # old one is dead on its side.
-            log.info("peer {peer} reconnected; closing its previous connection", peer=proto.peer_id)
+            log.info("peer {peer} reconnected; closing its previous connection", peer=peer_id)
             old.close_connection()
         else:
-            log.info("peer {peer} connected to us from {addr}", peer=proto.peer_id,
+            log.info("peer {peer} connected to us from {addr}", peer=peer_id,
                      addr=_peer_text(proto.transport))
 
     def _inbound_lost(self, proto: PeerServerProtocol) -> None:

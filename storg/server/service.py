@@ -128,6 +128,7 @@ class NodeService(service.MultiService):
 
     def startService(self) -> None:
         self.open_storage()
+        assert self.log_store is not None  # open_storage made it (or raised)
         cfg = self.config
         started = time.monotonic() - self._load_seconds
         state = self._state
@@ -158,7 +159,9 @@ class NodeService(service.MultiService):
             self.node, self.fsm, self.log_store, every=cfg.raft.snapshot_every, reactor=self.reactor,
             address_of=self._client_address, send_message=self.transport.send)
         self._build_data_path()
-        self.snapshots.installed.append(lambda _index: self.filler.trigger())
+        assert self.files is not None and self.filler is not None  # _build_data_path made them
+        filler = self.filler
+        self.snapshots.installed.append(lambda _index: filler.trigger())
         self.directory.on_change(self._members_changed)
         for address, factory in (
             (cfg.peer_listen, self.transport.server_factory),
@@ -192,6 +195,7 @@ class NodeService(service.MultiService):
         fsync; hashing gets another, because the chunk pool's threads may
         all be waiting on fsyncs.
         """
+        assert self.node is not None and self.snapshots is not None  # startService made them
         cfg = self.config
         tuning = cfg.files
         self.chunk_pool = PoolExecutor(self.reactor, f"storg-chunks-{cfg.node_id}", CHUNK_THREADS)
@@ -266,6 +270,7 @@ class NodeService(service.MultiService):
             self.files.stop()
             self.repairer.stop()
             self.scrubber.stop()
+            assert self.filler is not None  # made with files
             self.filler.stop()
             self.remote_chunks.close()
         if self.transport is not None:
@@ -310,6 +315,7 @@ class NodeService(service.MultiService):
             ProbeWrite: self.probe_write,
             ProbeRead: self.probe_read,
         }
+        assert self.files is not None and self.snapshots is not None  # clients are served once started
         handlers.update(self.files.handlers())
         handlers.update(self.upkeep_status.handlers())
         handlers.update(self.snapshots.handlers())
@@ -324,6 +330,7 @@ class NodeService(service.MultiService):
         return str(member.client) if member is not None else ""
 
     def status_reply(self, request: StatusRequest, conn=None) -> StatusReply:
+        assert self.node is not None  # clients are served once started
         s = self.node.status()
         row = MemberRow(s["id"], s["role"], s["term"], s["leader"], s["commit_index"],
                         s["applied_index"], s["last_index"])
@@ -335,10 +342,12 @@ class NodeService(service.MultiService):
         return StatusReply(request.request_id, row, members)
 
     def probe_write(self, request: ProbeWrite, conn=None) -> defer.Deferred:
+        assert self.node is not None  # clients are served once started
         d = self.node.propose(CODEC.encode(ProbeCommand(request.payload)))
         return d.addCallback(lambda index: ProbeReply(request.request_id, index))
 
     def probe_read(self, request: ProbeRead, conn=None) -> defer.Deferred:
+        assert self.node is not None  # clients are served once started
         d = self.node.read_index()
         return d.addCallback(lambda index: ProbeReply(request.request_id, index))
 

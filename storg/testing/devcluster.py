@@ -234,10 +234,14 @@ class ProcCluster:
 
     def pause(self, nid: str) -> None:
         """SIGSTOP: the node keeps its sockets open but answers nothing (a GC pause, a stuck VM)."""
-        self.nodes[nid].proc.send_signal(signal.SIGSTOP)
+        proc = self.nodes[nid].proc
+        assert proc is not None, f"node {nid} is not running"
+        proc.send_signal(signal.SIGSTOP)
 
     def resume(self, nid: str) -> None:
-        self.nodes[nid].proc.send_signal(signal.SIGCONT)
+        proc = self.nodes[nid].proc
+        assert proc is not None, f"node {nid} is not running"
+        proc.send_signal(signal.SIGCONT)
 
     def restart(self, nid: str, sig: int = signal.SIGKILL) -> int:
         """Stop the node with ``sig`` (kill -9 by default) and start it again; its exit code."""
@@ -420,6 +424,7 @@ class LinkFirewall:
         a, b = self.cluster.nodes[src], self.cluster.nodes[dst]
         rules = [["-s", a.host, "-d", b.host, "-j", "DROP"]]
         if src in self.cgroups:
+            assert self._cgroup_root is not None  # cgroups are made only under it
             path = "/" + str(self.cgroups[src].relative_to(self._cgroup_root))
             rules.append(["-m", "cgroup", "--path", path, "-d", b.host, "-j", "DROP"])
         return rules

@@ -148,11 +148,13 @@ class _Entry:
 
     __slots__ = ("is_call", "match", "next", "op", "prev")
 
+    prev: _Entry
+    """Set when the entry is linked into the list; only the head's never is, and nothing reads it."""
+
     def __init__(self, op: int, is_call: bool) -> None:
         self.op = op
         self.is_call = is_call
         self.match: _Entry | None = None  # a call's return entry (None: unknown outcome)
-        self.prev: _Entry | None = None
         self.next: _Entry | None = None
 
 

@@ -24,6 +24,12 @@ from storg.storage.logstore import DiskLogStore
 
 log = Logger(namespace="storg.snapshots")
 
+
+def _call(_result: object, hook: Callable[[], defer.Deferred]) -> defer.Deferred:
+    """A callback that runs ``hook`` (its Deferred is waited for) in place of the result."""
+    return hook()
+
+
 class AutoSnapshots:
     """Takes a snapshot every ``every`` applied entries and compacts the log behind it."""
 
@@ -92,7 +98,7 @@ class AutoSnapshots:
                  node=self.node.node_id, index=meta.index, size=size, seconds=seconds)
         d = defer.succeed(None)
         for hook in self.before_compact:
-            d.addCallback(lambda _, hook=hook: hook())
+            d.addCallback(_call, hook)
         d.addCallback(lambda _: self.node.compact(meta.index))
         return d.addCallback(lambda _: meta)
 
@@ -115,5 +121,10 @@ class AutoSnapshots:
         if running is None:
             return defer.succeed(None)
         done: defer.Deferred = defer.Deferred()
-        running.addBoth(lambda r: (done.callback(None), r)[1])
+
+        def let_go(result: object) -> object:
+            done.callback(None)
+            return result
+
+        running.addBoth(let_go)
         return done

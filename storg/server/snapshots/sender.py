@@ -190,9 +190,11 @@ class SnapshotSender:
         self._active.pop(peer, None)
         if self._stopped:
             return
+        kind = failure.type
+        assert kind is not None  # a Failure always has one (Twisted types it optional)
         log.warn("{node}: sending the snapshot to {peer} failed, retrying in {delay} s: {why}",
                  node=self.node.node_id, peer=peer, delay=self.retry_delay,
-                 why=failure.getErrorMessage() or failure.type.__name__)
+                 why=failure.getErrorMessage() or kind.__name__)
 
         def retry() -> None:
             self._retries.pop(peer, None)

@@ -84,7 +84,11 @@ class Scrubber:
         if self._pass is None:
             waiter.callback(None)
         else:
-            self._pass.addBoth(lambda r: (waiter.callback(None), r)[1])
+            def ended(result: object) -> object:
+                waiter.callback(None)
+                return result
+
+            self._pass.addBoth(ended)
         return waiter
 
     @defer.inlineCallbacks
