@@ -407,10 +407,7 @@ class FileStoreStateMachine:
         for tests and diagnostics, not for the reactor on a large namespace.
         """
         h = hashlib.sha256()
-        frozen = self.freeze()
-        canonical = FrozenState(frozen._members, dict(sorted(self._chunks.items())),
-                                frozen._paths, self._files, frozen._sessions)
-        for frame in canonical.frames():
+        for frame in self.freeze().canonical().frames():
             h.update(len(frame).to_bytes(4, "big"))
             h.update(frame)
         return h.hexdigest()

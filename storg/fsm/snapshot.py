@@ -73,6 +73,11 @@ class FrozenState:
         self._files = MappingProxyType(files)
         self._sessions = sessions
 
+    def canonical(self) -> FrozenState:
+        """The same image with the chunk map in digest order: what two nodes' digests compare."""
+        return FrozenState(self._members, dict(sorted(self._chunks.items())), self._paths,
+                           self._files, self._sessions)
+
     def frames(self) -> Iterator[bytes]:
         """The snapshot as CODEC frames: the header, one frame per member, the chunk map and
         the namespace in bounded batches, then one frame per session."""

@@ -1,52 +1,75 @@
-"""Which incarnation of each member this node trusts: instance ids, kept in ``peer_instances.json``.
+"""Which incarnation of each peer this node trusts: the instance ids it has seen, kept on disk.
 
 Instance ids protect Raft's votes: a node whose data_dir was wiped comes
 back with a new instance id, having forgotten whom it voted for and what it
 acknowledged.  Letting it vote again could elect a leader that lacks
-committed entries, so this node remembers the first instance id it saw for
-each member and refuses a different one until the operator replaces the
+committed entries, so peers remember the first instance id they saw for
+each member and refuse a different one until the operator replaces the
 member (remove, then add), which forgets the old id.
 
-This is the node's own observation, not replicated state: the state
-machine only announces that a member was removed
-(:meth:`~storg.fsm.members.MemberDirectory.on_remove`), and this class,
-owned by the node's service, forgets and persists.  Applying an entry never
-writes a file.
+This is node-local state, not replicated state: what a node has seen
+depends on whom it has talked to, so it lives in the server layer and the
+state machine never writes it (its ``apply`` must not touch files).  The
+service forgets a removed member's id by watching the member directory
+(:meth:`~storg.fsm.members.MemberDirectory.on_remove`).  The file is
+``data_dir/peer_instances.json``, a JSON object of node id -> instance id,
+rewritten whole with :func:`~storg.storage.fsutil.atomic_write` off the
+reactor thread.
 """
 
 from __future__ import annotations
 
 import json
-import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
-from storg.fsm.members import MemberDirectory
+from storg.config import Member
 from storg.node.executor import Submit
 from storg.storage.fsutil import atomic_write
 
 log = Logger(namespace="storg.members")
+"""The namespace the refusal has always been logged under, so operators' log filters keep matching."""
 
 KNOWN_INSTANCES_FILE = "peer_instances.json"
 
 
-class KnownInstances:
-    """The instance id first seen for each member, persisted off the reactor after each change."""
 
-    def __init__(self, directory: MemberDirectory, data_dir: Path, run: Submit) -> None:
-        self.directory = directory
-        self.path = Path(data_dir) / KNOWN_INSTANCES_FILE
-        self.run = run
-        """Runs the file writes off the reactor thread."""
-        self._write_lock = threading.Lock()
+class KnownInstances:
+    """The first instance id seen for each peer; refuses a peer that comes back as another.
+
+    ``members`` gives the current member addresses (for the refusal's
+    instructions).  ``path`` None keeps the ids in memory only.  Writes go
+    through ``run_in_thread`` one at a time, in order, each one writing the
+    ids as they are when it starts, so the file never goes back to an older
+    state.  Used on the reactor thread only.
+    """
+
+    def __init__(self, members: Callable[[], Mapping[str, Member]], path: Path | None = None,
+                 known: Mapping[str, str] | None = None, *,
+                 run_in_thread: Submit) -> None:
+        self._members = members
+        self._path = path
+        self._known: dict[str, str] = dict(known or {})
+        self._run_in_thread = run_in_thread
+        self._writing: defer.Deferred | None = None
+        self._dirty = False
+
+    @classmethod
+    def load(cls, data_dir: Path, members: Callable[[], Mapping[str, Member]], *,
+             run_in_thread: Submit) -> KnownInstances:
+        """The ids recorded in ``data_dir`` (none if the file is absent), saved back there."""
+        path = Path(data_dir) / KNOWN_INSTANCES_FILE
         try:
-            self._known: dict[str, str] = dict(json.loads(self.path.read_text("utf-8")))
+            known = dict(json.loads(path.read_text("utf-8")))
         except FileNotFoundError:
-            self._known = {}
-        directory.on_remove(self.forget)
+            known = {}
+        return cls(members, path, known, run_in_thread=run_in_thread)
 
     def known(self) -> dict[str, str]:
+        """node id -> the instance id trusted for it, as a copy."""
         return dict(self._known)
 
     def check(self, node_id: str, instance_id: str) -> str | None:
@@ -58,7 +81,7 @@ class KnownInstances:
             return None
         if known == instance_id:
             return None
-        member = self.directory.members().get(node_id)
+        member = self._members().get(node_id)
         add = (f"storgctl member add {node_id} --peer {member.peer} --client {member.client}"
                if member is not None else f"storgctl member add {node_id} --peer H:P --client H:P")
         reason = (
@@ -70,16 +93,39 @@ class KnownInstances:
         return reason
 
     def forget(self, node_id: str) -> None:
-        """A member was removed: a node of that id is a new member when it is added again."""
+        """Trust whichever instance of ``node_id`` comes next (it was removed from the cluster)."""
         if self._known.pop(node_id, None) is not None:
             self._save()
 
+    def flushed(self) -> defer.Deferred:
+        """Fires once every change so far is on disk (or its write has failed and been logged)."""
+        if self._writing is None:
+            return defer.succeed(None)
+        done: defer.Deferred = defer.Deferred()
+
+        def then(result: object) -> object:
+            self.flushed().chainDeferred(done)  # _written ran first: a newer write may be under way
+            return result
+
+        self._writing.addBoth(then)
+        return done
+
     def _save(self) -> None:
+        if self._path is None:
+            return
+        self._dirty = True
+        if self._writing is None:
+            self._write_next()
+
+    def _write_next(self) -> None:
+        self._dirty = False
         data = json.dumps(self._known, sort_keys=True).encode("utf-8")
-        path = self.path
+        d = defer.maybeDeferred(self._run_in_thread, atomic_write, self._path, data)
+        d.addErrback(lambda f: log.failure("could not record peer instance ids", f))
+        self._writing = d
+        d.addBoth(self._written)
 
-        def write() -> None:
-            with self._write_lock:  # writes may overlap in the pool; the last one taken wins
-                atomic_write(path, data)
-
-        self.run(write).addErrback(lambda f: log.failure("could not record peer instance ids", f))
+    def _written(self, _: object) -> None:
+        self._writing = None
+        if self._dirty:
+            self._write_next()

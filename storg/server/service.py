@@ -118,7 +118,9 @@ class NodeService(service.MultiService):
         started = time.monotonic()
         identity = load_or_create(cfg.data_dir, cfg.node_id, self.cluster_id)
         self.instance_id = identity.instance_id
-        self.instances = KnownInstances(self.directory, cfg.data_dir, reactor_pool(self.reactor))
+        self.known_instances = KnownInstances.load(cfg.data_dir, self.directory.members,
+                                                    run_in_thread=reactor_pool(self.reactor))
+        self.directory.on_remove(self.known_instances.forget)
         self.log_store = DiskLogStore(cfg.data_dir)
         self._state = self.log_store.load()
         # Before the reactor runs, so reading the snapshot here blocks nothing.
@@ -299,7 +301,7 @@ class NodeService(service.MultiService):
 
     def _accept_peer(self, hello: Hello) -> str | None:
         """Refuse a peer that forgot its votes (came back with an empty data_dir)."""
-        return self.instances.check(hello.node_id, hello.instance_id)
+        return self.known_instances.check(hello.node_id, hello.instance_id)
 
     def _members_changed(self) -> None:
         if self.transport is not None:

@@ -263,6 +263,30 @@ def test_conf_change_entries_update_the_directory() -> None:
         log.raw(b"\x00\x01", EntryType.CONF_CHANGE)
 
 
+def test_applying_a_member_removal_writes_no_file(tmp_path, monkeypatch) -> None:
+    """apply stays pure: a REMOVE only tells the directory's watchers; files are the server's business."""
+    monkeypatch.chdir(tmp_path)
+    directory = MemberDirectory({
+        "n1": Member(Address("127.0.0.1", 7001), Address("127.0.0.1", 8001)),
+        "n3": Member(Address("127.0.0.1", 7003), Address("127.0.0.1", 8003)),
+    })
+    heard: list[object] = []
+    directory.on_remove(lambda node_id: heard.append(("removed", node_id)))
+    directory.on_change(lambda: heard.append(("changed", sorted(directory.members()))))
+    log = Log(FileStoreStateMachine(directory))
+
+    def no_write(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"apply wrote or scheduled a write: {args}")
+
+    with monkeypatch.context() as m:
+        for target in ("os.open", "builtins.open", "storg.storage.fsutil.atomic_write",
+                       "twisted.internet.threads.deferToThread"):
+            m.setattr(target, no_write)
+        log.raw(ConfChange(ConfChangeType.REMOVE, "n3").encode(), EntryType.CONF_CHANGE)
+    assert heard == [("removed", "n3"), ("changed", ["n1"])]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_without_a_directory_members_are_still_tracked() -> None:
     log = Log()
     context = CODEC.encode(MemberAddress("n2", "127.0.0.1:7002", "127.0.0.1:8002"))
