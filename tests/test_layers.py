@@ -11,6 +11,7 @@ layer or across layers.  The test also checks itself: every module of
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -82,10 +83,16 @@ def imports_of(module: str, path: Path, known: set[str]) -> set[str]:
     return {name for name in found if name in known}
 
 
-def import_graph() -> dict[str, set[str]]:
+@functools.cache
+def _graph() -> dict[str, frozenset[str]]:
     modules = all_modules()
     known = set(modules)
-    return {name: imports_of(name, path, known) for name, path in modules.items()}
+    return {name: frozenset(imports_of(name, path, known)) for name, path in modules.items()}
+
+
+def import_graph() -> dict[str, set[str]]:
+    """The import graph of storg/, read once per test run; each caller gets its own copy to plant edges in."""
+    return {name: set(targets) for name, targets in _graph().items()}
 
 
 def upward_edges(graph: dict[str, set[str]]) -> list[str]:
