@@ -16,11 +16,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from storg.testing.storgctl_server import StorgctlRunner
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -108,6 +111,35 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
                          + (f" (last error: {last_error})" if last_error else ""))
 
 
+STORGCTL_SERVER = False
+"""Default of :attr:`ProcCluster.storgctl_server` for clusters created from now on.
+
+The test suite turns it on (tests/conftest.py); benchmarks and scripts keep
+one plain ``storgctl`` process per command."""
+
+_servers: dict[tuple, StorgctlRunner] = {}
+_servers_lock = threading.Lock()
+
+
+def shared_storgctl_runner(env: dict[str, str]) -> StorgctlRunner:
+    """The shared fork server for storgctl commands run with ``env`` (started on first use)."""
+    key = tuple(sorted(env.items()))
+    with _servers_lock:
+        runner = _servers.get(key)
+        if runner is None or not runner.alive():
+            runner = _servers[key] = StorgctlRunner(env)
+        return runner
+
+
+def close_storgctl_servers() -> None:
+    """Stop every shared storgctl fork server (the test session's end)."""
+    with _servers_lock:
+        runners = list(_servers.values())
+        _servers.clear()
+    for runner in runners:
+        runner.close()
+
+
 @dataclass
 class ProcNode:
     node_id: str
@@ -137,6 +169,10 @@ class ProcCluster:
     root: Path
     nodes: dict[str, ProcNode] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    storgctl_server: bool = False
+    """Run :meth:`storgctl` commands from a fork server (see :mod:`storg.testing.storgctl_server`):
+    the same ``storg.cli.main.main(argv)`` in a process of its own, without
+    paying ~0.4 s of interpreter start-up per command."""
 
     @classmethod
     def create(cls, root: Path, size: int = 3, raft: dict | None = None,
@@ -147,7 +183,7 @@ class ProcCluster:
         so that firewall rules can tell the nodes apart; default 127.0.0.1 for all.
         """
         root = Path(root).resolve()
-        cluster = cls(root)
+        cluster = cls(root, storgctl_server=STORGCTL_SERVER)
         hosts = list(hosts) if hosts is not None else ["127.0.0.1"] * size
         if len(hosts) != size:
             raise ValueError(f"{len(hosts)} hosts given for {size} nodes")
@@ -260,6 +296,9 @@ class ProcCluster:
     def storgctl(self, *args: str, nodes: list[str] | None = None, timeout: float = 60,
                  input: bytes | None = None) -> subprocess.CompletedProcess:
         addresses = ",".join(self.nodes[n].client_address for n in (nodes or list(self.nodes)))
+        if self.storgctl_server:
+            runner = shared_storgctl_runner(self.env)
+            return runner.completed(["--cluster", addresses, *args], timeout, input=input)
         return subprocess.run(
             [str(BIN / "storgctl"), "--cluster", addresses, *args],
             env=self.env, capture_output=True, timeout=timeout, input=input,

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import signal
 
+import pytest
 from fault_harness import hold
 
 from storg.testing.linearizability import Outcome
+
+pytestmark = pytest.mark.process
+"""Every test here starts real node processes (the quick loop skips them: -m "not process")."""
 
 
 def test_leader_killed_in_a_loop(scenario):

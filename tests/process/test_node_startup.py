@@ -6,9 +6,13 @@ import re
 import shutil
 import subprocess
 
+import pytest
 import yaml
 
 from storg.testing.devcluster import BIN, ProcCluster, wait_for
+
+pytestmark = pytest.mark.process
+"""Every test here starts real node processes (the quick loop skips them: -m "not process")."""
 
 
 def run_twistd(cluster: ProcCluster, config) -> subprocess.CompletedProcess:
