@@ -322,6 +322,17 @@ class ProcCluster:
             return leader
         return None
 
+    def everyone_follows(self) -> str | None:
+        """The leader, once every node answers and follows it (:meth:`leader` skips unreachable rows)."""
+        rows = self.status()
+        leaders = {r["leader"] for r in rows}
+        if len(rows) != len(self.nodes) or len(leaders) != 1 or None in leaders:
+            return None
+        leader = leaders.pop()
+        if any(r["role"] == "unreachable" for r in rows):
+            return None
+        return leader if any(r["id"] == leader and r["role"] == "leader" for r in rows) else None
+
     def applied_indexes(self) -> dict[str, int]:
         """Each member's applied index as the status rows report it (unreachable: -1)."""
         return {r["id"]: (r["applied_index"] if r["role"] != "unreachable" else -1)
