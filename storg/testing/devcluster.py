@@ -304,16 +304,23 @@ class ProcCluster:
             env=self.env, capture_output=True, timeout=timeout, input=input,
         )
 
-    def status(self, nodes: list[str] | None = None) -> list[dict]:
-        out = self.storgctl("--timeout", "3", "--json", "status", nodes=nodes)
+    def status(self, nodes: list[str] | None = None, timeout: float = 3) -> list[dict]:
+        """``storgctl --json status``: a member that does not answer in ``timeout`` is ``unreachable``."""
+        out = self.storgctl("--timeout", str(timeout), "--json", "status", nodes=nodes)
         if out.returncode != 0:
             raise RuntimeError(out.stderr.decode())
         return json.loads(out.stdout)
 
-    def leader(self, among: list[str] | None = None) -> str | None:
-        """The leader every live member agrees on, or None."""
+    def leader(self, among: list[str] | None = None, timeout: float = 3) -> str | None:
+        """The leader every live member agrees on, or None.
+
+        ``status`` asks every member, ``among`` or not, and waits up to
+        ``timeout`` for each: a caller that polls while some member is
+        paused may pass a shorter one (it only costs a retry if a slow
+        leader's row comes back unreachable).
+        """
         live = among or [n for n, node in self.nodes.items() if node.alive()]
-        rows = [r for r in self.status(nodes=live) if r["id"] in live]
+        rows = [r for r in self.status(nodes=live, timeout=timeout) if r["id"] in live]
         leaders = {r["id"] for r in rows if r["role"] == "leader"}
         if len(leaders) != 1:
             return None

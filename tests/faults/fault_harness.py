@@ -249,7 +249,9 @@ class Nemesis:
 
     def leader(self, among: list[str] | None = None, timeout: float = 60) -> str:
         among = among or [n for n in self.live() if n not in self.paused]
-        return wait_for(lambda: self.cluster.leader(among), timeout, f"a leader among {among}", 0.2)
+        # A paused member holds each status poll for its row's timeout: keep that short.
+        return wait_for(lambda: self.cluster.leader(among, timeout=1), timeout,
+                        f"a leader among {among}", 0.2)
 
     def kill(self, nid: str) -> None:
         self.cluster.kill(nid, signal.SIGKILL)
