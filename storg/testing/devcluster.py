@@ -16,11 +16,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from storg.testing.storgctl_server import StorgctlRunner
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -108,6 +111,35 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
                          + (f" (last error: {last_error})" if last_error else ""))
 
 
+STORGCTL_SERVER = False
+"""Default of :attr:`ProcCluster.storgctl_server` for clusters created from now on.
+
+The test suite turns it on (tests/conftest.py); benchmarks and scripts keep
+one plain ``storgctl`` process per command."""
+
+_servers: dict[tuple, StorgctlRunner] = {}
+_servers_lock = threading.Lock()
+
+
+def shared_storgctl_runner(env: dict[str, str]) -> StorgctlRunner:
+    """The shared fork server for storgctl commands run with ``env`` (started on first use)."""
+    key = tuple(sorted(env.items()))
+    with _servers_lock:
+        runner = _servers.get(key)
+        if runner is None or not runner.alive():
+            runner = _servers[key] = StorgctlRunner(env)
+        return runner
+
+
+def close_storgctl_servers() -> None:
+    """Stop every shared storgctl fork server (the test session's end)."""
+    with _servers_lock:
+        runners = list(_servers.values())
+        _servers.clear()
+    for runner in runners:
+        runner.close()
+
+
 @dataclass
 class ProcNode:
     node_id: str
@@ -137,6 +169,10 @@ class ProcCluster:
     root: Path
     nodes: dict[str, ProcNode] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    storgctl_server: bool = False
+    """Run :meth:`storgctl` commands from a fork server (see :mod:`storg.testing.storgctl_server`):
+    the same ``storg.cli.main.main(argv)`` in a process of its own, without
+    paying ~0.4 s of interpreter start-up per command."""
 
     @classmethod
     def create(cls, root: Path, size: int = 3, raft: dict | None = None,
@@ -147,7 +183,7 @@ class ProcCluster:
         so that firewall rules can tell the nodes apart; default 127.0.0.1 for all.
         """
         root = Path(root).resolve()
-        cluster = cls(root)
+        cluster = cls(root, storgctl_server=STORGCTL_SERVER)
         hosts = list(hosts) if hosts is not None else ["127.0.0.1"] * size
         if len(hosts) != size:
             raise ValueError(f"{len(hosts)} hosts given for {size} nodes")
@@ -264,21 +300,31 @@ class ProcCluster:
     def storgctl(self, *args: str, nodes: list[str] | None = None, timeout: float = 60,
                  input: bytes | None = None) -> subprocess.CompletedProcess:
         addresses = ",".join(self.nodes[n].client_address for n in (nodes or list(self.nodes)))
+        if self.storgctl_server:
+            runner = shared_storgctl_runner(self.env)
+            return runner.completed(["--cluster", addresses, *args], timeout, input=input)
         return subprocess.run(
             [str(BIN / "storgctl"), "--cluster", addresses, *args],
             env=self.env, capture_output=True, timeout=timeout, input=input,
         )
 
-    def status(self, nodes: list[str] | None = None) -> list[dict]:
-        out = self.storgctl("--timeout", "3", "--json", "status", nodes=nodes)
+    def status(self, nodes: list[str] | None = None, timeout: float = 3) -> list[dict]:
+        """``storgctl --json status``: a member that does not answer in ``timeout`` is ``unreachable``."""
+        out = self.storgctl("--timeout", str(timeout), "--json", "status", nodes=nodes)
         if out.returncode != 0:
             raise RuntimeError(out.stderr.decode())
         return json.loads(out.stdout)
 
-    def leader(self, among: list[str] | None = None) -> str | None:
-        """The leader every live member agrees on, or None."""
+    def leader(self, among: list[str] | None = None, timeout: float = 3) -> str | None:
+        """The leader every live member agrees on, or None.
+
+        ``status`` asks every member, ``among`` or not, and waits up to
+        ``timeout`` for each: a caller that polls while some member is
+        paused may pass a shorter one (it only costs a retry if a slow
+        leader's row comes back unreachable).
+        """
         live = among or [n for n, node in self.nodes.items() if node.alive()]
-        rows = [r for r in self.status(nodes=live) if r["id"] in live]
+        rows = [r for r in self.status(nodes=live, timeout=timeout) if r["id"] in live]
         leaders = {r["id"] for r in rows if r["role"] == "leader"}
         if len(leaders) != 1:
             return None
@@ -286,6 +332,17 @@ class ProcCluster:
         if all(r["leader"] == leader for r in rows if r["role"] != "unreachable"):
             return leader
         return None
+
+    def everyone_follows(self) -> str | None:
+        """The leader, once every node answers and follows it (:meth:`leader` skips unreachable rows)."""
+        rows = self.status()
+        leaders = {r["leader"] for r in rows}
+        if len(rows) != len(self.nodes) or len(leaders) != 1 or None in leaders:
+            return None
+        leader = leaders.pop()
+        if any(r["role"] == "unreachable" for r in rows):
+            return None
+        return leader if any(r["id"] == leader and r["role"] == "leader" for r in rows) else None
 
     def applied_indexes(self) -> dict[str, int]:
         """Each member's applied index as the status rows report it (unreachable: -1)."""

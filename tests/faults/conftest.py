@@ -1,8 +1,9 @@
 """Fixtures and options of the fault tests.
 
 ``--soak=SECONDS`` makes the mixed-nemesis scenario run that long (default:
-about a minute); ``--fault-seed=N`` fixes the seed of the nemesis and the
-workers (default: a fresh one, printed in each summary line).  At the end of
+half a minute, and on until every kind of fault was injected once);
+``--fault-seed=N`` fixes the seed of the nemesis and the workers (default: a
+fresh one, printed in each summary line).  At the end of
 the run one summary line per scenario is printed: operations checked,
 faults injected, time, verdict.
 """
@@ -66,23 +67,29 @@ def firewall_for(cluster: ProcCluster) -> LinkFirewall:
 
 
 class Scenario:
-    """One cluster of three real nodes, its nemesis and its workers, for one test."""
+    """Three real nodes, a nemesis and workers for one test.
 
-    def __init__(self, name: str, root, seed: int, net: bool, raft: dict | None) -> None:
+    The nodes may be a cluster an earlier scenario of the session used and
+    left healthy (see :class:`ClusterPool`): each scenario has keys of its
+    own (``/reg/NAME/k0`` ...), which start absent, as on a new cluster, and
+    its own nemesis, workers and history; the final checks (convergence,
+    durability, linearizability) are the same.
+    """
+
+    def __init__(self, name: str, seed: int, lease: "Lease") -> None:
         self.name = name
         self.seed = seed
         self.rng = random.Random(seed)
         self.started = time.monotonic()
-        self.cluster = ProcCluster.create(root, size=3, hosts=loopback_hosts(3, self.rng),
-                                          raft=raft, files={"chunk_size": 64 * 1024})
-        self.firewall = firewall_for(self.cluster) if net else None
+        self.lease = lease
+        self.cluster = lease.cluster
+        self.firewall = lease.firewall
         self.nemesis = Nemesis(self.cluster, self.firewall, self.rng)
         self.workload: Workload | None = None
 
     def boot(self) -> Scenario:
-        self.cluster.start_all()
         try:
-            wait_for(self.cluster.leader, 60, "a first leader", 0.2)
+            self.lease.ready()
         except AssertionError as exc:
             logs = "\n".join(f"--- {n} (alive: {node.alive()}):\n{self.cluster.log_text(n)[-1500:]}"
                              for n, node in self.cluster.nodes.items())
@@ -90,7 +97,7 @@ class Scenario:
         return self
 
     def workers(self, keys: int = 3, **kw) -> Workload:
-        self.workload = Workload(self.cluster, [f"/reg/k{i}" for i in range(keys)],
+        self.workload = Workload(self.cluster, [f"/reg/{self.name}/k{i}" for i in range(keys)],
                                  seed=self.seed, **kw)
         self.nemesis._clock = self.workload.now
         return self.workload.start()
@@ -98,28 +105,102 @@ class Scenario:
     def check(self):
         """Stop the workers, heal everything, verify; the summary line is printed and kept."""
         self.workload.stop()
-        return verify(self.cluster, self.workload, self.nemesis, self.name, self.seed, self.started)
+        report = verify(self.cluster, self.workload, self.nemesis, self.name, self.seed, self.started)
+        self.lease.healthy = True  # verified: healed, converged, every node serving
+        return report
 
     def close(self) -> None:
         if self.workload is not None:
             self.workload.close()
-        self.cluster.close()
-        if self.firewall is not None:
-            self.firewall.close()
+        self.lease.release()
+
+
+class Lease:
+    """One scenario's use of a cluster; the cluster goes back to the pool only if it was verified."""
+
+    def __init__(self, pool: "ClusterPool", net: bool, cluster: ProcCluster,
+                 firewall: LinkFirewall | None, fresh: bool) -> None:
+        self.pool, self.net, self.cluster, self.firewall, self.fresh = pool, net, cluster, firewall, fresh
+        self.healthy = False
+
+    def ready(self) -> None:
+        if self.fresh:
+            self.cluster.start_all()
+        wait_for(self.cluster.leader, 60, "a first leader", 0.2)
+
+    def release(self) -> None:
+        self.pool.give_back(self)
+
+
+class ClusterPool:
+    """Clusters of three nodes (one with a firewall, one without) that scenarios take turns on.
+
+    Starting three nodes and electing a first leader is a few seconds of a
+    two-core machine per scenario; a cluster that the last scenario left
+    verified (every node running and serving, links healed, logs converged)
+    serves the next one of the module.  A scenario that failed, or did not get as far as
+    its checks, takes its cluster with it: the next one starts afresh.
+    """
+
+    def __init__(self, root_factory) -> None:
+        self._root_factory = root_factory
+        self._idle: dict[bool, tuple[ProcCluster, LinkFirewall | None]] = {}
+
+    def take(self, net: bool, rng: random.Random) -> Lease:
+        idle = self._idle.pop(net, None)
+        if idle is not None:
+            cluster, firewall = idle
+            if all(node.alive() for node in cluster.nodes.values()) and not (firewall and firewall.blocked):
+                return Lease(self, net, cluster, firewall, fresh=False)
+            self._close(cluster, firewall)
+        root = self._root_factory()
+        cluster = ProcCluster.create(root, size=3, hosts=loopback_hosts(3, rng),
+                                     files={"chunk_size": 64 * 1024})
+        try:
+            firewall = firewall_for(cluster) if net else None
+        except BaseException:
+            cluster.close()
+            raise
+        return Lease(self, net, cluster, firewall, fresh=True)
+
+    def give_back(self, lease: Lease) -> None:
+        if lease.healthy and lease.net not in self._idle:
+            self._idle[lease.net] = (lease.cluster, lease.firewall)
+        else:
+            self._close(lease.cluster, lease.firewall)
+
+    @staticmethod
+    def _close(cluster: ProcCluster, firewall: LinkFirewall | None) -> None:
+        cluster.close()
+        if firewall is not None:
+            firewall.close()
+
+    def close(self) -> None:
+        for cluster, firewall in self._idle.values():
+            self._close(cluster, firewall)
+        self._idle.clear()
+
+
+@pytest.fixture(scope="module")
+def cluster_pool(tmp_path_factory):
+    pool = ClusterPool(lambda: tmp_path_factory.mktemp("faults"))
+    try:
+        yield pool
+    finally:
+        pool.close()
 
 
 @pytest.fixture
-def scenario(request, tmp_path):
-    """Factory: ``scenario(net=True)`` starts a cluster (with a firewall if ``net``)."""
+def scenario(request, cluster_pool):
+    """Factory: ``scenario(net=True)`` gives a running cluster (with a firewall if ``net``)."""
     made: list[Scenario] = []
     option = request.config.getoption("--fault-seed")
 
-    def make(net: bool = False, raft: dict | None = None) -> Scenario:
+    def make(net: bool = False) -> Scenario:
         seed = option if option is not None else random.SystemRandom().randrange(2**31)
         name = request.node.name.removeprefix("test_")
-        root = tmp_path / f"c{len(made)}"
-        root.mkdir()
-        s = Scenario(name, root, seed, net, raft)
+        lease = cluster_pool.take(net, random.Random(seed))
+        s = Scenario(name, seed, lease)
         made.append(s)
         return s.boot()
 

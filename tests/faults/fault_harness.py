@@ -18,12 +18,9 @@ import collections
 import hashlib
 import json
 import os
-import queue
 import random
 import re
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -32,84 +29,12 @@ from pathlib import Path
 
 from storg.testing.devcluster import LinkFirewall, ProcCluster, wait_for
 from storg.testing.linearizability import GET, PUT, RM, Op, Outcome, check_history
+from storg.testing.storgctl_server import StorgctlRunner
 
 SUMMARY: list[dict] = []
 """One row per finished scenario; the conftest prints them at the end of the run."""
 
 CHUNK = 64 * 1024
-ZYGOTE = Path(__file__).with_name("storgctl_zygote.py")
-
-
-class StorgctlRunner:
-    """Runs storgctl commands as child processes of a fork server (see storgctl_zygote.py).
-
-    ``run`` is thread-safe: many workers run commands at once.  A command
-    still running after ``timeout`` is killed (SIGKILL), as a client that
-    gives up would be, and reported with status None.
-    """
-
-    def __init__(self, env: dict[str, str], scratch: Path) -> None:
-        self.scratch = scratch
-        # Clients a little less urgent than the nodes: a starved node misses heartbeats.
-        self.proc = subprocess.Popen(["nice", "-n", "5", sys.executable, str(ZYGOTE)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-        self._send = threading.Lock()
-        self._started: queue.Queue[int] = queue.Queue()
-        self._exits: dict[int, int] = {}
-        self._cond = threading.Condition()
-        self._count = 0
-        self._reader = threading.Thread(target=self._read, name="zygote-reader", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            word, pid, *rest = line.split()
-            if word == b"started":
-                self._started.put(int(pid))
-            elif word == b"exit":
-                with self._cond:
-                    self._exits[int(pid)] = int(rest[0])
-                    self._cond.notify_all()
-        self._started.put(-1)  # the server died: wake a waiting sender
-
-    def run(self, argv: list[str], timeout: float) -> tuple[int | None, bytes, str]:
-        with self._send:
-            self._count += 1
-            out = self.scratch / f"cmd{self._count}.out"
-            err = self.scratch / f"cmd{self._count}.err"
-            request = json.dumps({"argv": argv, "out": str(out), "err": str(err)})
-            self.proc.stdin.write(request.encode() + b"\n")
-            self.proc.stdin.flush()
-            pid = self._started.get(timeout=30)
-        if pid < 0:
-            raise RuntimeError("the storgctl fork server died")
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while pid not in self._exits:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    os.kill(pid, signal.SIGKILL)  # not reaped yet, so the pid is still ours
-                    while pid not in self._exits:
-                        self._cond.wait()
-                    break
-                self._cond.wait(left)
-            code = self._exits.pop(pid)
-        killed = code < 0
-        stdout = out.read_bytes() if out.exists() else b""
-        stderr = err.read_text(errors="replace") if err.exists() else ""
-        out.unlink(missing_ok=True)
-        err.unlink(missing_ok=True)
-        return (None if killed else code), stdout, stderr
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(timeout=10)
 
 
 def content_of(value: str) -> bytes:
@@ -324,7 +249,9 @@ class Nemesis:
 
     def leader(self, among: list[str] | None = None, timeout: float = 60) -> str:
         among = among or [n for n in self.live() if n not in self.paused]
-        return wait_for(lambda: self.cluster.leader(among), timeout, f"a leader among {among}", 0.2)
+        # A paused member holds each status poll for its row's timeout: keep that short.
+        return wait_for(lambda: self.cluster.leader(among, timeout=1), timeout,
+                        f"a leader among {among}", 0.2)
 
     def kill(self, nid: str) -> None:
         self.cluster.kill(nid, signal.SIGKILL)

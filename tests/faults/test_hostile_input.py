@@ -48,6 +48,9 @@ from storg.wire.files import (
     StatRequest,
 )
 
+pytestmark = pytest.mark.process
+"""Every test here starts real node processes (the quick loop skips them: -m "not process")."""
+
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):

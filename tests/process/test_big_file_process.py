@@ -7,7 +7,12 @@ import subprocess
 import threading
 from pathlib import Path
 
+import pytest
+
 from storg.testing.devcluster import BIN, ProcCluster, wait_for
+
+pytestmark = pytest.mark.process
+"""Every test here starts real node processes (the quick loop skips them: -m "not process")."""
 
 GIB = 1 << 30
 BLOCK = 1 << 20

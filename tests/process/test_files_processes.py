@@ -14,6 +14,9 @@ import pytest
 
 from storg.testing.devcluster import BIN, ProcCluster, wait_for
 
+pytestmark = pytest.mark.process
+"""Every test here starts real node processes (the quick loop skips them: -m "not process")."""
+
 CHUNK = 64 * 1024
 
 

@@ -14,6 +14,9 @@ import pytest
 
 from storg.testing.devcluster import BIN, ProcCluster, wait_for
 
+pytestmark = pytest.mark.process
+"""Every test here starts real node processes (the quick loop skips them: -m "not process")."""
+
 CHUNK = 64 * 1024
 
 
@@ -48,10 +51,10 @@ def content(i: int) -> bytes:
 class Writer(threading.Thread):
     """``storgctl put`` in a loop, one process per put, until stopped; records every outcome."""
 
-    def __init__(self, cluster: ProcCluster, addresses: list[str], prefix: str = "/w") -> None:
+    def __init__(self, cluster: ProcCluster, nodes: list[str], prefix: str = "/w") -> None:
         super().__init__(daemon=True)
         self.cluster = cluster
-        self.addresses = ",".join(addresses)
+        self.nodes = list(nodes)
         self.prefix = prefix
         self.results: list[tuple[str, int, bytes]] = []
         self._halt = threading.Event()
@@ -60,10 +63,8 @@ class Writer(threading.Thread):
         i = 0
         while not self._halt.is_set():
             path = f"{self.prefix}/{i}"
-            out = subprocess.run(
-                [str(BIN / "storgctl"), "--cluster", self.addresses, "--timeout", "30",
-                 "put", "-", path],
-                env=self.cluster.env, capture_output=True, input=content(i), timeout=120)
+            out = self.cluster.storgctl("--timeout", "30", "put", "-", path, nodes=self.nodes,
+                                        input=content(i), timeout=120)
             self.results.append((path, out.returncode, out.stderr))
             i += 1
 
@@ -80,8 +81,8 @@ class Writer(threading.Thread):
         return [p for p, _, _ in self.results]
 
 
-def all_addresses(cluster: ProcCluster) -> list[str]:
-    return [n.client_address for n in cluster.nodes.values()]
+def all_nodes(cluster: ProcCluster) -> list[str]:
+    return list(cluster.nodes)
 
 
 READ_ALL = """
@@ -136,7 +137,7 @@ def test_add_two_nodes_and_remove_two_while_a_writer_runs(cluster):
     founders = ["n1", "n2", "n3"]
     for nid in ("n4", "n5"):
         cluster.add_node(nid)
-    writer = Writer(cluster, all_addresses(cluster))
+    writer = Writer(cluster, all_nodes(cluster))
     writer.start()
     try:
         writer.wait_for_puts(3)
@@ -163,7 +164,7 @@ def test_add_two_nodes_and_remove_two_while_a_writer_runs(cluster):
 
 
 def test_rolling_restart_while_a_writer_runs(cluster):
-    writer = Writer(cluster, all_addresses(cluster))
+    writer = Writer(cluster, all_nodes(cluster))
     writer.start()
     try:
         writer.wait_for_puts(2)

@@ -6,9 +6,13 @@ import re
 import shutil
 import subprocess
 
+import pytest
 import yaml
 
 from storg.testing.devcluster import BIN, ProcCluster, wait_for
+
+pytestmark = pytest.mark.process
+"""Every test here starts real node processes (the quick loop skips them: -m "not process")."""
 
 
 def run_twistd(cluster: ProcCluster, config) -> subprocess.CompletedProcess:
@@ -37,10 +41,12 @@ def test_a_broken_config_is_refused_with_one_line_naming_file_and_key(tmp_path):
 
 def test_a_data_dir_of_another_node_is_refused(tmp_path):
     cluster = ProcCluster.create(tmp_path, size=2)
-    cluster.start("n1")
-    wait_for(lambda: (tmp_path / "data" / "n1").exists() and "started in" in cluster.log_text("n1"),
-             30, "n1 to create its data_dir")
-    cluster.kill("n1")
+    try:
+        cluster.start("n1")
+        wait_for(lambda: (tmp_path / "data" / "n1").exists() and "started in" in cluster.log_text("n1"),
+                 30, "n1 to create its data_dir")
+    finally:
+        cluster.close()  # kills n1 whatever happened
     cfg = yaml.safe_load((tmp_path / "n2.yaml").read_text())
     cfg["data_dir"] = "data/n1"
     other = tmp_path / "n2-on-n1.yaml"

@@ -13,11 +13,15 @@ import random
 import re
 import signal
 import subprocess
+import threading
 from collections import Counter
 
 import pytest
 
 from storg.testing.devcluster import BIN, ProcCluster, wait_for
+
+pytestmark = pytest.mark.process
+"""Every test here starts real node processes (the quick loop skips them: -m "not process")."""
 
 CHUNK = 64 * 1024
 HASH = re.compile(r"^[0-9a-f]{64}$")
@@ -121,7 +125,17 @@ def run_client(cluster, nodes=None, **args):
 def start_cluster(root, size, files):
     c = ProcCluster.create(root, size=size, files=files)
     c.start_all()
-    wait_for(c.leader, 30, "a leader")
+    try:
+        # Every node up, not just a quorum: the leader's placement puts a node it could
+        # not probe last, so a node still starting would skew the spread checked below.
+        wait_for(c.everyone_follows, 30, "a leader followed by every node")
+        # The leader probes every member once per repair interval; a probe that ran
+        # before a node's client port was up counts until the next one.  This waits
+        # out that configured cadence (the prober's state is not visible from outside).
+        threading.Event().wait(2 * files["repair_interval_s"])
+    except BaseException:
+        c.close()
+        raise
     return c
 
 

@@ -11,6 +11,9 @@ import pytest
 
 from storg.testing.devcluster import ProcCluster, wait_for
 
+pytestmark = pytest.mark.process
+"""Every test here starts real node processes (the quick loop skips them: -m "not process")."""
+
 EVERY = 5
 
 

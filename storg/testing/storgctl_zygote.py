@@ -8,7 +8,8 @@ stdin, stdout, stderr and exit status, as the installed ``storgctl``
 would; only the interpreter start-up is shared.
 
 Protocol (lines on stdin and stdout): a request is JSON
-``{"argv": [...], "out": PATH, "err": PATH}``; the answer is ``started PID``;
+``{"argv": [...], "out": PATH, "err": PATH}`` with an optional ``"in": PATH``
+(the child's stdin; /dev/null without it); the answer is ``started PID``;
 when a child ends, ``exit PID STATUS`` follows (a negative status: killed by
 that signal).  The server is single-threaded (a forked child of a threaded
 process could inherit a held lock) and reaps children in its SIGCHLD handler.
@@ -39,7 +40,7 @@ def _reap(signum: int, frame: object) -> None:
 def _child(request: dict) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.setsid()
-    devnull = os.open(os.devnull, os.O_RDONLY)
+    devnull = os.open(request.get("in") or os.devnull, os.O_RDONLY)
     out = os.open(request["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     err = os.open(request["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.dup2(devnull, 0)
@@ -47,6 +48,8 @@ def _child(request: dict) -> None:
     os.dup2(err, 2)
     for fd in (devnull, out, err):
         os.close(fd)
+    # The server's sys.stdin may hold read-ahead of later requests: the child's is fd 0 afresh.
+    sys.stdin = open(0, closefd=False)
     code = 1
     try:
         cli.main(request["argv"])
