@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 ZYGOTE = Path(__file__).with_name("storgctl_zygote.py")
 
@@ -43,6 +44,9 @@ class StorgctlRunner:
         # Clients a little less urgent than the nodes: a starved node misses heartbeats.
         self.proc = subprocess.Popen(["nice", "-n", "5", sys.executable, str(ZYGOTE)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        assert self.proc.stdin is not None and self.proc.stdout is not None  # both piped just above
+        self._requests: IO[bytes] = self.proc.stdin
+        self._replies: IO[bytes] = self.proc.stdout
         self._send = threading.Lock()
         self._started: queue.Queue[int] = queue.Queue()
         self._exits: dict[int, int] = {}
@@ -52,7 +56,7 @@ class StorgctlRunner:
         self._reader.start()
 
     def _read(self) -> None:
-        for line in self.proc.stdout:
+        for line in self._replies:
             word, pid, *rest = line.split()
             if word == b"started":
                 self._started.put(int(pid))
@@ -78,8 +82,8 @@ class StorgctlRunner:
             if input is not None:
                 inp.write_bytes(input)
                 request["in"] = str(inp)
-            self.proc.stdin.write(json.dumps(request).encode() + b"\n")
-            self.proc.stdin.flush()
+            self._requests.write(json.dumps(request).encode() + b"\n")
+            self._requests.flush()
             pid = self._started.get(timeout=30)
         if pid < 0:
             raise RuntimeError("the storgctl fork server died")
@@ -119,7 +123,7 @@ class StorgctlRunner:
 
     def close(self) -> None:
         try:
-            self.proc.stdin.close()
+            self._requests.close()
         except OSError:
             pass
         if self.proc.poll() is None:
@@ -129,6 +133,6 @@ class StorgctlRunner:
                 self.proc.kill()
                 self.proc.wait()
         self._reader.join(timeout=10)
-        self.proc.stdout.close()
+        self._replies.close()
         if self._own_scratch is not None:
             self._own_scratch.cleanup()

@@ -76,7 +76,7 @@ class Scenario:
     durability, linearizability) are the same.
     """
 
-    def __init__(self, name: str, seed: int, lease: "Lease") -> None:
+    def __init__(self, name: str, seed: int, lease: Lease) -> None:
         self.name = name
         self.seed = seed
         self.rng = random.Random(seed)
@@ -118,7 +118,7 @@ class Scenario:
 class Lease:
     """One scenario's use of a cluster; the cluster goes back to the pool only if it was verified."""
 
-    def __init__(self, pool: "ClusterPool", net: bool, cluster: ProcCluster,
+    def __init__(self, pool: ClusterPool, net: bool, cluster: ProcCluster,
                  firewall: LinkFirewall | None, fresh: bool) -> None:
         self.pool, self.net, self.cluster, self.firewall, self.fresh = pool, net, cluster, firewall, fresh
         self.healthy = False

@@ -41,7 +41,7 @@ def test_a_command_running_past_its_timeout_is_killed_and_raises(runner):
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
-        address = "127.0.0.1:%d" % listener.getsockname()[1]
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
         with pytest.raises(subprocess.TimeoutExpired):
             runner.completed(["--cluster", address, "--timeout", "30", "status"], timeout=0.5)
     assert runner.alive()
