@@ -5,7 +5,9 @@ bytes object: :class:`SnapshotWriter` takes any number of ``write`` calls and
 :class:`SnapshotReader` hands it back in chunks.
 
 File layout (big-endian), one file per snapshot named
-``snapshot-<index>-<term>.snap``::
+``snapshot-<index>-<term>.snap``, index and term in 20 decimal digits (any
+u64 fits; snapshots written before 0.4.1 have 16 digits and are still
+read, since both widths sort by their integer value)::
 
     magic b"SGSN" | version u8 | len(meta) u32 | encode_snapshot_meta(meta)
     | data length u64 | SHA-256 of data (32 bytes) | CRC-32 of all the above u32
@@ -55,11 +57,20 @@ READ_CHUNK = 1 << 20
 _START = struct.Struct(">4sBI")  # magic, version, len(meta)
 _TAIL = struct.Struct(">Q32s")  # data length, sha256
 _CRC = struct.Struct(">I")
-_NAME = re.compile(r"^snapshot-(\d{16})-(\d{16})\.snap$")
+_NAME = re.compile(r"^snapshot-(\d{16}|\d{20})-(\d{16}|\d{20})\.snap$")
+"""20 digits since 0.4.1 (a u64 has at most 20); the 16 of older snapshots are still read."""
+
+U64_MAX = (1 << 64) - 1
 
 
 def snapshot_name(meta: SnapshotMeta) -> str:
-    return f"snapshot-{meta.index:016d}-{meta.term:016d}.snap"
+    """The file name of ``meta``'s snapshot; raises StorageError for an index or term that is no u64."""
+    for what, value in (("index", meta.index), ("term", meta.term)):
+        if not 0 <= value <= U64_MAX:
+            raise StorageError(f"snapshot {what} {value} is not a u64: refusing to write it")
+    name = f"snapshot-{meta.index:020d}-{meta.term:020d}.snap"
+    assert _NAME.match(name), name  # a name _finals() does not see would be deleted at commit
+    return name
 
 
 def _header(meta_bytes: bytes, length: int, digest: bytes) -> bytes:
@@ -73,8 +84,8 @@ class SnapshotWriter:
     def __init__(self, store: SnapshotStore, meta: SnapshotMeta) -> None:
         self.meta = meta
         self._store = store
+        self._final = store.directory / snapshot_name(meta)  # first: refuses an index that is no u64
         self._meta_bytes = encode_snapshot_meta(meta)
-        self._final = store.directory / snapshot_name(meta)
         self._tmp = temp_path(self._final)
         self._sha = hashlib.sha256()
         self._length = 0
@@ -272,8 +283,12 @@ class SnapshotStore:
 
     def _remove_all_but(self, keep: Path) -> None:
         removed = False
+        finals = self._finals()
+        if keep not in [path for _, _, path in finals]:
+            # Never delete the snapshots we have for one that could not be read back.
+            raise StorageError(f"{keep.name} is not a snapshot name this store reads")
         with disk_errors(f"cannot remove old snapshots in {self.directory}"):
-            for _, _, path in self._finals():
+            for _, _, path in finals:
                 if path != keep:
                     path.unlink()
                     removed = True
