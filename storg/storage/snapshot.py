@@ -6,7 +6,7 @@ bytes object: :class:`SnapshotWriter` takes any number of ``write`` calls and
 
 File layout (big-endian), one file per snapshot named
 ``snapshot-<index>-<term>.snap``, index and term in 20 decimal digits (any
-u64 fits; snapshots written before 0.4.1 have 16 digits and are still
+u64 fits; snapshots written by older versions have 16 digits and are still
 read, since both widths sort by their integer value)::
 
     magic b"SGSN" | version u8 | len(meta) u32 | encode_snapshot_meta(meta)
@@ -66,7 +66,7 @@ _START = struct.Struct(">4sBI")  # magic, version, len(meta)
 _TAIL = struct.Struct(">Q32s")  # data length, sha256
 _CRC = struct.Struct(">I")
 _NAME = re.compile(r"^snapshot-(\d{16}|\d{20})-(\d{16}|\d{20})\.snap$")
-"""20 digits since 0.4.1 (a u64 has at most 20); the 16 of older snapshots are still read."""
+"""20 digits (a u64 has at most 20); the 16 of older snapshots are still read."""
 
 U64_MAX = (1 << 64) - 1
 

@@ -23,7 +23,7 @@ change nothing the node relies on.  So:
    asks :meth:`SnapshotReceiver.admit` before stepping such a message: it
    passes only if the staged data was announced by the message's sender in
    the message's term, for the very same meta (index, term, membership),
-   and, when the message carries one (every storg leader since 0.4.1 puts
+   and, when the message carries one (every storg leader with this receiver puts
    it in ``context``), with the same SHA-256.  Anything else is dropped: a
    SNAPSHOT message whose data is not here can no longer make ``persist``
    fail and stop the node.
