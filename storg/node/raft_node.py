@@ -14,7 +14,10 @@ core's contract demands:
 A Ready that carries a snapshot from the leader first restores the state
 machine (the ``on_snapshot`` handler, which may take a thread); SNAPSHOT
 messages go to the ``on_snapshot_message`` sender, which streams the data
-before the message.
+before the message.  A SNAPSHOT message received that the core would adopt
+is first shown to the ``snapshot_gate`` (the receiver): without the data
+for it at hand the message is dropped, so the core never adopts a snapshot
+that ``persist`` cannot install (which would stop the node).
 
 Only one Ready is in flight at a time.  While its fsync runs, ticks and peer
 messages keep flowing into the core (so a follower's election timer is never
@@ -78,6 +81,14 @@ class LogStore(Protocol):
                 hard_state: HardState | None) -> None: ...
 
     def compact(self, index: int) -> None: ...
+
+
+class SnapshotGate(Protocol):
+    """Decides whether the core may adopt the snapshot a SNAPSHOT message names."""
+
+    def admit(self, msg: Message) -> bool: ...
+
+    def settled(self, msg: Message, adopted: bool) -> None: ...
 
 
 class StateMachine(Protocol):
@@ -161,6 +172,7 @@ class RaftNode:
         self._role_watchers: list[Callable[[SoftState], object]] = []
         self._snapshot_handler: Callable[[SnapshotMeta], object] | None = None
         self._snapshot_sender: Callable[[Message], object] | None = None
+        self._snapshot_gate: SnapshotGate | None = None
         self._apply_watchers: list[Callable[[int], object]] = []
         # (index, Deferred) of compactions waiting for the Ready in flight to finish
         self._compactions: list[tuple[int, defer.Deferred]] = []
@@ -219,6 +231,10 @@ class RaftNode:
         """
         self._snapshot_sender = sender
 
+    def set_snapshot_gate(self, gate: SnapshotGate) -> None:
+        """Let SNAPSHOT messages the core would adopt through only if ``gate.admit`` says so."""
+        self._snapshot_gate = gate
+
     def on_applied(self, watcher: Callable[[int], object]) -> None:
         """Called with the applied index after each batch of committed entries.
 
@@ -233,10 +249,27 @@ class RaftNode:
         """A message from a peer.  Never raises: the core ignores what it cannot use."""
         if self._stopped:
             return
-        self.core.step(msg)
+        if msg.type == MessageType.SNAPSHOT and self._snapshot_gate is not None:
+            self._step_snapshot(msg, self._snapshot_gate)
+        else:
+            self.core.step(msg)
         # Messages read in one reactor turn (two followers' acks, a burst of
         # READ_INDEX requests) are then handled by one Ready.
         self._pump_soon()
+
+    def _step_snapshot(self, msg: Message, gate: SnapshotGate) -> None:
+        core = self.core
+        snap = msg.snapshot
+        if snap is None or snap.index <= core.commit_index or core.term_at(snap.index) == snap.term:
+            core.step(msg)  # the core only answers (it has everything the snapshot covers)
+            return
+        if not gate.admit(msg):
+            return
+        before = core.snapshot_meta
+        try:
+            core.step(msg)
+        finally:
+            gate.settled(msg, before != snap and core.snapshot_meta == snap)
 
     def propose(self, command: bytes, timeout: float | None = None) -> defer.Deferred:
         """Fires with the state machine's result once ``command`` is committed and applied.

@@ -34,6 +34,24 @@ Design choices worth knowing:
   it never campaigns.
 * **Removed servers hear of their removal**: the leader keeps replicating to
   a removed server until the removal commits.
+* **Messages from outside the configuration are dropped** (``_known_sender``),
+  as etcd's transport drops removed members': a sender must be a member
+  (voter or learner) of the latest configuration in the log *or* of the
+  committed one.  Both, because the latest may hold an uncommitted removal of
+  the server that has since won an election (the removal's leader crashed,
+  the entry will be truncated): a filter on the latest alone would leave this
+  node deaf to its new leader forever.  A sender in neither is either
+  removed by a committed entry (it can never lead again under that id
+  unless added back, and then a node that has not seen the addition lacks
+  its address too, so it could not answer it anyway) or added by an entry
+  this node has not appended (same: the driver learns a member's address
+  only when the addition applies).  So dropping costs no liveness a real
+  node has, and stops a higher-term APPEND or SNAPSHOT, a vote or a
+  response naming a stranger.  A node waiting to join (no configuration
+  yet) cannot judge and accepts any sender: its transport only admits the
+  members its configuration file lists.  A READ_INDEX_RESP is taken only
+  from the leader this node follows.  Nothing here authenticates a sender
+  that names a member: that is the transport's job (instance ids, TLS).
 """
 
 from __future__ import annotations
@@ -373,6 +391,8 @@ class RaftCore:
         """Handle a message from a peer; stale or malformed input is ignored."""
         if m.to != self.node_id or m.frm == self.node_id or not m.frm:
             return
+        if not self._known_sender(m.frm):
+            return
         if m.term > self.term:
             if m.type in (MT.VOTE, MT.PRE_VOTE):
                 if self._in_lease(m):
@@ -397,6 +417,14 @@ class RaftCore:
             self._step_candidate(m)
         else:
             self._step_follower(m)
+
+    def _known_sender(self, peer: str) -> bool:
+        """Is ``peer`` a member of the latest or of the committed configuration (module docstring)?"""
+        if self._log.snapshot.index == 0 and not self._conf_base.voters:
+            return True  # waiting to join: no configuration to judge by
+        if peer in self.conf.members():
+            return True
+        return peer in self._conf_at(self._log.committed).members()
 
     def _in_lease(self, m: Message) -> bool:
         """Should a vote request be ignored because a live leader is known?"""
@@ -494,7 +522,7 @@ class RaftCore:
         elif t == MT.TIMEOUT_NOW:
             if self._promotable():
                 self._hup(transfer=True)
-        elif t == MT.READ_INDEX_RESP:
+        elif t == MT.READ_INDEX_RESP and m.frm == self.leader:
             self._read_states.append(ReadState(m.index, m.context))
 
     # --------------------------------------------------------- elections

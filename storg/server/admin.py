@@ -15,6 +15,17 @@ that sequence:
   the leader stops replicating to the removed node, which therefore never
   learns that its removal committed; the leader tells it with a
   :class:`~storg.wire.admin.RemovedNotice` and the removed node stops.
+  The notice arrives on the client port, which anyone can reach, and the
+  node id it names is public: so it is never believed by itself.  It only
+  makes the node check (:meth:`MembershipAdmin.removed_notice`): the node
+  stops if its own applied configuration no longer has it (the REMOVE
+  entry committed and applied here), or else if the leader, asked over
+  connections this node opens to the client addresses of the members it
+  knows, lists the membership without it.  That second way keeps the
+  legitimate cases working where this node can never apply its removal: a
+  removed node the leader no longer replicates to, and a node that came
+  back with an empty data_dir and is refused by its peers.  A node waiting
+  to join (no configuration yet) was never a member and ignores notices.
 * ``leader transfer``: wait until the target holds the whole log (the core
   gives up a transfer after an election timeout), then transfer.
 
@@ -71,6 +82,9 @@ PROPOSE_RETRY_SECONDS = 10.0
 
 TRANSFER_ATTEMPTS = 3
 NOTICE_ATTEMPTS = 10
+CHECK_ATTEMPTS = 10
+"""Rounds of asking the members for the leader's membership after a removal notice."""
+CHECK_RETRY_SECONDS = 1.0
 
 
 def _sleep(reactor: Any, seconds: float) -> defer.Deferred:
@@ -94,6 +108,7 @@ class MembershipAdmin:
         self._connect = connect
         self.catch_up_slack = catch_up_slack
         self.removed = False
+        self._checking = False
 
     @classmethod
     def for_service(cls, service: Any) -> MembershipAdmin:
@@ -290,22 +305,94 @@ class MembershipAdmin:
             await _sleep(self.reactor, 0.5)
 
     def removed_notice(self, notice: RemovedNotice, conn: Any = None) -> MemberChanged:
-        """The leader says our removal committed: log why and stop the node."""
+        """The leader says our removal committed: check it (module docstring), stop if it is true.
+
+        The reply only acknowledges the notice; what the node does depends
+        on what it finds, never on the notice alone.
+        """
         core = self.node.core
         if notice.node_id != self.node_id:
             raise RequestError(ErrorCode.BAD_REQUEST, f"this node is {self.node_id}, not {notice.node_id}")
+        if not core.conf.voters:
+            raise RequestError(ErrorCode.BAD_REQUEST,
+                               f"{self.node_id} is waiting to join: it was never a member")
         if self.node_id in core.conf.members() and core.last_index >= notice.index:
             # We were added again after that removal (a replaced node): stale news.
             raise RequestError(ErrorCode.BAD_REQUEST,
                                f"{self.node_id} is a member again after entry {notice.index}")
-        if not self.removed:
-            self.removed = True
-            log.warn("{node} was removed from the cluster by {by} (entry {index}, term {term}); "
-                     "stopping", node=self.node_id, by=notice.by, index=notice.index,
-                     term=notice.term)
-            # Let the acknowledgement go out before the reactor stops.
-            self.reactor.callLater(0.2, self._stop)
+        if not self.removed and not self._checking:
+            self._checking = True
+            d = defer.Deferred.fromCoroutine(self._check_removed(notice))
+            d.addErrback(lambda f: log.failure("checking a removal notice failed", f))
         return MemberChanged(notice.request_id, self.node_id, REMOVED, notice.index)
+
+    def _applied_without_us(self) -> bool:
+        """Our own applied configuration (and the latest one in the log) no longer has us."""
+        core = self.node.core
+        try:
+            applied = core.snapshot_meta_at(core.applied_index).conf
+        except ValueError:
+            return False
+        return self.node_id not in applied.members() and self.node_id not in core.conf.members()
+
+    async def _check_removed(self, notice: RemovedNotice) -> None:
+        try:
+            for attempt in range(CHECK_ATTEMPTS):
+                if self.removed:
+                    return
+                if self._applied_without_us():
+                    self._stop_removed(notice, "its own applied configuration")
+                    return
+                verdict = await self._ask_leader()
+                if verdict is not None:
+                    leader, members = verdict
+                    if self.node_id in members:
+                        log.warn("{node} ignored a removal notice naming {by} (entry {index}): the "
+                                 "leader {leader} lists {node} as a member", node=self.node_id,
+                                 by=notice.by, index=notice.index, leader=leader)
+                    else:
+                        self._stop_removed(notice, f"the member list of the leader {leader}")
+                    return
+                if attempt < CHECK_ATTEMPTS - 1:
+                    await _sleep(self.reactor, CHECK_RETRY_SECONDS)
+            log.warn("{node} could not confirm a removal notice naming {by} (entry {index}): no "
+                     "leader answered; staying up", node=self.node_id, by=notice.by,
+                     index=notice.index)
+        finally:
+            self._checking = False
+
+    async def _ask_leader(self) -> tuple[str, frozenset[str]] | None:
+        """The leader's membership, asked over our own connections to the members we know."""
+        members = self.directory.members()
+        leader = self.node.core.leader
+        order = sorted(members, key=lambda nid: (nid != leader, nid))
+        for node_id in order:
+            if node_id == self.node_id:
+                continue
+            conn = None
+            try:
+                conn = await self._connect(self.reactor, str(members[node_id].client), timeout=2.0)
+                d = conn.request(lambda rid: MemberListRequest(rid))
+                d.addTimeout(2.0, self.reactor)
+                reply = await d
+            except Exception:
+                continue  # down, not the leader, or slow: ask the next one
+            finally:
+                if conn is not None:
+                    conn.close()
+            if isinstance(reply, MemberListReply):
+                return node_id, frozenset(row.id for row in reply.members)
+        return None
+
+    def _stop_removed(self, notice: RemovedNotice, evidence: str) -> None:
+        if self.removed:
+            return
+        self.removed = True
+        log.warn("{node} was removed from the cluster by {by} (entry {index}, term {term}, "
+                 "confirmed by {evidence}); stopping", node=self.node_id, by=notice.by,
+                 index=notice.index, term=notice.term, evidence=evidence)
+        # Let the acknowledgement go out before the reactor stops.
+        self.reactor.callLater(0.2, self._stop)
 
     # -- leader transfer --------------------------------------------------------------
 

@@ -24,6 +24,25 @@ which the connecting side checks the same way (plus: the node at that
 address is the one it meant to reach), or with ``HelloRefused(reason)``
 and a close.  No Raft message flows before both checks pass.
 
+One connection per peer, and who keeps it
+-----------------------------------------
+Without TLS nothing proves that a Hello naming ``n1`` with n1's instance
+id comes from n1.  So an established connection that is alive wins: a
+second inbound connection claiming the id of a peer whose connection
+delivered a frame within the last ``established_grace`` seconds is refused
+("already connected"), and the old one is kept.  An impostor therefore
+cannot displace a healthy link (a leader's, or a follower's to its
+leader: both carry a frame every heartbeat).  A connection that has been
+silent for longer (a follower's link to another follower, a half-open
+connection whose peer died without a FIN) is replaced by the newcomer, as
+before, so a restarted peer is never locked out: it waits at most
+``established_grace`` plus one retry.  A peer that really restarted closed
+its old connection (the kernel sends the FIN), so normally it is gone
+before the new Hello arrives.  What an impostor can still do, until the
+peer connections are authenticated (TLS), is take over a link that is
+silent, or one whose peer is down; the core's membership filter and the
+instance ids limit what it can say there.
+
 Untrusted bytes
 ---------------
 After the handshake every frame on an incoming connection must decode to a
@@ -94,7 +113,8 @@ class _Identity:
         if hello.version != PROTOCOL_VERSION:
             return f"peer protocol version {hello.version} is not {PROTOCOL_VERSION}"
         if hello.cluster_id != self.cluster_id:
-            return f"cluster id {_one_line(hello.cluster_id, 80)!r} is not ours ({self.cluster_id})"
+            # Never our own id: whoever can read a refusal must not learn how to pass.
+            return f"cluster id {_one_line(hello.cluster_id, 80)!r} belongs to another cluster"
         if not NODE_ID_RE.fullmatch(hello.node_id):
             return f"node id {_one_line(hello.node_id, 80)!r} is not 1-64 of [a-z0-9_-]"
         if hello.node_id == self.node_id:
@@ -192,6 +212,13 @@ class PeerServerProtocol(_PeerProtocol):
         self.owner = factory.owner
         self.reactor = factory.owner.reactor
         self.handshake_timeout = factory.owner.handshake_timeout
+        self.last_frame = 0.0
+        """reactor.seconds() of the last frame received (the handshake counts)."""
+
+    def alive(self) -> bool:
+        """Connected and heard from within the owner's ``established_grace``."""
+        return (not self.transport.disconnecting
+                and self.reactor.seconds() - self.last_frame < self.owner.established_grace)
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -202,6 +229,7 @@ class PeerServerProtocol(_PeerProtocol):
         super().connectionLost(reason)
 
     def stringReceived(self, data: bytes) -> None:
+        self.last_frame = self.reactor.seconds()
         obj = self.decode(data)
         if obj is None:
             return
@@ -226,7 +254,7 @@ class PeerServerProtocol(_PeerProtocol):
         if type(obj) is not Hello:
             self.violation(f"expected Hello, got {type(obj).__name__}")
             return
-        reason = self.owner._check_hello(obj)
+        reason = self.owner._check_hello(obj, inbound=self)
         if reason is not None:
             who = _one_line(obj.node_id, 64)
             self.owner._refused(who, f"refused {who} from {_peer_text(self.transport)}: {reason}")
@@ -470,6 +498,9 @@ class PeerTransport:
     connect_timeout = 2.0
     handshake_timeout = 5.0
     send_buffer_limit = 16 * 1024 * 1024
+    established_grace = 3.0
+    """An inbound connection that delivered a frame this recently is not replaced by a newcomer
+    claiming the same node id (see the module docstring); several heartbeats, under one election."""
 
     def __init__(
         self,
@@ -559,10 +590,16 @@ class PeerTransport:
 
     # -- used by the protocols ----------------------------------------------
 
-    def _check_hello(self, hello: Hello, expected: str | None = None) -> str | None:
+    def _check_hello(self, hello: Hello, expected: str | None = None,
+                     inbound: PeerServerProtocol | None = None) -> str | None:
         reason = self.identity.check(hello)
         if reason is None and expected is not None and hello.node_id != expected:
             reason = f"expected node {expected} at this address, found {hello.node_id}"
+        if reason is None and inbound is not None:
+            old = self._inbound_by_peer.get(hello.node_id)
+            if old is not None and old is not inbound and old.alive():
+                reason = (f"{hello.node_id} is already connected to us and that connection is "
+                          f"alive; keeping it")
         if reason is None and self.accept_peer is not None:
             try:
                 reason = self.accept_peer(hello)
@@ -579,8 +616,9 @@ class PeerTransport:
         self._refusal_logged.pop(peer_id, None)
         if old is not None and old is not proto:
             # The peer keeps one outgoing connection; a new one means the
-            # old one is dead on its side.
-            log.info("peer {peer} reconnected; closing its previous connection", peer=peer_id)
+            # old one is dead on its side (_check_hello refused the newcomer
+            # if the old one was still delivering frames).
+            log.info("peer {peer} reconnected; closing its previous, silent connection", peer=peer_id)
             old.close_connection()
         else:
             log.info("peer {peer} connected to us from {addr}", peer=peer_id,

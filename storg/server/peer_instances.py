@@ -15,6 +15,20 @@ service forgets a removed member's id by watching the member directory
 ``data_dir/peer_instances.json``, a JSON object of node id -> instance id,
 rewritten whole with :func:`~storg.storage.fsutil.atomic_write` off the
 reactor thread.
+
+Only members are recorded.  ``is_member`` (by default: the member
+directory knows the id; the service also counts the core's latest
+configuration, so a node whose addition is appended but not yet applied
+here is a member) decides; a Hello naming anyone else is refused and
+nothing is written, so a stranger can neither grow the file nor claim the
+id of a node that will be added later (which would then be refused as
+"came back with an empty data_dir").  A node waiting to join is refused by
+the members until the entry adding it reaches them; its connection is
+retried every second, so it is accepted about a second later.
+
+A refusal names no instance id we trust: the reason goes to whoever sent
+the Hello, and the id it would need to pass as that member is ours to keep.
+The operator's log line on this node has the full story.
 """
 
 from __future__ import annotations
@@ -49,8 +63,9 @@ class KnownInstances:
 
     def __init__(self, members: Callable[[], Mapping[str, Member]], path: Path | None = None,
                  known: Mapping[str, str] | None = None, *,
-                 run_in_thread: Submit) -> None:
+                 run_in_thread: Submit, is_member: Callable[[str], bool] | None = None) -> None:
         self._members = members
+        self._is_member = is_member if is_member is not None else (lambda nid: nid in members())
         self._path = path
         self._known: dict[str, str] = dict(known or {})
         self._run_in_thread = run_in_thread
@@ -59,21 +74,25 @@ class KnownInstances:
 
     @classmethod
     def load(cls, data_dir: Path, members: Callable[[], Mapping[str, Member]], *,
-             run_in_thread: Submit) -> KnownInstances:
+             run_in_thread: Submit, is_member: Callable[[str], bool] | None = None) -> KnownInstances:
         """The ids recorded in ``data_dir`` (none if the file is absent), saved back there."""
         path = Path(data_dir) / KNOWN_INSTANCES_FILE
         try:
             known = dict(json.loads(path.read_text("utf-8")))
         except FileNotFoundError:
             known = {}
-        return cls(members, path, known, run_in_thread=run_in_thread)
+        return cls(members, path, known, run_in_thread=run_in_thread, is_member=is_member)
 
     def known(self) -> dict[str, str]:
         """node id -> the instance id trusted for it, as a copy."""
         return dict(self._known)
 
     def check(self, node_id: str, instance_id: str) -> str | None:
-        """None to accept the peer, or the reason to refuse it."""
+        """None to accept the peer, or the reason to refuse it (sent to the peer: no secrets)."""
+        if not self._is_member(node_id):
+            # Logged by the transport, once per peer and reason, not once per retry.
+            return (f"{node_id} is not a member of this cluster (a node being added is accepted "
+                    f"once the entry adding it has reached this node)")
         known = self._known.get(node_id)
         if known is None:
             self._known[node_id] = instance_id
@@ -84,13 +103,12 @@ class KnownInstances:
         member = self._members().get(node_id)
         add = (f"storgctl member add {node_id} --peer {member.peer} --client {member.client}"
                if member is not None else f"storgctl member add {node_id} --peer H:P --client H:P")
-        reason = (
-            f"{node_id} came back with an empty data_dir (instance {instance_id}, was {known}): "
-            f"it has forgotten its votes and log and may not vote. To replace it: "
-            f"`storgctl member remove {node_id}`, then `{add}`, then start {node_id} with `join: true`"
-        )
-        log.warn("refusing peer: {reason}", reason=reason)
-        return reason
+        steps = (f"it has forgotten its votes and log and may not vote. To replace it: "
+                 f"`storgctl member remove {node_id}`, then `{add}`, then start {node_id} with "
+                 f"`join: true`")
+        log.warn("refusing peer: {node} came back with an empty data_dir (instance {instance}, "
+                 "was {known}): {steps}", node=node_id, instance=instance_id, known=known, steps=steps)
+        return f"{node_id} came back with an empty data_dir (instance {instance_id}): {steps}"
 
     def forget(self, node_id: str) -> None:
         """Trust whichever instance of ``node_id`` comes next (it was removed from the cluster)."""

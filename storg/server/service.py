@@ -119,7 +119,8 @@ class NodeService(service.MultiService):
         identity = load_or_create(cfg.data_dir, cfg.node_id, self.cluster_id)
         self.instance_id = identity.instance_id
         self.known_instances = KnownInstances.load(cfg.data_dir, self.directory.members,
-                                                    run_in_thread=reactor_pool(self.reactor))
+                                                    run_in_thread=reactor_pool(self.reactor),
+                                                    is_member=self._is_member)
         self.directory.on_remove(self.known_instances.forget)
         self.log_store = DiskLogStore(cfg.data_dir)
         self._state = self.log_store.load()
@@ -298,6 +299,13 @@ class NodeService(service.MultiService):
     def _on_peer_message(self, msg) -> None:
         if self.node is not None:
             self.node.step(msg)
+
+    def _is_member(self, node_id: str) -> bool:
+        """A member for the peer port: in the directory (config, applied changes) or in the
+        core's latest configuration (an addition appended here but not applied yet)."""
+        if node_id in self.directory.members():
+            return True
+        return self.node is not None and node_id in self.node.core.conf.members()
 
     def _accept_peer(self, hello: Hello) -> str | None:
         """Refuse a peer that forgot its votes (came back with an empty data_dir)."""

@@ -22,6 +22,15 @@ storage thread).  The snapshot store keeps only the latest file, so every
 commit goes through :meth:`DiskLogStore.commit_snapshot` under one lock,
 which also keeps an automatic snapshot from replacing a newer one that was
 received meanwhile.
+
+A snapshot received from the leader is only *staged*
+(:meth:`DiskLogStore.stage_snapshot`): the bytes came over a client port,
+which anyone can reach, so they replace nothing.  It becomes the current
+snapshot in :meth:`DiskLogStore.persist`, when the core's Ready adopts that
+very index and term, which it does only on the leader's SNAPSHOT message
+(and the node lets that message through only when the staged data matches
+it, :mod:`storg.server.snapshots.receiver`).  A staged snapshot left by a
+stop is deleted when the store opens: the core never adopted it.
 """
 
 from __future__ import annotations
@@ -76,13 +85,17 @@ class DiskLogStore:
         if snapshot is not None and snapshot.index == 0:
             self._persist_membership(snapshot)
         elif snapshot is not None:
-            # The snapshot's data was written to self.snapshots by whoever
-            # received it; the log must now continue from it.
-            current = self.latest_snapshot()
-            if current is None or (current.index, current.term) != (snapshot.index, snapshot.term):
-                raise StorageError(
-                    f"asked to install the snapshot at index {snapshot.index} term {snapshot.term}, "
-                    f"but the snapshot store holds {current}")
+            # The core adopted the snapshot the receiver staged: make it current;
+            # the log must now continue from it.
+            with self._snapshot_lock:
+                current = self.snapshots.latest()
+                if current is None or (current.index, current.term) != (snapshot.index, snapshot.term):
+                    if not self.snapshots.staged(snapshot):
+                        raise StorageError(
+                            f"asked to install the snapshot at index {snapshot.index} term "
+                            f"{snapshot.term}, but the snapshot store holds {current} and has "
+                            f"nothing staged for it")
+                    self.snapshots.promote(snapshot)
             if not self._continues(snapshot):
                 wal.reset(snapshot.index + 1)
         if entries:
@@ -111,21 +124,25 @@ class DiskLogStore:
         """A writer for a new snapshot; finish it with :meth:`commit_snapshot`."""
         return self.snapshots.begin(meta)
 
-    def commit_snapshot(self, writer: SnapshotWriter, *, replace_newer: bool = False) -> bool:
-        """Make ``writer``'s snapshot the current one; False (and aborted) if refused.
+    def commit_snapshot(self, writer: SnapshotWriter) -> bool:
+        """Make this node's own (automatic) snapshot the current one; False (and aborted) if refused.
 
-        An automatic snapshot is refused when the current one is at or past
-        its index (one received from the leader overtook it).  A snapshot
-        received from the leader (``replace_newer``) is always committed:
-        the follower's core asked for exactly that one.
+        It is refused when the current one is at or past its index (one
+        received from the leader overtook it).
         """
         with self._snapshot_lock:
             current = self.snapshots.latest()
-            if not replace_newer and current is not None and current.index >= writer.meta.index:
+            if current is not None and current.index >= writer.meta.index:
                 writer.abort()
                 return False
             writer.commit()
             return True
+
+    def stage_snapshot(self, writer: SnapshotWriter) -> SnapshotMeta:
+        """Keep a snapshot received from the leader, durable but not current (see the module doc)."""
+        with self._snapshot_lock:
+            writer.stage()
+            return writer.meta
 
     def latest_snapshot(self) -> SnapshotMeta | None:
         with self._snapshot_lock:

@@ -5,7 +5,9 @@ bytes object: :class:`SnapshotWriter` takes any number of ``write`` calls and
 :class:`SnapshotReader` hands it back in chunks.
 
 File layout (big-endian), one file per snapshot named
-``snapshot-<index>-<term>.snap``::
+``snapshot-<index>-<term>.snap``, index and term in 20 decimal digits (any
+u64 fits; snapshots written by older versions have 16 digits and are still
+read, since both widths sort by their integer value)::
 
     magic b"SGSN" | version u8 | len(meta) u32 | encode_snapshot_meta(meta)
     | data length u64 | SHA-256 of data (32 bytes) | CRC-32 of all the above u32
@@ -13,6 +15,14 @@ File layout (big-endian), one file per snapshot named
 
 The header has a fixed size once the meta is known, so the writer reserves
 it, streams the data after it, and fills it in at :meth:`SnapshotWriter.commit`.
+
+A snapshot received from the leader is *staged* first
+(:meth:`SnapshotWriter.stage`): written, fsynced and renamed to
+``snapshot-<index>-<term>.staged``, a name :meth:`SnapshotStore.latest`
+never reads.  It becomes the current snapshot only when promoted
+(:meth:`SnapshotStore.promote`), which the log store does when the core
+adopts that very snapshot; staged files are deleted when the store is
+opened, so data that the core never adopted is never taken as the truth.
 
 Durability: the file is written under a temporary name, fsynced, renamed,
 and the directory fsynced; only then is the previous snapshot deleted, so a
@@ -55,11 +65,27 @@ READ_CHUNK = 1 << 20
 _START = struct.Struct(">4sBI")  # magic, version, len(meta)
 _TAIL = struct.Struct(">Q32s")  # data length, sha256
 _CRC = struct.Struct(">I")
-_NAME = re.compile(r"^snapshot-(\d{16})-(\d{16})\.snap$")
+_NAME = re.compile(r"^snapshot-(\d{16}|\d{20})-(\d{16}|\d{20})\.snap$")
+"""20 digits (a u64 has at most 20); the 16 of older snapshots are still read."""
+
+U64_MAX = (1 << 64) - 1
 
 
 def snapshot_name(meta: SnapshotMeta) -> str:
-    return f"snapshot-{meta.index:016d}-{meta.term:016d}.snap"
+    """The file name of ``meta``'s snapshot; raises StorageError for an index or term that is no u64."""
+    for what, value in (("index", meta.index), ("term", meta.term)):
+        if not 0 <= value <= U64_MAX:
+            raise StorageError(f"snapshot {what} {value} is not a u64: refusing to write it")
+    name = f"snapshot-{meta.index:020d}-{meta.term:020d}.snap"
+    assert _NAME.match(name), name  # a name _finals() does not see would be deleted at commit
+    return name
+
+
+_STAGED_SUFFIX = ".staged"
+
+
+def _staged_path(directory: Path, meta: SnapshotMeta) -> Path:
+    return directory / (snapshot_name(meta)[:-len(".snap")] + _STAGED_SUFFIX)
 
 
 def _header(meta_bytes: bytes, length: int, digest: bytes) -> bytes:
@@ -73,8 +99,8 @@ class SnapshotWriter:
     def __init__(self, store: SnapshotStore, meta: SnapshotMeta) -> None:
         self.meta = meta
         self._store = store
+        self._final = store.directory / snapshot_name(meta)  # first: refuses an index that is no u64
         self._meta_bytes = encode_snapshot_meta(meta)
-        self._final = store.directory / snapshot_name(meta)
         self._tmp = temp_path(self._final)
         self._sha = hashlib.sha256()
         self._length = 0
@@ -106,22 +132,35 @@ class SnapshotWriter:
 
     def commit(self) -> SnapshotMeta:
         """Make the snapshot durable and current, then delete the previous one."""
+        self._finish(self._final)
+        self._store._remove_all_but(self._final)
+        return self.meta
+
+    def stage(self) -> Path:
+        """Make the snapshot durable under its staged name, not current; returns that path.
+
+        Other staged snapshots are deleted: at most one waits for the core.
+        """
+        staged = _staged_path(self._store.directory, self.meta)
+        self._finish(staged)
+        self._store._remove_staged_but(staged)
+        return staged
+
+    def _finish(self, target: Path) -> None:
         if self._done:
             raise StorageError(f"snapshot writer for {self._final.name} is finished")
         try:
-            with disk_errors(f"cannot commit {self._final}"):
+            with disk_errors(f"cannot commit {target}"):
                 os.pwrite(self._fd, _header(self._meta_bytes, self._length, self._sha.digest()), 0)
                 os.fsync(self._fd)
                 os.close(self._fd)
                 self._fd = -1
-                os.replace(self._tmp, self._final)
+                os.replace(self._tmp, target)
                 fsync_dir(self._store.directory)
         except BaseException:
             self.abort()
             raise
         self._done = True
-        self._store._remove_all_but(self._final)
-        return self.meta
 
     def abort(self) -> None:
         """Discard the temporary file; the previous snapshot stays current."""
@@ -240,6 +279,34 @@ class SnapshotStore:
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = ensure_dir(directory)
         remove_temp_files(self.directory)
+        # A staged snapshot the core had not adopted before the stop: never the truth.
+        self._remove_staged_but(None)
+
+    def staged(self, meta: SnapshotMeta) -> bool:
+        """Whether ``meta``'s snapshot is staged (received, not yet adopted)."""
+        return _staged_path(self.directory, meta).is_file()
+
+    def promote(self, meta: SnapshotMeta) -> None:
+        """Make the staged snapshot of ``meta`` the current one, then delete the others."""
+        staged = _staged_path(self.directory, meta)
+        with SnapshotReader(staged) as reader:  # the header is checked, the meta must be this one
+            if reader.meta != meta:
+                raise StorageError(f"{staged.name} holds {reader.meta}, not {meta}")
+        final = self.directory / snapshot_name(meta)
+        with disk_errors(f"cannot promote {staged}"):
+            os.replace(staged, final)
+            fsync_dir(self.directory)
+        self._remove_all_but(final)
+
+    def _remove_staged_but(self, keep: Path | None) -> None:
+        removed = False
+        with disk_errors(f"cannot remove staged snapshots in {self.directory}"):
+            for path in self.directory.iterdir():
+                if path.name.endswith(_STAGED_SUFFIX) and path != keep:
+                    path.unlink()
+                    removed = True
+            if removed:
+                fsync_dir(self.directory)
 
     def begin(self, meta: SnapshotMeta) -> SnapshotWriter:
         """Start writing a snapshot described by ``meta``."""
@@ -272,8 +339,12 @@ class SnapshotStore:
 
     def _remove_all_but(self, keep: Path) -> None:
         removed = False
+        finals = self._finals()
+        if keep not in [path for _, _, path in finals]:
+            # Never delete the snapshots we have for one that could not be read back.
+            raise StorageError(f"{keep.name} is not a snapshot name this store reads")
         with disk_errors(f"cannot remove old snapshots in {self.directory}"):
-            for _, _, path in self._finals():
+            for _, _, path in finals:
                 if path != keep:
                     path.unlink()
                     removed = True

@@ -81,18 +81,21 @@ def test_a_new_instance_is_refused_with_the_steps_to_replace_it(tmp_path: Path, 
     known = KnownInstances.load(tmp_path, lambda: MEMBERS, run_in_thread=run_now)
     known.check("n2", "i-1")
     reason = known.check("n2", "i-2")
-    assert reason == (
-        "n2 came back with an empty data_dir (instance i-2, was i-1): it has forgotten its votes and "
-        "log and may not vote. To replace it: `storgctl member remove n2`, then "
-        "`storgctl member add n2 --peer 127.0.0.1:7002 --client [::1]:8002`, then start n2 with `join: true`"
-    )
-    assert warnings == [f"storg.members: refusing peer: {reason}"]
+    steps = ("it has forgotten its votes and "
+             "log and may not vote. To replace it: `storgctl member remove n2`, then "
+             "`storgctl member add n2 --peer 127.0.0.1:7002 --client [::1]:8002`, then start n2 with `join: true`")
+    # The peer is told what to do, but not which instance id we trust (it would let anyone pass as n2).
+    assert reason == f"n2 came back with an empty data_dir (instance i-2): {steps}"
+    assert warnings == [f"storg.members: refusing peer: n2 came back with an empty data_dir "
+                        f"(instance i-2, was i-1): {steps}"]
     assert on_disk(tmp_path) == {"n2": "i-1"}  # a refusal changes nothing
     assert known.check("n2", "i-2") == reason
 
 
 def test_a_refused_peer_the_directory_does_not_know_gets_placeholder_addresses(tmp_path: Path) -> None:
-    known = KnownInstances.load(tmp_path, lambda: MEMBERS, run_in_thread=run_now)
+    # A member the directory has no address for yet (its addition is appended, not applied).
+    known = KnownInstances.load(tmp_path, lambda: MEMBERS, run_in_thread=run_now,
+                                is_member=lambda nid: True)
     known.check("n7", "i-1")
     reason = known.check("n7", "i-2")
     assert "`storgctl member add n7 --peer H:P --client H:P`, then start n7 with `join: true`" in reason
@@ -166,6 +169,8 @@ def test_a_member_removal_applied_forgets_its_instance_through_the_server_only(t
     assert known.known() == {"n1": "a"}
     writes.run_next()  # the server's write, off apply's path
     assert on_disk(tmp_path) == {"n1": "a"}
+    assert known.check("n2", "new") is not None  # removed: no longer a member
+    directory.add("n2", MEMBERS["n2"])  # added again (its ADD_LEARNER applied)
     assert known.check("n2", "new") is None
 
 
@@ -191,6 +196,8 @@ async def test_the_service_refuses_a_changed_peer_and_forgets_a_removed_one(tmp_
         node.directory.remove("n2")  # what applying a committed REMOVE does
         await node.known_instances.flushed()
         assert on_disk(data_dir) == {}
+        assert "not a member" in node._accept_peer(Hello(1, node.cluster_id, "n2", "i-2"))
+        node.directory.add("n2", MEMBERS["n2"])  # added again
         assert node._accept_peer(Hello(1, node.cluster_id, "n2", "i-2")) is None
         await node.known_instances.flushed()
     finally:

@@ -99,7 +99,11 @@ def test_a_whole_transfer_is_verified_and_stored(tmp_path):
     stream.send(SnapshotEnd(stream.request_id))
     f.pump()
     assert frames[-1] == SnapshotStored(stream.request_id, 20, 2)
-    assert f.store.latest_snapshot() == SnapshotMeta(20, 2, ConfState(frozenset({"L", "f", "g"})))
+    meta = SnapshotMeta(20, 2, ConfState(frozenset({"L", "f", "g"})))
+    # Staged only: current once the core adopts it (its Ready persisted).
+    assert f.store.latest_snapshot() is None and f.store.snapshots.staged(meta)
+    f.store.persist(meta, [], None)
+    assert f.store.latest_snapshot() == meta
     with f.store.open_snapshot() as reader:
         assert reader.read(len(DATA)) == DATA
 

@@ -66,7 +66,9 @@ def test_an_automatic_snapshot_never_replaces_a_newer_one(tmp_path):
     assert not store.commit_snapshot(late)
     assert store.latest_snapshot().index == 50
     received = store.begin_snapshot(SnapshotMeta(45, 2, CONF))
-    assert store.commit_snapshot(received, replace_newer=True)
+    store.stage_snapshot(received)
+    assert store.latest_snapshot().index == 50  # staged: current only once the core adopts it
+    store.persist(SnapshotMeta(45, 2, CONF), [], None)
     assert store.latest_snapshot().index == 45
 
 

@@ -71,6 +71,7 @@ class NodeSnapshots:
         state machine: the node then fetches the chunk copies its new map says it holds."""
         node.on_snapshot(self.restore)
         node.on_snapshot_message(self.sender.send)
+        node.set_snapshot_gate(self.receiver)
         node.on_applied(self.auto.applied)
 
     def handlers(self) -> dict[type, Callable[[Any, Any], Any]]:
@@ -86,6 +87,7 @@ class NodeSnapshots:
         """
         if meta.index == 0:
             return None
+        self.receiver.installed(meta)  # persisted: the staged file is the current snapshot now
         started = time.monotonic()
         d = self._executor(read_snapshot_file, self.log_store, meta)
 

@@ -2,14 +2,45 @@
 
 It accepts data only from the leader its core follows, writes it to a
 temporary snapshot file, keeps that partial file across a dropped
-connection (the leader resumes at the offset it is told), and commits it
+connection (the leader resumes at the offset it is told), and stages it
 once the SHA-256 matches.
+
+Why staged, not committed
+-------------------------
+The data arrives on the client port, which anyone who can reach the node
+can talk to, and the leader's id and term it must name are public
+(``StatusReply``).  A forged ``SnapshotBegin/Part/End`` must therefore
+change nothing the node relies on.  So:
+
+1. ``SnapshotBegin`` is accepted only naming the leader the core follows,
+   in the core's term; ``SnapshotEnd`` checks it again (the leader may have
+   changed while the data streamed in).
+2. The verified data is *staged* (:meth:`DiskLogStore.stage_snapshot`):
+   durable, but not the current snapshot; it replaces nothing, and it is
+   deleted if the node restarts before adopting it.
+3. It becomes the current snapshot only when the core adopts it, which the
+   core does only on a SNAPSHOT message from the peer transport.  The node
+   asks :meth:`SnapshotReceiver.admit` before stepping such a message: it
+   passes only if the staged data was announced by the message's sender in
+   the message's term, for the very same meta (index, term, membership),
+   and, when the message carries one (every storg leader with this receiver puts
+   it in ``context``), with the same SHA-256.  Anything else is dropped: a
+   SNAPSHOT message whose data is not here can no longer make ``persist``
+   fail and stop the node.
+4. From the moment a message is admitted until the core's Ready is
+   persisted (the staged file promoted, :meth:`installed`), the staged file
+   is *claimed*: no Begin or End may replace it.
+
+What a forged client-port sequence can still do is replace a staged
+snapshot that no message has claimed yet, so that the leader's message
+finds nothing matching and is dropped; the leader sends the snapshot
+again.  That is a delay, never a wrong state.  Closing it too needs the
+client port authenticated (TLS).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +50,7 @@ from twisted.python.failure import Failure
 
 from storg.node.executor import Submit
 from storg.node.raft_node import RaftNode
-from storg.raft.types import ConfState, SnapshotMeta
+from storg.raft.types import ConfState, Message, SnapshotMeta
 from storg.server.client_port import RequestError
 from storg.server.snapshots.data import (
     MAX_PART_BYTES,
@@ -47,6 +78,8 @@ class _Partial:
     size: int
     sha256: str
     writer: SnapshotWriter
+    leader: str
+    term: int
     hasher: Any = dataclasses.field(default_factory=hashlib.sha256)
     offset: int = 0
     resumed_from: int = 0
@@ -63,6 +96,21 @@ class _Partial:
         self.hasher.update(data)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Staged:
+    """A verified snapshot waiting for the core's SNAPSHOT message."""
+
+    meta: SnapshotMeta
+    size: int
+    sha256: str
+    leader: str
+    term: int
+
+    @property
+    def key(self) -> tuple[int, int, int, str]:
+        return self.meta.index, self.meta.term, self.size, self.sha256
+
+
 class SnapshotReceiver:
     """Client-port handlers that receive a snapshot from the leader into the snapshot store."""
 
@@ -75,6 +123,9 @@ class SnapshotReceiver:
         self.max_part = max_part
         self.max_size = max_size
         self._partial: _Partial | None = None
+        self._staged: _Staged | None = None
+        self._staging = False
+        self._claimed = False
         self._opening = False
         self._stopped = False
         self.stored: list[tuple[int, int]] = []
@@ -101,11 +152,18 @@ class SnapshotReceiver:
         if req.index <= core.commit_index:
             # Everything the snapshot covers is already here: nothing to send.
             return SnapshotStored(req.request_id, req.index, req.snap_term)
+        staged = self._staged
+        if staged is not None and staged.key == (req.index, req.snap_term, req.size, req.sha256) \
+                and (staged.leader, staged.term) == (req.leader, req.term):
+            return SnapshotStored(req.request_id, req.index, req.snap_term)  # already here, waiting
+        if self._claimed or self._staging:
+            raise RequestError(ErrorCode.UNAVAILABLE, "a snapshot is being installed; retry")
         partial = self._partial
         if self._opening or (partial is not None and partial.busy):
             raise RequestError(ErrorCode.UNAVAILABLE, "a snapshot write is in progress; retry")
         meta = SnapshotMeta(req.index, req.snap_term, ConfState(frozenset(req.voters), frozenset(req.learners)))
-        if partial is not None and partial.key == (req.index, req.snap_term, req.size, req.sha256):
+        if partial is not None and partial.key == (req.index, req.snap_term, req.size, req.sha256) \
+                and (partial.leader, partial.term) == (req.leader, req.term):
             self._bind(partial, conn, req.request_id)
             partial.resumed_from = partial.offset
             log.info("{node}: resuming the snapshot at index {index} from {leader} at byte {offset}",
@@ -121,7 +179,7 @@ class SnapshotReceiver:
             if self._stopped:
                 writer.abort()
                 raise RequestError(ErrorCode.UNAVAILABLE, "node is stopping")
-            fresh = _Partial(meta, req.size, req.sha256, writer)
+            fresh = _Partial(meta, req.size, req.sha256, writer, req.leader, req.term)
             self._partial = fresh
             self._bind(fresh, conn, req.request_id)
             log.info("{node}: receiving the snapshot at index {index} ({size} bytes) from {leader}",
@@ -210,31 +268,84 @@ class SnapshotReceiver:
                          f"snapshot ended at byte {partial.offset} of {partial.size}")
             return None
         meta = partial.meta
+        core = self.node.core
+        if (partial.leader, partial.term) != (core.leader, core.term):
+            # The leadership changed while the data streamed in: not from the leader followed now.
+            self._discard()
+            raise RequestError(ErrorCode.NOT_LEADER,
+                               f"{partial.leader} in term {partial.term} is no longer the leader "
+                               f"{self.node.node_id} follows")
         if partial.hasher.hexdigest() != partial.sha256:
             self._discard()
             raise RequestError(ErrorCode.INTEGRITY, f"snapshot at index {meta.index}: SHA-256 mismatch")
-        if meta.index <= self.node.core.commit_index:
+        if meta.index <= core.commit_index:
             # Caught up by the log meanwhile: this older state must not replace our snapshots.
             self._discard()
             return SnapshotStored(req.request_id, meta.index, meta.term)
+        if self._claimed or self._staging:
+            raise RequestError(ErrorCode.UNAVAILABLE, "a snapshot is being installed; retry")
         if not self._gate.acquire("receive"):
             raise RequestError(ErrorCode.UNAVAILABLE, "a snapshot is being written; retry")
         self._partial = None
         partial.busy = True
-        d = self._executor(functools.partial(self.log_store.commit_snapshot, replace_newer=True),
-                           partial.writer)
+        self._staging = True
+        self._staged = None  # replaced by this one (or by nothing, if staging fails)
+        d = self._executor(self.log_store.stage_snapshot, partial.writer)
 
-        def committed(_: Any) -> SnapshotStored:
+        def staged(_: Any) -> SnapshotStored:
+            self._staged = _Staged(meta, partial.size, partial.sha256, partial.leader, partial.term)
             self.stored.append((meta.index, partial.resumed_from))
-            log.info("{node} stored the snapshot at index {index} ({size} bytes) from the leader",
-                     node=self.node.node_id, index=meta.index, size=partial.size)
+            log.info("{node} staged the snapshot at index {index} ({size} bytes) from {leader}; "
+                     "it is installed when the leader's message names it",
+                     node=self.node.node_id, index=meta.index, size=partial.size, leader=partial.leader)
             return SnapshotStored(req.request_id, meta.index, meta.term)
 
         def release(result: Any) -> Any:
+            self._staging = False
             self._gate.release("receive")
             return result
 
-        return d.addCallback(committed).addBoth(release)
+        return d.addCallback(staged).addBoth(release)
+
+    # -- the core's SNAPSHOT message ----------------------------------------------------
+
+    def admit(self, msg: Message) -> bool:
+        """May the core adopt the snapshot ``msg`` names?  Only with its data staged here.
+
+        True claims the staged file until :meth:`settled` or :meth:`installed`.
+        """
+        staged, snap = self._staged, msg.snapshot
+        why = ""
+        if snap is None:
+            why = "it names no snapshot"
+        elif self._staging:
+            why = "a snapshot is being staged"
+        elif staged is None:
+            why = "no snapshot data was received for it"
+        elif staged.meta != snap:
+            why = f"the data received is for index {staged.meta.index} term {staged.meta.term}"
+        elif (staged.leader, staged.term) != (msg.frm, msg.term):
+            why = f"the data received came from {staged.leader} in term {staged.term}"
+        elif msg.context and msg.context != bytes.fromhex(staged.sha256):
+            why = "the data received has another SHA-256"
+        if why:
+            log.warn("{node}: dropping the SNAPSHOT message from {frm} (term {term}, index {index}): "
+                     "{why}", node=self.node.node_id, frm=msg.frm, term=msg.term,
+                     index=snap.index if snap is not None else "?", why=why)
+            return False
+        self._claimed = True
+        return True
+
+    def settled(self, msg: Message, adopted: bool) -> None:
+        """The core handled an admitted message; if it did not adopt the snapshot, unclaim it."""
+        if not adopted:
+            self._claimed = False
+
+    def installed(self, meta: SnapshotMeta) -> None:
+        """The core's Ready with ``meta`` is persisted: the staged file is now the current snapshot."""
+        if self._staged is not None and self._staged.meta == meta:
+            self._staged = None
+        self._claimed = False
 
     def stop(self) -> None:
         self._stopped = True

@@ -69,7 +69,7 @@ class SnapshotSender:
         self._active[peer] = d
         d.addCallbacks(self._delivered, self._failed, callbackArgs=(msg,), errbackArgs=(msg,))
 
-    async def _transfer(self, msg: Message) -> tuple[SnapshotMeta, int]:
+    async def _transfer(self, msg: Message) -> tuple[SnapshotMeta, int, str]:
         started = time.monotonic()
         reader, size, sha = await self._executor(self._open, dict(self._digests))
         try:
@@ -94,7 +94,7 @@ class SnapshotSender:
         log.info("{node} sent the snapshot at index {index} to {peer}: {bytes} bytes in {s:.3f} s",
                  node=self.node.node_id, index=meta.index, peer=msg.to, bytes=streamed,
                  s=time.monotonic() - started)
-        return meta, streamed
+        return meta, streamed, sha
 
     def _open(self, digests: dict[tuple[int, int], tuple[int, str]]) -> tuple[SnapshotReader, int, str]:
         """Thread: a reader over the current snapshot, its size and SHA-256 (computed once per snapshot)."""
@@ -170,8 +170,8 @@ class SnapshotSender:
     def _timed(self, d: defer.Deferred) -> defer.Deferred:
         return d.addTimeout(self.timeout, self.reactor)
 
-    def _delivered(self, result: tuple[SnapshotMeta, int], msg: Message) -> None:
-        meta, streamed = result
+    def _delivered(self, result: tuple[SnapshotMeta, int, str], msg: Message) -> None:
+        meta, streamed, sha = result
         self._active.pop(msg.to, None)
         core = self.node.core
         if self._stopped:
@@ -182,7 +182,9 @@ class SnapshotSender:
             self.node.report_snapshot(msg.to, False)
             return
         self.sent.append((msg.to, meta.index, streamed))
-        self.send_message(dataclasses.replace(msg, snapshot=meta))
+        # The SHA-256 of the data streamed rides in the message's context: the
+        # follower installs only the data this message vouches for (receiver.py).
+        self.send_message(dataclasses.replace(msg, snapshot=meta, context=bytes.fromhex(sha)))
         self.node.report_snapshot(msg.to, True)
 
     def _failed(self, failure: Failure, msg: Message) -> None:
