@@ -71,7 +71,7 @@ def test_a_follower_away_while_the_log_was_compacted_catches_up_by_snapshot(clus
     wait_for(lambda: applied(cluster, away) >= target, 60, f"{away} catching up to index {target}")
     text = cluster.log_text(away)
     assert re.search(r"installed the leader's snapshot at index \d+", text), text[-3000:]
-    assert "stored the snapshot at index" in text
+    assert "staged the snapshot at index" in text  # verified and durable, adopted by the core next
     assert "sent the snapshot at index" in cluster.log_text(leader)
     out = ctl(cluster, "get", "/while-away/7", "-", nodes=[away])
     assert out.stdout == b"/while-away/7" * 3
