@@ -136,7 +136,7 @@ class RaftCore:
 
     Inputs: ``tick``, ``step``, ``propose``, ``propose_conf_change``,
     ``read_index``, ``transfer_leadership``, ``campaign``, ``compact``,
-    ``report_unreachable``, ``report_snapshot``.  Outputs: ``ready()`` /
+    ``report_snapshot``.  Outputs: ``ready()`` /
     ``advance()`` (see :class:`~storg.raft.types.Ready` for the order the
     driver must follow).  The public attributes (``term``, ``vote``, ``role``,
     ``leader``, ``applied_index``) and properties are read-only views.
@@ -307,12 +307,6 @@ class RaftCore:
         self._conf_log = [(i, c) for i, c in self._conf_log if i > index]
         self._flush_due = True
         return meta
-
-    def report_unreachable(self, peer: str) -> None:
-        pr = self._prs.get(peer) if self.role == Role.LEADER else None
-        if pr is not None and peer != self.node_id and pr.state == ProgressState.REPLICATE:
-            pr.become_probe()
-            self._flush_due = True
 
     def report_snapshot(self, peer: str, ok: bool) -> None:
         pr = self._prs.get(peer) if self.role == Role.LEADER else None

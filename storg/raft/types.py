@@ -236,12 +236,6 @@ class Ready:
     messages: list[Message] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
 
-    def is_empty(self) -> bool:
-        return not (
-            self.soft_state or self.hard_state or self.entries or self.snapshot
-            or self.committed_entries or self.messages or self.read_states
-        )
-
 
 @dataclass(slots=True)
 class PersistedState:

@@ -344,11 +344,6 @@ class ProcCluster:
             return None
         return leader if any(r["id"] == leader and r["role"] == "leader" for r in rows) else None
 
-    def applied_indexes(self) -> dict[str, int]:
-        """Each member's applied index as the status rows report it (unreachable: -1)."""
-        return {r["id"]: (r["applied_index"] if r["role"] != "unreachable" else -1)
-                for r in self.status()}
-
     def namespace(self, nid: str, timeout: float = 10) -> list[dict]:
         """``ls --stale --json`` of one node: what that node itself has applied."""
         out = self.storgctl("--timeout", str(timeout), "--json", "ls", "--stale", nodes=[nid],
@@ -397,7 +392,7 @@ class LinkFirewall:
     drops what that group sends to B's address (``-m cgroup --path``).
     Clients (storgctl, in no such group) can still reach every node, as in
     Jepsen's partitions: only node-to-node links are cut.  Where cgroup v2
-    is not writable, only Raft traffic is cut (``per_process`` is False).
+    is not writable, only Raft traffic is cut.
 
     Packets are dropped, not refused, so a cut link looks like a dead
     network: connections hang, retransmit, and resume when healed.  All
@@ -426,11 +421,6 @@ class LinkFirewall:
                 group.mkdir()
                 self.cgroups[nid] = group
                 node.cgroup = group
-
-    @property
-    def per_process(self) -> bool:
-        """True when every byte between two nodes is cut, False when only Raft traffic is."""
-        return bool(self.cgroups)
 
     @staticmethod
     def unavailable_reason() -> str | None:

@@ -201,13 +201,6 @@ def read_entries(r: Reader, count: int) -> tuple[Entry, ...]:
     return tuple(out)
 
 
-def decode_entry(data: bytes | memoryview) -> Entry:
-    r = Reader(data)
-    e = read_entry(r)
-    r.done()
-    return e
-
-
 def encode_hard_state(hs: HardState) -> bytes:
     return _U64.pack(hs.term) + short_str(hs.vote) + _U64.pack(hs.commit)
 
