@@ -13,7 +13,6 @@ import random
 import re
 import signal
 import subprocess
-import threading
 from collections import Counter
 
 import pytest
@@ -129,10 +128,11 @@ def start_cluster(root, size, files):
         # Every node up, not just a quorum: the leader's placement puts a node it could
         # not probe last, so a node still starting would skew the spread checked below.
         wait_for(c.everyone_follows, 30, "a leader followed by every node")
-        # The leader probes every member once per repair interval; a probe that ran
-        # before a node's client port was up counts until the next one.  This waits
-        # out that configured cadence (the prober's state is not visible from outside).
-        threading.Event().wait(2 * files["repair_interval_s"])
+        # The leader's placement puts a member its last probe could not reach last; it logs
+        # each change of that set, so wait until it has seen every member answer.
+        everyone = f"repair: all {size} members reachable"
+        leader = wait_for(c.leader, 30, "a leader")
+        wait_for(lambda: everyone in c.log_text(leader), 30, f"{leader}'s probes to reach every member")
     except BaseException:
         c.close()
         raise

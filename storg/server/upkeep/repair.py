@@ -71,6 +71,7 @@ class Repairer:
         self._loop: LoopingCall | None = None
         self._round: defer.Deferred | None = None
         self._stopped = False
+        self._announced: frozenset[str] | None = None
 
     def start(self) -> None:
         self._loop = LoopingCall(self.run_round)
@@ -103,6 +104,7 @@ class Repairer:
         if not self.node.is_leader():
             self.liveness.reset()
             self.rounds = 0
+            self._announced = None
             return
         yield self._probe_all()
         plan, under = yield self._scan()
@@ -123,6 +125,20 @@ class Repairer:
         results = yield defer.DeferredList([self._probe(n) for n in others], consumeErrors=True)
         for node_id, (ok, _) in zip(others, results, strict=True):
             self.liveness.record(node_id, ok)
+        self._announce(members)
+
+    def _announce(self, members: list[str]) -> None:
+        """One log line when the set of members this leader cannot reach changes (and at its
+        first round): an operator sees who placement and repair avoid, a test when it is none."""
+        failing = self.liveness.failing()
+        if failing == self._announced:
+            return
+        self._announced = failing
+        if failing:
+            log.info("repair: {n} of {total} members unreachable: {ids}", n=len(failing),
+                     total=len(members), ids=",".join(sorted(failing)))
+        else:
+            log.info("repair: all {total} members reachable", total=len(members))
 
     @defer.inlineCallbacks
     def _probe(self, node_id: str):
