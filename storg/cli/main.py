@@ -22,9 +22,12 @@ from storg.client.download import AtomicFile
 from storg.client.errors import (
     BadRequest,
     ClusterUnavailable,
+    DiskFull,
     IntegrityError,
+    LimitExceeded,
     LocalError,
     NotFoundError,
+    PermissionDenied,
     ServerError,
 )
 from storg.net.connection import split_address
@@ -304,6 +307,12 @@ def exit_for(exc: BaseException, args: argparse.Namespace) -> tuple[int, str] | 
         return EXIT_USAGE, f"refused by the cluster: {exc}"
     if isinstance(exc, IntegrityError):
         return EXIT_INTEGRITY, f"integrity error: {exc}"
+    if isinstance(exc, PermissionDenied):
+        return EXIT_REFUSED, f"permission denied: {exc}"
+    if isinstance(exc, DiskFull):
+        return EXIT_UNAVAILABLE, f"disk full: {exc}"
+    if isinstance(exc, LimitExceeded):
+        return EXIT_REFUSED, f"limit exceeded: {exc}"
     if isinstance(exc, ServerError):
         return EXIT_REFUSED, f"refused by the cluster: {exc}"
     return None

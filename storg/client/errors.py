@@ -12,16 +12,19 @@ from __future__ import annotations
 
 from storg.net.errors import (
     BadRequest,
+    DiskFull,
     IntegrityError,
+    LimitExceeded,
     NotFoundError,
+    PermissionDenied,
     ProtocolViolation,
     ServerError,
     error_for,
 )
 
 __all__ = [
-    "BadRequest", "ClusterUnavailable", "IntegrityError", "LocalError", "NotFoundError",
-    "ProtocolViolation", "ServerError", "error_for",
+    "BadRequest", "ClusterUnavailable", "DiskFull", "IntegrityError", "LimitExceeded", "LocalError",
+    "NotFoundError", "PermissionDenied", "ProtocolViolation", "ServerError", "error_for",
 ]
 
 

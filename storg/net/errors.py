@@ -48,6 +48,31 @@ class IntegrityError(ServerError):
         super().__init__(ErrorCode.INTEGRITY, message, leader)
 
 
+class PermissionDenied(ServerError):
+    """The connection's certificate (its role) does not allow the request: storgctl exit 1."""
+
+    def __init__(self, message: str, leader: str = "") -> None:
+        super().__init__(ErrorCode.PERMISSION_DENIED, message, leader)
+
+
+class DiskFull(ServerError):
+    """The node's free space is below its disk reserve; writes are refused: storgctl exit 3.
+
+    Exit 3 ("cluster unavailable"), as etcd's NOSPACE alarm: the request was
+    fine and may succeed once space is freed; nothing about it was wrong.
+    """
+
+    def __init__(self, message: str, leader: str = "") -> None:
+        super().__init__(ErrorCode.DISK_FULL, message, leader)
+
+
+class LimitExceeded(ServerError):
+    """A limit of the node (requests in flight, uploads per connection, a size): storgctl exit 1."""
+
+    def __init__(self, message: str, leader: str = "") -> None:
+        super().__init__(ErrorCode.LIMIT_EXCEEDED, message, leader)
+
+
 class ProtocolViolation(Exception):
     """The node sent something that is not a valid reply."""
 
@@ -57,6 +82,9 @@ _BY_CODE: dict[int, Callable[[str, str], ServerError]] = {
     ErrorCode.NOT_FOUND: NotFoundError,
     ErrorCode.BAD_REQUEST: BadRequest,
     ErrorCode.INTEGRITY: IntegrityError,
+    ErrorCode.PERMISSION_DENIED: PermissionDenied,
+    ErrorCode.DISK_FULL: DiskFull,
+    ErrorCode.LIMIT_EXCEEDED: LimitExceeded,
 }
 
 

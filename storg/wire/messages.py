@@ -25,6 +25,9 @@ class ErrorCode(IntEnum):
     BAD_REQUEST = 4
     INTEGRITY = 5  # checksum mismatch
     INTERNAL = 6
+    PERMISSION_DENIED = 7  # the connection's certificate does not allow this request
+    DISK_FULL = 8  # free space is below the node's disk reserve: writes refused, reads served
+    LIMIT_EXCEEDED = 9  # a per-connection or per-request limit (too many in flight, too big)
 
 
 NOT_LEADER = ErrorCode.NOT_LEADER
@@ -33,6 +36,9 @@ NOT_FOUND = ErrorCode.NOT_FOUND
 BAD_REQUEST = ErrorCode.BAD_REQUEST
 INTEGRITY = ErrorCode.INTEGRITY
 INTERNAL = ErrorCode.INTERNAL
+PERMISSION_DENIED = ErrorCode.PERMISSION_DENIED
+DISK_FULL = ErrorCode.DISK_FULL
+LIMIT_EXCEEDED = ErrorCode.LIMIT_EXCEEDED
 
 
 @dataclass(frozen=True, slots=True)
