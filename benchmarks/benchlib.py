@@ -71,3 +71,18 @@ class CpuMeter:
     @staticmethod
     def used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
         return {k: after[k] - before[k] for k in before}
+
+
+def cpu_flags(wanted: tuple[str, ...] = ("sha_ni", "aes", "avx2", "vaes")) -> str:
+    """The host's CPU model and which of ``wanted`` flags it has: figures differ by host."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown CPU":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    return f"{model}; " + ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in wanted)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import signal
 import statistics
@@ -33,6 +34,7 @@ from twisted.internet import defer, task
 
 from benchlib import percentile, run_passes
 from storg.client.api import StorgClient
+from storg.net.credentials import from_environment
 from storg.testing.devcluster import ProcCluster
 
 PAYLOAD = b"x" * 100
@@ -59,7 +61,7 @@ async def throughput(reactor: Any, addresses: list[str], clients: int, seconds: 
 
     async def proposer() -> None:
         nonlocal errors
-        client = StorgClient(addresses, reactor=reactor, timeout=10)
+        client = StorgClient(addresses, reactor=reactor, timeout=10, tls=from_environment())
         try:
             await client.probe_write(PAYLOAD)  # connect and find the leader first
             while time.perf_counter() < stop_at:
@@ -106,11 +108,11 @@ async def failover(reactor: Any, cluster: ProcCluster, addresses: list[str], rou
     times = []
     for _ in range(rounds):
         leader = await wait_leader(reactor, cluster)
-        client = StorgClient(addresses, reactor=reactor, timeout=30)
+        client = StorgClient(addresses, reactor=reactor, timeout=30, tls=from_environment())
         await client.probe_write(PAYLOAD)
         survivors = [cluster.nodes[n].client_address for n in cluster.nodes if n != leader]
         client.close()
-        client = StorgClient(survivors, reactor=reactor, timeout=30)
+        client = StorgClient(survivors, reactor=reactor, timeout=30, tls=from_environment())
         t0 = time.perf_counter()
         cluster.kill(leader, signal.SIGKILL)
         while True:
@@ -135,6 +137,7 @@ async def failover(reactor: Any, cluster: ProcCluster, addresses: list[str], rou
 
 async def one_pass(reactor: Any, args: argparse.Namespace, workdir: Path) -> dict:
     cluster = ProcCluster.create(workdir, size=3)
+    os.environ.update(cluster.client_env("admin"))  # this process's clients use TLS too
     try:
         cluster.start_all()
         await wait_leader(reactor, cluster)

@@ -11,7 +11,12 @@ Peak RSS (VmHWM) of every node after the big put.
 
 Every figure is the median over ``--repeats`` passes::
 
-    python benchmarks/file_bench.py [--repeats 3] [--seconds 5] [--big-mb 1024] [--big-only]
+    python benchmarks/file_bench.py [--repeats 3] [--seconds 5] [--big-mb 1024] [--big-only] [--tls on|off|both]
+
+``--tls both`` measures the cost of TLS: each round runs one pass with TLS
+off and one with it on (alternating which goes first), and prints for
+every figure the ratio on/off of each round and their median, so the
+machine's drift between minutes cancels out of the comparison.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ from typing import Any
 
 from twisted.internet import defer
 
-from benchlib import CpuMeter, percentile, run_passes
+from benchlib import CpuMeter, cpu_flags, percentile, run_passes
 from storg.client.api import StorgClient
+from storg.net.credentials import from_environment
 from storg.testing.devcluster import ProcCluster, wait_for
 
 CHUNK = 1 << 20
@@ -43,7 +49,7 @@ async def small_files(reactor: Any, addresses: list[str], size: int, clients: in
     errors = {"put": 0, "get": 0}
 
     async def putter(k: int) -> None:
-        client = StorgClient(addresses, reactor=reactor, timeout=30)
+        client = StorgClient(addresses, reactor=reactor, timeout=30, tls=from_environment())
         try:
             await client.put(io.BytesIO(payload), f"/bench/{tag}/{k}/warm")
             stop = time.perf_counter() + seconds
@@ -64,7 +70,7 @@ async def small_files(reactor: Any, addresses: list[str], size: int, clients: in
 
     async def getter(k: int) -> None:
         client = StorgClient(addresses[k % len(addresses):] + addresses[:k % len(addresses)],
-                             reactor=reactor, timeout=30)
+                             reactor=reactor, timeout=30, tls=from_environment())
         try:
             stop = time.perf_counter() + seconds
             paths = written[k] or [f"/bench/{tag}/{k}/warm"]
@@ -178,7 +184,7 @@ async def big_file(reactor: Any, cluster: ProcCluster, addresses: list[str], wor
     src = workdir / "big.src"
     sha = make_big_file(src, size)
     ceil_w, ceil_r = ceiling(src, workdir)
-    client = StorgClient(addresses, reactor=reactor, timeout=60)
+    client = StorgClient(addresses, reactor=reactor, timeout=60, tls=from_environment())
     try:
         before = meter.read()
         t0 = time.perf_counter()
@@ -211,8 +217,12 @@ async def big_file(reactor: Any, cluster: ProcCluster, addresses: list[str], wor
             "sha256_mbs": sha256_mbs()}
 
 
-async def one_pass(reactor: Any, args: argparse.Namespace, workdir: Path) -> dict:
-    cluster = ProcCluster.create(workdir, size=3)
+async def one_pass(reactor: Any, args: argparse.Namespace, workdir: Path, tls: bool = True) -> dict:
+    cluster = ProcCluster.create(workdir, size=3, tls=tls)
+    for name in ("STORG_CA", "STORG_CERT", "STORG_KEY"):
+        os.environ.pop(name, None)
+    if tls:
+        os.environ.update(cluster.client_env("admin"))  # this process's clients use TLS too
     try:
         cluster.start_all()
         leader = wait_for(cluster.leader, 30, "a leader")
@@ -294,10 +304,57 @@ def main() -> None:
     parser.add_argument("--big-mb", type=int, default=1024, help="size of the large file (0: skip)")
     parser.add_argument("--dir", default=".", help="where the clusters and files go")
     parser.add_argument("--big-only", action="store_true", help="skip the small-file part")
+    parser.add_argument("--tls", choices=("on", "off", "both"), default="on",
+                        help="TLS on every port (the default, as scripts/cluster.sh runs), off, or "
+                             "both: interleaved rounds, off and on, with their ratios")
     args = parser.parse_args()
+    print(f"host: {cpu_flags()}")
+    if args.tls != "both":
+        run_passes(lambda reactor, tmp: one_pass(reactor, args, tmp, tls=args.tls == "on"),
+                   lambda passes: summarize(passes, args), args.repeats, "storg-file-bench-", args.dir)
+        return
+    rounds: list[int] = []
 
-    run_passes(lambda reactor, tmp: one_pass(reactor, args, tmp),
-               lambda passes: summarize(passes, args), args.repeats, "storg-file-bench-", args.dir)
+    async def pair(reactor: Any, tmp: Path) -> dict:
+        first_on = len(rounds) % 2 == 1  # off-on, on-off, off-on, ...
+        rounds.append(1)
+        result = {}
+        for tls in (first_on, not first_on):
+            sub = tmp / ("on" if tls else "off")
+            sub.mkdir()
+            result["on" if tls else "off"] = await one_pass(reactor, args, sub, tls=tls)
+        return result
+
+    run_passes(pair, lambda pairs: summarize_tls(pairs, args), args.repeats, "storg-file-bench-", args.dir)
+
+
+def tls_figures(p: dict, args: argparse.Namespace) -> dict[str, float]:
+    """The throughput figures of one pass, by name (higher is better for each)."""
+    figures = {}
+    for size in [] if args.big_only else args.sizes:
+        for clients in args.clients:
+            puts, gets = p["small"][(size, clients)]
+            figures[f"{size} B puts/s, {clients} clients"] = puts["ops"]
+            figures[f"{size} B gets/s, {clients} clients"] = gets["ops"]
+    if args.big_mb > 0:
+        figures[f"{args.big_mb} MiB put MB/s"] = p["big"]["put_mbs"]
+        figures[f"{args.big_mb} MiB get MB/s"] = p["big"]["get_mbs"]
+    return figures
+
+
+def summarize_tls(pairs: list[dict], args: argparse.Namespace) -> None:
+    print(f"storg file benchmark, TLS on vs off: {len(pairs)} rounds, each one pass of each, interleaved")
+    print("ratio = TLS on / TLS off, per round; the goal is at least 0.85 on each figure")
+    names = list(tls_figures(pairs[0]["off"], args))
+    print(f"{'figure':>32} | {'median':>6} | rounds (off -> on)")
+    for name in names:
+        cells, ratios = [], []
+        for pair in pairs:
+            off, on = tls_figures(pair["off"], args)[name], tls_figures(pair["on"], args)[name]
+            ratio = on / off if off else float("nan")
+            ratios.append(ratio)
+            cells.append(f"{off:.0f} -> {on:.0f} ({ratio:.2f})")
+        print(f"{name:>32} | {statistics.median(ratios):>6.2f} | " + "; ".join(cells))
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ from twisted.internet import defer, task
 
 from storg.client.api import StorgClient
 from storg.fsm.machine import FileStoreStateMachine
+from storg.net.credentials import from_environment
 from storg.raft.types import ConfState, Entry, SnapshotMeta
 from storg.server.snapshots.data import load_snapshot, write_frames
 from storg.storage.chunks import ChunkStore
@@ -115,7 +116,7 @@ def seed(cluster: ProcCluster, files: int) -> int:
 
 async def put_files(reactor: Any, addresses: list[str], numbers: range, concurrency: int) -> float:
     """Put files ``numbers`` through StorgClient; returns puts per second."""
-    client = StorgClient(addresses, reactor=reactor, timeout=60)
+    client = StorgClient(addresses, reactor=reactor, timeout=60, tls=from_environment())
     todo = iter(numbers)
     done = 0
     started = time.perf_counter()
@@ -219,6 +220,7 @@ def learner_catch_up(cluster: ProcCluster, nid: str = "n4") -> float:
 
 async def one_pass(reactor: Any, args: argparse.Namespace, workdir: Path) -> dict:
     cluster = ProcCluster.create(workdir, size=3, raft={"snapshot_every": args.snapshot_every})
+    os.environ.update(cluster.client_env("admin"))  # this process's clients use TLS too
     result: dict[str, Any] = {"files": args.files, "create": args.create}
     try:
         cluster.start_all()

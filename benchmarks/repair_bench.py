@@ -28,6 +28,7 @@ from twisted.internet import defer, task
 
 from benchlib import run_passes
 from storg.client.api import StorgClient
+from storg.net.credentials import from_environment
 from storg.testing.devcluster import ProcCluster, wait_for
 
 CHUNK = 1 << 20
@@ -85,12 +86,13 @@ async def one_pass(reactor: Any, args: argparse.Namespace, workdir: Path) -> dic
     files = {"chunk_size": CHUNK, "replication_factor": 3, "repair_grace_s": args.grace,
              "repair_interval_s": 0.5, "repair_rate_mb_s": args.rate, "gc_interval_s": 5}
     cluster = ProcCluster.create(workdir, size=5, files=files)
+    os.environ.update(cluster.client_env("admin"))  # this process's clients use TLS too
     client = None
     try:
         cluster.start_all()
         wait_for(cluster.leader, 30, "a leader")
         addresses = [n.client_address for n in cluster.nodes.values()]
-        client = StorgClient(addresses, reactor=reactor, timeout=60)
+        client = StorgClient(addresses, reactor=reactor, timeout=60, tls=from_environment())
         paths = []
         for i in range(max(1, (args.mb << 20) // FILE)):
             data = os.urandom(min(FILE, args.mb << 20))
@@ -106,14 +108,14 @@ async def one_pass(reactor: Any, args: argparse.Namespace, workdir: Path) -> dic
         cluster.kill(first)
         client.close()
         addresses = [cluster.nodes[n].client_address for n in cluster.nodes if n != first]
-        client = StorgClient(addresses, reactor=reactor, timeout=60)
+        client = StorgClient(addresses, reactor=reactor, timeout=60, tls=from_environment())
         alone_s = await wait_restored(reactor, client, paths, {first})
 
         cluster.kill(second)
         killed = time.perf_counter()
         client.close()
         addresses = [cluster.nodes[n].client_address for n in cluster.nodes if n not in (first, second)]
-        client = StorgClient(addresses, reactor=reactor, timeout=60)
+        client = StorgClient(addresses, reactor=reactor, timeout=60, tls=from_environment())
         state = {"done": False}
         restoring = defer.Deferred.fromCoroutine(
             wait_restored(reactor, client, paths, {first, second}))

@@ -4,6 +4,9 @@
 #   scripts/cluster.sh stop    SIGTERM every node and wait for it to exit
 #   scripts/cluster.sh status  storgctl status
 # Pid and log files go to ./run/ (nN.pid, nN.log); data to ./data/nN.
+# TLS is on: the first start makes ./certs/ (a CA, n1..n3 and admin certificates,
+# storgctl certs init) and ./run/storg.env, which points storgctl at the admin's:
+#   source .venv/bin/activate && source run/storg.env && storgctl status
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${STORG_VENV:-.venv}
@@ -13,7 +16,7 @@ setup() {
     if [ ! -x "$VENV/bin/python" ]; then
         python3 -m venv "$VENV"
     fi
-    if ! "$VENV/bin/python" -c 'import storg, twisted, yaml' 2>/dev/null; then
+    if ! "$VENV/bin/python" -c 'import storg, twisted, yaml, OpenSSL, cryptography, service_identity' 2>/dev/null; then
         "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
         "$VENV/bin/python" -m pip install -q -e .
     fi
@@ -21,9 +24,24 @@ setup() {
 
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
+certs() {
+    if [ ! -f certs/ca.pem ]; then
+        "$VENV/bin/storgctl" certs init certs --nodes n1,n2,n3 >/dev/null
+        echo "made certs/: a CA, certificates for n1..n3 and admin (storgctl certs init)"
+    fi
+    mkdir -p "$RUN"
+    cat > "$RUN/storg.env" <<ENV
+export STORG_CA=$PWD/certs/ca.pem
+export STORG_CERT=$PWD/certs/admin.pem
+export STORG_KEY=$PWD/certs/admin-key.pem
+ENV
+    # shellcheck source=/dev/null
+    source "$RUN/storg.env"
+}
+
 start() {
     setup
-    mkdir -p "$RUN"
+    certs
     for n in 1 2 3; do
         if running "$RUN/n$n.pid"; then
             echo "n$n already running (pid $(cat "$RUN/n$n.pid"))"
@@ -58,6 +76,6 @@ stop() {
 case "${1:-start}" in
     start) start ;;
     stop) stop ;;
-    status) setup; "$VENV/bin/storgctl" status ;;
+    status) setup; certs; "$VENV/bin/storgctl" status ;;
     *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
 esac

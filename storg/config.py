@@ -101,6 +101,20 @@ class FileTuning:
     """Garbage collection (unreferenced chunks, orphan files) runs this often."""
 
 
+@dataclass(frozen=True, slots=True)
+class TLSFiles:
+    """The ``tls:`` section: absolute paths of the CA, this node's certificate and its key.
+
+    Only the paths: the files are read and checked when the node builds its
+    TLS contexts (:class:`storg.net.tls.TLSCredentials`), which reports a
+    bad file as one line naming the key, before twistd daemonizes.
+    """
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     node_id: str
@@ -113,7 +127,23 @@ class NodeConfig:
     cluster_token: str = "storg"
     raft: RaftTuning = field(default_factory=RaftTuning)
     files: FileTuning = field(default_factory=FileTuning)
+    tls: TLSFiles | None = None
+    """Mutual TLS on every listener and connection; None: plain TCP."""
+    tls_off: bool = False
+    """``tls: off`` was written: plain TCP allowed on non-loopback addresses (the operator's choice)."""
     source: Path | None = None
+
+    def listen_addresses(self) -> dict[str, Address]:
+        """Every address this node listens on, by config key."""
+        found = {"peer_listen": self.peer_listen, "client_listen": self.client_listen}
+        if self.http_listen is not None:
+            found["http_listen"] = self.http_listen
+        return found
+
+    @property
+    def plaintext(self) -> bool:
+        """True when the node serves plain TCP (it logs a warning at start saying so)."""
+        return self.tls is None
 
     def peer_addresses(self) -> dict[str, Address]:
         """The other initial members' peer addresses (what the peer transport dials)."""
@@ -214,8 +244,9 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 
 _TOP_KEYS = {
     "node_id", "data_dir", "peer_listen", "client_listen", "http_listen",
-    "cluster", "join", "cluster_token", "raft", "files",
+    "cluster", "join", "cluster_token", "raft", "files", "tls",
 }
+_TLS_KEYS = {"ca", "cert", "key"}
 _RAFT_KEYS = {"heartbeat_ms", "election_timeout_ms", "snapshot_every"}
 _FILES_KEYS = {
     "replication_factor", "chunk_size", "repair_grace_s", "repair_rate_mb_s", "repair_interval_s",
@@ -329,6 +360,16 @@ def load_config(path: str | os.PathLike[str]) -> NodeConfig:
         raise check.fail(
             "cluster", f"this node ({node_id}) is not a member; add it, or set join: true to be added later")
 
+    tls, tls_off = _tls(check, raw.get("tls", None), shown, "tls" in raw)
+    if tls is None and not tls_off:
+        for key, address in (("peer_listen", peer_listen), ("client_listen", client_listen),
+                             ("http_listen", http_listen)):
+            if address is not None and not is_loopback(address.host):
+                raise check.fail(
+                    key, f"{address} is not a loopback address, and without TLS a node serves only on "
+                         "loopback: add tls: {ca: ..., cert: ..., key: ...} (storgctl certs init "
+                         "makes them), or tls: off to serve plain TCP on the network anyway")
+
     return NodeConfig(
         node_id=node_id,
         data_dir=data_dir,
@@ -340,8 +381,48 @@ def load_config(path: str | os.PathLike[str]) -> NodeConfig:
         cluster_token=token,
         raft=_raft(check, raw.get("raft")),
         files=_files(check, raw.get("files")),
+        tls=tls,
+        tls_off=tls_off,
         source=Path(os.path.abspath(shown)),
     )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an IP literal or a host name) can only be reached from this machine.
+
+    ``localhost`` counts (it resolves to loopback by convention and RFC 6761);
+    any other name does not, since what it resolves to can change.
+    """
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _tls(check: _Checker, value: object, shown: str, present: bool) -> tuple[TLSFiles | None, bool]:
+    """``tls: {ca, cert, key}`` -> TLSFiles; ``tls: off`` -> (None, True); absent -> (None, False).
+
+    YAML 1.1 reads a bare ``off`` as false, so false and the string "off"
+    both mean off; ``true`` or ``on`` mean nothing (which files?) and are refused.
+    """
+    if not present:
+        return None, False
+    if value is False or value == "off":
+        return None, True
+    if not isinstance(value, dict):
+        raise check.fail("tls", f"must be a mapping {{ca, cert, key}} of file paths, or off; got {value!r}")
+    raw = check.mapping(value, "tls", _TLS_KEYS)
+    base = os.path.dirname(os.path.abspath(shown))
+    paths: dict[str, Path] = {}
+    for key in ("ca", "cert", "key"):
+        path = check.required(raw, key, "tls.")
+        if not isinstance(path, str) or not path.strip():
+            raise check.fail(f"tls.{key}", f"must be a file path, got {path!r}")
+        # Not read here: the node reads and checks the files when it builds its TLS contexts.
+        paths[key] = Path(os.path.normpath(os.path.join(base, os.path.expanduser(path))))
+    return TLSFiles(paths["ca"], paths["cert"], paths["key"]), False
 
 
 def _data_dir(check: _Checker, value: object, shown: str) -> Path:

@@ -35,6 +35,12 @@ def makeService(options: Options):
     # Open the data_dir now, not in startService: twistd calls that after it
     # has daemonized, where a data_dir of another node or a corrupt log would
     # no longer reach the operator's terminal or the exit status.
+    from storg.net.credentials import TLSConfigError
+    try:
+        service.load_credentials()
+    except TLSConfigError as exc:
+        sys.stderr.write(f"storg: {config.source}: tls: {exc}\n")
+        sys.exit(2)
     try:
         service.open_storage()
     except StorageError as exc:

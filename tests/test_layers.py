@@ -27,7 +27,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("storg.net",),
     ("storg.node",),
     ("storg.fsm",),
-    ("storg.server.client_port", "storg.server.peer", "storg.server.peer_instances"),
+    ("storg.server.permissions", "storg.server.client_port", "storg.server.peer", "storg.server.peer_instances"),
     ("storg.server.files",),
     ("storg.server.upkeep", "storg.server.snapshots"),
     ("storg.server.admin",),

@@ -13,7 +13,7 @@ import argparse
 import json
 from typing import Any
 
-from storg.net.certs import CLIENT_ROLES, CertsError, add_client, init_dir
+from storg.net.certs import CLIENT_ROLES, CertsError, add_client, add_node, init_dir
 
 EXIT_OK = 0
 
@@ -30,6 +30,11 @@ def add_parsers(sub: Any) -> None:
                       help="IP addresses or DNS names every node certificate also names "
                            "(127.0.0.1, ::1 and localhost always)")
     init.add_argument("--force", action="store_true", help="replace existing files")
+    node = csub.add_parser("node", help="a certificate for a node added later, signed by DIR's CA")
+    node.add_argument("dir", metavar="DIR")
+    node.add_argument("node_id", metavar="ID")
+    node.add_argument("--hosts", default="", metavar="H,...", help="as for init")
+    node.add_argument("--force", action="store_true", help="replace existing files")
     client = csub.add_parser("client", help="a client certificate signed by DIR/ca.pem and DIR/ca-key.pem")
     client.add_argument("dir", metavar="DIR")
     client.add_argument("name", metavar="NAME", help="the user name")
@@ -45,6 +50,8 @@ def run_certs(args: argparse.Namespace) -> int:
     """Write the files and print their paths; :class:`CertsError` (exit 2) for any problem."""
     if args.certs_command == "init":
         written = init_dir(args.dir, _list(args.nodes), _list(args.hosts), force=args.force)
+    elif args.certs_command == "node":
+        written = add_node(args.dir, args.node_id, _list(args.hosts), force=args.force)
     elif args.certs_command == "client":
         written = add_client(args.dir, args.name, args.role, force=args.force)
     else:  # pragma: no cover - argparse allows no other

@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0,
                    help="seconds to wait for a leader or a quorum (default 30)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--ca", default=None, metavar="FILE",
+                   help="TLS: the CA that signed the nodes' certificates (default: $STORG_CA)")
+    p.add_argument("--cert", default=None, metavar="FILE",
+                   help="TLS: our client certificate, naming a user and role (default: $STORG_CERT)")
+    p.add_argument("--key", default=None, metavar="FILE", help="TLS: its private key (default: $STORG_KEY)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     sub.add_parser("status", help="one row per member: role, term, leader, indexes")
@@ -318,6 +323,15 @@ def exit_for(exc: BaseException, args: argparse.Namespace) -> tuple[int, str] | 
     return None
 
 
+def client_credentials(args: argparse.Namespace) -> Any:
+    """The TLS material of ``--ca/--cert/--key`` or ``STORG_CA/CERT/KEY`` (None: plain TCP); exit 2 if unusable."""
+    from storg.net.credentials import TLSConfigError, credentials_from_env
+    try:
+        return credentials_from_env(os.environ, args.ca, args.cert, args.key)
+    except (TLSConfigError, ValueError) as exc:
+        raise CliError(EXIT_USAGE, f"TLS: {exc}") from None
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     args = build_parser().parse_args(argv)
     if args.command == "certs":
@@ -332,6 +346,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         if args.timeout <= 0:
             raise CliError(EXIT_USAGE, "--timeout: must be positive")
         prepare(args)
+        credentials = client_credentials(args)
     except (CliError, LocalError, member_commands.MemberCommandError) as exc:
         known = exit_for(exc, args)
         assert known is not None
@@ -343,7 +358,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     finished = []
 
     async def run(reactor: Any) -> None:
-        client = StorgClient(addresses, reactor=reactor, timeout=args.timeout)
+        client = StorgClient(addresses, reactor=reactor, timeout=args.timeout, tls=credentials)
         try:
             code = await COMMANDS[args.command](client, args)
             finished.append(code)
@@ -352,6 +367,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
             if known is None:
                 raise
             code, message = known
+            if code == EXIT_UNAVAILABLE and credentials is None and isinstance(exc, ClusterUnavailable):
+                message += " (if the cluster uses TLS: --ca, --cert and --key, or STORG_CA, STORG_CERT, STORG_KEY)"
             finished.append(code)
             sys.stderr.write(f"storgctl: {one_line(message)}\n")
         finally:

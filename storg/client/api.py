@@ -29,12 +29,13 @@ from storg.client.errors import (
     IntegrityError,
     LocalError,
     NotFoundError,
+    PermissionDenied,
     ProtocolViolation,
     ServerError,
 )
 from storg.client.transfer import Deadline, Progress, Watchdog
 from storg.client.upload import Upload, UploadSource
-from storg.net.connection import RequestConnection, connect
+from storg.net.connection import PLAIN, Dialer, RequestConnection
 from storg.node.executor import reactor_pool
 from storg.paths import InvalidPath, normalize_path, normalize_prefix
 from storg.wire import ErrorCode, ProbeRead, ProbeWrite, StatusReply, StatusRequest
@@ -120,13 +121,17 @@ class StorgClient:
     ``client_id`` is the first session's (the only one unless writes overlap).
     """
 
-    def __init__(self, addresses: list[str], *, reactor: Any = None, timeout: float = 30.0) -> None:
+    def __init__(self, addresses: list[str], *, reactor: Any = None, timeout: float = 30.0,
+                 tls: Any = None) -> None:
+        """``tls``: a :class:`storg.net.credentials.TLSCredentials` (storgctl's ``--ca/--cert/--key``);
+        every connection then demands a node certificate from that CA, and shows ours."""
         if reactor is None:
             from twisted.internet import reactor as global_reactor
             reactor = global_reactor
         if not addresses:
             raise ValueError("no cluster address given")
         self.addresses = list(addresses)
+        self.dialer = PLAIN if tls is None else Dialer(tls)
         self.reactor = reactor
         self.timeout = timeout
         self._connections: dict[str, RequestConnection] = {}
@@ -138,7 +143,7 @@ class StorgClient:
         conn = self._connections.get(address)
         if conn is not None and conn.usable:
             return conn
-        conn = await connect(self.reactor, address, timeout=min(self.timeout, timeout or 5.0))
+        conn = await self.dialer(self.reactor, address, timeout=min(self.timeout, timeout or 5.0))
         self._connections[address] = conn
         return conn
 
@@ -289,6 +294,8 @@ class StorgClient:
                 d = conn.request(lambda rid: ScrubStatusRequest(rid, start))
                 d.addTimeout(per_node, self.reactor)
                 reply = await d
+            except PermissionDenied:
+                raise  # our certificate's role, not the node: every row would say the same
             except Exception:
                 return empty
             if not isinstance(reply, ScrubStatusReply):
@@ -300,8 +307,11 @@ class StorgClient:
         for row in rows:
             if row["id"] in clients:
                 row["client"] = clients[row["id"]]
-        found = await defer.gatherResults(
-            [defer.Deferred.fromCoroutine(row_of(r)) for r in rows], consumeErrors=True)
+        try:
+            found = await defer.gatherResults(
+                [defer.Deferred.fromCoroutine(row_of(r)) for r in rows], consumeErrors=True)
+        except defer.FirstError as exc:
+            exc.subFailure.raiseException()
         for row in found:
             row.pop("node_id", None)
         return list(found)

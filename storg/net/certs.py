@@ -325,3 +325,14 @@ def add_client(directory: str, name: str, role: str, *, force: bool = False) -> 
         raise CertsError(str(exc)) from None
     ca = load_ca(directory)
     return _write_all(pair_files(directory, name, issue(ca, identity)), force)
+
+
+def add_node(directory: str, node_id: str, hosts: Sequence[str] = (), *, force: bool = False) -> list[str]:
+    """``ID.pem`` + ``ID-key.pem`` for a node added later (``member add``), signed by the CA of ``directory``."""
+    if not NODE_ID_RE.fullmatch(node_id):
+        raise CertsError(f"invalid node id {node_id!r} (1-64 of [a-z0-9_-])")
+    if node_id in RESERVED_NAMES or node_id == ADMIN:
+        raise CertsError(f"a node may not be named {node_id!r}")
+    host_names(hosts)
+    ca = load_ca(directory)
+    return _write_all(pair_files(directory, node_id, issue(ca, Identity.node(node_id), hosts=hosts)), force)

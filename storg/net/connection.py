@@ -20,8 +20,9 @@ rather than our own buffers:
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.endpoints import (
@@ -30,7 +31,9 @@ from twisted.internet.endpoints import (
     connectProtocol,
 )
 from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from storg.net.errors import ProtocolViolation, ServerError, error_for
 from storg.net.flow import WriteWindow
@@ -38,9 +41,21 @@ from storg.net.framing import FrameReceiver, send_bulk
 from storg.wire import CodecError, ErrorReply
 from storg.wire.bulk import decode_bulk
 
+if TYPE_CHECKING:
+    from storg.net.tls import ClientTLS
+
 __all__ = [
-    "RequestConnection", "ProtocolViolation", "ServerError", "Stream", "connect", "split_address",
+    "RequestConnection", "ProtocolViolation", "ServerError", "Stream", "TLSHandshakeFailed", "connect",
+    "split_address",
 ]
+
+
+class TLSHandshakeFailed(ConnectionLost):
+    """The TLS handshake with a node failed: its certificate, or ours, was refused.
+
+    A ConnectionLost, so that callers that try the next node on a lost
+    connection do so; its message says why (``describe_tls_failure``).
+    """
 
 
 class Stream:
@@ -95,8 +110,14 @@ def _single(frame: Any) -> bool:
     return True
 
 
+@implementer(IHandshakeListener)
 class RequestConnection(FrameReceiver):
-    """Sends requests and delivers each one's reply frames to its :class:`Stream`."""
+    """Sends requests and delivers each one's reply frames to its :class:`Stream`.
+
+    Over TLS, :attr:`handshake` fires once the handshake has completed (and
+    fails with :class:`TLSHandshakeFailed` if the connection ends first);
+    :func:`connect` waits for it, so a connection it returns is verified.
+    """
 
     def __init__(self) -> None:
         self._ids = itertools.count(1)
@@ -105,6 +126,7 @@ class RequestConnection(FrameReceiver):
         self._writers: list[tuple[defer.Deferred, Stream | None]] = []
         self._read_pauses = 0
         self.closed: defer.Deferred = defer.Deferred()
+        self.handshake: defer.Deferred = defer.Deferred()
         # The max_frame of this node's last PutReady: a small put that fits
         # may then send its data without waiting for the next one.
         self.max_frame: int | None = None
@@ -232,10 +254,23 @@ class RequestConnection(FrameReceiver):
         else:
             stream._frame(reply)
 
+    def handshakeCompleted(self) -> None:
+        """IHandshakeListener: the TLS handshake succeeded (never called without TLS)."""
+        if not self.handshake.called:
+            self.handshake.callback(self)
+
     def connectionLost(self, reason: object = None) -> None:
         super().connectionLost(reason)
         self.connected = 0  # Twisted leaves it set; StorgClient checks it before reusing us
-        self._fail_all(ConnectionLost("connection to the node was lost"))
+        failure = reason if isinstance(reason, Failure) else None
+        if not self.handshake.called:
+            self.handshake.errback(Failure(TLSHandshakeFailed(f"TLS handshake failed: {_tls_why(self, failure)}")))
+            self.handshake.addErrback(lambda _: None)  # plain TCP: nobody waits on it
+        if _is_tls_error(failure):
+            # With TLS 1.3 a node refuses our certificate after our handshake completed: say so.
+            self._fail_all(TLSHandshakeFailed(f"TLS: the node ended the connection: {_tls_why(self, failure)}"))
+        else:
+            self._fail_all(ConnectionLost("connection to the node was lost"))
         if not self.closed.called:
             self.closed.callback(None)
 
@@ -263,6 +298,20 @@ class RequestConnection(FrameReceiver):
             self.transport.abortConnection()
 
 
+def _is_tls_error(failure: Failure | None) -> bool:
+    """Whether a connection ended with an OpenSSL error.  OpenSSL is imported only by TLS
+    connections (a plain storgctl never pays for it): if it is not loaded, this was not TLS."""
+    ssl = sys.modules.get("OpenSSL.SSL")
+    return failure is not None and ssl is not None and isinstance(failure.value, ssl.Error)
+
+
+def _tls_why(protocol: RequestConnection, failure: Failure | None) -> str:
+    if "storg.net.tls" not in sys.modules:
+        return failure.getErrorMessage() if failure is not None else "connection closed"
+    from storg.net.tls import describe_tls_failure
+    return describe_tls_failure(protocol.transport, failure)
+
+
 def split_address(address: str) -> tuple[str, int]:
     """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port); ValueError if malformed."""
     host, sep, port_text = address.rpartition(":")
@@ -276,9 +325,62 @@ def split_address(address: str) -> tuple[str, int]:
     return host, port
 
 
-async def connect(reactor: Any, address: str, timeout: float = 5.0) -> RequestConnection:
-    """Open a connection to a node's client port."""
+async def connect(reactor: Any, address: str, timeout: float = 5.0, tls: ClientTLS | None = None,
+                  bind_host: str | None = None) -> RequestConnection:
+    """Open a connection to a node's client port; over TLS when ``tls`` is given.
+
+    With TLS it returns once the handshake has completed, within ``timeout``
+    (TCP connect and handshake together), and fails with
+    :class:`TLSHandshakeFailed`, saying why, if the node's certificate is
+    refused here or ours there (with TLS 1.3 the second shows as the
+    connection ending right after the handshake, with the node's alert).
+    """
     host, port = split_address(address)
-    endpoint_cls = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
-    endpoint = endpoint_cls(reactor, host, port, timeout=timeout)
-    return await connectProtocol(endpoint, RequestConnection())
+    protocol = RequestConnection()
+    if tls is None:
+        endpoint_cls = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
+        bind = (bind_host, 0) if bind_host else None
+        endpoint = endpoint_cls(reactor, host, port, timeout=timeout, bindAddress=bind)
+        return await connectProtocol(endpoint, protocol)
+    from storg.net.tls import client_endpoint
+    started = reactor.seconds()
+    await connectProtocol(client_endpoint(reactor, host, port, tls, timeout=timeout, bind_host=bind_host),
+                          protocol)
+    handshake = protocol.handshake
+    handshake.addTimeout(max(0.1, timeout - (reactor.seconds() - started)), reactor)
+    try:
+        await handshake
+    except defer.TimeoutError:
+        protocol.abort()
+        raise TLSHandshakeFailed(f"no TLS handshake with {address} within {timeout:g} s") from None
+    return protocol
+
+
+class Dialer:
+    """How one party opens connections to nodes' client ports: plain TCP, or TLS with its credentials.
+
+    Every outgoing client-port connection of a node (chunk copies, snapshot
+    transfers, removal notices, asking the leader) goes through its dialer,
+    so none can forget TLS.  ``node``, when the caller knows whom it means to
+    reach, must be named by the node's certificate: an address that now
+    belongs to someone else is refused in the handshake.
+    ``credentials`` is a :class:`storg.net.credentials.TLSCredentials` (or
+    anything with its ``client(expected_node)``); None dials plain TCP.
+    """
+
+    def __init__(self, credentials: Any = None, bind_host: str | None = None) -> None:
+        self.credentials = credentials
+        self.bind_host = bind_host
+
+    @property
+    def tls(self) -> bool:
+        return self.credentials is not None
+
+    async def __call__(self, reactor: Any, address: str, timeout: float = 5.0,
+                       node: str | None = None) -> RequestConnection:
+        options = None if self.credentials is None else self.credentials.client(node)
+        return await connect(reactor, address, timeout=timeout, tls=options, bind_host=self.bind_host)
+
+
+PLAIN = Dialer()
+"""Plain TCP (a loopback cluster without TLS, and tests)."""

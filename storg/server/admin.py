@@ -103,8 +103,8 @@ class MembershipAdmin:
         self.reactor = reactor
         self._stop = stop
         if connect is None:
-            from storg.net.connection import connect as client_connect
-            connect = client_connect
+            from storg.net.connection import PLAIN
+            connect = PLAIN
         self._connect = connect
         self.catch_up_slack = catch_up_slack
         self.removed = False
@@ -119,7 +119,7 @@ class MembershipAdmin:
             if getattr(reactor, "running", False):
                 reactor.stop()
 
-        return cls(service.node, service.directory, reactor, stop=stop)
+        return cls(service.node, service.directory, reactor, stop=stop, connect=service.dialer)
 
     def handlers(self) -> dict[type, Callable[[Any, Any], Any]]:
         return {
@@ -289,7 +289,7 @@ class MembershipAdmin:
         for attempt in range(NOTICE_ATTEMPTS):
             conn = None
             try:
-                conn = await self._connect(self.reactor, address, timeout=2.0)
+                conn = await self._connect(self.reactor, address, timeout=2.0, node=node_id)
                 d = conn.request(lambda rid: RemovedNotice(rid, node_id, self.node_id, term, index))
                 d.addTimeout(2.0, self.reactor)
                 await d
@@ -371,7 +371,8 @@ class MembershipAdmin:
                 continue
             conn = None
             try:
-                conn = await self._connect(self.reactor, str(members[node_id].client), timeout=2.0)
+                conn = await self._connect(self.reactor, str(members[node_id].client), timeout=2.0,
+                                           node=node_id)
                 d = conn.request(lambda rid: MemberListRequest(rid))
                 d.addTimeout(2.0, self.reactor)
                 reply = await d

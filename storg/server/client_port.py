@@ -13,6 +13,13 @@ Requests carry ids and may be pipelined.  Garbage, a truncated or oversized
 frame, or a frame that is not a request closes this connection only, with
 one log line.
 
+Who is on the other end: with TLS (the factory's ``tls``), the verified
+certificate's identity, read at the first request (the handshake is done by
+then: no byte reaches us before it), decides what the connection may send,
+by :mod:`storg.server.permissions`; a refusal is an ErrorReply
+PERMISSION_DENIED and a rate-limited log line, and nothing reaches a handler.
+A TLS handshake that fails is logged (rate-limited) when the connection ends.
+
 Flow control both ways: :meth:`ClientConnection.writable` waits until the
 transport has room (a push producer registered on it is paused while its
 buffer is full), and :meth:`ClientConnection.pause_reading` stops reading
@@ -21,18 +28,24 @@ the socket while an upload has too many bytes in flight.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from OpenSSL import SSL
 from twisted.internet import defer
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from storg.net.flow import WriteWindow
 from storg.net.framing import FrameReceiver, Transport
+from storg.net.tls import Identity, describe_tls_failure, peer_identity
 from storg.node.raft_node import NodeStopped, Timeout
 from storg.raft.errors import NotLeader, ProposalDropped
+from storg.server.permissions import refusal
 from storg.wire import CODEC, CodecError, ErrorCode, ErrorReply
 
 log = Logger(namespace="storg.client_port")
@@ -75,6 +88,7 @@ class HeldReply:
         return True
 
 
+@implementer(IHandshakeListener)
 class ClientConnection(FrameReceiver):
     """One connection to the client port."""
 
@@ -82,8 +96,16 @@ class ClientConnection(FrameReceiver):
     # any method here runs: the transport is always there.
     transport: Transport
 
-    def __init__(self, api: ClientApi) -> None:
+    def __init__(self, api: ClientApi, *, tls: bool = False,
+                 is_member: Callable[[str], bool] = lambda node_id: False,
+                 refusals: Any = None) -> None:
         self.api = api
+        self.tls = tls
+        self.is_member = is_member
+        self.identity: Identity | None = None
+        """Who the verified certificate names (TLS), set at the handshake or the first request."""
+        self._handshaken = False
+        self._refusals = refusals if refusals is not None else _ONCE_PER_REASON
         self.handlers = api.client_handlers()
         self._window = WriteWindow()
         self._on_close: list[Callable[[], object]] = []
@@ -156,7 +178,18 @@ class ClientConnection(FrameReceiver):
         if set_no_delay is not None:
             set_no_delay(True)
 
+    def handshakeCompleted(self) -> None:
+        """IHandshakeListener: the TLS handshake succeeded; the identity is verified from here on."""
+        self._handshaken = True
+        self.identity = peer_identity(self.transport)
+
     def connectionLost(self, reason: object = None) -> None:
+        if self.tls and not self._handshaken and isinstance(reason, Failure) \
+                and isinstance(reason.value, SSL.Error):
+            peer = self.transport.getPeer()
+            why = describe_tls_failure(self.transport, reason)
+            self._refusals.warn(f"tls:{getattr(peer, 'host', peer)}:{why}",
+                                "refused a TLS connection from {peer}: {why}", peer=peer, why=why)
         self._window.resumeProducing()
         callbacks, self._on_close = self._on_close, []
         for cb in callbacks:
@@ -181,6 +214,19 @@ class ClientConnection(FrameReceiver):
             self._drop(f"{type(request).__name__} is not a client request")
             return
         request_id = request.request_id
+        if self.tls:
+            if self.identity is None:
+                self.identity = peer_identity(self.transport)
+            if self.identity is None:  # cannot happen over a verified TLS listener: refuse, never assume
+                self._drop("no verified certificate")
+                return
+            why = refusal(self.identity, request, self.is_member)
+            if why is not None:
+                self._refusals.warn(f"denied:{self.identity}:{type(request).__name__}",
+                                    "permission denied to {who} from {peer}: {why}",
+                                    who=self.identity, peer=self.transport.getPeer(), why=why)
+                self.send(ErrorReply(request_id, int(ErrorCode.PERMISSION_DENIED), why))
+                return
         d = defer.maybeDeferred(handler, request, self)
         d.addCallbacks(self._reply, self._failed, errbackArgs=(request_id,))
         d.addErrback(lambda f: log.failure("replying to a client failed", f))
@@ -218,13 +264,53 @@ class ClientConnection(FrameReceiver):
         self.close_connection()
 
 
-class ClientPortFactory(Factory):
-    """Builds a ClientConnection per connection; listen it on any endpoint (TCP now, TLS later)."""
+class OncePerReason:
+    """Logs a refusal the first time its key is seen, and again only every ``interval`` seconds.
 
-    def __init__(self, api: ClientApi) -> None:
+    A client retrying with a refused certificate every second must not fill
+    the log; an operator still sees each distinct refusal at once.  Bounded:
+    at most ``max_keys`` keys are remembered, whatever strangers send.
+    """
+
+    def __init__(self, interval: float = 60.0, max_keys: int = 1024, clock: Any = None) -> None:
+        self._now = time.monotonic if clock is None else clock.seconds
+        self.interval = interval
+        self.max_keys = max_keys
+        self._last: dict[str, float] = {}
+
+    def warn(self, key: str, fmt: str, **fields: Any) -> bool:
+        now = self._now()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            return False
+        if len(self._last) >= self.max_keys:
+            self._last.clear()
+        self._last[key] = now
+        log.warn(fmt, **fields)
+        return True
+
+
+_ONCE_PER_REASON = OncePerReason()
+
+
+class ClientPortFactory(Factory):
+    """Builds a ClientConnection per connection; listen it on any endpoint, TCP or TLS.
+
+    ``tls``: the endpoint is TLS, so every connection's identity is checked
+    against :mod:`storg.server.permissions`; ``is_member(node_id)`` tells a
+    current member's node certificate from a removed node's.
+    """
+
+    noisy = False
+
+    def __init__(self, api: ClientApi, *, tls: bool = False,
+                 is_member: Callable[[str], bool] = lambda node_id: False) -> None:
         self.api = api
+        self.tls = tls
+        self.is_member = is_member
+        self.refusals = OncePerReason()
 
     def buildProtocol(self, addr: Any) -> ClientConnection:
-        proto = ClientConnection(self.api)
+        proto = ClientConnection(self.api, tls=self.tls, is_member=self.is_member, refusals=self.refusals)
         proto.factory = self
         return proto

@@ -24,9 +24,18 @@ which the connecting side checks the same way (plus: the node at that
 address is the one it meant to reach), or with ``HelloRefused(reason)``
 and a close.  No Raft message flows before both checks pass.
 
+TLS
+---
+With the node's credentials (``tls``), every link is TLS: the listener's
+endpoint demands a certificate from the cluster's CA, the Hello must name
+the node that certificate names (:meth:`PeerTransport._check_certificate`),
+and a link dialing peer X demands X's certificate.  A handshake that fails
+is logged once per source and reason.
+
 One connection per peer, and who keeps it
 -----------------------------------------
-Without TLS nothing proves that a Hello naming ``n1`` with n1's instance
+With TLS a newcomer proved who it is, so it replaces the old connection
+at once.  Without TLS nothing proves that a Hello naming ``n1`` with n1's instance
 id comes from n1.  So an established connection that is alive wins: a
 second inbound connection claiming the id of a peer whose connection
 delivered a frame within the last ``established_grace`` seconds is refused
@@ -38,8 +47,8 @@ connection whose peer died without a FIN) is replaced by the newcomer, as
 before, so a restarted peer is never locked out: it waits at most
 ``established_grace`` plus one retry.  A peer that really restarted closed
 its old connection (the kernel sends the FIN), so normally it is gone
-before the new Hello arrives.  What an impostor can still do, until the
-peer connections are authenticated (TLS), is take over a link that is
+before the new Hello arrives.  What an impostor can still do on a
+plain-TCP cluster (loopback only, or ``tls: off``) is take over a link that is
 silent, or one whose peer is down; the core's membership filter and the
 instance ids limit what it can say there.
 
@@ -66,14 +75,17 @@ import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.internet.protocol import ClientFactory, ServerFactory
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from storg.config import NODE_ID_RE, Address
 from storg.net.flow import WriteWindow
 from storg.net.framing import FrameReceiver, Transport, describe_address
+from storg.net.tls import describe_tls_failure, peer_identity
 from storg.raft.types import Message
 from storg.wire.codec import CODEC
 from storg.wire.messages import Hello, HelloRefused
@@ -127,6 +139,15 @@ def _peer_text(transport: Any) -> str:
         return describe_address(transport.getPeer())
     except Exception:  # a transport already torn down has no address
         return "?"
+
+
+def _is_tls_failure(reason: object) -> bool:
+    """Whether a connection ended because of TLS (a refused certificate, an alert), not TCP."""
+    return isinstance(reason, Failure) and isinstance(reason.value, SSL.Error)
+
+
+def _tls_reason(transport: Any, reason: object) -> str:
+    return describe_tls_failure(transport, reason if isinstance(reason, Failure) else None)
 
 
 def _one_line(text: str, limit: int = 300) -> str:
@@ -226,6 +247,10 @@ class PeerServerProtocol(_PeerProtocol):
 
     def connectionLost(self, reason: object = None) -> None:
         self.owner._inbound_lost(self)
+        if self.peer_id is None and self.owner.tls is not None and _is_tls_failure(reason):
+            who = _peer_text(self.transport)
+            why = _tls_reason(self.transport, reason)
+            self.owner._refused(f"tls:{who.rsplit(':', 1)[0]}", f"refused a TLS connection from {who}: {why}", why)
         super().connectionLost(reason)
 
     def stringReceived(self, data: bytes) -> None:
@@ -239,7 +264,8 @@ class PeerServerProtocol(_PeerProtocol):
         if type(obj) is HelloRefused:
             # Our reply Hello was refused by the connecting side (for
             # instance our instance id changed): its reason is the operator's fix.
-            self.owner._refused(self.peer_id, f"peer {self.peer_id} refused us: {_one_line(obj.reason)}")
+            self.owner._refused(self.peer_id, f"peer {self.peer_id} refused us: {_one_line(obj.reason)}",
+                                f"refused us: {obj.reason}")
             self.close_connection()
         elif type(obj) is not Message:
             self.violation(f"expected a Raft message, got {type(obj).__name__}")
@@ -254,10 +280,12 @@ class PeerServerProtocol(_PeerProtocol):
         if type(obj) is not Hello:
             self.violation(f"expected Hello, got {type(obj).__name__}")
             return
-        reason = self.owner._check_hello(obj, inbound=self)
+        reason = self.owner._check_certificate(obj, self.transport)
+        if reason is None:
+            reason = self.owner._check_hello(obj, inbound=self)
         if reason is not None:
             who = _one_line(obj.node_id, 64)
-            self.owner._refused(who, f"refused {who} from {_peer_text(self.transport)}: {reason}")
+            self.owner._refused(who, f"refused {who} from {_peer_text(self.transport)}: {reason}", reason)
             self.refuse(reason)
             return
         self._cancel_timeout()
@@ -315,16 +343,17 @@ class PeerClientProtocol(_PeerProtocol):
         self.close_connection()
 
     def close_connection(self) -> None:
-        # A transport with a registered producer never finishes closing.
-        if self.transport.producer is self.window:
-            self.transport.unregisterProducer()
+        # A transport with a registered producer never finishes closing.  Unconditional:
+        # over TLS ``transport.producer`` is the TLS layer's, not ours, and unregistering
+        # when nothing is registered does nothing.
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     def connectionLost(self, reason: object = None) -> None:
         self.link.owner._outbound.discard(self)
         if self.link.current is self:
             self.link.current = None
-        self.link.connection_lost(self)
+        self.link.connection_lost(self, reason)
         self.ready = False
         super().connectionLost(reason)
 
@@ -405,8 +434,12 @@ class _Link:
             return
         owner = self.owner
         bind = None if owner.bind_host is None else (owner.bind_host, 0)
+        factory: Any = _LinkFactory(self)
+        if owner.tls is not None:
+            # The peer's certificate must name the node we mean to reach.
+            factory = TLSMemoryBIOFactory(owner.tls.client(self.peer_id), True, factory)
         self.connector = owner.reactor.connectTCP(
-            self.address.host, self.address.port, _LinkFactory(self),
+            self.address.host, self.address.port, factory,
             timeout=owner.connect_timeout, bindAddress=bind)
 
     def handshaken(self, protocol: PeerClientProtocol) -> None:
@@ -416,11 +449,16 @@ class _Link:
         log.info("connected to peer {peer} at {addr}", peer=self.peer_id, addr=self.address)
         self.owner._event(self.peer_id, CONNECTED)
 
-    def connection_lost(self, protocol: PeerClientProtocol) -> None:
+    def connection_lost(self, protocol: PeerClientProtocol, reason: object = None) -> None:
         if protocol is self.protocol:
             self.protocol = None
             log.info("lost connection to peer {peer}", peer=self.peer_id)
             self.owner._event(self.peer_id, LOST)
+        elif not self.stopped and self.owner.tls is not None and _is_tls_failure(reason):
+            # Our check of its certificate, or its of ours: no retry will cure that soon.
+            self.failures = max(self.failures, 32)
+            self._problem(f"TLS with peer {self.peer_id} at {self.address} failed: "
+                          f"{_tls_reason(protocol.transport, reason)}", warn=True)
         elif not self.stopped and self.last_problem is None:
             self._problem(f"connection to peer {self.peer_id} at {self.address} closed before the handshake")
 
@@ -514,6 +552,7 @@ class PeerTransport:
         on_peer_event: PeerEventCallback | None = None,
         accept_peer: AcceptPeer | None = None,
         rng: random.Random | None = None,
+        tls: Any = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -525,6 +564,12 @@ class PeerTransport:
         self.on_message = on_message
         self.on_peer_event = on_peer_event
         self.accept_peer = accept_peer
+        self.tls = tls
+        """The node's :class:`~storg.net.credentials.TLSCredentials`, or None for plain TCP.
+
+        With TLS a peer's node id is the one its certificate names: the
+        listener (whose endpoint is TLS) checks the Hello against it, and a
+        link's handshake demands the certificate of the node it dials."""
         self.rng = rng if rng is not None else random.Random()
         self.server_factory = PeerServerFactory(self)
         self._links: dict[str, _Link] = {}
@@ -595,7 +640,9 @@ class PeerTransport:
         reason = self.identity.check(hello)
         if reason is None and expected is not None and hello.node_id != expected:
             reason = f"expected node {expected} at this address, found {hello.node_id}"
-        if reason is None and inbound is not None:
+        if reason is None and inbound is not None and self.tls is None:
+            # Without TLS an alive link wins (see the module docstring); with TLS the
+            # newcomer proved who it is, and a restarted peer replaces its old link at once.
             old = self._inbound_by_peer.get(hello.node_id)
             if old is not None and old is not inbound and old.alive():
                 reason = (f"{hello.node_id} is already connected to us and that connection is "
@@ -607,6 +654,19 @@ class PeerTransport:
                 log.failure("accept_peer failed for {peer}", peer=hello.node_id)
                 reason = "internal error while checking the peer"
         return reason
+
+    def _check_certificate(self, hello: Hello, transport: Any) -> str | None:
+        """With TLS: the reason to refuse a Hello whose node id is not the one the certificate names."""
+        if self.tls is None:
+            return None
+        identity = peer_identity(transport)
+        if identity is None:
+            return "no verified certificate"
+        if not identity.is_node:
+            return f"the certificate names {identity}, not a node"
+        if identity.name != hello.node_id:
+            return f"the certificate names node {identity.name}, the Hello claims {_one_line(hello.node_id, 64)}"
+        return None
 
     def _inbound_ready(self, proto: PeerServerProtocol) -> None:
         peer_id = proto.peer_id
@@ -636,13 +696,14 @@ class PeerTransport:
         except Exception:
             log.failure("on_message failed for {type} from {peer}", type=msg.type.name, peer=msg.frm)
 
-    def _refused(self, peer_id: str, line: str) -> None:
+    def _refused(self, peer_id: str, line: str, reason: str) -> None:
         # A refused peer retries every second; log the first refusal, and
         # again only if the reason changes.
-        if self._refusal_logged.get(peer_id) != line:
+        # ``reason`` leaves out the source port, which changes with every attempt.
+        if self._refusal_logged.get(peer_id) != reason:
             if len(self._refusal_logged) > 1024:
                 self._refusal_logged.clear()  # bounded, whatever strangers call themselves
-            self._refusal_logged[peer_id] = line
+            self._refusal_logged[peer_id] = reason
             log.warn("{line}", line=line)
         self._event(peer_id, REFUSED)
 

@@ -5,8 +5,12 @@ piece: storage is opened and the core rebuilt from it in ``startService``,
 and ``stopService`` hands leadership over before anything is closed, so a
 SIGTERM (a rolling restart) costs the cluster no election timeout.
 
-Listeners are built from endpoints (``TCP4ServerEndpoint`` today); a TLS
-endpoint can replace them later without touching the protocols.
+Listeners are built from endpoints: TLS (``SSL4ServerEndpoint`` with the
+node's credentials) when the config has a ``tls`` section, plain TCP
+otherwise; the protocols are the same either way.  Every outgoing
+connection goes through the node's :class:`~storg.net.connection.Dialer`
+(client ports) or the peer transport (peer ports), both given the same
+credentials, so no connection of a TLS node is ever plain.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from twisted.logger import Logger
 from storg.config import Address, NodeConfig, cluster_id
 from storg.fsm.machine import FileStoreStateMachine
 from storg.fsm.members import MemberDirectory
+from storg.net.connection import PLAIN, Dialer
+from storg.net.credentials import TLSCredentials
+from storg.net.tls import server_endpoint as tls_server_endpoint
 from storg.node.executor import PoolExecutor, reactor_pool
 from storg.node.raft_node import RaftNode, Timeout
 from storg.raft.core import RaftConfig, RaftCore
@@ -78,10 +85,20 @@ def raft_config(config: NodeConfig) -> RaftConfig:
     )
 
 
-def server_endpoint(reactor: Any, address: Address):
-    """The endpoint a listener binds; the single place to add TLS later."""
+def server_endpoint(reactor: Any, address: Address, credentials: TLSCredentials | None = None):
+    """The endpoint a listener binds: TLS with ``credentials`` (every client must present a
+    certificate from our CA), else plain TCP."""
+    if credentials is not None:
+        return tls_server_endpoint(reactor, address.host, address.port, credentials.server())
     cls = TCP6ServerEndpoint if ":" in address.host else TCP4ServerEndpoint
     return cls(reactor, address.port, interface=address.host)
+
+
+def load_credentials(config: NodeConfig) -> TLSCredentials | None:
+    """The node's TLS material from its ``tls`` section (None without one); TLSConfigError names the file."""
+    if config.tls is None:
+        return None
+    return TLSCredentials(config.tls.ca, config.tls.cert, config.tls.key, node_id=config.node_id)
 
 
 class NodeService(service.MultiService):
@@ -103,6 +120,18 @@ class NodeService(service.MultiService):
         self.snapshots: NodeSnapshots | None = None
         self.filler: ChunkFiller | None = None
         self._stopping = False
+        self.credentials: TLSCredentials | None = None
+        self.dialer = PLAIN
+
+    def load_credentials(self) -> None:
+        """Read and check the TLS files; raises TLSConfigError (one line naming the file).
+
+        Separate from startService, as open_storage is, so twistd reports a
+        bad certificate before it daemonizes.
+        """
+        if self.credentials is None and self.config.tls is not None:
+            self.credentials = load_credentials(self.config)
+            self.dialer = Dialer(self.credentials)
 
     # -- start -------------------------------------------------------------
 
@@ -130,6 +159,7 @@ class NodeService(service.MultiService):
         self._load_seconds = time.monotonic() - started
 
     def startService(self) -> None:
+        self.load_credentials()
         self.open_storage()
         assert self.log_store is not None  # open_storage made it (or raised)
         cfg = self.config
@@ -153,6 +183,7 @@ class NodeService(service.MultiService):
             on_message=self._on_peer_message,
             reactor=self.reactor,
             accept_peer=self._accept_peer,
+            tls=self.credentials,
         )
         self.node = RaftNode(
             core, self.log_store, self.fsm, self.transport.send,
@@ -160,17 +191,19 @@ class NodeService(service.MultiService):
         )
         self.snapshots = NodeSnapshots(
             self.node, self.fsm, self.log_store, every=cfg.raft.snapshot_every, reactor=self.reactor,
-            address_of=self._client_address, send_message=self.transport.send)
+            address_of=self._client_address, send_message=self.transport.send, connect_to=self.dialer)
         self._build_data_path()
         assert self.files is not None and self.filler is not None  # _build_data_path made them
         filler = self.filler
         self.snapshots.installed.append(lambda _index: filler.trigger())
         self.directory.on_change(self._members_changed)
+        client_port = ClientPortFactory(self, tls=self.credentials is not None, is_member=self._is_member)
         for address, factory in (
             (cfg.peer_listen, self.transport.server_factory),
-            (cfg.client_listen, ClientPortFactory(self)),
+            (cfg.client_listen, client_port),
         ):
-            listener = internet.StreamServerEndpointService(server_endpoint(self.reactor, address), factory)
+            endpoint = server_endpoint(self.reactor, address, self.credentials)
+            listener = internet.StreamServerEndpointService(endpoint, factory)
             # Fail twistd's start with the error (port in use) instead of logging and running deaf.
             listener._raiseSynchronously = True
             listener.setServiceParent(self)
@@ -189,6 +222,22 @@ class NodeService(service.MultiService):
                  cluster=self.cluster_id, term=core.term, snapshot=core.snapshot_meta.index,
                  tail=len(state.entries), last=core.last_index,
                  members=",".join(sorted(core.conf.members())) or "(none yet: waiting to join)")
+        self._log_transport_security()
+
+    def _log_transport_security(self) -> None:
+        """Say at every start whether the ports are protected: an operator must never have to guess."""
+        cfg = self.config
+        listening = ", ".join(f"{key} {address}" for key, address in cfg.listen_addresses().items())
+        if self.credentials is not None:
+            log.info("{node}: mutual TLS on {listening} (CA {ca}; this node is {who})", node=cfg.node_id,
+                     listening=listening, ca=self.credentials.ca, who=self.credentials.identity)
+        elif cfg.tls_off:
+            log.warn("{node}: WARNING: TLS is off (tls: off): {listening} accept anyone who can reach them, "
+                     "unauthenticated and unencrypted", node=cfg.node_id, listening=listening)
+        else:
+            log.warn("{node}: WARNING: no tls section: serving plain TCP on loopback only ({listening}); "
+                     "anyone on this machine can use every port. Add tls: {{ca, cert, key}} "
+                     "(storgctl certs init) to require certificates", node=cfg.node_id, listening=listening)
 
     def _build_data_path(self) -> None:
         """The file service and its upkeep, each given the parts it uses and nothing more.
@@ -204,7 +253,8 @@ class NodeService(service.MultiService):
         self.chunk_pool = PoolExecutor(self.reactor, f"storg-chunks-{cfg.node_id}", CHUNK_THREADS)
         self.hash_pool = PoolExecutor(self.reactor, f"storg-hash-{cfg.node_id}", HASH_THREADS)
         self.local_chunks = LocalChunks(self.chunk_store, self.chunk_pool)
-        self.remote_chunks = RemoteChunks(self.reactor, self._client_address, self.hash_pool)
+        self.remote_chunks = RemoteChunks(self.reactor, self._client_address, self.hash_pool,
+                                          connect_to=self.dialer)
         chunks = Chunks(cfg.node_id, self.local_chunks, self.remote_chunks)
         liveness = Liveness(self.reactor)
         self.files = files = FileService(

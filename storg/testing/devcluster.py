@@ -173,22 +173,35 @@ class ProcCluster:
     """Run :meth:`storgctl` commands from a fork server (see :mod:`storg.testing.storgctl_server`):
     the same ``storg.cli.main.main(argv)`` in a process of its own, without
     paying ~0.4 s of interpreter start-up per command."""
+    tls: bool = False
+    """Mutual TLS on every port: ``certs/`` under root holds the CA, a pair per node and the
+    admin's (``storgctl certs init``); :attr:`env` points storgctl at the admin's."""
+
+    @property
+    def certs(self) -> Path:
+        return self.root / "certs"
 
     @classmethod
     def create(cls, root: Path, size: int = 3, raft: dict | None = None,
-               files: dict | None = None, hosts: list[str] | None = None) -> ProcCluster:
+               files: dict | None = None, hosts: list[str] | None = None, tls: bool = True,
+               extra: dict | None = None) -> ProcCluster:
         """Write configs for ``size`` nodes n1..nN under ``root``; start none yet.
 
         ``hosts``: one loopback address per node (see :func:`loopback_hosts`),
         so that firewall rules can tell the nodes apart; default 127.0.0.1 for all.
+        ``tls``: on by default, as in ``scripts/cluster.sh``: the tests run what
+        users run.  ``extra``: more top-level config keys for every node.
         """
         root = Path(root).resolve()
-        cluster = cls(root, storgctl_server=STORGCTL_SERVER)
+        cluster = cls(root, storgctl_server=STORGCTL_SERVER, tls=tls)
         hosts = list(hosts) if hosts is not None else ["127.0.0.1"] * size
         if len(hosts) != size:
             raise ValueError(f"{len(hosts)} hosts given for {size} nodes")
         host_of = {f"n{i}": hosts[i - 1] for i in range(1, size + 1)}
         ports = {nid: (free_port(h), free_port(h)) for nid, h in host_of.items()}
+        if tls:
+            from storg.net.certs import init_dir
+            init_dir(str(cluster.certs), list(host_of), sorted(set(hosts)))
         members = {nid: {"peer": f"{host_of[nid]}:{p}", "client": f"{host_of[nid]}:{c}"}
                    for nid, (p, c) in ports.items()}
         for nid, (peer, client) in ports.items():
@@ -203,6 +216,10 @@ class ProcCluster:
                 cfg["raft"] = raft
             if files:
                 cfg["files"] = files
+            if tls:
+                cfg["tls"] = cluster._tls_section(nid)
+            if extra:
+                cfg.update(extra)
             path = root / f"{nid}.yaml"
             path.write_text(yaml.safe_dump(cfg))
             cluster.nodes[nid] = ProcNode(nid, path, root / f"{nid}.log", peer, client,
@@ -210,8 +227,26 @@ class ProcCluster:
         env = dict(os.environ)
         # twistd finds twisted/plugins/ by scanning sys.path: make this checkout win.
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        for name in ("STORG_CA", "STORG_CERT", "STORG_KEY"):
+            env.pop(name, None)
+        if tls:
+            env.update(cluster.client_env("admin"))
         cluster.env = env
         return cluster
+
+    def _tls_section(self, nid: str) -> dict[str, str]:
+        return {"ca": "certs/ca.pem", "cert": f"certs/{nid}.pem", "key": f"certs/{nid}-key.pem"}
+
+    def client_env(self, name: str) -> dict[str, str]:
+        """storgctl's TLS variables for the client certificate ``certs/NAME.pem``."""
+        return {"STORG_CA": str(self.certs / "ca.pem"), "STORG_CERT": str(self.certs / f"{name}.pem"),
+                "STORG_KEY": str(self.certs / f"{name}-key.pem")}
+
+    def add_client(self, name: str, role: str) -> dict[str, str]:
+        """A client certificate of ``role`` (``storgctl certs client``); its storgctl env."""
+        from storg.net.certs import add_client
+        add_client(str(self.certs), name, role)
+        return dict(self.env, **self.client_env(name))
 
     def add_node(self, nid: str, host: str = "127.0.0.1") -> ProcNode:
         """Write the config of a new node that waits to be added (``join: true``); start none.
@@ -225,6 +260,10 @@ class ProcCluster:
         peer, client = free_port(host), free_port(host)
         cfg = dict(template, node_id=nid, data_dir=f"data/{nid}",
                    peer_listen=f"{host}:{peer}", client_listen=f"{host}:{client}", join=True)
+        if self.tls:
+            from storg.net.certs import add_node
+            add_node(str(self.certs), nid, [host])
+            cfg["tls"] = self._tls_section(nid)
         path = self.root / f"{nid}.yaml"
         path.write_text(yaml.safe_dump(cfg))
         node = ProcNode(nid, path, self.root / f"{nid}.log", peer, client, host=host)
@@ -301,8 +340,14 @@ class ProcCluster:
                  input: bytes | None = None) -> subprocess.CompletedProcess:
         addresses = ",".join(self.nodes[n].client_address for n in (nodes or list(self.nodes)))
         if self.storgctl_server:
-            runner = shared_storgctl_runner(self.env)
-            return runner.completed(["--cluster", addresses, *args], timeout, input=input)
+            # TLS as options, not in the server's env: one fork server serves every cluster.
+            env = {k: v for k, v in self.env.items() if k not in ("STORG_CA", "STORG_CERT", "STORG_KEY")}
+            tls_args: list[str] = []
+            if "STORG_CA" in self.env:
+                tls_args = ["--ca", self.env["STORG_CA"], "--cert", self.env["STORG_CERT"],
+                            "--key", self.env["STORG_KEY"]]
+            runner = shared_storgctl_runner(env)
+            return runner.completed([*tls_args, "--cluster", addresses, *args], timeout, input=input)
         return subprocess.run(
             [str(BIN / "storgctl"), "--cluster", addresses, *args],
             env=self.env, capture_output=True, timeout=timeout, input=input,

@@ -80,7 +80,7 @@ class Harness:
         node.start()
         return node
 
-    async def connect(self, reactor, address: str, timeout: float = 5.0):
+    async def connect(self, reactor, address: str, timeout: float = 5.0, node: str | None = None):
         """Client connections of the admin (removal notices) go straight to that node's handlers."""
         port = int(address.rsplit(":", 1)[1])
         nid = next(n for n, i in self.index_of.items() if 8000 + i == port)

@@ -55,7 +55,10 @@ pytestmark = pytest.mark.process
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile")
-    c = ProcCluster.create(root, size=3, hosts=loopback_hosts(3), files={"chunk_size": 64 * 1024})
+    # Plain TCP on loopback, on purpose: the fuzzer's frames must reach the frame parser and
+    # the codec, which a TLS listener would hide behind the handshake (anyone with a certificate
+    # reaches them too).  tests/process/test_tls_processes.py sends strangers to TLS listeners.
+    c = ProcCluster.create(root, size=3, hosts=loopback_hosts(3), files={"chunk_size": 64 * 1024}, tls=False)
     c.start_all()
     try:
         wait_for(c.leader, 60, "a leader", 0.2)

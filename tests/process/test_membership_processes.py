@@ -89,9 +89,10 @@ READ_ALL = """
 import hashlib, io, json, sys
 from twisted.internet import defer, task
 from storg.client.api import StorgClient
+from storg.net.credentials import from_environment
 
 async def main(reactor, addresses, paths):
-    client = StorgClient(addresses.split(","), reactor=reactor, timeout=30)
+    client = StorgClient(addresses.split(","), reactor=reactor, timeout=30, tls=from_environment())
     digests = {}
     for path in paths:
         sink = io.BytesIO()

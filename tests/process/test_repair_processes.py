@@ -34,6 +34,7 @@ CLIENT_SCRIPT = r"""
 import hashlib, io, json, random, sys, time
 from twisted.internet import defer, task
 from storg.client.api import StorgClient
+from storg.net.credentials import from_environment
 
 args = json.loads(sys.stdin.read())
 
@@ -96,7 +97,7 @@ async def race(client_factory):
     return {"alive": alive, "errors": errors, "bad": bad, "listed": listed, "ops": ops}
 
 async def main(reactor):
-    make = lambda: StorgClient(args["cluster"], reactor=reactor, timeout=30)
+    make = lambda: StorgClient(args["cluster"], reactor=reactor, timeout=30, tls=from_environment())
     if args["mode"] == "stat":
         client = make()
         try:

@@ -121,7 +121,7 @@ class SnapCluster:
         self.net.down.add(nid)
         self.members.pop(nid).stop()
 
-    async def connect(self, reactor, address: str, timeout: float = 5.0) -> RequestConnection:
+    async def connect(self, reactor, address: str, timeout: float = 5.0, node: str | None = None) -> RequestConnection:
         """Stands in for storg.net.connection.connect: an in-memory link to ``address``'s port."""
         member = self.members.get(address)
         if member is None or address in self.net.down:

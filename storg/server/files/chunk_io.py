@@ -20,7 +20,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from storg.net.connection import RequestConnection, connect
+from storg.net.connection import PLAIN, RequestConnection
 from storg.node.executor import Submit
 from storg.storage.chunks import ChunkStore
 from storg.storage.errors import ChunkNotFoundError, CorruptionError
@@ -60,8 +60,10 @@ class RemoteChunks:
     """Other nodes' chunk stores, through their client ports."""
 
     def __init__(self, reactor: Any, address_of: Callable[[str], str | None], hasher: Submit,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, connect_to: Callable[..., Any] = PLAIN) -> None:
         self.reactor = reactor
+        self._connect = connect_to
+        """``connect_to(reactor, address, timeout=, node=)``: the node's dialer (TLS demanding that node)."""
         self.hasher = hasher
         self.address_of = address_of
         self.timeout = timeout
@@ -75,7 +77,7 @@ class RemoteChunks:
         address = self.address_of(node_id)
         if not address:
             raise ChunkUnavailable(f"no client address known for {node_id}")
-        conn = yield defer.Deferred.fromCoroutine(connect(self.reactor, address, timeout=5.0))
+        conn = yield defer.Deferred.fromCoroutine(self._connect(self.reactor, address, timeout=5.0, node=node_id))
         self._connections[node_id] = conn
         return conn
 

@@ -17,7 +17,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from storg.net.connection import ProtocolViolation, connect
+from storg.net.connection import PLAIN, ProtocolViolation
 from storg.node.executor import Submit
 from storg.node.raft_node import RaftNode
 from storg.raft.types import Message, Role, SnapshotMeta
@@ -41,7 +41,7 @@ class SnapshotSender:
     def __init__(self, node: RaftNode, log_store: DiskLogStore, send_message: Callable[[Message], object],
                  address_of: Callable[[str], str], reactor: Any, executor: Submit, *,
                  part_bytes: int = PART_BYTES, timeout: float = 30.0, retry_delay: float = 1.0,
-                 connect_to: Callable[..., Any] = connect) -> None:
+                 connect_to: Callable[..., Any] = PLAIN) -> None:
         self.node = node
         self.log_store = log_store
         self.send_message = send_message
@@ -82,7 +82,8 @@ class SnapshotSender:
             address = self.address_of(msg.to)
             if not address:
                 raise SnapshotUnavailable(f"no client address known for {msg.to}")
-            conn = await defer.Deferred.fromCoroutine(self._connect(self.reactor, address, timeout=5.0))
+            conn = await defer.Deferred.fromCoroutine(self._connect(self.reactor, address, timeout=5.0,
+                                                                          node=msg.to))
             self._connections.add(conn)
             try:
                 streamed = await self._stream(conn, msg, reader, size, sha)

@@ -1,0 +1,134 @@
+"""Who may send what on the client port: each request's permission, each role's grants.
+
+The model is etcd's client-cert-auth with roles, narrowed to what a file
+store needs.  A connection's identity comes from its verified certificate
+(:func:`storg.net.tls.peer_identity`), never from anything it sends, and
+each request type needs one permission:
+
+==============  =================================================================
+``cluster``     status, member list, scrub counters: who is who, no file data
+``read``        get, ls, stat, ProbeRead
+``write``       put (PutStart, PutData, PutEnd), rm, ProbeWrite
+``admin``       member add and remove, leader transfer, starting a scrub pass
+``node``        what only another node of this cluster sends: chunk reads and
+                copies between nodes, snapshot transfer, removal notices
+==============  =================================================================
+
+Roles grant permissions: ``readonly`` has ``cluster`` and ``read``,
+``readwrite`` also writes, ``admin`` also administers.  A node certificate
+of a *current member* has ``cluster``, ``read`` and ``node``, and nothing
+else: a node never writes files or changes membership through another
+node's client port.  A node certificate of a non-member (a removed node, a
+node waiting to join) has only ``cluster``: that is how a removed node
+asks the leader whether its removal is real (``admin.removed_notice``),
+and all it may learn.
+
+The table fails closed: a request type it does not list needs a permission
+no role has, so a new message cannot be served to everyone by forgetting it
+here (``tests/server/test_permissions.py`` checks that every handler is listed).
+Without TLS (loopback only, or ``tls: off``) there is no identity and every
+request is allowed, as before; the node logs a warning at start saying so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from storg.net.tls import Identity
+from storg.wire import ProbeRead, ProbeWrite, StatusRequest
+from storg.wire.admin import (
+    LeaderTransferRequest,
+    MemberAddRequest,
+    MemberListRequest,
+    MemberRemoveRequest,
+    RemovedNotice,
+)
+from storg.wire.files import (
+    ChunkGet,
+    ChunkPutAfter,
+    GetRequest,
+    LsRequest,
+    PutData,
+    PutEnd,
+    PutStart,
+    RmRequest,
+    ScrubStatusRequest,
+    StatRequest,
+)
+from storg.wire.snapshots import SnapshotBegin, SnapshotEnd, SnapshotPart
+
+CLUSTER = "cluster"
+READ = "read"
+WRITE = "write"
+ADMIN = "admin"
+NODE = "node"
+UNLISTED = "unlisted"
+"""What a request type missing from the table needs: no role has it."""
+
+GRANTS: dict[str, frozenset[str]] = {
+    "readonly": frozenset({CLUSTER, READ}),
+    "readwrite": frozenset({CLUSTER, READ, WRITE}),
+    "admin": frozenset({CLUSTER, READ, WRITE, ADMIN}),
+    "node": frozenset({CLUSTER, READ, NODE}),
+}
+NON_MEMBER_NODE = frozenset({CLUSTER})
+"""What a node certificate of a node that is not (or no longer) a member may do."""
+
+
+def _scrub(request: ScrubStatusRequest) -> str:
+    return ADMIN if request.start else CLUSTER
+
+
+REQUIRED: dict[type, str | Callable[[Any], str]] = {
+    StatusRequest: CLUSTER,
+    ProbeRead: READ,
+    GetRequest: READ,
+    LsRequest: READ,
+    StatRequest: READ,
+    MemberListRequest: CLUSTER,
+    ScrubStatusRequest: _scrub,
+    PutStart: WRITE,
+    PutData: WRITE,
+    PutEnd: WRITE,
+    RmRequest: WRITE,
+    ProbeWrite: WRITE,
+    MemberAddRequest: ADMIN,
+    MemberRemoveRequest: ADMIN,
+    LeaderTransferRequest: ADMIN,
+    ChunkGet: NODE,
+    ChunkPutAfter: NODE,
+    SnapshotBegin: NODE,
+    SnapshotPart: NODE,
+    SnapshotEnd: NODE,
+    RemovedNotice: NODE,
+}
+
+
+def required(request: object) -> str:
+    """The permission ``request`` needs (:data:`UNLISTED` for a type the table does not know)."""
+    need = REQUIRED.get(type(request), UNLISTED)
+    return need if isinstance(need, str) else need(request)
+
+
+def refusal(identity: Identity | None, request: object, is_member: Callable[[str], bool]) -> str | None:
+    """Why ``identity`` may not send ``request``, in one line for the client; None if it may.
+
+    ``identity`` None means a connection without TLS: allowed (see the module
+    docstring).  ``is_member(node_id)`` tells a current member's node
+    certificate from a removed node's.
+    """
+    if identity is None:
+        return None
+    need = required(request)
+    grants = GRANTS.get(identity.role, frozenset())
+    if identity.is_node and not is_member(identity.name):
+        grants = NON_MEMBER_NODE
+        if need not in grants:
+            return f"{identity} is not a member of this cluster"
+    if need in grants:
+        return None
+    what = type(request).__name__
+    if need == NODE:
+        return f"{what} is sent only by the cluster's nodes, not by {identity}"
+    return f"{what} needs the {need} permission, which {identity} does not have"

@@ -1,0 +1,116 @@
+"""Mutual TLS on a real cluster: strangers refused at every listener, roles enforced by storgctl.
+
+Issue 15.  Three ``twistd storg`` nodes with the certificates ``storgctl
+certs init`` makes (ProcCluster's default).  Each stranger of
+:func:`storg.testing.tls_material.strangers` knocks on the client port and
+on the peer port of n1, three times: it is refused every time, n1 logs it
+once, and the cluster keeps serving.  A node's own certificate used to
+claim another node's id on the peer port is refused too.  Then storgctl
+with each role: ``readonly`` cannot put, ``readwrite`` cannot change
+membership or send what only nodes send, ``admin`` can.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+from storg.config import cluster_id, load_config
+from storg.server.peer import PROTOCOL_VERSION
+from storg.testing.devcluster import BIN, ProcCluster, wait_for
+from storg.testing.tls_material import attempt, strangers
+from storg.wire import ErrorCode, ErrorReply, Hello, HelloRefused, ProbeRead
+
+pytestmark = pytest.mark.process
+"""Every test here starts real node processes (the quick loop skips them: -m "not process")."""
+
+KNOCKS = 3
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = ProcCluster.create(tmp_path_factory.mktemp("tls"), size=3)
+    c.start_all()
+    try:
+        wait_for(c.leader, 60, "a leader", 0.2)
+        yield c
+    finally:
+        c.close()
+
+
+def run(cluster: ProcCluster, env: dict, *args: str, data: bytes | None = None) -> subprocess.CompletedProcess:
+    """The real storgctl in a process of its own, with ``env``'s TLS variables (a role's certificate)."""
+    addresses = ",".join(n.client_address for n in cluster.nodes.values())
+    return subprocess.run([str(BIN / "storgctl"), "--cluster", addresses, "--timeout", "10", *args],
+                          env=env, capture_output=True, timeout=60, input=data)
+
+
+def test_strangers_are_refused_at_both_listeners_and_logged_once(cluster, tmp_path):
+    n1 = cluster.nodes["n1"]
+    before = cluster.log_text("n1")
+    cid = cluster_id(load_config(str(n1.config_path)))
+    for name, triple in strangers(cluster.certs, tmp_path).items():
+        for _ in range(KNOCKS):
+            outcome, detail = attempt(n1.host, n1.client_port, triple, ProbeRead(1))
+            if name == "a node that is not a member":
+                assert outcome == "answered" and isinstance(detail, ErrorReply), detail
+                assert detail.code == ErrorCode.PERMISSION_DENIED and "not a member" in detail.message
+            else:
+                assert outcome == "refused", (name, detail)
+            outcome, detail = attempt(n1.host, n1.peer_port, triple, Hello(PROTOCOL_VERSION, cid, "n9", "i"))
+            if name == "a node that is not a member":
+                assert outcome == "answered" and isinstance(detail, HelloRefused), detail
+                assert "not a member" in detail.reason or "n9" in detail.reason, detail.reason
+            else:
+                assert outcome == "refused", (name, detail)
+    log = cluster.log_text("n1")[len(before):]
+    client_port = re.findall(r"\[storg.client_port#warn\] (refused a TLS connection|permission denied)[^\n]*", log)
+    peer_port = re.findall(r"\[storg.peer#warn\] (?:refused a TLS connection|refused n9)[^\n]*", log)
+    # Each of the four strangers: one line per listener, however often it knocked.
+    assert len(client_port) == 4, "\n".join(re.findall(r"\[storg.client_port#warn\][^\n]*", log))
+    assert len(peer_port) == 4, "\n".join(re.findall(r"\[storg.peer#warn\][^\n]*", log))
+    # The cluster kept serving, and n1 still hears its peers.
+    assert cluster.storgctl("put", "-", "/after-strangers", input=b"still here").returncode == 0
+    assert cluster.storgctl("get", "/after-strangers", "-", nodes=["n1"]).stdout == b"still here"
+    assert wait_for(cluster.everyone_follows, 30, "every node following one leader")
+
+
+def test_a_node_certificate_cannot_claim_another_node(cluster):
+    n1 = cluster.nodes["n1"]
+    cid = cluster_id(load_config(str(n1.config_path)))
+    leader = cluster.leader()
+    n2_cert = (str(cluster.certs / "ca.pem"), str(cluster.certs / "n2.pem"), str(cluster.certs / "n2-key.pem"))
+    outcome, detail = attempt(n1.host, n1.peer_port, n2_cert, Hello(PROTOCOL_VERSION, cid, "n3", "forged"))
+    assert outcome == "answered" and isinstance(detail, HelloRefused), detail
+    assert "the certificate names node n2, the Hello claims n3" in detail.reason
+    assert "certificate names node n2, the Hello claims n3" in cluster.log_text("n1")
+    # The real n3 kept its link: nothing changed hands.
+    assert cluster.leader() == leader
+    assert cluster.storgctl("put", "-", "/after-impostor", input=b"x").returncode == 0
+
+
+def test_roles_through_storgctl(cluster):
+    reader = cluster.add_client("reader", "readonly")
+    writer = cluster.add_client("writer", "readwrite")
+    out = cluster.storgctl("put", "-", "/by-admin", input=b"admin")
+    assert out.returncode == 0, out.stderr
+    out = run(cluster, reader, "get", "/by-admin", "-")
+    assert out.returncode == 0 and out.stdout == b"admin", out.stderr
+    out = run(cluster, reader, "put", "-", "/by-reader", data=b"no")
+    assert out.returncode == 1 and out.stderr.startswith(b"storgctl: permission denied"), out.stderr
+    out = run(cluster, reader, "rm", "/by-admin")
+    assert out.returncode == 1 and b"permission denied" in out.stderr, out.stderr
+    out = run(cluster, writer, "put", "-", "/by-writer", data=b"yes")
+    assert out.returncode == 0, out.stderr
+    for args in (("member", "remove", "n3"), ("leader", "transfer"), ("scrub", "--start"),
+                 ("member", "add", "n9", "--peer", "127.0.0.1:1", "--client", "127.0.0.1:2")):
+        out = run(cluster, writer, *args)
+        assert out.returncode == 1 and b"permission denied" in out.stderr, (args, out.stderr)
+    members = cluster.storgctl("--json", "member", "list")
+    assert members.returncode == 0 and b'"n9"' not in members.stdout and b'"n3"' in members.stdout
+    # No TLS options against a TLS cluster: unavailable, with a hint.
+    plain = {k: v for k, v in cluster.env.items() if not k.startswith("STORG_")}
+    out = run(cluster, plain, "status")
+    assert out.returncode == 3 and b"--ca, --cert and --key" in out.stderr, out.stderr
