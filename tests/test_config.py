@@ -240,3 +240,37 @@ def test_ipv6_and_hostname_addresses() -> None:
     for bad in ("[::1]7001", "[zz]:1", "-bad.example:1", "a..b:1", "h:+1", "h:١٢"):
         with pytest.raises(ValueError):
             parse_address(bad)
+
+
+def test_tls_section_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, with_(tls={"ca": "certs/ca.pem", "cert": "certs/n1.pem",
+                                                  "key": "/abs/n1-key.pem"})))
+    assert cfg.tls is not None and not cfg.plaintext
+    assert cfg.tls.ca == tmp_path / "certs" / "ca.pem"
+    assert cfg.tls.key == Path("/abs/n1-key.pem")
+
+
+@pytest.mark.parametrize("value, key, reason", [
+    ({"ca": "ca.pem", "cert": "n1.pem"}, "tls.key", "required key is missing"),
+    ({"ca": "ca.pem", "cert": "n1.pem", "key": "k.pem", "crl": "x"}, "tls.crl", "unknown key"),
+    (True, "tls", "or off"),
+    ("on", "tls", "or off"),
+    ({"ca": "", "cert": "n1.pem", "key": "k.pem"}, "tls.ca", "must be a file path"),
+])
+def test_a_bad_tls_section_is_refused(tmp_path: Path, value, key, reason) -> None:
+    err = error_of(tmp_path, with_(tls=value))
+    assert err.key == key and reason in err.reason
+
+
+def test_without_tls_only_loopback_addresses_may_be_served(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, BASE)).plaintext
+    assert load_config(write(tmp_path, with_(client_listen="[::1]:8001"))).plaintext
+    assert load_config(write(tmp_path, with_(client_listen="localhost:8001"))).plaintext
+    for key, address in (("client_listen", "10.0.0.5:8001"), ("peer_listen", "0.0.0.0:7001"),
+                         ("http_listen", "myhost:9001")):
+        err = error_of(tmp_path, with_(**{key: address}))
+        assert err.key == key and "not a loopback address" in err.reason and "tls: off" in err.reason
+    # `tls: off` (YAML reads a bare off as false) is the operator saying they mean it.
+    path = write(tmp_path, "tls: off\n" + yaml.safe_dump(with_(client_listen="10.0.0.5:8001")))
+    cfg = load_config(path)
+    assert cfg.tls is None and cfg.tls_off and cfg.plaintext

@@ -87,3 +87,39 @@ def test_a_wiped_member_is_refused_as_a_voter_with_instructions(tmp_path):
         assert rows[victim]["term"] == 0 and rows[victim]["role"] != "leader"
     finally:
         cluster.close()
+
+
+def one_line_refusal(cluster: ProcCluster, cfg: dict, name: str) -> str:
+    path = cluster.root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = run_twistd(cluster, path)
+    assert out.returncode != 0
+    lines = out.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert f"{name}.yaml" in lines[0]
+    return lines[0]
+
+
+def test_tls_material_that_cannot_work_is_refused_at_start(tmp_path):
+    cluster = ProcCluster.create(tmp_path, size=2)
+    cfg = yaml.safe_load((tmp_path / "n1.yaml").read_text())
+    # Another node's certificate: the node would claim to be n2.
+    line = one_line_refusal(cluster, dict(cfg, tls=dict(cfg["tls"], cert="certs/n2.pem", key="certs/n2-key.pem")),
+                            "wrong-cert")
+    assert "names node n2, not node n1" in line
+    line = one_line_refusal(cluster, dict(cfg, tls=dict(cfg["tls"], key="certs/missing-key.pem")), "no-key")
+    assert "missing-key.pem" in line and "tls" in line
+    # A non-loopback address without TLS, and no `tls: off`.
+    plain = {k: v for k, v in cfg.items() if k != "tls"}
+    line = one_line_refusal(cluster, dict(plain, client_listen="192.0.2.1:8001"), "exposed")
+    assert "client_listen" in line and "not a loopback address" in line and "tls: off" in line
+
+
+def test_plain_tcp_is_served_on_loopback_with_a_warning(tmp_path):
+    cluster = ProcCluster.create(tmp_path, size=1, tls=False)
+    try:
+        cluster.start("n1")
+        assert wait_for(cluster.leader, 30, "n1 to lead itself") == "n1"
+        assert "WARNING: no tls section: serving plain TCP on loopback only" in cluster.log_text("n1")
+    finally:
+        cluster.close()
