@@ -1,7 +1,7 @@
 """``storgctl``: the command line over the client library.
 
 Exit status (README.rst, section "Exit status"): 0 success; 1 refused; 2 usage or local error;
-3 cluster unavailable; 4 integrity error.  Every error is one line on
+3 cluster unavailable or disk full; 4 integrity error.  Every error is one line on
 stderr starting with ``storgctl: ``.
 """
 

@@ -69,6 +69,14 @@ class NodeStopped(Exception):
     """The node stopped before the operation finished."""
 
 
+class LogFull(NodeStopped):
+    """This node's Raft log cannot be written (disk full): it can confirm no read now.
+
+    A NodeStopped, so the client port answers UNAVAILABLE and the client
+    tries another node at once instead of waiting out its timeout here.
+    """
+
+
 class LogStore(Protocol):
     """The durable half of Raft state, as the node needs it.
 
@@ -305,6 +313,10 @@ class RaftNode:
         """
         if self._failed is not None or self._stopped:
             return defer.fail(NodeStopped("node stopped"))
+        if self.log_full:
+            # A ReadIndex needs a Ready (a heartbeat round, or a message to
+            # the leader), and none is taken while the held write waits.
+            return defer.fail(LogFull(f"{self.node_id}: disk full, its Raft log cannot be written"))
         waiter = _ReadWaiter()
         waiter.call = self._reactor.callLater(
             self.default_timeout if timeout is None else timeout, self._expire_read, waiter)
@@ -803,4 +815,4 @@ def _role_name(role: Role) -> str:
     }[role]
 
 
-__all__ = ["LogStore", "NodeStopped", "RaftNode", "StateMachine", "Timeout", "run_inline"]
+__all__ = ["LogFull", "LogStore", "NodeStopped", "RaftNode", "StateMachine", "Timeout", "run_inline"]

@@ -7,7 +7,7 @@ import random
 
 from twisted.internet.task import Clock
 
-from storg.node.raft_node import RaftNode, run_inline
+from storg.node.raft_node import LogFull, RaftNode, run_inline
 from storg.raft.core import RaftConfig, RaftCore
 from storg.raft.errors import ProposalDropped
 from storg.raft.types import ConfState, MessageType, Role, SnapshotMeta
@@ -88,6 +88,8 @@ def test_a_full_follower_acknowledges_nothing_until_it_has_written_it():
     assert c.stores[follower].refused >= 3, "the write was not retried"
     assert c.fatal == [] and c.nodes[follower]._failed is None, "a full disk stopped the node"
     assert c.nodes[follower].log_full
+    read = outcome(c.nodes[follower].read_index())
+    assert read and read[0].check(LogFull), "a read waited on a node that can take no Ready"
     acks = [m for m in c.net.sent[sent_before:]
             if m.frm == follower and m.type == MessageType.APPEND_RESPONSE and not m.reject
             and m.index >= leader.core.last_index]
