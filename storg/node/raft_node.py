@@ -267,6 +267,12 @@ class RaftNode:
         """A message from a peer.  Never raises: the core ignores what it cannot use."""
         if self._stopped:
             return
+        if self.log_full and msg.type in (MessageType.APPEND, MessageType.SNAPSHOT):
+            # Held by a full disk (see _persist): entries stepped in now would
+            # only pile up in memory, unwritable, for as long as the disk stays
+            # full.  Dropping them is a lost message, which Raft tolerates: the
+            # leader sends them again once this node answers.
+            return
         if msg.type == MessageType.SNAPSHOT and self._snapshot_gate is not None:
             self._step_snapshot(msg, self._snapshot_gate)
         else:
