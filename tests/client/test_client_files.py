@@ -14,9 +14,9 @@ from twisted.internet.task import deferLater
 
 from storg.client.api import StorgClient
 from storg.client.errors import (
-    DiskFull,
     BadRequest,
     ClusterUnavailable,
+    DiskFull,
     IntegrityError,
     LocalError,
     NotFoundError,
