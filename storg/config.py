@@ -99,6 +99,17 @@ class FileTuning:
     """Chunk files no committed file refers to are deleted once this old (crashed uploads)."""
     gc_interval_s: float = 30.0
     """Garbage collection (unreferenced chunks, orphan files) runs this often."""
+    disk_reserve_mb: int = 256
+    """Free MiB of the data_dir's file system below which new file bytes are refused (0: never).
+
+    The room a node needs to keep working once puts stop: a WAL segment
+    rolls at 64 MiB (and keeps 1 MiB of zero fill), an automatic snapshot
+    is written whole before the previous one is deleted, deletes and
+    membership changes still append to the log, and uploads already
+    accepted still land (8 chunks in flight each).  256 MiB covers all of
+    that for a namespace of a few hundred thousand files; a fixed size,
+    not a percentage, because what must fit does not grow with the disk.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +261,7 @@ _TLS_KEYS = {"ca", "cert", "key"}
 _RAFT_KEYS = {"heartbeat_ms", "election_timeout_ms", "snapshot_every"}
 _FILES_KEYS = {
     "replication_factor", "chunk_size", "repair_grace_s", "repair_rate_mb_s", "repair_interval_s",
-    "scrub_rate_mb_s", "scrub_interval_s", "orphan_grace_s", "gc_interval_s",
+    "scrub_rate_mb_s", "scrub_interval_s", "orphan_grace_s", "gc_interval_s", "disk_reserve_mb",
 }
 _FILES_NUMBERS = ("repair_grace_s", "repair_rate_mb_s", "repair_interval_s", "scrub_rate_mb_s",
                   "scrub_interval_s", "orphan_grace_s", "gc_interval_s")
@@ -492,4 +503,8 @@ def _files(check: _Checker, value: object) -> FileTuning:
                          f"must be an integer within {MIN_CHUNK_SIZE}-{MAX_CHUNK_SIZE} bytes, got {chunk!r}")
     numbers = {key: check.positive_number(raw.get(key, getattr(default, key)), f"files.{key}")
                for key in _FILES_NUMBERS}
-    return FileTuning(rf, chunk, **numbers)
+    reserve = raw.get("disk_reserve_mb", default.disk_reserve_mb)
+    if isinstance(reserve, bool) or not isinstance(reserve, int) or reserve < 0:
+        raise check.fail("files.disk_reserve_mb",
+                         f"must be a whole number of MiB, 0 or more (0 disables the reserve), got {reserve!r}")
+    return FileTuning(rf, chunk, **numbers, disk_reserve_mb=reserve)

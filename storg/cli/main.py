@@ -1,7 +1,7 @@
 """``storgctl``: the command line over the client library.
 
 Exit status (README.rst, section "Exit status"): 0 success; 1 refused; 2 usage or local error;
-3 cluster unavailable; 4 integrity error.  Every error is one line on
+3 cluster unavailable or disk full; 4 integrity error.  Every error is one line on
 stderr starting with ``storgctl: ``.
 """
 
@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 from storg.cli import certs as certs_commands
 from storg.cli import members as member_commands
+from storg.cli.escape import escape_controls, escape_path
 from storg.cli.progress import progress_for
 from storg.client.api import STATUS_KEYS, StorgClient
 from storg.client.download import AtomicFile
@@ -164,15 +165,20 @@ def file_dict(info: FileInfo, *, chunks: bool = False) -> dict[str, Any]:
 
 
 def format_ls(files: list[FileInfo]) -> str:
-    """One line per file: size (right-aligned), modified time, path."""
+    """One line per file: size (right-aligned), modified time, path.
+
+    The path is escaped (:func:`storg.cli.escape.escape_path`): a name with a
+    newline or an escape sequence must not forge lines or drive the terminal.
+    """
     if not files:
         return ""
     width = max(len(str(f.size)) for f in files)
-    return "\n".join(f"{f.size:>{width}}  {iso_time(f.modified_ns)}  {f.path}" for f in files)
+    return "\n".join(f"{f.size:>{width}}  {iso_time(f.modified_ns)}  {escape_path(f.path)}"
+                     for f in files)
 
 
 def format_stat(info: FileInfo) -> str:
-    lines = [f"path:      {info.path}", f"size:      {info.size}", f"sha256:    {info.sha256}",
+    lines = [f"path:      {escape_path(info.path)}", f"size:      {info.size}", f"sha256:    {info.sha256}",
              f"modified:  {iso_time(info.modified_ns)}", f"version:   {info.version}",
              f"chunks:    {len(info.chunks)}"]
     lines += [f"  {c.hash}  {c.size}  {','.join(c.holders) or '-'}" for c in info.chunks]
@@ -291,8 +297,12 @@ COMMANDS = {"status": run_status, "put": run_put, "get": run_get, "ls": run_ls,
 
 
 def one_line(text: str) -> str:
-    """Errors are one line on stderr, whatever a server put in its message."""
-    return " ".join(str(text).split())
+    """Errors are one line on stderr, whatever a server put in its message.
+
+    Whitespace runs become one space; other control characters (a path in
+    the message, or a hostile server's text) are escaped, not sent to the terminal.
+    """
+    return escape_controls(" ".join(str(text).split()))
 
 
 def exit_for(exc: BaseException, args: argparse.Namespace) -> tuple[int, str] | None:

@@ -54,6 +54,7 @@ from storg.raft.types import (
     SnapshotMeta,
     SoftState,
 )
+from storg.storage.errors import DiskFullError
 
 log = Logger(namespace="storg.node")
 
@@ -66,6 +67,14 @@ class Timeout(Exception):
 
 class NodeStopped(Exception):
     """The node stopped before the operation finished."""
+
+
+class LogFull(NodeStopped):
+    """This node's Raft log cannot be written (disk full): it can confirm no read now.
+
+    A NodeStopped, so the client port answers UNAVAILABLE and the client
+    tries another node at once instead of waiting out its timeout here.
+    """
 
 
 class LogStore(Protocol):
@@ -109,6 +118,9 @@ def _replace(_result: object, value: _T) -> _T:
     """A callback that replaces a Deferred's result with ``value``."""
     return value
 
+
+DISK_FULL_RETRY = 1.0
+"""Seconds between attempts to write a Ready the disk had no room for (see RaftNode._persist)."""
 
 _READ_CTX = struct.Struct(">Q")
 """The per-node counter part of a ReadIndex context."""
@@ -160,6 +172,9 @@ class RaftNode:
         # A commit-only hard state not yet handed to the store (see _pump).
         self._hard_state_to_save: HardState | None = None
         self._pump_call: Any = None
+        self._retry_call: Any = None
+        self.log_full = False
+        """True while a Ready waits for room on the disk (see _persist)."""
         # The leader keeps pending reads by context, from every node at once,
         # and a heartbeat response acknowledges the read its context names.
         # A context must therefore never be issued twice in the cluster: two
@@ -201,6 +216,9 @@ class RaftNode:
         if self._pump_call is not None and self._pump_call.active():
             self._pump_call.cancel()
         self._pump_call = None
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+        self._retry_call = None
         self._fail_all(NodeStopped("node stopped"))
         compactions, self._compactions = self._compactions, []
         for _index, d in compactions:
@@ -249,6 +267,12 @@ class RaftNode:
         """A message from a peer.  Never raises: the core ignores what it cannot use."""
         if self._stopped:
             return
+        if self.log_full and msg.type in (MessageType.APPEND, MessageType.SNAPSHOT):
+            # Held by a full disk (see _persist): entries stepped in now would
+            # only pile up in memory, unwritable, for as long as the disk stays
+            # full.  Dropping them is a lost message, which Raft tolerates: the
+            # leader sends them again once this node answers.
+            return
         if msg.type == MessageType.SNAPSHOT and self._snapshot_gate is not None:
             self._step_snapshot(msg, self._snapshot_gate)
         else:
@@ -295,6 +319,10 @@ class RaftNode:
         """
         if self._failed is not None or self._stopped:
             return defer.fail(NodeStopped("node stopped"))
+        if self.log_full:
+            # A ReadIndex needs a Ready (a heartbeat round, or a message to
+            # the leader), and none is taken while the held write waits.
+            return defer.fail(LogFull(f"{self.node_id}: disk full, its Raft log cannot be written"))
         waiter = _ReadWaiter()
         waiter.call = self._reactor.callLater(
             self.default_timeout if timeout is None else timeout, self._expire_read, waiter)
@@ -412,6 +440,11 @@ class RaftNode:
     def _track(self, submit: Callable[[], int], timeout: float | None) -> defer.Deferred:
         if self._failed is not None or self._stopped:
             return defer.fail(NodeStopped("node stopped"))
+        if self.log_full and self.core.role == Role.LEADER:
+            # It could not be written before space is freed: refuse it now (it
+            # was never appended, so it will never apply), and the client tries
+            # another node, likely the next leader, instead of waiting here.
+            return defer.fail(ProposalDropped(f"{self.node_id}: disk full, its Raft log cannot be written"))
         try:
             index = submit()
         except Exception as exc:
@@ -472,13 +505,74 @@ class RaftNode:
         if rd.snapshot is not None or rd.entries or hard_state is not None:
             if rd.snapshot is None and rd.committed_entries:
                 self._apply_durable_now(rd)
-            executor = self._executor
-            assert executor is not None  # start() made one
-            d = executor(self._log_store.persist, rd.snapshot, rd.entries, hard_state)
+            d = self._persist(rd, hard_state)
         else:
             d = defer.succeed(None)
         d.addCallback(lambda _: self._after_persist(rd))
         d.addErrback(self._fatal)
+
+    def _persist(self, rd: Ready, hard_state: HardState | None) -> defer.Deferred:
+        """Write a Ready durably; on a full disk, hold it and write it again until it fits.
+
+        A full disk (``DiskFullError``: the WAL cut its partial write back,
+        or the hard state's temporary file went) is not the end of the node,
+        as it was: the Ready stays the one in flight, exactly as if the
+        fsync were slow.  Nothing of it is acknowledged meanwhile (its
+        messages wait for the write, except a leader's APPENDs of its own
+        new entries, which Raft allows to go before the leader's write since
+        its own copy counts toward commitment only after ``advance``), no
+        vote is cast, no later Ready is taken, and the proposals wait (they
+        time out with the outcome unknown, which it is: followers may hold
+        them).  A leader that sends nothing is soon replaced by its
+        followers' election, so the cluster goes on without it.  The write
+        is tried again every ``DISK_FULL_RETRY`` seconds (sooner at first)
+        and the node resumes by itself once space is freed.  Writing the
+        same Ready twice is harmless: a WAL record replaces the log from its
+        first index, and the hard state is replaced whole.
+
+        Any other storage error, and a failed fsync (after which the WAL
+        refuses every write: the kernel may have dropped the pages), stays
+        fatal.
+        """
+        executor = self._executor
+        assert executor is not None  # start() made one
+        attempts = [0]
+
+        def write() -> defer.Deferred:
+            assert executor is not None
+            d = executor(self._log_store.persist, rd.snapshot, rd.entries, hard_state)
+            d.addCallbacks(written, full)
+            return d
+
+        def written(result: object) -> object:
+            if attempts[0]:
+                log.info("{node}: the Raft log is writable again after {n} attempts; resuming",
+                         node=self.node_id, n=attempts[0] + 1)
+                self.log_full = False
+            return result
+
+        def full(failure: Failure) -> Any:
+            if self._stopped or not failure.check(DiskFullError):
+                return failure
+            if not attempts[0]:
+                log.warn("{node}: disk full, the Raft log cannot be written ({why}); holding "
+                         "this node's log writes (no acknowledgement, no vote) and retrying "
+                         "until space is freed", node=self.node_id, why=failure.getErrorMessage())
+                self.log_full = True
+            attempts[0] += 1
+            delay = min(DISK_FULL_RETRY, 0.05 * 2 ** min(attempts[0], 10))
+            waited: defer.Deferred = defer.Deferred()
+            self._retry_call = self._reactor.callLater(delay, waited.callback, None)
+
+            def again(_: object) -> Any:
+                self._retry_call = None
+                if self._stopped:
+                    raise NodeStopped("node stopped while its log was full")
+                return write()
+
+            return waited.addCallback(again)
+
+        return write()
 
     def _apply_durable_now(self, rd: Ready) -> None:
         """Apply, before this Ready's write, the committed entries an earlier Ready wrote.
@@ -675,6 +769,8 @@ class RaftNode:
 
     def _fatal(self, failure: Failure) -> None:
         """Storage failed: nothing after this point can be trusted to be durable."""
+        if self._stopped and failure.check(NodeStopped):
+            return  # stopped while a write waited for room: nothing failed
         self._failed = failure
         log.failure("{node}: storage failed; stopping the node", failure, node=self.node_id)
         self._fail_all(NodeStopped("storage failed"))
@@ -725,4 +821,4 @@ def _role_name(role: Role) -> str:
     }[role]
 
 
-__all__ = ["LogStore", "NodeStopped", "RaftNode", "StateMachine", "Timeout", "run_inline"]
+__all__ = ["LogFull", "LogStore", "NodeStopped", "RaftNode", "StateMachine", "Timeout", "run_inline"]

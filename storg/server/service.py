@@ -38,6 +38,7 @@ from storg.raft.types import ConfState, Role, SnapshotMeta
 from storg.server.client_port import ClientPortFactory
 from storg.server.files.chunk_io import Chunks, LocalChunks, RemoteChunks
 from storg.server.files.placement import Liveness
+from storg.server.files.reserve import DiskReserve
 from storg.server.files.service import FileService
 from storg.server.peer import PeerTransport
 from storg.server.peer_instances import KnownInstances
@@ -257,11 +258,14 @@ class NodeService(service.MultiService):
                                           connect_to=self.dialer)
         chunks = Chunks(cfg.node_id, self.local_chunks, self.remote_chunks)
         liveness = Liveness(self.reactor)
+        self.disk_reserve = DiskReserve(
+            cfg.node_id, cfg.data_dir, tuning.disk_reserve_mb * (1 << 20),
+            reactor=self.reactor, run_in_thread=reactor_pool(self.reactor))
         self.files = files = FileService(
             self.node, self.fsm, chunks,
             replication_factor=tuning.replication_factor, chunk_size=tuning.chunk_size,
             tuning=tuning, reactor=self.reactor, hasher=self.hash_pool, liveness=liveness,
-            address_of=self._client_address,
+            address_of=self._client_address, reserve=self.disk_reserve,
         )
         self.snapshots.auto.before_compact.append(files.sync_inline_chunks)
         self.repairer = Repairer(

@@ -435,6 +435,14 @@ class _Segment:
         del self.terms[index - self.first:]
 
 
+class _MarkerDidNotFit(Exception):
+    """A truncation marker met a full disk and was cut back: ``error`` is the DiskFullError to raise."""
+
+    def __init__(self, error: StorageError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class _Torn(Exception):
     """Internal: the last segment ends in a torn write at ``offset``."""
 
@@ -862,9 +870,12 @@ class WriteAheadLog:
         the file and a cut at the first entry of a record that replaced
         nothing shortens it there; any other cut appends a truncation
         marker, so the acknowledged entries before the cut are never
-        rewritten.  Either way the file is fsynced.  Any failure makes the
-        log unusable until reopened (recovery then sees the old or the new
-        state, or a torn marker, which it cuts).
+        rewritten.  Either way the file is fsynced.  A marker that meets a
+        full disk is cut back and :class:`DiskFullError` raised with the log
+        still usable and unchanged in that segment (the caller may try
+        again, as after a full disk in :meth:`append`); any other failure
+        makes the log unusable until reopened (recovery then sees the old or
+        the new state, or a torn marker, which it cuts).
         """
         self._check_usable()
         if from_index > self.last_index:
@@ -885,16 +896,38 @@ class WriteAheadLog:
                     os.ftruncate(self._fd, size)  # the zero fill goes too; the next append writes more
                     self._filled = size
                 else:
-                    marker = _marker(from_index)
-                    _pwrite_all(self._fd, marker, seg.size)  # over the zero fill, if any
-                    size = seg.size + len(marker)
-                    self._filled = max(self._filled, size)
+                    size = self._write_marker(seg, from_index)
                 os.fsync(self._fd)
+        except _MarkerDidNotFit as e:
+            # Nothing changed in this segment (the partial marker was cut back), and
+            # the segments deleted before are gone on disk and here alike: the log
+            # is consistent and usable, without the cut.  The caller may try again.
+            raise e.error from e.error.__cause__
         except StorageError as e:
             self._failed = str(e)
             raise
         seg.forget_from(from_index)
         seg.size = size
+
+    def _write_marker(self, seg: _Segment, from_index: int) -> int:
+        """Append a truncation marker at the end of ``seg``; returns the new size.
+
+        On a full disk the partial marker is cut back and :class:`_MarkerDidNotFit`
+        raised, so a full disk while cutting a conflicting suffix leaves the
+        log usable (as a full disk while appending does) instead of unusable.
+        """
+        marker = _marker(from_index)
+        try:
+            _pwrite_all(self._fd, marker, seg.size)  # over the zero fill, if any
+        except OSError as e:
+            if e.errno in _FULL and self._undo_write(seg, seg.size):
+                err = storage_error(f"cannot truncate {seg.path}", e)
+                err.__cause__ = e
+                raise _MarkerDidNotFit(err) from e
+            raise
+        size = seg.size + len(marker)
+        self._filled = max(self._filled, size)
+        return size
 
     def compact(self, upto_index: int) -> None:
         """Drop whole segments whose entries are all <= ``upto_index``.

@@ -27,6 +27,7 @@ from storg.cli.progress import ProgressBar, human_bytes, progress_for
 from storg.client.errors import (
     BadRequest,
     ClusterUnavailable,
+    DiskFull,
     IntegrityError,
     LocalError,
     NotFoundError,
@@ -143,12 +144,18 @@ def test_stat_text_names_each_field_and_chunk():
     (LocalError("cannot read x"), EXIT_USAGE),
     (InvalidPath("has a '..' segment"), EXIT_USAGE),
     (ServerError(6, "internal error: boom"), EXIT_REFUSED),
+    (DiskFull("put /a refused: n1 is below its disk reserve"), EXIT_UNAVAILABLE),
 ])
 def test_errors_map_to_the_interface_exit_codes(exc, code):
     args = argparse.Namespace(remote="/a/b")
     got_code, message = exit_for(exc, args)
     assert got_code == code and message
     assert exit_for(RuntimeError("a bug"), args) is None
+
+
+def test_disk_full_says_so():
+    code, message = exit_for(DiskFull("put /a refused: n1 is below its disk reserve"), argparse.Namespace())
+    assert code == EXIT_UNAVAILABLE == 3 and message.startswith("disk full: put /a refused")
 
 
 def test_not_found_names_the_path():

@@ -75,6 +75,7 @@ class FakeNode:
         self.ignore_put_end = False  # never answer: a leader that lost its quorum
         self.ready_late = False  # hold PutReady back until the PutEnd: a client must not wait for it
         self.skip_ready = False  # no PutReady at all, as a node that read PutStart and PutEnd at once
+        self.disk_full: str | None = None  # "start" or "end": refuse the put there with DISK_FULL
         self.protocols: list[NodeProtocol] = []
         factory = Factory.forProtocol(lambda: NodeProtocol(self))
         self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
@@ -131,6 +132,9 @@ class NodeProtocol(FrameReceiver):
         if node.redirect_to is not None:
             self.error(frame.request_id, ErrorCode.NOT_LEADER, "not the leader", node.redirect_to)
             return
+        if node.disk_full == "start":
+            self.error(frame.request_id, ErrorCode.DISK_FULL, "put refused: n1 is below its disk reserve")
+            return
         self.uploads[frame.request_id] = _Upload(frame)
         if not node.ready_late and not node.skip_ready:
             self.send(PutReady(frame.request_id, node.max_frame))
@@ -168,6 +172,9 @@ class NodeProtocol(FrameReceiver):
             self.send(PutReady(frame.request_id, node.max_frame))
         if frame.size != upload.size or frame.sha256 != upload.hasher.hexdigest():
             self.error(frame.request_id, ErrorCode.INTEGRITY, "size or checksum mismatch")
+            return
+        if node.disk_full == "end":
+            self.error(frame.request_id, ErrorCode.DISK_FULL, "chunk reached only 1 of 3 holders (full)")
             return
         start = upload.start
         last = node.sessions.get(start.client_id)

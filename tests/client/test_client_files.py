@@ -16,6 +16,7 @@ from storg.client.api import StorgClient
 from storg.client.errors import (
     BadRequest,
     ClusterUnavailable,
+    DiskFull,
     IntegrityError,
     LocalError,
     NotFoundError,
@@ -585,3 +586,18 @@ async def test_get_into_a_file_syncs_in_the_background_as_it_goes(nodes, clients
     synced.clear()
     await clients([node.address]).get("/big", io.BytesIO())
     assert synced == []
+
+
+@pytest.mark.parametrize("where", ["start", "end"])
+@pytest_twisted.ensureDeferred
+async def test_a_disk_full_refusal_ends_the_put_at_once_with_disk_full(nodes, clients, tmp_path, where):
+    """DISK_FULL is not retried on the other nodes until the timeout, which would report
+    "cluster unavailable" and hide the reason: the put fails with DiskFull, promptly."""
+    full, other = nodes(max_frame=1024), nodes(max_frame=1024)
+    full.disk_full = where
+    client = clients([full.address, other.address], timeout=20.0)
+    started = reactor.seconds()
+    with pytest.raises(DiskFull, match="disk reserve|holders"):
+        await client.put(write_file(tmp_path, "f", os.urandom(5000)), "/x")
+    assert reactor.seconds() - started < 5
+    assert len(full.put_starts) == 1 and other.put_starts == []

@@ -490,11 +490,58 @@ def test_full_disk_while_truncating_inside_a_batch(tmp_path: Path, monkeypatch: 
     with pytest.raises(DiskFullError):
         log.truncate(4)
     monkeypatch.undo()
+    # The marker did not fit and nothing changed: the log stays usable without the cut
+    # (a full disk is survivable here as in append), on disk and in memory alike.
+    assert log.last_index == 6 and log.read_all() == ents(1, 6)
+    with WriteAheadLog.open(tmp_path) as other:  # what a crash now would find
+        assert other.read_all() == ents(1, 6)
+    log.truncate(4)  # space came back: the cut goes through
+    log.append(ents(4, 5, term=2))
+    log.close()
+    with WriteAheadLog.open(tmp_path) as log:
+        assert log.read_all() == ents(1, 3) + ents(4, 5, term=2)
+
+
+def test_a_partial_marker_on_a_full_disk_is_cut_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = WriteAheadLog.open(tmp_path, fill_bytes=0)
+    log.append(ents(1, 6))
+    size = (tmp_path / segment_name(1)).stat().st_size
+    real_pwrite = os.pwrite
+
+    def half(fd: int, data: bytes, offset: int) -> int:
+        real_pwrite(fd, bytes(data)[:5], offset)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", half)
+    with pytest.raises(DiskFullError):
+        log.truncate(4)
+    monkeypatch.undo()
+    assert (tmp_path / segment_name(1)).stat().st_size == size
+    log.append(ents(7, 7))
+    log.close()
+    with WriteAheadLog.open(tmp_path) as log:
+        assert log.read_all() == ents(1, 7)
+
+
+def test_a_failed_cut_of_a_partial_marker_makes_the_log_unusable(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    log = WriteAheadLog.open(tmp_path, fill_bytes=0)
+    log.append(ents(1, 6))
+
+    def full(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def no_cut(fd: int, size: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    monkeypatch.setattr(os, "ftruncate", no_cut)
+    with pytest.raises(StorageError):
+        log.truncate(4)
+    monkeypatch.undo()
     with pytest.raises(StorageError, match="reopen"):
         log.append(ents(7, 7))
     log.close()
-    with WriteAheadLog.open(tmp_path) as log:  # the truncation did not happen
-        assert log.read_all() == ents(1, 6)
 
 
 # -- truncating inside a batch record ------------------------------------------------

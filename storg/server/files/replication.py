@@ -26,6 +26,7 @@ from storg.server.files.chunk_io import ChunkUnavailable, RemoteChunks
 from storg.server.files.chunk_ops import ChunkOps
 from storg.server.files.pins import CollectGuard
 from storg.server.files.placement import place
+from storg.server.files.reserve import DiskReserve, is_disk_full
 from storg.wire import ErrorCode
 from storg.wire.files import ChunkPutAfter, ChunkRef, ChunkStored
 
@@ -36,7 +37,7 @@ class ChunkReplicator:
     def __init__(self, node: RaftNode, fsm: Any, *, ops: ChunkOps, remote: RemoteChunks,
                  applied: AppliedWaiter, guard: CollectGuard, reactor: Any,
                  replication_factor: int, unreachable: Callable[[], frozenset[str]],
-                 all_copies_grace: float = 2.0) -> None:
+                 all_copies_grace: float = 2.0, reserve: DiskReserve | None = None) -> None:
         self.node = node
         self.fsm = fsm
         self.ops = ops
@@ -47,6 +48,8 @@ class ChunkReplicator:
         self.replication_factor = replication_factor
         self.unreachable = unreachable
         self.all_copies_grace = all_copies_grace
+        self.reserve = reserve
+        """This node's disk reserve: its own copies are refused below it, like a holder's."""
         self.stats: Counter[str] = Counter()
         self._pending_usage: Counter[str] = Counter()
 
@@ -121,6 +124,10 @@ class ChunkReplicator:
         ``verified``: this process hashed ``data`` to ``chunk_hash`` itself (see ChunkStore.put).
         """
         if holder == self.node.node_id:
+            if self.reserve is not None:
+                if self.reserve.below():
+                    return defer.fail(self.reserve.refusal(f"a copy of chunk {chunk_hash[:12]}"))
+                self.reserve.charge(len(data))
             return self.ops.put(chunk_hash, data, verified=verified).addCallback(lambda _: holder)
         return self._put_remote(holder, chunk_hash, data, index)
 
@@ -142,6 +149,7 @@ class ChunkReplicator:
         done: defer.Deferred = defer.Deferred()
         acked: list[str] = []
         failed: list[str] = []
+        full: list[str] = []
         grace_call: list[Any] = []
 
         def settle() -> None:
@@ -151,8 +159,11 @@ class ChunkReplicator:
                 if len(acked) >= need:
                     finish()
                 else:
+                    # Full holders will not be less full in a second: DISK_FULL ends
+                    # the client's put with the reason, where UNAVAILABLE would
+                    # have it retry until its timeout.
                     done.errback(RequestError(
-                        ErrorCode.UNAVAILABLE,
+                        ErrorCode.DISK_FULL if full else ErrorCode.UNAVAILABLE,
                         f"chunk {chunk_hash[:12]} reached only {len(acked)} of {len(holders)} "
                         f"holders ({'; '.join(failed)})"))
             elif len(acked) >= need and not grace_call:
@@ -171,6 +182,8 @@ class ChunkReplicator:
 
         def bad(failure: Any, holder: str) -> None:
             failed.append(f"{holder}: {failure.getErrorMessage()}")
+            if is_disk_full(failure):
+                full.append(holder)
             settle()
 
         for holder in holders:

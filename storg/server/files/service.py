@@ -73,8 +73,9 @@ from storg.server.files.garbage import GarbageCollector
 from storg.server.files.pins import CollectGuard
 from storg.server.files.placement import Liveness
 from storg.server.files.replication import ChunkReplicator
+from storg.server.files.reserve import DiskReserve
 from storg.server.files.upload import INLINE_MAX, MAX_DATA_FRAME, Upload
-from storg.storage.errors import ChunkNotFoundError, CorruptionError, HashMismatchError
+from storg.storage.errors import ChunkNotFoundError, CorruptionError, DiskFullError, HashMismatchError
 from storg.wire import CODEC, ErrorCode
 from storg.wire.bulk import BULK_MIN
 from storg.wire.files import (
@@ -125,7 +126,8 @@ class FileService:
                  all_copies_grace: float = 2.0, gc_interval: float | None = None,
                  orphan_grace: float | None = None, tuning: FileTuning | None = None,
                  liveness: Liveness | None = None,
-                 address_of: Callable[[str], str] = lambda node_id: "") -> None:
+                 address_of: Callable[[str], str] = lambda node_id: "",
+                 reserve: DiskReserve | None = None) -> None:
         tuning = tuning or FileTuning(replication_factor, chunk_size)
         self.tuning = tuning
         self.node = node
@@ -139,6 +141,8 @@ class FileService:
         self.chunk_size = chunk_size
         self.upload_window = upload_window_chunks * chunk_size
         self.liveness = liveness if liveness is not None else Liveness(reactor)
+        self.reserve = reserve if reserve is not None else DiskReserve(
+            node.node_id, ".", 0, reactor=reactor, run_in_thread=hasher)  # none: never refuses
         self.ops = ChunkOps(chunks.local, reactor)
         self.guard = CollectGuard(node)
         self.applied = AppliedWaiter(node, reactor)
@@ -146,7 +150,7 @@ class FileService:
         self.replicator = ChunkReplicator(
             node, fsm, ops=self.ops, remote=chunks.remote, applied=self.applied, guard=self.guard,
             reactor=reactor, replication_factor=replication_factor, unreachable=self.unreachable,
-            all_copies_grace=all_copies_grace)
+            all_copies_grace=all_copies_grace, reserve=self.reserve)
         self.garbage = GarbageCollector(
             node, fsm, local=chunks.local, ops=self.ops, guard=self.guard, cache=self.small_cache,
             reactor=reactor,
@@ -171,9 +175,11 @@ class FileService:
 
     def start(self) -> None:
         self.garbage.start()
+        self.reserve.start()
 
     def stop(self) -> None:
         self.garbage.stop()
+        self.reserve.stop()
         self.applied.stop()
         for upload in list(self._uploads.values()):
             upload.abort(RequestError(ErrorCode.UNAVAILABLE, "node stopping"))
@@ -187,6 +193,8 @@ class FileService:
             raise _bad_path(exc) from None
         if not self.node.is_leader():
             raise RequestError(ErrorCode.NOT_LEADER, "not the leader", self._leader_address())
+        # The leader's log takes the entry, and its disk (usually) a copy of each chunk.
+        self.reserve.check(f"put {path}")
         key = (id(conn), req.request_id)
         if key in self._uploads:
             raise RequestError(ErrorCode.BAD_REQUEST, f"request {req.request_id} is already an upload")
@@ -357,10 +365,14 @@ class FileService:
         except defer.TimeoutError:
             raise RequestError(ErrorCode.UNAVAILABLE,
                                f"{self.node.node_id} has not applied up to index {req.index}") from None
+        self.reserve.check(f"chunk {req.hash[:12]}")
+        self.reserve.charge(len(req.data))
         try:
             yield self.ops.put(req.hash, req.data)
         except HashMismatchError as exc:
             raise RequestError(ErrorCode.BAD_REQUEST, str(exc)) from None
+        except DiskFullError as exc:  # the disk filled before the reserve saw it (another writer)
+            raise RequestError(ErrorCode.DISK_FULL, f"{self.node.node_id}: {exc}") from None
         return ChunkStored(req.request_id, req.hash)
 
     @defer.inlineCallbacks

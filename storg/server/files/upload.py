@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from storg.node.executor import Submit
 from storg.server.client_port import ClientConnection, RequestError
 from storg.server.files.replication import ChunkReplicator
+from storg.server.files.reserve import is_disk_full
 from storg.wire import CODEC, ErrorCode
 from storg.wire.files import PutDone, PutEnd, PutFileCommand, PutInlineCommand, PutStart
 
@@ -158,8 +159,15 @@ class Upload:
             return result
 
         d.addBoth(settled)
+        d.addErrback(self._chunk_failed)
         hashed.addBoth(settled)
         self.chunk_results.append(d)
+
+    def _chunk_failed(self, failure: Failure) -> Failure:
+        """Holders out of space: stop storing the rest of the upload (the refusal is final)."""
+        if is_disk_full(failure) and isinstance(failure.value, RequestError):
+            self.abort(failure.value)
+        return failure
 
     def _chunk_settled(self, result: Any, size: int) -> Any:
         self.in_flight -= size
