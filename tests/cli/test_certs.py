@@ -114,6 +114,19 @@ def test_client_with_each_role(cluster_dir, capsys, role):
     assert mode(cluster_dir / "alice-key.pem") == 0o600 and mode(cluster_dir / "alice.pem") == 0o644
 
 
+def test_node_added_later_gets_a_node_certificate_from_the_same_ca(cluster_dir, capsys):
+    assert storgctl("certs", "node", str(cluster_dir), "n4", "--hosts", "10.1.2.4") == 0
+    assert capsys.readouterr().out.split() == [str(cluster_dir / "n4.pem"), str(cluster_dir / "n4-key.pem")]
+    leaf = cert(cluster_dir / "n4.pem")
+    assert identity_of(leaf) == Identity.node("n4")
+    leaf.verify_directly_issued_by(cert(cluster_dir / "ca.pem"))
+    assert mode(cluster_dir / "n4-key.pem") == 0o600
+    assert storgctl("certs", "node", str(cluster_dir), "n4") == EXIT_USAGE  # exists: --force
+    one_error_line(capsys, "exists")
+    assert storgctl("certs", "node", str(cluster_dir), "N4!") == EXIT_USAGE
+    one_error_line(capsys, "invalid node id")
+
+
 def test_refuses_to_overwrite_without_force(cluster_dir, capsys):
     before = {name: (cluster_dir / name).read_bytes() for name in os.listdir(cluster_dir)}
     assert storgctl("certs", "init", str(cluster_dir), "--nodes", "n1") == EXIT_USAGE
