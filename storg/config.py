@@ -31,6 +31,17 @@ _HOST_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 MIN_CHUNK_SIZE = 64 * 1024
 MAX_CHUNK_SIZE = 4 * 1024 * 1024
 
+PROPOSAL_HEADROOM = 64 * 1024
+"""Bytes an APPEND between peers needs around its entries (header, node ids, the genesis
+membership); ``tests/test_limits_proposal.py`` checks it against the codec."""
+
+FRAME_LIMIT = 8 * 1024 * 1024
+"""The largest frame body any connection carries (``storg.wire.MAX_FRAME_BYTES``, which a
+test keeps equal: config sits below the codec and cannot import it)."""
+
+MAX_PROPOSAL_LIMIT = FRAME_LIMIT - PROPOSAL_HEADROOM
+"""The most ``limits.max_proposal_bytes`` may be: an entry of that size still fits one APPEND."""
+
 
 class ConfigError(Exception):
     """A configuration the node must refuse to start with.
@@ -101,6 +112,33 @@ class FileTuning:
     """Garbage collection (unreferenced chunks, orphan files) runs this often."""
 
 
+@dataclass(frozen=True, slots=True)
+class LimitTuning:
+    """The ``limits:`` section: what one connection or one request may cost a node.
+
+    The defaults are generous for every real client (storgctl, the client
+    library, other nodes) and small enough that a stranger cannot exhaust
+    the node's file descriptors, memory or disk (README.rst, "Limits").
+    """
+
+    max_client_connections: int = 512
+    """Open connections to the client port; beyond it a new one is answered
+    LIMIT_EXCEEDED and closed (the default soft limit on open files is 1024)."""
+    max_peer_connections: int = 64
+    """Open inbound connections to the peer port (each member keeps one)."""
+    idle_timeout_s: float = 300.0
+    """A client-port connection with no request in flight that sent nothing for this long is closed."""
+    max_requests_in_flight: int = 256
+    """Requests of one connection being handled at once; past it the node stops reading that
+    connection until one finishes (flow control, not an error)."""
+    max_uploads_per_connection: int = 32
+    """Puts open at once on one connection (each may hold 8 chunks in memory); more are refused."""
+    max_proposal_bytes: int = 4 * 1024 * 1024
+    """The largest command proposed to the Raft log (a file's metadata, a probe)."""
+    snapshot_resume_grace_s: float = 10.0
+    """A partial snapshot upload whose connection dropped is deleted unless resumed this soon."""
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     node_id: str
@@ -113,6 +151,7 @@ class NodeConfig:
     cluster_token: str = "storg"
     raft: RaftTuning = field(default_factory=RaftTuning)
     files: FileTuning = field(default_factory=FileTuning)
+    limits: LimitTuning = field(default_factory=LimitTuning)
     source: Path | None = None
 
     def peer_addresses(self) -> dict[str, Address]:
@@ -214,7 +253,7 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 
 _TOP_KEYS = {
     "node_id", "data_dir", "peer_listen", "client_listen", "http_listen",
-    "cluster", "join", "cluster_token", "raft", "files",
+    "cluster", "join", "cluster_token", "raft", "files", "limits",
 }
 _RAFT_KEYS = {"heartbeat_ms", "election_timeout_ms", "snapshot_every"}
 _FILES_KEYS = {
@@ -224,6 +263,10 @@ _FILES_KEYS = {
 _FILES_NUMBERS = ("repair_grace_s", "repair_rate_mb_s", "repair_interval_s", "scrub_rate_mb_s",
                   "scrub_interval_s", "orphan_grace_s", "gc_interval_s")
 _MEMBER_KEYS = {"peer", "client"}
+_LIMITS_INTS = ("max_client_connections", "max_peer_connections", "max_requests_in_flight",
+                "max_uploads_per_connection", "max_proposal_bytes")
+_LIMITS_NUMBERS = ("idle_timeout_s", "snapshot_resume_grace_s")
+_LIMITS_KEYS = {*_LIMITS_INTS, *_LIMITS_NUMBERS}
 
 
 class _Checker:
@@ -340,6 +383,7 @@ def load_config(path: str | os.PathLike[str]) -> NodeConfig:
         cluster_token=token,
         raft=_raft(check, raw.get("raft")),
         files=_files(check, raw.get("files")),
+        limits=_limits(check, raw.get("limits")),
         source=Path(os.path.abspath(shown)),
     )
 
@@ -412,3 +456,19 @@ def _files(check: _Checker, value: object) -> FileTuning:
     numbers = {key: check.positive_number(raw.get(key, getattr(default, key)), f"files.{key}")
                for key in _FILES_NUMBERS}
     return FileTuning(rf, chunk, **numbers)
+
+
+def _limits(check: _Checker, value: object) -> LimitTuning:
+    default = LimitTuning()
+    if value is None:
+        return default
+    raw = check.mapping(value, "limits", _LIMITS_KEYS)
+    ints = {key: check.positive_int(raw.get(key, getattr(default, key)), f"limits.{key}")
+            for key in _LIMITS_INTS}
+    numbers = {key: check.positive_number(raw.get(key, getattr(default, key)), f"limits.{key}")
+               for key in _LIMITS_NUMBERS}
+    if ints["max_proposal_bytes"] > MAX_PROPOSAL_LIMIT:
+        raise check.fail("limits.max_proposal_bytes",
+                         f"must be at most {MAX_PROPOSAL_LIMIT} bytes (an APPEND between peers must "
+                         f"carry it), got {ints['max_proposal_bytes']}")
+    return LimitTuning(**ints, **numbers)
