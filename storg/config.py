@@ -471,4 +471,12 @@ def _limits(check: _Checker, value: object) -> LimitTuning:
         raise check.fail("limits.max_proposal_bytes",
                          f"must be at most {MAX_PROPOSAL_LIMIT} bytes (an APPEND between peers must "
                          f"carry it), got {ints['max_proposal_bytes']}")
-    return LimitTuning(**ints, **numbers)
+    return LimitTuning(
+        max_client_connections=ints["max_client_connections"],
+        max_peer_connections=ints["max_peer_connections"],
+        idle_timeout_s=numbers["idle_timeout_s"],
+        max_requests_in_flight=ints["max_requests_in_flight"],
+        max_uploads_per_connection=ints["max_uploads_per_connection"],
+        max_proposal_bytes=ints["max_proposal_bytes"],
+        snapshot_resume_grace_s=numbers["snapshot_resume_grace_s"],
+    )
