@@ -17,25 +17,51 @@ Flow control both ways: :meth:`ClientConnection.writable` waits until the
 transport has room (a push producer registered on it is paused while its
 buffer is full), and :meth:`ClientConnection.pause_reading` stops reading
 the socket while an upload has too many bytes in flight.
+
+Limits (``limits:`` in the config; docs/architecture.rst, section "Limits"):
+
+* connections: past ``max_client_connections`` open connections a new one
+  is answered with one ``ErrorReply(0, LIMIT_EXCEEDED)`` (request id 0: the
+  connection, not a request; the client library fails every request of
+  the connection with :class:`~storg.net.errors.LimitExceeded`) and closed
+  at once, with a rate-limited log line;
+* idle: a connection with no request being handled that sent nothing for
+  ``idle_timeout_s`` is closed (a client library reconnects on its next
+  request), so abandoned connections do not pile up to the limit above;
+* requests in flight: past ``max_requests_in_flight`` requests of one
+  connection being handled, the node stops reading that connection until
+  one finishes.  Flow control, not an error, because a refusal would fail
+  legitimate pipelining (a leader sends every chunk copy for every upload
+  to a follower on one connection, a burst of hundreds), while TCP already
+  makes the client wait; and it cannot deadlock, since a request counts as
+  in flight only while its handler runs, and no handler waits for a later
+  frame of its own connection (a put's data frames are answered by nothing;
+  only its ``PutEnd`` is in flight, waiting for chunks already read).
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, cast
+from typing import Protocol as TypingProtocol
 
 from twisted.internet import defer
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from storg.config import LimitTuning
 from storg.net.flow import WriteWindow
-from storg.net.framing import FrameReceiver, Transport
+from storg.net.framing import FrameReceiver, Transport, describe_address
+from storg.net.ratelimit import RateLimitedLog
 from storg.node.raft_node import NodeStopped, Timeout
 from storg.raft.errors import NotLeader, ProposalDropped
 from storg.wire import CODEC, CodecError, ErrorCode, ErrorReply
 
 log = Logger(namespace="storg.client_port")
+
+_LENGTH = struct.Struct("!I")
 
 Handler = Callable[[Any, "ClientConnection"], Any]
 
@@ -49,7 +75,7 @@ class RequestError(Exception):
         self.leader = leader
 
 
-class ClientApi(Protocol):
+class ClientApi(TypingProtocol):
     """What the client port needs from the node's service."""
 
     def client_handlers(self) -> dict[type, Handler]: ...
@@ -82,13 +108,27 @@ class ClientConnection(FrameReceiver):
     # any method here runs: the transport is always there.
     transport: Transport
 
-    def __init__(self, api: ClientApi) -> None:
+    factory: ClientPortFactory | None = None
+
+    def __init__(self, api: ClientApi, limits: LimitTuning | None = None, reactor: Any = None,
+                 drops: RateLimitedLog | None = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+            reactor = global_reactor
         self.api = api
         self.handlers = api.client_handlers()
+        self.limits = limits if limits is not None else LimitTuning()
+        self.reactor = reactor
+        self._drops = drops if drops is not None else RateLimitedLog(log, reactor)
         self._window = WriteWindow()
         self._on_close: list[Callable[[], object]] = []
         self._read_pauses = 0
         self._held: list[HeldReply] = []
+        self.in_flight = 0
+        """Requests whose handler has not finished (their Deferred has not fired)."""
+        self._limit_paused = False
+        self._last_received = 0.0
+        self._idle_call: Any = None
 
     # -- what handlers use ---------------------------------------------------
 
@@ -144,11 +184,16 @@ class ClientConnection(FrameReceiver):
             return
         self._read_pauses -= 1
         if self._read_pauses == 0 and self.open:
+            # The node, not the client, was the one waiting: the idle clock restarts.
+            self._last_received = self.reactor.seconds()
             self.resumeProducing()
+            self._arm_idle()
 
     # -- Twisted -------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        self._last_received = self.reactor.seconds()
+        self._arm_idle()
         self.transport.registerProducer(self._window, True)
         # Replies are often small frames written back to back (GetStart,
         # GetData, GetEnd): Nagle's algorithm would hold them for a delayed ACK.
@@ -157,6 +202,12 @@ class ClientConnection(FrameReceiver):
             set_no_delay(True)
 
     def connectionLost(self, reason: object = None) -> None:
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._idle_call = None
+        if self.factory is not None:
+            self.factory.connection_closed(self)
+        super().connectionLost(reason)
         self._window.resumeProducing()
         callbacks, self._on_close = self._on_close, []
         for cb in callbacks:
@@ -170,6 +221,51 @@ class ClientConnection(FrameReceiver):
         self.transport.unregisterProducer()
         self.transport.loseConnection()
 
+    def dataReceived(self, data: bytes) -> None:
+        self._last_received = self.reactor.seconds()
+        super().dataReceived(data)
+
+    # -- idle timeout ----------------------------------------------------------
+
+    def _arm_idle(self) -> None:
+        """Check for idleness ``idle_timeout_s`` after the last byte, unless a request runs."""
+        if self._idle_call is None and self.in_flight == 0 and self._read_pauses == 0 and self.open:
+            delay = self._last_received + self.limits.idle_timeout_s - self.reactor.seconds()
+            self._idle_call = self.reactor.callLater(max(0.0, delay), self._idle_check)
+
+    def _idle_check(self) -> None:
+        self._idle_call = None
+        if self.in_flight or self._read_pauses or not self.open:
+            return  # re-armed when the last request finishes or reading resumes
+        idle = self.reactor.seconds() - self._last_received
+        if idle < self.limits.idle_timeout_s:
+            self._arm_idle()  # bytes came meanwhile: look again later
+            return
+        self._drops.emit("idle client connections",
+                         "closing client connection from {peer}: idle for {idle:.0f} s",
+                         peer=describe_address(self.transport.getPeer()), idle=idle)
+        self.close_connection()
+
+    # -- requests in flight ------------------------------------------------------
+
+    def _started(self) -> None:
+        self.in_flight += 1
+        if self.in_flight >= self.limits.max_requests_in_flight and not self._limit_paused:
+            # Flow control (see the module docstring): the next frame waits in the socket.
+            self._limit_paused = True
+            self.pause_reading()
+
+    def _finished(self, result: object) -> object:
+        self.in_flight -= 1
+        if self._limit_paused and self.in_flight < self.limits.max_requests_in_flight:
+            self._limit_paused = False
+            self.resume_reading()
+        if self.in_flight == 0:
+            # The reply just went out: the client's next request may follow it.
+            self._last_received = self.reactor.seconds()
+            self._arm_idle()
+        return result
+
     def stringReceived(self, data: bytes) -> None:
         try:
             request = CODEC.decode(data)
@@ -182,7 +278,12 @@ class ClientConnection(FrameReceiver):
             return
         request_id = request.request_id
         d = defer.maybeDeferred(handler, request, self)
+        counted = not d.called
+        if counted:
+            self._started()
         d.addCallbacks(self._reply, self._failed, errbackArgs=(request_id,))
+        if counted:
+            d.addBoth(self._finished)  # after the reply: resuming may deliver further frames
         d.addErrback(lambda f: log.failure("replying to a client failed", f))
 
     def _reply(self, reply: object) -> None:
@@ -214,17 +315,62 @@ class ClientConnection(FrameReceiver):
         return ErrorReply(request_id, int(ErrorCode.INTERNAL), f"internal error: {exc!r}")
 
     def _drop(self, why: str) -> None:
-        log.warn("closing client connection from {peer}: {why}", peer=self.transport.getPeer(), why=why)
+        self._drops.emit("bad client frames", "closing client connection from {peer}: {why}",
+                         peer=describe_address(self.transport.getPeer()), why=why)
         self.close_connection()
 
 
+class _Refused(Protocol):
+    """A connection over the limit: one ErrorReply for the whole connection, then closed."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def connectionMade(self) -> None:
+        body = CODEC.encode(ErrorReply(0, int(ErrorCode.LIMIT_EXCEEDED), self.message))
+        transport = cast(Transport, self.transport)
+        transport.write(_LENGTH.pack(len(body)) + body)
+        transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        pass  # whatever the client sent before it read the refusal
+
+
 class ClientPortFactory(Factory):
-    """Builds a ClientConnection per connection; listen it on any endpoint (TCP now, TLS later)."""
+    """Builds a ClientConnection per connection; listen it on any endpoint (TCP now, TLS later).
 
-    def __init__(self, api: ClientApi) -> None:
+    Counts the open connections: past ``limits.max_client_connections`` a
+    new one gets a :class:`_Refused` instead (see the module docstring).
+    The refusals and drops of all its connections share one rate-limited log.
+    """
+
+    def __init__(self, api: ClientApi, limits: LimitTuning | None = None, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+            reactor = global_reactor
         self.api = api
+        self.limits = limits if limits is not None else LimitTuning()
+        self.reactor = reactor
+        self.drops = RateLimitedLog(log, reactor)
+        self.connections: set[ClientConnection] = set()
+        self.refused = 0
+        """Connections refused for the limit since the start (for tests and status)."""
 
-    def buildProtocol(self, addr: Any) -> ClientConnection:
-        proto = ClientConnection(self.api)
+    def buildProtocol(self, addr: Any) -> Protocol:
+        limit = self.limits.max_client_connections
+        if len(self.connections) >= limit:
+            self.refused += 1
+            self.drops.emit("client connection limit",
+                            "refusing client connection from {peer}: {limit} connections are open "
+                            "(limits.max_client_connections)", peer=describe_address(addr), limit=limit)
+            refusal = _Refused(f"the node has {limit} client connections open "
+                               "(limits.max_client_connections); try again later")
+            refusal.factory = self
+            return refusal
+        proto = ClientConnection(self.api, self.limits, self.reactor, self.drops)
         proto.factory = self
+        self.connections.add(proto)
         return proto
+
+    def connection_closed(self, proto: ClientConnection) -> None:
+        self.connections.discard(proto)

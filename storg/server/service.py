@@ -168,7 +168,7 @@ class NodeService(service.MultiService):
         self.directory.on_change(self._members_changed)
         for address, factory in (
             (cfg.peer_listen, self.transport.server_factory),
-            (cfg.client_listen, ClientPortFactory(self)),
+            (cfg.client_listen, ClientPortFactory(self, cfg.limits, self.reactor)),
         ):
             listener = internet.StreamServerEndpointService(server_endpoint(self.reactor, address), factory)
             # Fail twistd's start with the error (port in use) instead of logging and running deaf.
@@ -211,7 +211,7 @@ class NodeService(service.MultiService):
             self.node, self.fsm, chunks,
             replication_factor=tuning.replication_factor, chunk_size=tuning.chunk_size,
             tuning=tuning, reactor=self.reactor, hasher=self.hash_pool, liveness=liveness,
-            address_of=self._client_address,
+            address_of=self._client_address, limits=cfg.limits,
         )
         self.snapshots.auto.before_compact.append(files.sync_inline_chunks)
         self.repairer = Repairer(

@@ -50,7 +50,7 @@ node's assembly (storg.server.service) from the same parts.
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -58,7 +58,7 @@ from twisted.internet import defer
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from storg.config import FileTuning
+from storg.config import FileTuning, LimitTuning
 from storg.net.framing import send_bulk
 from storg.node.executor import Submit
 from storg.node.raft_node import RaftNode
@@ -125,9 +125,11 @@ class FileService:
                  all_copies_grace: float = 2.0, gc_interval: float | None = None,
                  orphan_grace: float | None = None, tuning: FileTuning | None = None,
                  liveness: Liveness | None = None,
-                 address_of: Callable[[str], str] = lambda node_id: "") -> None:
+                 address_of: Callable[[str], str] = lambda node_id: "",
+                 limits: LimitTuning | None = None) -> None:
         tuning = tuning or FileTuning(replication_factor, chunk_size)
         self.tuning = tuning
+        self.limits = limits if limits is not None else LimitTuning()
         self.node = node
         self.address_of = address_of
         self.fsm = fsm
@@ -153,6 +155,7 @@ class FileService:
             interval=gc_interval if gc_interval is not None else tuning.gc_interval_s,
             orphan_grace=orphan_grace if orphan_grace is not None else tuning.orphan_grace_s)
         self._uploads: dict[tuple[int, int], Upload] = {}
+        self._uploads_per_conn: Counter[int] = Counter()
         fsm.on_inline_chunk = self._inline_chunk
         self._unsynced: set[str] = set()
         self._inline_writes: set[defer.Deferred] = set()
@@ -190,9 +193,17 @@ class FileService:
         key = (id(conn), req.request_id)
         if key in self._uploads:
             raise RequestError(ErrorCode.BAD_REQUEST, f"request {req.request_id} is already an upload")
+        limit = self.limits.max_uploads_per_connection
+        if self._uploads_per_conn[id(conn)] >= limit:
+            # Refused, not paused: an open upload needs more frames of this very
+            # connection to finish, so not reading them could never end.
+            raise RequestError(ErrorCode.LIMIT_EXCEEDED,
+                               f"{limit} uploads are already open on this connection "
+                               "(limits.max_uploads_per_connection)")
         upload = Upload(self.replicator, conn, req, path, chunk_size=self.chunk_size,
                         window=self.upload_window, hasher=self.hasher)
         self._uploads[key] = upload
+        self._uploads_per_conn[id(conn)] += 1
         conn.on_close(lambda: self._connection_gone(key))
         # Held until the frames of this read are handled: a small put's
         # client sends PutData and PutEnd without waiting for it, and if
@@ -219,6 +230,9 @@ class FileService:
     def _upload_over(self, result: Any, key: tuple[int, int]) -> Any:
         upload = self._uploads.pop(key, None)
         if upload is not None:
+            self._uploads_per_conn[key[0]] -= 1
+            if self._uploads_per_conn[key[0]] <= 0:
+                del self._uploads_per_conn[key[0]]
             self.guard.unpin(upload.pinned)
             # Applied (then the chunk map counts these bytes) or failed: no longer pending.
             self.replicator.unplace(upload.placed)
