@@ -71,9 +71,10 @@ from twisted.internet.protocol import ClientFactory, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from storg.config import NODE_ID_RE, Address
+from storg.config import NODE_ID_RE, Address, LimitTuning
 from storg.net.flow import WriteWindow
 from storg.net.framing import FrameReceiver, Transport, describe_address
+from storg.net.ratelimit import RateLimitedLog
 from storg.raft.types import Message
 from storg.wire.codec import CODEC
 from storg.wire.messages import Hello, HelloRefused
@@ -183,13 +184,17 @@ class _PeerProtocol(FrameReceiver):
             return None
 
     def violation(self, what: str) -> None:
-        """The peer broke the protocol: one log line, close this connection only."""
+        """The peer broke the protocol: one (rate-limited) log line, close this connection only."""
         if self.transport.disconnecting:
             return
-        log.warn("peer connection {direction} {who} at {addr} closed: {what}",
-                 direction=self.direction, who=self.peer_id or "(unknown)",
-                 addr=_peer_text(self.transport), what=what)
+        self._drops().emit("peer connections closed for a protocol violation",
+                           "peer connection {direction} {who} at {addr} closed: {what}",
+                           direction=self.direction, who=self.peer_id or "(unknown)",
+                           addr=_peer_text(self.transport), what=what)
         self.close_connection()
+
+    def _drops(self) -> RateLimitedLog:
+        raise NotImplementedError
 
     def lengthLimitExceeded(self, length: int) -> None:
         self.violation(f"frame of {length} bytes exceeds the limit of {self.MAX_LENGTH}")
@@ -214,6 +219,9 @@ class PeerServerProtocol(_PeerProtocol):
         self.handshake_timeout = factory.owner.handshake_timeout
         self.last_frame = 0.0
         """reactor.seconds() of the last frame received (the handshake counts)."""
+
+    def _drops(self) -> RateLimitedLog:
+        return self.owner.drops
 
     def alive(self) -> bool:
         """Connected and heard from within the owner's ``established_grace``."""
@@ -280,8 +288,18 @@ class PeerServerFactory(ServerFactory):
         self.owner = owner
 
     def buildProtocol(self, addr: Any) -> PeerServerProtocol | None:
-        if self.owner._stopped:
+        owner = self.owner
+        if owner._stopped:
             return None  # closes the connection at once
+        if len(owner._inbound) >= owner.max_connections:
+            # Closed at once, before a byte is read: members keep one connection
+            # each, so this is a flood (or a leak), and the log must say so, rarely.
+            owner.refused_connections += 1
+            owner.drops.emit("peer connection limit",
+                             "refusing peer connection from {addr}: {limit} inbound connections "
+                             "are open (limits.max_peer_connections)",
+                             addr=describe_address(addr), limit=owner.max_connections)
+            return None
         return PeerServerProtocol(self)
 
 
@@ -305,6 +323,9 @@ class PeerClientProtocol(_PeerProtocol):
         self.link.current = self
         self.transport.registerProducer(self.window, True)
         self.send_object(self.link.owner.identity.hello())
+
+    def _drops(self) -> RateLimitedLog:
+        return self.link.owner.drops
 
     def violation(self, what: str) -> None:
         # Logged through the link: a wrong service at a peer's address would
@@ -514,6 +535,7 @@ class PeerTransport:
         on_peer_event: PeerEventCallback | None = None,
         accept_peer: AcceptPeer | None = None,
         rng: random.Random | None = None,
+        max_connections: int = LimitTuning().max_peer_connections,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -527,6 +549,11 @@ class PeerTransport:
         self.accept_peer = accept_peer
         self.rng = rng if rng is not None else random.Random()
         self.server_factory = PeerServerFactory(self)
+        self.max_connections = max_connections
+        """Inbound connections at once (handshaken or not); more are closed at once."""
+        self.refused_connections = 0
+        self.drops = RateLimitedLog(log, reactor)
+        """Refused and dropped inbound connections: a few lines per reason and minute, then a count."""
         self._links: dict[str, _Link] = {}
         self._inbound: set[PeerServerProtocol] = set()
         self._outbound: set[PeerClientProtocol] = set()
@@ -579,6 +606,7 @@ class PeerTransport:
     def stop(self) -> defer.Deferred:
         """Close every connection and stop reconnecting; fires once all are closed."""
         self._stopped = True
+        self.drops.stop()
         protocols = [*self._outbound, *self._inbound]
         waits = [proto.closed for proto in protocols]
         for link in self._links.values():
@@ -643,7 +671,7 @@ class PeerTransport:
             if len(self._refusal_logged) > 1024:
                 self._refusal_logged.clear()  # bounded, whatever strangers call themselves
             self._refusal_logged[peer_id] = line
-            log.warn("{line}", line=line)
+            self.drops.emit("refused peers", "{line}", line=line)
         self._event(peer_id, REFUSED)
 
     def _event(self, peer_id: str, event: str) -> None:

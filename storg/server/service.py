@@ -153,6 +153,7 @@ class NodeService(service.MultiService):
             on_message=self._on_peer_message,
             reactor=self.reactor,
             accept_peer=self._accept_peer,
+            max_connections=cfg.limits.max_peer_connections,
         )
         self.node = RaftNode(
             core, self.log_store, self.fsm, self.transport.send,
