@@ -56,7 +56,7 @@ from storg.net.flow import WriteWindow
 from storg.net.framing import FrameReceiver, Transport, describe_address
 from storg.net.ratelimit import RateLimitedLog
 from storg.node.raft_node import NodeStopped, Timeout
-from storg.raft.errors import NotLeader, ProposalDropped
+from storg.raft.errors import NotLeader, ProposalDropped, ProposalTooLarge
 from storg.wire import CODEC, CodecError, ErrorCode, ErrorReply
 
 log = Logger(namespace="storg.client_port")
@@ -298,6 +298,8 @@ class ClientConnection(FrameReceiver):
         code = getattr(exc, "code", None)
         if isinstance(exc, RequestError):
             return ErrorReply(request_id, int(exc.code), str(exc), exc.leader)
+        if isinstance(exc, ProposalTooLarge):
+            return ErrorReply(request_id, int(ErrorCode.LIMIT_EXCEEDED), str(exc))
         if isinstance(exc, NotLeader):
             return ErrorReply(request_id, int(ErrorCode.NOT_LEADER), "not the leader",
                               self.api.leader_client_address())

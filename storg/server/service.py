@@ -75,6 +75,7 @@ def raft_config(config: NodeConfig) -> RaftConfig:
     return RaftConfig(
         election_ticks=max(2, low // TICK_MS),
         heartbeat_ticks=max(1, config.raft.heartbeat_ms // TICK_MS),
+        max_entry_bytes=config.limits.max_proposal_bytes,
     )
 
 

@@ -306,3 +306,22 @@ def test_uploads_past_the_limit_are_refused_and_others_still_upload(tmp_path) ->
     service.put_end(PutEnd(1, len(data), hashlib.sha256(data).hexdigest()), greedy)
     service.put_start(PutStart(4, "/e", 5, 4), greedy)
     assert len(service._uploads) == 2
+
+
+# -- proposal limit --------------------------------------------------------------------
+
+def test_a_proposal_over_the_limit_is_answered_limit_exceeded() -> None:
+    from storg.raft.errors import ProposalTooLarge
+
+    class TooBig(Api):
+        def status(self, request, conn):
+            raise ProposalTooLarge(5_000_000, 4_194_304)
+
+    clock, factory, open_one = clocked(TooBig(), LimitTuning())
+    proto, transport = open_one()
+    proto.dataReceived(frame(StatusRequest(3)))
+    (length,) = struct.unpack(">I", transport.value()[:4])
+    reply = CODEC.decode(transport.value()[4:4 + length])
+    assert reply.request_id == 3 and reply.code == ErrorCode.LIMIT_EXCEEDED
+    assert "max_proposal_bytes" in reply.message
+    assert not transport.disconnecting
