@@ -162,7 +162,8 @@ class NodeService(service.MultiService):
         )
         self.snapshots = NodeSnapshots(
             self.node, self.fsm, self.log_store, every=cfg.raft.snapshot_every, reactor=self.reactor,
-            address_of=self._client_address, send_message=self.transport.send)
+            address_of=self._client_address, send_message=self.transport.send,
+            resume_grace=cfg.limits.snapshot_resume_grace_s)
         self._build_data_path()
         assert self.files is not None and self.filler is not None  # _build_data_path made them
         filler = self.filler
