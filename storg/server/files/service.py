@@ -59,7 +59,8 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from storg.config import FileTuning, LimitTuning
-from storg.net.framing import send_bulk
+from storg.net.framing import describe_address, send_bulk
+from storg.net.ratelimit import RateLimitedLog
 from storg.node.executor import Submit
 from storg.node.raft_node import RaftNode
 from storg.paths import InvalidPath, normalize_path, normalize_prefix
@@ -80,6 +81,8 @@ from storg.wire.bulk import BULK_MIN
 from storg.wire.files import (
     ChunkData,
     ChunkGet,
+    ChunkPlacedQuery,
+    ChunkPlacedReply,
     ChunkPutAfter,
     ChunkRef,
     ChunkStored,
@@ -104,8 +107,18 @@ log = Logger(namespace="storg.files")
 
 LS_PAGE = 1000
 
+PLACED_QUERY_TIMEOUT = 5.0
+"""Seconds a holder waits for the leader's answer to a ChunkPlacedQuery before refusing the put."""
+
 GET_READ_AHEAD = 3
 """Chunks a get reads (and verifies) ahead of the one being sent: a few MiB per get."""
+
+
+def _peer_of(conn: Any) -> str:
+    try:
+        return describe_address(conn.transport.getPeer())
+    except Exception:  # a fake or closed transport
+        return "?"
 
 
 def _bad_path(exc: InvalidPath) -> RequestError:
@@ -156,6 +169,7 @@ class FileService:
             orphan_grace=orphan_grace if orphan_grace is not None else tuning.orphan_grace_s)
         self._uploads: dict[tuple[int, int], Upload] = {}
         self._uploads_per_conn: Counter[int] = Counter()
+        self._refusals = RateLimitedLog(log, reactor)
         fsm.on_inline_chunk = self._inline_chunk
         self._unsynced: set[str] = set()
         self._inline_writes: set[defer.Deferred] = set()
@@ -170,6 +184,7 @@ class FileService:
             PutStart: self.put_start, PutData: self.put_data, PutEnd: self.put_end,
             GetRequest: self.get, LsRequest: self.ls, StatRequest: self.stat, RmRequest: self.rm,
             ChunkGet: self.chunk_get, ChunkPutAfter: self.chunk_put_after,
+            ChunkPlacedQuery: self.chunk_placed,
         }
 
     def start(self) -> None:
@@ -365,17 +380,77 @@ class FileService:
 
     @defer.inlineCallbacks
     def chunk_put_after(self, req: ChunkPutAfter, conn: ClientConnection):
-        """A chunk from the leader (upload or repair): written after the collects it must follow."""
+        """A chunk from the leader (upload or repair): written after the collects it must follow.
+
+        Anyone can reach the client port, so before a byte is written the
+        chunk must be one the leader placed here (docs/architecture.rst,
+        section "Limits"): no bigger than a chunk, and either known to the
+        chunk map (a repair copy, a copy of a deduplicated chunk) or placed on
+        this node by an upload in flight on the leader, which this node asks
+        over its own connection to the leader (``ChunkPlacedQuery``).
+        """
+        known = self.fsm.chunk(req.hash)
+        limit = known.size if known is not None else self.chunk_size
+        if len(req.data) > max(limit, self.chunk_size):
+            raise RequestError(ErrorCode.LIMIT_EXCEEDED,
+                               f"a chunk of {len(req.data)} bytes is over the chunk size of "
+                               f"{self.chunk_size} bytes (files.chunk_size)")
+        # Asked at once, answered while the collect barrier is awaited: no added round trip.
+        asked = None if known is not None else self._placed_by_leader(req.hash)
         try:
             yield self.applied.wait(req.index)
         except defer.TimeoutError:
+            if asked is not None:
+                asked.addErrback(lambda _: None)
             raise RequestError(ErrorCode.UNAVAILABLE,
                                f"{self.node.node_id} has not applied up to index {req.index}") from None
+        if self.fsm.chunk(req.hash) is None:
+            placed = yield asked if asked is not None else self._placed_by_leader(req.hash)
+            if not placed:
+                self._refusals.emit("unplaced chunk puts",
+                                    "refused a put of chunk {h} from {peer}: the leader placed no such "
+                                    "chunk on {node}", h=req.hash[:12], node=self.node.node_id,
+                                    peer=_peer_of(conn))
+                raise RequestError(ErrorCode.BAD_REQUEST,
+                                   f"chunk {req.hash[:12]} was not placed on {self.node.node_id} "
+                                   "by the leader")
+        elif asked is not None:
+            asked.addErrback(lambda _: None)
         try:
             yield self.ops.put(req.hash, req.data)
         except HashMismatchError as exc:
             raise RequestError(ErrorCode.BAD_REQUEST, str(exc)) from None
         return ChunkStored(req.request_id, req.hash)
+
+    def _placed_by_leader(self, chunk_hash: str) -> defer.Deferred:
+        """Fires with True if the leader placed ``chunk_hash`` on this node (False if it
+        did not, or if no leader could be asked: refusing is the safe answer)."""
+        me = self.node.node_id
+        if self.node.is_leader():
+            return defer.succeed(self.replicator.is_placed(chunk_hash, me))
+        leader = self.node.leader
+        if not leader or leader == me:
+            return defer.succeed(False)
+
+        @defer.inlineCallbacks
+        def ask():
+            conn = yield self.chunks.remote.connection(leader)
+            d = conn.request(lambda rid: ChunkPlacedQuery(rid, chunk_hash, me))
+            d.addTimeout(PLACED_QUERY_TIMEOUT, self.reactor)
+            reply = yield d
+            return isinstance(reply, ChunkPlacedReply) and reply.placed
+
+        def unknown(failure: Any) -> bool:
+            log.info("cannot ask leader {leader} about chunk {h}: {why}", leader=leader,
+                     h=chunk_hash[:12], why=failure.getErrorMessage())
+            return False
+
+        return ask().addErrback(unknown)
+
+    def chunk_placed(self, req: ChunkPlacedQuery, conn: ClientConnection) -> ChunkPlacedReply:
+        """The leader's answer to a holder checking a ChunkPutAfter (see chunk_put_after)."""
+        placed = self.node.is_leader() and self.replicator.is_placed(req.hash, req.holder)
+        return ChunkPlacedReply(req.request_id, placed)
 
     @defer.inlineCallbacks
     def chunk_get(self, req: ChunkGet, conn: ClientConnection):
