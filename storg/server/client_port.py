@@ -322,20 +322,51 @@ class ClientConnection(FrameReceiver):
         self.close_connection()
 
 
-class _Refused(Protocol):
-    """A connection over the limit: one ErrorReply for the whole connection, then closed."""
+REFUSAL_LINGER = 2.0
+"""Seconds a refused connection may stay half-closed, for the client to read its ErrorReply."""
 
-    def __init__(self, message: str) -> None:
+MAX_LINGERING = 64
+"""Refused connections allowed to linger at once; past it they are closed at once."""
+
+
+class _Refused(Protocol):
+    """A connection over the limit: one ErrorReply for the whole connection, then closed.
+
+    Closing a socket with unread bytes makes the kernel send a reset, which
+    can destroy the reply before the client reads it (a client writes its
+    request as soon as it is connected).  So the reply is followed by a
+    half-close (FIN), what the client sends is read and dropped, and the
+    connection ends when the client closes it or after ``REFUSAL_LINGER``
+    seconds.  At most ``MAX_LINGERING`` linger at once (a flood gets plain
+    closes), so refusals cannot hold the file descriptors the limit saves.
+    """
+
+    def __init__(self, owner: ClientPortFactory, message: str) -> None:
+        self.owner = owner
         self.message = message
+        self._timer: Any = None
 
     def connectionMade(self) -> None:
         body = CODEC.encode(ErrorReply(0, int(ErrorCode.LIMIT_EXCEEDED), self.message))
-        transport = cast(Transport, self.transport)
+        transport = cast(Any, self.transport)
         transport.write(_LENGTH.pack(len(body)) + body)
-        transport.loseConnection()
+        half_close = getattr(transport, "loseWriteConnection", None)
+        if half_close is None or self.owner.lingering >= MAX_LINGERING:
+            transport.loseConnection()
+            return
+        self.owner.lingering += 1
+        half_close()
+        self._timer = self.owner.reactor.callLater(REFUSAL_LINGER, transport.abortConnection)
 
     def dataReceived(self, data: bytes) -> None:
         pass  # whatever the client sent before it read the refusal
+
+    def connectionLost(self, reason: object = None) -> None:
+        if self._timer is not None:
+            self.owner.lingering -= 1
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
 
 
 class ClientPortFactory(Factory):
@@ -357,6 +388,8 @@ class ClientPortFactory(Factory):
         self.connections: set[ClientConnection] = set()
         self.refused = 0
         """Connections refused for the limit since the start (for tests and status)."""
+        self.lingering = 0
+        """Refused connections still half-open, waiting for the client to read why."""
 
     def buildProtocol(self, addr: Any) -> Protocol:
         limit = self.limits.max_client_connections
@@ -365,7 +398,7 @@ class ClientPortFactory(Factory):
             self.drops.emit("client connection limit",
                             "refusing client connection from {peer}: {limit} connections are open "
                             "(limits.max_client_connections)", peer=describe_address(addr), limit=limit)
-            refusal = _Refused(f"the node has {limit} client connections open "
+            refusal = _Refused(self, f"the node has {limit} client connections open "
                                "(limits.max_client_connections); try again later")
             refusal.factory = self
             return refusal

@@ -122,6 +122,7 @@ async def test_connection_over_the_limit_is_refused_with_limit_exceeded(listener
     with pytest.raises(LimitExceeded, match="max_client_connections"):
         await status(third)
     await wait_for(lambda: not third.connected, "the refused connection closed")
+    await wait_for(lambda: factory.lingering == 0, "the server side of the refusal closed")
     assert factory.refused == 1
     assert sum("refusing client connection" in line for line in warnings) == 1
 
