@@ -42,6 +42,10 @@ test keeps equal: config sits below the codec and cannot import it)."""
 MAX_PROPOSAL_LIMIT = FRAME_LIMIT - PROPOSAL_HEADROOM
 """The most ``limits.max_proposal_bytes`` may be: an entry of that size still fits one APPEND."""
 
+MIN_PROPOSAL_LIMIT = 64 * 1024
+"""The least it may be: the node's own commands must fit (a collect of 1,000 chunks is
+about 32 KiB, a small file's entry 4 KiB of data and a path of up to 1 KiB)."""
+
 
 class ConfigError(Exception):
     """A configuration the node must refuse to start with.
@@ -467,10 +471,11 @@ def _limits(check: _Checker, value: object) -> LimitTuning:
             for key in _LIMITS_INTS}
     numbers = {key: check.positive_number(raw.get(key, getattr(default, key)), f"limits.{key}")
                for key in _LIMITS_NUMBERS}
-    if ints["max_proposal_bytes"] > MAX_PROPOSAL_LIMIT:
+    proposal = ints["max_proposal_bytes"]
+    if not MIN_PROPOSAL_LIMIT <= proposal <= MAX_PROPOSAL_LIMIT:
         raise check.fail("limits.max_proposal_bytes",
-                         f"must be at most {MAX_PROPOSAL_LIMIT} bytes (an APPEND between peers must "
-                         f"carry it), got {ints['max_proposal_bytes']}")
+                         f"must be within {MIN_PROPOSAL_LIMIT}-{MAX_PROPOSAL_LIMIT} bytes (the node's own "
+                         f"commands must fit, and an APPEND between peers must carry it), got {proposal}")
     return LimitTuning(
         max_client_connections=ints["max_client_connections"],
         max_peer_connections=ints["max_peer_connections"],

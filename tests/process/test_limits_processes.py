@@ -6,25 +6,51 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 
 import pytest
 
-from storg.testing.devcluster import ProcCluster, wait_for
+from storg.testing.devcluster import BIN, ProcCluster, wait_for
+from storg.wire import MAX_FRAME_BYTES
 
 pytestmark = pytest.mark.process
 
 CHUNK = 64 * 1024
 MAX_CONNECTIONS = 20
-MAX_PROPOSAL = 8192
-"""A small file's entry (4 KiB inline) fits; the metadata of a file of a few hundred chunks does not."""
+
+PROBE_SCRIPT = r"""
+import json, sys, time
+from twisted.internet import defer, task
+from storg.client.api import StorgClient
+from storg.net.errors import LimitExceeded
+
+args = json.loads(sys.stdin.read())
+
+async def main(reactor):
+    client = StorgClient(args["cluster"], reactor=reactor, timeout=20)
+    out = {}
+    try:
+        try:
+            await client.probe_write(b"p" * args["size"])
+            out["big"] = "committed"
+        except LimitExceeded as exc:
+            out["big"] = "limit exceeded: " + str(exc)
+        started = time.monotonic()
+        out["small_index"] = await client.probe_write(b"small")
+        out["small_seconds"] = time.monotonic() - started
+    finally:
+        client.close()
+    print(json.dumps(out))
+
+task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor)))
+"""
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("limits")
     c = ProcCluster.create(root, size=3, files={"chunk_size": CHUNK},
-                           limits={"max_client_connections": MAX_CONNECTIONS,
-                                   "max_proposal_bytes": MAX_PROPOSAL})
+                           limits={"max_client_connections": MAX_CONNECTIONS})
     c.start_all()
     try:
         wait_for(c.leader, 30, "a leader")
@@ -51,15 +77,19 @@ def test_chunks_reach_every_holder_through_the_placement_check(cluster) -> None:
         assert ok(ctl(cluster, "get", "--stale", "/placed", "-", nodes=[nid])).stdout == data
 
 
-def test_a_file_whose_metadata_is_over_the_proposal_limit_is_refused(cluster) -> None:
-    big = os.urandom(300 * CHUNK)
-    out = ctl(cluster, "put", "-", "/too-many-chunks", input=big)
-    assert out.returncode == 1, out.stderr.decode()
-    assert "limit exceeded" in out.stderr.decode() and "max_proposal_bytes" in out.stderr.decode()
-    # Nothing is stuck behind it: the next write commits at once.
-    ok(ctl(cluster, "put", "-", "/after", input=b"x" * 4096))
-    assert ok(ctl(cluster, "get", "/after", "-")).stdout == b"x" * 4096
-    assert ctl(cluster, "stat", "/too-many-chunks").returncode == 1
+def test_a_probe_just_under_the_client_frame_limit_is_refused_and_nothing_is_stuck(cluster) -> None:
+    # Issue 15: this payload fits one client frame, but its entry would make an APPEND over
+    # the peer frame limit; it used to be appended, never sent, and block every later commit.
+    args = {"cluster": [n.client_address for n in cluster.nodes.values()],
+            "size": MAX_FRAME_BYTES - 14}  # the largest one client frame carries
+    out = subprocess.run([str(BIN / "python"), "-c", PROBE_SCRIPT], input=json.dumps(args).encode(),
+                         env=cluster.env, capture_output=True, timeout=120)
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    result = json.loads(out.stdout)
+    assert result["big"].startswith("limit exceeded: ") and "max_proposal_bytes" in result["big"], result
+    assert result["small_seconds"] < 10, result
+    ok(ctl(cluster, "put", "-", "/after-probe", input=b"x" * 4096))
+    assert ok(ctl(cluster, "get", "/after-probe", "-")).stdout == b"x" * 4096
 
 
 def test_connections_over_the_limit_are_refused_and_others_are_served(cluster) -> None:

@@ -9,8 +9,8 @@ from test_core_helpers import MT, Net, drain
 from storg.config import MAX_PROPOSAL_LIMIT
 from storg.raft.core import RaftConfig
 from storg.raft.errors import ProposalDropped, ProposalTooLarge
-from storg.raft.types import Message
-from storg.wire import CODEC, MAX_FRAME_BYTES, ProbeCommand, ProbeWrite
+from storg.raft.types import Entry, Message
+from storg.wire import CODEC, MAX_FRAME_BYTES, CodecError, ProbeCommand, ProbeWrite
 
 
 def test_a_command_over_the_limit_is_refused_and_the_log_keeps_committing() -> None:
@@ -38,9 +38,12 @@ def test_followers_refuse_it_too_instead_of_redirecting() -> None:
 def test_a_probe_just_under_the_client_frame_limit_cannot_become_an_entry() -> None:
     # The hole of issue 15: this payload fits one client frame, but the entry made
     # of it would make an APPEND over the peer frame limit, which could never commit.
-    payload = b"p" * (MAX_FRAME_BYTES - 64)
+    payload = b"p" * (MAX_FRAME_BYTES - 14)  # the largest one client frame carries
     assert len(CODEC.encode(ProbeWrite(1, payload))) <= MAX_FRAME_BYTES
     command = CODEC.encode(ProbeCommand(payload))
+    append = Message(MT.APPEND, "a", "b", term=1, index=1, log_term=1, entries=(Entry(1, 2, data=command),))
+    with pytest.raises(CodecError):
+        CODEC.encode(append)  # why: such an entry could never be sent to a follower
     net = Net("abc", config=RaftConfig(max_entry_bytes=MAX_PROPOSAL_LIMIT))
     a = net.elect("a")
     with pytest.raises(ProposalTooLarge):
