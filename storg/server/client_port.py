@@ -24,7 +24,8 @@ Limits (``limits:`` in the config; docs/architecture.rst, section "Limits"):
   is answered with one ``ErrorReply(0, LIMIT_EXCEEDED)`` (request id 0: the
   connection, not a request; the client library fails every request of
   the connection with :class:`~storg.net.errors.LimitExceeded`) and closed
-  at once, with a rate-limited log line;
+  (half-closed first, so the reply is not lost: see :class:`_Refused`),
+  with a rate-limited log line;
 * idle: a connection with no request being handled that sent nothing for
   ``idle_timeout_s`` is closed (a client library reconnects on its next
   request), so abandoned connections do not pile up to the limit above;
