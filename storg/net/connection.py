@@ -232,6 +232,7 @@ class RequestConnection(FrameReceiver):
         if request_id == 0 and isinstance(reply, ErrorReply):
             # About the connection, not a request (ids start at 1): the node refused us.
             self.refusal = error_for(reply.code, reply.message, reply.leader)
+            self.refusal.whole_connection = True
             self._fail_all(self.refusal)
             self.close()
             return

@@ -326,3 +326,33 @@ def test_a_proposal_over_the_limit_is_answered_limit_exceeded() -> None:
     assert reply.request_id == 3 and reply.code == ErrorCode.LIMIT_EXCEEDED
     assert "max_proposal_bytes" in reply.message
     assert not transport.disconnecting
+
+
+# -- the client library and a full node ----------------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_the_client_library_moves_on_from_a_full_node_and_says_so_when_all_are(listener) -> None:
+    from storg.client.api import StorgClient
+
+    start, conns = listener
+    full, full_address = start(LimitTuning(max_client_connections=1))
+    free, free_address = start(LimitTuning())
+    conns.append(await connect(reactor, full_address))
+    await wait_for(lambda: len(full.connections) == 1, "the full node's one connection")
+
+    client = StorgClient([full_address, free_address], reactor=reactor, timeout=10)
+    try:
+        reply = await client.call_leader(StatusRequest)
+        assert isinstance(reply, StatusReply), "served by the node with room"
+        assert full.refused == 1
+    finally:
+        client.close()
+
+    only_full = StorgClient([full_address], reactor=reactor, timeout=10)
+    started = reactor.seconds()
+    try:
+        with pytest.raises(LimitExceeded, match="max_client_connections"):
+            await only_full.call_leader(StatusRequest)
+    finally:
+        only_full.close()
+    assert reactor.seconds() - started < 5, "at once, not after the timeout"
