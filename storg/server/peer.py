@@ -61,6 +61,7 @@ dropped (Raft retries) until the buffer drains.
 
 from __future__ import annotations
 
+import itertools
 import random
 import struct
 from collections.abc import Callable, Mapping
@@ -219,6 +220,8 @@ class PeerServerProtocol(_PeerProtocol):
         self.handshake_timeout = factory.owner.handshake_timeout
         self.last_frame = 0.0
         """reactor.seconds() of the last frame received (the handshake counts)."""
+        self.connected_at = 0
+        """Order of arrival among inbound connections (the oldest unproven one is evicted)."""
 
     def _drops(self) -> RateLimitedLog:
         return self.owner.drops
@@ -229,6 +232,7 @@ class PeerServerProtocol(_PeerProtocol):
                 and self.reactor.seconds() - self.last_frame < self.owner.established_grace)
 
     def connectionMade(self) -> None:
+        self.connected_at = next(self.owner._arrivals)
         super().connectionMade()
         self.owner._inbound.add(self)
 
@@ -291,7 +295,7 @@ class PeerServerFactory(ServerFactory):
         owner = self.owner
         if owner._stopped:
             return None  # closes the connection at once
-        if len(owner._inbound) >= owner.max_connections:
+        if len(owner._inbound) >= owner.max_connections and not owner._evict_unhandshaken():
             # Closed at once, before a byte is read: members keep one connection
             # each, so this is a flood (or a leak), and the log must say so, rarely.
             owner.refused_connections += 1
@@ -556,6 +560,7 @@ class PeerTransport:
         """Refused and dropped inbound connections: a few lines per reason and minute, then a count."""
         self._links: dict[str, _Link] = {}
         self._inbound: set[PeerServerProtocol] = set()
+        self._arrivals = itertools.count(1)
         self._outbound: set[PeerClientProtocol] = set()
         self._inbound_by_peer: dict[str, PeerServerProtocol] = {}
         self._refusal_logged: dict[str, str] = {}
@@ -635,6 +640,28 @@ class PeerTransport:
                 log.failure("accept_peer failed for {peer}", peer=hello.node_id)
                 reason = "internal error while checking the peer"
         return reason
+
+    def _evict_unhandshaken(self) -> bool:
+        """Make room by closing the oldest inbound connection still without a handshake.
+
+        At the limit, a flood of connections that never say Hello would
+        otherwise lock out a member that restarts: its new connection would
+        be refused for as long as the flood goes on.  Evicting the oldest
+        unproven connection instead lets a member in, since it proves itself
+        within a round trip, long before a flood can cycle through the
+        whole limit.  Handshaken members are never evicted.  True if one went.
+        """
+        waiting = [p for p in self._inbound if p.peer_id is None and not p.transport.disconnecting]
+        if not waiting:
+            return False
+        oldest = min(waiting, key=lambda p: p.connected_at)
+        self.drops.emit("peer connections evicted",
+                        "closing peer connection from {addr}: no handshake yet and the limit of {limit} "
+                        "inbound connections is reached", addr=_peer_text(oldest.transport),
+                        limit=self.max_connections)
+        oldest.close_connection()
+        self._inbound.discard(oldest)  # its connectionLost follows; the slot is free now
+        return True
 
     def _inbound_ready(self, proto: PeerServerProtocol) -> None:
         peer_id = proto.peer_id
