@@ -31,6 +31,21 @@ _HOST_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 MIN_CHUNK_SIZE = 64 * 1024
 MAX_CHUNK_SIZE = 4 * 1024 * 1024
 
+PROPOSAL_HEADROOM = 64 * 1024
+"""Bytes an APPEND between peers needs around its entries (header, node ids, the genesis
+membership); ``tests/test_limits_proposal.py`` checks it against the codec."""
+
+FRAME_LIMIT = 8 * 1024 * 1024
+"""The largest frame body any connection carries (``storg.wire.MAX_FRAME_BYTES``, which a
+test keeps equal: config sits below the codec and cannot import it)."""
+
+MAX_PROPOSAL_LIMIT = FRAME_LIMIT - PROPOSAL_HEADROOM
+"""The most ``limits.max_proposal_bytes`` may be: an entry of that size still fits one APPEND."""
+
+MIN_PROPOSAL_LIMIT = 64 * 1024
+"""The least it may be: the node's own commands must fit (a collect of 1,000 chunks is
+about 32 KiB, a small file's entry 4 KiB of data and a path of up to 1 KiB)."""
+
 
 class ConfigError(Exception):
     """A configuration the node must refuse to start with.
@@ -126,6 +141,33 @@ class TLSFiles:
     key: Path
 
 
+@dataclass(frozen=True, slots=True)
+class LimitTuning:
+    """The ``limits:`` section: what one connection or one request may cost a node.
+
+    The defaults are generous for every real client (storgctl, the client
+    library, other nodes) and small enough that a stranger cannot exhaust
+    the node's file descriptors, memory or disk (README.rst, "Limits").
+    """
+
+    max_client_connections: int = 512
+    """Open connections to the client port; beyond it a new one is answered
+    LIMIT_EXCEEDED and closed (the default soft limit on open files is 1024)."""
+    max_peer_connections: int = 64
+    """Open inbound connections to the peer port (each member keeps one)."""
+    idle_timeout_s: float = 300.0
+    """A client-port connection with no request in flight that sent nothing for this long is closed."""
+    max_requests_in_flight: int = 256
+    """Requests of one connection being handled at once; past it the node stops reading that
+    connection until one finishes (flow control, not an error)."""
+    max_uploads_per_connection: int = 32
+    """Puts open at once on one connection (each may hold 8 chunks in memory); more are refused."""
+    max_proposal_bytes: int = 4 * 1024 * 1024
+    """The largest command proposed to the Raft log (a file's metadata, a probe)."""
+    snapshot_resume_grace_s: float = 10.0
+    """A partial snapshot upload whose connection dropped is deleted unless resumed this soon."""
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     node_id: str
@@ -142,6 +184,7 @@ class NodeConfig:
     """Mutual TLS on every listener and connection; None: plain TCP."""
     tls_off: bool = False
     """``tls: off`` was written: plain TCP allowed on non-loopback addresses (the operator's choice)."""
+    limits: LimitTuning = field(default_factory=LimitTuning)
     source: Path | None = None
 
     def listen_addresses(self) -> dict[str, Address]:
@@ -255,7 +298,7 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 
 _TOP_KEYS = {
     "node_id", "data_dir", "peer_listen", "client_listen", "http_listen",
-    "cluster", "join", "cluster_token", "raft", "files", "tls",
+    "cluster", "join", "cluster_token", "raft", "files", "tls", "limits",
 }
 _TLS_KEYS = {"ca", "cert", "key"}
 _RAFT_KEYS = {"heartbeat_ms", "election_timeout_ms", "snapshot_every"}
@@ -266,6 +309,10 @@ _FILES_KEYS = {
 _FILES_NUMBERS = ("repair_grace_s", "repair_rate_mb_s", "repair_interval_s", "scrub_rate_mb_s",
                   "scrub_interval_s", "orphan_grace_s", "gc_interval_s")
 _MEMBER_KEYS = {"peer", "client"}
+_LIMITS_INTS = ("max_client_connections", "max_peer_connections", "max_requests_in_flight",
+                "max_uploads_per_connection", "max_proposal_bytes")
+_LIMITS_NUMBERS = ("idle_timeout_s", "snapshot_resume_grace_s")
+_LIMITS_KEYS = {*_LIMITS_INTS, *_LIMITS_NUMBERS}
 
 
 class _Checker:
@@ -394,6 +441,7 @@ def load_config(path: str | os.PathLike[str]) -> NodeConfig:
         files=_files(check, raw.get("files")),
         tls=tls,
         tls_off=tls_off,
+        limits=_limits(check, raw.get("limits")),
         source=Path(os.path.abspath(shown)),
     )
 
@@ -508,3 +556,28 @@ def _files(check: _Checker, value: object) -> FileTuning:
         raise check.fail("files.disk_reserve_mb",
                          f"must be a whole number of MiB, 0 or more (0 disables the reserve), got {reserve!r}")
     return FileTuning(rf, chunk, **numbers, disk_reserve_mb=reserve)
+
+
+def _limits(check: _Checker, value: object) -> LimitTuning:
+    default = LimitTuning()
+    if value is None:
+        return default
+    raw = check.mapping(value, "limits", _LIMITS_KEYS)
+    ints = {key: check.positive_int(raw.get(key, getattr(default, key)), f"limits.{key}")
+            for key in _LIMITS_INTS}
+    numbers = {key: check.positive_number(raw.get(key, getattr(default, key)), f"limits.{key}")
+               for key in _LIMITS_NUMBERS}
+    proposal = ints["max_proposal_bytes"]
+    if not MIN_PROPOSAL_LIMIT <= proposal <= MAX_PROPOSAL_LIMIT:
+        raise check.fail("limits.max_proposal_bytes",
+                         f"must be within {MIN_PROPOSAL_LIMIT}-{MAX_PROPOSAL_LIMIT} bytes (the node's own "
+                         f"commands must fit, and an APPEND between peers must carry it), got {proposal}")
+    return LimitTuning(
+        max_client_connections=ints["max_client_connections"],
+        max_peer_connections=ints["max_peer_connections"],
+        idle_timeout_s=numbers["idle_timeout_s"],
+        max_requests_in_flight=ints["max_requests_in_flight"],
+        max_uploads_per_connection=ints["max_uploads_per_connection"],
+        max_proposal_bytes=ints["max_proposal_bytes"],
+        snapshot_resume_grace_s=numbers["snapshot_resume_grace_s"],
+    )

@@ -186,6 +186,8 @@ class StorgClient:
         redirects = 0
         interruptions = 0
         last_error: str = "no answer"
+        refused: dict[str, ServerError] = {}
+        """Nodes that refused the connection itself (too many open): asked no more this time."""
         while True:
             remaining = deadline.remaining()
             if remaining <= 0:
@@ -204,9 +206,23 @@ class StorgClient:
                     self._leader_guess = target
                 return result
             except ServerError as exc:
+                if exc.whole_connection:
+                    # That node is full, not the cluster: try the others, and say so
+                    # at once when every one (or the leader we are sent to) is full.
+                    refused[target] = exc
+                    self._connections.pop(target, None)
+                    if set(candidates) <= set(refused):
+                        raise
+                    last_error = f"{target}: {exc}"
+                    failures += 1
+                    target = next(c for c in candidates[failures % len(candidates):] + candidates
+                                  if c not in refused)
+                    continue
                 if exc.code not in (ErrorCode.NOT_LEADER, ErrorCode.UNAVAILABLE):
                     raise
                 last_error = f"{target}: {exc}"
+                if exc.code == ErrorCode.NOT_LEADER and exc.leader in refused:
+                    raise refused[exc.leader] from None
                 if exc.code == ErrorCode.NOT_LEADER and exc.leader and exc.leader != target:
                     redirects += 1
                     if redirects <= len(candidates):  # nodes pointing at each other: pause

@@ -130,6 +130,9 @@ class RequestConnection(FrameReceiver):
         # The max_frame of this node's last PutReady: a small put that fits
         # may then send its data without waiting for the next one.
         self.max_frame: int | None = None
+        self.refusal: ServerError | None = None
+        """The node's ErrorReply for the whole connection (request id 0), say LIMIT_EXCEEDED
+        for too many connections: every request of this connection fails with it."""
 
     # --- requests -------------------------------------------------------------
 
@@ -141,6 +144,9 @@ class RequestConnection(FrameReceiver):
         """Send ``make(request_id)``; its reply frames go to ``on_frame`` (see :class:`Stream`)."""
         request_id = next(self._ids)
         stream = Stream(self, request_id, on_frame)
+        if self.refusal is not None:
+            stream._fail(self.refusal)
+            return stream
         if not self.connected or self.transport is None:
             stream._fail(ConnectionLost("connection to the node is closed"))
             return stream
@@ -243,6 +249,13 @@ class RequestConnection(FrameReceiver):
             request_id = reply.request_id
         except (CodecError, AttributeError) as exc:
             self._fail_all(ProtocolViolation(f"bad reply from node: {exc}"))
+            self.close()
+            return
+        if request_id == 0 and isinstance(reply, ErrorReply):
+            # About the connection, not a request (ids start at 1): the node refused us.
+            self.refusal = error_for(reply.code, reply.message, reply.leader)
+            self.refusal.whole_connection = True
+            self._fail_all(self.refusal)
             self.close()
             return
         stream = self._streams.get(request_id)

@@ -17,6 +17,10 @@ from storg.wire import ErrorCode
 class ServerError(Exception):
     """The node answered with an ErrorReply (``code`` is an :class:`ErrorCode`)."""
 
+    whole_connection = False
+    """True for a refusal of the connection itself (request id 0: too many connections),
+    not of one request: another node may well serve the request."""
+
     def __init__(self, code: int, message: str, leader: str = "") -> None:
         super().__init__(message)
         self.code = code

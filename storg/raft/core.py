@@ -61,7 +61,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
-from storg.raft.errors import NotLeader, ProposalDropped
+from storg.raft.errors import NotLeader, ProposalDropped, ProposalTooLarge
 from storg.raft.log import RaftLog
 from storg.raft.progress import Progress, ProgressState, ProgressView
 from storg.raft.quorum import VoteResult, apply_conf_change, committed_index, has_quorum, vote_result
@@ -110,6 +110,11 @@ class RaftConfig:
     election_ticks: int = 10
     heartbeat_ticks: int = 1
     max_msg_bytes: int = 1 << 20
+    """An APPEND carries entries up to this many bytes (``Entry.size``), or one larger entry."""
+    max_entry_bytes: int = 4 << 20
+    """The largest entry data proposed (ProposalTooLarge above).  With ``max_msg_bytes`` it
+    bounds every APPEND: at most max(max_msg_bytes, max_entry_bytes + 24) bytes of entries,
+    which the node keeps under the peer frame limit (storg.config.MAX_PROPOSAL_LIMIT)."""
     max_inflight: int = 64
     max_uncommitted_bytes: int = 64 << 20
     pre_vote: bool = True
@@ -118,8 +123,8 @@ class RaftConfig:
     def __post_init__(self) -> None:
         if self.heartbeat_ticks < 1 or self.election_ticks <= self.heartbeat_ticks:
             raise ValueError("need 1 <= heartbeat_ticks < election_ticks")
-        if self.max_inflight < 1 or self.max_msg_bytes < 1:
-            raise ValueError("max_inflight and max_msg_bytes must be positive")
+        if self.max_inflight < 1 or self.max_msg_bytes < 1 or self.max_entry_bytes < 1:
+            raise ValueError("max_inflight, max_msg_bytes and max_entry_bytes must be positive")
 
 
 @dataclass
@@ -648,6 +653,9 @@ class RaftCore:
         return has_quorum(self.conf.voters, active)
 
     def _propose(self, etype: EntryType, data: bytes) -> int:
+        if len(data) > self.config.max_entry_bytes:
+            # Too big on any node: refused before the leader question, not redirected.
+            raise ProposalTooLarge(len(data), self.config.max_entry_bytes)
         if self.role != Role.LEADER:
             raise NotLeader(self.leader)
         if self._lead_transferee:

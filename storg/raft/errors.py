@@ -32,3 +32,18 @@ class ProposalDropped(ProposalRefused):
     in progress, a configuration change is still uncommitted, or the leader
     has not committed an entry of its own term yet (conf changes only).
     """
+
+
+class ProposalTooLarge(ProposalRefused):
+    """The command is over the core's ``max_entry_bytes``: never retry it, anywhere.
+
+    Not a ProposalDropped (which says "later"): an entry too big for one
+    APPEND between peers could never commit, and everything proposed after
+    it would wait behind it until the leader died.
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"command of {size} bytes is over the proposal limit of {limit} bytes "
+                         "(limits.max_proposal_bytes)")
+        self.size = size
+        self.limit = limit

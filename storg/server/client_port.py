@@ -24,31 +24,57 @@ Flow control both ways: :meth:`ClientConnection.writable` waits until the
 transport has room (a push producer registered on it is paused while its
 buffer is full), and :meth:`ClientConnection.pause_reading` stops reading
 the socket while an upload has too many bytes in flight.
+
+Limits (``limits:`` in the config; docs/architecture.rst, section "Limits"):
+
+* connections: past ``max_client_connections`` open connections a new one
+  is answered with one ``ErrorReply(0, LIMIT_EXCEEDED)`` (request id 0: the
+  connection, not a request; the client library fails every request of
+  the connection with :class:`~storg.net.errors.LimitExceeded`) and closed
+  (half-closed first, so the reply is not lost: see :class:`_Refused`),
+  with a rate-limited log line;
+* idle: a connection with no request being handled that sent nothing for
+  ``idle_timeout_s`` is closed (a client library reconnects on its next
+  request), so abandoned connections do not pile up to the limit above;
+* requests in flight: past ``max_requests_in_flight`` requests of one
+  connection being handled, the node stops reading that connection until
+  one finishes.  Flow control, not an error, because a refusal would fail
+  legitimate pipelining (a leader sends every chunk copy for every upload
+  to a follower on one connection, a burst of hundreds), while TCP already
+  makes the client wait; and it cannot deadlock, since a request counts as
+  in flight only while its handler runs, and no handler waits for a later
+  frame of its own connection (a put's data frames are answered by nothing;
+  only its ``PutEnd`` is in flight, waiting for chunks already read).
 """
 
 from __future__ import annotations
 
-import time
+import struct
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, cast
+from typing import Protocol as TypingProtocol
 
 from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.internet.interfaces import IHandshakeListener
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from storg.config import LimitTuning
 from storg.net.flow import WriteWindow
-from storg.net.framing import FrameReceiver, Transport
+from storg.net.framing import FrameReceiver, Transport, describe_address
+from storg.net.ratelimit import OncePerReason, RateLimitedLog
 from storg.net.tls import Identity, describe_tls_failure, peer_identity
 from storg.node.raft_node import NodeStopped, Timeout
-from storg.raft.errors import NotLeader, ProposalDropped
+from storg.raft.errors import NotLeader, ProposalDropped, ProposalTooLarge
 from storg.server.permissions import refusal
 from storg.wire import CODEC, CodecError, ErrorCode, ErrorReply
 
 log = Logger(namespace="storg.client_port")
+
+_LENGTH = struct.Struct("!I")
 
 Handler = Callable[[Any, "ClientConnection"], Any]
 
@@ -62,7 +88,7 @@ class RequestError(Exception):
         self.leader = leader
 
 
-class ClientApi(Protocol):
+class ClientApi(TypingProtocol):
     """What the client port needs from the node's service."""
 
     def client_handlers(self) -> dict[type, Handler]: ...
@@ -96,21 +122,35 @@ class ClientConnection(FrameReceiver):
     # any method here runs: the transport is always there.
     transport: Transport
 
-    def __init__(self, api: ClientApi, *, tls: bool = False,
+    factory: ClientPortFactory | None = None
+
+    def __init__(self, api: ClientApi, limits: LimitTuning | None = None, reactor: Any = None,
+                 drops: RateLimitedLog | None = None, *, tls: bool = False,
                  is_member: Callable[[str], bool] = lambda node_id: False,
-                 refusals: Any = None) -> None:
+                 refusals: OncePerReason | None = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+            reactor = global_reactor
         self.api = api
         self.tls = tls
         self.is_member = is_member
         self.identity: Identity | None = None
         """Who the verified certificate names (TLS), set at the handshake or the first request."""
         self._handshaken = False
-        self._refusals = refusals if refusals is not None else _ONCE_PER_REASON
+        self._refusals = refusals if refusals is not None else OncePerReason(log, reactor)
         self.handlers = api.client_handlers()
+        self.limits = limits if limits is not None else LimitTuning()
+        self.reactor = reactor
+        self._drops = drops if drops is not None else RateLimitedLog(log, reactor)
         self._window = WriteWindow()
         self._on_close: list[Callable[[], object]] = []
         self._read_pauses = 0
         self._held: list[HeldReply] = []
+        self.in_flight = 0
+        """Requests whose handler has not finished (their Deferred has not fired)."""
+        self._limit_paused = False
+        self._last_received = 0.0
+        self._idle_call: Any = None
 
     # -- what handlers use ---------------------------------------------------
 
@@ -166,11 +206,16 @@ class ClientConnection(FrameReceiver):
             return
         self._read_pauses -= 1
         if self._read_pauses == 0 and self.open:
+            # The node, not the client, was the one waiting: the idle clock restarts.
+            self._last_received = self.reactor.seconds()
             self.resumeProducing()
+            self._arm_idle()
 
     # -- Twisted -------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        self._last_received = self.reactor.seconds()
+        self._arm_idle()
         self.transport.registerProducer(self._window, True)
         # Replies are often small frames written back to back (GetStart,
         # GetData, GetEnd): Nagle's algorithm would hold them for a delayed ACK.
@@ -190,6 +235,12 @@ class ClientConnection(FrameReceiver):
             why = describe_tls_failure(self.transport, reason)
             self._refusals.warn(f"tls:{getattr(peer, 'host', peer)}:{why}",
                                 "refused a TLS connection from {peer}: {why}", peer=peer, why=why)
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._idle_call = None
+        if self.factory is not None:
+            self.factory.connection_closed(self)
+        super().connectionLost(reason)
         self._window.resumeProducing()
         callbacks, self._on_close = self._on_close, []
         for cb in callbacks:
@@ -202,6 +253,51 @@ class ClientConnection(FrameReceiver):
         # A transport does not finish closing while a producer is registered.
         self.transport.unregisterProducer()
         self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        self._last_received = self.reactor.seconds()
+        super().dataReceived(data)
+
+    # -- idle timeout ----------------------------------------------------------
+
+    def _arm_idle(self) -> None:
+        """Check for idleness ``idle_timeout_s`` after the last byte, unless a request runs."""
+        if self._idle_call is None and self.in_flight == 0 and self._read_pauses == 0 and self.open:
+            delay = self._last_received + self.limits.idle_timeout_s - self.reactor.seconds()
+            self._idle_call = self.reactor.callLater(max(0.0, delay), self._idle_check)
+
+    def _idle_check(self) -> None:
+        self._idle_call = None
+        if self.in_flight or self._read_pauses or not self.open:
+            return  # re-armed when the last request finishes or reading resumes
+        idle = self.reactor.seconds() - self._last_received
+        if idle < self.limits.idle_timeout_s:
+            self._arm_idle()  # bytes came meanwhile: look again later
+            return
+        self._drops.emit("idle client connections",
+                         "closing client connection from {peer}: idle for {idle:.0f} s",
+                         peer=describe_address(self.transport.getPeer()), idle=idle)
+        self.close_connection()
+
+    # -- requests in flight ------------------------------------------------------
+
+    def _started(self) -> None:
+        self.in_flight += 1
+        if self.in_flight >= self.limits.max_requests_in_flight and not self._limit_paused:
+            # Flow control (see the module docstring): the next frame waits in the socket.
+            self._limit_paused = True
+            self.pause_reading()
+
+    def _finished(self, result: object) -> object:
+        self.in_flight -= 1
+        if self._limit_paused and self.in_flight < self.limits.max_requests_in_flight:
+            self._limit_paused = False
+            self.resume_reading()
+        if self.in_flight == 0:
+            # The reply just went out: the client's next request may follow it.
+            self._last_received = self.reactor.seconds()
+            self._arm_idle()
+        return result
 
     def stringReceived(self, data: bytes) -> None:
         try:
@@ -228,7 +324,12 @@ class ClientConnection(FrameReceiver):
                 self.send(ErrorReply(request_id, int(ErrorCode.PERMISSION_DENIED), why))
                 return
         d = defer.maybeDeferred(handler, request, self)
+        counted = not d.called
+        if counted:
+            self._started()
         d.addCallbacks(self._reply, self._failed, errbackArgs=(request_id,))
+        if counted:
+            d.addBoth(self._finished)  # after the reply: resuming may deliver further frames
         d.addErrback(lambda f: log.failure("replying to a client failed", f))
 
     def _reply(self, reply: object) -> None:
@@ -243,6 +344,8 @@ class ClientConnection(FrameReceiver):
         code = getattr(exc, "code", None)
         if isinstance(exc, RequestError):
             return ErrorReply(request_id, int(exc.code), str(exc), exc.leader)
+        if isinstance(exc, ProposalTooLarge):
+            return ErrorReply(request_id, int(ErrorCode.LIMIT_EXCEEDED), str(exc))
         if isinstance(exc, NotLeader):
             return ErrorReply(request_id, int(ErrorCode.NOT_LEADER), "not the leader",
                               self.api.leader_client_address())
@@ -260,42 +363,64 @@ class ClientConnection(FrameReceiver):
         return ErrorReply(request_id, int(ErrorCode.INTERNAL), f"internal error: {exc!r}")
 
     def _drop(self, why: str) -> None:
-        log.warn("closing client connection from {peer}: {why}", peer=self.transport.getPeer(), why=why)
+        self._drops.emit("bad client frames", "closing client connection from {peer}: {why}",
+                         peer=describe_address(self.transport.getPeer()), why=why)
         self.close_connection()
 
 
-class OncePerReason:
-    """Logs a refusal the first time its key is seen, and again only every ``interval`` seconds.
+REFUSAL_LINGER = 2.0
+"""Seconds a refused connection may stay half-closed, for the client to read its ErrorReply."""
 
-    A client retrying with a refused certificate every second must not fill
-    the log; an operator still sees each distinct refusal at once.  Bounded:
-    at most ``max_keys`` keys are remembered, whatever strangers send.
+MAX_LINGERING = 64
+"""Refused connections allowed to linger at once; past it they are closed at once."""
+
+
+class _Refused(Protocol):
+    """A connection over the limit: one ErrorReply for the whole connection, then closed.
+
+    Closing a socket with unread bytes makes the kernel send a reset, which
+    can destroy the reply before the client reads it (a client writes its
+    request as soon as it is connected).  So the reply is followed by a
+    half-close (FIN), what the client sends is read and dropped, and the
+    connection ends when the client closes it or after ``REFUSAL_LINGER``
+    seconds.  At most ``MAX_LINGERING`` linger at once (a flood gets plain
+    closes), so refusals cannot hold the file descriptors the limit saves.
     """
 
-    def __init__(self, interval: float = 60.0, max_keys: int = 1024, clock: Any = None) -> None:
-        self._now = time.monotonic if clock is None else clock.seconds
-        self.interval = interval
-        self.max_keys = max_keys
-        self._last: dict[str, float] = {}
+    def __init__(self, owner: ClientPortFactory, message: str) -> None:
+        self.owner = owner
+        self.message = message
+        self._timer: Any = None
 
-    def warn(self, key: str, fmt: str, **fields: Any) -> bool:
-        now = self._now()
-        last = self._last.get(key)
-        if last is not None and now - last < self.interval:
-            return False
-        if len(self._last) >= self.max_keys:
-            self._last.clear()
-        self._last[key] = now
-        log.warn(fmt, **fields)
-        return True
+    def connectionMade(self) -> None:
+        body = CODEC.encode(ErrorReply(0, int(ErrorCode.LIMIT_EXCEEDED), self.message))
+        transport = cast(Any, self.transport)
+        transport.write(_LENGTH.pack(len(body)) + body)
+        half_close = getattr(transport, "loseWriteConnection", None)
+        if half_close is None or self.owner.lingering >= MAX_LINGERING:
+            transport.loseConnection()
+            return
+        self.owner.lingering += 1
+        half_close()
+        self._timer = self.owner.reactor.callLater(REFUSAL_LINGER, transport.abortConnection)
 
+    def dataReceived(self, data: bytes) -> None:
+        pass  # whatever the client sent before it read the refusal
 
-_ONCE_PER_REASON = OncePerReason()
+    def connectionLost(self, reason: object = None) -> None:
+        if self._timer is not None:
+            self.owner.lingering -= 1
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
 
 
 class ClientPortFactory(Factory):
     """Builds a ClientConnection per connection; listen it on any endpoint, TCP or TLS.
 
+    Counts the open connections: past ``limits.max_client_connections`` a
+    new one gets a :class:`_Refused` instead (see the module docstring).
+    The refusals and drops of all its connections share one rate-limited log.
     ``tls``: the endpoint is TLS, so every connection's identity is checked
     against :mod:`storg.server.permissions`; ``is_member(node_id)`` tells a
     current member's node certificate from a removed node's.
@@ -303,14 +428,40 @@ class ClientPortFactory(Factory):
 
     noisy = False
 
-    def __init__(self, api: ClientApi, *, tls: bool = False,
-                 is_member: Callable[[str], bool] = lambda node_id: False) -> None:
+    def __init__(self, api: ClientApi, limits: LimitTuning | None = None, reactor: Any = None, *,
+                 tls: bool = False, is_member: Callable[[str], bool] = lambda node_id: False) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+            reactor = global_reactor
         self.api = api
+        self.limits = limits if limits is not None else LimitTuning()
+        self.reactor = reactor
+        self.drops = RateLimitedLog(log, reactor)
         self.tls = tls
         self.is_member = is_member
-        self.refusals = OncePerReason()
+        self.refusals = OncePerReason(log, reactor)
+        self.connections: set[ClientConnection] = set()
+        self.refused = 0
+        """Connections refused for the limit since the start (for tests and status)."""
+        self.lingering = 0
+        """Refused connections still half-open, waiting for the client to read why."""
 
-    def buildProtocol(self, addr: Any) -> ClientConnection:
-        proto = ClientConnection(self.api, tls=self.tls, is_member=self.is_member, refusals=self.refusals)
+    def buildProtocol(self, addr: Any) -> Protocol:
+        limit = self.limits.max_client_connections
+        if len(self.connections) >= limit:
+            self.refused += 1
+            self.drops.emit("client connection limit",
+                            "refusing client connection from {peer}: {limit} connections are open "
+                            "(limits.max_client_connections)", peer=describe_address(addr), limit=limit)
+            refusal = _Refused(self, f"the node has {limit} client connections open "
+                               "(limits.max_client_connections); try again later")
+            refusal.factory = self
+            return refusal
+        proto = ClientConnection(self.api, self.limits, self.reactor, self.drops, tls=self.tls,
+                                 is_member=self.is_member, refusals=self.refusals)
         proto.factory = self
+        self.connections.add(proto)
         return proto
+
+    def connection_closed(self, proto: ClientConnection) -> None:
+        self.connections.discard(proto)

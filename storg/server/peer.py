@@ -70,6 +70,7 @@ dropped (Raft retries) until the buffer drains.
 
 from __future__ import annotations
 
+import itertools
 import random
 import struct
 from collections.abc import Callable, Mapping
@@ -82,9 +83,10 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
-from storg.config import NODE_ID_RE, Address
+from storg.config import NODE_ID_RE, Address, LimitTuning
 from storg.net.flow import WriteWindow
 from storg.net.framing import FrameReceiver, Transport, describe_address
+from storg.net.ratelimit import RateLimitedLog
 from storg.net.tls import describe_tls_failure, peer_identity
 from storg.raft.types import Message
 from storg.wire.codec import CODEC
@@ -204,13 +206,17 @@ class _PeerProtocol(FrameReceiver):
             return None
 
     def violation(self, what: str) -> None:
-        """The peer broke the protocol: one log line, close this connection only."""
+        """The peer broke the protocol: one (rate-limited) log line, close this connection only."""
         if self.transport.disconnecting:
             return
-        log.warn("peer connection {direction} {who} at {addr} closed: {what}",
-                 direction=self.direction, who=self.peer_id or "(unknown)",
-                 addr=_peer_text(self.transport), what=what)
+        self._drops().emit("peer connections closed for a protocol violation",
+                           "peer connection {direction} {who} at {addr} closed: {what}",
+                           direction=self.direction, who=self.peer_id or "(unknown)",
+                           addr=_peer_text(self.transport), what=what)
         self.close_connection()
+
+    def _drops(self) -> RateLimitedLog:
+        raise NotImplementedError
 
     def lengthLimitExceeded(self, length: int) -> None:
         self.violation(f"frame of {length} bytes exceeds the limit of {self.MAX_LENGTH}")
@@ -235,6 +241,11 @@ class PeerServerProtocol(_PeerProtocol):
         self.handshake_timeout = factory.owner.handshake_timeout
         self.last_frame = 0.0
         """reactor.seconds() of the last frame received (the handshake counts)."""
+        self.connected_at = 0
+        """Order of arrival among inbound connections (the oldest unproven one is evicted)."""
+
+    def _drops(self) -> RateLimitedLog:
+        return self.owner.drops
 
     def alive(self) -> bool:
         """Connected and heard from within the owner's ``established_grace``."""
@@ -242,6 +253,7 @@ class PeerServerProtocol(_PeerProtocol):
                 and self.reactor.seconds() - self.last_frame < self.owner.established_grace)
 
     def connectionMade(self) -> None:
+        self.connected_at = next(self.owner._arrivals)
         super().connectionMade()
         self.owner._inbound.add(self)
 
@@ -308,8 +320,18 @@ class PeerServerFactory(ServerFactory):
         self.owner = owner
 
     def buildProtocol(self, addr: Any) -> PeerServerProtocol | None:
-        if self.owner._stopped:
+        owner = self.owner
+        if owner._stopped:
             return None  # closes the connection at once
+        if len(owner._inbound) >= owner.max_connections and not owner._evict_unhandshaken():
+            # Closed at once, before a byte is read: members keep one connection
+            # each, so this is a flood (or a leak), and the log must say so, rarely.
+            owner.refused_connections += 1
+            owner.drops.emit("peer connection limit",
+                             "refusing peer connection from {addr}: {limit} inbound connections "
+                             "are open (limits.max_peer_connections)",
+                             addr=describe_address(addr), limit=owner.max_connections)
+            return None
         return PeerServerProtocol(self)
 
 
@@ -333,6 +355,9 @@ class PeerClientProtocol(_PeerProtocol):
         self.link.current = self
         self.transport.registerProducer(self.window, True)
         self.send_object(self.link.owner.identity.hello())
+
+    def _drops(self) -> RateLimitedLog:
+        return self.link.owner.drops
 
     def violation(self, what: str) -> None:
         # Logged through the link: a wrong service at a peer's address would
@@ -553,6 +578,7 @@ class PeerTransport:
         accept_peer: AcceptPeer | None = None,
         rng: random.Random | None = None,
         tls: Any = None,
+        max_connections: int = LimitTuning().max_peer_connections,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -572,8 +598,14 @@ class PeerTransport:
         link's handshake demands the certificate of the node it dials."""
         self.rng = rng if rng is not None else random.Random()
         self.server_factory = PeerServerFactory(self)
+        self.max_connections = max_connections
+        """Inbound connections at once (handshaken or not); more are closed at once."""
+        self.refused_connections = 0
+        self.drops = RateLimitedLog(log, reactor)
+        """Refused and dropped inbound connections: a few lines per reason and minute, then a count."""
         self._links: dict[str, _Link] = {}
         self._inbound: set[PeerServerProtocol] = set()
+        self._arrivals = itertools.count(1)
         self._outbound: set[PeerClientProtocol] = set()
         self._inbound_by_peer: dict[str, PeerServerProtocol] = {}
         self._refusal_logged: dict[str, str] = {}
@@ -624,6 +656,7 @@ class PeerTransport:
     def stop(self) -> defer.Deferred:
         """Close every connection and stop reconnecting; fires once all are closed."""
         self._stopped = True
+        self.drops.stop()
         protocols = [*self._outbound, *self._inbound]
         waits = [proto.closed for proto in protocols]
         for link in self._links.values():
@@ -668,6 +701,28 @@ class PeerTransport:
             return f"the certificate names node {identity.name}, the Hello claims {_one_line(hello.node_id, 64)}"
         return None
 
+    def _evict_unhandshaken(self) -> bool:
+        """Make room by closing the oldest inbound connection still without a handshake.
+
+        At the limit, a flood of connections that never say Hello would
+        otherwise lock out a member that restarts: its new connection would
+        be refused for as long as the flood goes on.  Evicting the oldest
+        unproven connection instead lets a member in, since it proves itself
+        within a round trip, long before a flood can cycle through the
+        whole limit.  Handshaken members are never evicted.  True if one went.
+        """
+        waiting = [p for p in self._inbound if p.peer_id is None and not p.transport.disconnecting]
+        if not waiting:
+            return False
+        oldest = min(waiting, key=lambda p: p.connected_at)
+        self.drops.emit("peer connections evicted",
+                        "closing peer connection from {addr}: no handshake yet and the limit of {limit} "
+                        "inbound connections is reached", addr=_peer_text(oldest.transport),
+                        limit=self.max_connections)
+        oldest.close_connection()
+        self._inbound.discard(oldest)  # its connectionLost follows; the slot is free now
+        return True
+
     def _inbound_ready(self, proto: PeerServerProtocol) -> None:
         peer_id = proto.peer_id
         assert peer_id is not None  # set by the handshake that calls this
@@ -704,7 +759,7 @@ class PeerTransport:
             if len(self._refusal_logged) > 1024:
                 self._refusal_logged.clear()  # bounded, whatever strangers call themselves
             self._refusal_logged[peer_id] = reason
-            log.warn("{line}", line=line)
+            self.drops.emit("refused peers", "{line}", line=line)
         self._event(peer_id, REFUSED)
 
     def _event(self, peer_id: str, event: str) -> None:

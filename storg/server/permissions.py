@@ -11,7 +11,8 @@ each request type needs one permission:
 ``write``       put (PutStart, PutData, PutEnd), rm, ProbeWrite
 ``admin``       member add and remove, leader transfer, starting a scrub pass
 ``node``        what only another node of this cluster sends: chunk reads and
-                copies between nodes, snapshot transfer, removal notices
+                copies between nodes (and whether the leader placed a chunk),
+                snapshot transfer, removal notices
 ==============  =================================================================
 
 Roles grant permissions: ``readonly`` has ``cluster`` and ``read``,
@@ -46,6 +47,7 @@ from storg.wire.admin import (
 )
 from storg.wire.files import (
     ChunkGet,
+    ChunkPlacedQuery,
     ChunkPutAfter,
     GetRequest,
     LsRequest,
@@ -98,6 +100,7 @@ REQUIRED: dict[type, str | Callable[[Any], str]] = {
     LeaderTransferRequest: ADMIN,
     ChunkGet: NODE,
     ChunkPutAfter: NODE,
+    ChunkPlacedQuery: NODE,
     SnapshotBegin: NODE,
     SnapshotPart: NODE,
     SnapshotEnd: NODE,

@@ -83,6 +83,7 @@ def raft_config(config: NodeConfig) -> RaftConfig:
     return RaftConfig(
         election_ticks=max(2, low // TICK_MS),
         heartbeat_ticks=max(1, config.raft.heartbeat_ms // TICK_MS),
+        max_entry_bytes=config.limits.max_proposal_bytes,
     )
 
 
@@ -185,6 +186,7 @@ class NodeService(service.MultiService):
             reactor=self.reactor,
             accept_peer=self._accept_peer,
             tls=self.credentials,
+            max_connections=cfg.limits.max_peer_connections,
         )
         self.node = RaftNode(
             core, self.log_store, self.fsm, self.transport.send,
@@ -192,13 +194,15 @@ class NodeService(service.MultiService):
         )
         self.snapshots = NodeSnapshots(
             self.node, self.fsm, self.log_store, every=cfg.raft.snapshot_every, reactor=self.reactor,
-            address_of=self._client_address, send_message=self.transport.send, connect_to=self.dialer)
+            address_of=self._client_address, send_message=self.transport.send, connect_to=self.dialer,
+            resume_grace=cfg.limits.snapshot_resume_grace_s)
         self._build_data_path()
         assert self.files is not None and self.filler is not None  # _build_data_path made them
         filler = self.filler
         self.snapshots.installed.append(lambda _index: filler.trigger())
         self.directory.on_change(self._members_changed)
-        client_port = ClientPortFactory(self, tls=self.credentials is not None, is_member=self._is_member)
+        client_port = ClientPortFactory(self, cfg.limits, self.reactor, tls=self.credentials is not None,
+                                        is_member=self._is_member)
         for address, factory in (
             (cfg.peer_listen, self.transport.server_factory),
             (cfg.client_listen, client_port),
@@ -265,7 +269,7 @@ class NodeService(service.MultiService):
             self.node, self.fsm, chunks,
             replication_factor=tuning.replication_factor, chunk_size=tuning.chunk_size,
             tuning=tuning, reactor=self.reactor, hasher=self.hash_pool, liveness=liveness,
-            address_of=self._client_address, reserve=self.disk_reserve,
+            address_of=self._client_address, reserve=self.disk_reserve, limits=cfg.limits,
         )
         self.snapshots.auto.before_compact.append(files.sync_inline_chunks)
         self.repairer = Repairer(

@@ -184,7 +184,7 @@ class ProcCluster:
     @classmethod
     def create(cls, root: Path, size: int = 3, raft: dict | None = None,
                files: dict | None = None, hosts: list[str] | None = None, tls: bool = True,
-               extra: dict | None = None) -> ProcCluster:
+               extra: dict | None = None, limits: dict | None = None) -> ProcCluster:
         """Write configs for ``size`` nodes n1..nN under ``root``; start none yet.
 
         ``hosts``: one loopback address per node (see :func:`loopback_hosts`),
@@ -220,6 +220,8 @@ class ProcCluster:
                 cfg["tls"] = cluster._tls_section(nid)
             if extra:
                 cfg.update(extra)
+            if limits:
+                cfg["limits"] = limits
             path = root / f"{nid}.yaml"
             path.write_text(yaml.safe_dump(cfg))
             cluster.nodes[nid] = ProcNode(nid, path, root / f"{nid}.log", peer, client,

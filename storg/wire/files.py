@@ -321,6 +321,28 @@ class ChunkPutAfter:
     data: bytes
 
 
+@layout(U64, SHA256, ID)
+@dataclass(frozen=True, slots=True)
+class ChunkPlacedQuery:
+    """Asked of the leader: did you place chunk ``hash`` on ``holder`` (an upload in flight)?
+
+    A node that receives a ``ChunkPutAfter`` for a chunk its map does not know
+    asks this over its own connection to the leader before writing a byte,
+    so a stranger cannot make it store chunks nobody placed there.
+    """
+
+    request_id: int
+    hash: str
+    holder: str
+
+
+@layout(U64, BOOL)
+@dataclass(frozen=True, slots=True)
+class ChunkPlacedReply:
+    request_id: int
+    placed: bool
+
+
 _TYPE_BYTES: dict[int, type] = {
     41: PutStart, 42: PutReady, 43: PutData, 44: PutEnd, 45: PutDone,
     46: GetRequest, 47: GetStart, 48: GetData, 49: GetEnd,
@@ -330,6 +352,7 @@ _TYPE_BYTES: dict[int, type] = {
     65: PutFileCommand, 66: RemoveFileCommand, 67: CollectChunksCommand, 68: PutInlineCommand,
     69: ChunkHoldersCommand,
     120: ScrubStatusRequest, 121: ScrubStatusReply, 122: ChunkPutAfter,
+    123: ChunkPlacedQuery, 124: ChunkPlacedReply,
 }
 
 for _tb, _cls in _TYPE_BYTES.items():

@@ -138,6 +138,9 @@ class Node:
         conf = ConfState(voters=frozenset({"n1", "n2", "n3"}))
         last_index = 10
 
+    def is_leader(self) -> bool:
+        return True
+
     def on_applied(self, watcher) -> None:
         pass
 
@@ -192,6 +195,7 @@ def test_below_the_reserve_puts_and_chunk_copies_are_refused_and_reads_go_on(tmp
 
     disk.free = RESERVE + 10 * MIB  # space freed
     clock.advance(1.0)
+    service.replicator._placements[(h, "n1")] = 1  # an upload in flight on this leader placed it here
     stored = outcome(service.chunk_put_after(ChunkPutAfter(3, h, 0, data), Conn()))
     assert stored == [ChunkStored(3, h)] and store.get(h) == data
     service.stop()

@@ -52,6 +52,8 @@ class ChunkReplicator:
         """This node's disk reserve: its own copies are refused below it, like a holder's."""
         self.stats: Counter[str] = Counter()
         self._pending_usage: Counter[str] = Counter()
+        self._placements: Counter[tuple[str, str]] = Counter()
+        """(chunk hash, holder) of the copies uploads in flight placed: what ChunkPlacedQuery asks."""
 
     def copies(self) -> tuple[list[str], int]:
         """(the voters, sorted; how many copies each chunk gets: R capped by the voters)."""
@@ -59,7 +61,7 @@ class ChunkReplicator:
         return voters, min(self.replication_factor, len(voters))
 
     @defer.inlineCallbacks
-    def replicate(self, chunk: bytes, pins: list[str], placed: list[tuple[str, int]] | None = None):
+    def replicate(self, chunk: bytes, pins: list[str], placed: list[tuple[str, int, str]] | None = None):
         """Store one chunk on its holders; fires with the ChunkRef to record.
 
         The chunk is pinned first (this leader proposes no collect of it
@@ -88,7 +90,8 @@ class ChunkReplicator:
         placed = placed if placed is not None else []
         for holder in holders:
             self._pending_usage[holder] += len(chunk)
-            placed.append((holder, len(chunk)))
+            self._placements[(chunk_hash, holder)] += 1
+            placed.append((holder, len(chunk), chunk_hash))
         acked = yield self._store_on_holders(chunk_hash, chunk, holders, need, barrier, verified=True)
         self.stats["chunks_stored"] += 1
         return ChunkRef(chunk_hash, len(chunk), tuple(sorted(acked)))
@@ -99,13 +102,21 @@ class ChunkReplicator:
         usage.update(self._pending_usage)
         return dict(usage)
 
-    def unplace(self, placed: list[tuple[str, int]]) -> None:
+    def unplace(self, placed: list[tuple[str, int, str]]) -> None:
         """An upload is over (applied, so the chunk map counts its bytes, or failed)."""
-        for holder, size in placed:
+        for holder, size, chunk_hash in placed:
             self._pending_usage[holder] -= size
             if self._pending_usage[holder] <= 0:
                 del self._pending_usage[holder]
+            key = (chunk_hash, holder)
+            self._placements[key] -= 1
+            if self._placements[key] <= 0:
+                del self._placements[key]
         placed.clear()
+
+    def is_placed(self, chunk_hash: str, holder: str) -> bool:
+        """Did an upload in flight on this leader place ``chunk_hash`` on ``holder``?"""
+        return self._placements.get((chunk_hash, holder), 0) > 0
 
     def inline_holders(self, data: bytes) -> list[str]:
         """Where a small file's bytes are written on apply: placed like any chunk."""

@@ -50,7 +50,7 @@ node's assembly (storg.server.service) from the same parts.
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -58,8 +58,9 @@ from twisted.internet import defer
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from storg.config import FileTuning
-from storg.net.framing import send_bulk
+from storg.config import FileTuning, LimitTuning
+from storg.net.framing import describe_address, send_bulk
+from storg.net.ratelimit import RateLimitedLog
 from storg.node.executor import Submit
 from storg.node.raft_node import RaftNode
 from storg.paths import InvalidPath, normalize_path, normalize_prefix
@@ -81,6 +82,8 @@ from storg.wire.bulk import BULK_MIN
 from storg.wire.files import (
     ChunkData,
     ChunkGet,
+    ChunkPlacedQuery,
+    ChunkPlacedReply,
     ChunkPutAfter,
     ChunkRef,
     ChunkStored,
@@ -105,8 +108,18 @@ log = Logger(namespace="storg.files")
 
 LS_PAGE = 1000
 
+PLACED_QUERY_TIMEOUT = 5.0
+"""Seconds a holder waits for the leader's answer to a ChunkPlacedQuery before refusing the put."""
+
 GET_READ_AHEAD = 3
 """Chunks a get reads (and verifies) ahead of the one being sent: a few MiB per get."""
+
+
+def _peer_of(conn: Any) -> str:
+    try:
+        return describe_address(conn.transport.getPeer())
+    except Exception:  # a fake or closed transport
+        return "?"
 
 
 def _bad_path(exc: InvalidPath) -> RequestError:
@@ -127,9 +140,10 @@ class FileService:
                  orphan_grace: float | None = None, tuning: FileTuning | None = None,
                  liveness: Liveness | None = None,
                  address_of: Callable[[str], str] = lambda node_id: "",
-                 reserve: DiskReserve | None = None) -> None:
+                 reserve: DiskReserve | None = None, limits: LimitTuning | None = None) -> None:
         tuning = tuning or FileTuning(replication_factor, chunk_size)
         self.tuning = tuning
+        self.limits = limits if limits is not None else LimitTuning()
         self.node = node
         self.address_of = address_of
         self.fsm = fsm
@@ -157,6 +171,8 @@ class FileService:
             interval=gc_interval if gc_interval is not None else tuning.gc_interval_s,
             orphan_grace=orphan_grace if orphan_grace is not None else tuning.orphan_grace_s)
         self._uploads: dict[tuple[int, int], Upload] = {}
+        self._uploads_per_conn: Counter[int] = Counter()
+        self._refusals = RateLimitedLog(log, reactor)
         fsm.on_inline_chunk = self._inline_chunk
         self._unsynced: set[str] = set()
         self._inline_writes: set[defer.Deferred] = set()
@@ -171,6 +187,7 @@ class FileService:
             PutStart: self.put_start, PutData: self.put_data, PutEnd: self.put_end,
             GetRequest: self.get, LsRequest: self.ls, StatRequest: self.stat, RmRequest: self.rm,
             ChunkGet: self.chunk_get, ChunkPutAfter: self.chunk_put_after,
+            ChunkPlacedQuery: self.chunk_placed,
         }
 
     def start(self) -> None:
@@ -198,9 +215,17 @@ class FileService:
         key = (id(conn), req.request_id)
         if key in self._uploads:
             raise RequestError(ErrorCode.BAD_REQUEST, f"request {req.request_id} is already an upload")
+        limit = self.limits.max_uploads_per_connection
+        if self._uploads_per_conn[id(conn)] >= limit:
+            # Refused, not paused: an open upload needs more frames of this very
+            # connection to finish, so not reading them could never end.
+            raise RequestError(ErrorCode.LIMIT_EXCEEDED,
+                               f"{limit} uploads are already open on this connection "
+                               "(limits.max_uploads_per_connection)")
         upload = Upload(self.replicator, conn, req, path, chunk_size=self.chunk_size,
                         window=self.upload_window, hasher=self.hasher)
         self._uploads[key] = upload
+        self._uploads_per_conn[id(conn)] += 1
         conn.on_close(lambda: self._connection_gone(key))
         # Held until the frames of this read are handled: a small put's
         # client sends PutData and PutEnd without waiting for it, and if
@@ -227,6 +252,9 @@ class FileService:
     def _upload_over(self, result: Any, key: tuple[int, int]) -> Any:
         upload = self._uploads.pop(key, None)
         if upload is not None:
+            self._uploads_per_conn[key[0]] -= 1
+            if self._uploads_per_conn[key[0]] <= 0:
+                del self._uploads_per_conn[key[0]]
             self.guard.unpin(upload.pinned)
             # Applied (then the chunk map counts these bytes) or failed: no longer pending.
             self.replicator.unplace(upload.placed)
@@ -359,13 +387,44 @@ class FileService:
 
     @defer.inlineCallbacks
     def chunk_put_after(self, req: ChunkPutAfter, conn: ClientConnection):
-        """A chunk from the leader (upload or repair): written after the collects it must follow."""
+        """A chunk from the leader (upload or repair): written after the collects it must follow.
+
+        Anyone can reach the client port, so before a byte is written the
+        chunk must be one the leader placed here (docs/architecture.rst,
+        section "Limits"): no bigger than a chunk, and either known to the
+        chunk map (a repair copy, a copy of a deduplicated chunk) or placed on
+        this node by an upload in flight on the leader, which this node asks
+        over its own connection to the leader (``ChunkPlacedQuery``).
+        """
+        known = self.fsm.chunk(req.hash)
+        limit = known.size if known is not None else self.chunk_size
+        if len(req.data) > max(limit, self.chunk_size):
+            raise RequestError(ErrorCode.LIMIT_EXCEEDED,
+                               f"a chunk of {len(req.data)} bytes is over the chunk size of "
+                               f"{self.chunk_size} bytes (files.chunk_size)")
+        # A full disk refuses at once, whoever asks (the cheapest check first).
+        self.reserve.check(f"chunk {req.hash[:12]}")
+        # Asked at once, answered while the collect barrier is awaited: no added round trip.
+        asked = None if known is not None else self._placed_by_leader(req.hash)
         try:
             yield self.applied.wait(req.index)
         except defer.TimeoutError:
+            if asked is not None:
+                asked.addErrback(lambda _: None)
             raise RequestError(ErrorCode.UNAVAILABLE,
                                f"{self.node.node_id} has not applied up to index {req.index}") from None
-        self.reserve.check(f"chunk {req.hash[:12]}")
+        if self.fsm.chunk(req.hash) is None:
+            placed = yield asked if asked is not None else self._placed_by_leader(req.hash)
+            if not placed:
+                self._refusals.emit("unplaced chunk puts",
+                                    "refused a put of chunk {h} from {peer}: the leader placed no such "
+                                    "chunk on {node}", h=req.hash[:12], node=self.node.node_id,
+                                    peer=_peer_of(conn))
+                raise RequestError(ErrorCode.BAD_REQUEST,
+                                   f"chunk {req.hash[:12]} was not placed on {self.node.node_id} "
+                                   "by the leader")
+        elif asked is not None:
+            asked.addErrback(lambda _: None)
         self.reserve.charge(len(req.data))
         try:
             yield self.ops.put(req.hash, req.data)
@@ -374,6 +433,36 @@ class FileService:
         except DiskFullError as exc:  # the disk filled before the reserve saw it (another writer)
             raise RequestError(ErrorCode.DISK_FULL, f"{self.node.node_id}: {exc}") from None
         return ChunkStored(req.request_id, req.hash)
+
+    def _placed_by_leader(self, chunk_hash: str) -> defer.Deferred:
+        """Fires with True if the leader placed ``chunk_hash`` on this node (False if it
+        did not, or if no leader could be asked: refusing is the safe answer)."""
+        me = self.node.node_id
+        if self.node.is_leader():
+            return defer.succeed(self.replicator.is_placed(chunk_hash, me))
+        leader = self.node.leader
+        if not leader or leader == me:
+            return defer.succeed(False)
+
+        @defer.inlineCallbacks
+        def ask():
+            conn = yield self.chunks.remote.connection(leader)
+            d = conn.request(lambda rid: ChunkPlacedQuery(rid, chunk_hash, me))
+            d.addTimeout(PLACED_QUERY_TIMEOUT, self.reactor)
+            reply = yield d
+            return isinstance(reply, ChunkPlacedReply) and reply.placed
+
+        def unknown(failure: Any) -> bool:
+            log.info("cannot ask leader {leader} about chunk {h}: {why}", leader=leader,
+                     h=chunk_hash[:12], why=failure.getErrorMessage())
+            return False
+
+        return ask().addErrback(unknown)
+
+    def chunk_placed(self, req: ChunkPlacedQuery, conn: ClientConnection) -> ChunkPlacedReply:
+        """The leader's answer to a holder checking a ChunkPutAfter (see chunk_put_after)."""
+        placed = self.node.is_leader() and self.replicator.is_placed(req.hash, req.holder)
+        return ChunkPlacedReply(req.request_id, placed)
 
     @defer.inlineCallbacks
     def chunk_get(self, req: ChunkGet, conn: ClientConnection):

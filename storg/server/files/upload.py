@@ -113,7 +113,8 @@ class Upload:
         self.reading_paused = False
         self.aborted: Exception | None = None
         self.pinned: list[str] = []
-        self.placed: list[tuple[str, int]] = []
+        self.placed: list[tuple[str, int, str]] = []
+        """(holder, size, chunk hash) of each copy placed; released when the upload is over."""
         self.ready: Any = None
         self.hashed = 0  # bytes of the stream fed to hasher on the reactor (the first ones)
         self.cut = 0  # bytes of the stream cut into chunks so far

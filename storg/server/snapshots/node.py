@@ -50,7 +50,7 @@ class NodeSnapshots:
     def __init__(self, node: RaftNode, fsm: FileStoreStateMachine, log_store: DiskLogStore, *,
                  every: int, reactor: Any, address_of: Callable[[str], str],
                  send_message: Callable[[Message], object], executor: Submit | None = None,
-                 **sender_options: Any) -> None:
+                 resume_grace: float | None = None, **sender_options: Any) -> None:
         self.node = node
         self.fsm = fsm
         self.log_store = log_store
@@ -63,7 +63,8 @@ class NodeSnapshots:
         self.auto = AutoSnapshots(node, fsm, log_store, every, executor, gate)
         self.sender = SnapshotSender(node, log_store, send_message, address_of, reactor, executor,
                                      **sender_options)
-        self.receiver = SnapshotReceiver(node, log_store, executor, gate)
+        receiver_options: dict[str, Any] = {} if resume_grace is None else {"resume_grace": resume_grace}
+        self.receiver = SnapshotReceiver(node, log_store, executor, gate, reactor=reactor, **receiver_options)
         self.restored: list[tuple[int, float]] = []
         """(index, seconds) of each snapshot restored from the leader."""
         self.installed: list[Callable[[int], object]] = []

@@ -2,8 +2,20 @@
 
 It accepts data only from the leader its core follows, writes it to a
 temporary snapshot file, keeps that partial file across a dropped
-connection (the leader resumes at the offset it is told), and stages it
-once the SHA-256 matches.
+connection for ``resume_grace`` seconds (the leader retries within a
+second and resumes at the offset it is told), and stages it once the
+SHA-256 matches.
+
+Why a partial file is deleted after a disconnect
+------------------------------------------------
+The leader's id and term a ``SnapshotBegin`` must name are public, so
+anyone can start an upload of up to ``MAX_SNAPSHOT_BYTES``.  Kept until
+the next snapshot, a forged upload's bytes would sit on the disk
+indefinitely; so a partial file whose connection closed is deleted unless
+a connection resumes it within ``resume_grace`` seconds
+(``limits.snapshot_resume_grace_s``, 10 s by default).  That keeps the
+resume of a real leader whose link flapped (it retries after a second),
+and bounds what a stranger leaves behind to one partial file for seconds.
 
 Why staged, not committed
 -------------------------
@@ -48,6 +60,7 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from storg.config import LimitTuning
 from storg.node.executor import Submit
 from storg.node.raft_node import RaftNode
 from storg.raft.types import ConfState, Message, SnapshotMeta
@@ -85,6 +98,8 @@ class _Partial:
     resumed_from: int = 0
     busy: bool = False
     owner: tuple[Any, int] | None = None
+    expiry: Any = None  # the DelayedCall deleting it if no connection resumes it
+    expired: bool = False  # the grace ran out during a write: deleted once the write is done
 
     @property
     def key(self) -> tuple[int, int, int, str]:
@@ -115,7 +130,13 @@ class SnapshotReceiver:
     """Client-port handlers that receive a snapshot from the leader into the snapshot store."""
 
     def __init__(self, node: RaftNode, log_store: DiskLogStore, executor: Submit, gate: SnapshotWriteLock, *,
-                 max_part: int = MAX_PART_BYTES, max_size: int = MAX_SNAPSHOT_BYTES) -> None:
+                 max_part: int = MAX_PART_BYTES, max_size: int = MAX_SNAPSHOT_BYTES,
+                 reactor: Any = None, resume_grace: float = LimitTuning().snapshot_resume_grace_s) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+            reactor = global_reactor
+        self.reactor = reactor
+        self.resume_grace = resume_grace
         self.node = node
         self.log_store = log_store
         self._executor = executor
@@ -194,12 +215,36 @@ class SnapshotReceiver:
 
     def _bind(self, partial: _Partial, conn: Any, request_id: int) -> None:
         partial.owner = (conn, request_id)
+        partial.expired = False
+        self._cancel_expiry(partial)
         conn.on_close(lambda: self._unbind(conn))
 
     def _unbind(self, conn: Any) -> None:
         partial = self._partial
         if partial is not None and partial.owner is not None and partial.owner[0] is conn:
-            partial.owner = None  # the data stays for a resume
+            partial.owner = None  # the data stays for a resume, for a while
+            self._cancel_expiry(partial)
+            partial.expiry = self.reactor.callLater(self.resume_grace, self._expire, partial)
+
+    @staticmethod
+    def _cancel_expiry(partial: _Partial) -> None:
+        if partial.expiry is not None and partial.expiry.active():
+            partial.expiry.cancel()
+        partial.expiry = None
+
+    def _expire(self, partial: _Partial) -> None:
+        """No connection resumed ``partial`` within the grace: delete its file."""
+        partial.expiry = None
+        if self._partial is not partial or partial.owner is not None:
+            return
+        if partial.busy:
+            partial.expired = True  # a write is running in a thread: delete after it
+            return
+        log.info("{node}: deleting the partial snapshot at index {index} from {leader} "
+                 "({offset} of {size} bytes): its connection closed {grace:g} s ago",
+                 node=self.node.node_id, index=partial.meta.index, leader=partial.leader,
+                 offset=partial.offset, size=partial.size, grace=self.resume_grace)
+        self._discard()
 
     def _owned(self, conn: Any, request_id: int) -> _Partial | None:
         partial = self._partial
@@ -218,6 +263,7 @@ class SnapshotReceiver:
     def _discard(self) -> None:
         partial, self._partial = self._partial, None
         if partial is not None:
+            self._cancel_expiry(partial)
             self._executor(partial.writer.abort)
 
     # -- SnapshotPart -----------------------------------------------------------------
@@ -244,6 +290,8 @@ class SnapshotReceiver:
             partial.busy = False
             partial.offset += size
             conn.resume_reading()
+            if partial.expired:
+                self._expire(partial)
 
         def failed(failure: Failure) -> None:
             partial.busy = False
@@ -287,6 +335,7 @@ class SnapshotReceiver:
         if not self._gate.acquire("receive"):
             raise RequestError(ErrorCode.UNAVAILABLE, "a snapshot is being written; retry")
         self._partial = None
+        self._cancel_expiry(partial)
         partial.busy = True
         self._staging = True
         self._staged = None  # replaced by this one (or by nothing, if staging fails)
