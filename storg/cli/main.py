@@ -31,7 +31,7 @@ from storg.client.errors import (
     PermissionDenied,
     ServerError,
 )
-from storg.net.connection import split_address
+from storg.net.connection import TLSHandshakeFailed, split_address
 from storg.paths import InvalidPath, normalize_path, normalize_prefix
 from storg.wire.files import FileInfo
 
@@ -314,6 +314,8 @@ def exit_for(exc: BaseException, args: argparse.Namespace) -> tuple[int, str] | 
         return EXIT_USAGE, f"invalid path: {exc}"
     if isinstance(exc, LocalError):
         return EXIT_USAGE, str(exc)
+    if isinstance(exc, TLSHandshakeFailed):
+        return EXIT_USAGE, f"every node refused TLS with us: {exc}"
     if isinstance(exc, ClusterUnavailable):
         return EXIT_UNAVAILABLE, f"cluster unavailable: {exc}"
     if isinstance(exc, NotFoundError):

@@ -35,7 +35,7 @@ from storg.client.errors import (
 )
 from storg.client.transfer import Deadline, Progress, Watchdog
 from storg.client.upload import Upload, UploadSource
-from storg.net.connection import PLAIN, Dialer, RequestConnection
+from storg.net.connection import PLAIN, Dialer, RequestConnection, TLSHandshakeFailed
 from storg.node.executor import reactor_pool
 from storg.paths import InvalidPath, normalize_path, normalize_prefix
 from storg.wire import ErrorCode, ProbeRead, ProbeWrite, StatusReply, StatusRequest
@@ -186,6 +186,7 @@ class StorgClient:
         redirects = 0
         interruptions = 0
         last_error: str = "no answer"
+        tls_refused: set[str] = set()
         refused: dict[str, ServerError] = {}
         """Nodes that refused the connection itself (too many open): asked no more this time."""
         while True:
@@ -230,6 +231,14 @@ class StorgClient:
                         continue
             except (defer.TimeoutError, net_error.TimeoutError):
                 last_error = f"{target} did not answer in time"
+            except TLSHandshakeFailed as exc:
+                # A certificate refused (ours there, or theirs here) is no outage: once every
+                # node has refused it, say so at once instead of retrying until the timeout.
+                tls_refused.add(target)
+                self._connections.pop(target, None)
+                if set(candidates) <= tls_refused:
+                    raise
+                last_error = f"{target}: {exc}"
             except RETRYABLE as exc:
                 last_error = f"{target}: {exc}"
                 self._connections.pop(target, None)

@@ -51,10 +51,12 @@ __all__ = [
 
 
 class TLSHandshakeFailed(ConnectionLost):
-    """The TLS handshake with a node failed: its certificate, or ours, was refused.
+    """TLS with a node failed: its certificate was refused here, or ours there (an OpenSSL error).
 
     A ConnectionLost, so that callers that try the next node on a lost
-    connection do so; its message says why (``describe_tls_failure``).
+    connection do so; its message says why (``describe_tls_failure``).  A
+    connection that merely ends during the handshake (a node killed) is a
+    plain ConnectionLost instead: only a refusal is a TLS problem.
     """
 
 
@@ -277,7 +279,11 @@ class RequestConnection(FrameReceiver):
         self.connected = 0  # Twisted leaves it set; StorgClient checks it before reusing us
         failure = reason if isinstance(reason, Failure) else None
         if not self.handshake.called:
-            self.handshake.errback(Failure(TLSHandshakeFailed(f"TLS handshake failed: {_tls_why(self, failure)}")))
+            if _is_tls_error(failure):
+                lost: Exception = TLSHandshakeFailed(f"TLS handshake failed: {_tls_why(self, failure)}")
+            else:  # a node that died or closed mid-handshake: worth trying again, elsewhere
+                lost = ConnectionLost("connection lost before the TLS handshake completed")
+            self.handshake.errback(Failure(lost))
             self.handshake.addErrback(lambda _: None)  # plain TCP: nobody waits on it
         if _is_tls_error(failure):
             # With TLS 1.3 a node refuses our certificate after our handshake completed: say so.
@@ -364,8 +370,8 @@ async def connect(reactor: Any, address: str, timeout: float = 5.0, tls: ClientT
     try:
         await handshake
     except defer.TimeoutError:
-        protocol.abort()
-        raise TLSHandshakeFailed(f"no TLS handshake with {address} within {timeout:g} s") from None
+        protocol.abort()  # a paused or overloaded node: retryable, like a connect timeout
+        raise defer.TimeoutError(f"no TLS handshake with {address} within {timeout:g} s") from None
     return protocol
 
 

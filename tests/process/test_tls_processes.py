@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 
 import pytest
 
@@ -40,10 +41,11 @@ def cluster(tmp_path_factory):
         c.close()
 
 
-def run(cluster: ProcCluster, env: dict, *args: str, data: bytes | None = None) -> subprocess.CompletedProcess:
+def run(cluster: ProcCluster, env: dict, *args: str, data: bytes | None = None,
+        timeout: float = 10) -> subprocess.CompletedProcess:
     """The real storgctl in a process of its own, with ``env``'s TLS variables (a role's certificate)."""
     addresses = ",".join(n.client_address for n in cluster.nodes.values())
-    return subprocess.run([str(BIN / "storgctl"), "--cluster", addresses, "--timeout", "10", *args],
+    return subprocess.run([str(BIN / "storgctl"), "--cluster", addresses, "--timeout", str(timeout), *args],
                           env=env, capture_output=True, timeout=60, input=data)
 
 
@@ -112,5 +114,12 @@ def test_roles_through_storgctl(cluster):
     assert members.returncode == 0 and b'"n9"' not in members.stdout and b'"n3"' in members.stdout
     # No TLS options against a TLS cluster: unavailable, with a hint.
     plain = {k: v for k, v in cluster.env.items() if not k.startswith("STORG_")}
-    out = run(cluster, plain, "status")
+    out = run(cluster, plain, "status", timeout=2)
     assert out.returncode == 3 and b"--ca, --cert and --key" in out.stderr, out.stderr
+    # The CA but no certificate: every node refuses us in the handshake, said at once (exit 2).
+    anonymous = dict(plain, STORG_CA=cluster.env["STORG_CA"])
+    started = time.monotonic()
+    out = run(cluster, anonymous, "status")
+    assert out.returncode == 2 and b"every node refused TLS" in out.stderr, out.stderr
+    assert b"certificate required" in out.stderr, out.stderr
+    assert time.monotonic() - started < 8, "a refused certificate was retried until the timeout"

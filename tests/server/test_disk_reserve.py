@@ -138,9 +138,6 @@ class Node:
         conf = ConfState(voters=frozenset({"n1", "n2", "n3"}))
         last_index = 10
 
-    def is_leader(self) -> bool:
-        return True
-
     def on_applied(self, watcher) -> None:
         pass
 
