@@ -274,13 +274,18 @@ class StorgClient:
         """
         per_node = min(self.timeout, 3.0)
         first: StatusReply | None = None
+        tls_refusals: list[TLSHandshakeFailed] = []
         for address in self.addresses:
             try:
                 first = await self._ask_status(address, per_node)
                 break
+            except TLSHandshakeFailed as exc:
+                tls_refusals.append(exc)
             except Exception:
                 continue
         if first is None:
+            if len(tls_refusals) == len(self.addresses):
+                raise tls_refusals[0]  # our certificate, not an outage (see retrying)
             raise ClusterUnavailable("no node answered at " + ", ".join(self.addresses))
         members = sorted(first.members, key=lambda m: m.id) or []
 

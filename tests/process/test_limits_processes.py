@@ -49,8 +49,11 @@ task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor)))
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("limits")
+    # Plain TCP on loopback: the connection test holds raw sockets and reads the refusal
+    # frame without a TLS stack.  The limits sit in the protocol factories, under which a
+    # TLS listener puts the same factory (tests/process/test_tls_processes.py runs TLS).
     c = ProcCluster.create(root, size=3, files={"chunk_size": CHUNK},
-                           limits={"max_client_connections": MAX_CONNECTIONS})
+                           limits={"max_client_connections": MAX_CONNECTIONS}, tls=False)
     c.start_all()
     try:
         wait_for(c.leader, 30, "a leader")
