@@ -1,0 +1,154 @@
+"""Tree commands of the state machine: move, copy and remove a whole folder in one entry.
+
+Each is decided completely before anything changes (a refusal leaves the
+state untouched, as for every command) and then done in one apply: ``ls``
+takes its frozen listing between two applies, on the same thread, so a
+reader sees the whole tree before the command or the whole tree after it,
+never a mix.  No byte of any file moves: a file is a packed record of chunk
+digests, so a move re-keys records, a copy adds records that refer to the
+same chunks (raising their reference counts), and a removal drops records
+(lowering them).  A chunk is collected only by a later CollectChunksCommand,
+and only if its count is zero when that entry applies, so a chunk shared by
+a copy stays as long as either file refers to it.
+
+"The tree at P" is the file at P, if any, and every file below the folder P;
+the destination of a file ``P + rest`` is ``D + rest``.
+
+:class:`TreeCommands` is a mixin of :class:`~storg.fsm.machine.FileStoreStateMachine`;
+it uses the machine's containers and helpers directly (it has no state of its own).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from storg.fsm.errors import Conflict, InvalidCommand, NotFound
+from storg.fsm.records import file_chunks, file_head, file_size, pack_file
+from storg.fsm.state import ChunkState, chunk_digests_of
+from storg.paths import MAX_PATH_BYTES, ROOT, InvalidPath, normalize_path, normalize_prefix
+from storg.wire.tree import CopyCommand, MoveCommand, RemoveTreeCommand
+
+if TYPE_CHECKING:
+    from storg.fsm.machine import FileStoreStateMachine
+
+    _Base = FileStoreStateMachine
+else:
+    _Base = object
+
+
+class TreeCommands(_Base):
+    """mv, cp and rm -r as state machine commands; each returns how many files it changed."""
+
+    def _apply_move(self, cmd: MoveCommand, index: int) -> int:
+        return self._with_session(cmd.client_id, cmd.seq, index, lambda: self._move(cmd, index))
+
+    def _apply_copy(self, cmd: CopyCommand, index: int) -> int:
+        return self._with_session(cmd.client_id, cmd.seq, index, lambda: self._copy(cmd, index))
+
+    def _apply_remove_tree(self, cmd: RemoveTreeCommand, index: int) -> int:
+        return self._with_session(cmd.client_id, cmd.seq, index, lambda: self._remove_tree(cmd, index))
+
+    # -- the commands ------------------------------------------------------------------
+
+    def _move(self, cmd: MoveCommand, index: int) -> int:
+        src, dst = self._src_dst(cmd.src, cmd.dst, index)
+        sources = self._paths_under(src)
+        if not sources:
+            raise NotFound(f"{src} does not exist")
+        targets = self._targets(sources, src, dst, index)
+        leaving = set(sources)
+        # A target that is itself one of the files moving away is vacated, not replaced.
+        replaced = [t for t in targets if t in self._files and t not in leaving]
+        if replaced and not cmd.force:
+            raise Conflict(_exists(dst, replaced))
+        for path in replaced:
+            self._drop(path)
+        records = [self._files.pop(path) for path in sources]
+        for path in sources:
+            self._paths.remove(path)
+        for path, rec in zip(targets, records, strict=True):
+            self._paths.add(path)
+            self._files[path] = rec
+        return len(sources)
+
+    def _copy(self, cmd: CopyCommand, index: int) -> int:
+        src, dst = self._src_dst(cmd.src, cmd.dst, index)
+        if cmd.recursive:
+            sources = self._paths_under(src)
+        else:
+            sources = [src] if src in self._files else []
+            if not sources and self._paths_under(src):
+                raise InvalidCommand(f"{src} is a folder: copy it with -r")
+        if not sources:
+            raise NotFound(f"{src} does not exist")
+        targets = self._targets(sources, src, dst, index)
+        replaced = [t for t in targets if t in self._files]
+        if replaced and not cmd.force:
+            raise Conflict(_exists(dst, replaced))
+        # Read every source before writing: with --force a target may be a source too.
+        records = [self._files[path] for path in sources]
+        added: Counter[bytes] = Counter()
+        for rec in records:
+            added.update(chunk_digests_of(file_chunks(rec)))
+        for path in replaced:
+            self._drop(path)
+        for digest, count in added.items():
+            chunk = self._chunks[digest]
+            self._set_chunk(digest, ChunkState(chunk.size, chunk.holders, chunk.refs + count))
+        for path, rec in zip(targets, records, strict=True):
+            size, _, _, sha = file_head(rec)
+            # A new file: its own modified time and version (this entry), the same chunks.
+            self._paths.add(path)
+            self._files[path] = pack_file(size, sha, cmd.modified_ns, index, file_chunks(rec))
+            self._file_bytes += size
+        return len(sources)
+
+    def _remove_tree(self, cmd: RemoveTreeCommand, index: int) -> int:
+        try:
+            prefix = normalize_prefix(cmd.prefix)
+        except InvalidPath as exc:
+            raise InvalidCommand(f"entry {index}: {exc}") from None
+        doomed = self._paths_under(prefix)
+        if not doomed:
+            raise NotFound(f"{prefix} does not exist" if prefix != ROOT else "there are no files")
+        for path in doomed:
+            self._drop(path)
+        return len(doomed)
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _src_dst(self, src_text: str, dst_text: str, index: int) -> tuple[str, str]:
+        try:
+            src, dst = normalize_path(src_text), normalize_path(dst_text)
+        except InvalidPath as exc:
+            raise InvalidCommand(f"entry {index}: {exc}") from None
+        if dst == src:
+            raise InvalidCommand(f"{src} and its destination are the same")
+        if dst.startswith(src + "/"):
+            raise InvalidCommand(f"cannot put {src} inside itself ({dst})")
+        return src, dst
+
+    def _targets(self, sources: list[str], src: str, dst: str, index: int) -> list[str]:
+        """Each source's destination; refused if one would be longer than a path may be."""
+        cut = len(src)
+        targets = [dst + path[cut:] for path in sources]
+        if len(dst.encode()) > len(src.encode()):
+            longest = max(targets, key=lambda t: len(t.encode()))
+            if len(longest.encode()) > MAX_PATH_BYTES:
+                raise InvalidCommand(f"{longest[:60]}... would be longer than {MAX_PATH_BYTES} bytes")
+        return targets
+
+    def _drop(self, path: str) -> None:
+        """Remove the file at ``path`` (which exists) and its chunk references."""
+        old = self._files.pop(path)
+        self._paths.remove(path)
+        self._file_bytes -= file_size(old)
+        for digest, count in Counter(chunk_digests_of(file_chunks(old))).items():
+            chunk = self._chunks[digest]
+            self._set_chunk(digest, ChunkState(chunk.size, chunk.holders, chunk.refs - count))
+
+
+def _exists(dst: str, replaced: list[str]) -> str:
+    what = replaced[0] if len(replaced) == 1 else f"{replaced[0]} and {len(replaced) - 1} more files"
+    return f"{dst}: {what} already exists (--force replaces it)"
