@@ -50,6 +50,7 @@ from storg.wire.admin import (
     MemberRemoveRequest,
 )
 from storg.wire.files import FileInfo, LsReply, LsRequest, RmRequest, StatRequest
+from storg.wire.tree import CopyRequest, MoveRequest, RemoveTreeRequest
 
 __all__ = [
     "STATUS_KEYS",
@@ -331,8 +332,15 @@ class StorgClient:
     # --- files -------------------------------------------------------------------
 
     async def put(self, source: str | os.PathLike | BinaryIO, remote: str,
-                  progress: Progress | None = None) -> FileInfo:
+                  progress: Progress | None = None, *, if_absent: bool = False,
+                  if_match: str = "") -> FileInfo:
         """Store ``source`` (a local path or a binary stream) as ``remote``; returns its FileInfo.
+
+        ``if_absent`` (only if nothing is at ``remote``) and ``if_match`` (only
+        if the file at ``remote`` has this SHA-256) make it a compare-and-swap,
+        decided by the state machine when the entry applies: of two puts
+        racing with ``if_absent``, exactly one succeeds; the other raises
+        ConflictError, and so does its retry.
 
         Returns once the cluster has committed the file.  After a lost
         connection or a leader change the whole upload is sent again with
@@ -348,7 +356,7 @@ class StorgClient:
             upload_source = UploadSource(source)
         session = self.sessions.acquire()
         upload = Upload(self.reactor, upload_source, path, session.client_id, session.next_seq(),
-                        progress)
+                        progress, if_absent=if_absent, if_match=if_match.lower())
         try:
             return await self.retrying(upload.attempt)
         finally:
@@ -429,6 +437,48 @@ class StorgClient:
         finally:
             self.sessions.release(session)
         return reply.version
+
+    async def mv(self, src: str, dst: str, *, force: bool = False) -> int:
+        """Rename the file or folder ``src`` to ``dst`` in one entry; returns how many files moved.
+
+        Readers see the whole tree at ``src`` or the whole tree at ``dst``,
+        never a mix.  ConflictError if a file would be replaced (unless
+        ``force``); BadRequest for ``dst`` at or inside ``src``; NotFoundError
+        if nothing is at ``src``.  A retry after a leader change replays the
+        first outcome.
+        """
+        source, target = normalize_path(src), normalize_path(dst)
+        _check_not_inside(source, target)
+        return await self._tree_call(lambda rid, s, q: MoveRequest(rid, source, target, s, q, force))
+
+    async def cp(self, src: str, dst: str, *, recursive: bool = False, force: bool = False) -> int:
+        """Copy ``src`` (a folder too with ``recursive``) to ``dst`` on the servers; no file bytes travel.
+
+        The copies refer to the very same chunks (their reference counts go
+        up), so a copy costs an entry, whatever the size.  Returns how many
+        files were copied; errors as :meth:`mv`.
+        """
+        source, target = normalize_path(src), normalize_path(dst)
+        _check_not_inside(source, target)
+        return await self._tree_call(
+            lambda rid, s, q: CopyRequest(rid, source, target, s, q, recursive, force))
+
+    async def rm_tree(self, prefix: str) -> int:
+        """Delete the file at ``prefix`` and everything below the folder ``prefix``, in one entry.
+
+        Returns how many files went; NotFoundError if there were none.
+        """
+        normal = normalize_prefix(prefix)
+        return await self._tree_call(lambda rid, s, q: RemoveTreeRequest(rid, normal, s, q))
+
+    async def _tree_call(self, make: Callable[[int, int, int], Any]) -> int:
+        session = self.sessions.acquire()
+        seq = session.next_seq()
+        try:
+            reply = await self.call_leader(lambda rid: make(rid, session.client_id, seq))
+        finally:
+            self.sessions.release(session)
+        return reply.files
 
     # --- membership and leadership -------------------------------------------------
 
@@ -527,6 +577,12 @@ class StorgClient:
             return result
 
         return stream.done.addBoth(stop)
+
+
+def _check_not_inside(src: str, dst: str) -> None:
+    """A folder cannot go into itself: refused here (InvalidPath, exit 2) before anything is sent."""
+    if dst == src or dst.startswith(src + "/"):
+        raise InvalidPath(f"cannot move or copy {src} to {dst}: the destination is {src} or inside it")
 
 
 def _pause(reactor: Any, seconds: float) -> defer.Deferred:

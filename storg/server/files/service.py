@@ -74,6 +74,7 @@ from storg.server.files.pins import CollectGuard
 from storg.server.files.placement import Liveness
 from storg.server.files.replication import ChunkReplicator
 from storg.server.files.reserve import DiskReserve
+from storg.server.files.tree import TreeService
 from storg.server.files.upload import INLINE_MAX, MAX_DATA_FRAME, Upload
 from storg.storage.errors import ChunkNotFoundError, CorruptionError, DiskFullError, HashMismatchError
 from storg.wire import CODEC, ErrorCode
@@ -100,6 +101,7 @@ from storg.wire.files import (
     StatReply,
     StatRequest,
 )
+from storg.wire.tree import PutStartIf
 
 log = Logger(namespace="storg.files")
 
@@ -107,6 +109,25 @@ LS_PAGE = 1000
 
 GET_READ_AHEAD = 3
 """Chunks a get reads (and verifies) ahead of the one being sent: a few MiB per get."""
+
+
+def _condition(req: PutStart | PutStartIf) -> tuple[bool, str] | None:
+    """(if_absent, if_match) of a conditional put, checked for form here; None for a plain put."""
+    if not isinstance(req, PutStartIf):
+        return None
+    match = req.if_match.lower()
+    if match:
+        try:
+            ok = len(bytes.fromhex(match)) == 32
+        except ValueError:
+            ok = False
+        if not ok:
+            raise RequestError(ErrorCode.BAD_REQUEST, f"--if-match {req.if_match!r} is not a SHA-256 (64 hex digits)")
+    if req.if_absent and match:
+        raise RequestError(ErrorCode.BAD_REQUEST, "--if-absent and --if-match cannot both hold")
+    if not req.if_absent and not match:
+        return None
+    return (req.if_absent, match)
 
 
 def _bad_path(exc: InvalidPath) -> RequestError:
@@ -157,6 +178,7 @@ class FileService:
             interval=gc_interval if gc_interval is not None else tuning.gc_interval_s,
             orphan_grace=orphan_grace if orphan_grace is not None else tuning.orphan_grace_s)
         self._uploads: dict[tuple[int, int], Upload] = {}
+        self.tree = TreeService(node)
         fsm.on_inline_chunk = self._inline_chunk
         self._unsynced: set[str] = set()
         self._inline_writes: set[defer.Deferred] = set()
@@ -167,8 +189,8 @@ class FileService:
         return self.liveness.failing() if self.node.is_leader() else frozenset()
 
     def handlers(self) -> dict[type, Callable[[Any, ClientConnection], Any]]:
-        return {
-            PutStart: self.put_start, PutData: self.put_data, PutEnd: self.put_end,
+        return self.tree.handlers() | {
+            PutStart: self.put_start, PutStartIf: self.put_start, PutData: self.put_data, PutEnd: self.put_end,
             GetRequest: self.get, LsRequest: self.ls, StatRequest: self.stat, RmRequest: self.rm,
             ChunkGet: self.chunk_get, ChunkPutAfter: self.chunk_put_after,
         }
@@ -186,11 +208,13 @@ class FileService:
 
     # -- put -------------------------------------------------------------------
 
-    def put_start(self, req: PutStart, conn: ClientConnection) -> None:
+    def put_start(self, req: PutStart | PutStartIf, conn: ClientConnection) -> None:
+        """An upload begins (PutStartIf: one whose entry is applied only if its condition holds)."""
         try:
             path = normalize_path(req.path)
         except InvalidPath as exc:
             raise _bad_path(exc) from None
+        condition = _condition(req)
         if not self.node.is_leader():
             raise RequestError(ErrorCode.NOT_LEADER, "not the leader", self._leader_address())
         # The leader's log takes the entry, and its disk (usually) a copy of each chunk.
@@ -199,7 +223,7 @@ class FileService:
         if key in self._uploads:
             raise RequestError(ErrorCode.BAD_REQUEST, f"request {req.request_id} is already an upload")
         upload = Upload(self.replicator, conn, req, path, chunk_size=self.chunk_size,
-                        window=self.upload_window, hasher=self.hasher)
+                        window=self.upload_window, hasher=self.hasher, condition=condition)
         self._uploads[key] = upload
         conn.on_close(lambda: self._connection_gone(key))
         # Held until the frames of this read are handled: a small put's
