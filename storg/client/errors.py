@@ -25,7 +25,8 @@ from storg.net.errors import (
 )
 
 __all__ = [
-    "BadRequest", "ClusterUnavailable", "CompactedError", "ConflictError", "DiskFull", "IntegrityError", "LimitExceeded", "LocalError",
+    "BadRequest", "ClusterUnavailable", "CompactedError", "ConflictError", "DiskFull", "IntegrityError",
+    "LimitExceeded", "LocalError",
     "NotFoundError", "PermissionDenied", "ProtocolViolation", "ServerError", "error_for",
 ]
 

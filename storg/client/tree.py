@@ -21,9 +21,10 @@ paths), so an empty local folder is not sent.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -125,7 +126,7 @@ async def put_tree(client: StorgClient, localdir: str, remote: str, *, jobs: int
 
     if progress is not None:
         progress(0, len(items), 0, total)
-    await _run_all([lambda item=item: one(item) for item in items], jobs)
+    await _run_all([functools.partial(one, item) for item in items], jobs)
     return report
 
 
@@ -159,7 +160,7 @@ async def get_tree(client: StorgClient, remote: str, localdir: str, *, jobs: int
 
     if progress is not None:
         progress(0, len(files), 0, total)
-    await _run_all([lambda f=f: one(f.path, f.size) for f in files], jobs)
+    await _run_all([functools.partial(one, f.path, f.size) for f in files], jobs)
     return report
 
 
@@ -170,9 +171,11 @@ def _make_parent(target: str) -> None:
         raise LocalError(f"cannot create the folder of {target}: {exc.strerror or exc}") from None
 
 
-async def _run_all(tasks: list[Callable[[], Any]], jobs: int) -> None:
+async def _run_all(tasks: list[Callable[[], Coroutine[Any, Any, None]]], jobs: int) -> None:
     """Run the coroutine factories ``tasks`` with at most ``jobs`` in flight."""
     limit = defer.DeferredSemaphore(max(1, jobs))
-    await defer.gatherResults(
-        [limit.run(lambda task=task: defer.Deferred.fromCoroutine(task())) for task in tasks],
-        consumeErrors=True)
+
+    def start(task: Callable[[], Coroutine[Any, Any, None]]) -> defer.Deferred[None]:
+        return defer.Deferred.fromCoroutine(task())
+
+    await defer.gatherResults([limit.run(start, task) for task in tasks], consumeErrors=True)

@@ -51,8 +51,8 @@ from storg.fsm.records import (
 )
 from storg.fsm.snapshot import FrozenState, LoadedSnapshot, read_snapshot
 from storg.fsm.sorted_paths import SortedPaths
-from storg.fsm.tree import TreeCommands
 from storg.fsm.state import ChunkState, Listing, PackedFile, Session, bare_info, chunk_digests_of
+from storg.fsm.tree import TreeCommands
 from storg.paths import ROOT, InvalidPath, normalize_path, normalize_prefix
 from storg.raft.types import Entry, EntryType
 from storg.wire import (

@@ -21,24 +21,37 @@ it uses the machine's containers and helpers directly (it has no state of its ow
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any
 
 from storg.fsm.errors import Conflict, InvalidCommand, NotFound
 from storg.fsm.records import file_chunks, file_head, file_size, pack_file
-from storg.fsm.state import ChunkState, chunk_digests_of
+from storg.fsm.sorted_paths import SortedPaths
+from storg.fsm.state import ChunkState, PackedFile, chunk_digests_of
 from storg.paths import MAX_PATH_BYTES, ROOT, InvalidPath, normalize_path, normalize_prefix
 from storg.wire.tree import CopyCommand, MoveCommand, RemoveTreeCommand
 
-if TYPE_CHECKING:
-    from storg.fsm.machine import FileStoreStateMachine
 
-    _Base = FileStoreStateMachine
-else:
-    _Base = object
+class TreeCommands:
+    """mv, cp and rm -r as state machine commands; each returns how many files it changed.
 
+    The containers and the three helpers below belong to the machine, which
+    defines them (its own definitions win over these stand-ins).
+    """
 
-class TreeCommands(_Base):
-    """mv, cp and rm -r as state machine commands; each returns how many files it changed."""
+    _files: dict[str, PackedFile]
+    _paths: SortedPaths
+    _chunks: dict[bytes, ChunkState]
+    _file_bytes: int
+
+    def _with_session(self, client_id: int, seq: int, index: int, run: Callable[[], Any]) -> Any:
+        raise NotImplementedError
+
+    def _paths_under(self, prefix: str) -> list[str]:
+        raise NotImplementedError
+
+    def _set_chunk(self, digest: bytes, chunk: ChunkState) -> None:
+        raise NotImplementedError
 
     def _apply_move(self, cmd: MoveCommand, index: int) -> int:
         return self._with_session(cmd.client_id, cmd.seq, index, lambda: self._move(cmd, index))

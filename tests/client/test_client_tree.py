@@ -138,7 +138,7 @@ def make_tree(root: Path) -> dict[str, bytes]:
     files = {
         "empty": b"",
         "a/b/c/d/e/deep.txt": b"deep",
-        "unicode/\u00e9t\u00e9 \u2603.txt": "snow".encode(),
+        "unicode/\u00e9t\u00e9 \u2603.txt": b"snow",
         "big.bin": os.urandom(150_000),
     }
     for i in range(200):
