@@ -245,6 +245,8 @@ def prepare(args: argparse.Namespace) -> None:
         if args.dst == args.src or args.dst.startswith(args.src + "/"):
             raise CliError(EXIT_USAGE, f"cannot {args.command} {args.src} to {args.dst}: "
                                        f"the destination is {args.src} or inside it")
+    if args.command == "watch" and (args.start < 0 or (args.limit is not None and args.limit < 1)):
+        raise CliError(EXIT_USAGE, "--from must be 0 or more and --limit 1 or more")
     if args.command == "rm" and args.dry_run and not recursive:
         raise CliError(EXIT_USAGE, "--dry-run goes with -r")
     if args.command in ("put", "get") and args.jobs < 1:
@@ -352,7 +354,7 @@ async def run_rm(client: StorgClient, args: argparse.Namespace) -> int:
 
 COMMANDS = {"status": run_status, "put": run_put, "get": run_get, "ls": run_ls,
             "stat": run_stat, "rm": run_rm, "scrub": run_scrub,
-            "mv": tree_commands.run_mv, "cp": tree_commands.run_cp,
+            "mv": tree_commands.run_mv, "cp": tree_commands.run_cp, "watch": tree_commands.run_watch,
             "member": member_commands.run_member, "leader": member_commands.run_leader}
 
 

@@ -20,6 +20,7 @@ from storg.cli.escape import escape_path
 from storg.cli.progress import ProgressBar, progress_for
 from storg.client.api import StorgClient
 from storg.client.tree import TreeReport, get_tree, put_tree
+from storg.wire.tree import WATCH_DELETE, WATCH_KINDS, WatchEvent
 
 EXIT_OK = 0
 
@@ -34,6 +35,37 @@ def add_parsers(sub: Any) -> None:
     cp.add_argument("dst", metavar="DST")
     cp.add_argument("-r", "--recursive", action="store_true", help="copy a folder and everything below it")
     cp.add_argument("--force", action="store_true", help="replace files already at DST")
+    watch = sub.add_parser("watch", help="one line per change under a folder, in commit order, with its index")
+    watch.add_argument("prefix", metavar="PREFIX", nargs="?", default="/")
+    watch.add_argument("--from", dest="start", type=int, default=0, metavar="INDEX",
+                       help="start at this log index (default: from now); resume with the last index + 1")
+    watch.add_argument("--limit", type=int, default=None, metavar="N", help="stop after N events")
+
+
+def event_dict(event: WatchEvent) -> dict[str, Any]:
+    """The JSON object of a watch event (``watch --json``)."""
+    out: dict[str, Any] = {"index": event.index, "kind": WATCH_KINDS.get(event.kind, str(event.kind)),
+                           "path": event.path}
+    if event.src:
+        out["src"] = event.src
+    if event.kind != WATCH_DELETE:
+        out["size"] = event.size
+        out["sha256"] = event.sha256
+    return out
+
+
+def format_event(event: WatchEvent) -> str:
+    """``INDEX KIND PATH`` (a move adds ``<- SRC``), the path escaped as ls escapes it."""
+    line = f"{event.index} {WATCH_KINDS.get(event.kind, str(event.kind))} {escape_path(event.path)}"
+    return line + f" <- {escape_path(event.src)}" if event.src else line
+
+
+async def run_watch(client: StorgClient, args: argparse.Namespace) -> int:
+    def show(event: WatchEvent) -> None:
+        print(json.dumps(event_dict(event)) if args.json else format_event(event), flush=True)
+
+    await client.watch(args.prefix, show, start=args.start, limit=args.limit)
+    return EXIT_OK
 
 
 async def run_mv(client: StorgClient, args: argparse.Namespace) -> int:

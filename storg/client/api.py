@@ -50,7 +50,7 @@ from storg.wire.admin import (
     MemberRemoveRequest,
 )
 from storg.wire.files import FileInfo, LsReply, LsRequest, RmRequest, StatRequest
-from storg.wire.tree import CopyRequest, MoveRequest, RemoveTreeRequest
+from storg.wire.tree import CopyRequest, MoveRequest, RemoveTreeRequest, WatchEvent, WatchRequest
 
 __all__ = [
     "STATUS_KEYS",
@@ -470,6 +470,65 @@ class StorgClient:
         """
         normal = normalize_prefix(prefix)
         return await self._tree_call(lambda rid, s, q: RemoveTreeRequest(rid, normal, s, q))
+
+    async def watch(self, prefix: str, on_event: Callable[[WatchEvent], object], *, start: int = 0,
+                    limit: int | None = None) -> int:
+        """Call ``on_event`` for each change under the folder ``prefix``, in commit order, from index ``start``.
+
+        ``start`` 0 means from now.  Runs until ``limit`` events were
+        delivered (then returns the index of the last), or an error:
+        CompactedError when ``start`` (or the resume point) is older than
+        the serving node's ring (list the prefix again, then watch from
+        the index the message names), ClusterUnavailable when no node
+        answers within ``timeout``.  A lost node is not an error: the watch
+        resumes on another node at the index of the last event delivered,
+        skipping the events of that index already delivered (every node
+        produces the same events for an index, in the same order), so none
+        is lost or repeated.
+        """
+        normal = normalize_prefix(prefix)
+        state = {"next": start, "last": 0, "at_last": 0, "delivered": 0}
+
+        async def attempt(conn: RequestConnection, deadline: Deadline) -> int:
+            resume = state["last"] or state["next"]
+            skip = [state["at_last"] if state["last"] else 0]
+
+            def on_frame(frame: Any) -> bool:
+                if not isinstance(frame, WatchEvent):
+                    raise ProtocolViolation(f"unexpected {type(frame).__name__} during a watch")
+                deadline.extend()
+                if frame.kind == 0:  # the node says where it starts
+                    if not state["last"] and not state["next"]:
+                        state["next"] = frame.index + 1
+                    return False
+                if frame.index == state["last"] and skip[0] > 0:
+                    skip[0] -= 1  # already delivered before the node was lost
+                    return False
+                if frame.index != state["last"]:
+                    state["last"], state["at_last"] = frame.index, 0
+                state["at_last"] += 1
+                state["delivered"] += 1
+                on_event(frame)
+                return limit is not None and state["delivered"] >= limit
+
+            stream = conn.request_stream(lambda rid: WatchRequest(rid, normal, resume), on_frame)
+            await stream.done
+            # The node would go on sending; a watch ends only with its connection.
+            for address, known in list(self._connections.items()):
+                if known is conn:
+                    del self._connections[address]
+            conn.close()
+            return state["last"]
+
+        if limit is not None and limit <= 0:
+            return 0
+        while True:
+            before = state["delivered"]
+            try:
+                return await self.retrying(attempt, leader=False)
+            except ClusterUnavailable:
+                if state["delivered"] == before:
+                    raise  # no node served anything within the timeout: give up
 
     async def _tree_call(self, make: Callable[[int, int, int], Any]) -> int:
         session = self.sessions.acquire()

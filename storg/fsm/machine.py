@@ -51,7 +51,7 @@ from storg.fsm.records import (
 )
 from storg.fsm.snapshot import FrozenState, LoadedSnapshot, read_snapshot
 from storg.fsm.sorted_paths import SortedPaths
-from storg.fsm.state import ChunkState, Listing, PackedFile, Session, bare_info, chunk_digests_of
+from storg.fsm.state import Change, ChunkState, Listing, PackedFile, Session, bare_info, chunk_digests_of
 from storg.fsm.tree import TreeCommands
 from storg.paths import ROOT, InvalidPath, normalize_path, normalize_prefix
 from storg.raft.types import Entry, EntryType
@@ -71,7 +71,15 @@ from storg.wire.files import (
     PutInlineCommand,
     RemoveFileCommand,
 )
-from storg.wire.tree import ConditionalPutCommand, CopyCommand, MoveCommand, RemoveTreeCommand
+from storg.wire.tree import (
+    WATCH_CREATE,
+    WATCH_DELETE,
+    WATCH_UPDATE,
+    ConditionalPutCommand,
+    CopyCommand,
+    MoveCommand,
+    RemoveTreeCommand,
+)
 
 log = Logger(namespace="storg.fsm")
 
@@ -95,6 +103,12 @@ class FileStoreStateMachine(TreeCommands):
         self.max_sessions = max_sessions
         self.on_chunks_removed: Callable[[tuple[str, ...]], object] | None = None
         self.on_inline_chunk: Callable[[str, bytes, tuple[str, ...]], object] | None = None
+        self.on_entry: Callable[[int, builtins.list[Change]], object] | None = None
+        """Called after every applied entry with its index and the namespace changes it made
+        (an empty list for most: no-ops, refusals, chunk map changes); the node's watch ring."""
+        self._changes: builtins.list[Change] | None = None
+        self.on_install: Callable[[], object] | None = None
+        """Called after a snapshot replaced the state: watchers cannot see across it."""
         self._membership = MembershipStateMachine(self.directory)
         self._handlers: dict[type, Callable[[Any, int], Any]] = {
             PutFileCommand: self._apply_put,
@@ -123,6 +137,20 @@ class FileStoreStateMachine(TreeCommands):
 
     def apply(self, entry: Entry) -> Any:
         """Apply one committed entry; returns its result or raises a FileStoreError."""
+        if self.on_entry is None:
+            return self._apply(entry)
+        changes: builtins.list[Change] = []
+        self._changes = changes
+        try:
+            return self._apply(entry)
+        finally:
+            self._changes = None
+            try:
+                self.on_entry(entry.index, changes)
+            except Exception:  # noqa: BLE001 -- the observer's failure must not make nodes diverge
+                log.failure("on_entry failed for entry {index}", index=entry.index)
+
+    def _apply(self, entry: Entry) -> Any:
         if entry.type == EntryType.CONF_CHANGE:
             try:
                 return self._membership.apply(entry)
@@ -280,6 +308,9 @@ class FileStoreStateMachine(TreeCommands):
             self._file_bytes -= file_size(old)
         self._files[path] = rec
         self._file_bytes += file_size(rec)
+        if self._changes is not None:
+            self._changes.append(Change(WATCH_CREATE if old is None else WATCH_UPDATE, path, "", cmd.size,
+                                        bytes.fromhex(cmd.sha256)))
         return self._info(path, rec)
 
     def _remove(self, cmd: RemoveFileCommand, index: int) -> int:
@@ -292,6 +323,8 @@ class FileStoreStateMachine(TreeCommands):
         for digest, count in Counter(chunk_digests_of(file_chunks(old))).items():
             chunk = self._chunks[digest]
             self._set_chunk(digest, ChunkState(chunk.size, chunk.holders, chunk.refs - count))
+        if self._changes is not None:
+            self._changes.append(Change(WATCH_DELETE, path))
         return index
 
     def _apply_collect(self, cmd: CollectChunksCommand, index: int) -> tuple[str, ...]:
@@ -504,6 +537,8 @@ class FileStoreStateMachine(TreeCommands):
             self._sessions[client_id] = session
         for node_id, member in snapshot.members.items():
             self.directory.add(node_id, member)
+        if self.on_install is not None:
+            self.on_install()
 
 
 def _command_path(text: str, index: int) -> str:

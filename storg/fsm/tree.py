@@ -27,9 +27,17 @@ from typing import Any
 from storg.fsm.errors import Conflict, InvalidCommand, NotFound
 from storg.fsm.records import file_chunks, file_head, file_size, pack_file
 from storg.fsm.sorted_paths import SortedPaths
-from storg.fsm.state import ChunkState, PackedFile, chunk_digests_of
+from storg.fsm.state import Change, ChunkState, PackedFile, chunk_digests_of
 from storg.paths import MAX_PATH_BYTES, ROOT, InvalidPath, normalize_path, normalize_prefix
-from storg.wire.tree import CopyCommand, MoveCommand, RemoveTreeCommand
+from storg.wire.tree import (
+    WATCH_CREATE,
+    WATCH_DELETE,
+    WATCH_MOVE,
+    WATCH_UPDATE,
+    CopyCommand,
+    MoveCommand,
+    RemoveTreeCommand,
+)
 
 
 class TreeCommands:
@@ -43,6 +51,7 @@ class TreeCommands:
     _paths: SortedPaths
     _chunks: dict[bytes, ChunkState]
     _file_bytes: int
+    _changes: list[Change] | None
 
     def _with_session(self, client_id: int, seq: int, index: int, run: Callable[[], Any]) -> Any:
         raise NotImplementedError
@@ -83,6 +92,11 @@ class TreeCommands:
         for path, rec in zip(targets, records, strict=True):
             self._paths.add(path)
             self._files[path] = rec
+        changes = self._changes
+        if changes is not None:
+            for target, source, rec in zip(targets, sources, records, strict=True):
+                size, _, _, sha = file_head(rec)
+                changes.append(Change(WATCH_MOVE, target, source, size, sha))
         return len(sources)
 
     def _copy(self, cmd: CopyCommand, index: int) -> int:
@@ -99,6 +113,7 @@ class TreeCommands:
         replaced = [t for t in targets if t in self._files]
         if replaced and not cmd.force:
             raise Conflict(_exists(dst, replaced))
+        changes, self._changes = self._changes, None  # a replaced file is updated, not deleted
         # Read every source before writing: with --force a target may be a source too.
         records = [self._files[path] for path in sources]
         added: Counter[bytes] = Counter()
@@ -115,6 +130,12 @@ class TreeCommands:
             self._paths.add(path)
             self._files[path] = pack_file(size, sha, cmd.modified_ns, index, file_chunks(rec))
             self._file_bytes += size
+        if changes is not None:
+            self._changes = changes
+            was = set(replaced)
+            for path, rec in zip(targets, records, strict=True):
+                size, _, _, sha = file_head(rec)
+                changes.append(Change(WATCH_UPDATE if path in was else WATCH_CREATE, path, "", size, sha))
         return len(sources)
 
     def _remove_tree(self, cmd: RemoveTreeCommand, index: int) -> int:
@@ -160,6 +181,8 @@ class TreeCommands:
         for digest, count in Counter(chunk_digests_of(file_chunks(old))).items():
             chunk = self._chunks[digest]
             self._set_chunk(digest, ChunkState(chunk.size, chunk.holders, chunk.refs - count))
+        if self._changes is not None:
+            self._changes.append(Change(WATCH_DELETE, path))
 
 
 def _exists(dst: str, replaced: list[str]) -> str:

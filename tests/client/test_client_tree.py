@@ -193,3 +193,43 @@ async def test_get_r_failure_leaves_no_partial_file(client, tmp_path: Path) -> N
     assert report.files == 1 and [p for p, _ in report.failed] == ["/t/b/c"]
     assert (dst / "a").read_bytes() == b"aaa"
     assert sorted(p.name for p in dst.iterdir()) == ["a", "b"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_watch_sees_every_change_in_order_and_resumes(client) -> None:
+    from storg.client.errors import CompactedError
+    from storg.wire.tree import WATCH_KINDS
+
+    start = client.service.files.watches.applied() + 1
+    await put_bytes(client, "/w/a", b"1")
+    await put_bytes(client, "/w/a", b"2")
+    await put_bytes(client, "/elsewhere", b"x")
+    await client.mv("/w", "/v")
+    await client.cp("/v/a", "/w/b")
+    await client.rm_tree("/v")
+    await client.rm("/w/b")
+    events = []
+    last = await client.watch("/w", events.append, start=start, limit=5)
+    got = [(WATCH_KINDS[e.kind], e.path, e.src) for e in events]
+    # rm -r /v deletes /v/a, outside /w: not shown; the move's source is below /w: shown.
+    assert got == [("create", "/w/a", ""), ("update", "/w/a", ""), ("move", "/v/a", "/w/a"),
+                   ("create", "/w/b", ""), ("delete", "/w/b", "")]
+    assert [e.index for e in events] == sorted(e.index for e in events)
+    assert last == events[-1].index
+    # A move out of the prefix shows (its source is below it); /elsewhere does not.
+    assert all(e.path != "/elsewhere" for e in events)
+    # Resuming from an index replays from there exactly.
+    again = []
+    await client.watch("/w", again.append, start=events[2].index, limit=2)
+    assert [(e.index, e.kind, e.path) for e in again] == [(e.index, e.kind, e.path) for e in events[2:4]]
+    # Live events: a watch from now sees the next change.
+    live = []
+    watching = defer.Deferred.fromCoroutine(client.watch("/", live.append, limit=1))
+    await deferLater(reactor, 0.1, lambda: None)
+    await put_bytes(client, "/later", b"l")
+    await watching
+    assert [(WATCH_KINDS[e.kind], e.path) for e in live] == [("create", "/later")]
+    client.service.files.watches.capacity = 1  # the ring now keeps one entry's changes
+    await put_bytes(client, "/evict", b"e")
+    with pytest.raises(CompactedError, match="list"):
+        await client.watch("/", live.append, start=start, limit=1)

@@ -302,3 +302,39 @@ def test_a_conditional_put_with_a_bad_inner_command_is_refused(log: Log) -> None
         log(ConditionalPutCommand(False, "zz", CODEC.encode(put("/x", fresh(1)))))
     with pytest.raises(InvalidCommand):
         log(ConditionalPutCommand(False, "", b"\xff garbage"))
+
+
+# --- changes for watchers --------------------------------------------------------------
+
+def test_every_entry_reports_its_changes_in_a_fixed_order(log: Log) -> None:
+    from storg.fsm.state import Change
+    from storg.wire.tree import WATCH_CREATE, WATCH_DELETE, WATCH_MOVE, WATCH_UPDATE
+
+    seen: list[tuple[int, list[Change]]] = []
+    log.fsm.on_entry = lambda index, changes: seen.append((index, [(c.kind, c.path, c.src) for c in changes]))
+    tree(log)
+    log(put("/e", fresh(7)))
+    log(put("/n/a", fresh(8)))
+    log(mv("/d", "/n", force=True))
+    log(cp("/n", "/c", recursive=True))
+    with pytest.raises(Conflict):
+        log(cp("/n", "/c", recursive=True))
+    log(rmr("/c"))
+    log(rm("/e"))
+    log(CollectChunksCommand((h(8),)))
+    assert [changes for _, changes in seen] == [
+        [(WATCH_CREATE, "/d/a", "")], [(WATCH_CREATE, "/d/sub/b", "")], [(WATCH_CREATE, "/d2/c", "")],
+        [(WATCH_CREATE, "/e", "")], [(WATCH_UPDATE, "/e", "")], [(WATCH_CREATE, "/n/a", "")],
+        [(WATCH_DELETE, "/n/a", ""), (WATCH_MOVE, "/n/a", "/d/a"), (WATCH_MOVE, "/n/sub/b", "/d/sub/b")],
+        [(WATCH_CREATE, "/c/a", ""), (WATCH_CREATE, "/c/sub/b", "")],
+        [],  # refused: nothing changed
+        [(WATCH_DELETE, "/c/a", ""), (WATCH_DELETE, "/c/sub/b", "")],
+        [(WATCH_DELETE, "/e", "")],
+        [],  # the chunk map only
+    ]
+    assert [index for index, _ in seen] == list(range(1, log.index + 1))
+
+
+def test_no_changes_are_built_without_an_observer(log: Log) -> None:
+    tree(log)
+    assert log.fsm._changes is None

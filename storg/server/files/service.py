@@ -76,6 +76,7 @@ from storg.server.files.replication import ChunkReplicator
 from storg.server.files.reserve import DiskReserve
 from storg.server.files.tree import TreeService
 from storg.server.files.upload import INLINE_MAX, MAX_DATA_FRAME, Upload
+from storg.server.files.watch import WatchHub
 from storg.storage.errors import ChunkNotFoundError, CorruptionError, DiskFullError, HashMismatchError
 from storg.wire import CODEC, ErrorCode
 from storg.wire.bulk import BULK_MIN
@@ -179,6 +180,7 @@ class FileService:
             orphan_grace=orphan_grace if orphan_grace is not None else tuning.orphan_grace_s)
         self._uploads: dict[tuple[int, int], Upload] = {}
         self.tree = TreeService(node)
+        self.watches = WatchHub(node, fsm)
         fsm.on_inline_chunk = self._inline_chunk
         self._unsynced: set[str] = set()
         self._inline_writes: set[defer.Deferred] = set()
@@ -189,7 +191,7 @@ class FileService:
         return self.liveness.failing() if self.node.is_leader() else frozenset()
 
     def handlers(self) -> dict[type, Callable[[Any, ClientConnection], Any]]:
-        return self.tree.handlers() | {
+        return self.tree.handlers() | self.watches.handlers() | {
             PutStart: self.put_start, PutStartIf: self.put_start, PutData: self.put_data, PutEnd: self.put_end,
             GetRequest: self.get, LsRequest: self.ls, StatRequest: self.stat, RmRequest: self.rm,
             ChunkGet: self.chunk_get, ChunkPutAfter: self.chunk_put_after,
