@@ -1,4 +1,4 @@
-"""Tree operations end to end on real nodes: put -r/get -r, an atomic folder mv under readers, watch across a leader kill.
+"""Tree operations end to end on real nodes: put -r/get -r, a folder mv under readers, watch across a leader kill.
 
 One module-scoped 3-node cluster (TLS, as users run it) for every test
 here: the process lane's time budget is small.
