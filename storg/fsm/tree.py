@@ -20,12 +20,13 @@ it uses the machine's containers and helpers directly (it has no state of its ow
 
 from __future__ import annotations
 
+import struct
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from storg.fsm.errors import Conflict, InvalidCommand, NotFound
-from storg.fsm.records import file_chunks, file_head, file_size, pack_file
+from storg.fsm.records import DIGEST_BYTES, FILE_HEAD_BYTES, file_chunks, file_head, file_size
 from storg.fsm.sorted_paths import SortedPaths
 from storg.fsm.state import Change, ChunkState, PackedFile, chunk_digests_of
 from storg.paths import MAX_PATH_BYTES, ROOT, InvalidPath, normalize_path, normalize_prefix
@@ -84,14 +85,12 @@ class TreeCommands:
         replaced = [t for t in targets if t in self._files and t not in leaving]
         if replaced and not cmd.force:
             raise Conflict(_exists(dst, replaced))
-        for path in replaced:
-            self._drop(path)
-        records = [self._files.pop(path) for path in sources]
-        for path in sources:
-            self._paths.remove(path)
-        for path, rec in zip(targets, records, strict=True):
-            self._paths.add(path)
-            self._files[path] = rec
+        self._drop_all(replaced)
+        files = self._files
+        records = [files.pop(path) for path in sources]
+        self._paths.remove_sorted(sources)
+        self._paths.add_sorted(targets)
+        files.update(zip(targets, records, strict=True))
         changes = self._changes
         if changes is not None:
             for target, source, rec in zip(targets, sources, records, strict=True):
@@ -116,20 +115,19 @@ class TreeCommands:
         changes, self._changes = self._changes, None  # a replaced file is updated, not deleted
         # Read every source before writing: with --force a target may be a source too.
         records = [self._files[path] for path in sources]
-        added: Counter[bytes] = Counter()
-        for rec in records:
-            added.update(chunk_digests_of(file_chunks(rec)))
-        for path in replaced:
-            self._drop(path)
+        added = _count_chunks(records)
+        self._drop_all(replaced)
         for digest, count in added.items():
             chunk = self._chunks[digest]
             self._set_chunk(digest, ChunkState(chunk.size, chunk.holders, chunk.refs + count))
-        for path, rec in zip(targets, records, strict=True):
-            size, _, _, sha = file_head(rec)
-            # A new file: its own modified time and version (this entry), the same chunks.
-            self._paths.add(path)
-            self._files[path] = pack_file(size, sha, cmd.modified_ns, index, file_chunks(rec))
-            self._file_bytes += size
+        # A new file: its own modified time and version (this entry), the same
+        # size, SHA-256 and chunks; the packed record's middle is swapped in place.
+        stamp = _TIMES.pack(cmd.modified_ns, index)
+        head, tail = _TIMES_AT, _TIMES_AT + _TIMES.size
+        self._files.update((path, rec[:head] + stamp + rec[tail:])
+                           for path, rec in zip(targets, records, strict=True))
+        self._file_bytes += sum(file_size(rec) for rec in records)
+        self._paths.add_sorted(targets)
         if changes is not None:
             self._changes = changes
             was = set(replaced)
@@ -146,8 +144,7 @@ class TreeCommands:
         doomed = self._paths_under(prefix)
         if not doomed:
             raise NotFound(f"{prefix} does not exist" if prefix != ROOT else "there are no files")
-        for path in doomed:
-            self._drop(path)
+        self._drop_all(doomed)
         return len(doomed)
 
     # -- helpers -----------------------------------------------------------------------
@@ -173,16 +170,42 @@ class TreeCommands:
                 raise InvalidCommand(f"{longest[:60]}... would be longer than {MAX_PATH_BYTES} bytes")
         return targets
 
-    def _drop(self, path: str) -> None:
-        """Remove the file at ``path`` (which exists) and its chunk references."""
-        old = self._files.pop(path)
-        self._paths.remove(path)
-        self._file_bytes -= file_size(old)
-        for digest, count in Counter(chunk_digests_of(file_chunks(old))).items():
+    def _drop_all(self, paths: list[str]) -> None:
+        """Remove the files at ``paths`` (sorted, all present) and their chunk references.
+
+        One pass: the references are summed over all the files first, so a
+        chunk shared by ten thousand of them is updated once, not ten
+        thousand times, and the paths leave the index in one sweep.
+        """
+        if not paths:
+            return
+        pop = self._files.pop
+        records = [pop(path) for path in paths]
+        self._file_bytes -= sum(file_size(rec) for rec in records)
+        gone = _count_chunks(records)
+        self._paths.remove_sorted(paths)
+        for digest, count in gone.items():
             chunk = self._chunks[digest]
             self._set_chunk(digest, ChunkState(chunk.size, chunk.holders, chunk.refs - count))
         if self._changes is not None:
-            self._changes.append(Change(WATCH_DELETE, path))
+            self._changes.extend(Change(WATCH_DELETE, path) for path in paths)
+
+
+_TIMES = struct.Struct(">QQ")
+_TIMES_AT = 8
+"""modified_ns and version in a packed file record (see storg.fsm.records.pack_file)."""
+
+
+def _count_chunks(records: list[PackedFile]) -> Counter[bytes]:
+    """References to each chunk digest over ``records``, in first-seen order (so alike on every node)."""
+    counts: Counter[bytes] = Counter()
+    single = FILE_HEAD_BYTES + DIGEST_BYTES
+    for rec in records:
+        if len(rec) == single:  # most files: one chunk
+            counts[rec[FILE_HEAD_BYTES:]] += 1
+        else:
+            counts.update(chunk_digests_of(file_chunks(rec)))
+    return counts
 
 
 def _exists(dst: str, replaced: list[str]) -> str:

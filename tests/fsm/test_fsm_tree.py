@@ -338,3 +338,54 @@ def test_every_entry_reports_its_changes_in_a_fixed_order(log: Log) -> None:
 def test_no_changes_are_built_without_an_observer(log: Log) -> None:
     tree(log)
     assert log.fsm._changes is None
+
+
+# --- bulk changes of the path index ---------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from storg.fsm import sorted_paths  # noqa: E402
+from storg.fsm.sorted_paths import SortedPaths  # noqa: E402
+
+keys = st.text(alphabet="ab/c", min_size=1, max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sets(keys, max_size=60), st.sets(keys, max_size=60), st.integers(1, 4))
+def test_bulk_add_and_remove_match_one_by_one(existing, batch, load):
+    old = sorted_paths._BULK
+    sorted_paths._BULK = 1  # exercise the bulk paths even on small batches
+    try:
+        index = SortedPaths(sorted(existing), load=load)
+        adding = sorted(batch - existing)
+        index.add_sorted(adding)
+        assert list(index) == sorted(existing | set(adding))
+        assert all(b for b in index._buckets) and index._maxes == [b[-1] for b in index._buckets]
+        removing = sorted(batch & (existing | set(adding)))
+        index.remove_sorted(removing)
+        left = (existing | set(adding)) - set(removing)
+        assert list(index) == sorted(left)
+        assert index._maxes == [b[-1] for b in index._buckets]
+        for start in ("", "a", "b/", "c"):
+            assert list(index.from_key(start)) == sorted(k for k in left if k >= start)
+        index.add("zzz") if "zzz" not in left else None
+    finally:
+        sorted_paths._BULK = old
+
+
+def test_a_hundred_thousand_file_folder_moves_quickly(log: Log) -> None:
+    import time
+
+    for i in range(100_000):
+        log(put(f"/big/d{i % 100}/f{i:06d}", reuse(1) if i else fresh(1)))
+    timings = {}
+    for name, command in (("mv", mv("/big", "/moved")), ("cp", cp("/moved", "/copy", recursive=True)),
+                          ("rm", rmr("/copy"))):
+        started = time.perf_counter()
+        assert log(command) == 100_000
+        timings[name] = time.perf_counter() - started
+    assert refs(log.fsm, 1) == 100_000
+    assert len(paths(log.fsm, "/moved")) == 100_000 and paths(log.fsm, "/copy") == []
+    # One apply blocks the node's reactor: it must stay well inside an election timeout.
+    assert max(timings.values()) < 1.0, timings
