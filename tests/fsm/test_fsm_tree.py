@@ -80,17 +80,6 @@ def test_mv_of_a_folder_moves_everything_below_it_at_once(log: Log) -> None:
     assert log.fsm.stats()["files"] == 4 and log.fsm.stats()["bytes"] == 50
 
 
-def test_mv_of_ten_thousand_files_is_one_entry(log: Log) -> None:
-    for i in range(10_000):
-        log(put(f"/big/f{i:05d}", reuse(1) if i else fresh(1)))
-    entries = log.index
-    assert log(mv("/big", "/moved")) == 10_000
-    assert log.index == entries + 1
-    assert paths(log.fsm, "/big") == []
-    assert len(paths(log.fsm, "/moved")) == 10_000
-    assert refs(log.fsm, 1) == 10_000
-
-
 def test_mv_refuses_to_overwrite_and_changes_nothing(log: Log) -> None:
     tree(log)
     log(put("/n/sub/b", fresh(5)))
@@ -377,15 +366,21 @@ def test_bulk_add_and_remove_match_one_by_one(existing, batch, load):
 def test_a_hundred_thousand_file_folder_moves_quickly(log: Log) -> None:
     import time
 
+    started = time.perf_counter()
     for i in range(100_000):
         log(put(f"/big/d{i % 100}/f{i:06d}", reuse(1) if i else fresh(1)))
+    one_by_one = time.perf_counter() - started
     timings = {}
     for name, command in (("mv", mv("/big", "/moved")), ("cp", cp("/moved", "/copy", recursive=True)),
                           ("rm", rmr("/copy"))):
         started = time.perf_counter()
+        entries = log.index
         assert log(command) == 100_000
         timings[name] = time.perf_counter() - started
+        assert log.index == entries + 1  # one entry for the whole folder
     assert refs(log.fsm, 1) == 100_000
     assert len(paths(log.fsm, "/moved")) == 100_000 and paths(log.fsm, "/copy") == []
-    # One apply blocks the node's reactor: it must stay well inside an election timeout.
-    assert max(timings.values()) < 1.0, timings
+    # One apply blocks the node's reactor: it must stay well inside an election timeout
+    # (about 0.2 s each here, against some 3 s for the 100,000 puts; relative, so a
+    # loaded machine does not make it flaky, but a per-file bisect and insert would fail it).
+    assert max(timings.values()) < one_by_one / 5, (timings, one_by_one)
