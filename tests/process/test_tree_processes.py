@@ -170,3 +170,44 @@ def test_watch_across_a_leader_kill_loses_and_repeats_nothing(cluster, tmp_path)
     assert [(e["path"], e["index"], e["kind"]) for e in events] == \
         sorted(((p, v, "create") for p, v in versions.items()), key=lambda t: t[1])
     wait_for(cluster.everyone_follows, 60, "the killed node back")
+
+
+def test_put_r_with_the_leader_killed_midway_completes_when_run_again(cluster, tmp_path):
+    src = tmp_path / "tree"
+    files = {f"d{i % 7}/sub/f{i:04d}": os.urandom(100 + i) for i in range(400)}
+    for rel, data in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    leader = cluster.leader()
+    assert leader is not None
+    addresses = ",".join(n.client_address for n in cluster.nodes.values())
+    first = subprocess.Popen(
+        [str(BIN / "storgctl"), "--cluster", addresses, "--timeout", "30", "--json", "put", "-r",
+         "--jobs", "2", str(src), "/killed"], env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        others = [n for n in cluster.nodes if n != leader]
+
+        stored = [0]
+
+        def some_stored() -> bool:
+            out = cluster.storgctl("--timeout", "5", "--json", "ls", "--stale", "/killed", nodes=others)
+            stored[0] = len(json.loads(out.stdout)) if out.returncode == 0 else 0
+            return stored[0] >= 40
+
+        wait_for(some_stored, 60, "part of the tree stored")
+        cluster.kill(leader)
+        assert first.poll() is None and stored[0] < len(files), "the kill came after the put -r ended"
+        _, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+        cluster.start(leader)
+    # The first run either rode out the election (exit 0) or gave some files up (exit 3).
+    assert first.returncode in (0, 3), err.decode()
+    summary = json.loads(ctl(cluster, "--json", "put", "-r", str(src), "/killed").stdout)
+    assert summary["files"] == len(files) and summary["failed"] == []
+    dst = tmp_path / "back"
+    ctl(cluster, "get", "-r", "/killed", str(dst))
+    assert {str(p.relative_to(dst)): p.read_bytes() for p in dst.rglob("*") if p.is_file()} == files
+    wait_for(cluster.everyone_follows, 60, "the killed node back")
