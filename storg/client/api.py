@@ -72,6 +72,10 @@ RETRYABLE = (
 )
 """Failures of one node or connection: the operation is tried again on another node."""
 
+WATCH_SILENCE = 10.0
+"""Seconds without a frame (nodes send a progress mark every 2 s) after which a watch takes its
+node for lost and resumes on another."""
+
 MAX_INTERRUPTIONS = 3
 """Transfers that made progress and then failed, retried at most this often per operation."""
 
@@ -497,9 +501,12 @@ class StorgClient:
                 if not isinstance(frame, WatchEvent):
                     raise ProtocolViolation(f"unexpected {type(frame).__name__} during a watch")
                 deadline.extend()
-                if frame.kind == 0:  # the node says where it starts
-                    if not state["last"] and not state["next"]:
-                        state["next"] = frame.index + 1
+                watchdog.reset(WATCH_SILENCE)
+                if frame.kind == 0:
+                    # A progress mark: everything up to frame.index has been sent. It is the
+                    # resume point from now on, unless events of a later index came already.
+                    if frame.index >= max(state["last"], state["next"] - 1):
+                        state["next"], state["last"], state["at_last"] = frame.index + 1, 0, 0
                     return False
                 if frame.index == state["last"] and skip[0] > 0:
                     skip[0] -= 1  # already delivered before the node was lost
@@ -511,8 +518,12 @@ class StorgClient:
                 on_event(frame)
                 return limit is not None and state["delivered"] >= limit
 
+            watchdog = Watchdog(self.reactor, conn, WATCH_SILENCE)
             stream = conn.request_stream(lambda rid: WatchRequest(rid, normal, resume), on_frame)
-            await stream.done
+            try:
+                await stream.done
+            finally:
+                watchdog.cancel()
             # The node would go on sending; a watch ends only with its connection.
             for address, known in list(self._connections.items()):
                 if known is conn:

@@ -180,7 +180,7 @@ class FileService:
             orphan_grace=orphan_grace if orphan_grace is not None else tuning.orphan_grace_s)
         self._uploads: dict[tuple[int, int], Upload] = {}
         self.tree = TreeService(node)
-        self.watches = WatchHub(node, fsm)
+        self.watches = WatchHub(node, fsm, reactor=reactor)
         fsm.on_inline_chunk = self._inline_chunk
         self._unsynced: set[str] = set()
         self._inline_writes: set[defer.Deferred] = set()
@@ -200,8 +200,10 @@ class FileService:
     def start(self) -> None:
         self.garbage.start()
         self.reserve.start()
+        self.watches.start()
 
     def stop(self) -> None:
+        self.watches.stop()
         self.garbage.stop()
         self.reserve.stop()
         self.applied.stop()

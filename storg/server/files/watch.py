@@ -37,6 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.task import LoopingCall
 
 from storg.fsm.state import Change
 from storg.node.raft_node import RaftNode
@@ -47,6 +48,10 @@ from storg.wire.tree import WatchEvent, WatchRequest
 
 RING_CHANGES = 200_000
 """Changes the ring holds at most (a few tens of MB): a 100,000-file mv fits twice."""
+
+MARK_INTERVAL = 2.0
+"""Seconds between progress marks to every watcher: a keepalive (a client that hears nothing for
+a few of them takes its node for lost and resumes elsewhere) and a resume point past quiet spells."""
 
 MAX_BEHIND = 100_000
 """Events queued for a watcher while its connection's buffer is full, past which it is dropped."""
@@ -91,8 +96,12 @@ class WatchHub:
     """The ring of recent changes and the watchers of this node."""
 
     def __init__(self, node: RaftNode, fsm: Any, *, capacity: int = RING_CHANGES,
-                 max_behind: int = MAX_BEHIND) -> None:
+                 max_behind: int = MAX_BEHIND, reactor: Any = None,
+                 mark_interval: float = MARK_INTERVAL) -> None:
         self.node = node
+        self.reactor = reactor
+        self.mark_interval = mark_interval
+        self._marks: LoopingCall | None = None
         self.capacity = capacity
         self.max_behind = max_behind
         self.ring: deque[tuple[int, list[Change]]] = deque()
@@ -108,6 +117,27 @@ class WatchHub:
 
     def handlers(self) -> dict[type, Callable[[Any, ClientConnection], Any]]:
         return {WatchRequest: self.watch}
+
+    def start(self) -> None:
+        if self.reactor is None:
+            return
+        self._marks = LoopingCall(self.mark)
+        self._marks.clock = self.reactor
+        self._marks.start(self.mark_interval, now=False)
+
+    def stop(self) -> None:
+        if self._marks is not None and self._marks.running:
+            self._marks.stop()
+
+    def mark(self) -> None:
+        """Tell every watcher that everything up to the applied index has been sent to it.
+
+        True by construction: changes are sent in the apply that makes them,
+        on this same thread, so by now every applied entry's are out.
+        """
+        index = self.applied()
+        for watcher in list(self.watchers):
+            watcher.conn.send(WatchEvent(watcher.request_id, index, 0, ""))
 
     # -- fed by the state machine ------------------------------------------------------
 
