@@ -26,6 +26,7 @@ from storg.client.download import AtomicFile, Download, DownloadSink
 from storg.client.errors import (
     BadRequest,
     ClusterUnavailable,
+    CompactedError,
     IntegrityError,
     LocalError,
     NotFoundError,
@@ -492,6 +493,8 @@ class StorgClient:
         """
         normal = normalize_prefix(prefix)
         state = {"next": start, "last": 0, "at_last": 0, "delivered": 0}
+        compacted: set[str] = set()
+        """Addresses that said COMPACTED: the error is final once every node has."""
 
         async def attempt(conn: RequestConnection, deadline: Deadline) -> int:
             resume = state["last"] or state["next"]
@@ -522,6 +525,12 @@ class StorgClient:
             stream = conn.request_stream(lambda rid: WatchRequest(rid, normal, resume), on_frame)
             try:
                 await stream.done
+            except CompactedError as exc:
+                # Each node's ring starts when the node did: another may still hold the index.
+                compacted.update(a for a, c in self._connections.items() if c is conn)
+                if len(compacted) < len(self.addresses):
+                    raise ServerError(ErrorCode.UNAVAILABLE, str(exc)) from None
+                raise
             finally:
                 watchdog.cancel()
             # The node would go on sending; a watch ends only with its connection.
