@@ -103,3 +103,18 @@ def test_watch_lines_and_json():
     gone = WatchEvent(1, 43, WATCH_DELETE, "/x\nforged")
     assert T.format_event(gone) == "43 delete /x\\nforged"
     assert T.event_dict(gone) == {"index": 43, "kind": "delete", "path": "/x\nforged"}
+
+
+def test_the_tree_progress_line_counts_files_and_bytes():
+    from storg.cli.progress import ProgressBar
+
+    stream = io.StringIO()
+    ticks = iter([0.0, 1.0, 2.0, 3.0, 4.0])
+    bar = T.TreeBar("put -r", ProgressBar("put -r", stream, clock=lambda: next(ticks), interval=0))
+    bar(0, 4, 0, 4096)
+    bar(4, 4, 4096, 4096)
+    bar.finish()
+    drawn = stream.getvalue().split("\r")
+    assert "put -r 0/4 files" in drawn[1]
+    assert "put -r 4/4 files" in drawn[-1] and "100%" in drawn[-1] and "4.0 KiB / 4.0 KiB" in drawn[-1]
+    assert stream.getvalue().endswith("\n") and stream.getvalue().count("\n") == 1
