@@ -111,3 +111,15 @@ def test_a_watcher_that_stops_reading_is_dropped_with_its_resume_index():
     assert not hub.watchers
     assert isinstance(conn.sent[-1], ErrorReply) and conn.sent[-1].code == ErrorCode.LIMIT_EXCEEDED
     assert "--from 3" in conn.sent[-1].message
+
+
+def test_a_node_serves_a_bounded_number_of_watches(monkeypatch):
+    from storg.server.files import watch
+
+    monkeypatch.setattr(watch, "MAX_WATCHERS", 2)
+    hub, _ = hub_with()
+    hub.watch(WatchRequest(1, "/", 1), FakeConn())
+    hub.watch(WatchRequest(2, "/", 1), FakeConn())
+    with pytest.raises(RequestError) as info:
+        hub.watch(WatchRequest(3, "/", 1), FakeConn())
+    assert info.value.code == ErrorCode.UNAVAILABLE  # the client tries another node

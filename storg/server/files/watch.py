@@ -53,6 +53,9 @@ MARK_INTERVAL = 2.0
 """Seconds between progress marks to every watcher: a keepalive (a client that hears nothing for
 a few of them takes its node for lost and resumes elsewhere) and a resume point past quiet spells."""
 
+MAX_WATCHERS = 1000
+"""Watches one node serves at once: each costs a filter per change applied."""
+
 MAX_BEHIND = 100_000
 """Events queued for a watcher while its connection's buffer is full, past which it is dropped."""
 
@@ -178,6 +181,10 @@ class WatchHub:
             prefix = normalize_prefix(req.prefix)
         except InvalidPath as exc:
             raise RequestError(ErrorCode.BAD_REQUEST, f"invalid prefix: {exc}") from None
+        if len(self.watchers) >= MAX_WATCHERS:
+            # UNAVAILABLE, not LIMIT_EXCEEDED: the client moves on to another node by itself.
+            raise RequestError(ErrorCode.UNAVAILABLE,
+                               f"{self.node.node_id} serves {MAX_WATCHERS} watches already; try another node")
         start = req.start or self.applied() + 1
         first = self.first_held()
         if start < first:
