@@ -18,6 +18,8 @@ from storg.testing.devcluster import BIN, ProcCluster, wait_for
 
 pytestmark = pytest.mark.process
 
+CHUNK = 64 * 1024
+
 MANY = 2_000
 """Files in the moved folder, put there with one ``put -r``.  The issue asks for 10,000: that
 put -r takes about 17 s here (600 files/s on two shared cores), too much for the process
@@ -27,7 +29,7 @@ lane's budget; tests/fsm/test_fsm_tree.py moves 10,000 in the state machine itse
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("tree")
-    c = ProcCluster.create(root, size=3)
+    c = ProcCluster.create(root, size=3, files={"chunk_size": CHUNK, "gc_interval_s": 0.5})
     c.start_all()
     try:
         wait_for(c.leader, 30, "a leader")
@@ -116,6 +118,30 @@ def test_put_r_get_r_cp_and_rm_r(cluster, tmp_path):
         assert (dst / rel).read_bytes() == data
     dry = ctl(cluster, "rm", "-r", "--dry-run", "/rt-copy").stdout.decode().splitlines()
     assert sorted(dry) == sorted("/rt-copy/" + rel for rel in files)
+
+
+def chunk_files(cluster, hashes):
+    """The chunk files of ``hashes`` on every node's disk (data_dir/chunks/HH/HASH)."""
+    return [cluster.data_dir(n) / "chunks" / h[:2] / h for n in cluster.nodes for h in hashes
+            if (cluster.data_dir(n) / "chunks" / h[:2] / h).exists()]
+
+
+def test_cp_then_rm_of_the_source_keeps_the_shared_chunks_until_the_last_reference_goes(cluster):
+    data = os.urandom(5 * CHUNK + 3)
+    cluster.storgctl("put", "-", "/gc/orig", input=data)
+    hashes = [c["hash"] for c in json.loads(ctl(cluster, "--json", "stat", "/gc/orig").stdout)["chunks"]]
+    assert len(hashes) == 6 and len(chunk_files(cluster, hashes)) == 18
+    ctl(cluster, "cp", "/gc/orig", "/gc/copy")
+    ctl(cluster, "rm", "/gc/orig")
+    # A decoy removed after the original: once its chunks are gone, collection has run since.
+    cluster.storgctl("put", "-", "/gc/decoy", input=os.urandom(2 * CHUNK))
+    decoy = [c["hash"] for c in json.loads(ctl(cluster, "--json", "stat", "/gc/decoy").stdout)["chunks"]]
+    ctl(cluster, "rm", "/gc/decoy")
+    wait_for(lambda: not chunk_files(cluster, decoy), 30, "the decoy's chunks collected")
+    assert len(chunk_files(cluster, hashes)) == 18, "a chunk still referenced by the copy was collected"
+    assert ctl(cluster, "get", "/gc/copy", "-").stdout == data
+    ctl(cluster, "rm", "/gc/copy")
+    wait_for(lambda: not chunk_files(cluster, hashes), 30, "the chunks collected after the last rm")
 
 
 def test_if_absent_puts_race_and_one_wins(cluster):
