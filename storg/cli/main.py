@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 from storg.cli import certs as certs_commands
 from storg.cli import members as member_commands
+from storg.cli import tree as tree_commands
 from storg.cli.escape import escape_controls, escape_path
 from storg.cli.progress import progress_for
 from storg.client.api import STATUS_KEYS, StorgClient
@@ -23,6 +24,8 @@ from storg.client.download import AtomicFile
 from storg.client.errors import (
     BadRequest,
     ClusterUnavailable,
+    CompactedError,
+    ConflictError,
     DiskFull,
     IntegrityError,
     LimitExceeded,
@@ -77,18 +80,34 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="one row per member: role, term, leader, indexes")
     scrub = sub.add_parser("scrub", help="each member's scrub and repair counters")
     scrub.add_argument("--start", action="store_true", help="start a scrub pass on every member now")
-    put = sub.add_parser("put", help="store a local file (LOCAL '-' reads stdin)")
+    put = sub.add_parser("put", help="store a local file (LOCAL '-' reads stdin; -r a folder)")
     put.add_argument("local", metavar="LOCAL")
     put.add_argument("remote", metavar="REMOTE")
-    get = sub.add_parser("get", help="fetch a file to LOCAL (omitted or '-': stdout)")
+    put.add_argument("-r", "--recursive", action="store_true",
+                     help="LOCAL is a folder: store every regular file below it under the folder REMOTE")
+    condition = put.add_mutually_exclusive_group()
+    condition.add_argument("--if-absent", action="store_true",
+                           help="only if no file is at REMOTE (exit 1 otherwise)")
+    condition.add_argument("--if-match", metavar="SHA256", default="",
+                           help="only if the file at REMOTE has this SHA-256 (exit 1 otherwise)")
+    get = sub.add_parser("get", help="fetch a file to LOCAL (omitted or '-': stdout; -r a folder)")
     get.add_argument("remote", metavar="REMOTE")
     get.add_argument("local", metavar="LOCAL", nargs="?", default="-")
+    get.add_argument("-r", "--recursive", action="store_true",
+                     help="REMOTE is a folder: fetch every file below it into the local folder LOCAL")
+    for tree in (put, get):
+        tree.add_argument("--jobs", type=int, default=16, metavar="N",
+                          help="with -r: files in flight at once (default 16)")
     ls = sub.add_parser("ls", help="list the files at or below a folder")
     ls.add_argument("prefix", metavar="PREFIX", nargs="?", default="/")
     stat = sub.add_parser("stat", help="a file's metadata and chunks")
     stat.add_argument("remote", metavar="REMOTE")
-    rm = sub.add_parser("rm", help="delete a file")
+    rm = sub.add_parser("rm", help="delete a file (-r: a folder and everything below it)")
     rm.add_argument("remote", metavar="REMOTE")
+    rm.add_argument("-r", "--recursive", action="store_true",
+                    help="REMOTE is a folder: delete it and everything below it, in one step")
+    rm.add_argument("--dry-run", action="store_true", help="with -r: list what would be deleted, delete nothing")
+    tree_commands.add_parsers(sub)
     for read in (get, ls, stat):
         read.add_argument("--stale", action="store_true",
                           help="read from the node contacted without checking it is current")
@@ -214,11 +233,35 @@ def prepare(args: argparse.Namespace) -> None:
     """
     if args.command in ("member", "leader"):
         member_commands.check_args(args)
-    if hasattr(args, "remote"):
+    recursive = getattr(args, "recursive", False)
+    if args.command in ("rm", "get", "put") and recursive:
+        args.remote = remote_prefix(args.remote)
+    elif hasattr(args, "remote"):
         args.remote = remote_path(args.remote)
     if hasattr(args, "prefix"):
         args.prefix = remote_prefix(args.prefix)
-    if args.command == "put":
+    if args.command in ("mv", "cp"):
+        args.src, args.dst = remote_path(args.src), remote_path(args.dst)
+        if args.dst == args.src or args.dst.startswith(args.src + "/"):
+            raise CliError(EXIT_USAGE, f"cannot {args.command} {args.src} to {args.dst}: "
+                                       f"the destination is {args.src} or inside it")
+    if args.command == "watch" and (args.start < 0 or (args.limit is not None and args.limit < 1)):
+        raise CliError(EXIT_USAGE, "--from must be 0 or more and --limit 1 or more")
+    if args.command == "rm" and args.dry_run and not recursive:
+        raise CliError(EXIT_USAGE, "--dry-run goes with -r")
+    if args.command in ("put", "get") and args.jobs < 1:
+        raise CliError(EXIT_USAGE, "--jobs: must be at least 1")
+    if args.command == "put" and args.if_match:
+        match = args.if_match.lower()
+        if len(match) != 64 or any(c not in "0123456789abcdef" for c in match):
+            raise CliError(EXIT_USAGE, f"--if-match: {args.if_match!r} is not a SHA-256 (64 hex digits)")
+        args.if_match = match
+    if args.command == "put" and recursive:
+        if args.if_absent or args.if_match:
+            raise CliError(EXIT_USAGE, "--if-absent and --if-match go with a single file, not -r")
+        if not os.path.isdir(args.local):
+            raise CliError(EXIT_USAGE, f"put -r: {args.local} is not a folder")
+    elif args.command == "put":
         if args.local == "-":
             args.source = sys.stdin.buffer
         elif os.path.isdir(args.local):
@@ -228,7 +271,12 @@ def prepare(args: argparse.Namespace) -> None:
                 args.source = open(args.local, "rb")
             except OSError as exc:
                 raise CliError(EXIT_USAGE, f"cannot read {args.local}: {exc.strerror or exc}") from None
-    if args.command == "get":
+    if args.command == "get" and recursive:
+        if args.local == "-":
+            raise CliError(EXIT_USAGE, "get -r needs a local folder")
+        if os.path.exists(args.local) and not os.path.isdir(args.local):
+            raise CliError(EXIT_USAGE, f"get -r: {args.local} is not a folder")
+    elif args.command == "get":
         args.atomic = None
         if args.local != "-":
             target = args.local
@@ -238,10 +286,19 @@ def prepare(args: argparse.Namespace) -> None:
             _PENDING_FILES.append(args.atomic)
 
 
+def _exit_code(exc: BaseException) -> int:
+    """The exit status for one file's failure in a tree (unexpected errors count as refused)."""
+    known = exit_for(exc, argparse.Namespace())
+    return EXIT_REFUSED if known is None else known[0]
+
+
 async def run_put(client: StorgClient, args: argparse.Namespace) -> int:
+    if args.recursive:
+        return await tree_commands.run_put_tree(client, args, _exit_code)
     bar = progress_for(f"put {args.remote}", sys.stderr)
     try:
-        info = await client.put(args.source, args.remote, progress=bar)
+        info = await client.put(args.source, args.remote, progress=bar, if_absent=args.if_absent,
+                                if_match=args.if_match)
     finally:
         if bar is not None:
             bar.finish()
@@ -251,6 +308,8 @@ async def run_put(client: StorgClient, args: argparse.Namespace) -> int:
 
 
 async def run_get(client: StorgClient, args: argparse.Namespace) -> int:
+    if args.recursive:
+        return await tree_commands.run_get_tree(client, args, _exit_code)
     bar = progress_for(f"get {args.remote}", sys.stderr)
     atomic: AtomicFile | None = args.atomic
     try:
@@ -285,6 +344,8 @@ async def run_stat(client: StorgClient, args: argparse.Namespace) -> int:
 
 
 async def run_rm(client: StorgClient, args: argparse.Namespace) -> int:
+    if args.recursive:
+        return await tree_commands.run_rm_tree(client, args)
     version = await client.rm(args.remote)
     if args.json:
         print(json.dumps({"path": args.remote, "version": version}))
@@ -293,6 +354,7 @@ async def run_rm(client: StorgClient, args: argparse.Namespace) -> int:
 
 COMMANDS = {"status": run_status, "put": run_put, "get": run_get, "ls": run_ls,
             "stat": run_stat, "rm": run_rm, "scrub": run_scrub,
+            "mv": tree_commands.run_mv, "cp": tree_commands.run_cp, "watch": tree_commands.run_watch,
             "member": member_commands.run_member, "leader": member_commands.run_leader}
 
 
@@ -307,7 +369,11 @@ def one_line(text: str) -> str:
 
 def exit_for(exc: BaseException, args: argparse.Namespace) -> tuple[int, str] | None:
     """The exit status and message for an error, or None if it is not an expected one."""
-    subject = getattr(args, "remote", None) or getattr(args, "prefix", None) or ""
+    subject = getattr(args, "remote", None) or getattr(args, "prefix", None) or getattr(args, "src", None) or ""
+    if isinstance(exc, ConflictError):
+        return EXIT_REFUSED, f"refused: {exc}"
+    if isinstance(exc, CompactedError):
+        return EXIT_REFUSED, f"{exc}"
     if isinstance(exc, (CliError, member_commands.MemberCommandError)):
         return exc.code, str(exc)
     if isinstance(exc, InvalidPath):

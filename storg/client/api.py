@@ -26,6 +26,7 @@ from storg.client.download import AtomicFile, Download, DownloadSink
 from storg.client.errors import (
     BadRequest,
     ClusterUnavailable,
+    CompactedError,
     IntegrityError,
     LocalError,
     NotFoundError,
@@ -50,6 +51,7 @@ from storg.wire.admin import (
     MemberRemoveRequest,
 )
 from storg.wire.files import FileInfo, LsReply, LsRequest, RmRequest, StatRequest
+from storg.wire.tree import CopyRequest, MoveRequest, RemoveTreeRequest, WatchEvent, WatchRequest
 
 __all__ = [
     "STATUS_KEYS",
@@ -70,6 +72,10 @@ RETRYABLE = (
     ProtocolViolation, ConnectionError,
 )
 """Failures of one node or connection: the operation is tried again on another node."""
+
+WATCH_SILENCE = 10.0
+"""Seconds without a frame (nodes send a progress mark every 2 s) after which a watch takes its
+node for lost and resumes on another."""
 
 MAX_INTERRUPTIONS = 3
 """Transfers that made progress and then failed, retried at most this often per operation."""
@@ -361,8 +367,15 @@ class StorgClient:
     # --- files -------------------------------------------------------------------
 
     async def put(self, source: str | os.PathLike | BinaryIO, remote: str,
-                  progress: Progress | None = None) -> FileInfo:
+                  progress: Progress | None = None, *, if_absent: bool = False,
+                  if_match: str = "") -> FileInfo:
         """Store ``source`` (a local path or a binary stream) as ``remote``; returns its FileInfo.
+
+        ``if_absent`` (only if nothing is at ``remote``) and ``if_match`` (only
+        if the file at ``remote`` has this SHA-256) make it a compare-and-swap,
+        decided by the state machine when the entry applies: of two puts
+        racing with ``if_absent``, exactly one succeeds; the other raises
+        ConflictError, and so does its retry.
 
         Returns once the cluster has committed the file.  After a lost
         connection or a leader change the whole upload is sent again with
@@ -378,7 +391,7 @@ class StorgClient:
             upload_source = UploadSource(source)
         session = self.sessions.acquire()
         upload = Upload(self.reactor, upload_source, path, session.client_id, session.next_seq(),
-                        progress)
+                        progress, if_absent=if_absent, if_match=if_match.lower())
         try:
             return await self.retrying(upload.attempt)
         finally:
@@ -459,6 +472,122 @@ class StorgClient:
         finally:
             self.sessions.release(session)
         return reply.version
+
+    async def mv(self, src: str, dst: str, *, force: bool = False) -> int:
+        """Rename the file or folder ``src`` to ``dst`` in one entry; returns how many files moved.
+
+        Readers see the whole tree at ``src`` or the whole tree at ``dst``,
+        never a mix.  ConflictError if a file would be replaced (unless
+        ``force``); BadRequest for ``dst`` at or inside ``src``; NotFoundError
+        if nothing is at ``src``.  A retry after a leader change replays the
+        first outcome.
+        """
+        source, target = normalize_path(src), normalize_path(dst)
+        _check_not_inside(source, target)
+        return await self._tree_call(lambda rid, s, q: MoveRequest(rid, source, target, s, q, force))
+
+    async def cp(self, src: str, dst: str, *, recursive: bool = False, force: bool = False) -> int:
+        """Copy ``src`` (a folder too with ``recursive``) to ``dst`` on the servers; no file bytes travel.
+
+        The copies refer to the very same chunks (their reference counts go
+        up), so a copy costs an entry, whatever the size.  Returns how many
+        files were copied; errors as :meth:`mv`.
+        """
+        source, target = normalize_path(src), normalize_path(dst)
+        _check_not_inside(source, target)
+        return await self._tree_call(
+            lambda rid, s, q: CopyRequest(rid, source, target, s, q, recursive, force))
+
+    async def rm_tree(self, prefix: str) -> int:
+        """Delete the file at ``prefix`` and everything below the folder ``prefix``, in one entry.
+
+        Returns how many files went; NotFoundError if there were none.
+        """
+        normal = normalize_prefix(prefix)
+        return await self._tree_call(lambda rid, s, q: RemoveTreeRequest(rid, normal, s, q))
+
+    async def watch(self, prefix: str, on_event: Callable[[WatchEvent], object], *, start: int = 0,
+                    limit: int | None = None) -> int:
+        """Call ``on_event`` for each change under the folder ``prefix``, in commit order, from index ``start``.
+
+        ``start`` 0 means from now.  Runs until ``limit`` events were
+        delivered (then returns the index of the last), or an error:
+        CompactedError when ``start`` (or the resume point) is older than
+        the serving node's ring (list the prefix again, then watch from
+        the index the message names), ClusterUnavailable when no node
+        answers within ``timeout``.  A lost node is not an error: the watch
+        resumes on another node at the index of the last event delivered,
+        skipping the events of that index already delivered (every node
+        produces the same events for an index, in the same order), so none
+        is lost or repeated.
+        """
+        normal = normalize_prefix(prefix)
+        state = {"next": start, "last": 0, "at_last": 0, "delivered": 0}
+        compacted: set[str] = set()
+        """Addresses that said COMPACTED: the error is final once every node has."""
+
+        async def attempt(conn: RequestConnection, deadline: Deadline) -> int:
+            resume = state["last"] or state["next"]
+            skip = [state["at_last"] if state["last"] else 0]
+
+            def on_frame(frame: Any) -> bool:
+                if not isinstance(frame, WatchEvent):
+                    raise ProtocolViolation(f"unexpected {type(frame).__name__} during a watch")
+                deadline.extend()
+                watchdog.reset(WATCH_SILENCE)
+                if frame.kind == 0:
+                    # A progress mark: everything up to frame.index has been sent. It is the
+                    # resume point from now on, unless events of a later index came already.
+                    if frame.index >= max(state["last"], state["next"] - 1):
+                        state["next"], state["last"], state["at_last"] = frame.index + 1, 0, 0
+                    return False
+                if frame.index == state["last"] and skip[0] > 0:
+                    skip[0] -= 1  # already delivered before the node was lost
+                    return False
+                if frame.index != state["last"]:
+                    state["last"], state["at_last"] = frame.index, 0
+                state["at_last"] += 1
+                state["delivered"] += 1
+                on_event(frame)
+                return limit is not None and state["delivered"] >= limit
+
+            watchdog = Watchdog(self.reactor, conn, WATCH_SILENCE)
+            stream = conn.request_stream(lambda rid: WatchRequest(rid, normal, resume), on_frame)
+            try:
+                await stream.done
+            except CompactedError as exc:
+                # Each node's ring starts when the node did: another may still hold the index.
+                compacted.update(a for a, c in self._connections.items() if c is conn)
+                if len(compacted) < len(self.addresses):
+                    raise ServerError(ErrorCode.UNAVAILABLE, str(exc)) from None
+                raise
+            finally:
+                watchdog.cancel()
+            # The node would go on sending; a watch ends only with its connection.
+            for address, known in list(self._connections.items()):
+                if known is conn:
+                    del self._connections[address]
+            conn.close()
+            return state["last"]
+
+        if limit is not None and limit <= 0:
+            return 0
+        while True:
+            before = state["delivered"]
+            try:
+                return await self.retrying(attempt, leader=False)
+            except ClusterUnavailable:
+                if state["delivered"] == before:
+                    raise  # no node served anything within the timeout: give up
+
+    async def _tree_call(self, make: Callable[[int, int, int], Any]) -> int:
+        session = self.sessions.acquire()
+        seq = session.next_seq()
+        try:
+            reply = await self.call_leader(lambda rid: make(rid, session.client_id, seq))
+        finally:
+            self.sessions.release(session)
+        return reply.files
 
     # --- membership and leadership -------------------------------------------------
 
@@ -557,6 +686,12 @@ class StorgClient:
             return result
 
         return stream.done.addBoth(stop)
+
+
+def _check_not_inside(src: str, dst: str) -> None:
+    """A folder cannot go into itself: refused here (InvalidPath, exit 2) before anything is sent."""
+    if dst == src or dst.startswith(src + "/"):
+        raise InvalidPath(f"cannot move or copy {src} to {dst}: the destination is {src} or inside it")
 
 
 def _pause(reactor: Any, seconds: float) -> defer.Deferred:

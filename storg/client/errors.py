@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from storg.net.errors import (
     BadRequest,
+    CompactedError,
+    ConflictError,
     DiskFull,
     IntegrityError,
     LimitExceeded,
@@ -23,7 +25,8 @@ from storg.net.errors import (
 )
 
 __all__ = [
-    "BadRequest", "ClusterUnavailable", "DiskFull", "IntegrityError", "LimitExceeded", "LocalError",
+    "BadRequest", "ClusterUnavailable", "CompactedError", "ConflictError", "DiskFull", "IntegrityError",
+    "LimitExceeded", "LocalError",
     "NotFoundError", "PermissionDenied", "ProtocolViolation", "ServerError", "error_for",
 ]
 

@@ -36,6 +36,7 @@ from storg.wire.files import (
     PutReady,
     PutStart,
 )
+from storg.wire.tree import PutStartIf
 
 
 class UploadSource:
@@ -136,14 +137,22 @@ class Upload:
     """One put, retried as a whole (same ``client_id`` and ``seq``) by the caller's loop."""
 
     def __init__(self, reactor: Any, source: UploadSource, path: str, client_id: int, seq: int,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, *, if_absent: bool = False, if_match: str = "") -> None:
         self.reactor = reactor
+        self.if_absent = if_absent
+        self.if_match = if_match
         self.source = source
         self.path = path
         self.client_id = client_id
         self.seq = seq
         self.progress = progress or no_progress
         self.interrupted = ""
+
+    def _start(self, request_id: int) -> PutStart | PutStartIf:
+        """The first frame: a PutStartIf carries the condition the state machine checks at apply."""
+        if self.if_absent or self.if_match:
+            return PutStartIf(request_id, self.path, self.client_id, self.seq, self.if_absent, self.if_match)
+        return PutStart(request_id, self.path, self.client_id, self.seq)
 
     async def attempt(self, conn: RequestConnection, deadline: Deadline) -> FileInfo:
         if not self.source.can_restart():
@@ -171,8 +180,7 @@ class Upload:
                 ready.errback(failure)
             return failure
 
-        stream = conn.request_stream(
-            lambda rid: PutStart(rid, self.path, self.client_id, self.seq), on_frame)
+        stream = conn.request_stream(self._start, on_frame)
         stream.done.addErrback(fail_ready)
         watchdog = Watchdog(self.reactor, conn, deadline.remaining())
         pending: defer.Deferred | None = None
@@ -244,8 +252,7 @@ class Upload:
 
         digest = hashlib.sha256(data).hexdigest()
         self.progress(0, len(data))
-        stream = conn.request_stream(
-            lambda rid: PutStart(rid, self.path, self.client_id, self.seq), on_frame)
+        stream = conn.request_stream(self._start, on_frame)
         watchdog = Watchdog(self.reactor, conn, deadline.remaining())
         try:
             if data and not stream.finished:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from storg.wire import (
     BAD_REQUEST,
+    CONFLICT,
     INTERNAL,
     NOT_FOUND,
     UNAVAILABLE,
@@ -57,10 +58,18 @@ class InvalidCommand(FileStoreError):
     code = BAD_REQUEST
 
 
+class Conflict(FileStoreError):
+    """The namespace is not as the command requires: a destination exists (mv and cp without
+    force) or a conditional put's condition does not hold at apply."""
+
+    code = CONFLICT
+
+
 class SnapshotFormatError(ValueError):
     """Snapshot frames that decode but do not describe a consistent state."""
 
 
 ERRORS: dict[str, type[FileStoreError]] = {
-    cls.__name__: cls for cls in (NotFound, ChunkMissing, StaleRequest, StaleChange, InvalidCommand)
+    cls.__name__: cls for cls in (NotFound, ChunkMissing, StaleRequest, StaleChange, InvalidCommand,
+                                 Conflict)
 }

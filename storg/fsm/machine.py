@@ -35,6 +35,7 @@ from twisted.logger import Logger
 
 from storg.fsm.errors import (
     ChunkMissing,
+    Conflict,
     FileStoreError,
     InvalidCommand,
     NotFound,
@@ -44,12 +45,14 @@ from storg.fsm.errors import (
 from storg.fsm.members import MemberDirectory, MembershipStateMachine
 from storg.fsm.records import (
     file_chunks,
+    file_head,
     file_size,
     pack_file,
 )
 from storg.fsm.snapshot import FrozenState, LoadedSnapshot, read_snapshot
 from storg.fsm.sorted_paths import SortedPaths
-from storg.fsm.state import ChunkState, Listing, PackedFile, Session, bare_info, chunk_digests_of
+from storg.fsm.state import Change, ChunkState, Listing, PackedFile, Session, bare_info, chunk_digests_of
+from storg.fsm.tree import TreeCommands
 from storg.paths import ROOT, InvalidPath, normalize_path, normalize_prefix
 from storg.raft.types import Entry, EntryType
 from storg.wire import (
@@ -68,11 +71,20 @@ from storg.wire.files import (
     PutInlineCommand,
     RemoveFileCommand,
 )
+from storg.wire.tree import (
+    WATCH_CREATE,
+    WATCH_DELETE,
+    WATCH_UPDATE,
+    ConditionalPutCommand,
+    CopyCommand,
+    MoveCommand,
+    RemoveTreeCommand,
+)
 
 log = Logger(namespace="storg.fsm")
 
 
-class FileStoreStateMachine:
+class FileStoreStateMachine(TreeCommands):
     """Applies committed entries to the namespace, the chunk map and the client sessions.
 
     ``on_chunks_removed`` (set by the node) is called with the hashes a
@@ -91,6 +103,12 @@ class FileStoreStateMachine:
         self.max_sessions = max_sessions
         self.on_chunks_removed: Callable[[tuple[str, ...]], object] | None = None
         self.on_inline_chunk: Callable[[str, bytes, tuple[str, ...]], object] | None = None
+        self.on_entry: Callable[[int, builtins.list[Change]], object] | None = None
+        """Called after every applied entry with its index and the namespace changes it made
+        (an empty list for most: no-ops, refusals, chunk map changes); the node's watch ring."""
+        self._changes: builtins.list[Change] | None = None
+        self.on_install: Callable[[], object] | None = None
+        """Called after a snapshot replaced the state: watchers cannot see across it."""
         self._membership = MembershipStateMachine(self.directory)
         self._handlers: dict[type, Callable[[Any, int], Any]] = {
             PutFileCommand: self._apply_put,
@@ -98,6 +116,10 @@ class FileStoreStateMachine:
             RemoveFileCommand: self._apply_remove,
             CollectChunksCommand: self._apply_collect,
             ChunkHoldersCommand: self._apply_holders,
+            MoveCommand: self._apply_move,
+            CopyCommand: self._apply_copy,
+            RemoveTreeCommand: self._apply_remove_tree,
+            ConditionalPutCommand: self._apply_conditional,
         }
         self._reset()
 
@@ -115,6 +137,20 @@ class FileStoreStateMachine:
 
     def apply(self, entry: Entry) -> Any:
         """Apply one committed entry; returns its result or raises a FileStoreError."""
+        if self.on_entry is None:
+            return self._apply(entry)
+        changes: builtins.list[Change] = []
+        self._changes = changes
+        try:
+            return self._apply(entry)
+        finally:
+            self._changes = None
+            try:
+                self.on_entry(entry.index, changes)
+            except Exception:  # noqa: BLE001 -- the observer's failure must not make nodes diverge
+                log.failure("on_entry failed for entry {index}", index=entry.index)
+
+    def _apply(self, entry: Entry) -> Any:
         if entry.type == EntryType.CONF_CHANGE:
             try:
                 return self._membership.apply(entry)
@@ -164,10 +200,48 @@ class FileStoreStateMachine:
         while len(sessions) > self.max_sessions:
             sessions.popitem(last=False)
 
-    def _apply_put(self, cmd: PutFileCommand, index: int) -> FileInfo:
-        return self._with_session(cmd.client_id, cmd.seq, index, lambda: self._put(cmd, index))
+    def _apply_put(self, cmd: PutFileCommand, index: int, condition: ConditionalPutCommand | None = None,
+                   ) -> FileInfo:
+        return self._with_session(cmd.client_id, cmd.seq, index, lambda: self._put(cmd, index, condition))
 
-    def _apply_put_inline(self, cmd: PutInlineCommand, index: int) -> FileInfo:
+    def _apply_conditional(self, cmd: ConditionalPutCommand, index: int) -> FileInfo:
+        """A put applied only if its condition holds now (compare-and-swap at apply, in log order).
+
+        The condition is checked inside the inner put's session, so a retry
+        of a refused conditional put is refused again, never applied late.
+        """
+        try:
+            inner = CODEC.decode(cmd.command)
+        except CodecError as exc:
+            raise InvalidCommand(f"entry {index}: a conditional put holds no command: {exc}") from None
+        if cmd.if_match:
+            try:
+                if len(bytes.fromhex(cmd.if_match)) != 32:
+                    raise ValueError
+            except ValueError:
+                raise InvalidCommand(f"entry {index}: {cmd.if_match!r} is not a SHA-256") from None
+        if isinstance(inner, PutFileCommand):
+            return self._apply_put(inner, index, cmd)
+        if isinstance(inner, PutInlineCommand):
+            return self._apply_put_inline(inner, index, cmd)
+        raise InvalidCommand(f"entry {index}: {type(inner).__name__} cannot be conditional")
+
+    def _check_condition(self, path: str, condition: ConditionalPutCommand | None) -> None:
+        if condition is None:
+            return
+        old = self._files.get(path)
+        if condition.if_absent and old is not None:
+            raise Conflict(f"{path} already exists (put --if-absent)")
+        if condition.if_match:
+            if old is None:
+                raise Conflict(f"{path} does not exist, so it cannot match {condition.if_match} "
+                               f"(put --if-match)")
+            sha = file_head(old)[3].hex()
+            if sha != condition.if_match.lower():
+                raise Conflict(f"{path} has SHA-256 {sha}, not {condition.if_match} (put --if-match)")
+
+    def _apply_put_inline(self, cmd: PutInlineCommand, index: int,
+                          condition: ConditionalPutCommand | None = None) -> FileInfo:
         """A small file carried in the entry: a put of one chunk that every holder writes now."""
         digest = hashlib.sha256(cmd.data).hexdigest()
         chunks = (ChunkRef(digest, len(cmd.data), tuple(cmd.holders)),) if cmd.data else ()
@@ -177,7 +251,7 @@ class FileStoreStateMachine:
                                 digest, chunks)
         fresh = self._sessions.get(cmd.client_id) is None or \
             self._sessions[cmd.client_id].seq != cmd.seq or cmd.client_id == 0
-        info = self._apply_put(as_put, index)
+        info = self._apply_put(as_put, index, condition)
         if cmd.data and fresh and self.on_inline_chunk is not None:
             try:
                 self.on_inline_chunk(digest, cmd.data, tuple(cmd.holders))
@@ -188,8 +262,10 @@ class FileStoreStateMachine:
     def _apply_remove(self, cmd: RemoveFileCommand, index: int) -> int:
         return self._with_session(cmd.client_id, cmd.seq, index, lambda: self._remove(cmd, index))
 
-    def _put(self, cmd: PutFileCommand, index: int) -> FileInfo:
+    def _put(self, cmd: PutFileCommand, index: int, condition: ConditionalPutCommand | None = None,
+             ) -> FileInfo:
         path = _command_path(cmd.path, index)
+        self._check_condition(path, condition)
         # Check everything first: a refusal must leave the state untouched.
         fresh: dict[bytes, tuple[int, frozenset[str]]] = {}
         digests: list[bytes] = []
@@ -232,6 +308,9 @@ class FileStoreStateMachine:
             self._file_bytes -= file_size(old)
         self._files[path] = rec
         self._file_bytes += file_size(rec)
+        if self._changes is not None:
+            self._changes.append(Change(WATCH_CREATE if old is None else WATCH_UPDATE, path, "", cmd.size,
+                                        bytes.fromhex(cmd.sha256)))
         return self._info(path, rec)
 
     def _remove(self, cmd: RemoveFileCommand, index: int) -> int:
@@ -244,6 +323,8 @@ class FileStoreStateMachine:
         for digest, count in Counter(chunk_digests_of(file_chunks(old))).items():
             chunk = self._chunks[digest]
             self._set_chunk(digest, ChunkState(chunk.size, chunk.holders, chunk.refs - count))
+        if self._changes is not None:
+            self._changes.append(Change(WATCH_DELETE, path))
         return index
 
     def _apply_collect(self, cmd: CollectChunksCommand, index: int) -> tuple[str, ...]:
@@ -456,6 +537,8 @@ class FileStoreStateMachine:
             self._sessions[client_id] = session
         for node_id, member in snapshot.members.items():
             self.directory.add(node_id, member)
+        if self.on_install is not None:
+            self.on_install()
 
 
 def _command_path(text: str, index: int) -> str:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from bisect import bisect_left, insort
 from collections.abc import Iterator
+
+_BULK = 64
+"""Runs of keys at least this long are added or removed in one pass over their buckets."""
 
 
 class SortedPaths:
@@ -51,6 +55,44 @@ class SortedPaths:
             del self._maxes[i]
         elif j == len(bucket):
             self._maxes[i] = bucket[-1]
+
+    def add_sorted(self, keys: list[str]) -> None:
+        """Insert ``keys`` (sorted, none present): one merge over the buckets they span.
+
+        A folder moved or copied is a run of keys in order; adding them one
+        by one costs a bisect and a list insert each, a merge costs one pass.
+        """
+        if not self._buckets:
+            load = self._load
+            self._buckets = [keys[k:k + load] for k in range(0, len(keys), load)]
+            self._maxes = [bucket[-1] for bucket in self._buckets]
+            return
+        if len(keys) < _BULK:
+            for key in keys:
+                self.add(key)
+            return
+        last = len(self._buckets) - 1
+        i = min(bisect_left(self._maxes, keys[0]), last)
+        j = min(bisect_left(self._maxes, keys[-1]), last)
+        region = list(heapq.merge(itertools.chain.from_iterable(self._buckets[i:j + 1]), keys))
+        load = self._load
+        new = [region[k:k + load] for k in range(0, len(region), load)]
+        self._buckets[i:j + 1] = new
+        self._maxes[i:j + 1] = [bucket[-1] for bucket in new]
+
+    def remove_sorted(self, keys: list[str]) -> None:
+        """Remove ``keys`` (sorted, all present) in one pass over the buckets they span."""
+        if len(keys) < _BULK:
+            for key in keys:
+                self.remove(key)
+            return
+        doomed = set(keys)
+        i = bisect_left(self._maxes, keys[0])
+        j = bisect_left(self._maxes, keys[-1])
+        kept = [rest for rest in ([k for k in bucket if k not in doomed] for bucket in self._buckets[i:j + 1])
+                if rest]
+        self._buckets[i:j + 1] = kept
+        self._maxes[i:j + 1] = [bucket[-1] for bucket in kept]
 
     def from_key(self, start: str) -> Iterator[str]:
         """The keys >= ``start``, in order; do not change the index while iterating."""

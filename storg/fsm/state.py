@@ -68,6 +68,22 @@ def chunk_digests_of(chunks: bytes) -> Iterator[bytes]:
 
 
 
+class Change(NamedTuple):
+    """One namespace change an entry made, for watchers (see :attr:`FileStoreStateMachine.on_entry`).
+
+    ``kind`` is one of storg.wire.tree's WATCH_* constants; ``path`` the
+    file after the change (the deleted file, for a delete); ``src`` where a
+    moved file came from; ``size`` and ``sha256`` (raw) its content after
+    the change (zero and empty for a delete).
+    """
+
+    kind: int
+    path: str
+    src: str = ""
+    size: int = 0
+    sha256: bytes = b""
+
+
 class Listing:
     """A frozen listing of files (see :meth:`FileStoreStateMachine.listing`)."""
 

@@ -77,6 +77,26 @@ class LimitExceeded(ServerError):
         super().__init__(ErrorCode.LIMIT_EXCEEDED, message, leader)
 
 
+class ConflictError(ServerError):
+    """The namespace is not as the request requires: a destination exists (mv, cp without
+    ``--force``) or a conditional put's condition failed: storgctl exit 1."""
+
+    def __init__(self, message: str, leader: str = "") -> None:
+        super().__init__(ErrorCode.CONFLICT, message, leader)
+
+
+class CompactedError(ServerError):
+    """A watch asked to start at a log index that was compacted away: storgctl exit 1.
+
+    As etcd's ErrCompacted: the events in between are gone, so the client
+    lists the prefix afresh (which gives the state as of now) and watches
+    from the index the error names.
+    """
+
+    def __init__(self, message: str, leader: str = "") -> None:
+        super().__init__(ErrorCode.COMPACTED, message, leader)
+
+
 class ProtocolViolation(Exception):
     """The node sent something that is not a valid reply."""
 
@@ -89,6 +109,8 @@ _BY_CODE: dict[int, Callable[[str, str], ServerError]] = {
     ErrorCode.PERMISSION_DENIED: PermissionDenied,
     ErrorCode.DISK_FULL: DiskFull,
     ErrorCode.LIMIT_EXCEEDED: LimitExceeded,
+    ErrorCode.CONFLICT: ConflictError,
+    ErrorCode.COMPACTED: CompactedError,
 }
 
 

@@ -188,6 +188,11 @@ class ClientConnection(FrameReceiver):
         return self._window.wait()
 
     @property
+    def backed_up(self) -> bool:
+        """Whether the transport's buffer is full (the peer is not reading fast enough)."""
+        return self._window.paused
+
+    @property
     def open(self) -> bool:
         transport = self.transport
         return self.connected != 0 and transport is not None and not transport.disconnecting

@@ -7,8 +7,8 @@ each request type needs one permission:
 
 ==============  =================================================================
 ``cluster``     status, member list, scrub counters: who is who, no file data
-``read``        get, ls, stat, ProbeRead
-``write``       put (PutStart, PutData, PutEnd), rm, ProbeWrite
+``read``        get, ls, stat, watch, ProbeRead
+``write``       put (PutStart, PutStartIf, PutData, PutEnd), rm, mv, cp, rm -r, ProbeWrite
 ``admin``       member add and remove, leader transfer, starting a scrub pass
 ``node``        what only another node of this cluster sends: chunk reads and
                 copies between nodes (and whether the leader placed a chunk),
@@ -59,6 +59,7 @@ from storg.wire.files import (
     StatRequest,
 )
 from storg.wire.snapshots import SnapshotBegin, SnapshotEnd, SnapshotPart
+from storg.wire.tree import CopyRequest, MoveRequest, PutStartIf, RemoveTreeRequest, WatchRequest
 
 CLUSTER = "cluster"
 READ = "read"
@@ -88,9 +89,14 @@ REQUIRED: dict[type, str | Callable[[Any], str]] = {
     GetRequest: READ,
     LsRequest: READ,
     StatRequest: READ,
+    WatchRequest: READ,
     MemberListRequest: CLUSTER,
     ScrubStatusRequest: _scrub,
     PutStart: WRITE,
+    PutStartIf: WRITE,
+    MoveRequest: WRITE,
+    CopyRequest: WRITE,
+    RemoveTreeRequest: WRITE,
     PutData: WRITE,
     PutEnd: WRITE,
     RmRequest: WRITE,

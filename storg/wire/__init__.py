@@ -9,6 +9,7 @@ from storg.wire import (
     admin,  # noqa: F401  (the membership and transfer frames)
     files,  # noqa: F401  (the file store's frames)
     snapshots,  # noqa: F401  (the snapshot streaming frames)
+    tree,  # noqa: F401  (mv, cp, rm -r, conditional puts, watch)
 )
 from storg.wire.codec import (
     CODEC,
@@ -24,6 +25,8 @@ from storg.wire.codec import (
 )
 from storg.wire.messages import (
     BAD_REQUEST,
+    COMPACTED,
+    CONFLICT,
     INTEGRITY,
     INTERNAL,
     NOT_FOUND,
@@ -45,7 +48,7 @@ from storg.wire.messages import (
 from storg.wire.records import CodecError, Reader
 
 __all__ = [
-    "BAD_REQUEST", "CODEC", "Codec", "CodecError", "ERROR_REPLY", "ErrorCode", "ErrorReply",
+    "BAD_REQUEST", "CODEC", "COMPACTED", "CONFLICT", "Codec", "CodecError", "ERROR_REPLY", "ErrorCode", "ErrorReply",
     "HELLO", "HELLO_REFUSED", "Hello", "HelloRefused", "INTEGRITY", "INTERNAL", "MAX_FRAME_BYTES",
     "MEMBER_ADDRESS", "MemberAddress", "MemberRow", "NOT_FOUND", "NOT_LEADER", "PROTOCOL_VERSION",
     "ProbeCommand", "ProbeRead", "ProbeReply", "ProbeWrite", "Reader", "STATUS_REPLY",

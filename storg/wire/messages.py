@@ -28,6 +28,8 @@ class ErrorCode(IntEnum):
     PERMISSION_DENIED = 7  # the connection's certificate does not allow this request
     DISK_FULL = 8  # free space is below the node's disk reserve: writes refused, reads served
     LIMIT_EXCEEDED = 9  # a per-connection or per-request limit (too many in flight, too big)
+    CONFLICT = 10  # the namespace is not as the request requires: a destination exists, a put's condition failed
+    COMPACTED = 11  # a watch asked for entries the log no longer holds: start again from a listing
 
 
 NOT_LEADER = ErrorCode.NOT_LEADER
@@ -39,6 +41,8 @@ INTERNAL = ErrorCode.INTERNAL
 PERMISSION_DENIED = ErrorCode.PERMISSION_DENIED
 DISK_FULL = ErrorCode.DISK_FULL
 LIMIT_EXCEEDED = ErrorCode.LIMIT_EXCEEDED
+CONFLICT = ErrorCode.CONFLICT
+COMPACTED = ErrorCode.COMPACTED
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from storg.wire import CODEC, CodecError
 from storg.wire import files as F
+from storg.wire import tree as T
 from storg.wire.codec import Codec
 from storg.wire.schema import SHA256, U8, ListOf, Nested, layout, register_struct
 
@@ -35,6 +36,16 @@ KINDS = {
     F.PutFileCommand: (u64, u64, u64, text, u64, hashes, st.lists(chunk_refs, max_size=3).map(tuple)),
     F.RemoveFileCommand: (u64, u64, u64, text),
     F.CollectChunksCommand: (st.lists(hashes, max_size=4).map(tuple),),
+    T.MoveRequest: (u64, text, text, u64, u64, st.booleans()),
+    T.CopyRequest: (u64, text, text, u64, u64, st.booleans(), st.booleans()),
+    T.RemoveTreeRequest: (u64, text, u64, u64), T.TreeDone: (u64, u64),
+    T.PutStartIf: (u64, text, u64, u64, st.booleans(), text),
+    T.WatchRequest: (u64, text, u64),
+    T.WatchEvent: (u64, u64, st.integers(0, 255), text, text, u64, text, st.booleans()),
+    T.MoveCommand: (u64, u64, u64, text, text, st.booleans()),
+    T.CopyCommand: (u64, u64, u64, text, text, st.booleans(), st.booleans()),
+    T.RemoveTreeCommand: (u64, u64, u64, text),
+    T.ConditionalPutCommand: (st.booleans(), text, blobs),
 }
 frames = st.one_of(*[st.builds(cls, *args) for cls, args in KINDS.items()])
 
@@ -65,6 +76,19 @@ def test_a_changed_byte_decodes_or_raises_codec_error(obj, where, value):
         CODEC.decode(bytes(data))
     except CodecError:
         pass
+
+
+def test_tree_type_bytes_are_the_documented_ones():
+    samples = {60: T.MoveRequest(1, "/a", "/b", 2, 3, True), 61: T.CopyRequest(1, "/a", "/b", 2, 3),
+               62: T.RemoveTreeRequest(1, "/a", 2, 3), 63: T.TreeDone(1, 5),
+               126: T.PutStartIf(1, "/a", 2, 3, True), 127: T.WatchRequest(1, "/", 9),
+               125: T.WatchEvent(1, 9, T.WATCH_MOVE, "/b", "/a", 4, "ab" * 32),
+               70: T.MoveCommand(1, 2, 3, "/a", "/b", False), 71: T.CopyCommand(1, 2, 3, "/a", "/b", True, False),
+               72: T.RemoveTreeCommand(1, 2, 3, "/a"), 73: T.ConditionalPutCommand(True, "", b"cmd")}
+    for tb, obj in samples.items():
+        body = CODEC.encode(obj)
+        assert CODEC.type_byte(obj) == tb
+        assert CODEC.decode(body) == obj
 
 
 def test_a_forged_list_count_fails_before_allocating():

@@ -75,7 +75,9 @@ from storg.server.files.pins import CollectGuard
 from storg.server.files.placement import Liveness
 from storg.server.files.replication import ChunkReplicator
 from storg.server.files.reserve import DiskReserve
+from storg.server.files.tree import TreeService
 from storg.server.files.upload import INLINE_MAX, MAX_DATA_FRAME, Upload
+from storg.server.files.watch import WatchHub
 from storg.storage.errors import ChunkNotFoundError, CorruptionError, DiskFullError, HashMismatchError
 from storg.wire import CODEC, ErrorCode
 from storg.wire.bulk import BULK_MIN
@@ -103,6 +105,7 @@ from storg.wire.files import (
     StatReply,
     StatRequest,
 )
+from storg.wire.tree import PutStartIf
 
 log = Logger(namespace="storg.files")
 
@@ -120,6 +123,25 @@ def _peer_of(conn: Any) -> str:
         return describe_address(conn.transport.getPeer())
     except Exception:  # a fake or closed transport
         return "?"
+
+
+def _condition(req: PutStart | PutStartIf) -> tuple[bool, str] | None:
+    """(if_absent, if_match) of a conditional put, checked for form here; None for a plain put."""
+    if not isinstance(req, PutStartIf):
+        return None
+    match = req.if_match.lower()
+    if match:
+        try:
+            ok = len(bytes.fromhex(match)) == 32
+        except ValueError:
+            ok = False
+        if not ok:
+            raise RequestError(ErrorCode.BAD_REQUEST, f"--if-match {req.if_match!r} is not a SHA-256 (64 hex digits)")
+    if req.if_absent and match:
+        raise RequestError(ErrorCode.BAD_REQUEST, "--if-absent and --if-match cannot both hold")
+    if not req.if_absent and not match:
+        return None
+    return (req.if_absent, match)
 
 
 def _bad_path(exc: InvalidPath) -> RequestError:
@@ -173,6 +195,8 @@ class FileService:
         self._uploads: dict[tuple[int, int], Upload] = {}
         self._uploads_per_conn: Counter[int] = Counter()
         self._refusals = RateLimitedLog(log, reactor)
+        self.tree = TreeService(node)
+        self.watches = WatchHub(node, fsm, reactor=reactor)
         fsm.on_inline_chunk = self._inline_chunk
         self._unsynced: set[str] = set()
         self._inline_writes: set[defer.Deferred] = set()
@@ -183,8 +207,8 @@ class FileService:
         return self.liveness.failing() if self.node.is_leader() else frozenset()
 
     def handlers(self) -> dict[type, Callable[[Any, ClientConnection], Any]]:
-        return {
-            PutStart: self.put_start, PutData: self.put_data, PutEnd: self.put_end,
+        return self.tree.handlers() | self.watches.handlers() | {
+            PutStart: self.put_start, PutStartIf: self.put_start, PutData: self.put_data, PutEnd: self.put_end,
             GetRequest: self.get, LsRequest: self.ls, StatRequest: self.stat, RmRequest: self.rm,
             ChunkGet: self.chunk_get, ChunkPutAfter: self.chunk_put_after,
             ChunkPlacedQuery: self.chunk_placed,
@@ -193,8 +217,10 @@ class FileService:
     def start(self) -> None:
         self.garbage.start()
         self.reserve.start()
+        self.watches.start()
 
     def stop(self) -> None:
+        self.watches.stop()
         self.garbage.stop()
         self.reserve.stop()
         self.applied.stop()
@@ -203,11 +229,13 @@ class FileService:
 
     # -- put -------------------------------------------------------------------
 
-    def put_start(self, req: PutStart, conn: ClientConnection) -> None:
+    def put_start(self, req: PutStart | PutStartIf, conn: ClientConnection) -> None:
+        """An upload begins (PutStartIf: one whose entry is applied only if its condition holds)."""
         try:
             path = normalize_path(req.path)
         except InvalidPath as exc:
             raise _bad_path(exc) from None
+        condition = _condition(req)
         if not self.node.is_leader():
             raise RequestError(ErrorCode.NOT_LEADER, "not the leader", self._leader_address())
         # The leader's log takes the entry, and its disk (usually) a copy of each chunk.
@@ -223,7 +251,7 @@ class FileService:
                                f"{limit} uploads are already open on this connection "
                                "(limits.max_uploads_per_connection)")
         upload = Upload(self.replicator, conn, req, path, chunk_size=self.chunk_size,
-                        window=self.upload_window, hasher=self.hasher)
+                        window=self.upload_window, hasher=self.hasher, condition=condition)
         self._uploads[key] = upload
         self._uploads_per_conn[id(conn)] += 1
         conn.on_close(lambda: self._connection_gone(key))

@@ -24,6 +24,7 @@ from storg.server.files.replication import ChunkReplicator
 from storg.server.files.reserve import is_disk_full
 from storg.wire import CODEC, ErrorCode
 from storg.wire.files import PutDone, PutEnd, PutFileCommand, PutInlineCommand, PutStart
+from storg.wire.tree import ConditionalPutCommand, PutStartIf
 
 MAX_DATA_FRAME = 1 << 20
 """Largest PutData/GetData payload a client is asked to send."""
@@ -94,8 +95,9 @@ class Upload:
     counts against the upload window until it is both stored and hashed.
     """
 
-    def __init__(self, replicator: ChunkReplicator, conn: ClientConnection, start: PutStart, path: str,
-                 *, chunk_size: int, window: int, hasher: Submit) -> None:
+    def __init__(self, replicator: ChunkReplicator, conn: ClientConnection, start: PutStart | PutStartIf,
+                 path: str, *, chunk_size: int, window: int, hasher: Submit,
+                 condition: tuple[bool, str] | None = None) -> None:
         self.replicator = replicator
         self.node = replicator.node
         self.chunk_size = chunk_size
@@ -105,6 +107,8 @@ class Upload:
         self.conn = conn
         self.start = start
         self.path = path
+        self.condition = condition
+        """(if_absent, if_match): the entry is wrapped in a ConditionalPutCommand, checked at apply."""
         self.buffer = bytearray()
         self.size = 0
         self.hasher = hashlib.sha256()
@@ -190,7 +194,7 @@ class Upload:
             except Exception:
                 return defer.fail()
             request_id = self.start.request_id
-            d = self.node.propose(CODEC.encode(command))
+            d = self.node.propose(self._encode(command))
             return d.addCallback(lambda info: PutDone(request_id, info))
         return self._finish_chunked(end)
 
@@ -217,8 +221,15 @@ class Upload:
         self._check_arrival(end)
         command = PutFileCommand(self.start.client_id, self.start.seq, time.time_ns(), self.path,
                                  self.size, self.hasher.hexdigest(), tuple(value for _, value in results))
-        info = yield self.node.propose(CODEC.encode(command))
+        info = yield self.node.propose(self._encode(command))
         return PutDone(self.start.request_id, info)
+
+    def _encode(self, command: PutFileCommand | PutInlineCommand) -> bytes:
+        body = CODEC.encode(command)
+        if self.condition is None:
+            return body
+        if_absent, if_match = self.condition
+        return CODEC.encode(ConditionalPutCommand(if_absent, if_match, body))
 
     def abort(self, why: Exception) -> None:
         if self.aborted is None:

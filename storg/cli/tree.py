@@ -1,0 +1,161 @@
+"""storgctl's tree commands: ``mv``, ``cp``, ``rm -r``, ``put -r``, ``get -r``.
+
+mv, cp and rm -r are one request each (one log entry, see
+:mod:`storg.fsm.tree`); put -r and get -r are many files over one client
+(:mod:`storg.client.tree`), with one progress line for files and bytes on a
+terminal, a warning per skipped entry, a ``--json`` summary, and the exit
+status of the worst failure (refused 1 < local 2 < unavailable 3 <
+integrity 4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from storg.cli.escape import escape_path
+from storg.cli.progress import ProgressBar, progress_for
+from storg.client.api import StorgClient
+from storg.client.tree import TreeReport, get_tree, put_tree
+from storg.wire.tree import WATCH_DELETE, WATCH_KINDS, WatchEvent
+
+EXIT_OK = 0
+
+
+def add_parsers(sub: Any) -> None:
+    mv = sub.add_parser("mv", help="rename a file or a whole folder atomically")
+    mv.add_argument("src", metavar="SRC")
+    mv.add_argument("dst", metavar="DST")
+    mv.add_argument("--force", action="store_true", help="replace files already at DST")
+    cp = sub.add_parser("cp", help="copy on the servers, sharing chunks (-r for a folder)")
+    cp.add_argument("src", metavar="SRC")
+    cp.add_argument("dst", metavar="DST")
+    cp.add_argument("-r", "--recursive", action="store_true", help="copy a folder and everything below it")
+    cp.add_argument("--force", action="store_true", help="replace files already at DST")
+    watch = sub.add_parser("watch", help="one line per change under a folder, in commit order, with its index")
+    watch.add_argument("prefix", metavar="PREFIX", nargs="?", default="/")
+    watch.add_argument("--from", dest="start", type=int, default=0, metavar="INDEX",
+                       help="start at this log index (default: from now); resume with the last index + 1")
+    watch.add_argument("--limit", type=int, default=None, metavar="N", help="stop after N events")
+
+
+def event_dict(event: WatchEvent) -> dict[str, Any]:
+    """The JSON object of a watch event (``watch --json``)."""
+    out: dict[str, Any] = {"index": event.index, "kind": WATCH_KINDS.get(event.kind, str(event.kind)),
+                           "path": event.path}
+    if event.src:
+        out["src"] = event.src
+    if event.kind != WATCH_DELETE:
+        out["size"] = event.size
+        out["sha256"] = event.sha256
+    return out
+
+
+def format_event(event: WatchEvent) -> str:
+    """``INDEX KIND PATH`` (a move adds ``<- SRC``), the path escaped as ls escapes it."""
+    line = f"{event.index} {WATCH_KINDS.get(event.kind, str(event.kind))} {escape_path(event.path)}"
+    return line + f" <- {escape_path(event.src)}" if event.src else line
+
+
+async def run_watch(client: StorgClient, args: argparse.Namespace) -> int:
+    def show(event: WatchEvent) -> None:
+        print(json.dumps(event_dict(event)) if args.json else format_event(event), flush=True)
+
+    await client.watch(args.prefix, show, start=args.start, limit=args.limit)
+    return EXIT_OK
+
+
+async def run_mv(client: StorgClient, args: argparse.Namespace) -> int:
+    files = await client.mv(args.src, args.dst, force=args.force)
+    if args.json:
+        print(json.dumps({"src": args.src, "dst": args.dst, "files": files}))
+    return EXIT_OK
+
+
+async def run_cp(client: StorgClient, args: argparse.Namespace) -> int:
+    files = await client.cp(args.src, args.dst, recursive=args.recursive, force=args.force)
+    if args.json:
+        print(json.dumps({"src": args.src, "dst": args.dst, "files": files}))
+    return EXIT_OK
+
+
+async def run_rm_tree(client: StorgClient, args: argparse.Namespace) -> int:
+    """``rm -r PREFIX``: one entry; ``--dry-run`` lists what would go (a linearizable ls) instead."""
+    if args.dry_run:
+        files = await client.ls(args.remote)
+        if args.json:
+            print(json.dumps({"prefix": args.remote, "files": [f.path for f in files], "dry_run": True}))
+        else:
+            for f in files:
+                print(escape_path(f.path))
+        return EXIT_OK
+    count = await client.rm_tree(args.remote)
+    if args.json:
+        print(json.dumps({"prefix": args.remote, "files": count}))
+    return EXIT_OK
+
+
+class TreeBar:
+    """One progress line for a tree: ``put -r 12/100 files [###...] 1.2 MiB / 9.0 MiB``."""
+
+    def __init__(self, verb: str, bar: ProgressBar) -> None:
+        self.verb = verb
+        self.bar = bar
+
+    def __call__(self, files: int, total_files: int, done: int, total: int) -> None:
+        self.bar.label = f"{self.verb} {files}/{total_files} files"
+        self.bar(done, total)
+
+    def finish(self) -> None:
+        self.bar.finish()
+
+
+async def run_put_tree(client: StorgClient, args: argparse.Namespace,
+                       exit_for: Callable[[BaseException], int]) -> int:
+    bar = _bar("put -r", sys.stderr)
+    try:
+        report = await put_tree(client, args.local, args.remote, jobs=args.jobs, progress=bar)
+    finally:
+        if bar is not None:
+            bar.finish()
+    return _report(report, args, exit_for, sys.stderr)
+
+
+async def run_get_tree(client: StorgClient, args: argparse.Namespace,
+                       exit_for: Callable[[BaseException], int]) -> int:
+    bar = _bar("get -r", sys.stderr)
+    try:
+        report = await get_tree(client, args.remote, args.local, jobs=args.jobs, stale=args.stale,
+                                progress=bar)
+    finally:
+        if bar is not None:
+            bar.finish()
+    return _report(report, args, exit_for, sys.stderr)
+
+
+def _bar(verb: str, stream: TextIO) -> TreeBar | None:
+    bar = progress_for(verb, stream)
+    return None if bar is None else TreeBar(verb, bar)
+
+
+def _report(report: TreeReport, args: argparse.Namespace, exit_for: Callable[[BaseException], int],
+            err: TextIO) -> int:
+    """Warnings and failures on stderr (one line each), the summary; the worst failure's exit status."""
+    for path, why in report.skipped:
+        err.write(f"storgctl: warning: skipped {escape_path(path)}: {why}\n")
+    worst = EXIT_OK
+    failures = []
+    for path, exc in report.failed:
+        code = exit_for(exc)
+        worst = max(worst, code)
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        err.write(f"storgctl: {escape_path(path)}: {message}\n")
+        failures.append({"path": path, "error": message, "exit": code})
+    if args.json:
+        print(json.dumps({"files": report.files, "bytes": report.bytes,
+                          "skipped": [{"path": p, "why": w} for p, w in report.skipped],
+                          "failed": failures}))
+    return worst
