@@ -36,6 +36,7 @@ from storg.client.errors import (
 )
 from storg.client.transfer import Deadline, Progress, Watchdog
 from storg.client.upload import Upload, UploadSource
+from storg.config import LimitTuning
 from storg.net.connection import PLAIN, Dialer, RequestConnection, TLSHandshakeFailed
 from storg.node.executor import reactor_pool
 from storg.paths import InvalidPath, normalize_path, normalize_prefix
@@ -128,9 +129,10 @@ class StorgClient:
     """
 
     def __init__(self, addresses: list[str], *, reactor: Any = None, timeout: float = 30.0,
-                 tls: Any = None) -> None:
+                 tls: Any = None, max_uploads: int = LimitTuning().max_uploads_per_connection) -> None:
         """``tls``: a :class:`storg.net.credentials.TLSCredentials` (storgctl's ``--ca/--cert/--key``);
-        every connection then demands a node certificate from that CA, and shows ours."""
+        every connection then demands a node certificate from that CA, and shows ours.
+        ``max_uploads``: puts open at once (more wait their turn); the nodes' default limit."""
         if reactor is None:
             from twisted.internet import reactor as global_reactor
             reactor = global_reactor
@@ -144,6 +146,9 @@ class StorgClient:
         self._leader_guess = self.addresses[0]
         self.client_id = secrets.randbits(63) or 1
         self.sessions = SessionPool(self.client_id)
+        # All uploads of this client ride on one connection to the leader, and a node
+        # refuses more than limits.max_uploads_per_connection open at once: wait instead.
+        self._upload_slots = defer.DeferredSemaphore(max_uploads)
 
     async def connection(self, address: str, timeout: float | None = None) -> RequestConnection:
         conn = self._connections.get(address)
@@ -169,7 +174,7 @@ class StorgClient:
         """
         async def attempt(conn: RequestConnection, deadline: Deadline) -> Any:
             d = conn.request(make)
-            d.addTimeout(deadline.remaining(), self.reactor)
+            d.addTimeout(max(deadline.remaining(), 0.0), self.reactor)  # it may pass meanwhile
             return await d
 
         return await self.retrying(attempt, timeout=timeout)
@@ -389,6 +394,7 @@ class StorgClient:
             upload_source = UploadSource.open(source)
         else:
             upload_source = UploadSource(source)
+        await self._upload_slots.acquire()
         session = self.sessions.acquire()
         upload = Upload(self.reactor, upload_source, path, session.client_id, session.next_seq(),
                         progress, if_absent=if_absent, if_match=if_match.lower())
@@ -397,6 +403,7 @@ class StorgClient:
         finally:
             self.sessions.release(session)
             upload_source.close()
+            self._upload_slots.release()
 
     async def get(self, remote: str, sink: str | os.PathLike | BinaryIO, stale: bool = False,
                   progress: Progress | None = None) -> FileInfo:
@@ -453,7 +460,7 @@ class StorgClient:
 
         async def attempt(conn: RequestConnection, deadline: Deadline) -> FileInfo:
             d = conn.request(lambda rid: StatRequest(rid, path, stale))
-            d.addTimeout(deadline.remaining(), self.reactor)
+            d.addTimeout(max(deadline.remaining(), 0.0), self.reactor)  # it may pass meanwhile
             return (await d).info
 
         return await self.retrying(attempt, leader=False)
@@ -643,7 +650,7 @@ class StorgClient:
 
         async def attempt(conn: RequestConnection, deadline: Deadline) -> MemberChanged:
             d = conn.request(lambda rid: MemberRemoveRequest(rid, node_id))
-            d.addTimeout(deadline.remaining(), self.reactor)
+            d.addTimeout(max(deadline.remaining(), 0.0), self.reactor)  # it may pass meanwhile
             try:
                 return await d
             except NotFoundError:
