@@ -52,6 +52,15 @@ log = Logger(namespace="storg.client_port")
 
 Handler = Callable[[Any, "ClientConnection"], Any]
 
+RequestObserver = Callable[[type, str, float], object]
+"""Told ``(request type, outcome, seconds)`` when a request's handler is done (reactor thread).
+
+``outcome`` is ``ok`` or the lower-case ErrorCode name of the reply
+(``not_leader``, ``permission_denied``, ...); ``seconds`` runs from the
+frame's arrival to the handler's result (for a streamed get: to its last
+frame handed to the transport).  The metrics layer turns it into
+``storg_client_request_duration_seconds``."""
+
 
 class RequestError(Exception):
     """A refusal with an error code, raised by handlers and sent as ErrorReply."""
@@ -98,8 +107,9 @@ class ClientConnection(FrameReceiver):
 
     def __init__(self, api: ClientApi, *, tls: bool = False,
                  is_member: Callable[[str], bool] = lambda node_id: False,
-                 refusals: Any = None) -> None:
+                 refusals: Any = None, on_request: RequestObserver | None = None) -> None:
         self.api = api
+        self.on_request = on_request
         self.tls = tls
         self.is_member = is_member
         self.identity: Identity | None = None
@@ -226,17 +236,35 @@ class ClientConnection(FrameReceiver):
                                     "permission denied to {who} from {peer}: {why}",
                                     who=self.identity, peer=self.transport.getPeer(), why=why)
                 self.send(ErrorReply(request_id, int(ErrorCode.PERMISSION_DENIED), why))
+                self._observe(type(request), "permission_denied", 0.0)
                 return
+        started = time.monotonic()
         d = defer.maybeDeferred(handler, request, self)
-        d.addCallbacks(self._reply, self._failed, errbackArgs=(request_id,))
+        d.addCallbacks(self._reply, self._failed, callbackArgs=(type(request), started),
+                       errbackArgs=(request_id, type(request), started))
         d.addErrback(lambda f: log.failure("replying to a client failed", f))
 
-    def _reply(self, reply: object) -> None:
+    def _reply(self, reply: object, kind: type = object, started: float = 0.0) -> None:
         if reply is not None:
             self.send(reply)
+        self._observe(kind, "ok", time.monotonic() - started)
 
-    def _failed(self, failure: Failure, request_id: int) -> None:
-        self.send(self.error_reply(failure, request_id))
+    def _failed(self, failure: Failure, request_id: int, kind: type = object, started: float = 0.0) -> None:
+        reply = self.error_reply(failure, request_id)
+        self.send(reply)
+        try:
+            outcome = ErrorCode(reply.code).name.lower()
+        except ValueError:
+            outcome = "error"
+        self._observe(kind, outcome, time.monotonic() - started)
+
+    def _observe(self, kind: type, outcome: str, seconds: float) -> None:
+        if self.on_request is None:
+            return
+        try:
+            self.on_request(kind, outcome, seconds)
+        except Exception:  # an observer must never cost a client its reply
+            log.failure("request observer failed")
 
     def error_reply(self, failure: Failure | BaseException, request_id: int) -> ErrorReply:
         exc = failure.value if isinstance(failure, Failure) else failure
@@ -304,13 +332,16 @@ class ClientPortFactory(Factory):
     noisy = False
 
     def __init__(self, api: ClientApi, *, tls: bool = False,
-                 is_member: Callable[[str], bool] = lambda node_id: False) -> None:
+                 is_member: Callable[[str], bool] = lambda node_id: False,
+                 on_request: RequestObserver | None = None) -> None:
         self.api = api
         self.tls = tls
         self.is_member = is_member
         self.refusals = OncePerReason()
+        self.on_request = on_request
 
     def buildProtocol(self, addr: Any) -> ClientConnection:
-        proto = ClientConnection(self.api, tls=self.tls, is_member=self.is_member, refusals=self.refusals)
+        proto = ClientConnection(self.api, tls=self.tls, is_member=self.is_member, refusals=self.refusals,
+                                 on_request=self.on_request)
         proto.factory = self
         return proto

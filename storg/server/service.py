@@ -40,6 +40,9 @@ from storg.server.files.chunk_io import Chunks, LocalChunks, RemoteChunks
 from storg.server.files.placement import Liveness
 from storg.server.files.reserve import DiskReserve
 from storg.server.files.service import FileService
+from storg.server.http.metrics import NodeMetrics, Sources
+from storg.server.http.site import build_site
+from storg.server.http.view import ClusterView
 from storg.server.peer import PeerTransport
 from storg.server.peer_instances import KnownInstances
 from storg.server.snapshots.data import load_snapshot
@@ -120,6 +123,9 @@ class NodeService(service.MultiService):
         self.files: FileService | None = None
         self.snapshots: NodeSnapshots | None = None
         self.filler: ChunkFiller | None = None
+        self.metrics: NodeMetrics | None = None
+        self.cluster_view: ClusterView | None = None
+        self._started = False
         self._stopping = False
         self.credentials: TLSCredentials | None = None
         self.dialer = PLAIN
@@ -198,10 +204,19 @@ class NodeService(service.MultiService):
         filler = self.filler
         self.snapshots.installed.append(lambda _index: filler.trigger())
         self.directory.on_change(self._members_changed)
-        client_port = ClientPortFactory(self, tls=self.credentials is not None, is_member=self._is_member)
+        listeners: list[tuple[Address, Any]] = []
+        on_request = None
+        if cfg.http_listen is not None:
+            site = self._build_http()
+            assert self.metrics is not None  # _build_http made it
+            on_request = self.metrics.on_request
+            listeners.append((cfg.http_listen, site))
+        client_port = ClientPortFactory(self, tls=self.credentials is not None, is_member=self._is_member,
+                                        on_request=on_request)
         for address, factory in (
             (cfg.peer_listen, self.transport.server_factory),
             (cfg.client_listen, client_port),
+            *listeners,
         ):
             endpoint = server_endpoint(self.reactor, address, self.credentials)
             listener = internet.StreamServerEndpointService(endpoint, factory)
@@ -215,6 +230,10 @@ class NodeService(service.MultiService):
         self.repairer.start()
         self.scrubber.start()
         self.reactor.callWhenRunning(self.filler.trigger)
+        if self.metrics is not None and self.cluster_view is not None:
+            self.metrics.start()
+            self.cluster_view.start()
+        self._started = True
         if core.conf.voters == frozenset({cfg.node_id}) and core.role != Role.LEADER:
             core.campaign()  # a cluster of one serves at once
         log.info("{node} started in {ms:.0f} ms: cluster {cluster}, term {term}, snapshot at index "
@@ -283,6 +302,21 @@ class NodeService(service.MultiService):
             limiter=self.scrubber.limiter, scrub_counters=self.scrubber.counters)
         self.upkeep_status = UpkeepStatus(self.node, self.scrubber, self.repairer, files.garbage)
 
+    def _build_http(self) -> Any:
+        """The metrics, the cluster view and the Site of ``http_listen`` (docs/architecture.rst,
+        section "Observability"); started with the node, after it."""
+        assert self.node is not None and self.transport is not None and self.log_store is not None
+        assert self.files is not None and self.snapshots is not None and self.filler is not None
+        sources = Sources(
+            node_id=self.config.node_id, node=self.node, fsm=self.fsm, transport=self.transport,
+            log_store=self.log_store, chunk_store=self.chunk_store, reserve=self.disk_reserve,
+            repairer=self.repairer, scrubber=self.scrubber, garbage=self.files.garbage,
+            filler=self.filler, snapshots=self.snapshots, run_in_thread=reactor_pool(self.reactor))
+        self.metrics = metrics = NodeMetrics(sources, self.reactor)
+        self.cluster_view = view = ClusterView(sources, self.directory, self.dialer, self.reactor,
+                                               free_bytes=metrics.free_bytes, address_of=self._client_address)
+        return build_site(metrics, view, self.node, started=lambda: self._started and not self._stopping)
+
     def _install_sigterm_handler(self) -> None:
         """SIGTERM is the normal way to stop a node: make it exit with status 0.
 
@@ -323,6 +357,9 @@ class NodeService(service.MultiService):
                 log.warn("{node}: leadership transfer before stop failed: {why}",
                          node=self.config.node_id, why=exc)
         yield defer.maybeDeferred(super().stopService)
+        if self.metrics is not None and self.cluster_view is not None:
+            self.metrics.stop()
+            self.cluster_view.stop()
         if self.files is not None:
             self.files.stop()
             self.repairer.stop()
