@@ -20,12 +20,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
+from twisted.web.resource import IResource
 from twisted.web.server import NOT_DONE_YET
 
 from storg.server.http import health as health_checks
@@ -152,21 +153,26 @@ class QuietSite(server.Site):
         pass
 
 
+def _put(parent: resource.Resource, name: bytes, child: resource.Resource) -> None:
+    # Resource implements IResource through zope.interface, which mypy does not see.
+    parent.putChild(name, cast(IResource, child))
+
+
 def build_site(metrics: NodeMetrics, view: ClusterView, node: Any, started: Callable[[], bool]) -> server.Site:
     """The Site for ``http_listen``; read the static files now (start-up, before serving)."""
     files = {name: StaticFile((STATIC / name).read_bytes(), kind) for name, kind in STATIC_FILES.items()}
     root = Root(files["index.html"])
-    root.putChild(b"ui", files["index.html"])
+    _put(root, b"ui", files["index.html"])
     static = resource.Resource()
     for name, leaf in files.items():
-        static.putChild(name.encode(), leaf)
-    root.putChild(b"static", static)
+        _put(static, name.encode(), leaf)
+    _put(root, b"static", static)
     api = resource.Resource()
-    api.putChild(b"status", JSONResource(lambda: (200, view.status())))
-    root.putChild(b"api", api)
-    root.putChild(b"metrics", MetricsResource(metrics))
-    root.putChild(b"health", JSONResource(lambda: health_checks.health(node)))
-    root.putChild(b"ready", JSONResource(lambda: health_checks.ready(node, started())))
+    _put(api, b"status", JSONResource(lambda: (200, view.status())))
+    _put(root, b"api", api)
+    _put(root, b"metrics", MetricsResource(metrics))
+    _put(root, b"health", JSONResource(lambda: health_checks.health(node)))
+    _put(root, b"ready", JSONResource(lambda: health_checks.ready(node, started())))
     site = QuietSite(root)
     site.displayTracebacks = False
     site.noisy = False

@@ -135,8 +135,10 @@ class ClusterView:
                 continue
             if nid != me and nid not in self._polling:
                 self._polling.add(nid)
-                d = defer.Deferred.fromCoroutine(self._ask(nid))
-                d.addBoth(lambda _, nid=nid: self._polling.discard(nid))
+                defer.Deferred.fromCoroutine(self._ask(nid)).addBoth(self._asked, nid)
+
+    def _asked(self, result: object, nid: str) -> None:
+        self._polling.discard(nid)
 
     async def _ask(self, nid: str) -> None:
         seen = self.seen.setdefault(nid, Seen())
