@@ -11,8 +11,8 @@ from storg.cli.main import (
     build_parser,
     cluster_addresses,
     format_status,
-    status_summary,
     main,
+    status_summary,
 )
 
 
