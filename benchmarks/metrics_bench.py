@@ -120,6 +120,30 @@ class Scraper:
             self.stop.wait(max(0.0, 1.0 - (time.monotonic() - started)))
 
 
+async def idle_scrape_cpu(cluster: ProcCluster, urls: list[str], meter: CpuMeter, scrapes: int = 50) -> None:
+    """Node CPU per scrape, measured on the idle cluster: ``scrapes`` of each node, minus idling."""
+    ctx = _context(cluster.certs)
+
+    def burst() -> float:
+        t = time.perf_counter()
+        for _ in range(scrapes):
+            for url in urls:
+                _get(url, ctx)
+        return time.perf_counter() - t
+
+    before = meter.read()
+    elapsed = await deferToThread(burst)
+    used = CpuMeter.used(before, meter.read())
+    before = meter.read()
+    await task.deferLater(__import__("twisted.internet.reactor", fromlist=["reactor"]), elapsed, lambda: None)
+    idle = CpuMeter.used(before, meter.read())
+    per = {nid: (used[nid] - idle[nid]) / scrapes * 1000 for nid in cluster.nodes}
+    print(f"node CPU per scrape (idle cluster, {scrapes} scrapes of each node over HTTPS, a new TLS "
+          f"connection each, minus the same time idle): "
+          + ", ".join(f"{nid} {ms:.1f} ms" for nid, ms in sorted(per.items()))
+          + f"; at one scrape a second that is {max(per.values()) / 10:.2f}% of a core")
+
+
 async def load(reactor: Any, args: argparse.Namespace, workdir: Path) -> None:
     cluster = ProcCluster.create(workdir, size=3, http=True)
     os.environ.update(cluster.client_env("admin"))
@@ -129,6 +153,7 @@ async def load(reactor: Any, args: argparse.Namespace, workdir: Path) -> None:
         addresses = [n.client_address for n in cluster.nodes.values()]
         meter = CpuMeter({nid: n.proc.pid for nid, n in cluster.nodes.items() if n.proc is not None})
         urls = [f"https://{n.http_address}/metrics" for n in cluster.nodes.values()]
+        await idle_scrape_cpu(cluster, urls, meter)
         ratios = []
         for rnd in range(args.rounds):
             figures = {}

@@ -130,6 +130,22 @@ class NodeService(service.MultiService):
         self.credentials: TLSCredentials | None = None
         self.dialer = PLAIN
 
+    def setServiceParent(self, parent: Any) -> None:
+        """Join twistd's application; with ``log: {format: json}`` also give it the JSON observer.
+
+        twistd builds the application, attaches this service, and only then
+        starts logging, using the application's ILogObserver component when
+        it has one (storg/logs.py).
+        """
+        super().setServiceParent(parent)
+        if self.config.log.format == "json" and hasattr(parent, "setComponent"):
+            from twisted.logger import ILogObserver
+
+            from storg.logs import json_observer
+            path = self.config.log.path
+            self.log_observer = json_observer(self.config.node_id, str(path) if path else None)
+            parent.setComponent(ILogObserver, self.log_observer)
+
     def load_credentials(self) -> None:
         """Read and check the TLS files; raises TLSConfigError (one line naming the file).
 
@@ -225,6 +241,12 @@ class NodeService(service.MultiService):
             listener.setServiceParent(self)
         super().startService()
         self.reactor.callWhenRunning(self._install_sigterm_handler)
+        observer = getattr(self, "log_observer", None)
+        if observer is not None:
+            from twisted.internet.task import LoopingCall
+            self._log_flush = LoopingCall(observer.flush)
+            self._log_flush.clock = self.reactor
+            self._log_flush.start(observer.window / 4, now=False)
         self.node.start()
         self.files.start()
         self.repairer.start()
@@ -347,6 +369,9 @@ class NodeService(service.MultiService):
     def stopService(self):
         """Hand leadership over, then close listeners, peers and storage."""
         self._stopping = True
+        flush = getattr(self, "_log_flush", None)
+        if flush is not None and flush.running:
+            flush.stop()
         node = self.node
         if node is not None and node.is_leader() and len(node.core.conf.voters) > 1:
             try:

@@ -1,7 +1,8 @@
 """The status page in a real browser, and /metrics and /health of real nodes (issue 19).
 
 One module-scoped TLS cluster of three ``twistd storg`` nodes with
-``http_listen``.  The metrics test scrapes every node over HTTPS with the
+``http_listen`` and ``log: {format: json}`` (each node's log must be JSON
+lines naming it).  The metrics test scrapes every node over HTTPS with the
 admin's certificate.  The browser test drives Debian's headless Chromium
 with selenium and chromium-driver (no browser is downloaded) at the page of
 a follower, through :class:`~storg.testing.cert_proxy.CertProxy` (the
@@ -44,7 +45,8 @@ unreachable threshold (2.5 s) and the page's own poll (1 s), with room for a loa
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = ProcCluster.create(tmp_path_factory.mktemp("status"), size=3, http=True)
+    c = ProcCluster.create(tmp_path_factory.mktemp("status"), size=3, http=True,
+                           extra={"log": {"format": "json"}})
     c.start_all()
     try:
         wait_for(c.everyone_follows, 60, "a leader everyone follows", 0.2)
@@ -97,6 +99,15 @@ def test_every_node_serves_metrics_and_health(cluster):
         assert 0 < lead[("storg_peer_round_trip_time_seconds", (("peer", peer),))] < 1
     assert lead[("storg_client_request_duration_seconds_count", (("operation", "put"), ("outcome", "ok")))] >= 1
     assert not any(name == "storg_raft_follower_match_lag_entries" for name, _ in by_node[followers[0]])
+
+
+def test_json_logs_name_the_node_on_every_line(cluster):
+    for nid in cluster.nodes:
+        lines = [line for line in cluster.log_text(nid).splitlines() if line.strip()]
+        events = [json.loads(line) for line in lines]  # every line is one JSON object
+        assert events and all(e["node"] == nid for e in events), nid
+        started = [e for e in events if e.get("log_namespace") == "storg.service" and " started in " in e["text"]]
+        assert started and started[0]["log_level"]["name"] == "info", nid
 
 
 def _browser_or_skip():
