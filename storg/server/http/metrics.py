@@ -285,6 +285,11 @@ class NodeMetrics:
         yield _counter("storg_raft_snapshots_sent", "Snapshots this node streamed to followers.", len(sent))
         yield _counter("storg_raft_snapshot_sent_bytes", "Bytes of snapshots streamed to followers.",
                        sum(item[2] for item in sent))
+        receiver = src.snapshots.receiver
+        yield _counter("storg_raft_snapshots_received", "Snapshots received from leaders and staged here.",
+                       len(receiver.stored))
+        yield _counter("storg_raft_snapshot_received_bytes", "Bytes of snapshots received from leaders.",
+                       receiver.stored_bytes)
 
     def _disk(self) -> Iterator[Metric]:
         src = self.sources
@@ -325,6 +330,15 @@ class NodeMetrics:
         yield _gauge("storg_chunks_under_replicated",
                      "Chunks with fewer copies than wanted (the leader's last repair round, else the last scrub).",
                      under)
+        lost = GaugeMetricFamily("storg_chunks_lost", "On the leader: chunks in use with no reachable holder "
+                                 "(last repair round).")
+        queue = GaugeMetricFamily("storg_repair_queue_chunks",
+                                  "On the leader: chunks the last repair round set out to copy or re-home.")
+        if leader_counts:
+            lost.add_metric([], repairer.lost)
+            queue.add_metric([], repairer.queued)
+        yield lost
+        yield queue
         counts, gc, fill = scrub.counters, src.garbage.stats, src.filler.counters
         yield _counter("storg_repair_copies", "Chunk copies made by repair (leader).", repairer.counters["copies"])
         yield _counter("storg_repair_bytes", "Bytes copied by repair (leader).", repairer.counters["bytes"])

@@ -250,6 +250,8 @@ class ClusterView:
             "files": stats["files"], "bytes": stats["bytes"], "chunks": stats["chunks"],
             "under_replicated": repairer.under_replicated if leader_counts else scrub.under_replicated,
             "counted_by": "leader's repair round" if leader_counts else "this node's last scrub",
+            "lost": repairer.lost if leader_counts else None,
+            "repair_queue": repairer.queued if leader_counts else None,
             "repair_copies": repairer.counters["copies"], "repair_bytes": repairer.counters["bytes"],
             "scrub_passes": scrub.counters["passes"], "bad_copies": scrub.counters["bad_copies"],
             "scrub_running": bool(scrub.running),

@@ -57,6 +57,8 @@ function drawFacts(status) {
   const facts = [
     ["Files", r.files], ["File bytes", bytes(r.bytes)], ["Chunks", r.chunks],
     ["Under-replicated chunks", r.under_replicated + " (" + r.counted_by + ")"],
+    ["Chunks with no reachable copy", r.lost === null ? "– (counted by the leader)" : r.lost],
+    ["Repair queue", r.repair_queue === null ? "– (on the leader)" : r.repair_queue + " chunks"],
     ["Repair copies made", r.repair_copies + " (" + bytes(r.repair_bytes) + ")"],
     ["Scrub passes", r.scrub_passes + (r.scrub_running ? " (running)" : "")],
     ["Bad copies found", r.bad_copies],
