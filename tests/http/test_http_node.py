@@ -135,6 +135,7 @@ async def test_metrics_over_tls_follow_what_the_node_does(tls_node):
     assert before[("storg_raft_voters", ())] == 1
     assert before[("storg_node_info", (("node", "n1"),))] == 1
     assert ("storg_disk_reserve_bytes", ()) in before
+    assert before[("process_resident_memory_bytes", ())] > 0
     commit = before[("storg_raft_commit_index", ())]
     # A write through the client port: the commit index moves, the WAL fsynced, the request is counted.
     from storg.net.connection import connect

@@ -34,7 +34,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from twisted.internet import defer
@@ -155,6 +162,9 @@ class NodeMetrics:
             "storg_raft_pre_votes_started_total", "Pre-vote rounds this node started.", registry=r)
         self.published = _Published()
         r.register(self.published)
+        # process_cpu_seconds_total, process_resident_memory_bytes, open fds...: read from
+        # /proc/self by the render thread, which touches no object of the node.
+        ProcessCollector(registry=r)
         self._chunk_walk: tuple[int, int, int] | None = None
         self._walking = False
         self._walk_loop: LoopingCall | None = None
