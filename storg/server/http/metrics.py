@@ -30,8 +30,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -42,14 +41,15 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from storg.node.executor import Submit
 from storg.raft.types import Role, SoftState
+from storg.server.http import families as families_of
+from storg.server.http.families import Sources
 from storg.wire import files as wire_files
 from storg.wire import messages as wire_messages
 
@@ -84,25 +84,6 @@ def operation_name(kind: type) -> str:
         return name
     base = kind.__name__.removesuffix("Request")
     return "".join("_" + c.lower() if c.isupper() else c for c in base).lstrip("_")
-
-
-@dataclass
-class Sources:
-    """The live objects the snapshot reads, all owned by the reactor thread."""
-
-    node_id: str
-    node: Any  # storg.node.raft_node.RaftNode
-    fsm: Any  # storg.fsm.machine.FileStoreStateMachine
-    transport: Any  # storg.server.peer.PeerTransport
-    log_store: Any  # storg.storage.logstore.DiskLogStore
-    chunk_store: Any  # storg.storage.chunks.ChunkStore
-    reserve: Any  # storg.server.files.reserve.DiskReserve
-    repairer: Any
-    scrubber: Any
-    garbage: Any
-    filler: Any
-    snapshots: Any  # storg.server.snapshots.node.NodeSnapshots
-    run_in_thread: Submit
 
 
 class _Published(Collector):
@@ -251,8 +232,9 @@ class NodeMetrics:
         """Reactor thread: read every state figure once, into a new immutable snapshot."""
         started = time.perf_counter()
         self._observe_new_snapshots()
-        families = tuple(self._consensus()) + tuple(self._disk()) + tuple(self._files()) + \
-            tuple(self._peers())
+        src = self.sources
+        families = (*families_of.consensus(src), *families_of.disk(src, self._chunk_walk, self.free_bytes()),
+                    *families_of.files(src), *families_of.peers(src))
         self.published.families = families
         self.last_publish_seconds = time.perf_counter() - started
 
@@ -261,140 +243,3 @@ class NodeMetrics:
         for _index, _size, seconds in taken[self._snapshots_seen:]:
             self.snapshot_save.observe(seconds)
         self._snapshots_seen = len(taken)
-
-    def _consensus(self) -> Iterator[Metric]:
-        src = self.sources
-        node, core = src.node, src.node.core
-        yield _gauge("storg_node_info", "This node's id (the value is 1).", 1, node=src.node_id)
-        yield _gauge("storg_raft_has_leader", "1 if this node knows a leader, else 0.", int(bool(core.leader)))
-        yield _gauge("storg_raft_is_leader", "1 if this node is the leader, else 0.",
-                     int(core.role == Role.LEADER))
-        yield _gauge("storg_raft_term", "The current Raft term.", core.term)
-        yield _gauge("storg_raft_commit_index", "The highest log index known committed.", core.commit_index)
-        yield _gauge("storg_raft_applied_index", "The highest log index applied here.", node.applied_index)
-        yield _gauge("storg_raft_last_index", "The last index in this node's log.", core.last_index)
-        yield _counter("storg_raft_proposals_committed", "Entries committed (the commit index, as etcd).",
-                       core.commit_index)
-        yield _counter("storg_raft_proposals_applied", "Entries applied (the applied index, as etcd).",
-                       node.applied_index)
-        yield _gauge("storg_raft_proposals_pending", "Proposals waiting to be applied.", node.proposals_pending)
-        yield _counter("storg_raft_proposals_failed", "Proposals dropped, timed out or failed at stop.",
-                       node.proposals_failed)
-        conf = core.conf
-        yield _gauge("storg_raft_voters", "Voting members in the configuration.", len(conf.voters))
-        lag = GaugeMetricFamily("storg_raft_follower_match_lag_entries",
-                                "On the leader: entries each follower's log is behind the leader's.",
-                                labels=["peer"])
-        if core.role == Role.LEADER:
-            last = core.last_index
-            for peer, progress in sorted(core.progress().items()):
-                if peer != src.node_id:
-                    lag.add_metric([peer], max(0, last - progress.match))
-        yield lag
-        sent = src.snapshots.sender.sent
-        yield _counter("storg_raft_snapshots_sent", "Snapshots this node streamed to followers.", len(sent))
-        yield _counter("storg_raft_snapshot_sent_bytes", "Bytes of snapshots streamed to followers.",
-                       sum(item[2] for item in sent))
-        receiver = src.snapshots.receiver
-        yield _counter("storg_raft_snapshots_received", "Snapshots received from leaders and staged here.",
-                       len(receiver.stored))
-        yield _counter("storg_raft_snapshot_received_bytes", "Bytes of snapshots received from leaders.",
-                       receiver.stored_bytes)
-
-    def _disk(self) -> Iterator[Metric]:
-        src = self.sources
-        yield _gauge("storg_disk_wal_bytes", "Bytes of records in the Raft log's segments.", src.log_store.log_bytes)
-        reserve = src.reserve
-        free = self.free_bytes()
-        free_family = GaugeMetricFamily("storg_disk_free_bytes",
-                                        "Free bytes on the data_dir's file system (the reserve's last measurement, "
-                                        "else the last chunk-store walk's).")
-        if free is not None:
-            free_family.add_metric([], free)
-        yield free_family
-        yield _gauge("storg_disk_reserve_bytes", "files.disk_reserve_mb: free space new file bytes may not use.",
-                     reserve.reserve_bytes)
-        yield _gauge("storg_disk_full", "1 while free space is below the reserve (puts are refused).",
-                     int(bool(reserve.full)))
-        yield _gauge("storg_disk_wal_full", "1 while the Raft log cannot be written (disk full).",
-                     int(bool(src.node.log_full)))
-        chunks = GaugeMetricFamily("storg_chunk_store_chunks", "Chunk files in this node's store (last walk).")
-        size = GaugeMetricFamily("storg_chunk_store_bytes", "Bytes of chunk files in this node's store (last walk).")
-        if self._chunk_walk is not None:
-            chunks.add_metric([], self._chunk_walk[0])
-            size.add_metric([], self._chunk_walk[1])
-        yield chunks
-        yield size
-
-    def _files(self) -> Iterator[Metric]:
-        src = self.sources
-        stats = src.fsm.stats()
-        yield _gauge("storg_namespace_files", "Files in the namespace.", stats["files"])
-        yield _gauge("storg_namespace_bytes", "Bytes of the files' contents.", stats["bytes"])
-        yield _gauge("storg_chunk_map_chunks", "Chunks in the chunk map.", stats["chunks"])
-        held = src.fsm.usage().get(src.node_id, 0)
-        yield _gauge("storg_chunk_map_held_bytes", "Bytes the chunk map places on this node.", held)
-        repairer, scrub = src.repairer, src.scrubber
-        leader_counts = src.node.is_leader() and repairer.rounds
-        under = repairer.under_replicated if leader_counts else scrub.under_replicated
-        yield _gauge("storg_chunks_under_replicated",
-                     "Chunks with fewer copies than wanted (the leader's last repair round, else the last scrub).",
-                     under)
-        lost = GaugeMetricFamily("storg_chunks_lost", "On the leader: chunks in use with no reachable holder "
-                                 "(last repair round).")
-        queue = GaugeMetricFamily("storg_repair_queue_chunks",
-                                  "On the leader: chunks the last repair round set out to copy or re-home.")
-        if leader_counts:
-            lost.add_metric([], repairer.lost)
-            queue.add_metric([], repairer.queued)
-        yield lost
-        yield queue
-        counts, gc, fill = scrub.counters, src.garbage.stats, src.filler.counters
-        yield _counter("storg_repair_copies", "Chunk copies made by repair (leader).", repairer.counters["copies"])
-        yield _counter("storg_repair_bytes", "Bytes copied by repair (leader).", repairer.counters["bytes"])
-        yield _counter("storg_scrub_passes", "Scrub passes finished.", counts["passes"])
-        yield _counter("storg_scrub_checked_bytes", "Bytes of chunk copies verified by scrub.", counts["bytes_checked"])
-        yield _counter("storg_scrub_bad_copies", "Corrupt chunk copies scrub found.", counts["bad_copies"])
-        yield _counter("storg_scrub_missing_copies", "Missing chunk copies scrub found.", counts["missing_copies"])
-        yield _counter("storg_scrub_repairs", "Copies scrub restored here.", counts["repairs_done"])
-        yield _counter("storg_fill_fetched_chunks", "Chunks fetched to fill this node's share.", fill["fetched"])
-        yield _counter("storg_gc_chunks_collected", "Unreferenced chunks collected.", gc["chunks_collected"])
-        yield _counter("storg_gc_orphans_removed", "Orphan chunk files removed from this node.", gc["orphans_removed"])
-
-    def _peers(self) -> Iterator[Metric]:
-        stats = self.sources.transport.stats
-        connected = self.sources.transport.connected_peers()
-        peers = sorted(self.sources.transport.peers())
-        up = GaugeMetricFamily("storg_peer_connected", "1 if the connection to the peer is up.", labels=["peer"])
-        for peer in peers:
-            up.add_metric([peer], int(peer in connected))
-        yield up
-        yield _per_peer(CounterMetricFamily, "storg_peer_sent_bytes", "Raft message bytes sent.", stats.bytes_sent)
-        yield _per_peer(CounterMetricFamily, "storg_peer_received_bytes", "Raft message bytes received.",
-                        stats.bytes_received)
-        yield _per_peer(CounterMetricFamily, "storg_peer_dropped_messages",
-                        "Raft messages dropped (peer not connected or its send buffer full).", stats.dropped)
-        yield _per_peer(GaugeMetricFamily, "storg_peer_round_trip_time_seconds",
-                        "Last heartbeat round trip to the peer (measured on the leader).", stats.rtt_seconds)
-        refused = CounterMetricFamily("storg_peer_refused_connections",
-                                      "Peer connections refused, by reason.", labels=["reason"])
-        for reason, n in sorted(stats.refused.items()):
-            refused.add_metric([reason], n)
-        yield refused
-
-
-def _gauge(name: str, doc: str, value: float, **labels: str) -> GaugeMetricFamily:
-    family = GaugeMetricFamily(name, doc, labels=list(labels))
-    family.add_metric(list(labels.values()), value)
-    return family
-
-
-def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-    return CounterMetricFamily(name, doc, value=value)
-
-
-def _per_peer(cls: Callable[..., Any], name: str, doc: str, values: dict[str, Any]) -> Metric:
-    family = cls(name, doc, labels=["peer"])
-    for peer, value in sorted(values.items()):
-        family.add_metric([peer], value)
-    return family

@@ -34,7 +34,9 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from storg.fsm.members import MemberDirectory
 from storg.raft.types import Role, SoftState
+from storg.server.http.families import Sources
 from storg.wire import StatusReply, StatusRequest
 
 log = Logger(namespace="storg.http.view")
@@ -62,7 +64,7 @@ class Seen:
 class ClusterView:
     """Polls the other members and assembles ``/api/status``; reactor thread only."""
 
-    def __init__(self, sources: Any, directory: Any, dialer: Callable[..., Any], reactor: Any,
+    def __init__(self, sources: Sources, directory: MemberDirectory, dialer: Callable[..., Any], reactor: Any,
                  free_bytes: Callable[[], int | None], address_of: Callable[[str], str]) -> None:
         self.sources = sources
         self.directory = directory
