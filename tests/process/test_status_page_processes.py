@@ -149,9 +149,9 @@ def _artefacts() -> Path:
 def test_the_status_page_follows_a_leader_failure_in_a_real_browser(cluster):
     leader = wait_for(cluster.everyone_follows, 30, "a leader everyone follows")
     viewed = sorted(set(cluster.nodes) - {leader})[0]
+    driver = _browser_or_skip()
     proxy = CertProxy(cluster.nodes[viewed].http_address, cluster.certs / "ca.pem",
                       cluster.certs / "admin.pem", cluster.certs / "admin-key.pem")
-    driver = _browser_or_skip()
     seen: list[dict] = []
 
     def until(check, timeout: float, what: str) -> dict:
