@@ -16,6 +16,7 @@ Requests run in a thread (urllib, blocking) so the reactor serves them.
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import threading
 import urllib.error
@@ -240,3 +241,16 @@ async def test_a_node_without_a_leader_says_so_with_503_and_a_reason(lonely_node
     assert all(m["error"] for m in view["members"] if m["id"] != "n1")
     status, _, body = await get(lonely_node, "/metrics")
     assert status == 200 and samples(body)[("storg_raft_has_leader", ())] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_readme_lists_every_metric_and_no_other(tls_node):
+    """README.rst, "Metrics and the status page", is the list operators alert on: it must not drift."""
+    readme = (Path(__file__).resolve().parents[2] / "README.rst").read_text()
+    section = readme.split("Metrics and the status page", 1)[1].split("\nGuarantees\n", 1)[0]
+    listed = {name.removesuffix("_total") for name in re.findall(r"``(storg_[a-z_]+)", section)}
+    listed.add("storg_raft_proposals_applied")  # written "``..._committed_total`` / ``_applied_total``"
+    _, _, body = await get(tls_node, "/metrics")
+    served = {f.name for f in text_string_to_metric_families(body.decode()) if f.name.startswith("storg_")}
+    assert served - listed == set(), "served but not in the README"
+    assert listed - served == set(), "in the README but not served"
