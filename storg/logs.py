@@ -6,8 +6,14 @@ twistd writes a text log by default.  A node whose config says
 way for an application to choose its observer: twistd uses it in place of
 its own), built by :func:`json_observer`: twisted.logger's JSON format
 (``eventAsJSON``: the format string, its fields, level, namespace, time),
-one event per line (no record separator), each with ``"node": ID`` and
-``"text"``, the formatted message.
+one event per line (no record separator), each with ``"log_node": ID`` and
+``"text"``, the formatted message.  ``log_node``, not ``node``: many of
+storg's own events have a ``node`` field of their own, which names a peer
+as often as this node, and must reach the log as it was logged.
+
+The text log (no ``log`` section, or ``format: text``) is twistd's own
+observer, built the way twistd builds it (:func:`text_observer`), behind the
+same :class:`Summarizer`.
 
 Repeated warnings are rate-limited by :class:`Summarizer`: a warning (or
 error) like one already written in the last ``window`` seconds (same
@@ -56,7 +62,7 @@ class Summarizer:
         """key -> [first time in this window, repeats held back, last event held back]."""
 
     def __call__(self, event: dict[str, Any]) -> None:
-        event = dict(event, node=self.node_id)
+        event = dict(event, log_node=self.node_id)
         if event.get("log_level") in _LOUD:
             key = _key(event)
             now = self.clock()
@@ -100,12 +106,34 @@ def json_writer(out: IO[str]) -> Callable[[dict[str, Any]], None]:
             line = eventAsJSON(event)
         except Exception:  # an unserializable field: keep the event, as text
             line = eventAsJSON({"log_level": event.get("log_level"), "log_namespace": event.get("log_namespace"),
-                                "node": event.get("node"), "log_format": "{text}",
+                                "log_node": event.get("log_node"), "log_format": "{text}",
                                 "text": formatEvent(event), "log_time": event.get("log_time")})
         out.write(line + "\n")
         out.flush()
 
     return write
+
+
+def text_observer(node_id: str, twistd_options: Any) -> Summarizer | None:
+    """twistd's own text observer (its ``--logfile``, stdout with ``-n``, SIGUSR1 rotation),
+    behind a :class:`Summarizer`: the text log unchanged, repeated warnings summarised.
+
+    Built by twistd's ``UnixAppLogger`` from twistd's options, exactly as
+    twistd would build it.  None (twistd then logs as it always does) when
+    that is not possible: not run by twistd, ``--syslog`` (a legacy
+    observer), ``--logger`` (the operator chose), or a twistd whose
+    internals differ.
+    """
+    if twistd_options is None or twistd_options.get("syslog") or twistd_options.get("logger"):
+        return None
+    try:
+        from twisted.scripts._twistd_unix import UnixAppLogger
+        inner = UnixAppLogger(twistd_options)._getLogObserver()
+    except Exception:  # not twistd's unix runner, or its internals moved: keep its default
+        return None
+    if not ILogObserver.providedBy(inner):
+        return None
+    return Summarizer(node_id, inner)
 
 
 def json_observer(node_id: str, path: str | None = None) -> Summarizer:

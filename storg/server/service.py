@@ -129,22 +129,32 @@ class NodeService(service.MultiService):
         self._stopping = False
         self.credentials: TLSCredentials | None = None
         self.dialer = PLAIN
+        self.twistd_options: Any = None
+        """twistd's options (set by storg.daemon), from which the text log observer is built."""
 
     def setServiceParent(self, parent: Any) -> None:
-        """Join twistd's application; with ``log: {format: json}`` also give it the JSON observer.
+        """Join twistd's application and give it the node's log observer (storg/logs.py).
 
         twistd builds the application, attaches this service, and only then
         starts logging, using the application's ILogObserver component when
-        it has one (storg/logs.py).
+        it has one: the JSON observer with ``log: {format: json}``, else
+        twistd's own text observer behind the repeat summarizer.
         """
         super().setServiceParent(parent)
-        if self.config.log.format == "json" and hasattr(parent, "setComponent"):
-            from twisted.logger import ILogObserver
+        if not hasattr(parent, "setComponent"):
+            return
+        from twisted.logger import ILogObserver
 
-            from storg.logs import json_observer
+        from storg.logs import Summarizer, json_observer, text_observer
+        observer: Summarizer | None
+        if self.config.log.format == "json":
             path = self.config.log.path
-            self.log_observer = json_observer(self.config.node_id, str(path) if path else None)
-            parent.setComponent(ILogObserver, self.log_observer)
+            observer = json_observer(self.config.node_id, str(path) if path else None)
+        else:
+            observer = text_observer(self.config.node_id, self.twistd_options)
+        if observer is not None:
+            self.log_observer = observer
+            parent.setComponent(ILogObserver, observer)
 
     def load_credentials(self) -> None:
         """Read and check the TLS files; raises TLSConfigError (one line naming the file).

@@ -105,7 +105,7 @@ def test_json_logs_name_the_node_on_every_line(cluster):
     for nid in cluster.nodes:
         lines = [line for line in cluster.log_text(nid).splitlines() if line.strip()]
         events = [json.loads(line) for line in lines]  # every line is one JSON object
-        assert events and all(e["node"] == nid for e in events), nid
+        assert events and all(e["log_node"] == nid for e in events), nid
         started = [e for e in events if e.get("log_namespace") == "storg.service" and " started in " in e["text"]]
         assert started and started[0]["log_level"]["name"] == "info", nid
 
