@@ -19,18 +19,25 @@ setup(
     # `pip install -e .` too (its default import-hook mode hides it).
     package_dir={"": "."},
     packages=find_packages(include=["storg", "storg.*"]) + ["twisted.plugins"],
-    package_data={"twisted.plugins": ["storg_plugin.py"]},
+    # The status page's files ship in the package: the page works with no internet (no CDN).
+    package_data={"twisted.plugins": ["storg_plugin.py"], "storg.server.http": ["static/*"]},
     # Twisted[tls] brings pyOpenSSL, which Twisted's TLS (CertificateOptions,
     # SSL4 endpoints) is built on, and idna; service_identity is what Twisted
     # asks for to verify a peer's certificate (it warns and degrades without it).
     # cryptography generates the keys and certificates (storgctl certs) and
     # reads the storg identity out of a peer's certificate (storg/net/tls.py).
+    # prometheus_client renders /metrics (the text format, histograms, one
+    # registry per node): the reference implementation, pure Python, no deps.
     install_requires=["Twisted[tls]>=23.8", "PyYAML>=6.0", "google-crc32c>=1.5",
-                      "cryptography>=41", "pyOpenSSL>=23.2", "service_identity>=21.1"],
+                      "cryptography>=41", "pyOpenSSL>=23.2", "service_identity>=21.1",
+                      "prometheus_client>=0.17"],
     # The linters ride in the test extras too, so CI's one install has them
     # (scripts/lint.sh); pinned to a minor release, as new ones add checks.
+    # selenium drives the system's headless Chromium (Debian's chromium and
+    # chromium-driver, installed by .ci/run) for the status page's browser
+    # test; it downloads no browser when /usr/bin/chromedriver is given.
     extras_require={
-        "test": ["pytest>=7.4", "pytest-twisted>=1.14", "hypothesis>=6.80", *LINT],
+        "test": ["pytest>=7.4", "pytest-twisted>=1.14", "hypothesis>=6.80", "selenium>=4.10", *LINT],
         "lint": LINT,
     },
     entry_points={"console_scripts": ["storgctl = storg.cli.main:main"]},

@@ -169,6 +169,21 @@ class LimitTuning:
 
 
 @dataclass(frozen=True)
+class LogSettings:
+    """The ``log`` section: how the node writes its log.
+
+    ``format: text`` (the default) leaves twistd's own text log as it is;
+    ``format: json`` writes one JSON object per line (twisted.logger's
+    JSON format, with the node id on every event and repeated warnings
+    summarised), to ``path`` (relative to the config file) or, without one,
+    to twistd's standard output (the terminal or supervisor with ``-n``).
+    """
+
+    format: str = "text"
+    path: Path | None = None
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     node_id: str
     data_dir: Path
@@ -185,6 +200,7 @@ class NodeConfig:
     tls_off: bool = False
     """``tls: off`` was written: plain TCP allowed on non-loopback addresses (the operator's choice)."""
     limits: LimitTuning = field(default_factory=LimitTuning)
+    log: LogSettings = field(default_factory=LogSettings)
     source: Path | None = None
 
     def listen_addresses(self) -> dict[str, Address]:
@@ -298,8 +314,10 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 
 _TOP_KEYS = {
     "node_id", "data_dir", "peer_listen", "client_listen", "http_listen",
-    "cluster", "join", "cluster_token", "raft", "files", "tls", "limits",
+    "cluster", "join", "cluster_token", "raft", "files", "tls", "limits", "log",
 }
+_LOG_KEYS = {"format", "path"}
+LOG_FORMATS = ("text", "json")
 _TLS_KEYS = {"ca", "cert", "key"}
 _RAFT_KEYS = {"heartbeat_ms", "election_timeout_ms", "snapshot_every"}
 _FILES_KEYS = {
@@ -442,6 +460,7 @@ def load_config(path: str | os.PathLike[str]) -> NodeConfig:
         tls=tls,
         tls_off=tls_off,
         limits=_limits(check, raw.get("limits")),
+        log=_log(check, raw.get("log"), shown),
         source=Path(os.path.abspath(shown)),
     )
 
@@ -489,6 +508,24 @@ def _data_dir(check: _Checker, value: object, shown: str) -> Path:
         raise check.fail("data_dir", f"must be a non-empty path, got {value!r}")
     base = os.path.dirname(os.path.abspath(shown))
     return Path(os.path.normpath(os.path.join(base, os.path.expanduser(value))))
+
+
+def _log(check: _Checker, value: object, shown: str) -> LogSettings:
+    if value is None:
+        return LogSettings()
+    raw = check.mapping(value, "log", _LOG_KEYS)
+    fmt = raw.get("format", "text")
+    if fmt not in LOG_FORMATS:
+        raise check.fail("log.format", f"must be one of {', '.join(LOG_FORMATS)}, got {fmt!r}")
+    path = raw.get("path")
+    if path is None:
+        return LogSettings(fmt)
+    if not isinstance(path, str) or not path.strip():
+        raise check.fail("log.path", f"must be a non-empty path, got {path!r}")
+    if fmt != "json":
+        raise check.fail("log.path", "is for format: json (the text log goes where twistd's --logfile says)")
+    base = os.path.dirname(os.path.abspath(shown))
+    return LogSettings(fmt, Path(os.path.normpath(os.path.join(base, os.path.expanduser(path)))))
 
 
 def _check_distinct(check: _Checker, **addresses: Address | None) -> None:

@@ -32,6 +32,7 @@ def makeService(options: Options):
     from storg.server.service import make_service
     from storg.storage.errors import StorageError
     service = make_service(config)
+    service.twistd_options = getattr(options, "parent", None)
     # Open the data_dir now, not in startService: twistd calls that after it
     # has daemonized, where a data_dir of another node or a corrupt log would
     # no longer reach the operator's terminal or the exit status.

@@ -138,11 +138,31 @@ def format_status(rows: list[dict[str, Any]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table)
 
 
+def status_summary(rows: list[dict[str, Any]]) -> str:
+    """The first line of ``storgctl status``: healthy / degraded / unavailable, and how many
+    more voters may stop with a quorum left (the status page's rule, from the rows alone).
+
+    A member that does not answer counts as a voter: storgctl cannot tell, and
+    counting it makes the tolerance an underestimate, never an overestimate.
+    """
+    voters = [r for r in rows if r.get("role") != "learner"]
+    reachable = [r for r in voters if r.get("role") != "unreachable"]
+    leaders = sorted({r["id"] for r in reachable if r.get("role") == "leader"})
+    quorum = len(voters) // 2 + 1
+    counted = f"{len(reachable)} of {len(voters)} voters reachable"
+    if len(leaders) != 1 or len(reachable) < quorum:
+        return f"cluster unavailable: no leader agreed on ({counted}, quorum {quorum})"
+    health = "healthy" if len(reachable) == len(voters) else "degraded"
+    more = len(reachable) - quorum
+    return f"cluster {health}: {counted}, leader {leaders[0]}, can lose {more} more"
+
+
 async def run_status(client: StorgClient, args: argparse.Namespace) -> int:
     rows = await client.status()
     if args.json:
         print(json.dumps(rows))
     else:
+        print(status_summary(rows))
         print(format_status(rows))
     return EXIT_OK
 

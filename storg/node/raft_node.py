@@ -162,6 +162,10 @@ class RaftNode:
         self._failed: Failure | None = None
         # index -> (term, Deferred, timeout call) of proposals waiting for apply
         self._proposals: dict[int, tuple[int, defer.Deferred, Any]] = {}
+        self.proposals_failed = 0
+        """Proposals that will never be applied as proposed, or whose outcome is unknown:
+        overwritten by another leader, timed out, refused on a full log, failed at stop
+        (``storg_raft_proposals_failed_total``; a command the state machine refused is not one)."""
         # Reads not yet handed to the core: the next Ready issues one ReadIndex for all.
         self._unissued_reads: list[_ReadWaiter] = []
         # read context -> the reads that share it, waiting for its ReadState
@@ -417,6 +421,11 @@ class RaftNode:
     def is_leader(self) -> bool:
         return self.core.role == Role.LEADER
 
+    @property
+    def proposals_pending(self) -> int:
+        """Proposals appended and waiting to be applied (``storg_raft_proposals_pending``)."""
+        return len(self._proposals)
+
     def status(self) -> dict[str, Any]:
         """The row of ``storgctl status`` for this node."""
         return {
@@ -444,6 +453,7 @@ class RaftNode:
             # It could not be written before space is freed: refuse it now (it
             # was never appended, so it will never apply), and the client tries
             # another node, likely the next leader, instead of waiting here.
+            self.proposals_failed += 1
             return defer.fail(ProposalDropped(f"{self.node_id}: disk full, its Raft log cannot be written"))
         try:
             index = submit()
@@ -675,6 +685,7 @@ class RaftNode:
         if call.active():
             call.cancel()
         if term != entry.term:
+            self.proposals_failed += 1
             d.errback(ProposalDropped("overwritten by another leader's entry"))
         elif error is not None:
             d.errback(error)
@@ -742,6 +753,7 @@ class RaftNode:
     def _expire_proposal(self, index: int) -> None:
         waiting = self._proposals.pop(index, None)
         if waiting is not None:
+            self.proposals_failed += 1
             waiting[1].errback(Timeout(f"entry {index} not applied in time"))
 
     def _expire_read(self, waiter: _ReadWaiter) -> None:
@@ -756,6 +768,7 @@ class RaftNode:
 
     def _fail_all(self, exc: Exception) -> None:
         proposals, self._proposals = self._proposals, {}
+        self.proposals_failed += len(proposals)
         for _term, d, call in proposals.values():
             if call.active():
                 call.cancel()

@@ -50,6 +50,7 @@ Limits (``limits:`` in the config; docs/architecture.rst, section "Limits"):
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Callable
 from typing import Any, cast
 from typing import Protocol as TypingProtocol
@@ -77,6 +78,15 @@ log = Logger(namespace="storg.client_port")
 _LENGTH = struct.Struct("!I")
 
 Handler = Callable[[Any, "ClientConnection"], Any]
+
+RequestObserver = Callable[[type, str, float], object]
+"""Told ``(request type, outcome, seconds)`` when a request's handler is done (reactor thread).
+
+``outcome`` is ``ok`` or the lower-case ErrorCode name of the reply
+(``not_leader``, ``permission_denied``, ...); ``seconds`` runs from the
+frame's arrival to the handler's result (for a streamed get: to its last
+frame handed to the transport).  The metrics layer turns it into
+``storg_client_request_duration_seconds``."""
 
 
 class RequestError(Exception):
@@ -127,11 +137,12 @@ class ClientConnection(FrameReceiver):
     def __init__(self, api: ClientApi, limits: LimitTuning | None = None, reactor: Any = None,
                  drops: RateLimitedLog | None = None, *, tls: bool = False,
                  is_member: Callable[[str], bool] = lambda node_id: False,
-                 refusals: OncePerReason | None = None) -> None:
+                 refusals: OncePerReason | None = None, on_request: RequestObserver | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
             reactor = global_reactor
         self.api = api
+        self.on_request = on_request
         self.tls = tls
         self.is_member = is_member
         self.identity: Identity | None = None
@@ -327,22 +338,40 @@ class ClientConnection(FrameReceiver):
                                     "permission denied to {who} from {peer}: {why}",
                                     who=self.identity, peer=self.transport.getPeer(), why=why)
                 self.send(ErrorReply(request_id, int(ErrorCode.PERMISSION_DENIED), why))
+                self._observe(type(request), "permission_denied", 0.0)
                 return
+        started = time.monotonic()
         d = defer.maybeDeferred(handler, request, self)
         counted = not d.called
         if counted:
             self._started()
-        d.addCallbacks(self._reply, self._failed, errbackArgs=(request_id,))
+        d.addCallbacks(self._reply, self._failed, callbackArgs=(type(request), started),
+                       errbackArgs=(request_id, type(request), started))
         if counted:
             d.addBoth(self._finished)  # after the reply: resuming may deliver further frames
         d.addErrback(lambda f: log.failure("replying to a client failed", f))
 
-    def _reply(self, reply: object) -> None:
+    def _reply(self, reply: object, kind: type = object, started: float = 0.0) -> None:
         if reply is not None:
             self.send(reply)
+        self._observe(kind, "ok", time.monotonic() - started)
 
-    def _failed(self, failure: Failure, request_id: int) -> None:
-        self.send(self.error_reply(failure, request_id))
+    def _failed(self, failure: Failure, request_id: int, kind: type = object, started: float = 0.0) -> None:
+        reply = self.error_reply(failure, request_id)
+        self.send(reply)
+        try:
+            outcome = ErrorCode(reply.code).name.lower()
+        except ValueError:
+            outcome = "error"
+        self._observe(kind, outcome, time.monotonic() - started)
+
+    def _observe(self, kind: type, outcome: str, seconds: float) -> None:
+        if self.on_request is None:
+            return
+        try:
+            self.on_request(kind, outcome, seconds)
+        except Exception:  # an observer must never cost a client its reply
+            log.failure("request observer failed")
 
     def error_reply(self, failure: Failure | BaseException, request_id: int) -> ErrorReply:
         exc = failure.value if isinstance(failure, Failure) else failure
@@ -434,7 +463,8 @@ class ClientPortFactory(Factory):
     noisy = False
 
     def __init__(self, api: ClientApi, limits: LimitTuning | None = None, reactor: Any = None, *,
-                 tls: bool = False, is_member: Callable[[str], bool] = lambda node_id: False) -> None:
+                 tls: bool = False, is_member: Callable[[str], bool] = lambda node_id: False,
+                 on_request: RequestObserver | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
             reactor = global_reactor
@@ -445,6 +475,7 @@ class ClientPortFactory(Factory):
         self.tls = tls
         self.is_member = is_member
         self.refusals = OncePerReason(log, reactor)
+        self.on_request = on_request
         self.connections: set[ClientConnection] = set()
         self.refused = 0
         """Connections refused for the limit since the start (for tests and status)."""
@@ -463,7 +494,7 @@ class ClientPortFactory(Factory):
             refusal.factory = self
             return refusal
         proto = ClientConnection(self.api, self.limits, self.reactor, self.drops, tls=self.tls,
-                                 is_member=self.is_member, refusals=self.refusals)
+                                 is_member=self.is_member, refusals=self.refusals, on_request=self.on_request)
         proto.factory = self
         self.connections.add(proto)
         return proto

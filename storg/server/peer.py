@@ -89,6 +89,7 @@ from storg.net.framing import FrameReceiver, Transport, describe_address
 from storg.net.ratelimit import RateLimitedLog
 from storg.net.tls import describe_tls_failure, peer_identity
 from storg.raft.types import Message
+from storg.server.peer_stats import PeerStats
 from storg.wire.codec import CODEC
 from storg.wire.messages import Hello, HelloRefused
 from storg.wire.records import CodecError
@@ -286,6 +287,7 @@ class PeerServerProtocol(_PeerProtocol):
         elif obj.to != self.owner.node_id:
             self.violation(f"message addressed to {obj.to!r}, not to us")
         else:
+            self.owner.stats.received(obj, len(data))
             self.owner._deliver(obj)
 
     def _handshake(self, obj: object) -> None:
@@ -491,6 +493,7 @@ class _Link:
         # A refusal will not cure itself in 50 ms: retry at the slowest pace.
         self.failures = max(self.failures, 32)
         self._problem(line, warn=True)
+        self.owner.stats.refuse("outbound")
         self.owner._event(self.peer_id, REFUSED)
 
     def protocol_error(self, line: str) -> None:
@@ -610,6 +613,8 @@ class PeerTransport:
         self._inbound_by_peer: dict[str, PeerServerProtocol] = {}
         self._refusal_logged: dict[str, str] = {}
         self._stopped = False
+        self.stats = PeerStats(reactor)
+        """Bytes, drops, refusals and heartbeat round trips, for ``/metrics`` (reactor thread only)."""
         self.set_peers(peers)
 
     # -- public API ---------------------------------------------------------
@@ -618,13 +623,18 @@ class PeerTransport:
         """Send ``msg`` to ``msg.to`` if its connection is up; False if dropped."""
         link = self._links.get(msg.to)
         if link is None or link.protocol is None:
+            self.stats.drop(msg.to)
             return False
         try:
             body = CODEC.encode(msg)
         except CodecError as exc:
             log.error("cannot send {type} to {peer}: {exc}", type=msg.type.name, peer=msg.to, exc=exc)
             return False
-        return link.protocol.send_frame(body)
+        if not link.protocol.send_frame(body):
+            self.stats.drop(msg.to)
+            return False
+        self.stats.sent(msg, len(body))
+        return True
 
     def set_peers(self, peers: Mapping[str, Address]) -> None:
         """Follow a membership change: connect to new peers, drop removed ones."""
@@ -636,6 +646,8 @@ class PeerTransport:
             if wanted.get(pid) != link.address:
                 link.stop()
                 del self._links[pid]
+                if pid not in wanted:
+                    self.stats.forget(pid)
         for pid, addr in wanted.items():
             if pid not in self._links:
                 link = self._links[pid] = _Link(self, pid, addr)
@@ -755,6 +767,8 @@ class PeerTransport:
         # A refused peer retries every second; log the first refusal, and
         # again only if the reason changes.
         # ``reason`` leaves out the source port, which changes with every attempt.
+        self.stats.refuse("tls" if peer_id.startswith("tls:") else
+                          "refused_us" if reason.startswith("refused us") else "handshake")
         if self._refusal_logged.get(peer_id) != reason:
             if len(self._refusal_logged) > 1024:
                 self._refusal_logged.clear()  # bounded, whatever strangers call themselves

@@ -40,6 +40,9 @@ from storg.server.files.chunk_io import Chunks, LocalChunks, RemoteChunks
 from storg.server.files.placement import Liveness
 from storg.server.files.reserve import DiskReserve
 from storg.server.files.service import FileService
+from storg.server.http.metrics import NodeMetrics, Sources
+from storg.server.http.site import build_site
+from storg.server.http.view import ClusterView
 from storg.server.peer import PeerTransport
 from storg.server.peer_instances import KnownInstances
 from storg.server.snapshots.data import load_snapshot
@@ -121,9 +124,38 @@ class NodeService(service.MultiService):
         self.files: FileService | None = None
         self.snapshots: NodeSnapshots | None = None
         self.filler: ChunkFiller | None = None
+        self.metrics: NodeMetrics | None = None
+        self.cluster_view: ClusterView | None = None
+        self._started = False
         self._stopping = False
         self.credentials: TLSCredentials | None = None
         self.dialer = PLAIN
+        self.twistd_options: Any = None
+        """twistd's options (set by storg.daemon), from which the text log observer is built."""
+
+    def setServiceParent(self, parent: Any) -> None:
+        """Join twistd's application and give it the node's log observer (storg/logs.py).
+
+        twistd builds the application, attaches this service, and only then
+        starts logging, using the application's ILogObserver component when
+        it has one: the JSON observer with ``log: {format: json}``, else
+        twistd's own text observer behind the repeat summarizer.
+        """
+        super().setServiceParent(parent)
+        if not hasattr(parent, "setComponent"):
+            return
+        from twisted.logger import ILogObserver
+
+        from storg.logs import Summarizer, json_observer, text_observer
+        observer: Summarizer | None
+        if self.config.log.format == "json":
+            path = self.config.log.path
+            observer = json_observer(self.config.node_id, str(path) if path else None)
+        else:
+            observer = text_observer(self.config.node_id, self.twistd_options)
+        if observer is not None:
+            self.log_observer = observer
+            parent.setComponent(ILogObserver, observer)
 
     def load_credentials(self) -> None:
         """Read and check the TLS files; raises TLSConfigError (one line naming the file).
@@ -201,11 +233,19 @@ class NodeService(service.MultiService):
         filler = self.filler
         self.snapshots.installed.append(lambda _index: filler.trigger())
         self.directory.on_change(self._members_changed)
+        listeners: list[tuple[Address, Any]] = []
+        on_request = None
+        if cfg.http_listen is not None:
+            site = self._build_http()
+            assert self.metrics is not None  # _build_http made it
+            on_request = self.metrics.on_request
+            listeners.append((cfg.http_listen, site))
         client_port = ClientPortFactory(self, cfg.limits, self.reactor, tls=self.credentials is not None,
-                                        is_member=self._is_member)
+                                        is_member=self._is_member, on_request=on_request)
         for address, factory in (
             (cfg.peer_listen, self.transport.server_factory),
             (cfg.client_listen, client_port),
+            *listeners,
         ):
             endpoint = server_endpoint(self.reactor, address, self.credentials)
             listener = internet.StreamServerEndpointService(endpoint, factory)
@@ -214,11 +254,21 @@ class NodeService(service.MultiService):
             listener.setServiceParent(self)
         super().startService()
         self.reactor.callWhenRunning(self._install_sigterm_handler)
+        observer = getattr(self, "log_observer", None)
+        if observer is not None:
+            from twisted.internet.task import LoopingCall
+            self._log_flush = LoopingCall(observer.flush)
+            self._log_flush.clock = self.reactor
+            self._log_flush.start(observer.window / 4, now=False)
         self.node.start()
         self.files.start()
         self.repairer.start()
         self.scrubber.start()
         self.reactor.callWhenRunning(self.filler.trigger)
+        if self.metrics is not None and self.cluster_view is not None:
+            self.metrics.start()
+            self.cluster_view.start()
+        self._started = True
         if core.conf.voters == frozenset({cfg.node_id}) and core.role != Role.LEADER:
             core.campaign()  # a cluster of one serves at once
         log.info("{node} started in {ms:.0f} ms: cluster {cluster}, term {term}, snapshot at index "
@@ -287,6 +337,21 @@ class NodeService(service.MultiService):
             limiter=self.scrubber.limiter, scrub_counters=self.scrubber.counters)
         self.upkeep_status = UpkeepStatus(self.node, self.scrubber, self.repairer, files.garbage)
 
+    def _build_http(self) -> Any:
+        """The metrics, the cluster view and the Site of ``http_listen`` (docs/architecture.rst,
+        section "Observability"); started with the node, after it."""
+        assert self.node is not None and self.transport is not None and self.log_store is not None
+        assert self.files is not None and self.snapshots is not None and self.filler is not None
+        sources = Sources(
+            node_id=self.config.node_id, node=self.node, fsm=self.fsm, transport=self.transport,
+            log_store=self.log_store, chunk_store=self.chunk_store, reserve=self.disk_reserve,
+            repairer=self.repairer, scrubber=self.scrubber, garbage=self.files.garbage,
+            filler=self.filler, snapshots=self.snapshots, run_in_thread=reactor_pool(self.reactor))
+        self.metrics = metrics = NodeMetrics(sources, self.reactor)
+        self.cluster_view = view = ClusterView(sources, self.directory, self.dialer, self.reactor,
+                                               free_bytes=metrics.free_bytes, address_of=self._client_address)
+        return build_site(metrics, view, self.node, started=lambda: self._started and not self._stopping)
+
     def _install_sigterm_handler(self) -> None:
         """SIGTERM is the normal way to stop a node: make it exit with status 0.
 
@@ -317,6 +382,9 @@ class NodeService(service.MultiService):
     def stopService(self):
         """Hand leadership over, then close listeners, peers and storage."""
         self._stopping = True
+        flush = getattr(self, "_log_flush", None)
+        if flush is not None and flush.running:
+            flush.stop()
         node = self.node
         if node is not None and node.is_leader() and len(node.core.conf.voters) > 1:
             try:
@@ -327,6 +395,9 @@ class NodeService(service.MultiService):
                 log.warn("{node}: leadership transfer before stop failed: {why}",
                          node=self.config.node_id, why=exc)
         yield defer.maybeDeferred(super().stopService)
+        if self.metrics is not None and self.cluster_view is not None:
+            self.metrics.stop()
+            self.cluster_view.stop()
         if self.files is not None:
             self.files.stop()
             self.repairer.stop()

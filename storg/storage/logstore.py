@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from storg.raft.types import Entry, HardState, PersistedState, SnapshotMeta
@@ -59,6 +60,12 @@ class DiskLogStore:
         self._saved = HardState()
         self._latest = HardState()
         self._snapshot_lock = threading.Lock()
+        self.on_append: Callable[[int, float], object] | None = None
+        """Told ``(entries, seconds)`` after each durable batch append (write + fsync), in the
+        storage thread: the metrics' WAL histograms, which are thread-safe, and nothing else."""
+        self.log_bytes = 0
+        """Bytes in the log's segments after the last load or append: one int, replaced whole,
+        so the reactor may read it while the storage thread writes."""
 
     def load(self) -> PersistedState:
         """Recover: the latest snapshot, the hard state, and the log entries after the snapshot."""
@@ -77,6 +84,7 @@ class DiskLogStore:
                                   f"the log starts at index {wal.first_index} but the snapshot "
                                   f"ends at {snapshot.index}: entries are missing")
         entries = wal.entries(start, wal.last_index + 1) if start <= wal.last_index else []
+        self.log_bytes = wal.size_bytes()
         return PersistedState(hard_state, snapshot, entries)
 
     def persist(self, snapshot: SnapshotMeta | None, entries: Sequence[Entry],
@@ -99,7 +107,12 @@ class DiskLogStore:
             if not self._continues(snapshot):
                 wal.reset(snapshot.index + 1)
         if entries:
+            started = time.monotonic()
             wal.append(entries)
+            seconds = time.monotonic() - started
+            self.log_bytes = wal.size_bytes()
+            if self.on_append is not None:
+                self.on_append(len(entries), seconds)
         if hard_state is not None:
             self._latest = hard_state
             if (hard_state.term, hard_state.vote) != (self._saved.term, self._saved.vote):
@@ -107,7 +120,9 @@ class DiskLogStore:
                 self._saved = hard_state
 
     def compact(self, index: int) -> None:
-        self._wal().compact(index)
+        wal = self._wal()
+        wal.compact(index)
+        self.log_bytes = wal.size_bytes()
 
     def _continues(self, snapshot: SnapshotMeta) -> bool:
         """Whether the log goes on from ``snapshot``: it holds the snapshot's last entry

@@ -654,6 +654,10 @@ class WriteAheadLog:
 
     # -- queries --------------------------------------------------------------
 
+    def size_bytes(self) -> int:
+        """Bytes of log records in the segments (their logical sizes, without the zero fill)."""
+        return sum(seg.size for seg in self._segments)
+
     @property
     def directory(self) -> Path:
         return self._dir

@@ -151,6 +151,13 @@ class ProcNode:
     host: str = "127.0.0.1"
     cgroup: Path | None = None
     """A cgroup v2 folder the node is started in (set by :class:`LinkFirewall`)."""
+    http_port: int | None = None
+    """The node's ``http_listen`` port, when the cluster was created with ``http=True``."""
+
+    @property
+    def http_address(self) -> str:
+        assert self.http_port is not None, "the cluster was created without http=True"
+        return f"{self.host}:{self.http_port}"
 
     @property
     def client_address(self) -> str:
@@ -184,13 +191,14 @@ class ProcCluster:
     @classmethod
     def create(cls, root: Path, size: int = 3, raft: dict | None = None,
                files: dict | None = None, hosts: list[str] | None = None, tls: bool = True,
-               extra: dict | None = None, limits: dict | None = None) -> ProcCluster:
+               extra: dict | None = None, limits: dict | None = None, http: bool = False) -> ProcCluster:
         """Write configs for ``size`` nodes n1..nN under ``root``; start none yet.
 
         ``hosts``: one loopback address per node (see :func:`loopback_hosts`),
         so that firewall rules can tell the nodes apart; default 127.0.0.1 for all.
         ``tls``: on by default, as in ``scripts/cluster.sh``: the tests run what
         users run.  ``extra``: more top-level config keys for every node.
+        ``http``: give every node an ``http_listen`` port too (status page, /metrics).
         """
         root = Path(root).resolve()
         cluster = cls(root, storgctl_server=STORGCTL_SERVER, tls=tls)
@@ -212,6 +220,9 @@ class ProcCluster:
                 "client_listen": f"{host_of[nid]}:{client}",
                 "cluster": members,
             }
+            http_port = free_port(host_of[nid]) if http else None
+            if http_port is not None:
+                cfg["http_listen"] = f"{host_of[nid]}:{http_port}"
             if raft:
                 cfg["raft"] = raft
             if files:
@@ -225,7 +236,7 @@ class ProcCluster:
             path = root / f"{nid}.yaml"
             path.write_text(yaml.safe_dump(cfg))
             cluster.nodes[nid] = ProcNode(nid, path, root / f"{nid}.log", peer, client,
-                                          host=host_of[nid])
+                                          host=host_of[nid], http_port=http_port)
         env = dict(os.environ)
         # twistd finds twisted/plugins/ by scanning sys.path: make this checkout win.
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")

@@ -12,6 +12,7 @@ from storg.cli.main import (
     cluster_addresses,
     format_status,
     main,
+    status_summary,
 )
 
 
@@ -58,6 +59,27 @@ def test_status_table_shows_unreachable_rows_with_dashes():
     assert lines[0].split() == ["ID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST"]
     assert lines[1].split() == ["n1", "leader", "3", "n1", "7", "7", "7"]
     assert lines[2].split() == ["n2", "unreachable", "-", "-", "-", "-", "-"]
+
+
+def _row(nid: str, role: str) -> dict:
+    return {"id": nid, "role": role, "term": 1, "leader": "", "commit_index": 1, "applied_index": 1,
+            "last_index": 1}
+
+
+@pytest.mark.parametrize("roles, line", [
+    (("leader", "follower", "follower"), "cluster healthy: 3 of 3 voters reachable, leader n1, can lose 1 more"),
+    (("leader", "unreachable", "follower"),
+     "cluster degraded: 2 of 3 voters reachable, leader n1, can lose 0 more"),
+    (("leader", "follower", "follower", "learner"),
+     "cluster healthy: 3 of 3 voters reachable, leader n1, can lose 1 more"),
+    (("candidate", "unreachable", "unreachable"),
+     "cluster unavailable: no leader agreed on (1 of 3 voters reachable, quorum 2)"),
+    (("leader", "leader", "follower"),
+     "cluster unavailable: no leader agreed on (3 of 3 voters reachable, quorum 2)"),
+    (("leader",), "cluster healthy: 1 of 1 voters reachable, leader n1, can lose 0 more"),
+])
+def test_status_starts_with_the_health_and_the_failure_tolerance(roles, line):
+    assert status_summary([_row(f"n{i + 1}", role) for i, role in enumerate(roles)]) == line
 
 
 def test_global_options_come_before_the_command():

@@ -188,8 +188,18 @@ def test_a_missing_copy_goes_to_a_reachable_voter_and_is_recorded():
     r.run_round()
     assert files.stored == ["n4"] and holders(files) == ["n1", "n2", "n4"]
     assert r.counters["copies"] == 1 and r.under_replicated == 1  # counted before the copy
+    assert (r.queued, r.lost) == (1, 0)
     r.run_round()
     assert r.under_replicated == 0 and files.stored == ["n4"]
+    assert (r.queued, r.lost) == (0, 0)
+
+
+def test_a_chunk_whose_holders_are_all_unreachable_is_counted_lost():
+    clock = Clock()
+    files = FakeParts(clock, ["n1", "n2", "n3", "n4"], ["n2", "n3"])
+    r = repairer(files, down={"n2", "n3"})
+    r.run_round()
+    assert r.lost == 1 and r.under_replicated == 1
 
 
 def test_a_holder_down_within_the_grace_is_waited_for_then_replaced():

@@ -151,6 +151,8 @@ class SnapshotReceiver:
         self._stopped = False
         self.stored: list[tuple[int, int]] = []
         """(index, offset the last connection resumed from) of each snapshot stored, for tests."""
+        self.stored_bytes = 0
+        """Bytes of the snapshots staged from leaders (``storg_raft_snapshot_received_bytes_total``)."""
 
     def handlers(self) -> dict[type, Callable[[Any, Any], Any]]:
         return {SnapshotBegin: self.begin, SnapshotPart: self.part, SnapshotEnd: self.end}
@@ -344,6 +346,7 @@ class SnapshotReceiver:
         def staged(_: Any) -> SnapshotStored:
             self._staged = _Staged(meta, partial.size, partial.sha256, partial.leader, partial.term)
             self.stored.append((meta.index, partial.resumed_from))
+            self.stored_bytes += partial.size
             log.info("{node} staged the snapshot at index {index} ({size} bytes) from {leader}; "
                      "it is installed when the leader's message names it",
                      node=self.node.node_id, index=meta.index, size=partial.size, leader=partial.leader)

@@ -67,6 +67,10 @@ class Repairer:
         self.parallel = parallel
         self.counters: Counter[str] = Counter()
         self.under_replicated = 0
+        self.lost = 0
+        """Chunks in use with no reachable holder at the last round (``storg_chunks_lost``)."""
+        self.queued = 0
+        """Chunks the last round planned to copy or re-home (``storg_repair_queue_chunks``)."""
         self.rounds = 0
         self._loop: LoopingCall | None = None
         self._round: defer.Deferred | None = None
@@ -107,8 +111,10 @@ class Repairer:
             self._announced = None
             return
         yield self._probe_all()
-        plan, under = yield self._scan()
+        plan, under, lost = yield self._scan()
         self.under_replicated = under
+        self.lost = lost
+        self.queued = len(plan)
         self.rounds += 1
         if plan:
             log.info("repair: {n} chunks need copies or holder changes", n=len(plan))
@@ -164,10 +170,11 @@ class Repairer:
 
     @defer.inlineCallbacks
     def _scan(self):
-        """The digests needing work, and how many chunks have fewer than R reachable copies."""
+        """The digests needing work, how many chunks have fewer than R reachable copies, and how
+        many have none reachable (lost, as far as this leader can see: until a holder is back)."""
         digests = self.fsm.chunk_digests()
         plan: list[bytes] = []
-        under = 0
+        under = lost = 0
         reachable_voters = {n for n in self.node.core.conf.voters if self.liveness.reachable(n)}
         for start in range(0, len(digests), SCAN_SLICE):
             if start:
@@ -180,9 +187,11 @@ class Repairer:
                     continue  # garbage collection's business, not repair's
                 keep, missing, short = self._judge(chunk.holders)
                 under += short
+                if not any(self.liveness.reachable(h) for h in chunk.holders):
+                    lost += 1
                 if len(keep) != len(chunk.holders) or (missing > 0 and reachable_voters - chunk.holders):
                     plan.append(digest)  # a holder to drop, or a reachable node to copy to
-        return plan, under
+        return plan, under, lost
 
     @defer.inlineCallbacks
     def _repair_one(self, digest: bytes):
