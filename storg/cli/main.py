@@ -15,6 +15,7 @@ import sys
 from typing import Any, NoReturn
 
 from storg.cli import certs as certs_commands
+from storg.cli import keys as key_commands
 from storg.cli import members as member_commands
 from storg.cli.escape import escape_controls, escape_path
 from storg.cli.progress import progress_for
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="read from the node contacted without checking it is current")
     member_commands.add_parsers(sub)
     certs_commands.add_parsers(sub)
+    key_commands.add_parsers(sub)
     return p
 
 
@@ -349,6 +351,12 @@ def main(argv: list[str] | None = None) -> NoReturn:
         try:
             sys.exit(certs_commands.run_certs(args))
         except certs_commands.CertsError as exc:
+            sys.stderr.write(f"storgctl: {one_line(str(exc))}\n")
+            sys.exit(EXIT_USAGE)
+    if args.command == "keys":
+        try:
+            sys.exit(key_commands.run_keys(args))
+        except key_commands.KeyFileError as exc:
             sys.stderr.write(f"storgctl: {one_line(str(exc))}\n")
             sys.exit(EXIT_USAGE)
     try:

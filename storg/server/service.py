@@ -50,6 +50,7 @@ from storg.server.upkeep.scrub import Scrubber
 from storg.server.upkeep.status import UpkeepStatus
 from storg.storage.chunks import ChunkStore
 from storg.storage.identity import load_or_create
+from storg.storage.keys import Keyring, load_key_file
 from storg.storage.logstore import DiskLogStore
 from storg.wire import (
     CODEC,
@@ -116,6 +117,8 @@ class NodeService(service.MultiService):
         self.node: RaftNode | None = None
         self.transport: PeerTransport | None = None
         self.log_store: DiskLogStore | None = None
+        self.keyring: Keyring | None = None
+        """The cluster key file, loaded at open_storage when the config has ``encryption``."""
         self.directory = MemberDirectory.from_config(config)
         self.files: FileService | None = None
         self.snapshots: NodeSnapshots | None = None
@@ -146,17 +149,19 @@ class NodeService(service.MultiService):
             return
         cfg = self.config
         started = time.monotonic()
-        identity = load_or_create(cfg.data_dir, cfg.node_id, self.cluster_id)
+        # The key first: a wrong or missing key refuses the start before anything is read or written.
+        self.keyring = None if cfg.key_file is None else load_key_file(cfg.key_file)
+        identity = load_or_create(cfg.data_dir, cfg.node_id, self.cluster_id, self.keyring)
         self.instance_id = identity.instance_id
         self.known_instances = KnownInstances.load(cfg.data_dir, self.directory.members,
                                                     run_in_thread=reactor_pool(self.reactor),
                                                     is_member=self._is_member)
         self.directory.on_remove(self.known_instances.forget)
-        self.log_store = DiskLogStore(cfg.data_dir)
+        self.log_store = DiskLogStore(cfg.data_dir, keyring=self.keyring)
         self._state = self.log_store.load()
         # Before the reactor runs, so reading the snapshot here blocks nothing.
         self._loaded_snapshot = load_snapshot(self.log_store)
-        self.chunk_store = ChunkStore(cfg.data_dir / "chunks")
+        self.chunk_store = ChunkStore(cfg.data_dir / "chunks", keyring=self.keyring)
         self._load_seconds = time.monotonic() - started
 
     def startService(self) -> None:

@@ -43,6 +43,7 @@ from pathlib import Path
 from storg.raft.types import Entry, HardState, PersistedState, SnapshotMeta
 from storg.storage.errors import CorruptionError, StorageError
 from storg.storage.hardstate import HardStateStore
+from storg.storage.keys import Keyring
 from storg.storage.snapshot import SnapshotReader, SnapshotStore, SnapshotWriter
 from storg.storage.wal import DEFAULT_SEGMENT_BYTES, WriteAheadLog
 
@@ -50,11 +51,14 @@ from storg.storage.wal import DEFAULT_SEGMENT_BYTES, WriteAheadLog
 class DiskLogStore:
     """Call ``load()`` once, then ``persist()``/``compact()`` from one thread at a time."""
 
-    def __init__(self, data_dir: str | os.PathLike[str], *, segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> None:
+    def __init__(self, data_dir: str | os.PathLike[str], *, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+                 keyring: Keyring | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.segment_bytes = segment_bytes
-        self.hard_states = HardStateStore(self.data_dir)
-        self.snapshots = SnapshotStore(self.data_dir / "snap")
+        self.keyring = keyring
+        """Encryption at rest: the log's records and the snapshots are sealed with it."""
+        self.hard_states = HardStateStore(self.data_dir, keyring)
+        self.snapshots = SnapshotStore(self.data_dir / "snap", keyring)
         self.wal: WriteAheadLog | None = None
         self._saved = HardState()
         self._latest = HardState()
@@ -62,7 +66,7 @@ class DiskLogStore:
 
     def load(self) -> PersistedState:
         """Recover: the latest snapshot, the hard state, and the log entries after the snapshot."""
-        self.wal = WriteAheadLog.open(self.data_dir / "wal", self.segment_bytes)
+        self.wal = WriteAheadLog.open(self.data_dir / "wal", self.segment_bytes, keyring=self.keyring)
         hard_state = self.hard_states.load() or HardState()
         self._saved = self._latest = hard_state
         snapshot = self.snapshots.latest() or SnapshotMeta()

@@ -177,23 +177,35 @@ class ProcCluster:
     """Mutual TLS on every port: ``certs/`` under root holds the CA, a pair per node and the
     admin's (``storgctl certs init``); :attr:`env` points storgctl at the admin's."""
 
+    encryption: bool = False
+    """Encryption at rest: ``keys/cluster.key`` under root (``storgctl keys init``), in every config."""
+
     @property
     def certs(self) -> Path:
         return self.root / "certs"
 
+    @property
+    def key_file(self) -> Path:
+        return self.root / "keys" / "cluster.key"
+
     @classmethod
     def create(cls, root: Path, size: int = 3, raft: dict | None = None,
                files: dict | None = None, hosts: list[str] | None = None, tls: bool = True,
-               extra: dict | None = None) -> ProcCluster:
+               extra: dict | None = None, encryption: bool = True) -> ProcCluster:
         """Write configs for ``size`` nodes n1..nN under ``root``; start none yet.
 
         ``hosts``: one loopback address per node (see :func:`loopback_hosts`),
         so that firewall rules can tell the nodes apart; default 127.0.0.1 for all.
         ``tls``: on by default, as in ``scripts/cluster.sh``: the tests run what
         users run.  ``extra``: more top-level config keys for every node.
+        ``encryption``: encryption at rest, on by default for the same reason.
         """
         root = Path(root).resolve()
-        cluster = cls(root, storgctl_server=STORGCTL_SERVER, tls=tls)
+        cluster = cls(root, storgctl_server=STORGCTL_SERVER, tls=tls, encryption=encryption)
+        if encryption:
+            from storg.storage.keys import init_key_file
+            cluster.key_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            init_key_file(cluster.key_file)
         hosts = list(hosts) if hosts is not None else ["127.0.0.1"] * size
         if len(hosts) != size:
             raise ValueError(f"{len(hosts)} hosts given for {size} nodes")
@@ -218,6 +230,8 @@ class ProcCluster:
                 cfg["files"] = files
             if tls:
                 cfg["tls"] = cluster._tls_section(nid)
+            if encryption:
+                cfg["encryption"] = {"key_file": "keys/cluster.key"}
             if extra:
                 cfg.update(extra)
             path = root / f"{nid}.yaml"
