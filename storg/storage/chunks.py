@@ -17,11 +17,11 @@ disk says nothing about which content it holds; the API above the store
 still speaks plain SHA-256 hashes, which the metadata, the wire and the
 client's check use.  A sealed chunk file::
 
-    magic "SGC\x01" | key id u32 | salt 16 | AES-GCM(sha256, part 0) 48
+    magic "SGC\x01" | key id u32 | salt 16 | tag 4 | AES-GCM(sha256, part 0) 48
     | AES-GCM(plaintext, part 1)
 
 both parts authenticated with the magic, key id, salt and file name as
-associated data.  The first part (72 bytes in all) lets :meth:`list` learn
+associated data.  The first part (76 bytes in all) lets :meth:`list` learn
 a file's SHA-256 without reading the chunk; the second is the chunk.  A
 read checks both tags and that the header names the hash asked for; the
 SHA-256 is not computed again, since the tag already proves these are the
@@ -88,6 +88,28 @@ def _check_hash(chunk_hash: str) -> str:
     return chunk_hash
 
 
+def open_sealed(keyring: Keyring, path: Path, name: str, stored: bytes,
+                chunk_hash: str | None = None) -> tuple[str, bytes]:
+    """``(sha256, plaintext)`` of a sealed chunk file named ``name`` whose bytes are ``stored``.
+
+    Given only the first :data:`SEALED_HEADER_BYTES`, the plaintext is
+    ``b""``: that is how :meth:`ChunkStore.list` (and tests) learn a file's
+    hash.  CorruptionError for anything altered; UnknownKeyError for a key
+    id the key file lacks.
+    """
+    if len(stored) < SEALED_HEADER_BYTES or not stored.startswith(SEALED_MAGIC):
+        raise CorruptionError(path, 0, "not a sealed chunk (bad magic or cut short)")
+    prefix = stored[:_SEALED_HEAD]
+    aad = prefix + name.encode("ascii")
+    aead = keyring.context_of(prefix[len(SEALED_MAGIC):], path)
+    view = memoryview(stored)
+    digest = open_part(aead, 0, view[_SEALED_HEAD:SEALED_HEADER_BYTES], aad, path).hex()
+    if chunk_hash is not None and digest != chunk_hash:
+        raise CorruptionError(path, None, "sealed chunk holds another hash than its name says")
+    body = view[SEALED_HEADER_BYTES:]
+    return digest, open_part(aead, 1, body, aad, path) if body else b""
+
+
 class ChunkStore:
     """Chunks under ``root``, each named by the SHA-256 of its plaintext (or its keyed name)."""
 
@@ -106,9 +128,7 @@ class ChunkStore:
         _check_hash(chunk_hash)
         if self.keyring is None:
             return chunk_hash
-        name = self.keyring.chunk_name(chunk_hash)
-        self._hash_of[name] = chunk_hash
-        return name
+        return self.keyring.chunk_name(chunk_hash)
 
     def path(self, chunk_hash: str) -> Path:
         """Where the chunk named ``chunk_hash`` lives (whether or not it exists)."""
@@ -123,19 +143,8 @@ class ChunkStore:
         return [prefix, seal_part(aead, 0, bytes.fromhex(chunk_hash), aad), seal_part(aead, 1, data, aad)]
 
     def _open_sealed(self, path: Path, name: str, stored: bytes, chunk_hash: str | None) -> tuple[str, bytes]:
-        """``(sha256, plaintext)`` of a sealed file (plaintext b"" when only the header was read)."""
         assert self.keyring is not None
-        if len(stored) < SEALED_HEADER_BYTES or not stored.startswith(SEALED_MAGIC):
-            raise CorruptionError(path, 0, "not a sealed chunk (bad magic or cut short)")
-        prefix = stored[:_SEALED_HEAD]
-        aad = prefix + name.encode("ascii")
-        aead = self.keyring.context_of(prefix[len(SEALED_MAGIC):])
-        view = memoryview(stored)
-        digest = open_part(aead, 0, view[_SEALED_HEAD:SEALED_HEADER_BYTES], aad, path).hex()
-        if chunk_hash is not None and digest != chunk_hash:
-            raise CorruptionError(path, None, "sealed chunk holds another hash than its name says")
-        body = view[SEALED_HEADER_BYTES:]
-        return digest, open_part(aead, 1, body, aad, path) if body else b""
+        return open_sealed(self.keyring, path, name, stored, chunk_hash)
 
     def put(self, data: bytes, expected_hash: str | None = None, durable: bool = True,
             verified: bool = False) -> str:
@@ -189,6 +198,8 @@ class ChunkStore:
                 raise
             if durable:
                 fsync_dir(final.parent)
+        if self.keyring is not None:
+            self._hash_of[final.name] = digest
         return digest
 
     def sync(self, hashes: Iterable[str]) -> None:
@@ -231,7 +242,9 @@ class ChunkStore:
             except FileNotFoundError:
                 raise ChunkNotFoundError(f"no chunk {chunk_hash} in {self.root}") from None
         if self.keyring is not None:
-            return self._open_sealed(path, path.name, stored, chunk_hash)[1]
+            data = self._open_sealed(path, path.name, stored, chunk_hash)[1]
+            self._hash_of[path.name] = chunk_hash
+            return data
         try:
             data = self._transform.open(chunk_hash, stored)
         except Exception as e:  # an authenticating transform rejects tampering
@@ -267,7 +280,7 @@ class ChunkStore:
     def list(self) -> Iterator[str]:
         """Every stored chunk hash, lazily (the store may hold millions).
 
-        Sealed stores read each file's 72-byte header once per process to
+        Sealed stores read each file's 76-byte header once per process to
         learn the hash behind its keyed name (then remembered); a file whose
         header does not open is skipped, never deleted: it is left for the
         operator (an unknown key) or for scrub (damage), not taken for an

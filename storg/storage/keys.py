@@ -30,6 +30,12 @@ records per key before the collision chance reaches 2^-32, which a busy
 log reaches in days.  The subkey costs one HMAC and one AES key schedule
 per record (about 2 us).
 
+The key id and salt are plaintext (a reader must know which key to use),
+so they carry a 4-byte tag, an HMAC keyed from the cluster secret: a
+flipped bit in a key id is then corruption (repaired from another holder)
+and not taken for a record of a key the file lacks, which a node must
+never rewrite.
+
 Threads: a Keyring is immutable once loaded; seal/open are safe from any
 thread (``cryptography`` releases the GIL while it encrypts big buffers).
 """
@@ -58,7 +64,7 @@ FORMAT = "storg-keys-1"
 KEY_BYTES = 32
 SALT_BYTES = 16
 TAG_BYTES = 16
-_HEAD = struct.Struct(">I16s")  # key id, salt
+_HEAD = struct.Struct(">I16s4s")  # key id, salt, header tag
 SEAL_OVERHEAD = _HEAD.size + TAG_BYTES
 """Bytes a sealed record adds to its plaintext (one part)."""
 
@@ -66,6 +72,7 @@ _SUBKEY_LABEL = b"storg seal v1\x00"
 _NAME_LABEL = b"storg chunk names v1"
 _CHECK_LABEL = b"storg key check v1"
 _MAC_LABEL = b"storg file mac v1"
+_HEAD_LABEL = b"storg record header v1"
 
 
 class KeyFileError(StorageError):
@@ -123,6 +130,13 @@ class Keyring:
 
     # -- sealing ------------------------------------------------------------
 
+    @functools.cached_property
+    def _head_key(self) -> bytes:
+        return self._derived(_HEAD_LABEL)
+
+    def _head_tag(self, key_id: int, salt: bytes) -> bytes:
+        return hmac.digest(self._head_key, key_id.to_bytes(4, "big") + salt, "sha256")[:4]
+
     def _aead(self, key_id: int, salt: bytes) -> AESGCM:
         key = self.keys.get(key_id)
         if key is None:
@@ -132,15 +146,22 @@ class Keyring:
     def new_context(self) -> tuple[bytes, AESGCM]:
         """A fresh record header (active key id, random salt) and its AEAD, for multi-part records."""
         salt = os.urandom(SALT_BYTES)
-        return _HEAD.pack(self.active, salt), self._aead(self.active, salt)
+        head = _HEAD.pack(self.active, salt, self._head_tag(self.active, salt))
+        return head, self._aead(self.active, salt)
 
-    def context_of(self, head: bytes) -> AESGCM:
-        """The AEAD of a record whose header (from :meth:`new_context`) is ``head``."""
-        key_id, salt = _HEAD.unpack(head)
+    def context_of(self, head: bytes, where: str | os.PathLike[str] = "sealed record") -> AESGCM:
+        """The AEAD of a record whose header (from :meth:`new_context`) is ``head``.
+
+        CorruptionError if the header's tag fails (damage), UnknownKeyError
+        if it holds but names a key id the file lacks.
+        """
+        key_id, salt, tag = _HEAD.unpack(head)
+        if not hmac.compare_digest(tag, self._head_tag(key_id, salt)):
+            raise CorruptionError(where, None, "sealed record header fails authentication")
         return self._aead(key_id, salt)
 
     def seal(self, plaintext: bytes | memoryview, aad: bytes) -> bytes:
-        """``key id | salt | AES-256-GCM(plaintext)``, authenticated with ``aad``."""
+        """``key id | salt | tag | AES-256-GCM(plaintext)``, authenticated with ``aad``."""
         head, aead = self.new_context()
         return head + aead.encrypt(_nonce(0), plaintext, aad)
 
@@ -152,7 +173,7 @@ class Keyring:
         """
         if len(blob) < SEAL_OVERHEAD:
             raise CorruptionError(where, None, "sealed record is shorter than its header")
-        aead = self.context_of(bytes(blob[:_HEAD.size]))
+        aead = self.context_of(bytes(blob[:_HEAD.size]), where)
         try:
             return aead.decrypt(_nonce(0), blob[_HEAD.size:], aad)
         except InvalidTag:

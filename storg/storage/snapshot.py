@@ -19,7 +19,7 @@ it, streams the data after it, and fills it in at :meth:`SnapshotWriter.commit`.
 Sealed snapshots (version 2, written when the store has a
 :class:`~storg.storage.keys.Keyring`).  The header's tail also holds the
 plaintext length (``data length u64 | SHA-256 | plain length u64``), and
-the data is a run of frames, each ``length u32 | key id | salt |
+the data is a run of frames, each ``length u32 | key id | salt | tag |
 AES-GCM(up to 1 MiB of the snapshot)``, authenticated with the magic, the
 version, the meta, the frame's number and a last-frame flag: frames cannot
 be altered, reordered, dropped or cut off at a frame boundary without the

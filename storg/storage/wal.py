@@ -118,7 +118,7 @@ zeros.  Etcd reads its preallocated segments by the same sector rule.)
 
 Sealed records (encryption at rest).  Opened with a
 :class:`~storg.storage.keys.Keyring`, the log seals the data section of
-every record that holds entries: ``data`` becomes ``key id | salt |
+every record that holds entries: ``data`` becomes ``key id | salt | tag |
 AES-GCM(payloads)`` (:data:`~storg.storage.keys.SEAL_OVERHEAD` more bytes),
 authenticated with the record's header and columns as associated data, so
 neither a payload nor the index, term or type of an entry can be altered

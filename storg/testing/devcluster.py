@@ -414,6 +414,37 @@ class ProcCluster:
     def data_dir(self, nid: str) -> Path:
         return self.root / "data" / nid
 
+    def chunk_path(self, nid: str, chunk_hash: str) -> Path:
+        """The file of chunk ``chunk_hash`` on ``nid`` (keyed names when encrypted)."""
+        name = chunk_hash
+        if self.encryption:
+            from storg.storage.keys import load_key_file
+            name = load_key_file(self.key_file).chunk_name(chunk_hash)
+        return self.data_dir(nid) / "chunks" / name[:2] / name
+
+    def chunk_files(self, nid: str) -> dict[str, Path]:
+        """Chunk hash -> file, for every chunk file in ``nid``'s store (read only: safe on a live node)."""
+        root = self.data_dir(nid) / "chunks"
+        ring = None
+        if self.encryption:
+            from storg.storage.keys import load_key_file
+            ring = load_key_file(self.key_file)
+        found: dict[str, Path] = {}
+        for f in root.glob("??/*"):
+            if len(f.name) != 64 or f.parent.name == "tmp":
+                continue
+            if ring is None:
+                found[f.name] = f
+                continue
+            from storg.storage.chunks import SEALED_HEADER_BYTES, open_sealed
+            try:
+                with open(f, "rb") as fh:
+                    head = fh.read(SEALED_HEADER_BYTES)
+                found[open_sealed(ring, f, f.name, head)[0]] = f
+            except Exception:  # deleted meanwhile, or damaged: not a chunk of anything
+                continue
+        return found
+
     def log_text(self, nid: str) -> str:
         try:
             return self.nodes[nid].log_path.read_text(errors="replace")
