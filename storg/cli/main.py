@@ -294,7 +294,7 @@ async def run_rm(client: StorgClient, args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"status": run_status, "put": run_put, "get": run_get, "ls": run_ls,
-            "stat": run_stat, "rm": run_rm, "scrub": run_scrub,
+            "stat": run_stat, "rm": run_rm, "scrub": run_scrub, "keys": key_commands.run_reencrypt,
             "member": member_commands.run_member, "leader": member_commands.run_leader}
 
 
@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         except certs_commands.CertsError as exc:
             sys.stderr.write(f"storgctl: {one_line(str(exc))}\n")
             sys.exit(EXIT_USAGE)
-    if args.command == "keys":
+    if args.command == "keys" and args.keys_command != "reencrypt":
         try:
             sys.exit(key_commands.run_keys(args))
         except key_commands.KeyFileError as exc:

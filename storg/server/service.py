@@ -164,6 +164,11 @@ class NodeService(service.MultiService):
         self.chunk_store = ChunkStore(cfg.data_dir / "chunks", keyring=self.keyring)
         self._load_seconds = time.monotonic() - started
 
+    def _reseal_log(self) -> defer.Deferred:
+        """The log and snapshot part of the re-encryption pass, on the storage thread."""
+        assert self.node is not None and self.log_store is not None
+        return self.node.run_storage(self.log_store.reseal)
+
     def startService(self) -> None:
         self.load_credentials()
         self.open_storage()
@@ -281,7 +286,8 @@ class NodeService(service.MultiService):
         self.scrubber = Scrubber(
             self.node, self.fsm, self.reactor, chunks=chunks, ops=files.ops,
             replication_factor=tuning.replication_factor,
-            rate=tuning.scrub_rate_mb_s * (1 << 20), interval=tuning.scrub_interval_s)
+            rate=tuning.scrub_rate_mb_s * (1 << 20), interval=tuning.scrub_interval_s,
+            reseal_log=None if self.keyring is None else self._reseal_log)
         # Copies the state says are here but are not (a snapshot from the leader, a crash).
         self.filler = ChunkFiller(
             self.node, self.fsm, self.reactor, chunks=chunks, ops=files.ops,

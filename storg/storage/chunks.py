@@ -253,6 +253,45 @@ class ChunkStore:
             raise CorruptionError(path, None, "SHA-256 of the stored chunk does not match its name")
         return data
 
+    def reseal(self, chunk_hash: str) -> bool:
+        """Seal the chunk again under the active key if another sealed it; True if rewritten.
+
+        The re-encryption pass after a rotation.  The file is replaced
+        atomically (temporary file, fsync, rename), so a crash leaves the
+        old copy or the new, both readable while the key file holds both
+        keys.  A chunk that does not open is left alone: scrub repairs
+        damage, and an unknown key is the operator's to fix.
+        """
+        if self.keyring is None:
+            return False
+        path = self.path(chunk_hash)
+        with disk_errors(f"cannot read chunk {chunk_hash}"):
+            try:
+                with open(path, "rb") as f:
+                    head = f.read(_SEALED_HEAD)
+            except FileNotFoundError:
+                return False
+        if len(head) < _SEALED_HEAD or Keyring.key_id_of(head[len(SEALED_MAGIC):]) == self.keyring.active:
+            return False
+        data = self.get(chunk_hash)
+        tmp = temp_path(self._tmp / path.name)
+        with disk_errors(f"cannot reseal chunk {chunk_hash}"):
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                try:
+                    for part in self._seal(chunk_hash, path.name, data):
+                        write_all(fd, part)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            fsync_dir(path.parent)
+        return True
+
     def has(self, chunk_hash: str) -> bool:
         """Whether a chunk file exists (not verified: use get for that)."""
         return self.path(chunk_hash).is_file()

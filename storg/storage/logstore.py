@@ -163,6 +163,17 @@ class DiskLogStore:
             if self.snapshots.latest() is None:
                 self.snapshots.begin(snapshot).commit()
 
+    def reseal(self) -> int:
+        """The re-encryption pass over the log and the snapshot: records resealed under the active key.
+
+        Runs on the storage thread (it rewrites log segments).  The hard
+        state and identity are authenticated with the cluster secret, which
+        no rotation changes, so they need nothing.
+        """
+        with self._snapshot_lock:
+            done = int(self.snapshots.reseal_latest())
+        return done + self._wal().reseal()
+
     def close(self) -> None:
         """Write the latest commit index too, then close the log."""
         if self.wal is None:

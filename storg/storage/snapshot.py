@@ -364,6 +364,15 @@ class SnapshotReader:
             raise CorruptionError(self.path, None, "sealed frames hold less than the header says")
         return data
 
+    def first_key_id(self) -> int | None:
+        """The key id the first sealed frame names (None for a plaintext snapshot)."""
+        if self._plain is None:
+            return None
+        head = self._pread(_FRAME_LEN.size + 4, self._start)
+        if len(head) < _FRAME_LEN.size + 4:
+            raise CorruptionError(self.path, self._start, "file ended early")
+        return int.from_bytes(head[_FRAME_LEN.size:], "big")
+
     def verify(self) -> None:
         """Check the whole data against its digest, one chunk at a time."""
         sha = hashlib.sha256()
@@ -453,6 +462,30 @@ class SnapshotStore:
         """A reader over the current snapshot, or None; the caller closes it."""
         path = self._latest_path()
         return None if path is None else SnapshotReader(path, self.keyring)
+
+    def reseal_latest(self) -> bool:
+        """Rewrite the current snapshot under the active key if it is sealed with another.
+
+        Part of the re-encryption pass: the same meta and data, written and
+        committed like any snapshot (a crash leaves the old file or the new).
+        The caller serializes it with other commits.
+        """
+        ring = self.keyring
+        path = self._latest_path()
+        if ring is None or path is None:
+            return False
+        with SnapshotReader(path, ring) as reader:
+            if reader.first_key_id() in (None, ring.active):
+                return False
+            writer = self.begin(reader.meta)
+            try:
+                while data := reader.read(READ_CHUNK):
+                    writer.write(data)
+            except BaseException:
+                writer.abort()
+                raise
+        writer.commit()
+        return True
 
     def _remove_all_but(self, keep: Path) -> None:
         removed = False

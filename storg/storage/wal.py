@@ -1007,3 +1007,72 @@ class WriteAheadLog:
         except StorageError as e:
             self._failed = str(e)
             raise
+
+    # -- re-encryption -----------------------------------------------------------
+
+    def reseal(self) -> int:
+        """Seal again, under the active key, every record sealed with another; return how many.
+
+        The re-encryption pass after a key rotation: once it has run, no
+        record of the log names an old key id, and the old key can leave
+        the key file.  A resealed record has exactly the size of the old one
+        (the seal overhead is fixed), so every offset in the in-memory index
+        stays true; each segment that needs it is rewritten whole under a
+        temporary name, fsynced and renamed over the old one (a crash leaves
+        the old file or the new, both readable with the key file holding
+        both keys).  Records are walked in file order, superseded ones too,
+        so no old-key ciphertext is left behind in a file.  Runs on the
+        log's thread like every other call.
+        """
+        self._check_usable()
+        ring = self._keyring
+        if ring is None:
+            return 0
+        done = 0
+        for seg in self._segments:
+            with disk_errors(f"cannot read {seg.path}"):
+                data = bytearray(seg.path.read_bytes())
+            n = self._reseal_records(seg, data, ring)
+            if not n:
+                continue
+            tmp = seg.path.with_name(f".{seg.path.name}.reseal.tmp")
+            with disk_errors(f"cannot rewrite {seg.path}"):
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+                    _pwrite_all(fd, memoryview(data), 0)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, seg.path)
+                fsync_dir(self._dir)
+            if seg is self._segments[-1]:
+                self._open_tail()  # the old inode is gone
+            done += n
+        return done
+
+    @staticmethod
+    def _reseal_records(seg: _Segment, data: bytearray, ring: Keyring) -> int:
+        """Reseal, in ``data``, the records of ``seg`` under old keys; return how many.
+
+        Records are parsed from a read-only copy (the CRC wants one) and
+        replaced in ``data`` at the same offsets.
+        """
+        old = bytes(data)
+        view = memoryview(old)
+        pos, n = 0, 0
+        try:
+            while pos < seg.size:
+                end, _, count = _check_record(old, view, pos)
+                if count:
+                    _, _, _, p = _columns(old, pos, end, count, True)
+                    blob = old[p:end - TRAILER_BYTES]
+                    if Keyring.key_id_of(blob) != ring.active:
+                        aad = old[pos:p]
+                        fresh = ring.seal(ring.open(blob, aad, seg.path), aad)
+                        record = aad + fresh
+                        data[pos:end] = record + _CRC.pack(crc32c(record))
+                        n += 1
+                pos = end
+        except _BadRecord as bad:
+            raise CorruptionError(seg.path, pos, bad.problem) from None
+        return n

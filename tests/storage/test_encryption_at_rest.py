@@ -299,3 +299,55 @@ def test_data_dir_is_0700_files_0600_and_a_writable_one_is_refused(tmp_path, rin
     d.chmod(0o755)  # an older storg's data_dir: tightened, not refused
     load_or_create(d, "n1", "c1", ring)
     assert stat.S_IMODE(d.stat().st_mode) == 0o700
+
+
+# -- the re-encryption pass ------------------------------------------------------------------
+
+
+def test_reseal_moves_every_record_to_the_active_key_so_the_old_one_can_go(tmp_path):
+    from storg.storage.logstore import DiskLogStore
+
+    key = tmp_path / "k"
+    old = init_key_file(key)
+    d = tmp_path / "data"
+    store = DiskLogStore(d, keyring=old, segment_bytes=4096)
+    store.load()
+    store.persist(None, entries(1, 30), HardState(term=1, vote="n1", commit=0))
+    w = store.begin_snapshot(SnapshotMeta(index=10, term=1))
+    w.write(MARKER * 20000)
+    store.commit_snapshot(w)
+    store.persist(None, entries(31, 1), None)
+    store.wal.truncate(31)  # a marker record and a superseded record in the tail
+    store.persist(None, entries(31, 2, b"new"), None)
+    chunks = ChunkStore(d / "chunks", keyring=old)
+    hashes = [chunks.put(MARKER + bytes([i])) for i in range(3)]
+    want = store.wal.read_all()
+    store.close()
+
+    new = rotate_key_file(key)
+    store = DiskLogStore(d, keyring=new, segment_bytes=4096)
+    store.load()
+    store.persist(None, entries(33, 2), None)  # under key 2 already
+    assert store.reseal() > 0
+    assert store.reseal() == 0  # idempotent
+    want = want + entries(33, 2)
+    assert store.wal.read_all() == want
+    store.persist(None, entries(35, 1), None)  # the tail still takes appends after its rewrite
+    store.close()
+    chunks = ChunkStore(d / "chunks", keyring=new)
+    assert [chunks.reseal(h) for h in hashes] == [True] * 3
+    assert [chunks.reseal(h) for h in hashes] == [False] * 3
+
+    only_new = remove_key(key, 1)
+    store = DiskLogStore(d, keyring=only_new, segment_bytes=4096)
+    state = store.load()
+    assert [e.index for e in state.entries][-1] == 35
+    with store.open_snapshot() as r:
+        got = b""
+        while chunk := r.read():
+            got += chunk
+    assert got == MARKER * 20000
+    store.close()
+    chunks = ChunkStore(d / "chunks", keyring=only_new)
+    assert [chunks.get(h) for h in hashes] == [MARKER + bytes([i]) for i in range(3)]
+    assert sorted(chunks.list()) == sorted(hashes)

@@ -10,6 +10,14 @@ verified copy from another holder; a missing one (a small file's write lost
 in a crash, a copy deleted by hand) is fetched the same way.  The node stays
 a recorded holder throughout: nothing goes through Raft.
 
+Re-encryption.  With encryption at rest, the pass is also the
+re-encryption pass after a key rotation (``storgctl keys reencrypt`` starts
+one): every chunk it checks that is sealed with another key than the
+active one is sealed again under it (paced with the checks, since it reads
+the bytes anyway), and at the end of the pass the log's segments and the
+snapshot are resealed on the storage thread.  Once a pass has ended on
+every node, no record names the old key and it can leave the key file.
+
 Counters (``storgctl scrub``): passes, chunks and bytes checked, bad and
 missing copies found, copies restored, and chunks with fewer than R member
 holders as of the last pass.
@@ -18,6 +26,7 @@ holders as of the last pass.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, task
@@ -38,8 +47,11 @@ class Scrubber:
     """One node's background scrub."""
 
     def __init__(self, node: RaftNode, fsm: Any, reactor: Any, *, chunks: Chunks, ops: ChunkOps,
-                 replication_factor: int, rate: float, interval: float) -> None:
+                 replication_factor: int, rate: float, interval: float,
+                 reseal_log: Callable[[], defer.Deferred] | None = None) -> None:
         self.node = node
+        self.reseal_log = reseal_log
+        """Encryption at rest: reseals the log and the snapshot under the active key (storage thread)."""
         self.fsm = fsm
         self.reactor = reactor
         self.chunks = chunks
@@ -117,6 +129,12 @@ class Scrubber:
                     return
                 yield self._check(digest.hex())
         self.under_replicated = under
+        if self.reseal_log is not None:
+            resealed = yield self.reseal_log()
+            self.counters["records_resealed"] += resealed
+            if resealed or self.counters["chunks_resealed"]:
+                log.info("re-encryption: {n} log records and snapshots resealed under the active key, "
+                         "{c} chunks so far", n=resealed, c=self.counters["chunks_resealed"])
         self.counters["passes"] += 1
 
     @defer.inlineCallbacks
@@ -142,6 +160,9 @@ class Scrubber:
         else:
             self.counters["chunks_checked"] += 1
             self.counters["bytes_checked"] += len(data)
+            if local.store.keyring is not None:
+                resealed = yield self.ops.run([chunk_hash], local.store.reseal, chunk_hash)
+                self.counters["chunks_resealed"] += resealed
             return
         self.counters["chunks_checked"] += 1
         yield self._restore(chunk_hash)
