@@ -79,7 +79,7 @@ def test_nothing_under_a_data_dir_reveals_a_file_its_path_or_its_sha256(tmp_path
                 assert needle not in raw, (path, needle[:20])
 
 
-def test_a_wrong_missing_or_exposed_key_is_refused_and_a_rotation_keeps_every_file(tmp_path):
+def test_a_wrong_missing_or_exposed_key_is_refused_and_rotation_reencrypt_remove_keeps_every_file(tmp_path):
     cluster = ProcCluster.create(tmp_path, size=3, files={"chunk_size": CHUNK})
     key = cluster.key_file
     original = key.read_bytes()
@@ -130,7 +130,16 @@ def test_a_wrong_missing_or_exposed_key_is_refused_and_a_rotation_keeps_every_fi
         key.write_bytes(without_1)
         cluster.start(victim)
         wait_for(lambda: all_up(cluster), 60, "every node back")
+        # The re-encryption pass on every member; then key 1 can go and every node restarts.
+        out = cluster.storgctl("keys", "reencrypt")
+        assert out.returncode == 0 and b"re-encryption pass done" in out.stdout, out.stderr
+        remove_key(key, 1)
+        for nid in cluster.nodes:
+            cluster.restart(nid, 15)
+        wait_for(lambda: all_up(cluster), 60, "every node up without key 1")
         for remote, body in data.items():
             assert get(cluster, remote) == body
+        for nid in cluster.nodes:
+            assert "key id 1" not in cluster.log_text(nid).splitlines()[-1]
     finally:
         cluster.close()
