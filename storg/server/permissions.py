@@ -46,6 +46,7 @@ from storg.wire.admin import (
 )
 from storg.wire.files import (
     ChunkGet,
+    ChunkPinQuery,
     ChunkPutAfter,
     GetRequest,
     LsRequest,
@@ -98,6 +99,7 @@ REQUIRED: dict[type, str | Callable[[Any], str]] = {
     LeaderTransferRequest: ADMIN,
     ChunkGet: NODE,
     ChunkPutAfter: NODE,
+    ChunkPinQuery: NODE,
     SnapshotBegin: NODE,
     SnapshotPart: NODE,
     SnapshotEnd: NODE,

@@ -278,6 +278,7 @@ class NodeService(service.MultiService):
             address_of=self._client_address, reserve=self.disk_reserve,
         )
         self.snapshots.auto.before_compact.append(files.sync_inline_chunks)
+        files.on_holder_failure = self._storage_failed
         self.repairer = Repairer(
             self.node, self.fsm, self.reactor, chunks=chunks, replicator=files.replicator,
             guard=files.guard, applied=files.applied, liveness=liveness,

@@ -422,6 +422,16 @@ class ProcCluster:
             name = load_key_file(self.key_file).chunk_name(chunk_hash)
         return self.data_dir(nid) / "chunks" / name[:2] / name
 
+    def read_chunk(self, nid: str, chunk_hash: str) -> bytes:
+        """The plaintext of ``nid``'s copy of a chunk (opened with the key file when encrypted)."""
+        path = self.chunk_path(nid, chunk_hash)
+        raw = path.read_bytes()
+        if not self.encryption:
+            return raw
+        from storg.storage.chunks import open_sealed
+        from storg.storage.keys import load_key_file
+        return open_sealed(load_key_file(self.key_file), path, path.name, raw, chunk_hash)[1]
+
     def chunk_files(self, nid: str) -> dict[str, Path]:
         """Chunk hash -> file, for every chunk file in ``nid``'s store (read only: safe on a live node)."""
         root = self.data_dir(nid) / "chunks"

@@ -235,7 +235,7 @@ def test_a_corrupt_copy_is_never_served_and_scrub_replaces_it(five):
 
     row = wait_for(repaired, 30, "scrub to find and replace the bad copy")
     assert row["chunks_checked"] >= 1
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == chunk["hash"]
+    assert hashlib.sha256(five.read_chunk(victim, chunk["hash"])).hexdigest() == chunk["hash"]
     table = ctl(five, "scrub").stdout.decode()
     assert "UNDER_REPLICATED" in table.splitlines()[0]
 
