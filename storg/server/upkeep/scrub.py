@@ -39,6 +39,7 @@ from storg.server.files.chunk_io import Chunks, ChunkUnavailable
 from storg.server.files.chunk_ops import ChunkOps
 from storg.server.upkeep.pacing import SCAN_SLICE, RateLimiter
 from storg.storage.errors import ChunkNotFoundError, CorruptionError
+from storg.storage.keys import UnknownKeyError
 
 log = Logger(namespace="storg.scrub")
 
@@ -153,6 +154,11 @@ class Scrubber:
                 return  # collected or moved while the pass went on
             self.counters["missing_copies"] += 1
             log.warn("scrub: chunk {h} is recorded here but missing", h=chunk_hash)
+        except UnknownKeyError as exc:
+            # Sealed with a key the key file no longer holds: not damage, and never rewritten.
+            self.counters["unreadable_copies"] += 1
+            log.warn("scrub: chunk {h} cannot be read here: {why}", h=chunk_hash, why=exc)
+            return
         except CorruptionError as exc:
             self.counters["bad_copies"] += 1
             log.warn("scrub: bad copy of chunk {h}: {why}; removing it", h=chunk_hash, why=exc)
