@@ -16,12 +16,13 @@ from storg.testing.devcluster import BIN, ProcCluster, wait_for
 pytestmark = pytest.mark.process
 
 CHUNK = 64 * 1024
+MIB = 1 << 20
 
 
 def test_a_put_streaming_longer_than_the_orphan_grace_keeps_all_its_copies(tmp_path):
     cluster = ProcCluster.create(tmp_path, size=3, files={
         "chunk_size": CHUNK, "orphan_grace_s": 1, "gc_interval_s": 0.3, "scrub_interval_s": 3600})
-    data = os.urandom(6 * CHUNK + 5)
+    data = os.urandom(3 * MIB + 5)
     try:
         cluster.start_all()
         wait_for(cluster.leader, 30, "a leader")
@@ -29,12 +30,12 @@ def test_a_put_streaming_longer_than_the_orphan_grace_keeps_all_its_copies(tmp_p
             [str(BIN / "storgctl"), "--cluster", ",".join(n.client_address for n in cluster.nodes.values()),
              "put", "-", "/slow"], env=cluster.env, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
         assert put.stdin is not None
-        put.stdin.write(data[:3 * CHUNK + 1])  # three chunks go out now...
+        put.stdin.write(data[:2 * MIB + 1])  # the first pieces (the client reads 1 MiB at a time) go out now...
         put.stdin.flush()
         wait_for(lambda: all(len(cluster.chunk_files(n)) >= 3 for n in cluster.nodes), 30,
                  "the first chunks on every node")
         time.sleep(3)  # ...and wait several sweeps past the grace before the rest
-        put.stdin.write(data[3 * CHUNK + 1:])
+        put.stdin.write(data[2 * MIB + 1:])
         put.stdin.close()
         assert put.wait(60) == 0, put.stderr.read() if put.stderr else ""
         info = json.loads(cluster.storgctl("--json", "stat", "/slow").stdout)
