@@ -37,6 +37,7 @@ from storg.raft.core import RaftConfig, RaftCore
 from storg.raft.types import ConfState, Role, SnapshotMeta
 from storg.server.client_port import ClientPortFactory
 from storg.server.files.chunk_io import Chunks, LocalChunks, RemoteChunks
+from storg.server.files.inline_restore import restore_inline_chunks
 from storg.server.files.placement import Liveness
 from storg.server.files.reserve import DiskReserve
 from storg.server.files.service import FileService
@@ -164,6 +165,15 @@ class NodeService(service.MultiService):
         self.chunk_store = ChunkStore(cfg.data_dir / "chunks", keyring=self.keyring)
         self._load_seconds = time.monotonic() - started
 
+    def _restore_inline(self, snapshot_index: int) -> None:
+        """Small files the snapshot covers but this node's store lost: written from the log again."""
+        assert self.log_store is not None and self.fsm is not None and self.chunk_store is not None
+        restored = restore_inline_chunks(self.log_store.entries_covered(snapshot_index), self.fsm,
+                                         self.chunk_store, self.config.node_id)
+        if restored:
+            log.warn("{node}: wrote {n} small files again from the log (their write had not reached "
+                     "the disk before the snapshot)", node=self.config.node_id, n=restored)
+
     def _reseal_log(self) -> defer.Deferred:
         """The log and snapshot part of the re-encryption pass, on the storage thread."""
         assert self.node is not None and self.log_store is not None
@@ -187,6 +197,7 @@ class NodeService(service.MultiService):
             # Before the transport: the snapshot's member addresses are peers too.
             self.fsm.install(self._loaded_snapshot)
             self._loaded_snapshot = None
+            self._restore_inline(state.snapshot.index)
         self.transport = PeerTransport(
             cfg.node_id, self.cluster_id, self.instance_id,
             {nid: m.peer for nid, m in self.directory.peers(cfg.node_id).items()},

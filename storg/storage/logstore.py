@@ -83,6 +83,17 @@ class DiskLogStore:
         entries = wal.entries(start, wal.last_index + 1) if start <= wal.last_index else []
         return PersistedState(hard_state, snapshot, entries)
 
+    def entries_covered(self, snapshot_index: int) -> list[Entry]:
+        """The entries at or below ``snapshot_index`` the log still holds (a restart replays none).
+
+        After a compaction that happened these are at most the older part of
+        one segment; after one that was refused (a small file not yet on
+        disk) they are everything since the last good one.
+        """
+        wal = self._wal()
+        hi = min(snapshot_index, wal.last_index)
+        return wal.entries(wal.first_index, hi + 1) if wal.first_index <= hi else []
+
     def persist(self, snapshot: SnapshotMeta | None, entries: Sequence[Entry],
                 hard_state: HardState | None) -> None:
         wal = self._wal()

@@ -351,3 +351,15 @@ def test_reseal_moves_every_record_to_the_active_key_so_the_old_one_can_go(tmp_p
     chunks = ChunkStore(d / "chunks", keyring=only_new)
     assert [chunks.get(h) for h in hashes] == [MARKER + bytes([i]) for i in range(3)]
     assert sorted(chunks.list()) == sorted(hashes)
+
+
+def test_the_log_store_hands_back_the_entries_a_snapshot_covers_but_the_log_kept(tmp_path):
+    from storg.storage.logstore import DiskLogStore
+
+    store = DiskLogStore(tmp_path)
+    store.load()
+    store.persist(None, entries(1, 5), HardState(term=1))
+    assert [e.index for e in store.entries_covered(3)] == [1, 2, 3]
+    assert [e.index for e in store.entries_covered(9)] == [1, 2, 3, 4, 5]
+    assert store.entries_covered(0) == []
+    store.close()
