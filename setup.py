@@ -24,7 +24,8 @@ setup(
     # SSL4 endpoints) is built on, and idna; service_identity is what Twisted
     # asks for to verify a peer's certificate (it warns and degrades without it).
     # cryptography generates the keys and certificates (storgctl certs) and
-    # reads the storg identity out of a peer's certificate (storg/net/tls.py).
+    # reads the storg identity out of a peer's certificate (storg/net/tls.py), and
+    # seals everything at rest with its AES-GCM (storg/storage/keys.py).
     install_requires=["Twisted[tls]>=23.8", "PyYAML>=6.0", "google-crc32c>=1.5",
                       "cryptography>=41", "pyOpenSSL>=23.2", "service_identity>=21.1"],
     # The linters ride in the test extras too, so CI's one install has them
