@@ -39,6 +39,7 @@ import contextlib
 import hashlib
 import os
 import re
+import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
@@ -252,6 +253,31 @@ class ChunkStore:
         if hashlib.sha256(data).hexdigest() != chunk_hash:
             raise CorruptionError(path, None, "SHA-256 of the stored chunk does not match its name")
         return data
+
+    def stale_chunks(self) -> list[str]:
+        """Hashes of the chunk files sealed with another key than the active one.
+
+        Reads each file's 76-byte header, nothing more: the re-encryption
+        pass uses it after its walk of the map, to catch copies the map does
+        not count (an orphan, a copy repair moved away) or that were busy
+        when it passed.  Files whose header does not open are left out.
+        """
+        ring = self.keyring
+        if ring is None:
+            return []
+        stale = []
+        for name in self._names():
+            path = self.root / name[:2] / name
+            try:
+                with open(path, "rb") as f:
+                    head = f.read(SEALED_HEADER_BYTES)
+                if Keyring.key_id_of(head[len(SEALED_MAGIC):]) == ring.active:
+                    continue
+                digest, _ = open_sealed(ring, path, name, head)
+            except (OSError, StorageError, struct.error):
+                continue
+            stale.append(digest)
+        return stale
 
     def reseal(self, chunk_hash: str) -> bool:
         """Seal the chunk again under the active key if another sealed it; True if rewritten.

@@ -363,3 +363,17 @@ def test_the_log_store_hands_back_the_entries_a_snapshot_covers_but_the_log_kept
     assert [e.index for e in store.entries_covered(9)] == [1, 2, 3, 4, 5]
     assert store.entries_covered(0) == []
     store.close()
+
+
+def test_stale_chunks_names_every_file_under_an_old_key(tmp_path):
+    key = tmp_path / "k"
+    old = init_key_file(key)
+    first = ChunkStore(tmp_path / "chunks", keyring=old)
+    a, b = first.put(b"a" * 10), first.put(b"b" * 10)
+    new = rotate_key_file(key)
+    store = ChunkStore(tmp_path / "chunks", keyring=new)
+    c = store.put(b"c" * 10)
+    assert sorted(store.stale_chunks()) == sorted([a, b])
+    assert store.reseal(a) and not store.reseal(c)
+    assert store.stale_chunks() == [b]
+    assert ChunkStore(tmp_path / "plain").stale_chunks() == []

@@ -14,8 +14,10 @@ Re-encryption.  With encryption at rest, the pass is also the
 re-encryption pass after a key rotation (``storgctl keys reencrypt`` starts
 one): every chunk it checks that is sealed with another key than the
 active one is sealed again under it (paced with the checks, since it reads
-the bytes anyway), and at the end of the pass the log's segments and the
-snapshot are resealed on the storage thread.  Once a pass has ended on
+the bytes anyway); at the end of the pass every chunk file still under an
+old key (one the map does not count here, or one busy when the walk came
+by) is resealed too, found by its header alone, and then the log's
+segments and the snapshot are resealed on the storage thread.  Once a pass has ended on
 every node, no record names the old key and it can leave the key file.
 
 Counters (``storgctl scrub``): passes, chunks and bytes checked, bad and
@@ -131,12 +133,30 @@ class Scrubber:
                 yield self._check(digest.hex())
         self.under_replicated = under
         if self.reseal_log is not None:
+            yield self._reseal_stale_chunks()
             resealed = yield self.reseal_log()
             self.counters["records_resealed"] += resealed
             if resealed or self.counters["chunks_resealed"]:
                 log.info("re-encryption: {n} log records and snapshots resealed under the active key, "
                          "{c} chunks so far", n=resealed, c=self.counters["chunks_resealed"])
         self.counters["passes"] += 1
+
+    @defer.inlineCallbacks
+    def _reseal_stale_chunks(self):
+        """Reseal every chunk file still under an old key, recorded here or not, at scrub's pace."""
+        local = self.chunks.local
+        stale = yield local.run(local.store.stale_chunks)
+        for chunk_hash in stale:
+            if self._stopped:
+                return
+            chunk = self.fsm.chunk(chunk_hash)
+            yield self.limiter.reserve(chunk.size if chunk is not None else 1 << 20)
+            try:
+                resealed = yield self.ops.run([chunk_hash], local.store.reseal, chunk_hash)
+            except Exception as exc:  # damaged or gone meanwhile: scrub and garbage collection see to it
+                log.info("re-encryption: chunk {h} not resealed: {why}", h=chunk_hash, why=exc)
+                continue
+            self.counters["chunks_resealed"] += resealed
 
     @defer.inlineCallbacks
     def _check(self, chunk_hash: str):
