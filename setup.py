@@ -25,7 +25,8 @@ setup(
     # SSL4 endpoints) is built on, and idna; service_identity is what Twisted
     # asks for to verify a peer's certificate (it warns and degrades without it).
     # cryptography generates the keys and certificates (storgctl certs) and
-    # reads the storg identity out of a peer's certificate (storg/net/tls.py).
+    # reads the storg identity out of a peer's certificate (storg/net/tls.py), and
+    # seals everything at rest with its AES-GCM (storg/storage/keys.py).
     # prometheus_client renders /metrics (the text format, histograms, one
     # registry per node): the reference implementation, pure Python, no deps.
     install_requires=["Twisted[tls]>=23.8", "PyYAML>=6.0", "google-crc32c>=1.5",

@@ -11,9 +11,12 @@ Peak RSS (VmHWM) of every node after the big put.
 
 Every figure is the median over ``--repeats`` passes::
 
-    python benchmarks/file_bench.py [--repeats 3] [--seconds 5] [--big-mb 1024] [--big-only] [--tls on|off|both]
+    python benchmarks/file_bench.py [--repeats 3] [--seconds 5] [--big-mb 1024] [--big-only]
+        [--tls on|off|both] [--encryption on|off|both]
 
-``--tls both`` measures the cost of TLS: each round runs one pass with TLS
+``--encryption both`` measures the cost of encryption at rest the same way
+(the goal: at most 10% slower, a ratio of at least 0.90, on small puts and
+the 1 GiB put and get).  ``--tls both`` measures the cost of TLS: each round runs one pass with TLS
 off and one with it on (alternating which goes first), and prints for
 every figure the ratio on/off of each round and their median, so the
 machine's drift between minutes cancels out of the comparison.
@@ -217,8 +220,9 @@ async def big_file(reactor: Any, cluster: ProcCluster, addresses: list[str], wor
             "sha256_mbs": sha256_mbs()}
 
 
-async def one_pass(reactor: Any, args: argparse.Namespace, workdir: Path, tls: bool = True) -> dict:
-    cluster = ProcCluster.create(workdir, size=3, tls=tls)
+async def one_pass(reactor: Any, args: argparse.Namespace, workdir: Path, tls: bool = True,
+                   encryption: bool = True) -> dict:
+    cluster = ProcCluster.create(workdir, size=3, tls=tls, encryption=encryption)
     for name in ("STORG_CA", "STORG_CERT", "STORG_KEY"):
         os.environ.pop(name, None)
     if tls:
@@ -307,10 +311,16 @@ def main() -> None:
     parser.add_argument("--tls", choices=("on", "off", "both"), default="on",
                         help="TLS on every port (the default, as scripts/cluster.sh runs), off, or "
                              "both: interleaved rounds, off and on, with their ratios")
+    parser.add_argument("--encryption", choices=("on", "off", "both"), default="on",
+                        help="encryption at rest (the dev cluster's default), off, or both, as for --tls")
     args = parser.parse_args()
+    if args.tls == "both" and args.encryption == "both":
+        parser.error("compare one thing at a time: --tls both or --encryption both")
     print(f"host: {cpu_flags()}")
-    if args.tls != "both":
-        run_passes(lambda reactor, tmp: one_pass(reactor, args, tmp, tls=args.tls == "on"),
+    what = "tls" if args.tls == "both" else "encryption" if args.encryption == "both" else None
+    if what is None:
+        run_passes(lambda reactor, tmp: one_pass(reactor, args, tmp, tls=args.tls == "on",
+                                                 encryption=args.encryption == "on"),
                    lambda passes: summarize(passes, args), args.repeats, "storg-file-bench-", args.dir)
         return
     rounds: list[int] = []
@@ -319,13 +329,15 @@ def main() -> None:
         first_on = len(rounds) % 2 == 1  # off-on, on-off, off-on, ...
         rounds.append(1)
         result = {}
-        for tls in (first_on, not first_on):
-            sub = tmp / ("on" if tls else "off")
+        for on in (first_on, not first_on):
+            sub = tmp / ("on" if on else "off")
             sub.mkdir()
-            result["on" if tls else "off"] = await one_pass(reactor, args, sub, tls=tls)
+            settings = {"tls": args.tls == "on", "encryption": args.encryption == "on", what: on}
+            result["on" if on else "off"] = await one_pass(reactor, args, sub, **settings)
         return result
 
-    run_passes(pair, lambda pairs: summarize_tls(pairs, args), args.repeats, "storg-file-bench-", args.dir)
+    run_passes(pair, lambda pairs: summarize_pairs(pairs, args, what), args.repeats,
+               "storg-file-bench-", args.dir)
 
 
 def tls_figures(p: dict, args: argparse.Namespace) -> dict[str, float]:
@@ -342,9 +354,10 @@ def tls_figures(p: dict, args: argparse.Namespace) -> dict[str, float]:
     return figures
 
 
-def summarize_tls(pairs: list[dict], args: argparse.Namespace) -> None:
-    print(f"storg file benchmark, TLS on vs off: {len(pairs)} rounds, each one pass of each, interleaved")
-    print("ratio = TLS on / TLS off, per round; the goal is at least 0.85 on each figure")
+def summarize_pairs(pairs: list[dict], args: argparse.Namespace, what: str) -> None:
+    label, goal = ("TLS", 0.85) if what == "tls" else ("encryption at rest", 0.90)
+    print(f"storg file benchmark, {label} on vs off: {len(pairs)} rounds, each one pass of each, interleaved")
+    print(f"ratio = {label} on / off, per round; the goal is at least {goal:.2f} on each figure")
     names = list(tls_figures(pairs[0]["off"], args))
     print(f"{'figure':>32} | {'median':>6} | rounds (off -> on)")
     for name in names:

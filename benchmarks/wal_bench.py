@@ -13,7 +13,12 @@ same batch, framed outside the timer) and fsync after each batch:
   fsync after overwriting written blocks commits no metadata, so this is
   the faster of the two; the WAL pays for its fill in its own time.
 
-Within a run the three alternate batch by batch (in rotating order), so a
+A fourth log, *sealed*, is a WriteAheadLog with encryption at rest (a
+key file made for the run): the "sealed" columns are its MB/s and the
+median ratio sealed / wal of the paired runs, the cost of sealing each
+record (the goal of issue 16: at least 0.90).
+
+Within a run the four alternate batch by batch (in rotating order), so a
 busy disk or CPU hits all alike; each cell is the median of ``--repeats``
 runs, each run spending about ``--budget`` seconds in each of the three.
 
@@ -46,6 +51,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from storg.raft.types import Entry
+from storg.storage.keys import init_key_file
 from storg.storage.wal import WriteAheadLog, frame_batch
 
 SIZES = (256, 64 * 1024)
@@ -104,7 +110,7 @@ class ZeroedLog:
         os.close(self.fd)
 
 
-KINDS = ("wal", "raw", "zeroed")
+KINDS = ("wal", "sealed", "raw", "zeroed")
 
 
 def measure(root: Path, size: int, n: int, budget: float) -> dict[str, tuple[float, float]]:
@@ -117,6 +123,7 @@ def measure(root: Path, size: int, n: int, budget: float) -> dict[str, tuple[flo
     d = Path(tempfile.mkdtemp(prefix="run-", dir=root))
     payload = os.urandom(size)
     log = WriteAheadLog.open(d / "wal")
+    sealed = WriteAheadLog.open(d / "sealed", keyring=init_key_file(d / "cluster.key"))
     raw = RawLog(d / "raw.log")
     zeroed = ZeroedLog(d / "zeroed.log")
     spent = dict.fromkeys(KINDS, 0.0)
@@ -135,6 +142,8 @@ def measure(root: Path, size: int, n: int, budget: float) -> dict[str, tuple[flo
                 t = time.perf_counter()
                 if kind == "wal":
                     log.append(batch)
+                elif kind == "sealed":
+                    sealed.append(batch)
                 elif kind == "raw":
                     raw.append(raw_buf)
                 else:
@@ -143,6 +152,7 @@ def measure(root: Path, size: int, n: int, budget: float) -> dict[str, tuple[flo
             rounds += 1
     finally:
         log.close()
+        sealed.close()
         raw.close()
         zeroed.close()
         shutil.rmtree(d, ignore_errors=True)
@@ -172,7 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"WAL append vs raw write+fsync (growing file) and zeroed pwrite+fsync (pre-zeroed file), "
           f"{args.repeats} repeats (medians), dir {root.parent}")
     head = (f"{'entry':>6} {'batch':>5} | {'wal entries/s':>13} {'wal MB/s':>9} {'fsync/s':>8} | "
-            f"{'raw MB/s':>9} {'ratio':>5} {'extra us':>8} {'frame us':>8} | {'zeroed MB/s':>11} {'ratio':>5}")
+            f"{'raw MB/s':>9} {'ratio':>5} {'extra us':>8} {'frame us':>8} | {'zeroed MB/s':>11} {'ratio':>5} | "
+            f"{'sealed MB/s':>11} {'/wal':>5}")
     print(head)
     print("-" * len(head))
     for size in SIZES:
@@ -180,6 +191,9 @@ def main(argv: list[str] | None = None) -> None:
             w = results[("wal", size, n)]
             r = results[("raw", size, n)]
             z = results[("zeroed", size, n)]
+            s = results[("sealed", size, n)]
+            s_mbs = statistics.median(x[1] for x in s)
+            s_ratio = statistics.median(sr[1] / wr[1] for sr, wr in zip(s, w, strict=True))
             frame = statistics.median(x[0] for x in results[("frame", size, n)])
             w_eps, w_mbs = statistics.median(x[0] for x in w), statistics.median(x[1] for x in w)
             r_mbs = statistics.median(x[1] for x in r)
@@ -191,7 +205,8 @@ def main(argv: list[str] | None = None) -> None:
             extra = statistics.median(n / wr[0] - n / rr[0] for wr, rr in zip(w, r, strict=True)) * 1e6
             label = f"{size // 1024}K" if size >= 1024 else f"{size}B"
             print(f"{label:>6} {n:>5} | {w_eps:>13,.0f} {w_mbs:>9.1f} {w_eps / n:>8,.0f} | "
-                  f"{r_mbs:>9.1f} {ratio:>5.2f} {extra:>8,.0f} {frame:>8,.0f} | {z_mbs:>11.1f} {z_ratio:>5.2f}")
+                  f"{r_mbs:>9.1f} {ratio:>5.2f} {extra:>8,.0f} {frame:>8,.0f} | {z_mbs:>11.1f} {z_ratio:>5.2f} | "
+                  f"{s_mbs:>11.1f} {s_ratio:>5.2f}")
     print(f"total {time.monotonic() - started:.0f} s")
 
 

@@ -201,6 +201,11 @@ class NodeConfig:
     """``tls: off`` was written: plain TCP allowed on non-loopback addresses (the operator's choice)."""
     limits: LimitTuning = field(default_factory=LimitTuning)
     log: LogSettings = field(default_factory=LogSettings)
+    key_file: Path | None = None
+    """``encryption: {key_file}``: the cluster key file (absolute); None: no encryption at rest.
+
+    Only the path: the node reads and checks the file when it opens its
+    data_dir, before twistd daemonizes (storg.storage.keys)."""
     source: Path | None = None
 
     def listen_addresses(self) -> dict[str, Address]:
@@ -314,11 +319,12 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 
 _TOP_KEYS = {
     "node_id", "data_dir", "peer_listen", "client_listen", "http_listen",
-    "cluster", "join", "cluster_token", "raft", "files", "tls", "limits", "log",
+    "cluster", "join", "cluster_token", "raft", "files", "tls", "limits", "log", "encryption",
 }
 _LOG_KEYS = {"format", "path"}
 LOG_FORMATS = ("text", "json")
 _TLS_KEYS = {"ca", "cert", "key"}
+_ENCRYPTION_KEYS = {"key_file"}
 _RAFT_KEYS = {"heartbeat_ms", "election_timeout_ms", "snapshot_every"}
 _FILES_KEYS = {
     "replication_factor", "chunk_size", "repair_grace_s", "repair_rate_mb_s", "repair_interval_s",
@@ -461,6 +467,7 @@ def load_config(path: str | os.PathLike[str]) -> NodeConfig:
         tls_off=tls_off,
         limits=_limits(check, raw.get("limits")),
         log=_log(check, raw.get("log"), shown),
+        key_file=_encryption(check, raw.get("encryption"), shown),
         source=Path(os.path.abspath(shown)),
     )
 
@@ -501,6 +508,20 @@ def _tls(check: _Checker, value: object, shown: str, present: bool) -> tuple[TLS
         # Not read here: the node reads and checks the files when it builds its TLS contexts.
         paths[key] = Path(os.path.normpath(os.path.join(base, os.path.expanduser(path))))
     return TLSFiles(paths["ca"], paths["cert"], paths["key"]), False
+
+
+def _encryption(check: _Checker, value: object, shown: str) -> Path | None:
+    """``encryption: {key_file: PATH}`` -> the key file's absolute path (relative to the config's folder)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise check.fail("encryption", f"must be a mapping {{key_file: PATH}}, got {value!r}")
+    raw = check.mapping(value, "encryption", _ENCRYPTION_KEYS)
+    path = check.required(raw, "key_file", "encryption.")
+    if not isinstance(path, str) or not path.strip():
+        raise check.fail("encryption.key_file", f"must be a file path, got {path!r}")
+    base = os.path.dirname(os.path.abspath(shown))
+    return Path(os.path.normpath(os.path.join(base, os.path.expanduser(path))))
 
 
 def _data_dir(check: _Checker, value: object, shown: str) -> Path:

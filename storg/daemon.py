@@ -42,8 +42,12 @@ def makeService(options: Options):
     except TLSConfigError as exc:
         sys.stderr.write(f"storg: {config.source}: tls: {exc}\n")
         sys.exit(2)
+    from storg.storage.keys import KeyFileError
     try:
         service.open_storage()
+    except KeyFileError as exc:
+        sys.stderr.write(f"storg: {config.source}: encryption.key_file: {exc}\n")
+        sys.exit(1)
     except StorageError as exc:
         sys.stderr.write(f"storg: {config.source}: data_dir: {exc}\n")
         sys.exit(1)

@@ -15,6 +15,7 @@ import sys
 from typing import Any, NoReturn
 
 from storg.cli import certs as certs_commands
+from storg.cli import keys as key_commands
 from storg.cli import members as member_commands
 from storg.cli import tree as tree_commands
 from storg.cli.escape import escape_controls, escape_path
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="read from the node contacted without checking it is current")
     member_commands.add_parsers(sub)
     certs_commands.add_parsers(sub)
+    key_commands.add_parsers(sub)
     return p
 
 
@@ -373,7 +375,7 @@ async def run_rm(client: StorgClient, args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"status": run_status, "put": run_put, "get": run_get, "ls": run_ls,
-            "stat": run_stat, "rm": run_rm, "scrub": run_scrub,
+            "stat": run_stat, "rm": run_rm, "scrub": run_scrub, "keys": key_commands.run_reencrypt,
             "mv": tree_commands.run_mv, "cp": tree_commands.run_cp, "watch": tree_commands.run_watch,
             "member": member_commands.run_member, "leader": member_commands.run_leader}
 
@@ -437,6 +439,12 @@ def main(argv: list[str] | None = None) -> NoReturn:
         try:
             sys.exit(certs_commands.run_certs(args))
         except certs_commands.CertsError as exc:
+            sys.stderr.write(f"storgctl: {one_line(str(exc))}\n")
+            sys.exit(EXIT_USAGE)
+    if args.command == "keys" and args.keys_command != "reencrypt":
+        try:
+            sys.exit(key_commands.run_keys(args))
+        except key_commands.KeyFileError as exc:
             sys.stderr.write(f"storgctl: {one_line(str(exc))}\n")
             sys.exit(EXIT_USAGE)
     try:

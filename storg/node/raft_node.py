@@ -374,6 +374,16 @@ class RaftNode:
         """The meta for a state-machine snapshot at ``index`` (<= applied); drops nothing."""
         return self.core.snapshot_meta_at(index)
 
+    def run_storage(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
+        """Run ``fn(*args)`` on the storage thread, in order with the log's own calls.
+
+        For work that rewrites log files without changing what they hold
+        (the re-encryption pass): it must never run beside an append.
+        """
+        if self._failed is not None or self._stopped or self._executor is None:
+            return defer.fail(NodeStopped("node stopped"))
+        return self._executor(fn, *args)
+
     def compact(self, index: int) -> defer.Deferred:
         """Drop the log up to ``index`` (a durable snapshot covers it).
 

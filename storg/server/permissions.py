@@ -47,6 +47,7 @@ from storg.wire.admin import (
 )
 from storg.wire.files import (
     ChunkGet,
+    ChunkPinQuery,
     ChunkPlacedQuery,
     ChunkPutAfter,
     GetRequest,
@@ -107,6 +108,7 @@ REQUIRED: dict[type, str | Callable[[Any], str]] = {
     ChunkGet: NODE,
     ChunkPutAfter: NODE,
     ChunkPlacedQuery: NODE,
+    ChunkPinQuery: NODE,
     SnapshotBegin: NODE,
     SnapshotPart: NODE,
     SnapshotEnd: NODE,

@@ -37,6 +37,7 @@ from storg.raft.core import RaftConfig, RaftCore
 from storg.raft.types import ConfState, Role, SnapshotMeta
 from storg.server.client_port import ClientPortFactory
 from storg.server.files.chunk_io import Chunks, LocalChunks, RemoteChunks
+from storg.server.files.inline_restore import restore_inline_chunks
 from storg.server.files.placement import Liveness
 from storg.server.files.reserve import DiskReserve
 from storg.server.files.service import FileService
@@ -53,6 +54,7 @@ from storg.server.upkeep.scrub import Scrubber
 from storg.server.upkeep.status import UpkeepStatus
 from storg.storage.chunks import ChunkStore
 from storg.storage.identity import load_or_create
+from storg.storage.keys import Keyring, load_key_file
 from storg.storage.logstore import DiskLogStore
 from storg.wire import (
     CODEC,
@@ -120,6 +122,8 @@ class NodeService(service.MultiService):
         self.node: RaftNode | None = None
         self.transport: PeerTransport | None = None
         self.log_store: DiskLogStore | None = None
+        self.keyring: Keyring | None = None
+        """The cluster key file, loaded at open_storage when the config has ``encryption``."""
         self.directory = MemberDirectory.from_config(config)
         self.files: FileService | None = None
         self.snapshots: NodeSnapshots | None = None
@@ -179,18 +183,34 @@ class NodeService(service.MultiService):
             return
         cfg = self.config
         started = time.monotonic()
-        identity = load_or_create(cfg.data_dir, cfg.node_id, self.cluster_id)
+        # The key first: a wrong or missing key refuses the start before anything is read or written.
+        self.keyring = None if cfg.key_file is None else load_key_file(cfg.key_file)
+        identity = load_or_create(cfg.data_dir, cfg.node_id, self.cluster_id, self.keyring)
         self.instance_id = identity.instance_id
         self.known_instances = KnownInstances.load(cfg.data_dir, self.directory.members,
                                                     run_in_thread=reactor_pool(self.reactor),
                                                     is_member=self._is_member)
         self.directory.on_remove(self.known_instances.forget)
-        self.log_store = DiskLogStore(cfg.data_dir)
+        self.log_store = DiskLogStore(cfg.data_dir, keyring=self.keyring)
         self._state = self.log_store.load()
         # Before the reactor runs, so reading the snapshot here blocks nothing.
         self._loaded_snapshot = load_snapshot(self.log_store)
-        self.chunk_store = ChunkStore(cfg.data_dir / "chunks")
+        self.chunk_store = ChunkStore(cfg.data_dir / "chunks", keyring=self.keyring)
         self._load_seconds = time.monotonic() - started
+
+    def _restore_inline(self, snapshot_index: int) -> None:
+        """Small files the snapshot covers but this node's store lost: written from the log again."""
+        assert self.log_store is not None and self.fsm is not None and self.chunk_store is not None
+        restored = restore_inline_chunks(self.log_store.entries_covered(snapshot_index), self.fsm,
+                                         self.chunk_store, self.config.node_id)
+        if restored:
+            log.warn("{node}: wrote {n} small files again from the log (their write had not reached "
+                     "the disk before the snapshot)", node=self.config.node_id, n=restored)
+
+    def _reseal_log(self) -> defer.Deferred:
+        """The log and snapshot part of the re-encryption pass, on the storage thread."""
+        assert self.node is not None and self.log_store is not None
+        return self.node.run_storage(self.log_store.reseal)
 
     def startService(self) -> None:
         self.load_credentials()
@@ -210,6 +230,7 @@ class NodeService(service.MultiService):
             # Before the transport: the snapshot's member addresses are peers too.
             self.fsm.install(self._loaded_snapshot)
             self._loaded_snapshot = None
+            self._restore_inline(state.snapshot.index)
         self.transport = PeerTransport(
             cfg.node_id, self.cluster_id, self.instance_id,
             {nid: m.peer for nid, m in self.directory.peers(cfg.node_id).items()},
@@ -322,6 +343,7 @@ class NodeService(service.MultiService):
             address_of=self._client_address, reserve=self.disk_reserve, limits=cfg.limits,
         )
         self.snapshots.auto.before_compact.append(files.sync_inline_chunks)
+        files.on_holder_failure = self._storage_failed
         self.repairer = Repairer(
             self.node, self.fsm, self.reactor, chunks=chunks, replicator=files.replicator,
             guard=files.guard, applied=files.applied, liveness=liveness,
@@ -330,7 +352,8 @@ class NodeService(service.MultiService):
         self.scrubber = Scrubber(
             self.node, self.fsm, self.reactor, chunks=chunks, ops=files.ops,
             replication_factor=tuning.replication_factor,
-            rate=tuning.scrub_rate_mb_s * (1 << 20), interval=tuning.scrub_interval_s)
+            rate=tuning.scrub_rate_mb_s * (1 << 20), interval=tuning.scrub_interval_s,
+            reseal_log=None if self.keyring is None else self._reseal_log)
         # Copies the state says are here but are not (a snapshot from the leader, a crash).
         self.filler = ChunkFiller(
             self.node, self.fsm, self.reactor, chunks=chunks, ops=files.ops,

@@ -72,7 +72,7 @@ def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
     tmp = temp_path(final)
     with disk_errors(f"cannot write {final}"):
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 write_all(fd, data)
                 os.fsync(fd)
@@ -113,10 +113,32 @@ def ensure_dir(path: str | os.PathLike[str]) -> Path:
             while not p.exists():
                 missing.append(p)
                 p = p.parent
-            d.mkdir(parents=True, exist_ok=True)
+            # 0700: only the node's user may enter; the umask may only narrow it.
+            for m in reversed(missing):
+                m.mkdir(mode=0o700, exist_ok=True)
             # Each new directory entry lives in its parent: fsync them all.
             for m in reversed(missing):
                 fsync_dir(m.parent)
+    return d
+
+
+def secure_data_dir(path: str | os.PathLike[str]) -> Path:
+    """Create the data_dir 0700, or tighten an existing one to 0700; refuse one others can write.
+
+    A data_dir that another user can write to can be swapped under the
+    node (a planted log, a replaced chunk), and one other users can enter
+    exposes every file in it whatever the files' own modes, so the node
+    narrows it to 0700 (older versions made it 0755) and refuses to start
+    in a folder group or others may write to, rather than guess who did.
+    """
+    d = ensure_dir(path)
+    with disk_errors(f"cannot check the mode of {d}"):
+        st = d.stat()
+        if st.st_mode & 0o022:
+            raise StorageError(f"data_dir {d} is writable by other users (mode {st.st_mode & 0o777:04o}); "
+                               f"chmod 700 {d}")
+        if st.st_mode & 0o777 != 0o700:
+            os.chmod(d, 0o700)
     return d
 
 

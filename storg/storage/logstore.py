@@ -44,6 +44,7 @@ from pathlib import Path
 from storg.raft.types import Entry, HardState, PersistedState, SnapshotMeta
 from storg.storage.errors import CorruptionError, StorageError
 from storg.storage.hardstate import HardStateStore
+from storg.storage.keys import Keyring
 from storg.storage.snapshot import SnapshotReader, SnapshotStore, SnapshotWriter
 from storg.storage.wal import DEFAULT_SEGMENT_BYTES, WriteAheadLog
 
@@ -51,11 +52,14 @@ from storg.storage.wal import DEFAULT_SEGMENT_BYTES, WriteAheadLog
 class DiskLogStore:
     """Call ``load()`` once, then ``persist()``/``compact()`` from one thread at a time."""
 
-    def __init__(self, data_dir: str | os.PathLike[str], *, segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> None:
+    def __init__(self, data_dir: str | os.PathLike[str], *, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+                 keyring: Keyring | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.segment_bytes = segment_bytes
-        self.hard_states = HardStateStore(self.data_dir)
-        self.snapshots = SnapshotStore(self.data_dir / "snap")
+        self.keyring = keyring
+        """Encryption at rest: the log's records and the snapshots are sealed with it."""
+        self.hard_states = HardStateStore(self.data_dir, keyring)
+        self.snapshots = SnapshotStore(self.data_dir / "snap", keyring)
         self.wal: WriteAheadLog | None = None
         self._saved = HardState()
         self._latest = HardState()
@@ -69,7 +73,7 @@ class DiskLogStore:
 
     def load(self) -> PersistedState:
         """Recover: the latest snapshot, the hard state, and the log entries after the snapshot."""
-        self.wal = WriteAheadLog.open(self.data_dir / "wal", self.segment_bytes)
+        self.wal = WriteAheadLog.open(self.data_dir / "wal", self.segment_bytes, keyring=self.keyring)
         hard_state = self.hard_states.load() or HardState()
         self._saved = self._latest = hard_state
         snapshot = self.snapshots.latest() or SnapshotMeta()
@@ -86,6 +90,17 @@ class DiskLogStore:
         entries = wal.entries(start, wal.last_index + 1) if start <= wal.last_index else []
         self.log_bytes = wal.size_bytes()
         return PersistedState(hard_state, snapshot, entries)
+
+    def entries_covered(self, snapshot_index: int) -> list[Entry]:
+        """The entries at or below ``snapshot_index`` the log still holds (a restart replays none).
+
+        After a compaction that happened these are at most the older part of
+        one segment; after one that was refused (a small file not yet on
+        disk) they are everything since the last good one.
+        """
+        wal = self._wal()
+        hi = min(snapshot_index, wal.last_index)
+        return wal.entries(wal.first_index, hi + 1) if wal.first_index <= hi else []
 
     def persist(self, snapshot: SnapshotMeta | None, entries: Sequence[Entry],
                 hard_state: HardState | None) -> None:
@@ -173,6 +188,17 @@ class DiskLogStore:
         with self._snapshot_lock:
             if self.snapshots.latest() is None:
                 self.snapshots.begin(snapshot).commit()
+
+    def reseal(self) -> int:
+        """The re-encryption pass over the log and the snapshot: records resealed under the active key.
+
+        Runs on the storage thread (it rewrites log segments).  The hard
+        state and identity are authenticated with the cluster secret, which
+        no rotation changes, so they need nothing.
+        """
+        with self._snapshot_lock:
+            done = int(self.snapshots.reseal_latest())
+        return done + self._wal().reseal()
 
     def close(self) -> None:
         """Write the latest commit index too, then close the log."""

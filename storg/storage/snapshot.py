@@ -16,6 +16,20 @@ read, since both widths sort by their integer value)::
 The header has a fixed size once the meta is known, so the writer reserves
 it, streams the data after it, and fills it in at :meth:`SnapshotWriter.commit`.
 
+Sealed snapshots (version 2, written when the store has a
+:class:`~storg.storage.keys.Keyring`).  The header's tail also holds the
+plaintext length (``data length u64 | SHA-256 | plain length u64``), and
+the data is a run of frames, each ``length u32 | key id | salt | tag |
+AES-GCM(up to 1 MiB of the snapshot)``, authenticated with the magic, the
+version, the meta, the frame's number and a last-frame flag: frames cannot
+be altered, reordered, dropped or cut off at a frame boundary without the
+key.  The length and SHA-256 in the header are those of the stored bytes,
+so a damaged file is still found without the key.  The reader decrypts
+as it goes and hands back plaintext, so a snapshot sent to a follower is
+plaintext on the (TLS) wire and sealed again by the follower's writer.
+Only the meta (index, term, membership: no file names) is plaintext.
+Version 1 files are still read.
+
 A snapshot received from the leader is *staged* first
 (:meth:`SnapshotWriter.stage`): written, fsynced and renamed to
 ``snapshot-<index>-<term>.staged``, a name :meth:`SnapshotStore.latest`
@@ -56,14 +70,21 @@ from storg.storage.fsutil import (
     temp_path,
     write_all,
 )
+from storg.storage.keys import Keyring
 from storg.wire.records import CodecError, decode_snapshot_meta, encode_snapshot_meta
 
 MAGIC = b"SGSN"
 VERSION = 1
+SEALED_VERSION = 2
 READ_CHUNK = 1 << 20
+FRAME_BYTES = 1 << 20
+"""Plaintext bytes per sealed frame."""
 
 _START = struct.Struct(">4sBI")  # magic, version, len(meta)
 _TAIL = struct.Struct(">Q32s")  # data length, sha256
+_SEALED_TAIL = struct.Struct(">Q32sQ")  # stored data length, sha256 of it, plaintext length
+_FRAME_LEN = struct.Struct(">I")
+_FRAME_AAD = struct.Struct(">QB")  # frame number, last
 _CRC = struct.Struct(">I")
 _NAME = re.compile(r"^snapshot-(\d{16}|\d{20})-(\d{16}|\d{20})\.snap$")
 """20 digits (a u64 has at most 20); the 16 of older snapshots are still read."""
@@ -88,9 +109,20 @@ def _staged_path(directory: Path, meta: SnapshotMeta) -> Path:
     return directory / (snapshot_name(meta)[:-len(".snap")] + _STAGED_SUFFIX)
 
 
-def _header(meta_bytes: bytes, length: int, digest: bytes) -> bytes:
-    head = _START.pack(MAGIC, VERSION, len(meta_bytes)) + meta_bytes + _TAIL.pack(length, digest)
+def _header(meta_bytes: bytes, length: int, digest: bytes, plain: int | None = None) -> bytes:
+    """The header; ``plain`` (the plaintext length) only for a sealed snapshot."""
+    if plain is None:
+        tail = _TAIL.pack(length, digest)
+        version = VERSION
+    else:
+        tail = _SEALED_TAIL.pack(length, digest, plain)
+        version = SEALED_VERSION
+    head = _START.pack(MAGIC, version, len(meta_bytes)) + meta_bytes + tail
     return head + _CRC.pack(zlib.crc32(head))
+
+
+def _frame_aad(meta_bytes: bytes, number: int, last: bool) -> bytes:
+    return _START.pack(MAGIC, SEALED_VERSION, len(meta_bytes)) + meta_bytes + _FRAME_AAD.pack(number, last)
 
 
 class SnapshotWriter:
@@ -104,12 +136,17 @@ class SnapshotWriter:
         self._tmp = temp_path(self._final)
         self._sha = hashlib.sha256()
         self._length = 0
+        self._keyring = store.keyring
+        self._plain = 0
+        self._pending = bytearray()
+        self._frames = 0
         self._done = False
         with disk_errors(f"cannot create {self._tmp}"):
-            self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             # Reserve the header; commit fills in the length and digest.
-            self._write(bytes(len(_header(self._meta_bytes, 0, bytes(32)))))
+            plain = None if self._keyring is None else 0
+            self._write(bytes(len(_header(self._meta_bytes, 0, bytes(32), plain))))
         except BaseException:
             self.abort()
             raise
@@ -126,9 +163,26 @@ class SnapshotWriter:
         """Append the next piece of the snapshot's data."""
         if self._done:
             raise StorageError(f"snapshot writer for {self._final.name} is finished")
+        if self._keyring is None:
+            self._stored(data)
+            return
+        self._plain += len(data)
+        self._pending += data
+        while len(self._pending) >= FRAME_BYTES:
+            frame = bytes(self._pending[:FRAME_BYTES])
+            del self._pending[:FRAME_BYTES]
+            self._seal_frame(frame, last=False)
+
+    def _stored(self, data: bytes | memoryview) -> None:
         self._write(data)
         self._sha.update(data)
         self._length += len(data)
+
+    def _seal_frame(self, frame: bytes, last: bool) -> None:
+        assert self._keyring is not None
+        blob = self._keyring.seal(frame, _frame_aad(self._meta_bytes, self._frames, last))
+        self._frames += 1
+        self._stored(_FRAME_LEN.pack(len(blob)) + blob)
 
     def commit(self) -> SnapshotMeta:
         """Make the snapshot durable and current, then delete the previous one."""
@@ -149,9 +203,14 @@ class SnapshotWriter:
     def _finish(self, target: Path) -> None:
         if self._done:
             raise StorageError(f"snapshot writer for {self._final.name} is finished")
+        plain = None
+        if self._keyring is not None:
+            self._seal_frame(bytes(self._pending), last=True)
+            self._pending = bytearray()
+            plain = self._plain
         try:
             with disk_errors(f"cannot commit {target}"):
-                os.pwrite(self._fd, _header(self._meta_bytes, self._length, self._sha.digest()), 0)
+                os.pwrite(self._fd, _header(self._meta_bytes, self._length, self._sha.digest(), plain), 0)
                 os.fsync(self._fd)
                 os.close(self._fd)
                 self._fd = -1
@@ -191,21 +250,31 @@ class SnapshotReader:
     whole file up front without holding it in memory.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, keyring: Keyring | None = None) -> None:
         self.path = path
+        self.keyring = keyring
+        self._plain: int | None = None
         with disk_errors(f"cannot open {path}"):
             self._fd = os.open(path, os.O_RDONLY)
         try:
-            self.meta, self.size, self._digest, self._start = self._read_header()
+            self.meta, self._stored_size, self._digest, self._start = self._read_header()
             with disk_errors(f"cannot stat {path}"):
                 actual = os.fstat(self._fd).st_size
-            if actual != self._start + self.size:
+            if actual != self._start + self._stored_size:
                 raise CorruptionError(path, actual, f"file is {actual} bytes, header says "
-                                      f"{self._start + self.size}")
+                                      f"{self._start + self._stored_size}")
+            if self._plain is not None and keyring is None:
+                raise StorageError(f"snapshot {path} is sealed and no encryption key is configured")
         except BaseException:
             self.close()
             raise
+        self.size = self._stored_size if self._plain is None else self._plain
+        """Bytes of (plaintext) data ``read`` hands back in all."""
         self._pos = 0
+        self._stored_pos = 0
+        self._buffer = b""
+        self._frames = 0
+        self._last_seen = False
         self._sha = hashlib.sha256()
 
     def _pread(self, n: int, offset: int) -> bytes:
@@ -219,9 +288,10 @@ class SnapshotReader:
         magic, version, meta_len = _START.unpack(start)
         if magic != MAGIC:
             raise CorruptionError(self.path, 0, f"bad magic {magic!r}")
-        if version != VERSION:
+        if version not in (VERSION, SEALED_VERSION):
             raise CorruptionError(self.path, 4, f"unsupported version {version}")
-        rest_len = meta_len + _TAIL.size + _CRC.size
+        tail = _TAIL if version == VERSION else _SEALED_TAIL
+        rest_len = meta_len + tail.size + _CRC.size
         rest = self._pread(rest_len, _START.size)
         if len(rest) < rest_len:
             raise CorruptionError(self.path, _START.size, "file is shorter than its header")
@@ -232,11 +302,17 @@ class SnapshotReader:
             meta = decode_snapshot_meta(rest[:meta_len])
         except CodecError as e:
             raise CorruptionError(self.path, _START.size, f"undecodable snapshot meta: {e}") from None
-        length, digest = _TAIL.unpack_from(rest, meta_len)
+        if version == VERSION:
+            length, digest = _TAIL.unpack_from(rest, meta_len)
+        else:
+            length, digest, self._plain = _SEALED_TAIL.unpack_from(rest, meta_len)
+            self._meta_bytes = rest[:meta_len]
         return meta, length, digest, _START.size + rest_len
 
     def read(self, n: int = READ_CHUNK) -> bytes:
         """The next at most ``n`` bytes of data; ``b""`` at the end."""
+        if self._plain is not None:
+            return self._read_sealed(n)
         if self._pos >= self.size:
             return b""
         data = self._pread(min(n, self.size - self._pos), self._start + self._pos)
@@ -248,12 +324,61 @@ class SnapshotReader:
             raise CorruptionError(self.path, self._start, "SHA-256 of the data does not match the header")
         return data
 
+    def _stored_read(self, n: int) -> bytes:
+        offset = self._start + self._stored_pos
+        if self._stored_pos + n > self._stored_size:
+            raise CorruptionError(self.path, offset, "sealed frame runs past the end of the data")
+        data = self._pread(n, offset)
+        if len(data) != n:
+            raise CorruptionError(self.path, offset, "file ended early")
+        self._stored_pos += n
+        self._sha.update(data)
+        return data
+
+    def _next_frame(self) -> bytes:
+        """Decrypt the next sealed frame; at the end of the file, check the digest and the last flag."""
+        assert self.keyring is not None
+        if self._last_seen:
+            raise CorruptionError(self.path, self._start + self._stored_pos, "data after the last frame")
+        (length,) = _FRAME_LEN.unpack(self._stored_read(_FRAME_LEN.size))
+        blob = self._stored_read(length)
+        last = self._stored_pos >= self._stored_size
+        if last and self._sha.digest() != self._digest:
+            raise CorruptionError(self.path, self._start, "SHA-256 of the data does not match the header")
+        plain = self.keyring.open(blob, _frame_aad(self._meta_bytes, self._frames, last), self.path)
+        self._frames += 1
+        self._last_seen = last
+        return plain
+
+    def _read_sealed(self, n: int) -> bytes:
+        """Plaintext from the frames; the call that reaches the end has checked the last frame."""
+        while not self._buffer and not self._last_seen:
+            self._buffer = self._next_frame()
+        data, self._buffer = self._buffer[:n], self._buffer[n:]
+        self._pos += len(data)
+        if self._pos == self.size and not self._buffer and not self._last_seen:
+            self._buffer = self._next_frame()  # the last frame follows, empty: check it now
+        if self._pos > self.size or (self._pos == self.size and self._buffer):
+            raise CorruptionError(self.path, None, "sealed frames hold more than the header says")
+        if not data and self._pos != self.size:
+            raise CorruptionError(self.path, None, "sealed frames hold less than the header says")
+        return data
+
+    def first_key_id(self) -> int | None:
+        """The key id the first sealed frame names (None for a plaintext snapshot)."""
+        if self._plain is None:
+            return None
+        head = self._pread(_FRAME_LEN.size + 4, self._start)
+        if len(head) < _FRAME_LEN.size + 4:
+            raise CorruptionError(self.path, self._start, "file ended early")
+        return int.from_bytes(head[_FRAME_LEN.size:], "big")
+
     def verify(self) -> None:
         """Check the whole data against its digest, one chunk at a time."""
         sha = hashlib.sha256()
         pos = 0
-        while pos < self.size:
-            data = self._pread(min(READ_CHUNK, self.size - pos), self._start + pos)
+        while pos < self._stored_size:
+            data = self._pread(min(READ_CHUNK, self._stored_size - pos), self._start + pos)
             if not data:
                 raise CorruptionError(self.path, self._start + pos, "file ended early")
             sha.update(data)
@@ -276,8 +401,9 @@ class SnapshotReader:
 class SnapshotStore:
     """The snapshots kept in one directory: normally exactly one."""
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(self, directory: str | os.PathLike[str], keyring: Keyring | None = None) -> None:
         self.directory = ensure_dir(directory)
+        self.keyring = keyring
         remove_temp_files(self.directory)
         # A staged snapshot the core had not adopted before the stop: never the truth.
         self._remove_staged_but(None)
@@ -289,7 +415,7 @@ class SnapshotStore:
     def promote(self, meta: SnapshotMeta) -> None:
         """Make the staged snapshot of ``meta`` the current one, then delete the others."""
         staged = _staged_path(self.directory, meta)
-        with SnapshotReader(staged) as reader:  # the header is checked, the meta must be this one
+        with SnapshotReader(staged, self.keyring) as reader:  # the header is checked, the meta must be this one
             if reader.meta != meta:
                 raise StorageError(f"{staged.name} holds {reader.meta}, not {meta}")
         final = self.directory / snapshot_name(meta)
@@ -329,13 +455,37 @@ class SnapshotStore:
         path = self._latest_path()
         if path is None:
             return None
-        with SnapshotReader(path) as r:
+        with SnapshotReader(path, self.keyring) as r:
             return r.meta
 
     def open_latest(self) -> SnapshotReader | None:
         """A reader over the current snapshot, or None; the caller closes it."""
         path = self._latest_path()
-        return None if path is None else SnapshotReader(path)
+        return None if path is None else SnapshotReader(path, self.keyring)
+
+    def reseal_latest(self) -> bool:
+        """Rewrite the current snapshot under the active key if it is sealed with another.
+
+        Part of the re-encryption pass: the same meta and data, written and
+        committed like any snapshot (a crash leaves the old file or the new).
+        The caller serializes it with other commits.
+        """
+        ring = self.keyring
+        path = self._latest_path()
+        if ring is None or path is None:
+            return False
+        with SnapshotReader(path, ring) as reader:
+            if reader.first_key_id() in (None, ring.active):
+                return False
+            writer = self.begin(reader.meta)
+            try:
+                while data := reader.read(READ_CHUNK):
+                    writer.write(data)
+            except BaseException:
+                writer.abort()
+                raise
+        writer.commit()
+        return True
 
     def _remove_all_but(self, keep: Path) -> None:
         removed = False

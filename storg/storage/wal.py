@@ -116,6 +116,20 @@ from one, and that record is cut: a damaged length field, or a record
 that is bad and also holds a whole sector of zeros, e.g. a payload of
 zeros.  Etcd reads its preallocated segments by the same sector rule.)
 
+Sealed records (encryption at rest).  Opened with a
+:class:`~storg.storage.keys.Keyring`, the log seals the data section of
+every record that holds entries: ``data`` becomes ``key id | salt | tag |
+AES-GCM(payloads)`` (:data:`~storg.storage.keys.SEAL_OVERHEAD` more bytes),
+authenticated with the record's header and columns as associated data, so
+neither a payload nor the index, term or type of an entry can be altered
+without the key.  The framing, the columns (indexes, terms, types and
+sizes: what an attacker may learn) and the CRC stay as they are, so torn
+writes, zero fill and recovery work unchanged: the CRC covers the sealed
+bytes and is checked first, and a record whose CRC holds but whose tag
+fails is corruption, never a torn write.  Truncation markers hold no data
+and are not sealed.  Whether a log is sealed is the data_dir's decision
+(its identity file), never guessed from the records.
+
 Memory: the log keeps the term of each entry (8 bytes) and the index,
 offset and size of each live record (25 bytes); payloads are read back
 from disk, whole records at a time so their CRC is re-checked.  The node's
@@ -154,6 +168,7 @@ from storg.storage.fsutil import (
     fsync_dir,
     storage_error,
 )
+from storg.storage.keys import SEAL_OVERHEAD, Keyring
 
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 
@@ -201,7 +216,7 @@ def segment_name(first_index: int) -> str:
 # -- encoding ----------------------------------------------------------------
 
 
-def _encode_batch(entries: Sequence[Entry]) -> tuple[list[bytes], int, array[int]]:
+def _encode_batch(entries: Sequence[Entry], keyring: Keyring | None = None) -> tuple[list[bytes], int, array[int]]:
     """Frame a batch as the parts of one record, all but the CRC trailer.
 
     Returns the parts, the size of the whole record (trailer included) and
@@ -212,14 +227,17 @@ def _encode_batch(entries: Sequence[Entry]) -> tuple[list[bytes], int, array[int
     write itself for a batch of small entries.
     """
     n = len(entries)
+    extra = SEAL_OVERHEAD if keyring is not None else 0
     if n == 1:  # the common unbatched case: one struct, no arrays to swap
         e = entries[0]
-        nbytes = MIN_RECORD_BYTES + PER_ENTRY_BYTES + len(e.data)
+        nbytes = MIN_RECORD_BYTES + PER_ENTRY_BYTES + len(e.data) + extra
         if nbytes > MAX_RECORD_BYTES:
             raise ValueError(f"a batch of {nbytes} bytes does not fit one record (at most {MAX_RECORD_BYTES})")
         if e.type not in _ENTRY_TYPES:
             raise ValueError(f"entry {e.index} has unknown type {e.type!r}")
         head = _ONE.pack(MAGIC, nbytes, e.index, 1, e.term, e.type, len(e.data))
+        if keyring is not None:
+            return [head, keyring.seal(e.data, head)], nbytes, array("Q", (e.term,))
         return [head, e.data], nbytes, array("Q", (e.term,))
     term_col, index_col, type_col, datas = zip(*entries, strict=True)  # one C-level pass over the batch
     first = index_col[0]
@@ -231,7 +249,7 @@ def _encode_batch(entries: Sequence[Entry]) -> tuple[list[bytes], int, array[int
         raise ValueError(f"batch holds an entry of unknown type (types {sorted(set(types))})")
     terms = array("Q", term_col)
     sizes = array("I", list(map(len, datas)))
-    nbytes = MIN_RECORD_BYTES + PER_ENTRY_BYTES * n + sum(sizes)
+    nbytes = MIN_RECORD_BYTES + PER_ENTRY_BYTES * n + sum(sizes) + extra
     if nbytes > MAX_RECORD_BYTES:
         raise ValueError(f"a batch of {nbytes} bytes does not fit one record (at most {MAX_RECORD_BYTES})")
     if _SWAP:
@@ -242,6 +260,9 @@ def _encode_batch(entries: Sequence[Entry]) -> tuple[list[bytes], int, array[int
     else:
         term_bytes = terms.tobytes()
     parts = [_HEAD.pack(MAGIC, nbytes, first, n), term_bytes, types, sizes.tobytes()]
+    if keyring is not None:
+        head = b"".join(parts)
+        return [head, keyring.seal(b"".join(datas), head)], nbytes, terms
     parts += datas
     return parts, nbytes, terms
 
@@ -252,9 +273,9 @@ def _marker(first: int) -> bytes:
     return head + _CRC.pack(crc32c(head))
 
 
-def frame_batch(entries: Sequence[Entry]) -> bytes:
-    """The exact bytes :meth:`WriteAheadLog.append` writes for this batch."""
-    parts, _, _ = _encode_batch(entries)
+def frame_batch(entries: Sequence[Entry], keyring: Keyring | None = None) -> bytes:
+    """The exact bytes :meth:`WriteAheadLog.append` writes for this batch (sealed: one such)."""
+    parts, _, _ = _encode_batch(entries, keyring)
     body = b"".join(parts)
     return body + _CRC.pack(crc32c(body))
 
@@ -356,7 +377,8 @@ def _check_record(data: bytes, view: memoryview, pos: int) -> tuple[int, int, in
     return end, first, count
 
 
-def _columns(data: bytes, pos: int, end: int, count: int) -> tuple[array[int], bytes, array[int], int]:
+def _columns(data: bytes, pos: int, end: int, count: int,
+             sealed: bool = False) -> tuple[array[int], bytes, array[int], int]:
     """The term, type and size columns of a checked record, and where its data starts."""
     p = pos + HEADER_BYTES
     terms = array("Q", data[p:p + 8 * count])
@@ -368,16 +390,22 @@ def _columns(data: bytes, pos: int, end: int, count: int) -> tuple[array[int], b
     if _SWAP:
         terms.byteswap()
         sizes.byteswap()
-    if p + sum(sizes) + TRAILER_BYTES != end:
+    extra = SEAL_OVERHEAD if sealed and count else 0
+    if p + sum(sizes) + extra + TRAILER_BYTES != end:
         raise _BadRecord("entry sizes do not add up to the record length", end, may_be_torn=False)
     if types.translate(None, _VALID_TYPES):
         raise _BadRecord("unknown entry type", end, may_be_torn=False)
     return terms, types, sizes, p
 
 
-def _decode(data: bytes, pos: int, end: int, first: int, count: int, lo: int, hi: int) -> list[Entry]:
-    """Entries ``lo <= index < hi`` of the checked record at ``pos``."""
-    terms, types, sizes, p = _columns(data, pos, end, count)
+def _decode(data: bytes, pos: int, end: int, first: int, count: int, lo: int, hi: int,
+            keyring: Keyring | None = None, path: Path | None = None) -> list[Entry]:
+    """Entries ``lo <= index < hi`` of the checked record at ``pos`` (opened first if sealed)."""
+    terms, types, sizes, p = _columns(data, pos, end, count, keyring is not None)
+    if keyring is not None and count:
+        data = keyring.open(memoryview(data)[p:end - TRAILER_BYTES], data[pos:p],
+                            path if path is not None else "write-ahead log")
+        p = 0
     offs = list(accumulate(sizes, initial=p))
     kinds = _ENTRY_TYPES
     return [Entry(terms[k], first + k, kinds[types[k]], data[offs[k]:offs[k + 1]])
@@ -489,7 +517,7 @@ def _has_unwritten_sector(data: bytes, start: int, end: int) -> bool:
     return False
 
 
-def _scan(seg: _Segment, data: bytes, is_tail: bool) -> None:
+def _scan(seg: _Segment, data: bytes, is_tail: bool, sealed: bool = False) -> None:
     """Check every record of a segment file's ``data`` and index its entries into ``seg``.
 
     In the last segment, zeros from a record boundary to the end of the
@@ -506,7 +534,7 @@ def _scan(seg: _Segment, data: bytes, is_tail: bool) -> None:
             if not seg.first <= first <= seg.last + 1:
                 raise _BadRecord(f"record of entries from {first} where {seg.first}..{seg.last + 1} "
                                  "was expected", end, may_be_torn=False)
-            terms, _, _, _ = _columns(data, pos, end, count)
+            terms, _, _, _ = _columns(data, pos, end, count, sealed)
         except _BadRecord as bad:
             # A torn write: the record never fit, the disk persisted the
             # file's new length but not its last pages (zeros to the end),
@@ -551,8 +579,10 @@ def _next_valid_record(data: bytes, view: memoryview, after: int, seg_first: int
 class WriteAheadLog:
     """Raft's log on disk.  Create with :meth:`open`; see the module docstring."""
 
-    def __init__(self, directory: Path, segment_bytes: int, segments: list[_Segment], fill_bytes: int) -> None:
+    def __init__(self, directory: Path, segment_bytes: int, segments: list[_Segment], fill_bytes: int,
+                 keyring: Keyring | None = None) -> None:
         self._dir = directory
+        self._keyring = keyring
         self._segment_bytes = segment_bytes
         self._fill_bytes = fill_bytes
         self._zeros = memoryview(bytes(min(fill_bytes, segment_bytes)))
@@ -569,13 +599,14 @@ class WriteAheadLog:
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str], segment_bytes: int = DEFAULT_SEGMENT_BYTES,
-             fill_bytes: int = DEFAULT_FILL_BYTES) -> WriteAheadLog:
+             fill_bytes: int = DEFAULT_FILL_BYTES, keyring: Keyring | None = None) -> WriteAheadLog:
         """Open (creating if needed) the log in ``directory`` and recover it.
 
         Cuts a torn tail off the last segment (and fsyncs the cut); raises
         :class:`CorruptionError` for any other damage or a missing segment.
         ``fill_bytes`` is how far ahead of its end the last segment is kept
-        zero-filled (0: never; see the module docstring).
+        zero-filled (0: never; see the module docstring).  ``keyring``: the
+        log's records are sealed (see the module docstring).
         """
         if segment_bytes < 1:
             raise ValueError("segment_bytes must be positive")
@@ -592,17 +623,18 @@ class WriteAheadLog:
                 raise CorruptionError(
                     path, None, f"segment starts at index {first} but the previous one ends at "
                     f"{segments[-1].last} (a segment is missing or misnamed)")
-            segments.append(cls._recover_segment(first, path, is_tail=i == len(found) - 1))
+            segments.append(cls._recover_segment(first, path, is_tail=i == len(found) - 1,
+                                                 sealed=keyring is not None))
         if not segments:
             path = d / segment_name(1)
             with disk_errors(f"cannot create {path}"):
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
                 fsync_dir(d)
             segments.append(_Segment(1, path))
-        return cls(d, segment_bytes, segments, fill_bytes)
+        return cls(d, segment_bytes, segments, fill_bytes, keyring)
 
     @staticmethod
-    def _recover_segment(first: int, path: Path, is_tail: bool) -> _Segment:
+    def _recover_segment(first: int, path: Path, is_tail: bool, sealed: bool = False) -> _Segment:
         """Index one segment; cut and fsync a torn tail if it is the last one.
 
         Reads the whole file at once: a segment is bounded by segment_bytes
@@ -613,7 +645,7 @@ class WriteAheadLog:
             data = path.read_bytes()
         seg = _Segment(first, path)
         try:
-            _scan(seg, data, is_tail)
+            _scan(seg, data, is_tail, sealed)
         except _Torn as torn:
             seg.size = torn.offset
             with disk_errors(f"cannot cut the torn tail of {path}"):
@@ -724,7 +756,7 @@ class WriteAheadLog:
                 if first != seg.rec_first[r] or first + count < rec_hi:
                     raise _BadRecord(f"record of entries {first}..{first + count - 1} where the index "
                                      f"expects {seg.rec_first[r]}..{rec_hi - 1}", end)
-                out += _decode(data, pos, end, first, count, max(lo, first), rec_hi)
+                out += _decode(data, pos, end, first, count, max(lo, first), rec_hi, self._keyring, seg.path)
             except _BadRecord as bad:
                 raise CorruptionError(seg.path, seg.rec_off[r], bad.problem) from None
         return out
@@ -765,7 +797,7 @@ class WriteAheadLog:
         if not self.first_index <= first <= self.last_index + 1:
             raise ValueError(f"batch starting at {first} does not fit a log holding "
                              f"[{self.first_index}, {self.last_index}]")
-        parts, nbytes, terms = _encode_batch(entries)
+        parts, nbytes, terms = _encode_batch(entries, self._keyring)
         seg = self._segments[-1]
         if first <= seg.last and (first < seg.first or seg.size + nbytes > self._segment_bytes):
             self.truncate(first)  # else the batch's own record replaces the entries from `first` on
@@ -853,7 +885,7 @@ class WriteAheadLog:
             self._filled = old.size
         path = self._dir / segment_name(first)
         with disk_errors(f"cannot create segment {path}"):
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             fsync_dir(self._dir)
         seg = _Segment(first, path)
         self._segments.append(seg)
@@ -971,7 +1003,7 @@ class WriteAheadLog:
                 self._firsts.pop()
             path = self._dir / segment_name(next_index)
             with disk_errors(f"cannot create segment {path}"):
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
                 fsync_dir(self._dir)
             self._segments.append(_Segment(next_index, path))
             self._firsts.append(next_index)
@@ -979,3 +1011,72 @@ class WriteAheadLog:
         except StorageError as e:
             self._failed = str(e)
             raise
+
+    # -- re-encryption -----------------------------------------------------------
+
+    def reseal(self) -> int:
+        """Seal again, under the active key, every record sealed with another; return how many.
+
+        The re-encryption pass after a key rotation: once it has run, no
+        record of the log names an old key id, and the old key can leave
+        the key file.  A resealed record has exactly the size of the old one
+        (the seal overhead is fixed), so every offset in the in-memory index
+        stays true; each segment that needs it is rewritten whole under a
+        temporary name, fsynced and renamed over the old one (a crash leaves
+        the old file or the new, both readable with the key file holding
+        both keys).  Records are walked in file order, superseded ones too,
+        so no old-key ciphertext is left behind in a file.  Runs on the
+        log's thread like every other call.
+        """
+        self._check_usable()
+        ring = self._keyring
+        if ring is None:
+            return 0
+        done = 0
+        for seg in self._segments:
+            with disk_errors(f"cannot read {seg.path}"):
+                data = bytearray(seg.path.read_bytes())
+            n = self._reseal_records(seg, data, ring)
+            if not n:
+                continue
+            tmp = seg.path.with_name(f".{seg.path.name}.reseal.tmp")
+            with disk_errors(f"cannot rewrite {seg.path}"):
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+                    _pwrite_all(fd, memoryview(data), 0)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, seg.path)
+                fsync_dir(self._dir)
+            if seg is self._segments[-1]:
+                self._open_tail()  # the old inode is gone
+            done += n
+        return done
+
+    @staticmethod
+    def _reseal_records(seg: _Segment, data: bytearray, ring: Keyring) -> int:
+        """Reseal, in ``data``, the records of ``seg`` under old keys; return how many.
+
+        Records are parsed from a read-only copy (the CRC wants one) and
+        replaced in ``data`` at the same offsets.
+        """
+        old = bytes(data)
+        view = memoryview(old)
+        pos, n = 0, 0
+        try:
+            while pos < seg.size:
+                end, _, count = _check_record(old, view, pos)
+                if count:
+                    _, _, _, p = _columns(old, pos, end, count, True)
+                    blob = old[p:end - TRAILER_BYTES]
+                    if Keyring.key_id_of(blob) != ring.active:
+                        aad = old[pos:p]
+                        fresh = ring.seal(ring.open(blob, aad, seg.path), aad)
+                        record = aad + fresh
+                        data[pos:end] = record + _CRC.pack(crc32c(record))
+                        n += 1
+                pos = end
+        except _BadRecord as bad:
+            raise CorruptionError(seg.path, pos, bad.problem) from None
+        return n

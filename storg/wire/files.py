@@ -343,6 +343,27 @@ class ChunkPlacedReply:
     placed: bool
 
 
+@layout(U64, ListOf(SHA256))
+@dataclass(frozen=True, slots=True)
+class ChunkPinQuery:
+    """A node's orphan sweep asks the leader: which of these chunks does a live upload or repair hold?
+
+    The lease behind a chunk file the map does not name yet: it is kept for
+    as long as the leader's upload (or repair) that wrote it lives, however
+    long that takes and whatever the clocks do, instead of for a fixed age.
+    """
+
+    request_id: int
+    hashes: tuple[str, ...]
+
+
+@layout(U64, ListOf(SHA256))
+@dataclass(frozen=True, slots=True)
+class ChunkPinReply:
+    request_id: int
+    pinned: tuple[str, ...]
+
+
 _TYPE_BYTES: dict[int, type] = {
     41: PutStart, 42: PutReady, 43: PutData, 44: PutEnd, 45: PutDone,
     46: GetRequest, 47: GetStart, 48: GetData, 49: GetEnd,
@@ -353,6 +374,7 @@ _TYPE_BYTES: dict[int, type] = {
     69: ChunkHoldersCommand,
     120: ScrubStatusRequest, 121: ScrubStatusReply, 122: ChunkPutAfter,
     123: ChunkPlacedQuery, 124: ChunkPlacedReply,
+    128: ChunkPinQuery, 129: ChunkPinReply,
 }
 
 for _tb, _cls in _TYPE_BYTES.items():

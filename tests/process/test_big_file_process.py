@@ -84,7 +84,7 @@ def test_a_chunk_corrupt_on_every_holder_stops_the_pipelined_get_before_it(tmp_p
         assert cluster.storgctl("put", str(src), "/f").returncode == 0
         bad = hashlib.sha256(block(5)).hexdigest()
         for nid in cluster.nodes:
-            path = cluster.data_dir(nid) / "chunks" / bad[:2] / bad
+            path = cluster.chunk_path(nid, bad)
             damaged = bytearray(path.read_bytes())
             damaged[12345] ^= 0x40
             path.write_bytes(bytes(damaged))

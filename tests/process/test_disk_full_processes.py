@@ -33,7 +33,7 @@ CHUNK = 256 * 1024
 def mount_tmpfs(where: Path, size_mb: int) -> None:
     where.mkdir(parents=True, exist_ok=True)
     try:
-        out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(where)],
+        out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0700", "tmpfs", str(where)],
                              capture_output=True, text=True)
         why = out.stderr.strip() or f"exit status {out.returncode}"
     except OSError as exc:  # no mount(8) at all

@@ -160,7 +160,7 @@ def test_a_corrupt_chunk_on_one_node_is_never_served(cluster):
     info = json.loads(ctl(cluster, "--json", "stat", "/corrupt/one").stdout)
     h = info["chunks"][0]["hash"]
     victim = "n1"
-    path = cluster.data_dir(victim) / "chunks" / h[:2] / h
+    path = cluster.chunk_path(victim, h)
     raw = bytearray(path.read_bytes())
     raw[100] ^= 0xFF
     path.write_bytes(bytes(raw))
@@ -173,7 +173,7 @@ def test_a_chunk_corrupt_on_every_holder_exits_4(cluster):
     put_bytes(cluster, "/corrupt/all", data)
     h = json.loads(ctl(cluster, "--json", "stat", "/corrupt/all").stdout)["chunks"][0]["hash"]
     for nid in cluster.nodes:
-        path = cluster.data_dir(nid) / "chunks" / h[:2] / h
+        path = cluster.chunk_path(nid, h)
         raw = bytearray(path.read_bytes())
         raw[0] ^= 0x01
         path.write_bytes(bytes(raw))

@@ -164,13 +164,8 @@ def copies_on_disk(cluster, nodes=None) -> dict[str, list[str]]:
     """chunk hash -> the nodes with a file of it in their chunk store."""
     found: dict[str, list[str]] = {}
     for nid in nodes or cluster.nodes:
-        root = cluster.data_dir(nid) / "chunks"
-        for fan in root.iterdir() if root.is_dir() else ():
-            if fan.name == "tmp":
-                continue
-            for f in fan.iterdir():
-                if HASH.match(f.name):
-                    found.setdefault(f.name, []).append(nid)
+        for h in cluster.chunk_files(nid):
+            found.setdefault(h, []).append(nid)
     return found
 
 
@@ -222,7 +217,7 @@ def test_a_corrupt_copy_is_never_served_and_scrub_replaces_it(five):
     ctl(five, "put", "-", "/scrub/me", input=data)
     chunk = stat(five, "/scrub/me")["chunks"][0]
     victim = chunk["holders"][0]
-    path = five.data_dir(victim) / "chunks" / chunk["hash"][:2] / chunk["hash"]
+    path = five.chunk_path(victim, chunk["hash"])
     wait_for(path.is_file, 10, "the victim's copy")
     raw = bytearray(path.read_bytes())
     raw[7] ^= 0x40
@@ -240,7 +235,7 @@ def test_a_corrupt_copy_is_never_served_and_scrub_replaces_it(five):
 
     row = wait_for(repaired, 30, "scrub to find and replace the bad copy")
     assert row["chunks_checked"] >= 1
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == chunk["hash"]
+    assert hashlib.sha256(five.read_chunk(victim, chunk["hash"])).hexdigest() == chunk["hash"]
     table = ctl(five, "scrub").stdout.decode()
     assert "UNDER_REPLICATED" in table.splitlines()[0]
 

@@ -54,8 +54,7 @@ def recorded_on(cluster, nid, names):
 
 
 def chunk_files(cluster, nid):
-    root = cluster.data_dir(nid) / "chunks"
-    return {f.name for f in root.glob("??/*") if len(f.name) == 64}
+    return set(cluster.chunk_files(nid))
 
 
 def test_a_follower_away_while_the_log_was_compacted_catches_up_by_snapshot(cluster):

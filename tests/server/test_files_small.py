@@ -235,3 +235,65 @@ def test_inline_holders_of_a_bigger_cluster_are_placed_like_any_chunk(tmp_path, 
                                           service.replicator.projected_usage(), service.unreachable()))
         spread |= set(holders)
     assert spread == {"n1", "n2", "n3", "n4", "n5"}  # rendezvous ranking spreads them
+
+
+def test_a_failed_small_file_write_blocks_compaction_is_retried_and_stops_the_node_if_it_persists(tmp_path):
+    """Issue 16, the second data-loss hole: a write that failed at apply was only logged, and the
+    sync before compaction succeeded, so the log could drop the only copy of the bytes here."""
+    from storg.server.files.service import INLINE_RETRIES, InlineWriteFailed
+    from storg.storage.errors import DiskFullError
+
+    service, fsm, pool, store = make(tmp_path)
+    real_put = store.put
+    broken = [True]
+
+    def put(data, *args, **kwargs):
+        if broken[0]:
+            raise DiskFullError("no space left on device")
+        return real_put(data, *args, **kwargs)
+
+    store.put = put
+    h = apply_small(fsm, 1, "/a", b"acknowledged")
+    issue_batch(service)
+    pool.release()
+    assert not store.has(h)
+
+    outcomes: list[object] = []
+    service.sync_inline_chunks().addBoth(outcomes.append)
+    pool.release()  # the retry fails too
+    assert len(outcomes) == 1 and outcomes[0].check(InlineWriteFailed)  # no compaction after this
+
+    stopped: list[object] = []
+    service.on_holder_failure = stopped.append
+    for _ in range(INLINE_RETRIES - 2):
+        service.sync_inline_chunks().addErrback(lambda f: None)
+        pool.release()
+    assert not stopped
+    service.sync_inline_chunks().addErrback(lambda f: None)
+    pool.release()
+    assert len(stopped) == 1  # the disk keeps failing: the node stops rather than forget
+
+    broken[0] = False  # space came back: the next sync writes it and compaction may go on
+    done: list[object] = []
+    service.sync_inline_chunks().addBoth(done.append)
+    pool.release()
+    assert done == [0] or done == [1], done
+    assert store.get(h) == b"acknowledged"
+
+
+def test_a_small_file_the_snapshot_covers_but_the_store_lost_is_written_again_from_the_log(tmp_path):
+    """The rest of the second hole: after a restart the snapshot's entries are not replayed, so a
+    small file whose write never reached the disk is taken from the log the compaction kept."""
+    from storg.server.files.inline_restore import restore_inline_chunks
+
+    fsm = FileStoreStateMachine()
+    store = ChunkStore(tmp_path / "chunks")
+    cmd = PutInlineCommand(0, 0, 1_000, "/lost", b"only in the log", ("n1", "n2"))
+    entry = Entry(1, 1, EntryType.NORMAL, CODEC.encode(cmd))
+    fsm.apply(entry)
+    other = Entry(1, 2, EntryType.NORMAL, CODEC.encode(PutInlineCommand(0, 0, 1, "/x", b"not mine", ("n2",))))
+    fsm.apply(other)
+    assert restore_inline_chunks([entry, other], fsm, store, "n1") == 1
+    assert store.get(hashlib.sha256(b"only in the log").hexdigest()) == b"only in the log"
+    assert not store.has(hashlib.sha256(b"not mine").hexdigest())
+    assert restore_inline_chunks([entry, other], fsm, store, "n1") == 0  # present now

@@ -24,7 +24,7 @@ from storg.net.connection import PLAIN, RequestConnection
 from storg.node.executor import Submit
 from storg.storage.chunks import ChunkStore
 from storg.storage.errors import ChunkNotFoundError, CorruptionError
-from storg.wire.files import ChunkData, ChunkGet
+from storg.wire.files import ChunkData, ChunkGet, ChunkPinQuery, ChunkPinReply
 
 log = Logger(namespace="storg.chunks")
 
@@ -95,6 +95,17 @@ class RemoteChunks:
         if data is None:
             raise ChunkUnavailable(f"{node_id} sent bytes that do not match chunk {chunk_hash}")
         return data
+
+    @defer.inlineCallbacks
+    def pinned(self, node_id: str, hashes: list[str]):
+        """The subset of ``hashes`` the leader ``node_id`` has pinned for a live upload or repair."""
+        conn = yield self.connection(node_id)
+        d = conn.request(lambda rid: ChunkPinQuery(rid, tuple(hashes)))
+        d.addTimeout(self.timeout, self.reactor)
+        reply = yield d
+        if not isinstance(reply, ChunkPinReply):
+            raise ChunkUnavailable(f"{node_id} answered {type(reply).__name__} to a pin query")
+        return frozenset(reply.pinned)
 
     def close(self) -> None:
         for conn in self._connections.values():

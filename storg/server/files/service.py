@@ -57,6 +57,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from storg.config import FileTuning, LimitTuning
 from storg.net.framing import describe_address, send_bulk
@@ -78,12 +79,20 @@ from storg.server.files.reserve import DiskReserve
 from storg.server.files.tree import TreeService
 from storg.server.files.upload import INLINE_MAX, MAX_DATA_FRAME, Upload
 from storg.server.files.watch import WatchHub
-from storg.storage.errors import ChunkNotFoundError, CorruptionError, DiskFullError, HashMismatchError
+from storg.storage.errors import (
+    ChunkNotFoundError,
+    CorruptionError,
+    DiskFullError,
+    HashMismatchError,
+    StorageError,
+)
 from storg.wire import CODEC, ErrorCode
 from storg.wire.bulk import BULK_MIN
 from storg.wire.files import (
     ChunkData,
     ChunkGet,
+    ChunkPinQuery,
+    ChunkPinReply,
     ChunkPlacedQuery,
     ChunkPlacedReply,
     ChunkPutAfter,
@@ -144,6 +153,14 @@ def _condition(req: PutStart | PutStartIf) -> tuple[bool, str] | None:
     return (req.if_absent, match)
 
 
+INLINE_RETRIES = 5
+"""Syncs before compaction that may fail to write a small file before the node stops."""
+
+
+class InlineWriteFailed(StorageError):
+    """Small files applied here could not be written; the log must keep them."""
+
+
 def _bad_path(exc: InvalidPath) -> RequestError:
     return RequestError(ErrorCode.BAD_REQUEST, f"invalid path: {exc}")
 
@@ -189,6 +206,7 @@ class FileService:
             all_copies_grace=all_copies_grace, reserve=self.reserve)
         self.garbage = GarbageCollector(
             node, fsm, local=chunks.local, ops=self.ops, guard=self.guard, cache=self.small_cache,
+            remote=chunks.remote,
             reactor=reactor,
             interval=gc_interval if gc_interval is not None else tuning.gc_interval_s,
             orphan_grace=orphan_grace if orphan_grace is not None else tuning.orphan_grace_s)
@@ -200,6 +218,12 @@ class FileService:
         fsm.on_inline_chunk = self._inline_chunk
         self._unsynced: set[str] = set()
         self._inline_writes: set[defer.Deferred] = set()
+        self._failed_inline: dict[str, bytes] = {}
+        """Small files whose write at apply failed (ENOSPC, EIO): retried before any compaction."""
+        self._inline_sync_failures = 0
+        self.on_holder_failure: Callable[[Failure], object] | None = None
+        """Called (the node stops, loudly) when small files still cannot be written after
+        :data:`INLINE_RETRIES` syncs: better no holder than one that forgot."""
         node.on_role_change(self._role_changed)
 
     def unreachable(self) -> frozenset[str]:
@@ -212,6 +236,7 @@ class FileService:
             GetRequest: self.get, LsRequest: self.ls, StatRequest: self.stat, RmRequest: self.rm,
             ChunkGet: self.chunk_get, ChunkPutAfter: self.chunk_put_after,
             ChunkPlacedQuery: self.chunk_placed,
+            ChunkPinQuery: self.chunk_pins,
         }
 
     def start(self) -> None:
@@ -492,6 +517,13 @@ class FileService:
         placed = self.node.is_leader() and self.replicator.is_placed(req.hash, req.holder)
         return ChunkPlacedReply(req.request_id, placed)
 
+    def chunk_pins(self, req: ChunkPinQuery, conn: ClientConnection) -> ChunkPinReply:
+        """The leader: which of these chunks a live upload or repair of ours has pinned (their lease)."""
+        if not self.node.is_leader():
+            raise RequestError(ErrorCode.NOT_LEADER, "not the leader", self._leader_address())
+        pinned = self.guard.pinned
+        return ChunkPinReply(req.request_id, tuple(h for h in req.hashes if pinned(h)))
+
     @defer.inlineCallbacks
     def chunk_get(self, req: ChunkGet, conn: ClientConnection):
         try:
@@ -535,9 +567,12 @@ class FileService:
 
         def written(_: Any) -> None:
             self._unsynced.add(chunk_hash)
+            self._failed_inline.pop(chunk_hash, None)
 
         def failed(failure: Any) -> None:
-            log.failure("writing small file chunk {h} failed", failure, h=chunk_hash)
+            log.failure("writing small file chunk {h} failed; it is retried, and the log is not "
+                        "compacted past it until it is written", failure, h=chunk_hash)
+            self._failed_inline[chunk_hash] = data
 
         def settled(_: Any) -> None:
             self._inline_writes.discard(d)
@@ -549,11 +584,18 @@ class FileService:
         """Fsync the small files written so far; run before compacting the log.
 
         Waits for the writes issued before the call (entries already
-        applied, which the compaction may drop) to finish first.
+        applied, which the compaction may drop) to finish first.  A small
+        file whose write failed is written again here (durably); if that
+        fails too, this fails with :class:`InlineWriteFailed` and the
+        compaction does not happen: the log stays the only copy of those
+        bytes on this node, and it is never dropped before they are on disk.
+        After :data:`INLINE_RETRIES` such failures in a row the node stops
+        (``on_holder_failure``) rather than serve as a holder that lost them.
         """
         self.ops.flush()
         pending = list(self._inline_writes)
         d = defer.DeferredList(pending) if pending else defer.succeed(None)
+        d.addCallback(lambda _: self._retry_failed_inline())
 
         def sync(_: Any) -> defer.Deferred:
             hashes, self._unsynced = list(self._unsynced), set()
@@ -563,6 +605,37 @@ class FileService:
             return synced.addCallback(lambda _: len(hashes))
 
         return d.addCallback(sync)
+
+    @defer.inlineCallbacks
+    def _retry_failed_inline(self):
+        """Write the failed small files again, durably; InlineWriteFailed if any still fails."""
+        if not self._failed_inline:
+            self._inline_sync_failures = 0
+            return
+        failures: list[str] = []
+        for chunk_hash, data in list(self._failed_inline.items()):
+            chunk = self.fsm.chunk(chunk_hash)
+            if chunk is None or self.node.node_id not in chunk.holders:
+                self._failed_inline.pop(chunk_hash, None)  # collected or moved meanwhile
+                continue
+            try:
+                yield self.ops.put(chunk_hash, data, durable=True)
+            except Exception as exc:
+                failures.append(f"{chunk_hash[:12]}: {exc}")
+            else:
+                self._failed_inline.pop(chunk_hash, None)
+        if not failures:
+            self._inline_sync_failures = 0
+            log.info("small files whose write had failed are now on disk")
+            return
+        self._inline_sync_failures += 1
+        error = InlineWriteFailed(f"{len(failures)} small files cannot be written on {self.node.node_id} "
+                                  f"({failures[0]}); the log is not compacted past them")
+        if self._inline_sync_failures >= INLINE_RETRIES and self.on_holder_failure is not None:
+            log.critical("{why}; giving up after {n} tries: stopping this node rather than forget them",
+                         why=error, n=self._inline_sync_failures)
+            self.on_holder_failure(Failure(error))
+        raise error
 
     # -- helpers ---------------------------------------------------------------
 

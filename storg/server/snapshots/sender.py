@@ -111,7 +111,7 @@ class SnapshotSender:
             while chunk := reader.read(READ_CHUNK):
                 sha.update(chunk)
             path, size = reader.path, reader.size
-        again = SnapshotReader(path)  # from the start; fails if a newer snapshot replaced it
+        again = SnapshotReader(path, reader.keyring)  # from the start; fails if a newer snapshot replaced it
         return again, size, sha.hexdigest()
 
     async def _stream(self, conn: Any, msg: Message, reader: SnapshotReader, size: int, sha: str) -> int:

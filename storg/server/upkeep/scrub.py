@@ -10,6 +10,16 @@ verified copy from another holder; a missing one (a small file's write lost
 in a crash, a copy deleted by hand) is fetched the same way.  The node stays
 a recorded holder throughout: nothing goes through Raft.
 
+Re-encryption.  With encryption at rest, the pass is also the
+re-encryption pass after a key rotation (``storgctl keys reencrypt`` starts
+one): every chunk it checks that is sealed with another key than the
+active one is sealed again under it (paced with the checks, since it reads
+the bytes anyway); at the end of the pass every chunk file still under an
+old key (one the map does not count here, or one busy when the walk came
+by) is resealed too, found by its header alone, and then the log's
+segments and the snapshot are resealed on the storage thread.  Once a pass has ended on
+every node, no record names the old key and it can leave the key file.
+
 Counters (``storgctl scrub``): passes, chunks and bytes checked, bad and
 missing copies found, copies restored, and chunks with fewer than R member
 holders as of the last pass.
@@ -18,6 +28,7 @@ holders as of the last pass.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, task
@@ -30,6 +41,7 @@ from storg.server.files.chunk_io import Chunks, ChunkUnavailable
 from storg.server.files.chunk_ops import ChunkOps
 from storg.server.upkeep.pacing import SCAN_SLICE, RateLimiter
 from storg.storage.errors import ChunkNotFoundError, CorruptionError
+from storg.storage.keys import UnknownKeyError
 
 log = Logger(namespace="storg.scrub")
 
@@ -38,8 +50,11 @@ class Scrubber:
     """One node's background scrub."""
 
     def __init__(self, node: RaftNode, fsm: Any, reactor: Any, *, chunks: Chunks, ops: ChunkOps,
-                 replication_factor: int, rate: float, interval: float) -> None:
+                 replication_factor: int, rate: float, interval: float,
+                 reseal_log: Callable[[], defer.Deferred] | None = None) -> None:
         self.node = node
+        self.reseal_log = reseal_log
+        """Encryption at rest: reseals the log and the snapshot under the active key (storage thread)."""
         self.fsm = fsm
         self.reactor = reactor
         self.chunks = chunks
@@ -117,7 +132,31 @@ class Scrubber:
                     return
                 yield self._check(digest.hex())
         self.under_replicated = under
+        if self.reseal_log is not None:
+            yield self._reseal_stale_chunks()
+            resealed = yield self.reseal_log()
+            self.counters["records_resealed"] += resealed
+            if resealed or self.counters["chunks_resealed"]:
+                log.info("re-encryption: {n} log records and snapshots resealed under the active key, "
+                         "{c} chunks so far", n=resealed, c=self.counters["chunks_resealed"])
         self.counters["passes"] += 1
+
+    @defer.inlineCallbacks
+    def _reseal_stale_chunks(self):
+        """Reseal every chunk file still under an old key, recorded here or not, at scrub's pace."""
+        local = self.chunks.local
+        stale = yield local.run(local.store.stale_chunks)
+        for chunk_hash in stale:
+            if self._stopped:
+                return
+            chunk = self.fsm.chunk(chunk_hash)
+            yield self.limiter.reserve(chunk.size if chunk is not None else 1 << 20)
+            try:
+                resealed = yield self.ops.run([chunk_hash], local.store.reseal, chunk_hash)
+            except Exception as exc:  # damaged or gone meanwhile: scrub and garbage collection see to it
+                log.info("re-encryption: chunk {h} not resealed: {why}", h=chunk_hash, why=exc)
+                continue
+            self.counters["chunks_resealed"] += resealed
 
     @defer.inlineCallbacks
     def _check(self, chunk_hash: str):
@@ -135,6 +174,11 @@ class Scrubber:
                 return  # collected or moved while the pass went on
             self.counters["missing_copies"] += 1
             log.warn("scrub: chunk {h} is recorded here but missing", h=chunk_hash)
+        except UnknownKeyError as exc:
+            # Sealed with a key the key file no longer holds: not damage, and never rewritten.
+            self.counters["unreadable_copies"] += 1
+            log.warn("scrub: chunk {h} cannot be read here: {why}", h=chunk_hash, why=exc)
+            return
         except CorruptionError as exc:
             self.counters["bad_copies"] += 1
             log.warn("scrub: bad copy of chunk {h}: {why}; removing it", h=chunk_hash, why=exc)
@@ -142,6 +186,9 @@ class Scrubber:
         else:
             self.counters["chunks_checked"] += 1
             self.counters["bytes_checked"] += len(data)
+            if local.store.keyring is not None:
+                resealed = yield self.ops.run([chunk_hash], local.store.reseal, chunk_hash)
+                self.counters["chunks_resealed"] += resealed
             return
         self.counters["chunks_checked"] += 1
         yield self._restore(chunk_hash)
