@@ -121,9 +121,9 @@ def test_put_r_get_r_cp_and_rm_r(cluster, tmp_path):
 
 
 def chunk_files(cluster, hashes):
-    """The chunk files of ``hashes`` on every node's disk (data_dir/chunks/HH/HASH)."""
-    return [cluster.data_dir(n) / "chunks" / h[:2] / h for n in cluster.nodes for h in hashes
-            if (cluster.data_dir(n) / "chunks" / h[:2] / h).exists()]
+    """The chunk files of ``hashes`` on every node's disk (keyed names when the cluster encrypts)."""
+    paths = [cluster.chunk_path(n, h) for n in cluster.nodes for h in hashes]
+    return [p for p in paths if p.exists()]
 
 
 def test_cp_then_rm_of_the_source_keeps_the_shared_chunks_until_the_last_reference_goes(cluster):
