@@ -300,12 +300,18 @@ class RequestConnection(FrameReceiver):
         self._fail_waiters(None, exc)
 
     def close(self) -> None:
-        """Close after flushing; the write gate is unregistered first so the close is not held up."""
+        """Close after flushing; the write gate is unregistered first so the close is not held up.
+
+        Unconditionally: over TLS ``transport.producer`` is the TLS layer's,
+        not our gate, and a TLS transport with a producer registered never
+        shuts down, so the connection would stay open on both ends (the node
+        counts it against ``limits.max_client_connections``).  Unregistering
+        when nothing is registered does nothing.
+        """
         transport = self.transport
         if transport is None:
             return
-        if getattr(transport, "producer", None) is self._gate:
-            transport.unregisterProducer()
+        transport.unregisterProducer()
         transport.loseConnection()
 
     def close_connection(self) -> None:

@@ -57,7 +57,7 @@ from typing import Protocol as TypingProtocol
 
 from OpenSSL import SSL
 from twisted.internet import defer
-from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.interfaces import IHandshakeListener, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -430,12 +430,19 @@ class _Refused(Protocol):
         body = CODEC.encode(ErrorReply(0, int(ErrorCode.LIMIT_EXCEEDED), self.message))
         transport = cast(Any, self.transport)
         transport.write(_LENGTH.pack(len(body)) + body)
-        half_close = getattr(transport, "loseWriteConnection", None)
-        if half_close is None or self.owner.lingering >= MAX_LINGERING:
+        # Over TLS the reply waits for the handshake inside the TLS layer, and a TCP half-close
+        # would cut that handshake short (the client would see a connection lost before it):
+        # the TLS layer's own close flushes the reply first, then ends the connection.
+        tls = ISSLTransport.providedBy(transport)
+        half_close = None if tls else getattr(transport, "loseWriteConnection", None)
+        if (half_close is None and not tls) or self.owner.lingering >= MAX_LINGERING:
             transport.loseConnection()
             return
         self.owner.lingering += 1
-        half_close()
+        if tls:
+            transport.loseConnection()  # after the handshake and the reply; bounded by the timer
+        elif half_close is not None:
+            half_close()
         self._timer = self.owner.reactor.callLater(REFUSAL_LINGER, transport.abortConnection)
 
     def dataReceived(self, data: bytes) -> None:

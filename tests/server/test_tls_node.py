@@ -17,13 +17,14 @@ import pytest
 import pytest_twisted
 import yaml
 from twisted.internet import reactor
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from storg.config import load_config
 from storg.net.certs import add_client, init_dir
 from storg.net.connection import connect
 from storg.net.credentials import TLSCredentials
-from storg.net.errors import PermissionDenied
+from storg.net.errors import LimitExceeded, PermissionDenied
 from storg.server import permissions
 from storg.server.service import NodeService
 from storg.testing.devcluster import free_port
@@ -42,6 +43,24 @@ from storg.wire.snapshots import SnapshotBegin
 
 @pytest_twisted.async_yield_fixture
 async def node(tmp_path: Path):
+    service = start_node(tmp_path)
+    try:
+        yield service
+    finally:
+        await service.stopService()
+
+
+@pytest_twisted.async_yield_fixture
+async def small_node(tmp_path: Path):
+    """A node that takes at most two client connections at once."""
+    service = start_node(tmp_path, limits={"max_client_connections": 2})
+    try:
+        yield service
+    finally:
+        await service.stopService()
+
+
+def start_node(tmp_path: Path, **extra) -> NodeService:
     certs = tmp_path / "certs"
     init_dir(str(certs), ["n1"])
     for name, role in (("reader", "readonly"), ("writer", "readwrite")):
@@ -53,16 +72,14 @@ async def node(tmp_path: Path):
         "client_listen": f"127.0.0.1:{client}",
         "cluster": {"n1": {"peer": f"127.0.0.1:{peer}", "client": f"127.0.0.1:{client}"}},
         "tls": {"ca": "certs/ca.pem", "cert": "certs/n1.pem", "key": "certs/n1-key.pem"},
+        **extra,
     }))
     service = NodeService(load_config(config), reactor)
     service.startService()
     service.tmp = tmp_path
     service.certs = certs
     service.address = f"127.0.0.1:{client}"
-    try:
-        yield service
-    finally:
-        await service.stopService()
+    return service
 
 
 async def as_(service: NodeService, name: str):
@@ -184,3 +201,50 @@ async def test_a_plain_tcp_client_gets_nothing_from_a_tls_port(node) -> None:
         assert not isinstance(info.value, StatusReply)
     finally:
         conn.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_closed_tls_client_connection_really_closes(node) -> None:
+    """RequestConnection.close over TLS ends the connection on both sides.
+
+    Over TLS ``transport.producer`` is the TLS layer's, not the connection's
+    write gate; a close that unregistered the gate only when it saw it there
+    never unregistered it, the TLS layer waited for the producer forever, and
+    every connection a client or a node closed stayed open on the node until
+    the connection limit refused everyone.
+    """
+    await wait_leader(node)
+    factory_connections = None
+    for _ in range(3):
+        conn = await as_(node, "admin")
+        await conn.request(lambda rid: StatusRequest(rid))
+        conn.close()
+        closed = conn.closed
+        closed.addTimeout(5, reactor)
+        await closed
+    for _ in range(100):
+        ports = [s for s in node.services if hasattr(getattr(s, "factory", None), "connections")]
+        factory_connections = [len(s.factory.connections) for s in ports]
+        if factory_connections and max(factory_connections) == 0:
+            return
+        await deferLater(reactor, 0.02, lambda: None)
+    raise AssertionError(f"the node still counts open client connections: {factory_connections}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_over_tls_a_connection_past_the_limit_reads_why(small_node) -> None:
+    """The refusal (one ErrorReply) crosses TLS: a TCP half-close would cut the handshake short."""
+    await wait_leader(small_node)
+    held = [await as_(small_node, "admin") for _ in range(2)]
+    try:
+        for conn in held:
+            await conn.request(lambda rid: StatusRequest(rid))
+        extra = await as_(small_node, "admin")
+        with pytest.raises(LimitExceeded, match="max_client_connections"):
+            d = extra.request(lambda rid: StatusRequest(rid))
+            d.addTimeout(10, reactor)
+            await d
+        extra.close()
+    finally:
+        for conn in held:
+            conn.close()
