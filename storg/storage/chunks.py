@@ -46,6 +46,7 @@ from typing import Protocol
 
 from storg.storage.errors import ChunkNotFoundError, CorruptionError, HashMismatchError, StorageError
 from storg.storage.fsutil import (
+    atomic_write,
     disk_errors,
     ensure_dir,
     fsync_dir,
@@ -300,22 +301,8 @@ class ChunkStore:
         if len(head) < _SEALED_HEAD or Keyring.key_id_of(head[len(SEALED_MAGIC):]) == self.keyring.active:
             return False
         data = self.get(chunk_hash)
-        tmp = temp_path(self._tmp / path.name)
-        with disk_errors(f"cannot reseal chunk {chunk_hash}"):
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                try:
-                    for part in self._seal(chunk_hash, path.name, data):
-                        write_all(fd, part)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-            fsync_dir(path.parent)
+        atomic_write(path, self._seal(chunk_hash, path.name, data), tmp_dir=self._tmp,
+                     what=f"cannot reseal chunk {chunk_hash}")
         return True
 
     def has(self, chunk_hash: str) -> bool:

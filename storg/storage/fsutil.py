@@ -13,7 +13,7 @@ import contextlib
 import errno
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from storg.storage.errors import DiskFullError, StorageError
@@ -66,15 +66,23 @@ def temp_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}")
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
-    """Replace ``path`` with ``data``: temp file, fsync, rename, directory fsync."""
+def atomic_write(path: str | os.PathLike[str], data: bytes | Iterable[bytes], *,
+                 tmp_dir: Path | None = None, what: str | None = None) -> None:
+    """Replace ``path`` with ``data`` (bytes, or parts written in order): temp file, fsync,
+    rename, directory fsync.
+
+    ``tmp_dir``: where the temporary file goes (same file system), when not
+    beside ``path`` (the chunk store keeps its temporaries in ``tmp/``, which
+    its listing skips).  ``what``: the error message's subject.
+    """
     final = Path(path)
-    tmp = temp_path(final)
-    with disk_errors(f"cannot write {final}"):
+    tmp = temp_path(final if tmp_dir is None else tmp_dir / final.name)
+    with disk_errors(what or f"cannot write {final}"):
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                write_all(fd, data)
+                for part in (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data:
+                    write_all(fd, part)
                 os.fsync(fd)
             finally:
                 os.close(fd)
