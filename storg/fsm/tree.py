@@ -29,7 +29,7 @@ from storg.fsm.errors import Conflict, InvalidCommand, NotFound
 from storg.fsm.records import DIGEST_BYTES, FILE_HEAD_BYTES, file_chunks, file_head, file_size
 from storg.fsm.sorted_paths import SortedPaths
 from storg.fsm.state import Change, ChunkState, PackedFile, chunk_digests_of
-from storg.paths import MAX_PATH_BYTES, ROOT, InvalidPath, normalize_path, normalize_prefix
+from storg.paths import MAX_PATH_BYTES, ROOT, InvalidPath, normalize_path, normalize_prefix, path_bytes
 from storg.wire.tree import (
     WATCH_CREATE,
     WATCH_DELETE,
@@ -166,7 +166,7 @@ class TreeCommands:
         targets = [dst + path[cut:] for path in sources]
         if len(dst.encode()) > len(src.encode()):
             longest = max(targets, key=lambda t: len(t.encode()))
-            if len(longest.encode()) > MAX_PATH_BYTES:
+            if path_bytes(longest) > MAX_PATH_BYTES:
                 raise InvalidCommand(f"{longest[:60]}... would be longer than {MAX_PATH_BYTES} bytes")
         return targets
 
