@@ -20,7 +20,6 @@ least 0.80), and the host's CPU flags::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import statistics
 import sys

@@ -19,8 +19,8 @@ from urllib.parse import unquote
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectionLost
-from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
 
 from storg.client.errors import NotFoundError
 from storg.gateway.common import (

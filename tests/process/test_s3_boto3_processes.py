@@ -287,27 +287,32 @@ def test_delete_objects(s3):
     assert left == [f"k{i:02d}" for i in range(20, 30)]
 
 
+def race_once(clients: list, key: str) -> list[object]:
+    """Two If-None-Match: * puts of ``key`` let go at once; each one's outcome."""
+    barrier = threading.Barrier(len(clients))
+    outcomes: list[object] = [None] * len(clients)
+
+    def put(i: int) -> None:
+        barrier.wait()
+        try:
+            clients[i].put_object(Bucket="race", Key=key, Body=f"writer {i}".encode(), IfNoneMatch="*")
+            outcomes[i] = "won"
+        except ClientError as exc:
+            outcomes[i] = code_of(exc)
+
+    threads = [threading.Thread(target=put, args=(i,)) for i in range(len(clients))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return outcomes
+
+
 def test_conditional_put_race_has_exactly_one_winner(cluster, key, s3):
     s3.create_bucket(Bucket="race")
     clients = [boto3_client(cluster, key, nid) for nid in ("n1", "n2")]
     for round_ in range(5):
-        barrier = threading.Barrier(2)
-        outcomes: list[object] = [None, None]
-
-        def put(i: int) -> None:
-            barrier.wait()
-            try:
-                clients[i].put_object(Bucket="race", Key=f"lock-{round_}", Body=f"writer {i}".encode(),
-                                      IfNoneMatch="*")
-                outcomes[i] = "won"
-            except ClientError as exc:
-                outcomes[i] = code_of(exc)
-
-        threads = [threading.Thread(target=put, args=(i,)) for i in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        outcomes = race_once(clients, f"lock-{round_}")
         assert sorted(map(str, outcomes)) == sorted(["won", str(("PreconditionFailed", 412))]), outcomes
         winner = outcomes.index("won")
         assert s3.get_object(Bucket="race", Key=f"lock-{round_}")["Body"].read() == f"writer {winner}".encode()
@@ -320,9 +325,9 @@ def test_conditional_put_race_has_exactly_one_winner(cluster, key, s3):
 
 
 def test_wrong_secret_expired_url_and_roles_are_refused(cluster, key, s3):
+    import ssl
     import urllib.error
     import urllib.request
-    import ssl
     s3.create_bucket(Bucket="auth")
     s3.put_object(Bucket="auth", Key="k", Body=b"secret data")
     wrong = boto3_client(cluster, type(key)(key.key_id, key.secret[:-1] + ("A" if key.secret[-1] != "A" else "B"),
