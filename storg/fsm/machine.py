@@ -43,8 +43,11 @@ from storg.fsm.errors import (
     StaleRequest,
 )
 from storg.fsm.members import MemberDirectory, MembershipStateMachine
+from storg.fsm.objects import ObjectCommands, S3KeyState
 from storg.fsm.records import (
+    S3KeyRecord,
     file_chunks,
+    file_etag,
     file_head,
     file_size,
     pack_file,
@@ -71,6 +74,13 @@ from storg.wire.files import (
     PutInlineCommand,
     RemoveFileCommand,
 )
+from storg.wire.objects import (
+    ComposeCommand,
+    CopyAttrsCommand,
+    PutObjectCommand,
+    S3KeyCreateCommand,
+    S3KeyRevokeCommand,
+)
 from storg.wire.tree import (
     WATCH_CREATE,
     WATCH_DELETE,
@@ -84,7 +94,7 @@ from storg.wire.tree import (
 log = Logger(namespace="storg.fsm")
 
 
-class FileStoreStateMachine(TreeCommands):
+class FileStoreStateMachine(TreeCommands, ObjectCommands):
     """Applies committed entries to the namespace, the chunk map and the client sessions.
 
     ``on_chunks_removed`` (set by the node) is called with the hashes a
@@ -120,6 +130,11 @@ class FileStoreStateMachine(TreeCommands):
             CopyCommand: self._apply_copy,
             RemoveTreeCommand: self._apply_remove_tree,
             ConditionalPutCommand: self._apply_conditional,
+            PutObjectCommand: self._apply_conditional,
+            CopyAttrsCommand: self._apply_copy_attrs,
+            ComposeCommand: self._apply_compose,
+            S3KeyCreateCommand: self._apply_s3_key_create,
+            S3KeyRevokeCommand: self._apply_s3_key_revoke,
         }
         self._reset()
 
@@ -132,6 +147,7 @@ class FileStoreStateMachine(TreeCommands):
         self._holder_sets: dict[frozenset[str], frozenset[str]] = {}
         self._file_bytes = 0
         self._usage: Counter[str] = Counter()
+        self._s3_keys: dict[str, S3KeyState] = {}
 
     # -- apply -------------------------------------------------------------------------
 
@@ -200,15 +216,16 @@ class FileStoreStateMachine(TreeCommands):
         while len(sessions) > self.max_sessions:
             sessions.popitem(last=False)
 
-    def _apply_put(self, cmd: PutFileCommand, index: int, condition: ConditionalPutCommand | None = None,
+    def _apply_put(self, cmd: PutFileCommand, index: int, condition: Condition | None = None,
                    ) -> FileInfo:
         return self._with_session(cmd.client_id, cmd.seq, index, lambda: self._put(cmd, index, condition))
 
-    def _apply_conditional(self, cmd: ConditionalPutCommand, index: int) -> FileInfo:
+    def _apply_conditional(self, cmd: Condition, index: int) -> FileInfo:
         """A put applied only if its condition holds now (compare-and-swap at apply, in log order).
 
         The condition is checked inside the inner put's session, so a retry
         of a refused conditional put is refused again, never applied late.
+        A PutObjectCommand also carries the attributes the file gets.
         """
         try:
             inner = CODEC.decode(cmd.command)
@@ -226,12 +243,19 @@ class FileStoreStateMachine(TreeCommands):
             return self._apply_put_inline(inner, index, cmd)
         raise InvalidCommand(f"entry {index}: {type(inner).__name__} cannot be conditional")
 
-    def _check_condition(self, path: str, condition: ConditionalPutCommand | None) -> None:
+    def _check_condition(self, path: str, condition: Condition | None) -> None:
         if condition is None:
             return
         old = self._files.get(path)
         if condition.if_absent and old is not None:
             raise Conflict(f"{path} already exists (put --if-absent)")
+        etag = getattr(condition, "if_match_etag", "")
+        if etag:
+            if old is None:
+                raise Conflict(f"{path} does not exist, so it cannot match ETag {etag}")
+            stored = file_etag(old)
+            if stored != etag:
+                raise Conflict(f"{path} has ETag {stored or '(none)'}, not {etag}")
         if condition.if_match:
             if old is None:
                 raise Conflict(f"{path} does not exist, so it cannot match {condition.if_match} "
@@ -241,7 +265,7 @@ class FileStoreStateMachine(TreeCommands):
                 raise Conflict(f"{path} has SHA-256 {sha}, not {condition.if_match} (put --if-match)")
 
     def _apply_put_inline(self, cmd: PutInlineCommand, index: int,
-                          condition: ConditionalPutCommand | None = None) -> FileInfo:
+                          condition: Condition | None = None) -> FileInfo:
         """A small file carried in the entry: a put of one chunk that every holder writes now."""
         digest = hashlib.sha256(cmd.data).hexdigest()
         chunks = (ChunkRef(digest, len(cmd.data), tuple(cmd.holders)),) if cmd.data else ()
@@ -262,10 +286,13 @@ class FileStoreStateMachine(TreeCommands):
     def _apply_remove(self, cmd: RemoveFileCommand, index: int) -> int:
         return self._with_session(cmd.client_id, cmd.seq, index, lambda: self._remove(cmd, index))
 
-    def _put(self, cmd: PutFileCommand, index: int, condition: ConditionalPutCommand | None = None,
+    def _put(self, cmd: PutFileCommand, index: int, condition: Condition | None = None,
              ) -> FileInfo:
         path = _command_path(cmd.path, index)
         self._check_condition(path, condition)
+        tail = b""
+        if isinstance(condition, PutObjectCommand):
+            tail = self._attrs_tail(condition.attrs, cmd.size, index)
         # Check everything first: a refusal must leave the state untouched.
         fresh: dict[bytes, tuple[int, frozenset[str]]] = {}
         digests: list[bytes] = []
@@ -301,7 +328,7 @@ class FileStoreStateMachine(TreeCommands):
                 if digest in fresh:
                     holders = holders | fresh[digest][1]
             self._set_chunk(digest, ChunkState(size, self._shared(holders), refs + delta[digest]))
-        rec = pack_file(cmd.size, bytes.fromhex(cmd.sha256), cmd.modified_ns, index, b"".join(digests))
+        rec = pack_file(cmd.size, bytes.fromhex(cmd.sha256), cmd.modified_ns, index, b"".join(digests), tail)
         if old is None:
             self._paths.add(path)
         else:
@@ -500,8 +527,10 @@ class FileStoreStateMachine(TreeCommands):
         members = tuple(
             MemberAddress(node_id, str(m.peer), str(m.client))
             for node_id, m in sorted(self.directory.members().items()))
+        keys = tuple(S3KeyRecord(key_id, k.name, k.role, k.secret, k.created_ns)
+                     for key_id, k in sorted(self._s3_keys.items()))
         return FrozenState(members, dict(self._chunks), self._paths.snapshot(), dict(self._files),
-                           tuple(self._sessions.items()))
+                           tuple(self._sessions.items()), keys)
 
     def restore(self, frames: Iterable[bytes]) -> None:
         """Replace the whole state with a snapshot's, checking it thoroughly first.
@@ -537,8 +566,14 @@ class FileStoreStateMachine(TreeCommands):
             self._sessions[client_id] = session
         for node_id, member in snapshot.members.items():
             self.directory.add(node_id, member)
+        self._s3_keys = {key_id: S3KeyState(k.name, k.role, k.secret, k.created_ns)
+                         for key_id, k in snapshot.s3_keys.items()}
         if self.on_install is not None:
             self.on_install()
+
+
+Condition = ConditionalPutCommand | PutObjectCommand
+"""What a conditional put is wrapped in: the old command (conditions only) or the one with attributes."""
 
 
 def _command_path(text: str, index: int) -> str:
