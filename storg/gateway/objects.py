@@ -234,8 +234,10 @@ async def delete_objects(ex: S3Exchange) -> Response:
             return
         deleted.append(key)
 
-    await defer.gatherResults([semaphore.run(lambda k=key: defer.Deferred.fromCoroutine(remove(k)))
-                               for key in keys], consumeErrors=True)
+    def start(key: str) -> defer.Deferred[None]:
+        return defer.Deferred.fromCoroutine(remove(key))
+
+    await defer.gatherResults([semaphore.run(start, key) for key in keys], consumeErrors=True)
     index = max(indexes) if indexes else await ex.client.probe_read()
     order = {key: i for i, key in enumerate(keys)}
     deleted.sort(key=order.__getitem__)

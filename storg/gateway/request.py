@@ -20,7 +20,7 @@ the exchange's own buffers however large the body.
 from __future__ import annotations
 
 import io
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from twisted.web import server
 
@@ -56,7 +56,7 @@ class StreamingRequest(server.Request):
         # Stays empty: requestReceived reads it (form bodies, which S3 has none of).
         self.content = io.BytesIO()
         self.paused = False
-        factory: ExchangeFactory = self.channel.site.exchange_factory
+        factory: ExchangeFactory = channel.site.exchange_factory
         self.exchange = factory(self)
 
     def handleContentChunk(self, data: bytes) -> None:
@@ -65,7 +65,7 @@ class StreamingRequest(server.Request):
 
     def process(self) -> None:
         """The whole body is in (twisted.web calls this from requestReceived)."""
-        self.site = self.channel.site
+        self.site = cast(Any, self.channel).site
         if self.exchange is not None:
             self.exchange.body_end()
 

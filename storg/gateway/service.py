@@ -73,6 +73,7 @@ class GatewayService(service.Service):
         self.gateway = Gateway(self.client, node.fsm.s3_secret, all_operations(), reactor=self.reactor)
         site = StreamingSite(self.gateway.exchange)
         address = config.s3_listen
+        endpoint: Any
         if node.credentials is not None:
             endpoint = tls_server_endpoint(self.reactor, address.host, address.port,
                                            node.credentials.https_server())
