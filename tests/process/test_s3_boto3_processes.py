@@ -388,3 +388,37 @@ def test_many_clients_at_once(cluster, key):
 
     with ThreadPoolExecutor(16) as pool:
         assert list(pool.map(work, range(64))) == [str(i).encode() * 100 for i in range(64)]
+
+
+def peak_rss_mib(cluster: ProcCluster, nid: str) -> float:
+    proc = cluster.nodes[nid].proc
+    assert proc is not None
+    for line in open(f"/proc/{proc.pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+BIG_MIB = int(os.environ.get("STORG_S3_BIG_MB", "1024"))
+"""The single PutObject of the memory check (1 GiB; STORG_S3_BIG_MB=5120 for S3's largest)."""
+
+
+def test_a_large_put_and_get_keep_every_node_under_200_mib(cluster, s3, tmp_path):
+    s3.create_bucket(Bucket="huge")
+    local = tmp_path / "huge.bin"
+    digest = hashlib.sha256()
+    block = os.urandom(MIB)
+    with open(local, "wb") as f:
+        for i in range(BIG_MIB):
+            piece = i.to_bytes(8, "big") + block[8:]
+            f.write(piece)
+            digest.update(piece)
+    with open(local, "rb") as f:
+        s3.put_object(Bucket="huge", Key="one-put", Body=f)  # one PUT, streamed (aws-chunked)
+    got = s3.get_object(Bucket="huge", Key="one-put")["Body"]
+    back = hashlib.sha256()
+    while chunk := got.read(4 * MIB):
+        back.update(chunk)
+    assert back.hexdigest() == digest.hexdigest()
+    peaks = {nid: peak_rss_mib(cluster, nid) for nid in cluster.nodes}
+    assert all(peak < 200 for peak in peaks.values()), peaks
