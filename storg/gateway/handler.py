@@ -18,6 +18,7 @@ Errors are S3's XML (``<Code>``, ``<Message>``, ``<Resource>``,
 
 from __future__ import annotations
 
+import email.utils
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -273,6 +274,8 @@ class S3Exchange:
     def _connection_lost(self, failure: Failure) -> None:
         self.lost = True
         self.pump.fail(failure)
+        if not self.body_in.called:
+            self.body_in.callback(None)  # no more is coming: let the operation end (and answer no one)
 
     async def _answer_failure(self, failure: Failure) -> None:
         error = s3_error_of(failure, self.resource)
@@ -293,6 +296,8 @@ class S3Exchange:
         """Write the answer's status and headers (operations that stream their body)."""
         request = self.request
         request.setResponseCode(status)
+        request.setHeader(b"Server", b"storg")
+        request.setHeader(b"Date", email.utils.formatdate(usegmt=True).encode())
         request.setHeader(b"x-amz-request-id", self.request_id.encode())
         if index is not None:
             request.setHeader(b"x-storg-index", str(index).encode())
