@@ -243,8 +243,8 @@ class S3Exchange:
             found[key_id] = entry[1]
             return entry[0]
 
-        self.auth = sigv4.authenticate(self.method, self.raw_path, self.raw_query, self.headers, lookup,
-                                       self.gateway.clock())
+        self.auth = sigv4.authenticate(self.method, self.raw_path.decode("latin-1"),
+                                       self.raw_query.decode("latin-1"), self.headers, lookup, self.gateway.clock())
         self.role = found.get(self.auth.access_key, "")
         need, _ = self.gateway.operations[self.route.operation]
         if need not in GRANTS.get(self.role, frozenset()):

@@ -25,8 +25,6 @@ from storg.s3 import checksums, sigv4
 from storg.s3.chunked import AwsChunkedDecoder
 from storg.s3.errors import S3Error
 
-STREAMING_MODES = frozenset({sigv4.STREAMING_SIGNED, sigv4.STREAMING_SIGNED_TRAILER,
-                             sigv4.STREAMING_UNSIGNED_TRAILER})
 CHECKSUM_PREFIX = "x-amz-checksum-"
 
 
@@ -34,14 +32,14 @@ def install(ex: Any) -> None:
     """Set up ``ex``'s body decoding and checks; S3Error for contradictory or malformed headers."""
     auth = ex.auth
     trailer_names = [t.strip().lower() for t in ex.header("x-amz-trailer").split(",") if t.strip()]
-    if auth.payload in STREAMING_MODES or "aws-chunked" in ex.header("content-encoding").lower():
+    if auth.payload in sigv4.STREAMING_MODES or "aws-chunked" in ex.header("content-encoding").lower():
         decoder = AwsChunkedDecoder(auth, trailer_names)
         ex.pump.decode = decoder.feed
         ex.pump.finish = decoder.end
     elif auth.payload == sigv4.SIGNED:
         checker = auth.body_check()
         ex.observe(checker)
-        ex.check_at_end(lambda trailers: checker.verify())
+        ex.check_at_end(lambda trailers: checker.finish())
     md5_header = ex.header("content-md5")
     if md5_header:
         try:
