@@ -83,7 +83,7 @@ def encode_attrs(attrs: ObjectAttrs) -> bytes:
 def decode_attrs(raw: bytes | memoryview) -> ObjectAttrs:
     """The inverse of :func:`encode_attrs`; CodecError for anything else."""
     r = Reader(raw)
-    attrs = _read_attrs(r)
+    attrs: ObjectAttrs = _read_attrs(r)
     r.done()
     return attrs
 

@@ -16,7 +16,6 @@ import sys
 import pytest
 
 from storg.fsm.errors import Conflict, InvalidCommand, NotFound
-from storg.fsm.machine import FileStoreStateMachine
 from storg.fsm.records import pack_attrs
 from storg.wire import CODEC
 from storg.wire.files import CollectChunksCommand, PutFileCommand, PutInlineCommand
@@ -34,6 +33,8 @@ from tests.fsm.test_fsm_apply import Log, fresh, h, put, refs, reuse, rm
 from tests.fsm.test_fsm_tree import cp, mv, restored, rmr
 
 MD5 = hashlib.md5(b"content").hexdigest()
+MD5_ONLY = ObjectAttrs(MD5)
+MULTIPART = ObjectAttrs("x-2")
 
 
 @pytest.fixture
@@ -41,12 +42,12 @@ def log() -> Log:
     return Log()
 
 
-def oput(inner: PutFileCommand | PutInlineCommand, attrs: ObjectAttrs = ObjectAttrs(MD5), *,
+def oput(inner: PutFileCommand | PutInlineCommand, attrs: ObjectAttrs = MD5_ONLY, *,
          if_absent: bool = False, if_match: str = "", if_match_etag: str = "") -> PutObjectCommand:
     return PutObjectCommand(if_absent, if_match, if_match_etag, attrs, CODEC.encode(inner))
 
 
-def compose(dst: str, parts: list[str], attrs: ObjectAttrs = ObjectAttrs("x-2"), remove: str = "",
+def compose(dst: str, parts: list[str], attrs: ObjectAttrs = MULTIPART, remove: str = "",
             if_absent: bool = False, if_match_etag: str = "", client: int = 0, seq: int = 0) -> ComposeCommand:
     return ComposeCommand(client, seq, 21, dst, tuple(parts), attrs, remove, if_absent, if_match_etag)
 

@@ -17,15 +17,15 @@ from storg.fsm.machine import FileStoreStateMachine
 from storg.fsm.members import MemberDirectory
 from storg.fsm.records import (
     FILE_BATCH_BYTES,
+    SNAPSHOT_FORMAT,
     ChunkBatch,
     ChunkRecord,
     FileBatch,
     FileBatch3,
-    SessionPutRecord,
-    SessionPutRecordV2,
-    SNAPSHOT_FORMAT,
     FileRecord,
     SessionErrorRecord,
+    SessionPutRecord,
+    SessionPutRecordV2,
     SnapshotHeader,
     SnapshotHeader3,
     file_chunks,

@@ -60,6 +60,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from storg.config import FileTuning, LimitTuning
+from storg.fsm.records import pack_attrs
 from storg.net.framing import describe_address, send_bulk
 from storg.net.ratelimit import RateLimitedLog
 from storg.node.executor import Submit
@@ -72,13 +73,13 @@ from storg.server.files.cache import SmallChunkCache
 from storg.server.files.chunk_io import Chunks, ChunkUnavailable
 from storg.server.files.chunk_ops import ChunkOps
 from storg.server.files.garbage import GarbageCollector
+from storg.server.files.objects import ObjectService
 from storg.server.files.pins import CollectGuard
 from storg.server.files.placement import Liveness
 from storg.server.files.replication import ChunkReplicator
 from storg.server.files.reserve import DiskReserve
-from storg.server.files.objects import ObjectService
 from storg.server.files.tree import TreeService
-from storg.server.files.upload import INLINE_MAX, MAX_DATA_FRAME, ObjectWrite, Upload
+from storg.server.files.upload import INLINE_MAX, MAX_DATA_FRAME, PLAIN_WRITE, ObjectWrite, Upload
 from storg.server.files.watch import WatchHub
 from storg.storage.errors import (
     ChunkNotFoundError,
@@ -90,6 +91,7 @@ from storg.storage.errors import (
 from storg.wire import CODEC, ErrorCode
 from storg.wire.bulk import BULK_MIN
 from storg.wire.files import (
+    WHOLE,
     ChunkData,
     ChunkGet,
     ChunkPinQuery,
@@ -115,9 +117,7 @@ from storg.wire.files import (
     RmRequest,
     StatReply,
     StatRequest,
-    WHOLE,
 )
-from storg.fsm.records import pack_attrs
 from storg.wire.objects import PutAbort, PutStartObject
 from storg.wire.records import CodecError
 from storg.wire.tree import PutStartIf
@@ -171,7 +171,7 @@ def _peer_of(conn: Any) -> str:
 def _condition(req: PutStart | PutStartIf | PutStartObject) -> ObjectWrite:
     """The conditions and attributes of a put, checked for form here."""
     if isinstance(req, PutStart):
-        return ObjectWrite()
+        return PLAIN_WRITE
     match = req.if_match.lower()
     if match:
         try:

@@ -121,6 +121,10 @@ class ObjectWrite(NamedTuple):
     attrs: ObjectAttrs = NO_ATTRS
 
 
+PLAIN_WRITE = ObjectWrite()
+"""A put without conditions or attributes (its ETag is still the MD5)."""
+
+
 class Upload:
     """One client's put in progress on the leader.
 
@@ -133,7 +137,7 @@ class Upload:
     def __init__(self, replicator: ChunkReplicator, conn: ClientConnection,
                  start: PutStart | PutStartIf | PutStartObject,
                  path: str, *, chunk_size: int, window: int, hasher: Submit,
-                 write: ObjectWrite = ObjectWrite()) -> None:
+                 write: ObjectWrite = PLAIN_WRITE) -> None:
         self.replicator = replicator
         self.node = replicator.node
         self.chunk_size = chunk_size
