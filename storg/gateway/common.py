@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from storg.gateway.handler import S3Exchange
 
 BUCKETS = "/.storg-buckets/"
-MULTIPART = "/.storg-multipart/"
+MULTIPART = names.MULTIPART_ROOT + "/"
 META_PREFIX = "x-amz-meta-"
 MAX_METADATA_BYTES = 2048
 """S3's limit on user metadata (names and values, without the prefix)."""

@@ -16,46 +16,42 @@ from __future__ import annotations
 
 import hashlib
 import re
-import secrets
 import time
 from typing import Any
 
 from storg.client.errors import NotFoundError
 from storg.gateway.common import MULTIPART, etag_of, iso_time, object_path, request_attrs, require_bucket
 from storg.gateway.handler import READ, WRITE, Response, S3Exchange
-from storg.gateway.objects import check_copy_source_conditions, checksum_headers, copy_source, put_conditions
+from storg.gateway.objects import (
+    check_copy_source_conditions,
+    checksum_headers,
+    copy_source,
+    finish,
+    header_checksum,
+    put_conditions,
+)
 from storg.s3 import checksums, names, xml
 from storg.s3.errors import S3Error
 from storg.wire.objects import ObjectAttrs
 
-UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
 MAX_PART = 5 * 1024 ** 3
 MIN_PART = 5 * 1024 ** 2
 """Every part but the last must be at least this large (S3's rule, EntityTooSmall)."""
-MAX_PARTS = 10000
 
 
 def upload_folder(upload_id: str) -> str:
-    if not UPLOAD_ID.fullmatch(upload_id):
-        raise S3Error("NoSuchUpload", "The specified upload does not exist.", 404)
-    return f"{MULTIPART}{upload_id}/"
-
-
-def part_name(number: int) -> str:
-    return f"{number:05d}"
+    """The upload's folder as a prefix (with its trailing ``/``); NoSuchUpload for an id not ours."""
+    return names.upload_folder(upload_id) + "/"
 
 
 def _part_number(ex: S3Exchange) -> int:
-    text = ex.query.get("partNumber", "")
-    if not text.isdigit() or not 1 <= int(text) <= MAX_PARTS:
-        raise S3Error("InvalidArgument", f"Part number must be an integer between 1 and {MAX_PARTS}", 400)
-    return int(text)
+    return names.part_number(ex.query.get("partNumber", ""))
 
 
 async def _upload_info(ex: S3Exchange, upload_id: str) -> Any:
     """The upload's info file, checked against the request's bucket and key; NoSuchUpload if gone."""
     try:
-        info, index = await ex.client.stat_at(upload_folder(upload_id) + "info")
+        info, index = await ex.client.stat_at(names.upload_info_path(upload_id))
     except NotFoundError:
         raise S3Error("NoSuchUpload", "The specified upload does not exist. The upload ID may be invalid, "
                       "or the upload may have been aborted or completed.", 404) from None
@@ -72,10 +68,10 @@ async def create_upload(ex: S3Exchange) -> Response:
     algo = ex.header("x-amz-checksum-algorithm").upper()
     if algo and algo not in checksums.ALGORITHMS:
         raise S3Error("InvalidRequest", f"unsupported checksum algorithm {algo}", 400)
-    upload_id = secrets.token_hex(16)
+    upload_id = names.new_upload_id()
     extra = (("bucket", ex.bucket), ("key", ex.key), ("checksum", algo), ("initiated", str(time.time_ns())))
     attrs = request_attrs(ex, extra=extra)
-    stream = ex.client.put_stream(upload_folder(upload_id) + "info", size=0, attrs=attrs, if_absent=True)
+    stream = ex.client.put_stream(names.upload_info_path(upload_id), size=0, attrs=attrs, if_absent=True)
     info = await stream.finish()
     body = xml.initiate_multipart_upload(ex.bucket, ex.key, upload_id)
     headers = [("x-amz-checksum-algorithm", algo)] if algo else []
@@ -89,14 +85,17 @@ async def upload_part(ex: S3Exchange) -> Response:
         raise S3Error("EntityTooLarge", "a part is at most 5 GiB", 400)
     upload_id = ex.query["uploadId"]
     await _upload_info(ex, upload_id)
-    stream = ex.client.put_stream(upload_folder(upload_id) + part_name(number), size=size)
+    given = header_checksum(ex)
+    stream = ex.client.put_stream(names.part_path(upload_id, number), size=size,
+                                  attrs=ObjectAttrs(checksums=(given,) if given else ()))
     ex.stream_body(stream.write)
     try:
         await ex.body()
     except BaseException:
         stream.abort()
         raise
-    info = await stream.finish(attrs=ObjectAttrs(checksums=(ex.checksum,) if ex.checksum else ()))
+    info = await finish(ex, stream, names.part_path(upload_id, number),
+                        ObjectAttrs(checksums=(ex.checksum,) if ex.checksum else ()))
     return Response(headers=[("ETag", etag_of(info)), *checksum_headers(info.attrs)], index=info.version)
 
 
@@ -121,7 +120,7 @@ async def upload_part_copy(ex: S3Exchange) -> Response:
     src = names.object_path(src_bucket, src_key)
     source, _ = await ex.client.stat_at(src)
     check_copy_source_conditions(ex, source)
-    dst = upload_folder(upload_id) + part_name(number)
+    dst = names.part_path(upload_id, number)
     span = _copy_range(ex, source.size)
     if span is None or span == (0, source.size):
         # The whole object: a copy sharing its chunks.
@@ -152,7 +151,7 @@ async def _parts(ex: S3Exchange, folder: str, start_after: str = "", limit: int 
             ex.index = index
         if not page:
             break
-        found.extend(info for info in page if info.path[len(folder):].isdigit())
+        found.extend(info for info in page if names.part_number_of(info.path) is not None)
         start_after = page[-1].path
     if limit is not None and len(found) > limit:
         return found[:limit], True
@@ -171,7 +170,7 @@ async def complete_upload(ex: S3Exchange) -> Response:
     numbers = [p.part_number for p in requested]
     if numbers != sorted(set(numbers)):
         raise S3Error("InvalidPartOrder", "The list of parts was not in ascending order.", 400)
-    stored = {int(p.path[len(folder):]): p for p in (await _parts(ex, folder))[0]}
+    stored = {names.part_number_of(p.path): p for p in (await _parts(ex, folder))[0]}
     chosen = []
     for wanted in requested:
         part = stored.get(wanted.part_number)
@@ -219,9 +218,9 @@ async def list_parts(ex: S3Exchange) -> Response:
     if not max_parts.isdigit():
         raise S3Error("InvalidArgument", "max-parts must be a number", 400)
     limit = min(int(max_parts), 1000)
-    start_after = folder + part_name(int(marker)) if marker else ""
+    start_after = names.part_path(upload_id, int(marker)) if marker and int(marker) > 0 else ""
     parts, truncated = await _parts(ex, folder, start_after, limit)
-    rows = [(int(p.path[len(folder):]), etag_of(p), p.size, iso_time(p.modified_ns),
+    rows = [(names.part_number_of(p.path), etag_of(p), p.size, iso_time(p.modified_ns),
              tuple(p.attrs.checksums)) for p in parts]
     algo = dict(info.attrs.extra).get("checksum", "")
     body = xml.list_parts(ex.bucket, ex.key, upload_id, rows, marker=int(marker or 0), max_parts=limit,

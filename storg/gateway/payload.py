@@ -32,8 +32,8 @@ def install(ex: Any) -> None:
     """Set up ``ex``'s body decoding and checks; S3Error for contradictory or malformed headers."""
     auth = ex.auth
     trailer_names = [t.strip().lower() for t in ex.header("x-amz-trailer").split(",") if t.strip()]
-    if auth.payload in sigv4.STREAMING_MODES or "aws-chunked" in ex.header("content-encoding").lower():
-        decoder = AwsChunkedDecoder(auth, trailer_names)
+    if auth.payload in sigv4.STREAMING_MODES:
+        decoder = AwsChunkedDecoder(auth)
         ex.pump.decode = decoder.feed
         ex.pump.finish = decoder.end
     elif auth.payload == sigv4.SIGNED:

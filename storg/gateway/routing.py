@@ -10,7 +10,9 @@ not have on that resource is ``MethodNotAllowed``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, unquote_to_bytes
+from urllib.parse import unquote_to_bytes
+
+from storg.s3 import uri
 
 UNSUPPORTED_SUBRESOURCES = frozenset({
     "acl", "tagging", "versioning", "versions", "policy", "cors", "lifecycle", "website", "logging",
@@ -50,10 +52,7 @@ def decode_component(raw: bytes) -> str:
 
 def parse_query(raw: bytes) -> dict[str, str]:
     """The query string's names and values (the first of a repeated name), decoded."""
-    try:
-        pairs = parse_qsl(raw.decode("ascii"), keep_blank_values=True, errors="strict")
-    except (UnicodeDecodeError, ValueError):
-        raise RouteError("InvalidURI", "the query string is not valid", 400) from None
+    pairs = uri.parse_query(raw.decode("latin-1"))  # S3Error InvalidArgument if not UTF-8
     query: dict[str, str] = {}
     for name, value in pairs:
         query.setdefault(name, value)
