@@ -301,8 +301,14 @@ class S3Exchange:
         request.setHeader(b"x-amz-request-id", self.request_id.encode())
         if index is not None:
             request.setHeader(b"x-storg-index", str(index).encode())
+        raw: Any = request.responseHeaders
         for name, value in headers:
-            request.responseHeaders.addRawHeader(name.encode("latin-1"), value.encode("utf-8"))
+            if name.startswith("x-amz-meta-"):
+                # As S3 sends them: lower-case.  twisted.web would send X-Amz-Meta-Colour, and
+                # botocore keeps the case of what follows the prefix ({"Colour": ...}).
+                raw._rawHeaders.setdefault(name.encode("latin-1"), []).append(value.encode("utf-8"))
+            else:
+                request.responseHeaders.addRawHeader(name.encode("latin-1"), value.encode("utf-8"))
 
     def _write(self, response: Response, length: int | None = None) -> None:
         if self.lost or self.request.finished:

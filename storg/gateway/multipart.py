@@ -195,7 +195,7 @@ async def complete_upload(ex: S3Exchange) -> Response:
     attrs = ObjectAttrs(etag=etag, content_type=info.attrs.content_type, metadata=info.attrs.metadata,
                         checksums=sums, parts=tuple(p.size for p in chosen))
     done = await ex.client.compose(names.object_path(ex.bucket, ex.key), [p.path for p in chosen], attrs=attrs,
-                                   remove=folder, if_absent=if_absent, if_match_etag=if_match)
+                                   remove=names.upload_folder(upload_id), if_absent=if_absent, if_match_etag=if_match)
     body = xml.complete_multipart_upload(f"/{ex.bucket}/{ex.key}", ex.bucket, ex.key, etag_of(done))
     return Response(body=body, headers=checksum_headers(done.attrs), index=done.version)
 
@@ -203,7 +203,7 @@ async def complete_upload(ex: S3Exchange) -> Response:
 async def abort_upload(ex: S3Exchange) -> Response:
     upload_id = ex.query["uploadId"]
     await _upload_info(ex, upload_id)
-    index = await ex.client.rm_tree(upload_folder(upload_id))
+    index = await ex.client.rm_tree(names.upload_folder(upload_id))
     return Response(204, index=index)
 
 
@@ -300,7 +300,7 @@ async def expire_uploads(client: Any, now_ns: int, max_age_s: float) -> int:
         initiated = int(extra.get("initiated", "") or info.modified_ns)
         if now_ns - initiated > max_age_s * 1e9:
             try:
-                await client.rm_tree(upload_folder(upload_id))
+                await client.rm_tree(names.upload_folder(upload_id))
             except NotFoundError:
                 continue  # completed or aborted meanwhile
             removed += 1

@@ -101,19 +101,19 @@ async def test_round_trip_and_a_revoked_key(node):
     body = b"hello from boto3 " * 1000
 
     def work() -> dict:
-        s3.create_bucket(Bucket="b")
-        put = s3.put_object(Bucket="b", Key="dir/k", Body=body, Metadata={"x": "1"})
-        got = s3.get_object(Bucket="b", Key="dir/k")
+        s3.create_bucket(Bucket="round-trip")
+        put = s3.put_object(Bucket="round-trip", Key="dir/k", Body=body, Metadata={"x": "1"})
+        got = s3.get_object(Bucket="round-trip", Key="dir/k")
         return {"put": put, "body": got["Body"].read(), "meta": got["Metadata"],
                 "index": int(got["ResponseMetadata"]["HTTPHeaders"]["x-storg-index"])}
 
     done = await deferToThread(work)
     assert done["put"]["ETag"] == f'"{hashlib.md5(body).hexdigest()}"'
     assert done["body"] == body and done["meta"] == {"x": "1"}
-    info = await node.admin.stat("/b/dir/k")
+    info = await node.admin.stat("/round-trip/dir/k")
     assert info.attrs.etag == hashlib.md5(body).hexdigest() and done["index"] >= info.version
     await node.admin.s3_key_revoke(key_id)
-    assert await deferToThread(code_of, s3.get_object, Bucket="b", Key="dir/k") == "InvalidAccessKeyId"
+    assert await deferToThread(code_of, s3.get_object, Bucket="round-trip", Key="dir/k") == "InvalidAccessKeyId"
 
 
 @pytest_twisted.ensureDeferred
@@ -148,4 +148,4 @@ async def test_abandoned_uploads_expire(node):
     removed = await expire_uploads(node.gateway.client, time.time_ns() + 3601 * 10**9, 3600)
     assert removed == 1
     assert await deferToThread(code_of, s3.list_parts, Bucket="expiry", Key="k", UploadId=upload) == "NoSuchUpload"
-    assert [f.path for f in await node.admin.ls("/.storg-multipart/")] == []
+    assert [f.path for f in await node.admin.ls("/.storg-multipart")] == []
