@@ -115,10 +115,9 @@ async def get_bucket_location(ex: S3Exchange) -> Response:
 async def _list(ex: S3Exchange, version: int) -> Response:
     await require_bucket(ex)
     plan = listing.ListPlan(ex.bucket, ex.query, version=version)
-    prefix = f"/{ex.bucket}/{plan.prefix}"
     while (fetch := plan.next_fetch()) is not None:
         start_after, limit = fetch
-        files, index, more = await ex.client.ls_page(prefix, start_after=start_after, limit=limit)
+        files, index, more = await ex.client.ls_page(plan.ls_prefix, start_after=start_after, limit=limit)
         if ex.index is None:
             ex.index = index
         plan.take(files, more)
