@@ -70,8 +70,12 @@ class Gateway:
 
     def __init__(self, client: Any, lookup_key: Callable[[str], tuple[str, str] | None],
                  operations: dict[str, tuple[str, Operation]], *,
-                 reactor: Any, region: str = "us-east-1", clock: Callable[[], float] = time.time) -> None:
+                 reactor: Any, region: str = "us-east-1", clock: Callable[[], float] = time.time,
+                 catch_up: Callable[[], Awaitable[object]] | None = None) -> None:
+        """``catch_up()``: wait until this node has applied everything committed (ReadIndex), so
+        that a key created through another node is known here."""
         self.client = client
+        self.catch_up = catch_up
         self.lookup_key = lookup_key
         self.reactor = reactor
         self.region = region
@@ -160,13 +164,10 @@ class S3Exchange:
         self.pump = BodyPump(request, self._sink.write)
         self.pump.done.addErrback(lambda f: None)  # the operation sees it through body()
         request.notifyFinish().addErrback(self._connection_lost)
-        try:
-            self._prepare()
-        except Exception:
-            self.pump.fail(Failure())
-            defer.Deferred.fromCoroutine(self._answer_failure(Failure()))
-            return
-        defer.Deferred.fromCoroutine(self._run())
+        self.prepared = False
+        self._early: list[bytes] = []
+        self._ended_early = False
+        defer.Deferred.fromCoroutine(self._start())
 
     # -- what operations use ------------------------------------------------------------
 
@@ -251,6 +252,36 @@ class S3Exchange:
             raise S3Error("AccessDenied", f"key {self.auth.access_key} ({self.role}) may not {need}", 403)
         payload.install(self)
 
+    async def _start(self) -> None:
+        try:
+            try:
+                self._prepare()
+            except S3Error as exc:
+                # A key created a moment ago on another node may not be applied here yet: catch
+                # up with the leader's commit index (a ReadIndex round) and look once more.
+                if exc.code != "InvalidAccessKeyId" or self.gateway.catch_up is None:
+                    raise
+                await self.gateway.catch_up()
+                self._prepare()
+        except Exception:
+            failure = Failure()
+            self.pump.fail(failure)
+            self._prepared()
+            await self._answer_failure(failure)
+            return
+        self._prepared()
+        await self._run()
+
+    def _prepared(self) -> None:
+        """The body's framing is known now: pass on what arrived meanwhile."""
+        self.prepared = True
+        early, self._early = self._early, []
+        self.request.resume()
+        for data in early:
+            self.pump.feed(data)
+        if self._ended_early:
+            self.body_end()
+
     async def _run(self) -> None:
         assert self.route is not None
         _, operation = self.gateway.operations[self.route.operation]
@@ -264,12 +295,19 @@ class S3Exchange:
             self._write(response)
 
     def body_chunk(self, data: bytes) -> None:
+        if not self.prepared:
+            self._early.append(data)  # one socket read at most: the connection is paused
+            self.request.pause()
+            return
         self.pump.feed(data)
 
     def body_end(self) -> None:
+        if not self.prepared:
+            self._ended_early = True
+            return
+        self.pump.end()
         if not self.body_in.called:
             self.body_in.callback(None)
-        self.pump.end()
 
     def _connection_lost(self, failure: Failure) -> None:
         self.lost = True
@@ -286,8 +324,9 @@ class S3Exchange:
         await self.body_in
         if self.request.startedWriting:
             # The answer's head is out already (a GET cut short): all that is left is to cut.
-            if not self.lost and self.request.channel.transport is not None:
-                self.request.channel.transport.abortConnection()
+            transport = self.request._transport()
+            if not self.lost and transport is not None:
+                transport.abortConnection()
             return
         body = render_error(error, error.resource or self.resource, self.request_id)
         self._write(Response(error.status, body=b"" if self.method == "HEAD" else body), length=len(body))

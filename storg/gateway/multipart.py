@@ -35,6 +35,7 @@ from storg.s3.errors import S3Error
 from storg.wire.objects import ObjectAttrs
 
 MAX_PART = 5 * 1024 ** 3
+PLAIN_MD5 = re.compile(r"[0-9a-f]{32}")
 MIN_PART = 5 * 1024 ** 2
 """Every part but the last must be at least this large (S3's rule, EntityTooSmall)."""
 
@@ -122,15 +123,17 @@ async def upload_part_copy(ex: S3Exchange) -> Response:
     check_copy_source_conditions(ex, source)
     dst = names.part_path(upload_id, number)
     span = _copy_range(ex, source.size)
-    if span is None or span == (0, source.size):
-        # The whole object: a copy sharing its chunks.
+    if (span is None or span == (0, source.size)) and PLAIN_MD5.fullmatch(source.attrs.etag):
+        # The whole of a single-part object: a copy sharing its chunks (its MD5 is the part's ETag).
         index = await ex.client.cp(src, dst, force=True)
         part, _ = await ex.client.stat_at(dst)
     else:
-        # A range: read it and write it as the part (chunk boundaries need not line up).
-        stream = ex.client.put_stream(dst, size=span[1])
+        # A range, or an object whose MD5 is not known (multipart, or stored before ETags): read
+        # it and write it as the part, so the node computes the part's MD5 (its ETag).
+        offset, length = span if span is not None else (0, source.size)
+        stream = ex.client.put_stream(dst, size=length)
         try:
-            await ex.client.get_stream(src, stream.write, offset=span[0], length=span[1])
+            await ex.client.get_stream(src, stream.write, offset=offset, length=length)
         except BaseException:
             stream.abort()
             raise
@@ -146,7 +149,7 @@ async def _parts(ex: S3Exchange, folder: str, start_after: str = "", limit: int 
     more = True
     while more and (limit is None or len(found) < limit):
         page, index, more = await ex.client.ls_page(folder, start_after=start_after,
-                                                    limit=1000 if limit is None else limit - len(found) + 1)
+                                                    limit=1000 if limit is None else min(1000, limit - len(found) + 1))
         if ex.index is None:
             ex.index = index
         if not page:

@@ -80,7 +80,8 @@ class WriteGate:
             waiting.errback(ConnectionLost("the client went away"))
 
     def close(self) -> None:
-        self.ex.request.unregisterProducer()
+        if getattr(self.ex.request, "channel", None) is not None:
+            self.ex.request.unregisterProducer()
 
 
 def put_conditions(ex: S3Exchange) -> tuple[bool, str]:

@@ -69,15 +69,20 @@ class StreamingRequest(server.Request):
         if self.exchange is not None:
             self.exchange.body_end()
 
+    def _transport(self) -> Any:
+        """The connection's transport; None once the answer is done (twisted.web drops the channel)."""
+        channel = getattr(self, "channel", None)
+        return None if channel is None else channel.transport
+
     def pause(self) -> None:
         """Stop reading this connection until :meth:`resume` (the upload is catching up)."""
-        transport = self.channel.transport
+        transport = self._transport()
         if not self.paused and transport is not None:
             self.paused = True
             transport.pauseProducing()
 
     def resume(self) -> None:
-        transport = self.channel.transport
+        transport = self._transport()
         if self.paused and transport is not None:
             self.paused = False
             transport.resumeProducing()

@@ -70,7 +70,8 @@ class GatewayService(service.Service):
         config: NodeConfig = node.config
         assert config.s3_listen is not None and node.fsm is not None
         self.client = StorgClient(client_addresses(node), reactor=self.reactor, tls=node.credentials)
-        self.gateway = Gateway(self.client, node.fsm.s3_secret, all_operations(), reactor=self.reactor)
+        self.gateway = Gateway(self.client, node.fsm.s3_secret, all_operations(), reactor=self.reactor,
+                               catch_up=self._catch_up)
         site = StreamingSite(self.gateway.exchange)
         address = config.s3_listen
         endpoint: Any
@@ -100,6 +101,11 @@ class GatewayService(service.Service):
             port, self.port = self.port, None
             return defer.maybeDeferred(port.stopListening)
         return None
+
+    async def _catch_up(self) -> None:
+        raft = self.node.node
+        if raft is not None:
+            await raft.read_index(timeout=5.0)
 
     def is_leader(self) -> bool:
         raft = self.node.node

@@ -54,7 +54,9 @@ def boto3_client(cluster: ProcCluster, key: S3Key, nid: str = "n1", **config: An
     import boto3
     from botocore.config import Config
 
-    settings: dict[str, Any] = {"s3": {"addressing_style": "path"}, "retries": {"max_attempts": 5, "mode": "standard"}}
+    # signature_version: botocore still presigns URLs with Signature V2 unless told (requests it signs V4).
+    settings: dict[str, Any] = {"s3": {"addressing_style": "path"}, "signature_version": "s3v4",
+                                "retries": {"max_attempts": 5, "mode": "standard"}}
     settings.update(config)
     return boto3.client("s3", endpoint_url=endpoint(cluster, nid), aws_access_key_id=key.key_id,
                         aws_secret_access_key=key.secret, region_name=REGION, verify=ca_file(cluster),
