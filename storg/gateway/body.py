@@ -125,3 +125,38 @@ class BodyPump:
     def _drained(self, _: object) -> None:
         self.busy = False
         self._pump()
+
+
+COALESCE = 1024 * 1024
+"""Bytes gathered before one write to the cluster upload (a chunk's worth by default)."""
+
+
+class Coalescer:
+    """Gathers small body pieces (a TLS record is 16 KiB) into writes of about ``size`` bytes.
+
+    Each write to a cluster upload costs a frame, a hash step in a thread
+    and a Deferred; at 16 KiB a piece the upload spends its time on that
+    overhead and its hash queue grows.  Holds at most ``size`` bytes plus one
+    piece; :meth:`flush` writes the rest (before the upload's ``finish``).
+    """
+
+    def __init__(self, target: Sink, size: int = COALESCE) -> None:
+        self.target = target
+        self.size = size
+        self.parts: list[bytes] = []
+        self.held = 0
+
+    def write(self, data: bytes) -> defer.Deferred[Any] | None:
+        self.parts.append(data)
+        self.held += len(data)
+        if self.held < self.size:
+            return None
+        return self.flush()
+
+    def flush(self) -> defer.Deferred[Any] | None:
+        if not self.parts:
+            return None
+        data = b"".join(self.parts)
+        self.parts = []
+        self.held = 0
+        return self.target(data)

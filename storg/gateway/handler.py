@@ -321,6 +321,14 @@ class S3Exchange:
             log.warn("S3 {method} {path}: {code} ({why})", method=self.method, path=self.resource,
                      code=error.code, why=failure.getErrorMessage())
         self.pump.fail(failure)
+        if self.index is None and isinstance(failure.value, (client_errors.NotFoundError,
+                                                             client_errors.ConflictError)):
+            # The namespace was read (and said no): say at which index, as every read does.
+            # The refusal carries none, so a ReadIndex round gives one at least as late.
+            try:
+                self.index = await self.client.probe_read(timeout=5.0)
+            except Exception:  # noqa: BLE001 -- the answer stands without its index
+                pass
         await self.body_in
         if self.request.startedWriting:
             # The answer's head is out already (a GET cut short): all that is left is to cut.

@@ -29,6 +29,7 @@ from storg.gateway.objects import (
     finish,
     header_checksum,
     put_conditions,
+    stream_into,
 )
 from storg.s3 import checksums, names, xml
 from storg.s3.errors import S3Error
@@ -89,12 +90,7 @@ async def upload_part(ex: S3Exchange) -> Response:
     given = header_checksum(ex)
     stream = ex.client.put_stream(names.part_path(upload_id, number), size=size,
                                   attrs=ObjectAttrs(checksums=(given,) if given else ()))
-    ex.stream_body(stream.write)
-    try:
-        await ex.body()
-    except BaseException:
-        stream.abort()
-        raise
+    await stream_into(ex, stream)
     info = await finish(ex, stream, names.part_path(upload_id, number),
                         ObjectAttrs(checksums=(ex.checksum,) if ex.checksum else ()))
     return Response(headers=[("ETag", etag_of(info)), *checksum_headers(info.attrs)], index=info.version)

@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from storg.client.errors import NotFoundError
+from storg.gateway.body import Coalescer
 from storg.gateway.common import (
     etag_of,
     http_date,
@@ -115,14 +116,23 @@ async def put_object(ex: S3Exchange) -> Response:
     attrs = request_attrs(ex, checksum=header_checksum(ex))
     await require_bucket(ex)
     stream = ex.client.put_stream(path, size=size, attrs=attrs, if_absent=if_absent, if_match_etag=if_match)
-    ex.stream_body(stream.write)
+    await stream_into(ex, stream)
+    info = await finish(ex, stream, path, request_attrs(ex, checksum=ex.checksum))
+    return Response(headers=[("ETag", etag_of(info)), *checksum_headers(info.attrs)], index=info.version)
+
+
+async def stream_into(ex: S3Exchange, stream: Any) -> None:
+    """The request's body into the cluster upload ``stream``, checked; aborted on any failure."""
+    sink = Coalescer(stream.write)
+    ex.stream_body(sink.write)
     try:
         await ex.body()
+        last = sink.flush()
+        if last is not None:
+            await last
     except BaseException:
         stream.abort()
         raise
-    info = await finish(ex, stream, path, request_attrs(ex, checksum=ex.checksum))
-    return Response(headers=[("ETag", etag_of(info)), *checksum_headers(info.attrs)], index=info.version)
 
 
 async def finish(ex: S3Exchange, stream: Any, path: str, attrs: Any) -> Any:
