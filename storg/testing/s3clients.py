@@ -80,7 +80,9 @@ def aws_env(cluster: ProcCluster, key: S3Key, home: Path) -> dict[str, str]:
 def rclone_env(cluster: ProcCluster, key: S3Key, home: Path, nid: str = "n1") -> dict[str, str]:
     """rclone's remote ``storg:`` defined by environment variables (provider Other, path-style)."""
     home.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, HOME=str(home), RCLONE_CONFIG=str(home / "rclone.conf"),
+    # Without the AWS_* variables: rclone's AWS SDK would read AWS_CA_BUNDLE (and refuse it).
+    env = dict({k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+               HOME=str(home), RCLONE_CONFIG=str(home / "rclone.conf"),
                RCLONE_CONFIG_STORG_TYPE="s3", RCLONE_CONFIG_STORG_PROVIDER="Other",
                RCLONE_CONFIG_STORG_ENDPOINT=endpoint(cluster, nid),
                RCLONE_CONFIG_STORG_ACCESS_KEY_ID=key.key_id,
