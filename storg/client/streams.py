@@ -83,7 +83,15 @@ class PutStream:
         d = self._last.addCallback(lambda _: defer.Deferred.fromCoroutine(self._send(data)))
         self._last = d
         out: defer.Deferred = defer.Deferred()
-        d.addCallbacks(lambda _: out.callback(None), out.errback)
+
+        def failed(failure: Any) -> None:
+            # Every later write or finish fails the same way: the put cannot go on.
+            self._error = self._error or failure.value
+            self._over = True
+            self._end()
+            out.errback(failure)
+
+        d.addCallbacks(lambda _: out.callback(None), failed)
         return out
 
     async def _send(self, data: bytes) -> None:
