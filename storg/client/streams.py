@@ -37,7 +37,7 @@ from storg.client.errors import BadRequest, ClusterUnavailable, IntegrityError, 
 from storg.client.transfer import MAX_PIECE, Deadline, Watchdog, consume, in_thread
 from storg.client.verify import content_hasher
 from storg.net.connection import RequestConnection, Stream
-from storg.wire.files import WHOLE, FileInfo, GetData, GetEnd, GetRequest, GetStart, PutData, PutDone, PutEnd, PutReady
+from storg.wire.files import WHOLE, FileInfo, GetData, GetEnd, GetRequest, GetStart, PutData, PutEnd
 from storg.wire.objects import PutAbort
 
 _LOST = (net_error.ConnectError, net_error.ConnectionClosed, defer.TimeoutError, defer.CancelledError,
@@ -158,40 +158,6 @@ class PutStream:
     def _end(self) -> None:
         release, self._release = self._release, lambda: None
         release()
-
-
-async def open_put(conn: RequestConnection, deadline: Deadline, make: Callable[[int], Any],
-                   ) -> tuple[RequestConnection, Stream, int]:
-    """Send the start frame and wait for PutReady: (connection, stream, max_frame)."""
-    ready: defer.Deferred = defer.Deferred()
-
-    def on_frame(frame: Any) -> bool:
-        if isinstance(frame, PutReady) and not ready.called:
-            ready.callback(frame)
-            return False
-        if isinstance(frame, PutDone) and ready.called:
-            return True
-        raise ProtocolViolation(f"unexpected {type(frame).__name__} during a put")
-
-    stream = conn.request_stream(make, on_frame)
-
-    def failed(failure: Any) -> Any:
-        if not ready.called:
-            ready.errback(failure)
-        return failure
-
-    stream.done.addErrback(failed)
-    ready.addTimeout(max(deadline.remaining(), 0.0), deadline.reactor)
-    try:
-        frame = await ready
-    except BaseException:
-        if not stream.finished:
-            stream.abort(ProtocolViolation("put abandoned"))
-        consume(stream.done)
-        raise
-    if frame.max_frame <= 0:
-        raise ProtocolViolation(f"PutReady with max_frame {frame.max_frame}")
-    return conn, stream, frame.max_frame
 
 
 class GetStream:
