@@ -33,7 +33,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet import error as net_error
 
-from storg.client.errors import BadRequest, ClusterUnavailable, IntegrityError, ProtocolViolation
+from storg.client.errors import BadRequest, ClusterUnavailable, IntegrityError, LocalError, ProtocolViolation
 from storg.client.transfer import MAX_PIECE, Deadline, Watchdog, consume, in_thread
 from storg.client.verify import content_hasher
 from storg.net.connection import RequestConnection, Stream
@@ -177,8 +177,12 @@ class GetStream:
         self.stop: int | None = None
         self.hasher: Any = None
         self._starts: list[int] = []
+        self._writing: defer.Deferred | None = None
+        """The caller's last ``write`` still pending: a resumed attempt waits for it first."""
 
     async def attempt(self, conn: RequestConnection, deadline: Deadline) -> FileInfo:
+        if self._writing is not None and not self._writing.called:
+            await defer.DeferredList([self._writing], consumeErrors=True)
         remaining = WHOLE if self.stop is None else self.stop - self.pos
         if self.info is not None and remaining == 0:
             return self.info
@@ -279,9 +283,14 @@ class GetStream:
                 if digest != ref:
                     raise IntegrityError(f"{self.path}: chunk {ref[:12]} at byte {self.pos} does not match its digest")
         self.pos += len(data)
-        result = self.write(data)
-        if isinstance(result, defer.Deferred):
-            await result
+        # The caller's failure ends the get (LocalError is never retried on another node).
+        try:
+            result = self.write(data)
+            if isinstance(result, defer.Deferred):
+                self._writing = result
+                await result
+        except Exception as exc:
+            raise LocalError(f"the receiver of {self.path} failed: {exc}") from exc
 
     def _whole_chunk_at(self, pos: int, size: int) -> str | None:
         """The hash of the chunk that bytes [pos, pos + size) are exactly, if they are one."""

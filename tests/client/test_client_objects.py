@@ -29,6 +29,7 @@ from storg.client.errors import (
     ClusterUnavailable,
     ConflictError,
     IntegrityError,
+    LocalError,
     NotFoundError,
     ProtocolViolation,
 )
@@ -302,3 +303,17 @@ async def test_a_put_stream_without_a_cluster_fails_every_call_as_unavailable(tm
             await lonely.put_stream("/y").finish()
     finally:
         lonely.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failing_receiver_ends_the_get_stream_without_retrying(client) -> None:
+    await client.put(io.BytesIO(os.urandom(3 * CHUNK)), "/r/fail")
+    calls: list[int] = []
+
+    def write(piece: bytes) -> defer.Deferred:
+        calls.append(len(piece))
+        return defer.fail(ConnectionResetError("the S3 client went away"))
+
+    with pytest.raises(LocalError, match="went away"):
+        await client.get_stream("/r/fail", write)
+    assert len(calls) == 1
