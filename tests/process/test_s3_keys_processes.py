@@ -1,11 +1,13 @@
-"""S3 access keys, ETags and 4 KiB paths on a real TLS cluster (issue 18), through storgctl.
+"""S3 access keys, ETags, 4 KiB paths and resumed streams on a real TLS cluster (issue 18).
 
 Three ``twistd storg`` nodes with ProcCluster's certificates: keys are
 created, listed (never their secrets) and revoked through Raft by an
 admin; a readwrite user is refused all three; the keys survive a restart
 of every node (WAL and snapshot).  A file put with storgctl has the MD5 of
 its content as its ETag, and a 4,096-byte path is stored while one byte
-more is refused.
+more is refused.  A client's ``get_stream`` whose node is killed midway
+resumes on another node at the next offset, and a ``put_stream`` of that
+file commits it whole.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -78,6 +81,73 @@ def test_keys_are_created_listed_and_revoked_by_an_admin_only(cluster):
     assert made["id"] not in [r["id"] for r in json.loads(ctl(cluster, "--json", "s3", "key", "list").stdout)]
     twice = ctl(cluster, "s3", "key", "revoke", made["id"])
     assert twice.returncode == 1 and b"no S3 key" in twice.stderr
+
+
+STREAM_SCRIPT = r"""
+import hashlib, json, os, signal, sys
+from twisted.internet import defer, task
+from storg.client.api import StorgClient
+from storg.net.credentials import from_environment
+
+args = json.loads(sys.stdin.read())
+
+async def main(reactor):
+    client = StorgClient(args["cluster"], reactor=reactor, timeout=30, tls=from_environment())
+    out = {"starts": 0}
+    got = []
+    try:
+        stream = client.put_stream("/stream/big", size=args["size"])
+        data = os.urandom(args["size"])
+        for pos in range(0, len(data), 100_000):
+            await stream.write(data[pos:pos + 100_000])
+        info = await stream.finish()
+        out["put_sha"] = info.sha256 == hashlib.sha256(data).hexdigest()
+        out["etag"] = info.attrs.etag == hashlib.md5(data).hexdigest()
+
+        def write(piece):
+            got.append(piece)
+            if len(got) == 3:  # the node serving the get dies after three chunks
+                os.kill(args["pids"][args["cluster"][0]], signal.SIGKILL)
+            return task.deferLater(reactor, 0.002, lambda: None)  # a slow receiver
+
+        def started(info, index):
+            out["starts"] += 1
+            out["index"] = index
+
+        reader = StorgClient(args["cluster"], reactor=reactor, timeout=30, tls=from_environment())
+        try:  # a new client starts at the first address: the node that will die
+            await reader.get_stream("/stream/big", write, offset=1000, on_start=started)
+            out["served_by"] = sorted(reader._connections)  # the dead node's connection was dropped
+        finally:
+            reader.close()
+        out["same"] = b"".join(got) == data[1000:]
+        out["pieces"] = len(got)
+    finally:
+        client.close()
+    print(json.dumps(out))
+
+task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor)))
+"""
+
+
+def test_a_get_stream_resumes_on_another_node_when_its_node_dies(cluster):
+    wait_for(cluster.leader, 60, "a leader", 0.2)
+    leader = cluster.leader()
+    victim = next(nid for nid in cluster.nodes if nid != leader)
+    order = [cluster.nodes[victim].client_address] + [n.client_address for nid, n in cluster.nodes.items()
+                                                      if nid != victim]
+    pids = {n.client_address: n.proc.pid for n in cluster.nodes.values()}
+    size = 320 * 64 * 1024 + 5  # 20 MiB: more than the sockets' buffers hold
+    out = subprocess.run([sys.executable, "-c", STREAM_SCRIPT], env=cluster.env, capture_output=True,
+                         timeout=120, input=json.dumps({"cluster": order, "pids": pids, "size": size}).encode())
+    assert out.returncode == 0, out.stderr.decode()[-3000:]
+    result = json.loads(out.stdout)
+    assert result == {"starts": 1, "index": result["index"], "put_sha": True, "etag": True, "same": True,
+                      "pieces": result["pieces"], "served_by": result["served_by"]}
+    assert result["served_by"] and order[0] not in result["served_by"]  # finished on another node
+    assert not cluster.nodes[victim].alive()
+    cluster.start(victim)
+    wait_for(cluster.everyone_follows, 60, "the killed node back", 0.2)
 
 
 def test_a_put_has_the_md5_as_its_etag_and_paths_go_to_4096_bytes(cluster):
