@@ -23,7 +23,7 @@ For writes, S3 supports only ``If-None-Match: *`` and a single
 
 from __future__ import annotations
 
-from datetime import timezone
+from datetime import UTC
 from email.utils import formatdate, parsedate_to_datetime
 
 from storg.s3.errors import S3Error
@@ -44,7 +44,7 @@ def parse_http_date(text: str) -> float | None:
     except (TypeError, ValueError, IndexError):
         return None
     if parsed.tzinfo is None:  # asctime has no zone; HTTP-dates are all GMT
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
 
 
