@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 
 from storg.s3.errors import S3Error, access_denied, invalid_argument, invalid_request
-from storg.s3.uri import canonical_path, canonical_query, parse_query
+from storg.s3.uri import canonical_path, canonical_query, parse_query, wire_bytes
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 SERVICE = "s3"
@@ -141,16 +141,19 @@ class Auth:
 LookupSecret = Callable[[str], "str | None"]
 
 
-def authenticate(method: str, raw_path: str, raw_query: str, headers: Iterable[tuple[str, str]],
+def authenticate(method: str, raw_path: bytes | str, raw_query: bytes | str, headers: Iterable[tuple[str, str]],
                  lookup: LookupSecret, now: float | None = None) -> Auth:
     """Check a request's SigV4 signature (header or presigned); an :class:`Auth` or S3Error.
 
-    ``raw_path`` and ``raw_query`` are the request target as sent, undecoded
-    (see :func:`storg.s3.uri.split_target`); ``headers`` (name, value)
+    ``raw_path`` and ``raw_query`` are the request target as sent, undecoded:
+    bytes, or str holding those bytes decoded as latin-1 (see
+    :func:`storg.s3.uri.split_target`); ``headers`` (name, value)
     pairs, names in any case; ``lookup(access_key)`` the secret or None;
     ``now`` epoch seconds (default: the clock).
     """
     now = time.time() if now is None else now
+    raw_path = wire_bytes(raw_path).decode("latin-1")
+    raw_query = wire_bytes(raw_query).decode("latin-1")
     table: dict[str, list[str]] = {}
     for name, value in headers:
         table.setdefault(name.lower(), []).append(value)
@@ -283,8 +286,9 @@ def _verify(method: str, raw_path: str, query: str, table: dict[str, list[str]],
         raise _mismatch("the signature is not 64 hexadecimal digits", provided, "", "")
     wanted = provided.lower().encode()
     uris = [canonical_path(raw_path)]
-    if raw_path and raw_path != uris[0]:
-        uris.append(raw_path)
+    as_sent = raw_path.encode("latin-1").decode("utf-8", "replace")
+    if as_sent and as_sent != uris[0]:
+        uris.append(as_sent)
     first = ("", "")
     for uri in uris:
         canonical = canonical_request(method, uri, query, table, signed_headers, payload_hash)

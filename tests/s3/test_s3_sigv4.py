@@ -122,6 +122,15 @@ def test_a_path_sent_with_other_legal_escapes_still_verifies():
     accept(type(req)(req.method, "http://h/bucket/bang!", req.headers, b""))
 
 
+def test_the_target_may_be_bytes_or_latin1_text():
+    """twisted.web gives bytes; a client may even send UTF-8 unescaped, and it signs the escaped form."""
+    req = sign("GET", "bucket/ünï cødé", body=b"", query="prefix=%C3%A4")
+    authenticate("GET", req.path.encode(), req.query.encode(), req.headers, lookup, time.time())
+    raw_utf8 = "/bucket/ünï%20cødé".encode()
+    authenticate("GET", raw_utf8, req.query.encode(), req.headers, lookup, time.time())
+    authenticate("GET", raw_utf8.decode("latin-1"), req.query, req.headers, lookup, time.time())
+
+
 def test_every_one_byte_change_is_refused():
     req = sign(body=b"payload", headers={"x-amz-meta-a": "one"}, query="partNumber=1&uploadId=abc")
     accept(req)
