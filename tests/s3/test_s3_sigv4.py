@@ -15,7 +15,7 @@ from storg.s3 import sigv4
 from storg.s3.errors import S3Error
 from storg.s3.sigv4 import authenticate
 
-from tests.s3.signing import ACCESS_KEY, SECRET, lookup, sign
+from tests.s3.signing import ACCESS_KEY, SECRET, crt_sign, lookup, sign
 
 AWS_KEY = "AKIAIOSFODNN7EXAMPLE"
 AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
@@ -330,3 +330,30 @@ def test_a_real_boto3_client_request_verifies():
             wire.append(("host", host))
         modes.append(authenticate(method, parts.path, parts.query, wire, lookup, time.time()).payload)
     assert modes[0] in sigv4.STREAMING_MODES and modes[1] in (sigv4.SIGNED, sigv4.STREAMING_UNSIGNED_TRAILER)
+
+
+# -- a second, independent signer: awscrt's (aws-c-auth, in C) -------------------------------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(key=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1,
+                   max_size=40),
+       prefix=st.text(max_size=10))
+def test_property_awscrt_signed_requests_verify(key, prefix):
+    path = "/bucket/" + quote(key, safe="/~")
+    raw_path, raw_query, headers = crt_sign("GET", path, "list-type=2&prefix=" + quote(prefix, safe="-_.~"))
+    auth = authenticate("GET", raw_path, raw_query, headers, lookup, time.time())
+    assert auth.region == "us-west-2" and auth.payload == sigv4.SIGNED
+
+
+def test_awscrt_streaming_and_presigned_requests_verify():
+    raw_path, raw_query, headers = crt_sign(
+        "PUT", "/bucket/big", headers=(("x-amz-decoded-content-length", "10"), ("content-encoding", "aws-chunked")),
+        body_value="STREAMING-AWS4-HMAC-SHA256-PAYLOAD")
+    auth = authenticate("PUT", raw_path, raw_query, headers, lookup, time.time())
+    assert auth.payload == sigv4.STREAMING_SIGNED and auth.decoded_length == 10
+    raw_path, raw_query, headers = crt_sign("GET", "/bucket/k%20x", presign=300)
+    now = time.time()
+    assert authenticate("GET", raw_path, raw_query, headers, lookup, now).presigned
+    assert code_of(lambda: authenticate("GET", raw_path, raw_query, headers, lookup, now + 400)) == "AccessDenied"
+    assert code_of(lambda: authenticate("GET", raw_path + "y", raw_query, headers, lookup, now)) \
+        == "SignatureDoesNotMatch"
