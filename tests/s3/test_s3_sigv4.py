@@ -357,3 +357,17 @@ def test_awscrt_streaming_and_presigned_requests_verify():
     assert code_of(lambda: authenticate("GET", raw_path, raw_query, headers, lookup, now + 400)) == "AccessDenied"
     assert code_of(lambda: authenticate("GET", raw_path + "y", raw_query, headers, lookup, now)) \
         == "SignatureDoesNotMatch"
+
+
+@settings(max_examples=300, deadline=None)
+@given(auth_value=st.one_of(st.text(max_size=200), st.builds(
+           lambda a, b, c: f"AWS4-HMAC-SHA256 Credential={a}, SignedHeaders={b}, Signature={c}",
+           st.text(max_size=60), st.text(max_size=30), st.text(max_size=70))),
+       query=st.text(max_size=80), date=st.text(max_size=20), path=st.text(max_size=30))
+def test_property_junk_requests_get_s3_errors_only(auth_value, query, date, path):
+    headers = [("host", "h"), ("x-amz-date", date), ("x-amz-content-sha256", "UNSIGNED-PAYLOAD")]
+    if auth_value:
+        headers.append(("authorization", auth_value))
+    with pytest.raises(S3Error) as info:
+        authenticate("GET", path, query, headers, lookup, time.time())
+    assert 400 <= info.value.status <= 501

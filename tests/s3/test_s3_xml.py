@@ -225,3 +225,15 @@ def test_property_any_key_survives_boto3_with_url_encoding(keys):
                             truncated=False)
     out = client_answering(xml.list_objects(result)).list_objects_v2(Bucket="bkt")
     assert [c["Key"] for c in out["Contents"]] == sorted(keys)
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=st.one_of(st.binary(max_size=300),
+                      st.builds(lambda a, b: b"<Delete><Object><Key>" + a + b"</Key></Object>" + b,
+                                st.binary(max_size=40), st.binary(max_size=40))))
+def test_property_parsers_refuse_junk_with_s3_errors_only(body):
+    for parse in (xml.parse_delete, xml.parse_complete_multipart_upload, xml.parse_create_bucket):
+        try:
+            parse(body)
+        except S3Error as err:
+            assert err.status == 400
