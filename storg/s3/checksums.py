@@ -123,6 +123,8 @@ def raw(algorithm: str, value: str) -> bytes:
     except (binascii.Error, ValueError):
         digest = b""
     if len(digest) != DIGEST_SIZES[algorithm.upper()]:
+        if algorithm.upper() == "MD5":
+            raise S3Error("InvalidDigest", "The Content-MD5 you specified is not valid.", 400)
         raise invalid_request(f"Value for {header_name(algorithm)} header is invalid.")
     return digest
 
