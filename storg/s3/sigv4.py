@@ -33,7 +33,6 @@ What S3 does, and so what this does (checked against botocore's signer):
 
 from __future__ import annotations
 
-import calendar
 import functools
 import hashlib
 import hmac
@@ -41,6 +40,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 from storg.s3.errors import S3Error, access_denied, invalid_argument, invalid_request
@@ -348,14 +348,18 @@ def _parse_amz_date(text: str, error: Callable[[str], S3Error]) -> str:
     if not _AMZ_DATE.fullmatch(text):
         raise error(f"the date {text!r} is not in the ISO 8601 basic format YYYYMMDDTHHMMSSZ")
     try:
-        time.strptime(text, "%Y%m%dT%H%M%SZ")
+        _epoch(text)
     except ValueError:
         raise error(f"the date {text!r} is not a real time") from None
     return text
 
 
 def _epoch(amz_date: str) -> int:
-    return calendar.timegm(time.strptime(amz_date, "%Y%m%dT%H%M%SZ"))
+    """Epoch seconds of a checked ``YYYYMMDDTHHMMSSZ`` (datetime, not strptime: a third of the cost
+    of a whole signature check went to strptime)."""
+    moment = datetime(int(amz_date[0:4]), int(amz_date[4:6]), int(amz_date[6:8]), int(amz_date[9:11]),
+                      int(amz_date[11:13]), int(amz_date[13:15]), tzinfo=UTC)
+    return int(moment.timestamp())
 
 
 def _format_amz_date(epoch: float) -> str:

@@ -371,3 +371,10 @@ def test_property_junk_requests_get_s3_errors_only(auth_value, query, date, path
     with pytest.raises(S3Error) as info:
         authenticate("GET", path, query, headers, lookup, time.time())
     assert 400 <= info.value.status <= 501
+
+
+@pytest.mark.parametrize("date", ["20130231T000000Z", "20131301T000000Z", "20130101T246000Z", "2013-01-01T00:00Z"])
+def test_dates_that_are_not_real_times_are_malformed(date):
+    req = sign()
+    assert code_of(lambda: authenticate(req.method, req.path, req.query, req.replace_header("x-amz-date", date),
+                                        lookup, time.time())) == "AuthorizationHeaderMalformed"
