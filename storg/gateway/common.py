@@ -10,11 +10,10 @@ with storgctl is a bucket too).
 
 from __future__ import annotations
 
-import email.utils
 import time
 from typing import TYPE_CHECKING, Any
 
-from storg.s3 import checksums, names
+from storg.s3 import checksums, conditions, names, xml
 from storg.s3.errors import S3Error
 from storg.wire.objects import ObjectAttrs
 
@@ -37,21 +36,12 @@ def etag_of(info: Any) -> str:
 
 
 def http_date(ns: int) -> str:
-    return email.utils.formatdate(ns / 1e9, usegmt=True)
+    return conditions.http_date(ns / 1e9)
 
 
 def iso_time(ns: int) -> str:
     """S3's timestamps in XML: ``2026-12-03T17:52:11.000Z``."""
-    seconds, rest = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest // 1_000_000:03d}Z"
-
-
-def parse_http_date(text: str) -> float | None:
-    try:
-        parsed = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    return parsed.timestamp() if parsed is not None else None
+    return xml.iso8601(ns / 1e9)
 
 
 def object_path(ex: S3Exchange) -> str:

@@ -337,7 +337,8 @@ class S3Exchange:
                 transport.abortConnection()
             return
         body = render_error(error, error.resource or self.resource, self.request_id)
-        self._write(Response(error.status, body=b"" if self.method == "HEAD" else body), length=len(body))
+        self._write(Response(error.status, headers=list(error.headers), body=b"" if self.method == "HEAD" else body),
+                    length=len(body))
 
     def start_answer(self, status: int, headers: list[tuple[str, str]], index: int | None) -> None:
         """Write the answer's status and headers (operations that stream their body)."""

@@ -31,7 +31,6 @@ from storg.gateway.common import (
     iso_time,
     object_headers,
     object_path,
-    parse_http_date,
     request_attrs,
     require_bucket,
 )
@@ -86,11 +85,8 @@ class WriteGate:
 
 
 def put_conditions(ex: S3Exchange) -> tuple[bool, str]:
-    """(if_absent, if_match_etag) of a PUT or Complete; NotImplemented for what S3 does not do either."""
-    none_match = ex.header("if-none-match").strip()
-    if none_match and none_match != "*":
-        raise S3Error("NotImplemented", "If-None-Match on a write supports only *", 501)
-    return none_match == "*", ex.header("if-match").strip().strip('"')
+    """(if_absent, if_match_etag) of a PUT or Complete, as S3 allows them (storg.s3.conditions)."""
+    return conditions.write_conditions(ex.header("if-match"), ex.header("if-none-match"))
 
 
 def header_checksum(ex: S3Exchange) -> tuple[str, str] | None:
@@ -189,7 +185,7 @@ async def head_object(ex: S3Exchange) -> Response:
         return Response(200, headers=[*headers, ("Content-Length", str(info.size))], index=index)
     offset, length = span
     return Response(206, headers=[*headers, ("Content-Length", str(length)),
-                                  ("Content-Range", f"bytes {offset}-{offset + length - 1}/{info.size}")],
+                                  ("Content-Range", ranges.content_range(offset, length, info.size))],
                     index=index)
 
 
@@ -221,7 +217,7 @@ async def get_object(ex: S3Exchange) -> Response:
         else:
             offset, length = span
             headers = [*object_headers(info, ex, whole=False), ("Content-Length", str(length)),
-                       ("Content-Range", f"bytes {offset}-{offset + length - 1}/{info.size}")]
+                       ("Content-Range", ranges.content_range(offset, length, info.size))]
             ex.start_answer(206, headers, read_index)
 
     await ex.body_in
@@ -299,15 +295,13 @@ def copy_source(ex: S3Exchange) -> tuple[str, str]:
 
 
 def check_copy_source_conditions(ex: S3Exchange, info: Any) -> None:
-    etag = etag_of(info).strip('"')
-    match = ex.header("x-amz-copy-source-if-match").strip().strip('"')
-    none_match = ex.header("x-amz-copy-source-if-none-match").strip().strip('"')
-    since = parse_http_date(ex.header("x-amz-copy-source-if-modified-since"))
-    unmodified = parse_http_date(ex.header("x-amz-copy-source-if-unmodified-since"))
-    modified = info.modified_ns / 1e9
-    if ((match and match != etag) or (none_match and none_match == etag)
-            or (unmodified is not None and not match and modified > unmodified)
-            or (since is not None and not none_match and modified <= since)):
+    """x-amz-copy-source-if-* against the source: any that fails is 412, as S3 answers a copy."""
+    verdict = conditions.evaluate(
+        if_match=ex.header("x-amz-copy-source-if-match"), if_none_match=ex.header("x-amz-copy-source-if-none-match"),
+        if_modified_since=ex.header("x-amz-copy-source-if-modified-since"),
+        if_unmodified_since=ex.header("x-amz-copy-source-if-unmodified-since"),
+        etag=etag_of(info), last_modified=info.modified_ns / 1e9)
+    if verdict is not None:
         raise S3Error("PreconditionFailed", "At least one of the preconditions you specified did not hold.", 412)
 
 
