@@ -44,7 +44,7 @@ class BodyPump:
 
     ``decode(raw) -> [pieces]`` and ``finish() -> trailers`` are the
     framing (identity by default); ``observers`` see every decoded piece
-    before the sink does.  :attr:`done` fires with the trailers once the
+    before the sink does.  :meth:`wait` fires with the trailers once the
     last piece has been accepted by the sink, or fails with the first error.
     """
 
@@ -63,10 +63,35 @@ class BodyPump:
         self.trailers: dict[str, str] = {}
         self.bytes = 0
         """Decoded bytes seen so far."""
-        self.done: defer.Deferred[dict[str, str]] = defer.Deferred()
+        self.done = False
+        self._outcome: dict[str, str] | Failure | None = None
+        self._waiters: list[defer.Deferred[dict[str, str]]] = []
+
+    def wait(self) -> defer.Deferred[dict[str, str]]:
+        """A Deferred of the outcome (each caller its own: one nobody waits for is no unhandled error)."""
+        d: defer.Deferred[dict[str, str]] = defer.Deferred()
+        if self._outcome is None:
+            self._waiters.append(d)
+        elif isinstance(self._outcome, Failure):
+            d.errback(self._outcome)
+        else:
+            d.callback(self._outcome)
+        return d
+
+    def _settle(self, outcome: dict[str, str] | Failure) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._outcome = outcome
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            if isinstance(outcome, Failure):
+                d.errback(outcome)
+            else:
+                d.callback(outcome)
 
     def feed(self, raw: bytes) -> None:
-        if self.failure is not None or self.done.called:
+        if self.failure is not None or self.done:
             return  # read and dropped: the answer is the error, once the client has sent it all
         try:
             pieces = self.decode(raw)
@@ -81,16 +106,16 @@ class BodyPump:
         self._pump()
 
     def end(self) -> defer.Deferred[dict[str, str]]:
-        """The raw body is complete; returns :attr:`done`."""
+        """The raw body is complete; returns :meth:`wait`."""
         if self.failure is None and not self.ended:
             self.ended = True
             try:
                 self.trailers = self.finish()
             except Exception:
                 self.fail(Failure())
-                return self.done
+                return self.wait()
             self._pump()
-        return self.done
+        return self.wait()
 
     def fail(self, failure: Failure) -> None:
         """Stop passing pieces on; the rest of the body is dropped and ``done`` fails."""
@@ -99,8 +124,7 @@ class BodyPump:
         self.failure = failure
         self.pending.clear()
         self.flow.resume()  # read (and drop) the rest, so the answer can follow it
-        if not self.done.called:
-            self.done.errback(failure)
+        self._settle(failure)
 
     def _pump(self) -> None:
         while self.pending and not self.busy and self.failure is None:
@@ -119,8 +143,8 @@ class BodyPump:
                 d.addErrback(self.fail)
         if not self.pending and not self.busy:
             self.flow.resume()
-            if self.ended and self.failure is None and not self.done.called:
-                self.done.callback(self.trailers)
+            if self.ended and self.failure is None:
+                self._settle(self.trailers)
 
     def _drained(self, _: object) -> None:
         self.busy = False

@@ -162,7 +162,6 @@ class S3Exchange:
         self._sink = _LateSink()
         self._checks: list[Callable[[dict[str, str]], None]] = []
         self.pump = BodyPump(request, self._sink.write)
-        self.pump.done.addErrback(lambda f: None)  # the operation sees it through body()
         request.notifyFinish().addErrback(self._connection_lost)
         self.prepared = False
         self._early: list[bytes] = []
@@ -204,7 +203,7 @@ class S3Exchange:
     async def body(self) -> dict[str, str]:
         """Wait for the whole body to have gone to its sink and been checked; returns the trailers."""
         await self.body_in
-        trailers = await self.pump.done
+        trailers = await self.pump.wait()
         for check in self._checks:
             check(trailers)
         return trailers
@@ -317,7 +316,9 @@ class S3Exchange:
 
     async def _answer_failure(self, failure: Failure) -> None:
         error = s3_error_of(failure, self.resource)
-        if error.status >= 500:
+        if error.code == "InternalError":
+            log.failure("S3 {method} {path}: InternalError", failure, method=self.method, path=self.resource)
+        elif error.status >= 500:
             log.warn("S3 {method} {path}: {code} ({why})", method=self.method, path=self.resource,
                      code=error.code, why=failure.getErrorMessage())
         self.pump.fail(failure)

@@ -56,7 +56,7 @@ def test_pieces_wait_for_the_sink_and_the_transport_pauses_while_it_is_busy():
     assert sink.got == [b"a" * 10, b"b" * 10] and flow.paused
     sink.release()
     assert not flow.paused
-    assert done.called and done.result == {}
+    assert pump.done and done.called and done.result == {}
     assert md5.digest() == hashlib.md5(b"a" * 10 + b"b" * 10).digest() and pump.bytes == 20
 
 
@@ -93,7 +93,7 @@ def test_a_decoding_error_fails_done_and_drops_the_rest():
     pump.feed(b"bad")
     assert not flow.paused  # resumed: the rest is read and dropped, so the error can be answered
     failures: list[BaseException] = []
-    pump.done.addErrback(lambda f: failures.append(f.value))
+    pump.wait().addErrback(lambda f: failures.append(f.value))
     pump.feed(b"more")
     pump.end()
     assert [type(f) for f in failures] == [ValueError] and sink.got == [b"good"]
@@ -106,5 +106,5 @@ def test_a_sink_failure_fails_done():
     assert sink.waiting is not None
     sink.waiting.errback(ConnectionError("cluster gone"))
     failures: list[BaseException] = []
-    pump.done.addErrback(lambda f: failures.append(f.value))
+    pump.wait().addErrback(lambda f: failures.append(f.value))
     assert [type(f) for f in failures] == [ConnectionError] and not flow.paused

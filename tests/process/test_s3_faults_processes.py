@@ -87,6 +87,9 @@ def test_leader_killed_mid_upload_the_retry_succeeds(cluster):
     thread.join(300)
     assert not thread.is_alive()
     assert isinstance(outcome[0], dict), outcome
+    # The first attempt was cut by the kill (answered 503), and the retry went through.
+    assert "S3 PUT /faults/obj: ServiceUnavailable" in cluster.log_text(gateway_node)
+    assert outcome[0]["ResponseMetadata"]["RetryAttempts"] >= 1
     assert outcome[0]["ETag"] == f'"{hashlib.md5(data).hexdigest()}"'
     got = s3.get_object(Bucket="faults", Key="obj")["Body"].read()
     assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
