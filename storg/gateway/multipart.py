@@ -219,8 +219,8 @@ async def list_parts(ex: S3Exchange) -> Response:
     limit = min(int(max_parts), 1000)
     start_after = names.part_path(upload_id, int(marker)) if marker and int(marker) > 0 else ""
     parts, truncated = await _parts(ex, folder, start_after, limit)
-    rows = [(names.part_number_of(p.path), etag_of(p), p.size, iso_time(p.modified_ns),
-             tuple(p.attrs.checksums)) for p in parts]
+    rows = [(names.part_number_of(p.path) or 0, etag_of(p), p.size, iso_time(p.modified_ns),
+             tuple(p.attrs.checksums)) for p in parts]  # _parts keeps only part files: never 0
     algo = dict(info.attrs.extra).get("checksum", "")
     body = xml.list_parts(ex.bucket, ex.key, upload_id, rows, marker=int(marker or 0), max_parts=limit,
                           truncated=truncated, checksum_algorithm=algo)
