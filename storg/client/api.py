@@ -51,6 +51,7 @@ from storg.wire.admin import (
     MemberListRequest,
     MemberRemoveRequest,
 )
+from storg.wire.batch import BatchFile, GetBatchReply, GetBatchRequest, PutBatchRequest
 from storg.wire.files import FileInfo, LsReply, LsRequest, RmRequest, StatRequest
 from storg.wire.tree import CopyRequest, MoveRequest, RemoveTreeRequest, WatchEvent, WatchRequest
 
@@ -586,6 +587,37 @@ class StorgClient:
             except ClusterUnavailable:
                 if state["delivered"] == before:
                     raise  # no node served anything within the timeout: give up
+
+    async def put_batch(self, files: tuple[BatchFile, ...]) -> int:
+        """Store many small files in one entry, all or none; returns the entry's log index.
+
+        Each file is at most the inline size (4 KiB) and carries the SHA-256
+        of its bytes, which the leader checks.  One session for the batch:
+        a retry after a leader change replays the first outcome.  This is
+        what ``put -r`` sends for small files (see storg.wire.batch).
+        """
+        session = self.sessions.acquire()
+        seq = session.next_seq()
+        try:
+            reply = await self.call_leader(lambda rid: PutBatchRequest(rid, session.client_id, seq, files))
+        finally:
+            self.sessions.release(session)
+        return reply.index
+
+    async def get_batch(self, paths: tuple[str, ...], stale: bool = False) -> GetBatchReply:
+        """Read many small files at one read index (the caller checks each file's SHA-256).
+
+        The reply lists the files read, those that do not exist, and those
+        left for an ordinary :meth:`get` (too large, or a chunk not at hand).
+        """
+        normal = tuple(normalize_path(p) for p in paths)
+
+        async def attempt(conn: RequestConnection, deadline: Deadline) -> GetBatchReply:
+            d = conn.request(lambda rid: GetBatchRequest(rid, normal, stale))
+            d.addTimeout(max(deadline.remaining(), 0.0), self.reactor)
+            return await d
+
+        return await self.retrying(attempt, leader=False)
 
     async def _tree_call(self, make: Callable[[int, int, int], Any]) -> int:
         session = self.sessions.acquire()

@@ -62,6 +62,7 @@ from storg.wire import (
     MemberAddress,
     ProbeCommand,
 )
+from storg.wire.batch import PutInlineBatchCommand
 from storg.wire.files import (
     ChunkHoldersCommand,
     ChunkRef,
@@ -120,6 +121,7 @@ class FileStoreStateMachine(TreeCommands):
             CopyCommand: self._apply_copy,
             RemoveTreeCommand: self._apply_remove_tree,
             ConditionalPutCommand: self._apply_conditional,
+            PutInlineBatchCommand: self._apply_put_batch,
         }
         self._reset()
 
@@ -258,6 +260,36 @@ class FileStoreStateMachine(TreeCommands):
             except Exception:  # noqa: BLE001 -- a local write failure must not make nodes diverge
                 log.failure("on_inline_chunk failed for entry {index}", index=index)
         return info
+
+    def _apply_put_batch(self, cmd: PutInlineBatchCommand, index: int) -> int:
+        """Many small files in one entry (``put -r``): all of them are stored, or none; returns the entry's index.
+
+        Every inner command is decoded and checked before the first one
+        applies, so a refusal leaves the state untouched.  An inline put
+        that passed these checks cannot be refused by ``_put`` (its one
+        chunk's size is its digest's), so the applies that follow cannot
+        stop half way.  The inner commands have no session (client 0): the
+        batch's session makes a retried batch replay its first outcome.
+        """
+
+        def run() -> int:
+            puts: builtins.list[PutInlineCommand] = []
+            for body in cmd.commands:
+                try:
+                    inner = CODEC.decode(body)
+                except CodecError as exc:
+                    raise InvalidCommand(f"entry {index}: a batch holds no command: {exc}") from None
+                if not isinstance(inner, PutInlineCommand) or inner.client_id != 0:
+                    raise InvalidCommand(f"entry {index}: a batch holds only inline puts without a session")
+                _command_path(inner.path, index)
+                if inner.data and not inner.holders:
+                    raise InvalidCommand(f"entry {index}: an inline file needs holders")
+                puts.append(inner)
+            for inner in puts:
+                self._apply_put_inline(inner, index)
+            return index
+
+        return self._with_session(cmd.client_id, cmd.seq, index, run)
 
     def _apply_remove(self, cmd: RemoveFileCommand, index: int) -> int:
         return self._with_session(cmd.client_id, cmd.seq, index, lambda: self._remove(cmd, index))

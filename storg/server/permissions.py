@@ -7,8 +7,8 @@ each request type needs one permission:
 
 ==============  =================================================================
 ``cluster``     status, member list, scrub counters: who is who, no file data
-``read``        get, ls, stat, watch, ProbeRead
-``write``       put (PutStart, PutStartIf, PutData, PutEnd), rm, mv, cp, rm -r, ProbeWrite
+``read``        get, ls, stat, watch, ProbeRead, batched gets (get -r)
+``write``       put (PutStart, PutStartIf, PutData, PutEnd, batched puts), rm, mv, cp, rm -r, ProbeWrite
 ``admin``       member add and remove, leader transfer, starting a scrub pass
 ``node``        what only another node of this cluster sends: chunk reads and
                 copies between nodes (and whether the leader placed a chunk),
@@ -45,6 +45,7 @@ from storg.wire.admin import (
     MemberRemoveRequest,
     RemovedNotice,
 )
+from storg.wire.batch import GetBatchRequest, PutBatchRequest
 from storg.wire.files import (
     ChunkGet,
     ChunkPinQuery,
@@ -91,10 +92,12 @@ REQUIRED: dict[type, str | Callable[[Any], str]] = {
     LsRequest: READ,
     StatRequest: READ,
     WatchRequest: READ,
+    GetBatchRequest: READ,
     MemberListRequest: CLUSTER,
     ScrubStatusRequest: _scrub,
     PutStart: WRITE,
     PutStartIf: WRITE,
+    PutBatchRequest: WRITE,
     MoveRequest: WRITE,
     CopyRequest: WRITE,
     RemoveTreeRequest: WRITE,

@@ -7,6 +7,7 @@ decoding failure is a :class:`CodecError`.
 # Imported for what importing them does: each registers its frames on CODEC.
 from storg.wire import (
     admin,  # noqa: F401  (the membership and transfer frames)
+    batch,  # noqa: F401  (batches of small files: put -r, get -r)
     files,  # noqa: F401  (the file store's frames)
     snapshots,  # noqa: F401  (the snapshot streaming frames)
     tree,  # noqa: F401  (mv, cp, rm -r, conditional puts, watch)

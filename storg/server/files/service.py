@@ -68,6 +68,7 @@ from storg.paths import InvalidPath, normalize_path, normalize_prefix
 from storg.raft.types import Role
 from storg.server.client_port import ClientConnection, RequestError
 from storg.server.files.applied import AppliedWaiter
+from storg.server.files.batch import BatchService
 from storg.server.files.cache import SmallChunkCache
 from storg.server.files.chunk_io import Chunks, ChunkUnavailable
 from storg.server.files.chunk_ops import ChunkOps
@@ -215,6 +216,9 @@ class FileService:
         self._refusals = RateLimitedLog(log, reactor)
         self.tree = TreeService(node)
         self.watches = WatchHub(node, fsm, reactor=reactor)
+        self.batches = BatchService(node, fsm, self.replicator, self.reserve, read_point=self._read_point,
+                                    read_chunk=self._read_chunk, in_thread=hasher,
+                                    leader_address=self._leader_address)
         fsm.on_inline_chunk = self._inline_chunk
         self._unsynced: set[str] = set()
         self._inline_writes: set[defer.Deferred] = set()
@@ -231,7 +235,7 @@ class FileService:
         return self.liveness.failing() if self.node.is_leader() else frozenset()
 
     def handlers(self) -> dict[type, Callable[[Any, ClientConnection], Any]]:
-        return self.tree.handlers() | self.watches.handlers() | {
+        return self.tree.handlers() | self.watches.handlers() | self.batches.handlers() | {
             PutStart: self.put_start, PutStartIf: self.put_start, PutData: self.put_data, PutEnd: self.put_end,
             GetRequest: self.get, LsRequest: self.ls, StatRequest: self.stat, RmRequest: self.rm,
             ChunkGet: self.chunk_get, ChunkPutAfter: self.chunk_put_after,
