@@ -164,7 +164,8 @@ async def put_tree(client: StorgClient, localdir: str, remote: str, *, jobs: int
         progress(0, len(items), 0, total)
     small = [i for i in items if i.size <= BATCH_FILE_MAX]
     large = [i for i in items if i.size > BATCH_FILE_MAX]
-    tasks = [functools.partial(batch, group) for group in _groups(small)]
+    tasks: list[Callable[[], Coroutine[Any, Any, None]]] = [functools.partial(batch, group)
+                                                            for group in _groups(small)]
     tasks += [functools.partial(one, item) for item in large]
     await _run_all(tasks, jobs)
     return report
@@ -264,8 +265,9 @@ async def get_tree(client: StorgClient, remote: str, localdir: str, *, jobs: int
         progress(0, len(files), 0, total)
     small = [f for f in files if f.size <= BATCH_GET_MAX]
     large = [f for f in files if f.size > BATCH_GET_MAX]
-    tasks = [functools.partial(batch, [i.remote for i in group])
-             for group in _groups([_Item("", f.path, f.size) for f in small])]
+    tasks: list[Callable[[], Coroutine[Any, Any, None]]] = [
+        functools.partial(batch, [i.remote for i in group])
+        for group in _groups([_Item("", f.path, f.size) for f in small])]
     tasks += [functools.partial(one, f.path) for f in large]
     await _run_all(tasks, jobs)
     return report
