@@ -51,6 +51,12 @@ DEFAULT_JOBS = 16
 BATCH_FILE_MAX = 4096
 """Files up to this size are put in batches: the node's inline size (storg.server.files.upload.INLINE_MAX)."""
 
+BATCHES_IN_FLIGHT = 4
+"""Batches in flight at once, whatever ``jobs`` says: four of 1 MiB keep the leader's pipeline full.
+
+More only queue up: sixty-four batches of a megabyte each in flight made a
+100,000-file ``put -r`` time out waiting behind each other."""
+
 BATCH_GET_MAX = 64 * 1024
 """Files up to this size are read in batches (a node reads such a file whole, at once)."""
 
@@ -164,10 +170,11 @@ async def put_tree(client: StorgClient, localdir: str, remote: str, *, jobs: int
         progress(0, len(items), 0, total)
     small = [i for i in items if i.size <= BATCH_FILE_MAX]
     large = [i for i in items if i.size > BATCH_FILE_MAX]
-    tasks: list[Callable[[], Coroutine[Any, Any, None]]] = [functools.partial(batch, group)
-                                                            for group in _groups(small)]
-    tasks += [functools.partial(one, item) for item in large]
-    await _run_all(tasks, jobs)
+    await defer.gatherResults([
+        defer.Deferred.fromCoroutine(_run_all([functools.partial(batch, group) for group in _groups(small)],
+                                              min(jobs, BATCHES_IN_FLIGHT))),
+        defer.Deferred.fromCoroutine(_run_all([functools.partial(one, item) for item in large], jobs)),
+    ], consumeErrors=True)
     return report
 
 
@@ -265,11 +272,12 @@ async def get_tree(client: StorgClient, remote: str, localdir: str, *, jobs: int
         progress(0, len(files), 0, total)
     small = [f for f in files if f.size <= BATCH_GET_MAX]
     large = [f for f in files if f.size > BATCH_GET_MAX]
-    tasks: list[Callable[[], Coroutine[Any, Any, None]]] = [
-        functools.partial(batch, [i.remote for i in group])
-        for group in _groups([_Item("", f.path, f.size) for f in small])]
-    tasks += [functools.partial(one, f.path) for f in large]
-    await _run_all(tasks, jobs)
+    groups = _groups([_Item("", f.path, f.size) for f in small])
+    await defer.gatherResults([
+        defer.Deferred.fromCoroutine(_run_all([functools.partial(batch, [i.remote for i in group])
+                                               for group in groups], min(jobs, BATCHES_IN_FLIGHT))),
+        defer.Deferred.fromCoroutine(_run_all([functools.partial(one, f.path) for f in large], jobs)),
+    ], consumeErrors=True)
     return report
 
 
@@ -310,11 +318,11 @@ def _make_parent(target: str) -> None:
         raise LocalError(f"cannot create the folder of {target}: {exc.strerror or exc}") from None
 
 
-async def _run_all(tasks: list[Callable[[], Coroutine[Any, Any, None]]], jobs: int) -> None:
+async def _run_all(tasks: list[functools.partial[Coroutine[Any, Any, None]]], jobs: int) -> None:
     """Run the coroutine factories ``tasks`` with at most ``jobs`` in flight."""
     limit = defer.DeferredSemaphore(max(1, jobs))
 
-    def start(task: Callable[[], Coroutine[Any, Any, None]]) -> defer.Deferred[None]:
+    def start(task: functools.partial[Coroutine[Any, Any, None]]) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(task())
 
     await defer.gatherResults([limit.run(start, task) for task in tasks], consumeErrors=True)
