@@ -6,13 +6,18 @@ they live here.  The normal form is what the namespace stores and ``ls``
 prints: ``/``-separated, exactly one leading ``/``, no empty, ``.`` or
 ``..`` segments (so a path names one file and cannot climb out of a
 folder), no NUL (C-string APIs would cut it short), and at most
-:data:`MAX_PATH_BYTES` bytes of UTF-8 (a bound on entry and frame sizes).
+:data:`MAX_PATH_BYTES` bytes of UTF-8 after the leading ``/`` (a bound on
+entry and frame sizes).  4,096 is what an S3 object needs (a 1,024-byte key
+below a bucket of up to 63 bytes) with room to spare, and still small
+beside every bound that carries a path: STR16 fields (65,535 bytes), the
+smallest proposal limit (64 KiB, a move's two paths are 8 KiB), a frame
+(8 MiB) and a snapshot's file batch (64 KiB, a longer file goes alone).
 """
 
 from __future__ import annotations
 
-MAX_PATH_BYTES = 1024
-"""The longest normal form, counted in bytes of UTF-8, not characters."""
+MAX_PATH_BYTES = 4096
+"""The longest normal form without its leading ``/``, counted in bytes of UTF-8, not characters."""
 
 ROOT = "/"
 """The prefix that lists everything; it is not a file path itself."""
@@ -46,9 +51,15 @@ def normalize_path(text: object) -> str:
         size = len(normal.encode("utf-8"))
     except UnicodeEncodeError:
         raise InvalidPath(f"{_shown(text)} is not valid Unicode (lone surrogate)") from None
-    if size > MAX_PATH_BYTES:
-        raise InvalidPath(f"the path is {size} bytes of UTF-8, more than {MAX_PATH_BYTES}")
+    if size - 1 > MAX_PATH_BYTES:
+        raise InvalidPath(f"the path is {size - 1} bytes of UTF-8 after its leading '/', "
+                          f"more than {MAX_PATH_BYTES}")
     return normal
+
+
+def path_bytes(normal: str) -> int:
+    """The length :data:`MAX_PATH_BYTES` limits: bytes of UTF-8 of a normal form after its ``/``."""
+    return len(normal.encode("utf-8")) - 1
 
 
 def normalize_prefix(text: object) -> str:

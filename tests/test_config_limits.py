@@ -90,9 +90,15 @@ def test_the_nodes_own_commands_fit_the_smallest_proposal_limit() -> None:
 
     collect = CollectChunksCommand(tuple(f"{k:064x}" for k in range(COLLECT_BATCH)))
     assert len(CODEC.encode(collect)) <= MIN_PROPOSAL_LIMIT
-    path = "/" + "p" * (MAX_PATH_BYTES - 1)
+    path = "/" + "p" * MAX_PATH_BYTES
     inline = PutInlineCommand(2**63, 2**63, 2**63, path, b"x" * INLINE_MAX, ("n" * 64,) * 5)
     assert len(CODEC.encode(inline)) <= MIN_PROPOSAL_LIMIT
+    from storg.wire.tree import ConditionalPutCommand, CopyCommand, MoveCommand
+    other = "/" + "q" * MAX_PATH_BYTES
+    assert len(CODEC.encode(MoveCommand(2**63, 2**63, 2**63, path, other, True))) <= MIN_PROPOSAL_LIMIT
+    assert len(CODEC.encode(CopyCommand(2**63, 2**63, 2**63, path, other, True, True))) <= MIN_PROPOSAL_LIMIT
+    wrapped = ConditionalPutCommand(False, "ab" * 32, CODEC.encode(inline))
+    assert len(CODEC.encode(wrapped)) <= MIN_PROPOSAL_LIMIT
 
 
 def test_config_frame_limit_matches_the_codec() -> None:

@@ -12,6 +12,7 @@ from storg.paths import (
     is_at_or_below,
     normalize_path,
     normalize_prefix,
+    path_bytes,
 )
 
 
@@ -66,30 +67,31 @@ def test_invalid_path_is_a_value_error() -> None:
     assert issubclass(InvalidPath, ValueError)
 
 
-def test_length_limit_counts_utf8_bytes_of_the_normal_form() -> None:
-    longest = "/" + "a" * (MAX_PATH_BYTES - 1)
+def test_length_limit_counts_utf8_bytes_after_the_leading_slash() -> None:
+    assert MAX_PATH_BYTES == 4096
+    longest = "/" + "a" * MAX_PATH_BYTES
     assert normalize_path(longest) == longest
-    # Without the leading slash the text is one character shorter, but its
-    # normal form is the same length: the limit applies to the normal form.
+    assert path_bytes(longest) == 4096
+    # Without the leading slash the text is what is counted: the same normal form.
     assert normalize_path(longest[1:]) == longest
-    with pytest.raises(InvalidPath, match="1025 bytes"):
-        normalize_path("a" * MAX_PATH_BYTES)
-    with pytest.raises(InvalidPath, match="1025 bytes"):
-        normalize_path("/" + "a" * MAX_PATH_BYTES)
+    with pytest.raises(InvalidPath, match="4097 bytes"):
+        normalize_path("a" * (MAX_PATH_BYTES + 1))
+    with pytest.raises(InvalidPath, match="4097 bytes"):
+        normalize_path("/" + "a" * (MAX_PATH_BYTES + 1))
 
 
 def test_length_limit_with_multibyte_characters() -> None:
-    # "é" is 2 bytes, "日" 3, "😀" 4: 1 + 2*511 + 1 = 1024 bytes, 513 characters.
-    fits = "/" + "é" * 511 + "a"
-    assert len(fits.encode()) == MAX_PATH_BYTES
+    # "é" is 2 bytes, "日" 3, "😀" 4: 2*2047 + 2 = 4096 bytes, 2049 characters.
+    fits = "/" + "é" * 2047 + "ab"
+    assert path_bytes(fits) == MAX_PATH_BYTES
     assert normalize_path(fits) == fits
-    over = "/" + "é" * 512
-    assert len(over) < MAX_PATH_BYTES and len(over.encode()) == 1025
-    with pytest.raises(InvalidPath, match="1025 bytes"):
+    over = "/" + "é" * 2048 + "a"
+    assert len(over) < MAX_PATH_BYTES and path_bytes(over) == 4097
+    with pytest.raises(InvalidPath, match="4097 bytes"):
         normalize_path(over)
-    assert normalize_path("/" + "😀" * 255 + "abc") == "/" + "😀" * 255 + "abc"
-    with pytest.raises(InvalidPath, match="1028 bytes"):
-        normalize_path("/" + "😀" * 256 + "日")
+    assert normalize_path("😀" * 1023 + "abcd") == "/" + "😀" * 1023 + "abcd"
+    with pytest.raises(InvalidPath, match="4099 bytes"):
+        normalize_path("/" + "😀" * 1024 + "日")
 
 
 @pytest.mark.parametrize("text, normal", [

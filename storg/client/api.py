@@ -34,8 +34,9 @@ from storg.client.errors import (
     ProtocolViolation,
     ServerError,
 )
+from storg.client.streams import GetStream, PutStream, open_put
 from storg.client.transfer import Deadline, Progress, Watchdog
-from storg.client.upload import Upload, UploadSource
+from storg.client.upload import Upload, UploadSource, start_frame
 from storg.config import LimitTuning
 from storg.net.connection import PLAIN, Dialer, RequestConnection, TLSHandshakeFailed
 from storg.node.executor import reactor_pool
@@ -53,7 +54,19 @@ from storg.wire.admin import (
 )
 from storg.wire.batch import BatchFile, GetBatchReply, GetBatchRequest, PutBatchRequest
 from storg.wire.files import FileInfo, LsReply, LsRequest, RmRequest, StatRequest
+from storg.wire.objects import (
+    NO_ATTRS,
+    ComposeRequest,
+    CopyAttrsRequest,
+    ObjectAttrs,
+    S3Key,
+    S3KeyCreateRequest,
+    S3KeyListRequest,
+    S3KeyRevokeRequest,
+)
 from storg.wire.tree import CopyRequest, MoveRequest, RemoveTreeRequest, WatchEvent, WatchRequest
+
+_KEY_ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 __all__ = [
     "STATUS_KEYS",
@@ -374,14 +387,18 @@ class StorgClient:
 
     async def put(self, source: str | os.PathLike | BinaryIO, remote: str,
                   progress: Progress | None = None, *, if_absent: bool = False,
-                  if_match: str = "") -> FileInfo:
+                  if_match: str = "", attrs: ObjectAttrs | None = None,
+                  if_match_etag: str = "") -> FileInfo:
         """Store ``source`` (a local path or a binary stream) as ``remote``; returns its FileInfo.
 
         ``if_absent`` (only if nothing is at ``remote``) and ``if_match`` (only
         if the file at ``remote`` has this SHA-256) make it a compare-and-swap,
         decided by the state machine when the entry applies: of two puts
         racing with ``if_absent``, exactly one succeeds; the other raises
-        ConflictError, and so does its retry.
+        ConflictError, and so does its retry.  ``if_match_etag``: only if the
+        stored ``attrs.etag`` is this.  ``attrs``: the file's attributes (the
+        node fills in the ETag, the MD5 of the content, when it is empty;
+        every put gets one).
 
         Returns once the cluster has committed the file.  After a lost
         connection or a leader change the whole upload is sent again with
@@ -398,13 +415,151 @@ class StorgClient:
         await self._upload_slots.acquire()
         session = self.sessions.acquire()
         upload = Upload(self.reactor, upload_source, path, session.client_id, session.next_seq(),
-                        progress, if_absent=if_absent, if_match=if_match.lower())
+                        progress, if_absent=if_absent, if_match=if_match.lower(), attrs=attrs,
+                        if_match_etag=if_match_etag)
         try:
             return await self.retrying(upload.attempt)
         finally:
             self.sessions.release(session)
             upload_source.close()
             self._upload_slots.release()
+
+    def put_stream(self, remote: str, *, size: int | None = None, attrs: ObjectAttrs | None = None,
+                   if_absent: bool = False, if_match_etag: str = "") -> PutStream:
+        """A put whose bytes the caller pushes (:class:`~storg.client.streams.PutStream`).
+
+        The leader is found (retrying as any request does) while the first
+        bytes are written; ``finish`` commits, ``abort`` drops it.  ``size``,
+        if given, is checked at ``finish``.  Raises InvalidPath at once.
+        """
+        path = normalize_path(remote)
+        session = self.sessions.acquire()
+        seq = session.next_seq()
+        released = [False]
+
+        def release() -> None:
+            if not released[0]:
+                released[0] = True
+                self.sessions.release(session)
+                self._upload_slots.release()
+
+        def make(rid: int) -> Any:
+            return start_frame(rid, path, session.client_id, seq, if_absent=if_absent,
+                               attrs=attrs if attrs is not None else NO_ATTRS, if_match_etag=if_match_etag)
+
+        async def open_() -> Any:
+            await self._upload_slots.acquire()
+            try:
+                return await self.retrying(lambda conn, deadline: open_put(conn, deadline, make))
+            except BaseException:
+                release()
+                raise
+
+        opened = defer.Deferred.fromCoroutine(open_())
+        return PutStream(self.reactor, opened, size, release)
+
+    async def get_stream(self, remote: str, write: Callable[[bytes], Any], *, offset: int = 0,
+                         length: int | None = None, stale: bool = False,
+                         on_start: Callable[[FileInfo, int], object] = lambda info, index: None) -> FileInfo:
+        """Hand ``length`` bytes of ``remote`` from ``offset`` (None: to the end) to ``write``.
+
+        ``on_start(info, read_index)`` is called once, before any byte.
+        ``write`` may return a Deferred (the connection is not read until it
+        fires).  Verified as :mod:`storg.client.streams` says; a lost
+        connection resumes at the next offset on another node.
+        """
+        path = normalize_path(remote)
+        if offset < 0 or (length is not None and length < 0):
+            raise ValueError("offset and length cannot be negative")
+        getter = GetStream(self.reactor, path, write, offset=offset, length=length, stale=stale,
+                           on_start=on_start)
+        return await self.retrying(getter.attempt, leader=False)
+
+    async def stat_at(self, remote: str, stale: bool = False) -> tuple[FileInfo, int]:
+        """A file's metadata and the read index that served it; NotFoundError if absent."""
+        path = normalize_path(remote)
+
+        async def attempt(conn: RequestConnection, deadline: Deadline) -> tuple[FileInfo, int]:
+            d = conn.request(lambda rid: StatRequest(rid, path, stale))
+            d.addTimeout(max(deadline.remaining(), 0.0), self.reactor)
+            reply = await d
+            return reply.info, reply.index
+
+        return await self.retrying(attempt, leader=False)
+
+    async def ls_page(self, prefix: str, *, start_after: str = "", limit: int = 1000,
+                      stale: bool = False) -> tuple[list[FileInfo], int, bool]:
+        """Files whose path starts with the string ``prefix`` (say ``/bucket/photos/2024-``), in
+        path order, after ``start_after``, at most ``limit`` (1 to 1000): (page, read index, more)."""
+        if not prefix.startswith("/"):
+            prefix = "/" + prefix
+        if "\x00" in prefix:
+            raise InvalidPath("a listing prefix contains a NUL character")
+        if not 1 <= limit <= 1000:
+            raise ValueError(f"a page holds 1 to 1000 files, not {limit}")
+
+        async def attempt(conn: RequestConnection, deadline: Deadline) -> tuple[list[FileInfo], int, bool]:
+            d = conn.request(lambda rid: LsRequest(rid, prefix, stale, start_after, limit))
+            d.addTimeout(max(deadline.remaining(), 0.0), self.reactor)
+            reply = await d
+            return list(reply.files), reply.index, reply.more
+
+        return await self.retrying(attempt, leader=False)
+
+    async def compose(self, dst: str, parts: list[str], *, attrs: ObjectAttrs, remove: str = "",
+                      if_absent: bool = False, if_match_etag: str = "") -> FileInfo:
+        """Build ``dst`` from the files ``parts`` in order, in one entry (no bytes move).
+
+        Its SHA-256 is the composite of the parts' (storg.client.verify),
+        ``attrs.parts`` their sizes; the tree ``remove`` (the upload's
+        folder) goes in the same entry.  Conditions are decided at apply:
+        ConflictError if they fail; NotFoundError if a part is missing.
+        """
+        target = normalize_path(dst)
+        names = tuple(normalize_path(p) for p in parts)
+        folder = normalize_prefix(remove) if remove else ""
+        session = self.sessions.acquire()
+        seq = session.next_seq()
+        try:
+            reply = await self.call_leader(lambda rid: ComposeRequest(
+                rid, session.client_id, seq, target, names, attrs, folder, if_absent, if_match_etag))
+        finally:
+            self.sessions.release(session)
+        return reply.info
+
+    async def s3_key_create(self, name: str, role: str) -> tuple[str, str]:
+        """Create an S3 access key with ``role``; returns (access key id, secret), shown only now.
+
+        Both are made here with :mod:`secrets` (an id of 20 upper-case
+        letters and digits, as AWS's look, and a 40-character secret), so
+        the secret crosses the network once, to the leader, over the
+        client connection (TLS when the cluster has it).
+        """
+        key_id = "SK" + "".join(secrets.choice(_KEY_ID_ALPHABET) for _ in range(18))
+        secret = secrets.token_urlsafe(30)[:40]
+        session = self.sessions.acquire()
+        seq = session.next_seq()
+        try:
+            await self.call_leader(lambda rid: S3KeyCreateRequest(rid, session.client_id, seq, key_id,
+                                                                  name, role, secret))
+        finally:
+            self.sessions.release(session)
+        return key_id, secret
+
+    async def s3_key_list(self) -> list[S3Key]:
+        """Every S3 access key (id, name, role, created_ns), without secrets, by id."""
+        reply = await self.call_leader(S3KeyListRequest)
+        return list(reply.keys)
+
+    async def s3_key_revoke(self, key_id: str) -> int:
+        """Revoke a key; returns the log index.  NotFoundError if there is no such key."""
+        session = self.sessions.acquire()
+        seq = session.next_seq()
+        try:
+            reply = await self.call_leader(lambda rid: S3KeyRevokeRequest(rid, session.client_id, seq, key_id))
+        finally:
+            self.sessions.release(session)
+        return reply.index
 
     async def get(self, remote: str, sink: str | os.PathLike | BinaryIO, stale: bool = False,
                   progress: Progress | None = None) -> FileInfo:
@@ -494,14 +649,24 @@ class StorgClient:
         _check_not_inside(source, target)
         return await self._tree_call(lambda rid, s, q: MoveRequest(rid, source, target, s, q, force))
 
-    async def cp(self, src: str, dst: str, *, recursive: bool = False, force: bool = False) -> int:
+    async def cp(self, src: str, dst: str, *, recursive: bool = False, force: bool = False,
+                 attrs: ObjectAttrs | None = None) -> int:
         """Copy ``src`` (a folder too with ``recursive``) to ``dst`` on the servers; no file bytes travel.
 
         The copies refer to the very same chunks (their reference counts go
         up), so a copy costs an entry, whatever the size.  Returns how many
-        files were copied; errors as :meth:`mv`.
+        files were copied; errors as :meth:`mv`.  ``attrs``: the copy of the
+        one file ``src`` gets them instead of the source's (S3 CopyObject with
+        REPLACE); ``src == dst`` is then allowed and replaces only the attributes.
         """
         source, target = normalize_path(src), normalize_path(dst)
+        if attrs is not None:
+            if recursive:
+                raise ValueError("a copy with attributes is of one file, not recursive")
+            if target.startswith(source + "/"):
+                _check_not_inside(source, target)
+            return await self._tree_call(
+                lambda rid, s, q: CopyAttrsRequest(rid, source, target, s, q, force, attrs))
         _check_not_inside(source, target)
         return await self._tree_call(
             lambda rid, s, q: CopyRequest(rid, source, target, s, q, recursive, force))

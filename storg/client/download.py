@@ -30,6 +30,7 @@ from storg.client.transfer import (
     in_thread,
     no_progress,
 )
+from storg.client.verify import content_hasher
 from storg.net.connection import RequestConnection, Stream
 from storg.wire.files import (
     FileInfo,
@@ -128,7 +129,7 @@ class _SinkWriter:
         self.reactor = reactor
         self.conn = conn
         self.sink = sink
-        self.hasher = hashlib.sha256()
+        self.hasher: Any = hashlib.sha256()
         self.queue: deque[bytes] = deque()
         self.queued = 0
         self.written = 0
@@ -256,6 +257,7 @@ class Download:
         def on_frame(frame: Any) -> bool:
             if isinstance(frame, GetStart) and not info:
                 info.append(frame.info)
+                writer.hasher = content_hasher(frame.info)  # a composite is hashed part by part
                 deadline.extend()
                 watchdog.reset(deadline.timeout)
                 self.progress(0, frame.info.size)

@@ -36,6 +36,7 @@ from storg.wire.files import (
     PutReady,
     PutStart,
 )
+from storg.wire.objects import NO_ATTRS, ObjectAttrs, PutStartObject
 from storg.wire.tree import PutStartIf
 
 
@@ -133,14 +134,32 @@ class UploadSource:
             self.f.close()
 
 
+def start_frame(request_id: int, path: str, client_id: int, seq: int, *, if_absent: bool = False,
+                if_match: str = "", attrs: ObjectAttrs | None = None,
+                if_match_etag: str = "") -> PutStart | PutStartIf | PutStartObject:
+    """A put's first frame: the conditions the state machine checks at apply, and the attributes.
+
+    The plainest frame that says it all, so a put without attributes costs what it did.
+    """
+    if attrs is not None or if_match_etag:
+        return PutStartObject(request_id, path, client_id, seq, if_absent, if_match, if_match_etag,
+                              attrs if attrs is not None else NO_ATTRS)
+    if if_absent or if_match:
+        return PutStartIf(request_id, path, client_id, seq, if_absent, if_match)
+    return PutStart(request_id, path, client_id, seq)
+
+
 class Upload:
     """One put, retried as a whole (same ``client_id`` and ``seq``) by the caller's loop."""
 
     def __init__(self, reactor: Any, source: UploadSource, path: str, client_id: int, seq: int,
-                 progress: Progress | None = None, *, if_absent: bool = False, if_match: str = "") -> None:
+                 progress: Progress | None = None, *, if_absent: bool = False, if_match: str = "",
+                 attrs: ObjectAttrs | None = None, if_match_etag: str = "") -> None:
         self.reactor = reactor
         self.if_absent = if_absent
         self.if_match = if_match
+        self.attrs = attrs
+        self.if_match_etag = if_match_etag
         self.source = source
         self.path = path
         self.client_id = client_id
@@ -148,11 +167,9 @@ class Upload:
         self.progress = progress or no_progress
         self.interrupted = ""
 
-    def _start(self, request_id: int) -> PutStart | PutStartIf:
-        """The first frame: a PutStartIf carries the condition the state machine checks at apply."""
-        if self.if_absent or self.if_match:
-            return PutStartIf(request_id, self.path, self.client_id, self.seq, self.if_absent, self.if_match)
-        return PutStart(request_id, self.path, self.client_id, self.seq)
+    def _start(self, request_id: int) -> PutStart | PutStartIf | PutStartObject:
+        return start_frame(request_id, self.path, self.client_id, self.seq, if_absent=self.if_absent,
+                           if_match=self.if_match, attrs=self.attrs, if_match_etag=self.if_match_etag)
 
     async def attempt(self, conn: RequestConnection, deadline: Deadline) -> FileInfo:
         if not self.source.can_restart():

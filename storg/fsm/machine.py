@@ -43,8 +43,11 @@ from storg.fsm.errors import (
     StaleRequest,
 )
 from storg.fsm.members import MemberDirectory, MembershipStateMachine
+from storg.fsm.objects import ObjectCommands, S3KeyState
 from storg.fsm.records import (
+    S3KeyRecord,
     file_chunks,
+    file_etag,
     file_head,
     file_size,
     pack_file,
@@ -72,6 +75,13 @@ from storg.wire.files import (
     PutInlineCommand,
     RemoveFileCommand,
 )
+from storg.wire.objects import (
+    ComposeCommand,
+    CopyAttrsCommand,
+    PutObjectCommand,
+    S3KeyCreateCommand,
+    S3KeyRevokeCommand,
+)
 from storg.wire.tree import (
     WATCH_CREATE,
     WATCH_DELETE,
@@ -85,7 +95,7 @@ from storg.wire.tree import (
 log = Logger(namespace="storg.fsm")
 
 
-class FileStoreStateMachine(TreeCommands):
+class FileStoreStateMachine(TreeCommands, ObjectCommands):
     """Applies committed entries to the namespace, the chunk map and the client sessions.
 
     ``on_chunks_removed`` (set by the node) is called with the hashes a
@@ -122,6 +132,11 @@ class FileStoreStateMachine(TreeCommands):
             RemoveTreeCommand: self._apply_remove_tree,
             ConditionalPutCommand: self._apply_conditional,
             PutInlineBatchCommand: self._apply_put_batch,
+            PutObjectCommand: self._apply_conditional,
+            CopyAttrsCommand: self._apply_copy_attrs,
+            ComposeCommand: self._apply_compose,
+            S3KeyCreateCommand: self._apply_s3_key_create,
+            S3KeyRevokeCommand: self._apply_s3_key_revoke,
         }
         self._reset()
 
@@ -134,6 +149,7 @@ class FileStoreStateMachine(TreeCommands):
         self._holder_sets: dict[frozenset[str], frozenset[str]] = {}
         self._file_bytes = 0
         self._usage: Counter[str] = Counter()
+        self._s3_keys: dict[str, S3KeyState] = {}
 
     # -- apply -------------------------------------------------------------------------
 
@@ -202,15 +218,16 @@ class FileStoreStateMachine(TreeCommands):
         while len(sessions) > self.max_sessions:
             sessions.popitem(last=False)
 
-    def _apply_put(self, cmd: PutFileCommand, index: int, condition: ConditionalPutCommand | None = None,
+    def _apply_put(self, cmd: PutFileCommand, index: int, condition: Condition | None = None,
                    ) -> FileInfo:
         return self._with_session(cmd.client_id, cmd.seq, index, lambda: self._put(cmd, index, condition))
 
-    def _apply_conditional(self, cmd: ConditionalPutCommand, index: int) -> FileInfo:
+    def _apply_conditional(self, cmd: Condition, index: int) -> FileInfo:
         """A put applied only if its condition holds now (compare-and-swap at apply, in log order).
 
         The condition is checked inside the inner put's session, so a retry
         of a refused conditional put is refused again, never applied late.
+        A PutObjectCommand also carries the attributes the file gets.
         """
         try:
             inner = CODEC.decode(cmd.command)
@@ -228,12 +245,19 @@ class FileStoreStateMachine(TreeCommands):
             return self._apply_put_inline(inner, index, cmd)
         raise InvalidCommand(f"entry {index}: {type(inner).__name__} cannot be conditional")
 
-    def _check_condition(self, path: str, condition: ConditionalPutCommand | None) -> None:
+    def _check_condition(self, path: str, condition: Condition | None) -> None:
         if condition is None:
             return
         old = self._files.get(path)
         if condition.if_absent and old is not None:
             raise Conflict(f"{path} already exists (put --if-absent)")
+        etag = getattr(condition, "if_match_etag", "")
+        if etag:
+            if old is None:
+                raise Conflict(f"{path} does not exist, so it cannot match ETag {etag}")
+            stored = file_etag(old)
+            if stored != etag:
+                raise Conflict(f"{path} has ETag {stored or '(none)'}, not {etag}")
         if condition.if_match:
             if old is None:
                 raise Conflict(f"{path} does not exist, so it cannot match {condition.if_match} "
@@ -243,7 +267,7 @@ class FileStoreStateMachine(TreeCommands):
                 raise Conflict(f"{path} has SHA-256 {sha}, not {condition.if_match} (put --if-match)")
 
     def _apply_put_inline(self, cmd: PutInlineCommand, index: int,
-                          condition: ConditionalPutCommand | None = None) -> FileInfo:
+                          condition: Condition | None = None) -> FileInfo:
         """A small file carried in the entry: a put of one chunk that every holder writes now."""
         digest = hashlib.sha256(cmd.data).hexdigest()
         chunks = (ChunkRef(digest, len(cmd.data), tuple(cmd.holders)),) if cmd.data else ()
@@ -264,8 +288,9 @@ class FileStoreStateMachine(TreeCommands):
     def _apply_put_batch(self, cmd: PutInlineBatchCommand, index: int) -> int:
         """Many small files in one entry (``put -r``): all of them are stored, or none; returns the entry's index.
 
-        Every inner command is decoded and checked before the first one
-        applies, so a refusal leaves the state untouched.  An inline put
+        Each inner command is a PutObjectCommand (the file's attributes: its
+        ETag) around an inline put.  Every one is decoded and checked before
+        the first one applies, so a refusal leaves the state untouched.  An inline put
         that passed these checks cannot be refused by ``_put`` (its one
         chunk's size is its digest's), so the applies that follow cannot
         stop half way.  The inner commands have no session (client 0): the
@@ -273,20 +298,23 @@ class FileStoreStateMachine(TreeCommands):
         """
 
         def run() -> int:
-            puts: builtins.list[PutInlineCommand] = []
+            puts: builtins.list[tuple[PutObjectCommand, PutInlineCommand]] = []
             for body in cmd.commands:
                 try:
-                    inner = CODEC.decode(body)
+                    wrapper = CODEC.decode(body)
+                    inner = CODEC.decode(wrapper.command) if isinstance(wrapper, PutObjectCommand) else None
                 except CodecError as exc:
                     raise InvalidCommand(f"entry {index}: a batch holds no command: {exc}") from None
-                if not isinstance(inner, PutInlineCommand) or inner.client_id != 0:
-                    raise InvalidCommand(f"entry {index}: a batch holds only inline puts without a session")
+                if not isinstance(inner, PutInlineCommand) or inner.client_id != 0 or wrapper.if_absent \
+                        or wrapper.if_match or wrapper.if_match_etag:
+                    raise InvalidCommand(f"entry {index}: a batch holds only unconditional inline puts "
+                                         f"without a session")
                 _command_path(inner.path, index)
                 if inner.data and not inner.holders:
                     raise InvalidCommand(f"entry {index}: an inline file needs holders")
-                puts.append(inner)
-            for inner in puts:
-                self._apply_put_inline(inner, index)
+                puts.append((wrapper, inner))
+            for wrapper, inner in puts:
+                self._apply_put_inline(inner, index, wrapper)
             return index
 
         return self._with_session(cmd.client_id, cmd.seq, index, run)
@@ -294,10 +322,13 @@ class FileStoreStateMachine(TreeCommands):
     def _apply_remove(self, cmd: RemoveFileCommand, index: int) -> int:
         return self._with_session(cmd.client_id, cmd.seq, index, lambda: self._remove(cmd, index))
 
-    def _put(self, cmd: PutFileCommand, index: int, condition: ConditionalPutCommand | None = None,
+    def _put(self, cmd: PutFileCommand, index: int, condition: Condition | None = None,
              ) -> FileInfo:
         path = _command_path(cmd.path, index)
         self._check_condition(path, condition)
+        tail = b""
+        if isinstance(condition, PutObjectCommand):
+            tail = self._attrs_tail(condition.attrs, cmd.size, index)
         # Check everything first: a refusal must leave the state untouched.
         fresh: dict[bytes, tuple[int, frozenset[str]]] = {}
         digests: list[bytes] = []
@@ -333,7 +364,7 @@ class FileStoreStateMachine(TreeCommands):
                 if digest in fresh:
                     holders = holders | fresh[digest][1]
             self._set_chunk(digest, ChunkState(size, self._shared(holders), refs + delta[digest]))
-        rec = pack_file(cmd.size, bytes.fromhex(cmd.sha256), cmd.modified_ns, index, b"".join(digests))
+        rec = pack_file(cmd.size, bytes.fromhex(cmd.sha256), cmd.modified_ns, index, b"".join(digests), tail)
         if old is None:
             self._paths.add(path)
         else:
@@ -532,8 +563,10 @@ class FileStoreStateMachine(TreeCommands):
         members = tuple(
             MemberAddress(node_id, str(m.peer), str(m.client))
             for node_id, m in sorted(self.directory.members().items()))
+        keys = tuple(S3KeyRecord(key_id, k.name, k.role, k.secret, k.created_ns)
+                     for key_id, k in sorted(self._s3_keys.items()))
         return FrozenState(members, dict(self._chunks), self._paths.snapshot(), dict(self._files),
-                           tuple(self._sessions.items()))
+                           tuple(self._sessions.items()), keys)
 
     def restore(self, frames: Iterable[bytes]) -> None:
         """Replace the whole state with a snapshot's, checking it thoroughly first.
@@ -569,8 +602,14 @@ class FileStoreStateMachine(TreeCommands):
             self._sessions[client_id] = session
         for node_id, member in snapshot.members.items():
             self.directory.add(node_id, member)
+        self._s3_keys = {key_id: S3KeyState(k.name, k.role, k.secret, k.created_ns)
+                         for key_id, k in snapshot.s3_keys.items()}
         if self.on_install is not None:
             self.on_install()
+
+
+Condition = ConditionalPutCommand | PutObjectCommand
+"""What a conditional put is wrapped in: the old command (conditions only) or the one with attributes."""
 
 
 def _command_path(text: str, index: int) -> str:

@@ -19,8 +19,13 @@ paths of a batch are one UTF-8 text split at NUL, and a file's bytes are
 the state machine's own packed form (:func:`pack_file`), so restoring a
 file is a slice, not a rebuild.
 
-Type bytes 80-95 are reserved for these records; 80-86 and 88 are taken
-here.  81 and 82 are format 1's one-record-per-frame chunks and files:
+Type bytes 80-95 are reserved for these records; 80-86 and 88-92 are taken
+here.  Format 3 (object attributes, issue 18) writes files as type 90, whose
+per-file column is each record's length rather than its chunk count (a
+record may end in attributes, see :func:`pack_attrs`), and put sessions as
+type 89 (FileInfo gained ``attrs``); 88 and 83 are still read.  Its header
+(type 92) also counts the S3 access keys, one :class:`S3KeyRecord` each
+after the sessions.  81 and 82 are format 1's one-record-per-frame chunks and files:
 still read (slowly, through the generic schema) so that a data_dir written
 before format 2 restarts, never written.  Hashes are raw 32-byte SHA-256
 digests inside the batches.
@@ -36,7 +41,8 @@ from itertools import accumulate, chain, repeat
 from operator import add, itemgetter, mul
 
 from storg.wire.codec import CODEC
-from storg.wire.files import FileInfo
+from storg.wire.files import ChunkRef, FileInfo
+from storg.wire.objects import NO_ATTRS, ObjectAttrs, decode_attrs, encode_attrs
 from storg.wire.records import CodecError, Reader, short_str
 from storg.wire.schema import (
     ID,
@@ -52,10 +58,12 @@ from storg.wire.schema import (
     register_struct,
 )
 
-SNAPSHOT_FORMAT = 2
-"""Bumped whenever the meaning or order of the records changes (2: batched chunks and files)."""
+SNAPSHOT_FORMAT = 3
+"""Bumped whenever the meaning or order of the records changes (2: batched chunks and files;
+3: files with object attributes, :class:`FileBatch` frames of type 90 and session records of
+type 89, whose FileInfo has attributes)."""
 
-READABLE_FORMATS = (1, 2)
+READABLE_FORMATS = (1, 2, 3)
 """Formats a snapshot may have to be restored; only SNAPSHOT_FORMAT is written."""
 
 CHUNKS_PER_BATCH = 1024
@@ -77,6 +85,31 @@ class SnapshotHeader:
     sessions: int
 
 
+@layout(U16, U64, U64, U64, U64, U64)
+@dataclass(frozen=True, slots=True)
+class SnapshotHeader3:
+    """Format 3's first frame: :class:`SnapshotHeader` and the number of S3 key records (last)."""
+
+    format: int
+    members: int
+    chunks: int
+    files: int
+    sessions: int
+    s3_keys: int
+
+
+@layout(ID, STR16, ID, STR16, U64)
+@dataclass(frozen=True, slots=True)
+class S3KeyRecord:
+    """One S3 access key, secret included (snapshots are sealed at rest, issue 16)."""
+
+    key_id: str
+    name: str
+    role: str
+    secret: str
+    created_ns: int
+
+
 # --- the packed forms the state machine keeps ------------------------------------------
 
 _FILE_HEAD = struct.Struct(">QQQ32s")
@@ -87,7 +120,8 @@ FILE_HEAD_BYTES = _FILE_HEAD.size
 """Bytes of a packed file record before its chunk digests."""
 
 
-def pack_file(size: int, sha: bytes, modified_ns: int, version: int, chunks: bytes) -> bytes:
+def pack_file(size: int, sha: bytes, modified_ns: int, version: int, chunks: bytes,
+              attrs: bytes = b"") -> bytes:
     """A namespace entry packed into one bytes object: the per-file memory is what limits scale.
 
     Layout: size, modified_ns, version (u64 each), the content's SHA-256
@@ -97,8 +131,97 @@ def pack_file(size: int, sha: bytes, modified_ns: int, version: int, chunks: byt
     subclass: building a subclass instance costs about a microsecond more,
     which is most of a file's restore.  The snapshot carries this very
     layout, so a restored file is one slice of its frame.
+
+    ``attrs`` is the object attributes' tail (:func:`pack_attrs`), after the
+    digests; a file without attributes has none, so its record is exactly
+    what it was before attributes existed.
     """
-    return _FILE_HEAD.pack(size, modified_ns, version, sha) + chunks
+    return _FILE_HEAD.pack(size, modified_ns, version, sha) + chunks + attrs
+
+
+# The attributes' tail of a packed record.  A record without one is head plus
+# whole digests; every tail's length is not a multiple of 32, which is how a
+# record says it has one, and its last byte says which form it is:
+# 1: the raw MD5 (16 bytes) then the byte, for attributes that are only an
+#    MD5 ETag (every file put since ETags exist): 17 bytes per file;
+# 2: encode_attrs bytes, their length (u32), the byte;
+# 3: the same with one zero byte before the length, where form 2 would be
+#    a multiple of 32 long.
+_TAIL_MD5 = 1
+_TAIL_ATTRS = 2
+_TAIL_ATTRS_PADDED = 3
+MD5_TAIL_BYTES = 17
+_HEX = frozenset("0123456789abcdef")
+
+
+def pack_attrs(attrs: ObjectAttrs) -> bytes:
+    """The tail a record keeps for ``attrs`` (empty for no attributes); CodecError if too big."""
+    if attrs == NO_ATTRS:
+        return b""
+    etag = attrs.etag
+    if len(etag) == 32 and _HEX.issuperset(etag) and attrs == ObjectAttrs(etag):
+        return bytes.fromhex(etag) + b"\x01"
+    raw = encode_attrs(attrs)
+    if (len(raw) + 5) % DIGEST_BYTES:
+        return raw + _U32.pack(len(raw)) + b"\x02"
+    return raw + b"\x00" + _U32.pack(len(raw)) + b"\x03"
+
+
+def _chunks_end(rec: bytes) -> int:
+    """Where a record's digests end (its length, when it has no attributes); ValueError if malformed."""
+    n = len(rec)
+    if (n - FILE_HEAD_BYTES) % DIGEST_BYTES == 0:
+        return n
+    kind = rec[-1]
+    if kind == _TAIL_MD5:
+        end = n - MD5_TAIL_BYTES
+    elif kind in (_TAIL_ATTRS, _TAIL_ATTRS_PADDED):
+        if n < FILE_HEAD_BYTES + 5:
+            raise ValueError(f"a {n}-byte file record")
+        end = n - 5 - (kind == _TAIL_ATTRS_PADDED) - _U32.unpack_from(rec, n - 5)[0]
+    else:
+        raise ValueError(f"file record tail of kind {kind}")
+    if end < FILE_HEAD_BYTES or (end - FILE_HEAD_BYTES) % DIGEST_BYTES:
+        raise ValueError(f"a {n}-byte file record whose attributes do not fit")
+    return end
+
+
+def file_attrs(rec: bytes) -> ObjectAttrs:
+    """The attributes a packed record keeps (NO_ATTRS if none)."""
+    n = len(rec)
+    if (n - FILE_HEAD_BYTES) % DIGEST_BYTES == 0:
+        return NO_ATTRS
+    if rec[-1] == _TAIL_MD5:
+        return ObjectAttrs(rec[-MD5_TAIL_BYTES:-1].hex())
+    end = _chunks_end(rec)
+    stop = n - 5 - (rec[-1] == _TAIL_ATTRS_PADDED)
+    return decode_attrs(memoryview(rec)[end:stop])
+
+
+def file_etag(rec: bytes) -> str:
+    """Only the ETag of a packed record ("" if none): conditions read it, most often in the MD5 form."""
+    n = len(rec)
+    if (n - FILE_HEAD_BYTES) % DIGEST_BYTES == 0:
+        return ""
+    if rec[-1] == _TAIL_MD5:
+        return rec[-MD5_TAIL_BYTES:-1].hex()
+    return file_attrs(rec).etag
+
+
+def with_tail(rec: bytes, tail: bytes) -> bytes:
+    """The record with its attributes replaced by ``tail`` (a :func:`pack_attrs` result)."""
+    return rec[:_chunks_end(rec)] + tail
+
+
+def check_record(rec: bytes) -> None:
+    """ValueError unless ``rec`` is a well-formed packed record (a snapshot's are checked so)."""
+    if len(rec) < FILE_HEAD_BYTES:
+        raise ValueError(f"a {len(rec)}-byte file record")
+    if _chunks_end(rec) != len(rec) and rec[-1] != _TAIL_MD5:
+        try:
+            file_attrs(rec)
+        except CodecError as exc:
+            raise ValueError(f"file attributes: {exc}") from None
 
 
 def file_head(rec: bytes) -> tuple[int, int, int, bytes]:
@@ -112,7 +235,7 @@ def file_size(rec: bytes) -> int:
 
 def file_chunks(rec: bytes) -> bytes:
     """The raw chunk digests of a packed file, back to back."""
-    return rec[FILE_HEAD_BYTES:]
+    return rec[FILE_HEAD_BYTES:_chunks_end(rec)]
 
 
 # --- format 1 (read only): one frame per chunk and per file -------------------------------
@@ -227,6 +350,7 @@ def read_chunk_batch(r: Reader) -> ChunkBatch:
 
 
 def encode_file_batch(batch: FileBatch, out: list) -> None:
+    """Format 2's layout: only for records without attributes (tests write old snapshots with it)."""
     paths, files = batch.paths, batch.files
     if len(paths) != len(files):
         raise CodecError(f"{len(paths)} paths for {len(files)} files")
@@ -273,6 +397,85 @@ def read_file_batch(r: Reader) -> FileBatch:
     return FileBatch(tuple(paths), tuple(files))
 
 
+@dataclass(frozen=True, slots=True)
+class FileBatch3:
+    """Format 3's namespace entries: as :class:`FileBatch`, but the column gives each record's length.
+
+    Layout: n u32; each record's length (n u32s); the byte length of the
+    paths (u32) and the paths in UTF-8 separated by NUL; the records back
+    to back.  A record's form (digests, then attributes) is checked on restore.
+    """
+
+    paths: tuple[str, ...]
+    files: tuple[bytes, ...]
+
+
+def encode_file_batch3(batch: FileBatch3, out: list) -> None:
+    paths, files = batch.paths, batch.files
+    if len(paths) != len(files):
+        raise CodecError(f"{len(paths)} paths for {len(files)} files")
+    if not all(type(rec) is bytes for rec in files):
+        raise CodecError("a file is not a packed record")
+    lengths = array("I", map(len, files))
+    text = "\x00".join(paths)
+    if text.count("\x00") != max(len(paths) - 1, 0):
+        raise CodecError("a file path contains NUL")
+    raw = text.encode("utf-8")
+    if _SWAP:
+        lengths.byteswap()
+    out += (_U32.pack(len(paths)), lengths.tobytes(), _U32.pack(len(raw)), raw)
+    out.extend(files)
+
+
+def read_file_batch3(r: Reader) -> FileBatch3:
+    count = r.u32()
+    if count * _MIN_FILE_BYTES > r.remaining():
+        raise CodecError(f"{count} files cannot fit in the {r.remaining()} bytes left")
+    lengths = array("I", r.take(4 * count))
+    if _SWAP:
+        lengths.byteswap()
+    try:
+        text = r.take(r.u32()).decode("utf-8")
+    except UnicodeDecodeError:
+        raise CodecError("a file path is not UTF-8") from None
+    paths = text.split("\x00") if count else []
+    if len(paths) != count or (not count and text):
+        raise CodecError(f"{len(paths)} paths for {count} files")
+    block = r.take(sum(lengths))
+    ends = list(accumulate(lengths))
+    files = map(block.__getitem__, map(slice, chain((0,), ends), ends))
+    return FileBatch3(tuple(paths), tuple(files))
+
+
+@layout(STR16, U64, SHA256, U64, U64, ListOf(Nested(ChunkRef)))
+@dataclass(frozen=True, slots=True)
+class _FileInfoV2:
+    """FileInfo as formats 1 and 2 wrote it in put sessions (before attributes)."""
+
+    path: str
+    size: int
+    sha256: str
+    modified_ns: int
+    version: int
+    chunks: tuple[ChunkRef, ...] = ()
+
+
+@layout(U64, U64, U64, Nested(_FileInfoV2))
+@dataclass(frozen=True, slots=True)
+class SessionPutRecordV2:
+    """Formats 1 and 2's put session (read only): restored as a :class:`SessionPutRecord`."""
+
+    client_id: int
+    seq: int
+    index: int
+    info: _FileInfoV2
+
+    def upgraded(self) -> SessionPutRecord:
+        i = self.info
+        return SessionPutRecord(self.client_id, self.seq, self.index,
+                                FileInfo(i.path, i.size, i.sha256, i.modified_ns, i.version, i.chunks))
+
+
 @layout(U64, U64, U64, Nested(FileInfo))
 @dataclass(frozen=True, slots=True)
 class SessionPutRecord:
@@ -314,10 +517,12 @@ SESSION_RECORDS = (SessionPutRecord, SessionIndexRecord, SessionErrorRecord)
 
 _TYPE_BYTES: dict[int, type] = {
     80: SnapshotHeader, 81: ChunkRecord, 82: FileRecord,
-    83: SessionPutRecord, 84: SessionIndexRecord, 85: SessionErrorRecord,
+    83: SessionPutRecordV2, 84: SessionIndexRecord, 85: SessionErrorRecord,
+    89: SessionPutRecord, 91: S3KeyRecord, 92: SnapshotHeader3,
 }
 
 for _tb, _cls in _TYPE_BYTES.items():
     register_struct(CODEC, _tb, _cls)
 CODEC.register(86, ChunkBatch, encode_chunk_batch, read_chunk_batch)
 CODEC.register(88, FileBatch, encode_file_batch, read_file_batch)
+CODEC.register(90, FileBatch3, encode_file_batch3, read_file_batch3)

@@ -30,16 +30,22 @@ from storg.fsm.records import (
     DIGEST_BYTES,
     FILE_BATCH_BYTES,
     FILE_HEAD_BYTES,
+    MD5_TAIL_BYTES,
     READABLE_FORMATS,
     SNAPSHOT_FORMAT,
     ChunkBatch,
     ChunkRecord,
     FileBatch,
+    FileBatch3,
     FileRecord,
+    S3KeyRecord,
     SessionErrorRecord,
     SessionIndexRecord,
     SessionPutRecord,
+    SessionPutRecordV2,
     SnapshotHeader,
+    SnapshotHeader3,
+    check_record,
     file_chunks,
     file_size,
     pack_file,
@@ -62,11 +68,13 @@ class FrozenState:
     :meth:`frames` may run in any thread while the live state moves on.
     """
 
-    __slots__ = ("_chunks", "_files", "_members", "_paths", "_sessions")
+    __slots__ = ("_chunks", "_files", "_members", "_paths", "_s3_keys", "_sessions")
 
     def __init__(self, members: tuple[MemberAddress, ...], chunks: Mapping[bytes, ChunkState],
                  paths: tuple[str, ...], files: Mapping[str, PackedFile],
-                 sessions: tuple[tuple[int, Session], ...]) -> None:
+                 sessions: tuple[tuple[int, Session], ...],
+                 s3_keys: tuple[S3KeyRecord, ...] = ()) -> None:
+        self._s3_keys = s3_keys
         self._members = members
         self._chunks = MappingProxyType(chunks)
         self._paths = tuple(paths)
@@ -76,14 +84,14 @@ class FrozenState:
     def canonical(self) -> FrozenState:
         """The same image with the chunk map in digest order: what two nodes' digests compare."""
         return FrozenState(self._members, dict(sorted(self._chunks.items())), self._paths,
-                           self._files, self._sessions)
+                           self._files, self._sessions, self._s3_keys)
 
     def frames(self) -> Iterator[bytes]:
         """The snapshot as CODEC frames: the header, one frame per member, the chunk map and
         the namespace in bounded batches, then one frame per session."""
         encode = CODEC.encode
-        yield encode(SnapshotHeader(SNAPSHOT_FORMAT, len(self._members), len(self._chunks),
-                                    len(self._paths), len(self._sessions)))
+        yield encode(SnapshotHeader3(SNAPSHOT_FORMAT, len(self._members), len(self._chunks),
+                                     len(self._paths), len(self._sessions), len(self._s3_keys)))
         for member in self._members:
             yield encode(member)
         chunks = iter(self._chunks.items())
@@ -101,14 +109,16 @@ class FrozenState:
             # bytes and close enough for a bound), a separator, the record.
             pending += 5 + len(path) + len(rec)
             if pending >= FILE_BATCH_BYTES:
-                yield encode(FileBatch(tuple(paths), tuple(records)))
+                yield encode(FileBatch3(tuple(paths), tuple(records)))
                 paths.clear()
                 records.clear()
                 pending = 0
         if paths:
-            yield encode(FileBatch(tuple(paths), tuple(records)))
+            yield encode(FileBatch3(tuple(paths), tuple(records)))
         for client_id, session in self._sessions:
             yield encode(_session_record(client_id, session))
+        for key in self._s3_keys:
+            yield encode(key)
 
 
 def _chunk_batch(items: list[tuple[bytes, ChunkState]]) -> ChunkBatch:
@@ -186,8 +196,10 @@ _PATH_FAULTS = ("//", "/\x00", "/./", "/.\x00", "/../", "/..\x00")
 _SIZE = struct.Struct(">Q")
 _FIRST = operator.itemgetter(0)
 _REFS = operator.itemgetter(2)
-_CHUNK_DIGESTS = operator.itemgetter(slice(FILE_HEAD_BYTES, None))
+_CHUNK_DIGESTS = operator.itemgetter(slice(FILE_HEAD_BYTES, FILE_HEAD_BYTES + DIGEST_BYTES))
 _ONE_CHUNK_FILE = FILE_HEAD_BYTES + DIGEST_BYTES
+_ONE_CHUNK_MD5_FILE = _ONE_CHUNK_FILE + MD5_TAIL_BYTES
+_LAST_BYTE = operator.itemgetter(-1)
 
 
 def _chunk_batch_of_one(rec: ChunkRecord) -> ChunkBatch:
@@ -228,7 +240,8 @@ class LoadedSnapshot:
     """
 
     def __init__(self) -> None:
-        self.header: SnapshotHeader | None = None
+        self.header: SnapshotHeader | SnapshotHeader3 | None = None
+        self.s3_keys: dict[str, S3KeyRecord] = {}
         self.members: dict[str, Member] = {}
         self.chunks: dict[bytes, ChunkState] = {}
         self.files: dict[str, PackedFile] = {}
@@ -244,13 +257,15 @@ class LoadedSnapshot:
 
     def feed(self, record: object) -> None:
         if self.header is None:
-            if not isinstance(record, SnapshotHeader):
+            if not isinstance(record, (SnapshotHeader, SnapshotHeader3)):
                 raise SnapshotFormatError(f"a snapshot starts with its header, not {type(record).__name__}")
             if record.format not in READABLE_FORMATS:
                 raise SnapshotFormatError(f"unknown snapshot format {record.format}")
+            if isinstance(record, SnapshotHeader3) != (record.format >= 3):
+                raise SnapshotFormatError(f"a format {record.format} snapshot with a {type(record).__name__}")
             self.header = record
             return
-        if isinstance(record, FileBatch):
+        if isinstance(record, (FileBatch3, FileBatch)):
             self._files(record)
         elif isinstance(record, ChunkBatch):
             self._chunks(record)
@@ -262,6 +277,10 @@ class LoadedSnapshot:
             self._chunks(_chunk_batch_of_one(record))
         elif isinstance(record, FileRecord):
             self._files(_file_batch_of_one(record))
+        elif isinstance(record, SessionPutRecordV2):
+            self._session(record.upgraded())
+        elif isinstance(record, S3KeyRecord):
+            self._s3_key(record)
         else:
             raise SnapshotFormatError(f"{type(record).__name__} is not a snapshot record")
 
@@ -309,10 +328,12 @@ class LoadedSnapshot:
             for holder in holder_set:
                 usage[holder] += total
 
-    def _files(self, batch: FileBatch) -> None:
+    def _files(self, batch: FileBatch | FileBatch3) -> None:
         paths, records = batch.paths, batch.files
         if not paths:
             return
+        if min(map(len, records)) < FILE_HEAD_BYTES:
+            raise SnapshotFormatError(f"a file record of {min(map(len, records))} bytes")
         if not _all_normal(paths):
             for path in paths:
                 try:
@@ -332,7 +353,12 @@ class LoadedSnapshot:
                 previous = path
         chunks = self.chunks
         sizes = list(map(_FIRST, map(_SIZE.unpack_from, records)))
-        if min(map(len, records)) == max(map(len, records)) == _ONE_CHUNK_FILE:
+        shortest, longest = min(map(len, records)), max(map(len, records))
+        one_chunk = shortest == longest == _ONE_CHUNK_FILE
+        if not one_chunk and shortest == longest == _ONE_CHUNK_MD5_FILE:
+            # Every file put since ETags exist: one chunk, then its MD5 and the tail's form byte.
+            one_chunk = bytes(map(_LAST_BYTE, records)) == b"\x01" * len(records)
+        if one_chunk:
             # The common batch: one chunk per file, checked column by column in C.
             digests = list(map(_CHUNK_DIGESTS, records))
             found = list(map(chunks.get, digests))
@@ -348,7 +374,12 @@ class LoadedSnapshot:
         self.paths.extend(paths)
 
     def _check_file(self, path: str, rec: PackedFile) -> list[bytes]:
-        """The digests of a file's chunks, once checked to be in the map and to add up to its size."""
+        """The digests of a file's chunks, once checked to be in the map and to add up to its size
+        (and its attributes to be well formed)."""
+        try:
+            check_record(rec)
+        except ValueError as exc:
+            raise SnapshotFormatError(f"{path}: {exc}") from None
         digests = list(chunk_digests_of(file_chunks(rec)))
         total = 0
         for digest in digests:
@@ -359,6 +390,13 @@ class LoadedSnapshot:
         if total != file_size(rec):
             raise SnapshotFormatError(f"{path} is {file_size(rec)} bytes but its chunks add up to {total}")
         return digests
+
+    def _s3_key(self, rec: S3KeyRecord) -> None:
+        if rec.key_id in self.s3_keys:
+            raise SnapshotFormatError(f"S3 key {rec.key_id} appears twice")
+        if not rec.key_id or not rec.secret:
+            raise SnapshotFormatError("an S3 key without an id or a secret")
+        self.s3_keys[rec.key_id] = rec
 
     def _session(self, rec: Any) -> None:
         if rec.client_id == 0:
@@ -382,6 +420,10 @@ class LoadedSnapshot:
             raise SnapshotFormatError("empty snapshot: no header")
         counts = {"members": len(self.members), "chunks": len(self.chunks),
                   "files": len(self.files), "sessions": len(self.sessions)}
+        if isinstance(header, SnapshotHeader3):
+            counts["s3_keys"] = len(self.s3_keys)
+        elif self.s3_keys:
+            raise SnapshotFormatError(f"S3 keys in a format {header.format} snapshot")
         for kind, count in counts.items():
             if getattr(header, kind) != count:
                 raise SnapshotFormatError(

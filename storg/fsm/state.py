@@ -18,6 +18,7 @@ from storg.fsm.errors import (
 )
 from storg.fsm.records import (
     DIGEST_BYTES,
+    file_attrs,
     file_head,
 )
 from storg.wire.files import (
@@ -104,4 +105,4 @@ class Listing:
 
 def bare_info(path: str, rec: PackedFile, chunks: tuple[ChunkRef, ...] = ()) -> FileInfo:
     size, modified_ns, version, sha = file_head(rec)
-    return FileInfo(path, size, sha.hex(), modified_ns, version, chunks)
+    return FileInfo(path, size, sha.hex(), modified_ns, version, chunks, file_attrs(rec))

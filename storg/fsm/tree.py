@@ -26,10 +26,10 @@ from collections.abc import Callable
 from typing import Any
 
 from storg.fsm.errors import Conflict, InvalidCommand, NotFound
-from storg.fsm.records import DIGEST_BYTES, FILE_HEAD_BYTES, file_chunks, file_head, file_size
+from storg.fsm.records import DIGEST_BYTES, FILE_HEAD_BYTES, MD5_TAIL_BYTES, file_chunks, file_head, file_size
 from storg.fsm.sorted_paths import SortedPaths
 from storg.fsm.state import Change, ChunkState, PackedFile, chunk_digests_of
-from storg.paths import MAX_PATH_BYTES, ROOT, InvalidPath, normalize_path, normalize_prefix
+from storg.paths import MAX_PATH_BYTES, ROOT, InvalidPath, normalize_path, normalize_prefix, path_bytes
 from storg.wire.tree import (
     WATCH_CREATE,
     WATCH_DELETE,
@@ -166,7 +166,7 @@ class TreeCommands:
         targets = [dst + path[cut:] for path in sources]
         if len(dst.encode()) > len(src.encode()):
             longest = max(targets, key=lambda t: len(t.encode()))
-            if len(longest.encode()) > MAX_PATH_BYTES:
+            if path_bytes(longest) > MAX_PATH_BYTES:
                 raise InvalidCommand(f"{longest[:60]}... would be longer than {MAX_PATH_BYTES} bytes")
         return targets
 
@@ -200,9 +200,11 @@ def _count_chunks(records: list[PackedFile]) -> Counter[bytes]:
     """References to each chunk digest over ``records``, in first-seen order (so alike on every node)."""
     counts: Counter[bytes] = Counter()
     single = FILE_HEAD_BYTES + DIGEST_BYTES
+    with_md5 = single + MD5_TAIL_BYTES
     for rec in records:
-        if len(rec) == single:  # most files: one chunk
-            counts[rec[FILE_HEAD_BYTES:]] += 1
+        size = len(rec)
+        if size == single or (size == with_md5 and rec[-1] == 1):  # most files: one chunk
+            counts[rec[FILE_HEAD_BYTES:single]] += 1
         else:
             counts.update(chunk_digests_of(file_chunks(rec)))
     return counts

@@ -7,9 +7,11 @@ each request type needs one permission:
 
 ==============  =================================================================
 ``cluster``     status, member list, scrub counters: who is who, no file data
-``read``        get, ls, stat, watch, ProbeRead, batched gets (get -r)
-``write``       put (PutStart, PutStartIf, PutData, PutEnd, batched puts), rm, mv, cp, rm -r, ProbeWrite
-``admin``       member add and remove, leader transfer, starting a scrub pass
+``read``        get (ranged too), ls (and its pages), stat, watch, ProbeRead, batched gets (get -r)
+``write``       put (PutStart, PutStartIf, PutStartObject, PutData, PutEnd, PutAbort, batched puts),
+                rm, mv, cp (with attributes too), rm -r, compose, ProbeWrite
+``admin``       member add and remove, leader transfer, starting a scrub pass, S3 access
+                keys (create, list, revoke: a key is a credential, like a certificate)
 ``node``        what only another node of this cluster sends: chunk reads and
                 copies between nodes (and whether the leader placed a chunk),
                 snapshot transfer, removal notices
@@ -17,9 +19,14 @@ each request type needs one permission:
 
 Roles grant permissions: ``readonly`` has ``cluster`` and ``read``,
 ``readwrite`` also writes, ``admin`` also administers.  A node certificate
-of a *current member* has ``cluster``, ``read`` and ``node``, and nothing
-else: a node never writes files or changes membership through another
-node's client port.  A node certificate of a non-member (a removed node, a
+of a *current member* has ``cluster``, ``read``, ``write`` and ``node``,
+but never ``admin``: a node does not change membership or keys through
+another node's client port.  It may write files because the S3 gateway
+inside each node acts through the client library with the node's own
+certificate (issue 18): the gateway has already checked the S3 request's
+signature and its key's role, so the node is the client of record, as a
+storgctl user would be; a member could write chunks and entries anyway,
+so this grants it no power it did not have.  A node certificate of a non-member (a removed node, a
 node waiting to join) has only ``cluster``: that is how a removed node
 asks the leader whether its removal is real (``admin.removed_notice``),
 and all it may learn.
@@ -60,6 +67,15 @@ from storg.wire.files import (
     ScrubStatusRequest,
     StatRequest,
 )
+from storg.wire.objects import (
+    ComposeRequest,
+    CopyAttrsRequest,
+    PutAbort,
+    PutStartObject,
+    S3KeyCreateRequest,
+    S3KeyListRequest,
+    S3KeyRevokeRequest,
+)
 from storg.wire.snapshots import SnapshotBegin, SnapshotEnd, SnapshotPart
 from storg.wire.tree import CopyRequest, MoveRequest, PutStartIf, RemoveTreeRequest, WatchRequest
 
@@ -75,7 +91,7 @@ GRANTS: dict[str, frozenset[str]] = {
     "readonly": frozenset({CLUSTER, READ}),
     "readwrite": frozenset({CLUSTER, READ, WRITE}),
     "admin": frozenset({CLUSTER, READ, WRITE, ADMIN}),
-    "node": frozenset({CLUSTER, READ, NODE}),
+    "node": frozenset({CLUSTER, READ, WRITE, NODE}),
 }
 NON_MEMBER_NODE = frozenset({CLUSTER})
 """What a node certificate of a node that is not (or no longer) a member may do."""
@@ -98,6 +114,13 @@ REQUIRED: dict[type, str | Callable[[Any], str]] = {
     PutStart: WRITE,
     PutStartIf: WRITE,
     PutBatchRequest: WRITE,
+    PutStartObject: WRITE,
+    PutAbort: WRITE,
+    CopyAttrsRequest: WRITE,
+    ComposeRequest: WRITE,
+    S3KeyCreateRequest: ADMIN,
+    S3KeyListRequest: ADMIN,
+    S3KeyRevokeRequest: ADMIN,
     MoveRequest: WRITE,
     CopyRequest: WRITE,
     RemoveTreeRequest: WRITE,

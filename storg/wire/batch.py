@@ -66,10 +66,11 @@ class PutBatchDone:
 @layout(U64, U64, ListOf(BYTES32))
 @dataclass(frozen=True, slots=True)
 class PutInlineBatchCommand:
-    """The entry of a batch: encoded ``PutInlineCommand`` frames with no session of their own.
+    """The entry of a batch: encoded ``PutObjectCommand`` frames, each around an inline put.
 
     The batch's ``client_id`` and ``seq`` are the one session of all of
-    them; each inner command has ``client_id`` 0.
+    them; each inner put has ``client_id`` 0 and no condition, and its
+    wrapper carries the file's attributes (its ETag).
     """
 
     client_id: int

@@ -23,7 +23,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from storg.wire.codec import CODEC
+from storg.wire.objects import NO_ATTRS, ObjectAttrs
 from storg.wire.schema import BOOL, BYTES32, ID, SHA256, STR16, U32, U64, ListOf, Nested, layout, register_struct
+
+WHOLE = (1 << 64) - 1
+"""``GetRequest.length`` for "to the end of the file"."""
 
 
 @layout(SHA256, U32, ListOf(ID))
@@ -36,14 +40,16 @@ class ChunkRef:
     holders: tuple[str, ...] = ()
 
 
-@layout(STR16, U64, SHA256, U64, U64, ListOf(Nested(ChunkRef)))
+@layout(STR16, U64, SHA256, U64, U64, ListOf(Nested(ChunkRef)), Nested(ObjectAttrs))
 @dataclass(frozen=True, slots=True)
 class FileInfo:
     """A file's metadata as the namespace holds it.
 
     ``modified_ns`` is the leader's clock when it proposed the put, carried
     in the entry so every node agrees; ``version`` is the log index of the
-    put that wrote this content.
+    put that wrote this content.  ``attrs``: ETag, content type, user
+    metadata and the rest (storg.wire.objects); all empty for a file
+    stored before they existed.
     """
 
     path: str
@@ -52,6 +58,7 @@ class FileInfo:
     modified_ns: int
     version: int
     chunks: tuple[ChunkRef, ...] = field(default=())
+    attrs: ObjectAttrs = field(default=NO_ATTRS)
 
 
 # --- client requests and replies ---------------------------------------------
@@ -96,19 +103,29 @@ class PutDone:
     info: FileInfo
 
 
-@layout(U64, STR16, BOOL)
+@layout(U64, STR16, BOOL, U64, U64)
 @dataclass(frozen=True, slots=True)
 class GetRequest:
+    """Fetch ``length`` bytes (:data:`WHOLE`: to the end) of ``path`` from ``offset`` on.
+
+    The node sends only the chunks that overlap the range, trimmed to it.
+    """
+
     request_id: int
     path: str
     stale: bool = False
+    offset: int = 0
+    length: int = WHOLE
 
 
-@layout(U64, Nested(FileInfo))
+@layout(U64, Nested(FileInfo), U64)
 @dataclass(frozen=True, slots=True)
 class GetStart:
+    """The file's metadata (its chunk list whole, whatever the range) and the read index that served it."""
+
     request_id: int
     info: FileInfo
+    index: int = 0
 
 
 @layout(U64, BYTES32)
@@ -124,22 +141,31 @@ class GetEnd:
     request_id: int
 
 
-@layout(U64, STR16, BOOL)
+@layout(U64, STR16, BOOL, STR16, U32)
 @dataclass(frozen=True, slots=True)
 class LsRequest:
+    """List the folder ``prefix`` (``limit`` 0: every file, in as many pages as it takes), or
+    one page (``limit`` > 0): at most ``limit`` files whose path starts with the string
+    ``prefix`` (not only a folder), in path order, after ``start_after``."""
+
     request_id: int
     prefix: str
     stale: bool = False
+    start_after: str = ""
+    limit: int = 0
 
 
-@layout(U64, ListOf(Nested(FileInfo)), BOOL)
+@layout(U64, ListOf(Nested(FileInfo)), BOOL, U64)
 @dataclass(frozen=True, slots=True)
 class LsReply:
-    """One page of an ``ls``; ``more`` means further LsReply frames follow for this request."""
+    """One page of an ``ls``; ``more``: further LsReply frames follow for this request (a
+    whole listing), or further files match after this page (a page request).
+    ``index``: the read index the listing was taken at."""
 
     request_id: int
     files: tuple[FileInfo, ...]
     more: bool = False
+    index: int = 0
 
 
 @layout(U64, STR16, BOOL)
@@ -150,11 +176,12 @@ class StatRequest:
     stale: bool = False
 
 
-@layout(U64, Nested(FileInfo))
+@layout(U64, Nested(FileInfo), U64)
 @dataclass(frozen=True, slots=True)
 class StatReply:
     request_id: int
     info: FileInfo
+    index: int = 0
 
 
 @layout(U64, STR16, U64, U64)

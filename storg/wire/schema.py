@@ -12,7 +12,9 @@ Kinds: ``U8 U16 U32 U64`` (big-endian unsigned), ``BOOL`` (one byte, 0 or
 ``BYTES32`` (u32-length bytes), ``SHA256`` (32 raw bytes, a lowercase hex
 string in Python), ``ListOf(kind)`` (u32 count, then the items; the count is
 checked against the bytes left before anything is built) and
-``Nested(cls)`` (another registered struct's fields, inline).
+``Nested(cls)`` (another registered struct's fields, inline) and
+``STR_PAIRS`` (u32 count, then (STR16, STR16) pairs, as a tuple of 2-tuples:
+name/value lists such as an object's metadata).
 """
 
 from __future__ import annotations
@@ -153,6 +155,30 @@ class Nested(Kind):
         return self._read(r)
 
 
+class _StrPairs(Kind):
+    """(name, value) text pairs as plain tuples, so callers need no struct class for them."""
+
+    min_bytes = 4
+
+    def write(self, value: Any, out: list[bytes]) -> None:
+        items = tuple(value)
+        out.append(_U32.pack(len(items)))
+        for item in items:
+            if not isinstance(item, tuple) or len(item) != 2:
+                raise CodecError(f"expected a (name, value) pair, got {item!r}")
+            name, text = item
+            if not isinstance(name, str) or not isinstance(text, str):
+                raise CodecError(f"a pair holds text, not {type(name).__name__}/{type(text).__name__}")
+            out.append(str16(name))
+            out.append(str16(text))
+
+    def read(self, r: Reader) -> tuple[tuple[str, str], ...]:
+        count = r.u32()
+        if count * 4 > r.remaining():
+            raise CodecError(f"{count} pairs cannot fit in the {r.remaining()} bytes left")
+        return tuple([(r.str16(), r.str16()) for _ in range(count)])
+
+
 U8 = _Int(_U8)
 U16 = _Int(_U16)
 U32 = _Int(_U32)
@@ -163,6 +189,7 @@ STR16 = _Text(str16, "str16", 2)
 STR32 = _Text(str32, "str32", 4)
 BYTES32 = _Bytes()
 SHA256 = _Sha256()
+STR_PAIRS = _StrPairs()
 
 _LAYOUTS: dict[type, list[tuple[str, Kind]]] = {}
 
@@ -178,6 +205,11 @@ def layout(*kinds: Kind) -> Callable[[type], type]:
         return cls
 
     return attach
+
+
+def fields_of(cls: type) -> list[tuple[str, Kind]]:
+    """The (name, kind) pairs a @layout gave ``cls``: to encode its fields without a frame header."""
+    return list(_layout_of(cls))
 
 
 def _layout_of(cls: type) -> list[tuple[str, Kind]]:

@@ -73,7 +73,7 @@ def test_bad_arguments_are_usage_errors(argv, capsys):
 
 @pytest.mark.parametrize("argv", [
     ["stat", "/a/../b"], ["rm", "a//b"], ["get", "/a/"], ["ls", "a/./b"], ["stat", "/"],
-    ["rm", "a\x00b"], ["stat", "x" * 1025],
+    ["rm", "a\x00b"], ["stat", "x" * 4097], ["put", "-", "/" + "é" * 2048 + "a"],
 ])
 def test_invalid_paths_exit_2_before_contacting_the_cluster(argv, capsys):
     code, out, err = run_main(argv, capsys)

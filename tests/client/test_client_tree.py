@@ -251,6 +251,8 @@ async def test_put_r_sends_small_files_in_batches(client, tmp_path: Path) -> Non
     # 1,100 files of up to 4 KiB: at least 5 batches (1 MiB each at most), at most a handful more;
     # one entry per file would be 1,101.
     assert 5 <= entries <= 12, entries
+    some = (await client.stat("/b/d3/f0003")).attrs.etag
+    assert some == hashlib.md5(files["d3/f0003"]).hexdigest(), "a batched file has its MD5 as ETag"
     back = await get_tree(client, "/b", str(tmp_path / "dst"), jobs=4)
     assert back.failed == [] and back.files == len(files)
     for rel, data in files.items():

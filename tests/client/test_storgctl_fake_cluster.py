@@ -87,6 +87,21 @@ async def test_put_then_get_round_trip_through_files_and_pipes(node, tmp_path):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_path_of_4096_bytes_is_stored_and_one_of_4097_refused(node):
+    longest = "/" + "k" * 2000 + "/" + "é" * 1047  # 2000 + 1 + 2094 = 4095 bytes, then one more
+    longest += "z"
+    assert len(longest.encode()) - 1 == 4096
+    code, _, err = await storgctl(node, "put", "-", longest, stdin=b"long")
+    assert code == 0, err
+    assert node.files[longest][1] == b"long"
+    code, out, err = await storgctl(node, "get", longest, "-")
+    assert (code, out) == (0, b"long"), err
+    code, _, err = await storgctl(node, "put", "-", longest + "z", stdin=b"too long")
+    assert code == 2 and "4097 bytes" in err
+    assert longest + "z" not in node.files
+
+
+@pytest_twisted.ensureDeferred
 async def test_ls_stat_rm_outputs(node):
     node.add_file("/a/x", b"12345")
     node.add_file("/a/y", b"1")

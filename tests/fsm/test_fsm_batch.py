@@ -10,14 +10,18 @@ from storg.fsm.errors import InvalidCommand
 from storg.wire import CODEC
 from storg.wire.batch import PutInlineBatchCommand
 from storg.wire.files import PutInlineCommand
+from storg.wire.objects import ObjectAttrs, PutObjectCommand
 
 from tests.fsm.test_fsm_apply import Log
 
 HOLDERS = ("n1", "n2")
 
 
-def inline(path: str, data: bytes, holders: tuple[str, ...] = HOLDERS, client: int = 0) -> bytes:
-    return CODEC.encode(PutInlineCommand(client, 0, 5, path, data, holders if data else ()))
+def inline(path: str, data: bytes, holders: tuple[str, ...] = HOLDERS, client: int = 0,
+           if_absent: bool = False) -> bytes:
+    put = CODEC.encode(PutInlineCommand(client, 0, 5, path, data, holders if data else ()))
+    etag = hashlib.md5(data).hexdigest()
+    return CODEC.encode(PutObjectCommand(if_absent, "", "", ObjectAttrs(etag=etag), put))
 
 
 def test_a_batch_stores_every_file_in_one_entry() -> None:
@@ -31,6 +35,7 @@ def test_a_batch_stores_every_file_in_one_entry() -> None:
         info = log.fsm.get(path)
         assert info is not None and info.size == len(data) and info.version == 1
         assert info.sha256 == hashlib.sha256(data).hexdigest()
+        assert info.attrs.etag == hashlib.md5(data).hexdigest()
     assert sorted(d for _, d in written) == sorted(d for d in files.values() if d)
     assert log.fsm.stats()["files"] == len(files)
 
@@ -39,7 +44,8 @@ def test_a_bad_file_refuses_the_whole_batch() -> None:
     log = Log()
     good = inline("/t/good", b"good")
     for bad in (inline("/t/../x", b"bad path"), inline("/t/nohold", b"no holders", holders=()),
-                inline("/t/session", b"own session", client=9), b"\x00garbage"):
+                inline("/t/session", b"own session", client=9), inline("/t/cond", b"c", if_absent=True),
+                CODEC.encode(PutInlineCommand(0, 0, 5, "/t/bare", b"no wrapper", HOLDERS)), b"\x00garbage"):
         with pytest.raises(InvalidCommand):
             log(PutInlineBatchCommand(7, log.index + 1, (good, bad)))
         assert log.fsm.get("/t/good") is None, "nothing of a refused batch is applied"

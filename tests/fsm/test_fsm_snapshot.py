@@ -17,12 +17,17 @@ from storg.fsm.machine import FileStoreStateMachine
 from storg.fsm.members import MemberDirectory
 from storg.fsm.records import (
     FILE_BATCH_BYTES,
+    SNAPSHOT_FORMAT,
     ChunkBatch,
     ChunkRecord,
     FileBatch,
+    FileBatch3,
     FileRecord,
     SessionErrorRecord,
+    SessionPutRecord,
+    SessionPutRecordV2,
     SnapshotHeader,
+    SnapshotHeader3,
     file_chunks,
     file_head,
     pack_file,
@@ -126,9 +131,9 @@ def test_the_snapshot_streams_bounded_batches() -> None:
     assert inspect.isgenerator(stream)
     frames = list(stream)
     records = [CODEC.decode(f) for f in frames]
-    assert isinstance(records[0], SnapshotHeader)
+    assert isinstance(records[0], SnapshotHeader3)
     chunk_batches = [r for r in records if isinstance(r, ChunkBatch)]
-    file_batches = [r for r in records if isinstance(r, FileBatch)]
+    file_batches = [r for r in records if isinstance(r, FileBatch3)]
     assert len(chunk_batches) == 4 and len(file_batches) > 2  # 4000 chunks, 1024 a batch
     assert sum(len(b.chunks) for b in chunk_batches) == records[0].chunks
     assert [p for b in file_batches for p in b.paths] == [f"/many/{i:04d}" for i in range(3000)]
@@ -147,7 +152,7 @@ def test_a_huge_file_goes_alone_in_its_batch() -> None:
     log(put("/big", [(n, True) for n in range(10, 2100)]))
     log(put("/c", [(2, True)]))
     frames = frames_of(log.fsm)
-    batches = [r for r in map(CODEC.decode, frames) if isinstance(r, FileBatch)]
+    batches = [r for r in map(CODEC.decode, frames) if isinstance(r, FileBatch3)]
     assert [b.paths for b in batches] == [("/a", "/big"), ("/c",)]
     restored = FileStoreStateMachine()
     restored.restore(frames)
@@ -225,8 +230,8 @@ def find(frames: list[bytes], cls: type, where: object = lambda record: True) ->
     raise AssertionError(f"no {cls.__name__}")
 
 
-def with_files(batch: FileBatch, pairs: list[tuple[str, bytes]]) -> FileBatch:
-    return FileBatch(tuple(p for p, _ in pairs), tuple(f for _, f in pairs))
+def with_files(batch: FileBatch3, pairs: list[tuple[str, bytes]]) -> FileBatch3:
+    return type(batch)(tuple(p for p, _ in pairs), tuple(f for _, f in pairs))
 
 
 def with_row(batch: ChunkBatch, i: int, **change: int) -> ChunkBatch:
@@ -240,13 +245,13 @@ def format_1(frames: list[bytes]) -> list[bytes]:
     out = []
     for frame in frames:
         record = CODEC.decode(frame)
-        if isinstance(record, SnapshotHeader):
+        if isinstance(record, (SnapshotHeader, SnapshotHeader3)):
             out.append(CODEC.encode(SnapshotHeader(1, record.members, record.chunks, record.files,
                                                    record.sessions)))
         elif isinstance(record, ChunkBatch):
             out += [CODEC.encode(ChunkRecord(d.hex(), size, refs, record.holder_sets[i]))
                     for d, size, refs, i in record.chunks]
-        elif isinstance(record, FileBatch):
+        elif isinstance(record, FileBatch3):
             for path, rec in zip(record.paths, record.files, strict=True):
                 size, modified, version, sha = file_head(rec)
                 digests = file_chunks(rec)
@@ -263,12 +268,46 @@ def test_a_format_1_snapshot_is_still_restored() -> None:
     restored.restore(format_1(frames_of(log.fsm)))
     assert restored.digest() == log.fsm.digest()
     assert restored.usage() == log.fsm.usage()
-    assert CODEC.decode(frames_of(restored)[0]).format == 2
+    assert CODEC.decode(frames_of(restored)[0]).format == SNAPSHOT_FORMAT == 3
+
+
+def format_2(frames: list[bytes]) -> list[bytes]:
+    """The same snapshot as format 2 wrote it (files without attributes: chunk-count batches)."""
+    out = []
+    for frame in frames:
+        record = CODEC.decode(frame)
+        if isinstance(record, (SnapshotHeader, SnapshotHeader3)):
+            out.append(CODEC.encode(SnapshotHeader(2, record.members, record.chunks, record.files,
+                                                   record.sessions)))
+        elif isinstance(record, FileBatch3):
+            out.append(CODEC.encode(FileBatch(record.paths, record.files)))
+        elif isinstance(record, SessionPutRecord):
+            i = record.info
+            old = SessionPutRecordV2.__dataclass_fields__["info"].type
+            assert old == "_FileInfoV2"
+            from storg.fsm.records import _FileInfoV2
+            out.append(CODEC.encode(SessionPutRecordV2(record.client_id, record.seq, record.index, _FileInfoV2(
+                i.path, i.size, i.sha256, i.modified_ns, i.version, i.chunks))))
+        else:
+            out.append(frame)
+    return out
+
+
+def test_a_format_2_snapshot_is_still_restored() -> None:
+    log = populated()
+    frames = frames_of(log.fsm)
+    assert any(isinstance(CODEC.decode(f), SessionPutRecord) for f in frames)
+    old = format_2(frames)
+    assert {type(CODEC.decode(f)) for f in old} >= {FileBatch, SessionPutRecordV2}
+    restored = FileStoreStateMachine()
+    restored.restore(old)
+    assert restored.digest() == log.fsm.digest()
+    assert frames_of(restored) == frames
 
 
 def corruptions() -> dict[str, list[bytes]]:
     frames = frames_of(populated().fsm)
-    i_files, files = find(frames, FileBatch)
+    i_files, files = find(frames, FileBatch3)
     i_chunks, chunks = find(frames, ChunkBatch)
     i_member, member = find(frames, MemberAddress)
     i_err, err = find(frames, SessionErrorRecord)
@@ -309,7 +348,15 @@ def corruptions() -> dict[str, list[bytes]]:
             files, [(pairs[0][0][1:], pairs[0][1])] + pairs[1:])),
         "trailing slash": rewrite(frames, i_files, with_files(files, [(pairs[0][0] + "/", pairs[0][1])] + pairs[1:])),
         "path over the limit": rewrite(frames, i_files, with_files(
-            files, [("/" + "é" * 600, pairs[0][1])] + pairs[1:])),
+            files, [("/" + "é" * 2049, pairs[0][1])] + pairs[1:])),
+        "a record shorter than its head": rewrite(frames, i_files, with_files(
+            files, [(pairs[0][0], pairs[0][1][:40])] + pairs[1:])),
+        "attributes of an unknown form": rewrite(frames, i_files, with_files(
+            files, [(pairs[0][0], pairs[0][1] + b"\x07")] + pairs[1:])),
+        "attributes longer than the record": rewrite(frames, i_files, with_files(
+            files, [(pairs[0][0], pairs[0][1] + b"\xff\xff\xff\xf0\x02")] + pairs[1:])),
+        "attributes that do not decode": rewrite(frames, i_files, with_files(
+            files, [(pairs[0][0], pairs[0][1] + b"\x00\x05abc" + b"\x00\x00\x00\x05\x02")] + pairs[1:])),
         "bad address": rewrite(frames, i_member, MemberAddress(member.id, "nowhere", member.client)),
         "unknown error": rewrite(frames, i_err, SessionErrorRecord(err.client_id, err.seq, err.index,
                                                                    "KeyError", "boom")),

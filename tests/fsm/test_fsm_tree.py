@@ -128,11 +128,13 @@ def test_mv_of_nothing_is_not_found(log: Log) -> None:
 
 
 def test_mv_beyond_the_path_limit_is_refused(log: Log) -> None:
-    log(put("/s/" + "x" * 1000, fresh(1)))
+    log(put("/s/" + "x" * 4000, fresh(1)))  # 4,002 bytes after the '/'
     before = log.fsm.digest()
     with pytest.raises(InvalidCommand, match="longer than"):
-        log(mv("/s", "/" + "y" * 100))
+        log(mv("/s", "/" + "y" * 96))  # 4,097
     assert log.fsm.digest() == before
+    log(mv("/s", "/" + "y" * 95))  # 4,096: the longest a path may be
+    assert log.fsm.get("/" + "y" * 95 + "/" + "x" * 4000) is not None
 
 
 def test_a_retried_mv_replays_its_result_and_its_refusal(log: Log) -> None:

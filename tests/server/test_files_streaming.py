@@ -231,8 +231,12 @@ def test_upload_hash_covers_bytes_hashed_inline_and_in_the_thread(tmp_path):
     while replication.pending:
         replication.release_one()
     assert upload.hasher.hexdigest() == hashlib.sha256(stream).hexdigest()
-    assert end.called and service.node.proposed.sha256 == hashlib.sha256(stream).hexdigest()
-    assert service.node.proposed.size == len(stream)
+    proposed = service.node.proposed
+    inner = CODEC.decode(proposed.command)
+    assert end.called and inner.sha256 == hashlib.sha256(stream).hexdigest()
+    assert inner.size == len(stream)
+    # The MD5 saw the very same bytes (on the reactor first, then in the thread): the ETag.
+    assert proposed.attrs.etag == hashlib.md5(stream).hexdigest()
 
 
 def test_upload_whose_bytes_differ_from_its_put_end_is_refused(tmp_path):

@@ -24,7 +24,7 @@ from storg.config import load_config
 from storg.net.certs import add_client, init_dir
 from storg.net.connection import connect
 from storg.net.credentials import TLSCredentials
-from storg.net.errors import LimitExceeded, PermissionDenied
+from storg.net.errors import LimitExceeded, NotFoundError, PermissionDenied
 from storg.server import permissions
 from storg.server.service import NodeService
 from storg.testing.devcluster import free_port
@@ -38,6 +38,7 @@ from storg.wire.admin import (
     RemovedNotice,
 )
 from storg.wire.files import ChunkGet, ChunkPutAfter, RmRequest, ScrubStatusRequest
+from storg.wire.objects import S3KeyListRequest
 from storg.wire.snapshots import SnapshotBegin
 
 
@@ -151,6 +152,24 @@ async def test_readwrite_writes_but_sends_no_admin_or_node_only_message(node) ->
         assert node.node.core.conf.voters == frozenset({"n1"})
         assert not node.admin.removed
         assert (await conn.request(lambda rid: ProbeWrite(rid, b"again"))).index > index
+    finally:
+        conn.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_member_node_certificate_reads_and_writes_files_but_does_not_administer(node) -> None:
+    # The S3 gateway in each node acts with the node's own certificate (issue 18).
+    await wait_leader(node)
+    conn = await as_(node, "n1")
+    try:
+        assert (await conn.request(lambda rid: ProbeWrite(rid, b"gateway"))).index > 0
+        with pytest.raises(NotFoundError):  # allowed: the handler itself answers
+            await conn.request(lambda rid: RmRequest(rid, "/no/such", 7, 1))
+        for make in (lambda rid: LeaderTransferRequest(rid, ""), lambda rid: S3KeyListRequest(rid),
+                     lambda rid: MemberRemoveRequest(rid, "n1")):
+            with pytest.raises(PermissionDenied, match="needs the admin permission"):
+                await conn.request(make)
+        assert node.node.is_leader()
     finally:
         conn.close()
 

@@ -108,7 +108,7 @@ def test_unencodable_values_raise_codec_error(bad):
 
 
 def test_a_boolean_byte_other_than_0_or_1_is_refused():
-    data = bytearray(CODEC.encode(F.GetRequest(1, "/a", True)))
+    data = bytearray(CODEC.encode(F.StatRequest(1, "/a", True)))
     data[-1] = 2
     with pytest.raises(CodecError, match="boolean"):
         CODEC.decode(bytes(data))

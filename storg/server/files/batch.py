@@ -3,7 +3,8 @@
 A :class:`~storg.wire.batch.PutBatchRequest` is checked whole here (every
 path valid, every file small enough to ride in the entry, every SHA-256
 right) and becomes one :class:`~storg.wire.batch.PutInlineBatchCommand`:
-each file an ordinary inline put with holders placed as for a single put,
+each file an ordinary inline put with holders placed as for a single put
+and its MD5 as ETag (as every put has),
 the batch one entry and one session.  Nothing is decided here that the
 state machine could see differently: the leader only places and stamps.
 
@@ -43,6 +44,7 @@ from storg.wire.batch import (
     PutInlineBatchCommand,
 )
 from storg.wire.files import ChunkRef, PutInlineCommand
+from storg.wire.objects import ObjectAttrs, PutObjectCommand
 
 HASH_ON_REACTOR = 256 * 1024
 """A batch with at most this many bytes is hashed on the reactor (about 0.2 ms); larger, in a thread."""
@@ -91,12 +93,13 @@ class BatchService:
         digests = yield self._hash_all([f.data for f in files], total)
         modified_ns = time.time_ns()
         commands = []
-        for f, path, digest in zip(files, paths, digests, strict=True):
+        for f, path, (digest, md5) in zip(files, paths, digests, strict=True):
             if digest != f.sha256:
                 raise RequestError(ErrorCode.INTEGRITY, f"{path} arrived with SHA-256 {digest}; the client sent "
                                    f"{f.sha256}")
             holders = tuple(sorted(self.replicator.inline_holders(f.data))) if f.data else ()
-            commands.append(CODEC.encode(PutInlineCommand(0, 0, modified_ns, path, f.data, holders)))
+            put = CODEC.encode(PutInlineCommand(0, 0, modified_ns, path, f.data, holders))
+            commands.append(CODEC.encode(PutObjectCommand(False, "", "", ObjectAttrs(etag=md5), put)))
         index = yield self.node.propose(CODEC.encode(PutInlineBatchCommand(req.client_id, req.seq, tuple(commands))))
         return PutBatchDone(req.request_id, index, len(commands))
 
@@ -141,8 +144,9 @@ class BatchService:
         return GetBatchReply(req.request_id, index, tuple(out), tuple(missing), tuple(left))
 
 
-def _hex_digests(pieces: list[bytes]) -> list[str]:
-    return [hashlib.sha256(p).hexdigest() for p in pieces]
+def _hex_digests(pieces: list[bytes]) -> list[tuple[str, str]]:
+    """Each piece's SHA-256 (its name, checked against the client's) and MD5 (its ETag, as every put's)."""
+    return [(hashlib.sha256(p).hexdigest(), hashlib.md5(p, usedforsecurity=False).hexdigest()) for p in pieces]
 
 
 def _path(text: str) -> str:

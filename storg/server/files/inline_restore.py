@@ -26,6 +26,8 @@ from storg.raft.types import Entry, EntryType
 from storg.storage.chunks import ChunkStore
 from storg.wire import CODEC
 from storg.wire.files import PutInlineCommand
+from storg.wire.objects import PutObjectCommand
+from storg.wire.tree import ConditionalPutCommand
 
 
 def restore_inline_chunks(entries: Iterable[Entry], fsm: Any, store: ChunkStore, node_id: str) -> int:
@@ -38,6 +40,11 @@ def restore_inline_chunks(entries: Iterable[Entry], fsm: Any, store: ChunkStore,
             cmd = CODEC.decode(entry.data)
         except Exception:  # noqa: BLE001 -- not a command of ours (a no-op, a config): skip it
             continue
+        if isinstance(cmd, (ConditionalPutCommand, PutObjectCommand)):  # a put with conditions or attributes
+            try:
+                cmd = CODEC.decode(cmd.command)
+            except Exception:  # noqa: BLE001 -- the state machine refused it too
+                continue
         if not isinstance(cmd, PutInlineCommand) or not cmd.data or node_id not in cmd.holders:
             continue
         digest = hashlib.sha256(cmd.data).hexdigest()

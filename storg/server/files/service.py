@@ -60,11 +60,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from storg.config import FileTuning, LimitTuning
+from storg.fsm.records import pack_attrs
 from storg.net.framing import describe_address, send_bulk
 from storg.net.ratelimit import RateLimitedLog
 from storg.node.executor import Submit
 from storg.node.raft_node import RaftNode
-from storg.paths import InvalidPath, normalize_path, normalize_prefix
+from storg.paths import MAX_PATH_BYTES, InvalidPath, normalize_path, normalize_prefix
 from storg.raft.types import Role
 from storg.server.client_port import ClientConnection, RequestError
 from storg.server.files.applied import AppliedWaiter
@@ -73,12 +74,13 @@ from storg.server.files.cache import SmallChunkCache
 from storg.server.files.chunk_io import Chunks, ChunkUnavailable
 from storg.server.files.chunk_ops import ChunkOps
 from storg.server.files.garbage import GarbageCollector
+from storg.server.files.objects import ObjectService
 from storg.server.files.pins import CollectGuard
 from storg.server.files.placement import Liveness
 from storg.server.files.replication import ChunkReplicator
 from storg.server.files.reserve import DiskReserve
 from storg.server.files.tree import TreeService
-from storg.server.files.upload import INLINE_MAX, MAX_DATA_FRAME, Upload
+from storg.server.files.upload import INLINE_MAX, MAX_DATA_FRAME, PLAIN_WRITE, ObjectWrite, Upload
 from storg.server.files.watch import WatchHub
 from storg.storage.errors import (
     ChunkNotFoundError,
@@ -90,6 +92,7 @@ from storg.storage.errors import (
 from storg.wire import CODEC, ErrorCode
 from storg.wire.bulk import BULK_MIN
 from storg.wire.files import (
+    WHOLE,
     ChunkData,
     ChunkGet,
     ChunkPinQuery,
@@ -99,6 +102,7 @@ from storg.wire.files import (
     ChunkPutAfter,
     ChunkRef,
     ChunkStored,
+    FileInfo,
     GetData,
     GetEnd,
     GetRequest,
@@ -115,11 +119,41 @@ from storg.wire.files import (
     StatReply,
     StatRequest,
 )
+from storg.wire.objects import PutAbort, PutStartObject
+from storg.wire.records import CodecError
 from storg.wire.tree import PutStartIf
 
 log = Logger(namespace="storg.files")
 
 LS_PAGE = 1000
+
+LS_FRAME_BYTES = 4 * 1024 * 1024
+"""Bytes of FileInfos per LsReply frame at most: a thousand files with 4 KiB paths and
+large attributes would not fit in one frame (MAX_FRAME_BYTES), so a page is cut."""
+
+
+def _within_frame(files: list[FileInfo]) -> list[tuple[FileInfo, ...]]:
+    """``files`` in runs whose frames stay under LS_FRAME_BYTES (at least one run, maybe empty).
+
+    The size is estimated from the path and attributes (a FileInfo without
+    chunks is about 70 bytes more), cheaply: most files have short ones.
+    """
+    runs: list[tuple[FileInfo, ...]] = []
+    run: list[FileInfo] = []
+    size = 0
+    for info in files:
+        attrs = info.attrs
+        cost = 100 + 3 * len(info.path) + len(attrs.etag) + len(attrs.content_type)
+        if attrs.metadata or attrs.checksums or attrs.extra or attrs.parts:
+            cost += 3 * sum(len(k) + len(v) + 4 for k, v in attrs.metadata + attrs.checksums + attrs.extra)
+            cost += 8 * len(attrs.parts)
+        if run and size + cost > LS_FRAME_BYTES:
+            runs.append(tuple(run))
+            run, size = [], 0
+        run.append(info)
+        size += cost
+    runs.append(tuple(run))
+    return runs
 
 PLACED_QUERY_TIMEOUT = 5.0
 """Seconds a holder waits for the leader's answer to a ChunkPlacedQuery before refusing the put."""
@@ -135,10 +169,10 @@ def _peer_of(conn: Any) -> str:
         return "?"
 
 
-def _condition(req: PutStart | PutStartIf) -> tuple[bool, str] | None:
-    """(if_absent, if_match) of a conditional put, checked for form here; None for a plain put."""
-    if not isinstance(req, PutStartIf):
-        return None
+def _condition(req: PutStart | PutStartIf | PutStartObject) -> ObjectWrite:
+    """The conditions and attributes of a put, checked for form here."""
+    if isinstance(req, PutStart):
+        return PLAIN_WRITE
     match = req.if_match.lower()
     if match:
         try:
@@ -147,11 +181,18 @@ def _condition(req: PutStart | PutStartIf) -> tuple[bool, str] | None:
             ok = False
         if not ok:
             raise RequestError(ErrorCode.BAD_REQUEST, f"--if-match {req.if_match!r} is not a SHA-256 (64 hex digits)")
-    if req.if_absent and match:
+    etag = req.if_match_etag if isinstance(req, PutStartObject) else ""
+    if req.if_absent and (match or etag):
         raise RequestError(ErrorCode.BAD_REQUEST, "--if-absent and --if-match cannot both hold")
-    if not req.if_absent and not match:
-        return None
-    return (req.if_absent, match)
+    if not isinstance(req, PutStartObject):
+        return ObjectWrite(req.if_absent, match)
+    if req.attrs.parts:
+        raise RequestError(ErrorCode.BAD_REQUEST, "only a composed file has parts")
+    try:
+        pack_attrs(req.attrs)
+    except CodecError as exc:
+        raise RequestError(ErrorCode.LIMIT_EXCEEDED, str(exc)) from None
+    return ObjectWrite(req.if_absent, match, etag, req.attrs)
 
 
 INLINE_RETRIES = 5
@@ -160,6 +201,18 @@ INLINE_RETRIES = 5
 
 class InlineWriteFailed(StorageError):
     """Small files applied here could not be written; the log must keep them."""
+
+
+def _overlapping(chunks: tuple[ChunkRef, ...], start: int, stop: int):
+    """(chunk, from, to) for each chunk overlapping bytes [start, stop) of the file, cut to them."""
+    pos = 0
+    for ref in chunks:
+        end = pos + ref.size
+        if end > start and pos < stop:
+            yield ref, max(start - pos, 0), min(stop, end) - pos
+        if end >= stop:
+            return
+        pos = end
 
 
 def _bad_path(exc: InvalidPath) -> RequestError:
@@ -215,6 +268,7 @@ class FileService:
         self._uploads_per_conn: Counter[int] = Counter()
         self._refusals = RateLimitedLog(log, reactor)
         self.tree = TreeService(node)
+        self.objects = ObjectService(node, fsm)
         self.watches = WatchHub(node, fsm, reactor=reactor)
         self.batches = BatchService(node, fsm, self.replicator, self.reserve, read_point=self._read_point,
                                     read_chunk=self._read_chunk, in_thread=hasher,
@@ -235,8 +289,9 @@ class FileService:
         return self.liveness.failing() if self.node.is_leader() else frozenset()
 
     def handlers(self) -> dict[type, Callable[[Any, ClientConnection], Any]]:
-        return self.tree.handlers() | self.watches.handlers() | self.batches.handlers() | {
-            PutStart: self.put_start, PutStartIf: self.put_start, PutData: self.put_data, PutEnd: self.put_end,
+        return self.tree.handlers() | self.objects.handlers() | self.watches.handlers() | self.batches.handlers() | {
+            PutStart: self.put_start, PutStartIf: self.put_start, PutStartObject: self.put_start,
+            PutData: self.put_data, PutEnd: self.put_end, PutAbort: self.put_abort,
             GetRequest: self.get, LsRequest: self.ls, StatRequest: self.stat, RmRequest: self.rm,
             ChunkGet: self.chunk_get, ChunkPutAfter: self.chunk_put_after,
             ChunkPlacedQuery: self.chunk_placed,
@@ -258,7 +313,7 @@ class FileService:
 
     # -- put -------------------------------------------------------------------
 
-    def put_start(self, req: PutStart | PutStartIf, conn: ClientConnection) -> None:
+    def put_start(self, req: PutStart | PutStartIf | PutStartObject, conn: ClientConnection) -> None:
         """An upload begins (PutStartIf: one whose entry is applied only if its condition holds)."""
         try:
             path = normalize_path(req.path)
@@ -280,7 +335,7 @@ class FileService:
                                f"{limit} uploads are already open on this connection "
                                "(limits.max_uploads_per_connection)")
         upload = Upload(self.replicator, conn, req, path, chunk_size=self.chunk_size,
-                        window=self.upload_window, hasher=self.hasher, condition=condition)
+                        window=self.upload_window, hasher=self.hasher, write=condition)
         self._uploads[key] = upload
         self._uploads_per_conn[id(conn)] += 1
         conn.on_close(lambda: self._connection_gone(key))
@@ -306,6 +361,28 @@ class FileService:
         d.addBoth(self._upload_over, key)
         return d
 
+    def put_abort(self, req: PutAbort, conn: ClientConnection) -> None:
+        """The client gave the upload up (the gateway refused its body): nothing is committed.
+
+        Its chunks stay unreferenced and garbage collection takes them; the
+        connection goes on serving the client's other requests.
+        """
+        key = (id(conn), req.request_id)
+        if key in self._uploads:
+            self._uploads[key].abort(RequestError(ErrorCode.BAD_REQUEST, "the client aborted the upload"))
+            self._drop_aborted(key)
+
+    def _drop_aborted(self, key: tuple[int, int]) -> None:
+        """Forget an aborted upload once its chunk writes settled (its pins last until then)."""
+        upload = self._uploads.get(key)
+        if upload is None:
+            return
+        if not upload.chunk_results:
+            self._upload_over(None, key)
+        else:
+            d = defer.DeferredList(upload.chunk_results, consumeErrors=True)
+            d.addBoth(self._upload_over, key)
+
     def _upload_over(self, result: Any, key: tuple[int, int]) -> Any:
         upload = self._uploads.pop(key, None)
         if upload is not None:
@@ -322,11 +399,7 @@ class FileService:
         if upload is not None and upload.aborted is None:
             upload.abort(RequestError(ErrorCode.UNAVAILABLE, "client went away"))
             # Its chunks stay unreferenced; garbage collection takes them.
-            if not upload.chunk_results:
-                self._upload_over(None, key)
-            else:
-                d = defer.DeferredList(upload.chunk_results, consumeErrors=True)
-                d.addBoth(self._upload_over, key)
+            self._drop_aborted(key)
 
     def _role_changed(self, soft: Any) -> None:
         if soft.role != Role.LEADER and self._uploads:
@@ -342,29 +415,43 @@ class FileService:
 
     @defer.inlineCallbacks
     def get(self, req: GetRequest, conn: ClientConnection):
+        """Stream ``length`` bytes of the file from ``offset``: only the chunks that overlap, trimmed.
+
+        GetStart carries the whole FileInfo (all chunks, so a client can
+        check what it gets) and the index the read was served at.  Each
+        chunk is verified against its hash before a byte of it is sent.
+        """
         path = self._path(req.path)
         yield self._read_point(req.stale)
         info = self.fsm.get(path)
         if info is None:
             raise RequestError(ErrorCode.NOT_FOUND, f"no such file: {path}")
-        conn.send(GetStart(req.request_id, info))
+        if req.offset > info.size:
+            raise RequestError(ErrorCode.BAD_REQUEST,
+                               f"offset {req.offset} is past the end of {path} ({info.size} bytes)")
+        stop = info.size if req.length == WHOLE else min(info.size, req.offset + req.length)
+        conn.send(GetStart(req.request_id, info, self.node.applied_index))
         # Reads (each one a file read and a SHA-256 in the pool) run ahead of
         # the socket by up to GET_READ_AHEAD chunks, so neither waits for the other.
-        chunks = iter(info.chunks)
-        pending: deque[defer.Deferred] = deque()
+        chunks = iter(_overlapping(info.chunks, req.offset, stop))
+        pending: deque[tuple[defer.Deferred, int, int, int]] = deque()
 
         def read_ahead() -> None:
             while len(pending) < GET_READ_AHEAD:
-                ref = next(chunks, None)
-                if ref is None:
+                item = next(chunks, None)
+                if item is None:
                     return
-                pending.append(self._read_chunk(ref))
+                ref, cut_from, cut_to = item
+                pending.append((self._read_chunk(ref), cut_from, cut_to, ref.size))
 
         try:
             read_ahead()
             while pending:
-                data = yield pending.popleft()
+                d, cut_from, cut_to, size = pending.popleft()
+                data = yield d
                 read_ahead()
+                if cut_from or cut_to != size:
+                    data = data[cut_from:cut_to]
                 yield conn.writable()
                 if not conn.open:
                     return None
@@ -373,7 +460,7 @@ class FileService:
                 else:
                     conn.send(GetData(req.request_id, data))
         finally:
-            for d in pending:
+            for d, *_ in pending:
                 d.addErrback(lambda _: None)
         return GetEnd(req.request_id)
 
@@ -401,23 +488,48 @@ class FileService:
 
     @defer.inlineCallbacks
     def ls(self, req: LsRequest, conn: ClientConnection):
+        if req.limit:
+            return (yield self._ls_page(req))
         try:
             prefix = normalize_prefix(req.prefix)
         except InvalidPath as exc:
             raise _bad_path(exc) from None
         yield self._read_point(req.stale)
+        index = self.node.applied_index
         # Frozen at the read point; FileInfos built and sent a page at a time,
         # with the reactor free between pages and the socket's buffer bounded:
         # a million files is seconds of work and a hundred MB of replies.
         listing = self.fsm.listing(prefix)
         last = (max(len(listing) - 1, 0) // LS_PAGE) * LS_PAGE
         for start in range(0, last, LS_PAGE):
-            conn.send(LsReply(req.request_id, tuple(listing.page(start, start + LS_PAGE)), True))
+            for files in _within_frame(listing.page(start, start + LS_PAGE)):
+                conn.send(LsReply(req.request_id, files, True, index))
             yield conn.writable()
             yield deferLater(self.reactor, 0, lambda: None)
             if not conn.open:
                 return None
-        return LsReply(req.request_id, tuple(listing.page(last, len(listing))), False)
+        pieces = _within_frame(listing.page(last, len(listing)))
+        for files in pieces[:-1]:
+            conn.send(LsReply(req.request_id, files, True, index))
+        return LsReply(req.request_id, pieces[-1], False, index)
+
+    @defer.inlineCallbacks
+    def _ls_page(self, req: LsRequest):
+        """One page of files whose path starts with the string ``prefix``, after ``start_after``."""
+        prefix = req.prefix
+        if not prefix.startswith("/") or "\x00" in prefix or len(prefix.encode("utf-8", "replace")) > \
+                MAX_PATH_BYTES + 1:
+            raise RequestError(ErrorCode.BAD_REQUEST, f"a listing prefix starts with '/' and is a path's "
+                               f"beginning, not {prefix[:80]!r}")
+        if req.limit > LS_PAGE:
+            raise RequestError(ErrorCode.LIMIT_EXCEEDED, f"a page has at most {LS_PAGE} files, not {req.limit}")
+        yield self._read_point(req.stale)
+        index = self.node.applied_index
+        files, more = self.fsm.page(prefix, req.start_after, req.limit)
+        pieces = _within_frame(files)
+        if len(pieces) > 1:  # attributes too large for one frame: a shorter page
+            return LsReply(req.request_id, pieces[0], True, index)
+        return LsReply(req.request_id, pieces[0], more, index)
 
     @defer.inlineCallbacks
     def stat(self, req: StatRequest, conn: ClientConnection):
@@ -426,7 +538,7 @@ class FileService:
         info = self.fsm.get(path)
         if info is None:
             raise RequestError(ErrorCode.NOT_FOUND, f"no such file: {path}")
-        return StatReply(req.request_id, info)
+        return StatReply(req.request_id, info, self.node.applied_index)
 
     def _remember_small(self, data: bytes, chunk_hash: str) -> bytes:
         """Keep a small chunk just read (and verified: every read path checks the hash)."""

@@ -5,15 +5,22 @@ connection; an :class:`Upload` cuts its stream into chunks, hands each to
 the :class:`~storg.server.files.replication.ChunkReplicator`, hashes the
 whole file in order off the reactor (:class:`SerialHasher`), and proposes
 the file's entry once every chunk is stored and the hash matches.
+
+The whole-file hash is two: the SHA-256 that names the content and the
+MD5 that S3 clients expect as the ETag, fed the same pieces in the same
+thread (:class:`ContentHasher`), so the MD5 costs no pass of its own.  Every
+put's entry is a :class:`~storg.wire.objects.PutObjectCommand` carrying the
+attributes, whose ETag is that MD5 unless the caller gave one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
@@ -24,7 +31,8 @@ from storg.server.files.replication import ChunkReplicator
 from storg.server.files.reserve import is_disk_full
 from storg.wire import CODEC, ErrorCode
 from storg.wire.files import PutDone, PutEnd, PutFileCommand, PutInlineCommand, PutStart
-from storg.wire.tree import ConditionalPutCommand, PutStartIf
+from storg.wire.objects import NO_ATTRS, ObjectAttrs, PutObjectCommand, PutStartObject
+from storg.wire.tree import PutStartIf
 
 MAX_DATA_FRAME = 1 << 20
 """Largest PutData/GetData payload a client is asked to send."""
@@ -86,6 +94,37 @@ class SerialHasher:
             d.callback(None)
 
 
+class ContentHasher:
+    """SHA-256 and MD5 of one stream, updated together (hashlib releases the GIL for both)."""
+
+    __slots__ = ("md5", "sha")
+
+    def __init__(self) -> None:
+        self.sha = hashlib.sha256()
+        self.md5 = hashlib.md5(usedforsecurity=False)
+
+    def update(self, piece: Any) -> None:
+        self.sha.update(piece)
+        self.md5.update(piece)
+
+    def hexdigest(self) -> str:
+        """The SHA-256 (the content's name); the MD5 is ``md5.hexdigest()``."""
+        return self.sha.hexdigest()
+
+
+class ObjectWrite(NamedTuple):
+    """What a put asks beyond its bytes: conditions checked at apply, and the attributes."""
+
+    if_absent: bool = False
+    if_match: str = ""
+    if_match_etag: str = ""
+    attrs: ObjectAttrs = NO_ATTRS
+
+
+PLAIN_WRITE = ObjectWrite()
+"""A put without conditions or attributes (its ETag is still the MD5)."""
+
+
 class Upload:
     """One client's put in progress on the leader.
 
@@ -95,9 +134,10 @@ class Upload:
     counts against the upload window until it is both stored and hashed.
     """
 
-    def __init__(self, replicator: ChunkReplicator, conn: ClientConnection, start: PutStart | PutStartIf,
+    def __init__(self, replicator: ChunkReplicator, conn: ClientConnection,
+                 start: PutStart | PutStartIf | PutStartObject,
                  path: str, *, chunk_size: int, window: int, hasher: Submit,
-                 condition: tuple[bool, str] | None = None) -> None:
+                 write: ObjectWrite = PLAIN_WRITE) -> None:
         self.replicator = replicator
         self.node = replicator.node
         self.chunk_size = chunk_size
@@ -107,11 +147,11 @@ class Upload:
         self.conn = conn
         self.start = start
         self.path = path
-        self.condition = condition
-        """(if_absent, if_match): the entry is wrapped in a ConditionalPutCommand, checked at apply."""
+        self.write = write
+        """Conditions and attributes: the entry is a PutObjectCommand carrying them."""
         self.buffer = bytearray()
         self.size = 0
-        self.hasher = hashlib.sha256()
+        self.hasher = ContentHasher()
         self.chunk_results: list[defer.Deferred] = []
         self.in_flight = 0
         self.reading_paused = False
@@ -225,11 +265,11 @@ class Upload:
         return PutDone(self.start.request_id, info)
 
     def _encode(self, command: PutFileCommand | PutInlineCommand) -> bytes:
-        body = CODEC.encode(command)
-        if self.condition is None:
-            return body
-        if_absent, if_match = self.condition
-        return CODEC.encode(ConditionalPutCommand(if_absent, if_match, body))
+        """The put wrapped with its conditions and attributes, the ETag our MD5 unless given."""
+        w = self.write
+        attrs = w.attrs if w.attrs.etag else dataclasses.replace(w.attrs, etag=self.hasher.md5.hexdigest())
+        return CODEC.encode(PutObjectCommand(w.if_absent, w.if_match, w.if_match_etag, attrs,
+                                             CODEC.encode(command)))
 
     def abort(self, why: Exception) -> None:
         if self.aborted is None:

@@ -1,0 +1,290 @@
+"""Object attributes (what S3 keeps beside an object's bytes) and the frames of the S3 gateway's needs.
+
+Every file may carry an :class:`ObjectAttrs`: the ETag (the MD5 of the
+content for a single put, computed by the node that cuts the upload beside
+its SHA-256), a content type, user metadata, checksums and, for a multipart
+object, its parts' sizes.  They ride in :class:`~storg.wire.files.FileInfo`
+and in the commands that write files, and the state machine keeps them in
+a file's packed record (see :mod:`storg.fsm.records`).
+
+Type bytes (helper B of issue 18): 14-31 state machine commands, 130-149
+client requests and replies.  The layouts of the older commands are left
+as they were, so a log written before these commands still applies; new
+behaviour comes in new commands.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from storg.wire.codec import CODEC
+from storg.wire.records import CodecError, Reader
+from storg.wire.schema import (
+    BOOL,
+    BYTES32,
+    ID,
+    STR16,
+    STR_PAIRS,
+    U64,
+    ListOf,
+    Nested,
+    compile_reader,
+    fields_of,
+    layout,
+    register_struct,
+    write_fields,
+)
+
+MAX_ATTRS_BYTES = 1 << 20
+"""The largest encoded ObjectAttrs a command may carry (10,000 part sizes are 80 KB)."""
+
+
+@layout(STR16, STR16, STR_PAIRS, STR_PAIRS, ListOf(U64), STR_PAIRS)
+@dataclass(frozen=True, slots=True)
+class ObjectAttrs:
+    """What S3 keeps beside an object's bytes; the default (all empty) is "none".
+
+    ``etag`` unquoted: the MD5 hex of the content, or ``"<hex>-<N>"`` for a
+    multipart object; ``""`` unknown (a file stored before ETags).
+    ``metadata``: x-amz-meta-* with lower-case names without the prefix.
+    ``checksums``: (algorithm upper-case, base64 value; ``"<b64>-<N>"``
+    composite).  ``parts``: each part's size in order for a multipart
+    object.  ``extra``: the gateway's own keys (e.g. a multipart upload's
+    target).  Pairs keep the order given.
+    """
+
+    etag: str = ""
+    content_type: str = ""
+    metadata: tuple[tuple[str, str], ...] = ()
+    checksums: tuple[tuple[str, str], ...] = ()
+    parts: tuple[int, ...] = ()
+    extra: tuple[tuple[str, str], ...] = ()
+
+
+NO_ATTRS = ObjectAttrs()
+
+_ATTRS_FIELDS = fields_of(ObjectAttrs)
+_read_attrs = compile_reader(ObjectAttrs, _ATTRS_FIELDS)
+
+
+def encode_attrs(attrs: ObjectAttrs) -> bytes:
+    """The attributes' layout alone (no version or type byte): what a packed file record keeps."""
+    out: list[bytes] = []
+    try:
+        write_fields(_ATTRS_FIELDS, attrs, out)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CodecError(f"cannot encode attributes: {exc}") from exc
+    raw = b"".join(out)
+    if len(raw) > MAX_ATTRS_BYTES:
+        raise CodecError(f"attributes of {len(raw)} bytes exceed {MAX_ATTRS_BYTES}")
+    return raw
+
+
+def decode_attrs(raw: bytes | memoryview) -> ObjectAttrs:
+    """The inverse of :func:`encode_attrs`; CodecError for anything else."""
+    r = Reader(raw)
+    attrs: ObjectAttrs = _read_attrs(r)
+    r.done()
+    return attrs
+
+
+def composite_parts(parts: tuple[int, ...], size: int) -> bool:
+    """Whether ``parts`` describes a file of ``size`` bytes (their sum), as a multipart object's must."""
+    return bool(parts) and sum(parts) == size and all(p > 0 for p in parts)
+
+
+# --- client requests and replies (130-149) ---------------------------------------------
+
+
+@layout(U64, STR16, U64, U64, BOOL, STR16, STR16, Nested(ObjectAttrs))
+@dataclass(frozen=True, slots=True)
+class PutStartObject:
+    """``PutStart`` with attributes and conditions (if_absent, if_match SHA-256, if_match_etag).
+
+    The rest of the upload is the same; the node fills ``attrs.etag`` with
+    the MD5 it computed if it is empty.
+    """
+
+    request_id: int
+    path: str
+    client_id: int
+    seq: int
+    if_absent: bool = False
+    if_match: str = ""
+    if_match_etag: str = ""
+    attrs: ObjectAttrs = field(default=NO_ATTRS)
+
+
+@layout(U64)
+@dataclass(frozen=True, slots=True)
+class PutAbort:
+    """Drop the upload ``request_id`` of this connection: nothing is committed (its chunks are collected)."""
+
+    request_id: int
+
+
+@layout(U64, STR16, STR16, U64, U64, BOOL, Nested(ObjectAttrs))
+@dataclass(frozen=True, slots=True)
+class CopyAttrsRequest:
+    """Copy the file ``src`` to ``dst`` with new attributes (S3 CopyObject with REPLACE); ``src == dst`` allowed."""
+
+    request_id: int
+    src: str
+    dst: str
+    client_id: int
+    seq: int
+    force: bool
+    attrs: ObjectAttrs
+
+
+@layout(U64, U64, U64, STR16, ListOf(STR16), Nested(ObjectAttrs), STR16, BOOL, STR16)
+@dataclass(frozen=True, slots=True)
+class ComposeRequest:
+    """Build ``dst`` from the files ``parts`` in order (no bytes move), then remove the tree ``remove``."""
+
+    request_id: int
+    client_id: int
+    seq: int
+    dst: str
+    parts: tuple[str, ...]
+    attrs: ObjectAttrs
+    remove: str = ""
+    if_absent: bool = False
+    if_match_etag: str = ""
+
+
+@layout(ID, STR16, ID, U64)
+@dataclass(frozen=True, slots=True)
+class S3Key:
+    """An S3 access key as listed: never its secret."""
+
+    id: str
+    name: str
+    role: str
+    created_ns: int
+
+
+@layout(U64, U64, U64, ID, STR16, ID, STR16)
+@dataclass(frozen=True, slots=True)
+class S3KeyCreateRequest:
+    """Record a key; the client library generated ``key_id`` and ``secret`` (with ``secrets``)."""
+
+    request_id: int
+    client_id: int
+    seq: int
+    key_id: str
+    name: str
+    role: str
+    secret: str
+
+
+@layout(U64, U64, U64, ID)
+@dataclass(frozen=True, slots=True)
+class S3KeyRevokeRequest:
+    request_id: int
+    client_id: int
+    seq: int
+    key_id: str
+
+
+@layout(U64)
+@dataclass(frozen=True, slots=True)
+class S3KeyListRequest:
+    request_id: int
+
+
+@layout(U64, ListOf(Nested(S3Key)))
+@dataclass(frozen=True, slots=True)
+class S3KeyListReply:
+    request_id: int
+    keys: tuple[S3Key, ...]
+
+
+@layout(U64, U64)
+@dataclass(frozen=True, slots=True)
+class S3KeyDone:
+    """A key command applied at log index ``index``."""
+
+    request_id: int
+    index: int
+
+
+# --- state machine commands (14-31) ----------------------------------------------------
+
+
+@layout(BOOL, STR16, STR16, Nested(ObjectAttrs), BYTES32)
+@dataclass(frozen=True, slots=True)
+class PutObjectCommand:
+    """A put command (``PutFileCommand`` or ``PutInlineCommand``, encoded) with attributes and conditions.
+
+    The conditions are checked when the entry applies (so two racing
+    writers cannot both win): ``if_absent``, ``if_match`` (the stored
+    SHA-256), ``if_match_etag`` (the stored ``attrs.etag``).  The inner
+    command carries the session.
+    """
+
+    if_absent: bool
+    if_match: str
+    if_match_etag: str
+    attrs: ObjectAttrs
+    command: bytes
+
+
+@layout(U64, U64, U64, STR16, STR16, BOOL, Nested(ObjectAttrs))
+@dataclass(frozen=True, slots=True)
+class CopyAttrsCommand:
+    client_id: int
+    seq: int
+    modified_ns: int
+    src: str
+    dst: str
+    force: bool
+    attrs: ObjectAttrs
+
+
+@layout(U64, U64, U64, STR16, ListOf(STR16), Nested(ObjectAttrs), STR16, BOOL, STR16)
+@dataclass(frozen=True, slots=True)
+class ComposeCommand:
+    """dst = the parts' chunks in order, SHA-256 composite; then rm -r ``remove``; one entry."""
+
+    client_id: int
+    seq: int
+    modified_ns: int
+    dst: str
+    parts: tuple[str, ...]
+    attrs: ObjectAttrs
+    remove: str
+    if_absent: bool
+    if_match_etag: str
+
+
+@layout(U64, U64, U64, ID, STR16, ID, STR16)
+@dataclass(frozen=True, slots=True)
+class S3KeyCreateCommand:
+    client_id: int
+    seq: int
+    created_ns: int
+    key_id: str
+    name: str
+    role: str
+    secret: str
+
+
+@layout(U64, U64, ID)
+@dataclass(frozen=True, slots=True)
+class S3KeyRevokeCommand:
+    client_id: int
+    seq: int
+    key_id: str
+
+
+_TYPE_BYTES: dict[int, type] = {
+    14: PutObjectCommand, 15: CopyAttrsCommand, 16: ComposeCommand,
+    17: S3KeyCreateCommand, 18: S3KeyRevokeCommand,
+    130: PutStartObject, 131: PutAbort, 132: CopyAttrsRequest, 133: ComposeRequest,
+    134: S3KeyCreateRequest, 135: S3KeyRevokeRequest, 136: S3KeyListRequest, 137: S3KeyListReply,
+    138: S3KeyDone,
+}
+
+for _tb, _cls in _TYPE_BYTES.items():
+    register_struct(CODEC, _tb, _cls)
