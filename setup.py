@@ -30,8 +30,8 @@ setup(
     # prometheus_client renders /metrics (the text format, histograms, one
     # registry per node): the reference implementation, pure Python, no deps.
     # awscrt is AWS's C runtime (what botocore uses for the same job): the S3
-    # gateway's CRC64NVME checksums and the CRC combination of multipart
-    # full-object checksums, in C.
+    # gateway's CRC64NVME and CRC32C checksums and the CRC combination of
+    # multipart full-object checksums, in C.
     install_requires=["Twisted[tls]>=23.8", "PyYAML>=6.0", "google-crc32c>=1.5",
                       "cryptography>=41", "pyOpenSSL>=23.2", "service_identity>=21.1",
                       "prometheus_client>=0.17", "awscrt>=0.38"],

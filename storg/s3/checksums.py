@@ -12,10 +12,11 @@ of checksumming a multipart object, as S3 documents them:
   *only* this way, so that is what storg does for it (a CRC64NVME upload
   asking for COMPOSITE is refused, see :func:`multipart_type`).
 
-CRC64NVME (the NVMe polynomial, check value ``0xAE8B14860A799888``) and
-the CRC combinations come from ``awscrt``, AWS's C runtime that botocore
-itself uses for them; CRC32C from ``google_crc32c`` (the CPU's CRC
-instruction), CRC32 from zlib.
+CRC64NVME (the NVMe polynomial, check value ``0xAE8B14860A799888``),
+CRC32C and the CRC combinations come from ``awscrt``, AWS's C runtime that
+botocore itself uses for them (its CRC32C takes a memoryview without a
+copy: 5.5 GB/s here against 4.2 for google_crc32c, which needs bytes);
+CRC32 from zlib (2.0 GB/s, faster here than awscrt's 1.8).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import zlib
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-import google_crc32c
 from awscrt import checksums as crt
 
 from storg.s3.errors import S3Error, invalid_request
@@ -59,7 +59,7 @@ class _Crc:
         if self.algorithm == "CRC32":
             self.value = zlib.crc32(data, self.value)
         elif self.algorithm == "CRC32C":
-            self.value = google_crc32c.extend(self.value, data if isinstance(data, bytes) else bytes(data))
+            self.value = crt.crc32c(data, self.value)
         else:
             self.value = crt.crc64nvme(data, self.value)
 
@@ -123,6 +123,8 @@ def raw(algorithm: str, value: str) -> bytes:
     except (binascii.Error, ValueError):
         digest = b""
     if len(digest) != DIGEST_SIZES[algorithm.upper()]:
+        if algorithm.upper() == "MD5":
+            raise S3Error("InvalidDigest", "The Content-MD5 you specified is not valid.", 400)
         raise invalid_request(f"Value for {header_name(algorithm)} header is invalid.")
     return digest
 

@@ -104,7 +104,7 @@ class AwsChunkedDecoder:
 
     @property
     def decoded(self) -> int:
-        """Payload bytes returned so far."""
+        """Payload bytes the chunk headers so far announced (returned, or about to be)."""
         return self._decoded
 
     def feed(self, data: bytes | memoryview) -> list[bytes]:

@@ -32,6 +32,18 @@ def url_encode_key(key: str) -> str:
     return quote(key, safe="/")
 
 
+def wire_bytes(text: bytes | str) -> bytes:
+    """The bytes of a request-target piece: a ``str`` is taken as latin-1-decoded bytes (what
+    :func:`split_target` gives, and what twisted.web's bytes decode to), unless it holds characters
+    latin-1 cannot, when it is taken as Unicode text (UTF-8)."""
+    if isinstance(text, bytes):
+        return text
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode("utf-8")
+
+
 def split_target(target: bytes | str) -> tuple[str, str]:
     """The raw request target (``/b/k?x=1``) split into raw path and raw query, undecoded."""
     text = target.decode("latin-1") if isinstance(target, bytes) else target
@@ -39,17 +51,17 @@ def split_target(target: bytes | str) -> tuple[str, str]:
     return path, query
 
 
-def _pairs(raw_query: str) -> list[tuple[bytes, bytes]]:
+def _pairs(raw_query: bytes | str) -> list[tuple[bytes, bytes]]:
     pairs = []
-    for piece in raw_query.split("&"):
+    for piece in wire_bytes(raw_query).split(b"&"):
         if not piece:
             continue
-        name, _, value = piece.partition("=")
-        pairs.append((unquote_to_bytes(name.replace("+", " ")), unquote_to_bytes(value.replace("+", " "))))
+        name, _, value = piece.partition(b"=")
+        pairs.append((unquote_to_bytes(name.replace(b"+", b" ")), unquote_to_bytes(value.replace(b"+", b" "))))
     return pairs
 
 
-def parse_query(raw_query: str) -> list[tuple[str, str]]:
+def parse_query(raw_query: bytes | str) -> list[tuple[str, str]]:
     """The query's (name, value) pairs, decoded, in the order sent; ``?uploads`` gives ``("uploads", "")``."""
     out = []
     for name, value in _pairs(raw_query):
@@ -60,7 +72,7 @@ def parse_query(raw_query: str) -> list[tuple[str, str]]:
     return out
 
 
-def canonical_query(raw_query: str, *, exclude: frozenset[str] = frozenset()) -> str:
+def canonical_query(raw_query: bytes | str, *, exclude: frozenset[str] = frozenset()) -> str:
     """SigV4's canonical query string: every pair encoded the AWS way, sorted by name then value.
 
     ``exclude`` names parameters left out (a presigned URL's ``X-Amz-Signature``).
@@ -70,11 +82,11 @@ def canonical_query(raw_query: str, *, exclude: frozenset[str] = frozenset()) ->
     return "&".join(f"{name}={value}" for name, value in encoded)
 
 
-def canonical_path(raw_path: str) -> str:
+def canonical_path(raw_path: bytes | str) -> str:
     """The path decoded once and encoded again the AWS way (S3 encodes once, keeps ``/``).
 
     The path itself is never normalised (``//`` and ``.`` segments stay):
     S3 signs the key exactly, and :mod:`storg.s3.names` refuses keys that
     storg cannot store.
     """
-    return uri_encode(unquote_to_bytes(raw_path), keep_slash=True)
+    return uri_encode(unquote_to_bytes(wire_bytes(raw_path)), keep_slash=True)

@@ -72,3 +72,34 @@ def sign(method: str = "PUT", key: str = "bucket/some key", *, body: bytes = b"h
     return Signed(method, prepared.url, wire, body)
 
 
+
+
+def crt_sign(method: str, path: str, query: str = "", headers: tuple[tuple[str, str], ...] = (),
+             body_value: str = "", presign: int = 0, region: str = "us-west-2") -> tuple[str, str, list]:
+    """A request signed by awscrt's signer (aws-c-auth: the C SigV4 of the AWS CRT clients), S3 settings.
+
+    ``path`` and ``query`` go on the wire as given (already escaped).
+    Returns (raw path, raw query, header list) as the server receives them.
+    """
+    import datetime
+
+    from awscrt import auth, http
+
+    from storg.s3.sigv4 import EMPTY_SHA256
+
+    target = path + (f"?{query}" if query else "")
+    request = http.HttpRequest(method, target, http.HttpHeaders([("host", "127.0.0.1:9000"), *headers]))
+    config = auth.AwsSigningConfig(
+        algorithm=auth.AwsSigningAlgorithm.V4,
+        signature_type=(auth.AwsSignatureType.HTTP_REQUEST_QUERY_PARAMS if presign
+                        else auth.AwsSignatureType.HTTP_REQUEST_HEADERS),
+        credentials_provider=auth.AwsCredentialsProvider.new_static(ACCESS_KEY, SECRET),
+        region=region, service="s3", date=datetime.datetime.now(datetime.UTC),
+        use_double_uri_encode=False, should_normalize_uri_path=False,  # S3's settings
+        signed_body_value=body_value or (auth.AwsSignedBodyValue.UNSIGNED_PAYLOAD if presign else EMPTY_SHA256),
+        signed_body_header_type=(auth.AwsSignedBodyHeaderType.NONE if presign
+                                 else auth.AwsSignedBodyHeaderType.X_AMZ_CONTENT_SHA_256),
+        expiration_in_seconds=presign or None)
+    auth.aws_sign_request(request, config).result()
+    raw_path, _, raw_query = request.path.partition("?")
+    return raw_path, raw_query, [(name.lower(), value) for name, value in request.headers]

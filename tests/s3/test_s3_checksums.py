@@ -61,6 +61,9 @@ def test_expect_and_bad_values():
     with pytest.raises(S3Error) as info:
         checksums.expect("MD5", md5, checksums.checksum_of("MD5", b"abd"))
     assert "Content-MD5" in info.value.message
+    with pytest.raises(S3Error) as info:
+        checksums.raw("MD5", "short")
+    assert info.value.code == "InvalidDigest"
 
 
 def test_composite_is_the_checksum_of_the_raw_part_checksums():

@@ -302,3 +302,30 @@ def test_only_streaming_modes_have_a_decoder():
     with pytest.raises(ValueError):
         AwsChunkedDecoder(make_auth(sigv4.UNSIGNED))
 
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=st.binary(min_size=1, max_size=600), sizes=st.lists(st.integers(1, 200), max_size=4),
+       edits=st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 255), st.sampled_from(["set", "del", "ins"])),
+                      min_size=1, max_size=3))
+def test_property_a_mangled_signed_body_is_refused_cleanly_or_decodes_unchanged(payload, sizes, edits):
+    """Hostile bytes: only S3Error ever comes out, and nothing but the signed payload gets through."""
+    auth = make_auth(sigv4.STREAMING_SIGNED_TRAILER, seed="5" * 64, trailers=("x-amz-checksum-crc32",),
+                     decoded_length=len(payload))
+    value = checksums.checksum_of("CRC32", payload)
+    body = bytearray(encode_signed(auth, payload, sizes, [("x-amz-checksum-crc32", value)]))
+    for at, byte, how in edits:
+        at %= len(body) + 1
+        if how == "set" and at < len(body):
+            body[at] = byte
+        elif how == "del" and at < len(body):
+            del body[at]
+        else:
+            body.insert(at, byte)
+    decoder = AwsChunkedDecoder(auth, None)
+    try:
+        got, trailers = decode(decoder, bytes(body))
+    except S3Error as err:
+        assert err.status in (400, 403)
+        return
+    assert got == payload and trailers == {"x-amz-checksum-crc32": value}

@@ -15,7 +15,7 @@ from storg.s3 import sigv4
 from storg.s3.errors import S3Error
 from storg.s3.sigv4 import authenticate
 
-from tests.s3.signing import ACCESS_KEY, SECRET, lookup, sign
+from tests.s3.signing import ACCESS_KEY, SECRET, crt_sign, lookup, sign
 
 AWS_KEY = "AKIAIOSFODNN7EXAMPLE"
 AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
@@ -120,6 +120,15 @@ def test_a_path_sent_with_other_legal_escapes_still_verifies():
     """A client that leaves '!' literal signs '%21'; the path as sent is decoded and encoded the AWS way."""
     req = sign("GET", body=b"", url_path="/bucket/bang%21")
     accept(type(req)(req.method, "http://h/bucket/bang!", req.headers, b""))
+
+
+def test_the_target_may_be_bytes_or_latin1_text():
+    """twisted.web gives bytes; a client may even send UTF-8 unescaped, and it signs the escaped form."""
+    req = sign("GET", "bucket/ünï cødé", body=b"", query="prefix=%C3%A4")
+    authenticate("GET", req.path.encode(), req.query.encode(), req.headers, lookup, time.time())
+    raw_utf8 = "/bucket/ünï%20cødé".encode()
+    authenticate("GET", raw_utf8, req.query.encode(), req.headers, lookup, time.time())
+    authenticate("GET", raw_utf8.decode("latin-1"), req.query, req.headers, lookup, time.time())
 
 
 def test_every_one_byte_change_is_refused():
@@ -321,3 +330,51 @@ def test_a_real_boto3_client_request_verifies():
             wire.append(("host", host))
         modes.append(authenticate(method, parts.path, parts.query, wire, lookup, time.time()).payload)
     assert modes[0] in sigv4.STREAMING_MODES and modes[1] in (sigv4.SIGNED, sigv4.STREAMING_UNSIGNED_TRAILER)
+
+
+# -- a second, independent signer: awscrt's (aws-c-auth, in C) -------------------------------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(key=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1,
+                   max_size=40),
+       prefix=st.text(max_size=10))
+def test_property_awscrt_signed_requests_verify(key, prefix):
+    path = "/bucket/" + quote(key, safe="/~")
+    raw_path, raw_query, headers = crt_sign("GET", path, "list-type=2&prefix=" + quote(prefix, safe="-_.~"))
+    auth = authenticate("GET", raw_path, raw_query, headers, lookup, time.time())
+    assert auth.region == "us-west-2" and auth.payload == sigv4.SIGNED
+
+
+def test_awscrt_streaming_and_presigned_requests_verify():
+    raw_path, raw_query, headers = crt_sign(
+        "PUT", "/bucket/big", headers=(("x-amz-decoded-content-length", "10"), ("content-encoding", "aws-chunked")),
+        body_value="STREAMING-AWS4-HMAC-SHA256-PAYLOAD")
+    auth = authenticate("PUT", raw_path, raw_query, headers, lookup, time.time())
+    assert auth.payload == sigv4.STREAMING_SIGNED and auth.decoded_length == 10
+    raw_path, raw_query, headers = crt_sign("GET", "/bucket/k%20x", presign=300)
+    now = time.time()
+    assert authenticate("GET", raw_path, raw_query, headers, lookup, now).presigned
+    assert code_of(lambda: authenticate("GET", raw_path, raw_query, headers, lookup, now + 400)) == "AccessDenied"
+    assert code_of(lambda: authenticate("GET", raw_path + "y", raw_query, headers, lookup, now)) \
+        == "SignatureDoesNotMatch"
+
+
+@settings(max_examples=300, deadline=None)
+@given(auth_value=st.one_of(st.text(max_size=200), st.builds(
+           lambda a, b, c: f"AWS4-HMAC-SHA256 Credential={a}, SignedHeaders={b}, Signature={c}",
+           st.text(max_size=60), st.text(max_size=30), st.text(max_size=70))),
+       query=st.text(max_size=80), date=st.text(max_size=20), path=st.text(max_size=30))
+def test_property_junk_requests_get_s3_errors_only(auth_value, query, date, path):
+    headers = [("host", "h"), ("x-amz-date", date), ("x-amz-content-sha256", "UNSIGNED-PAYLOAD")]
+    if auth_value:
+        headers.append(("authorization", auth_value))
+    with pytest.raises(S3Error) as info:
+        authenticate("GET", path, query, headers, lookup, time.time())
+    assert 400 <= info.value.status <= 501
+
+
+@pytest.mark.parametrize("date", ["20130231T000000Z", "20131301T000000Z", "20130101T246000Z", "2013-01-01T00:00Z"])
+def test_dates_that_are_not_real_times_are_malformed(date):
+    req = sign()
+    assert code_of(lambda: authenticate(req.method, req.path, req.query, req.replace_header("x-amz-date", date),
+                                        lookup, time.time())) == "AuthorizationHeaderMalformed"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 from botocore.exceptions import ClientError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from storg.s3 import xml
 from storg.s3.errors import S3Error, render_error
@@ -211,3 +213,27 @@ def test_namespaced_bodies_are_read():
 def test_control_characters_in_keys_are_escaped():
     body = xml.delete_result(["a\x01b"])
     assert b"&#x1;" in body
+
+
+
+@settings(max_examples=40, deadline=None)
+@given(keys=st.lists(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+                             min_size=1, max_size=20), min_size=1, max_size=4, unique=True))
+def test_property_any_key_survives_boto3_with_url_encoding(keys):
+    result = listing_result(2, encoding_type="url", prefix="", delimiter="",
+                            entries=[ListEntry(k, 1, 0, "e") for k in sorted(keys)], common_prefixes=[],
+                            truncated=False)
+    out = client_answering(xml.list_objects(result)).list_objects_v2(Bucket="bkt")
+    assert [c["Key"] for c in out["Contents"]] == sorted(keys)
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=st.one_of(st.binary(max_size=300),
+                      st.builds(lambda a, b: b"<Delete><Object><Key>" + a + b"</Key></Object>" + b,
+                                st.binary(max_size=40), st.binary(max_size=40))))
+def test_property_parsers_refuse_junk_with_s3_errors_only(body):
+    for parse in (xml.parse_delete, xml.parse_complete_multipart_upload, xml.parse_create_bucket):
+        try:
+            parse(body)
+        except S3Error as err:
+            assert err.status == 400
