@@ -312,6 +312,7 @@ class FileStoreStateMachine(TreeCommands, ObjectCommands):
                 _command_path(inner.path, index)
                 if inner.data and not inner.holders:
                     raise InvalidCommand(f"entry {index}: an inline file needs holders")
+                self._attrs_tail(wrapper.attrs, len(inner.data), index)  # what _put would refuse, refused first
                 puts.append((wrapper, inner))
             for wrapper, inner in puts:
                 self._apply_put_inline(inner, index, wrapper)

@@ -45,7 +45,9 @@ def test_a_bad_file_refuses_the_whole_batch() -> None:
     good = inline("/t/good", b"good")
     for bad in (inline("/t/../x", b"bad path"), inline("/t/nohold", b"no holders", holders=()),
                 inline("/t/session", b"own session", client=9), inline("/t/cond", b"c", if_absent=True),
-                CODEC.encode(PutInlineCommand(0, 0, 5, "/t/bare", b"no wrapper", HOLDERS)), b"\x00garbage"):
+                CODEC.encode(PutInlineCommand(0, 0, 5, "/t/bare", b"no wrapper", HOLDERS)), b"\x00garbage",
+                CODEC.encode(PutObjectCommand(False, "", "", ObjectAttrs(etag="e", parts=(1,)),
+                                              CODEC.encode(PutInlineCommand(0, 0, 5, "/t/parts", b"p", HOLDERS))))):
         with pytest.raises(InvalidCommand):
             log(PutInlineBatchCommand(7, log.index + 1, (good, bad)))
         assert log.fsm.get("/t/good") is None, "nothing of a refused batch is applied"
