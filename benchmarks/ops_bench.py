@@ -58,6 +58,7 @@ from storg.storage.logstore import DiskLogStore
 from storg.testing.devcluster import ProcCluster, wait_for
 from storg.wire import CODEC
 from storg.wire.files import ChunkRef, PutFileCommand
+from storg.wire.objects import ObjectAttrs, PutObjectCommand
 
 GOAL_SNAPSHOT_S = 5.0
 GOAL_RESTART_S = 5.0
@@ -139,18 +140,22 @@ async def put_files(reactor: Any, addresses: list[str], numbers: range, concurre
 
 # --- measuring ---------------------------------------------------------------------------
 
-def in_process_costs(files: int, repeats: int, workdir: Path) -> dict:
+def in_process_costs(files: int, repeats: int, workdir: Path, etag: bool = False) -> dict:
     """CPU and wall seconds to write and to read back a ``files``-file snapshot in this process.
 
     The node does the same work (in a thread, or at start-up); CPU time
-    shows what it costs apart from how busy the machine is.
+    shows what it costs apart from how busy the machine is.  ``etag``: every
+    file has an MD5 ETag, as a put through a node gives it (issue 18).
     """
     fsm = FileStoreStateMachine()
     for i in range(files):
         data = file_content(i)
         digest = hashlib.sha256(data).hexdigest()
         cmd = PutFileCommand(0, 0, i, file_path(i), len(data), digest, (ChunkRef(digest, len(data), ("n1",)),))
-        fsm.apply(Entry(index=1 + i, term=1, data=CODEC.encode(cmd)))
+        body = CODEC.encode(cmd)
+        if etag:
+            body = CODEC.encode(PutObjectCommand(False, "", "", ObjectAttrs(hashlib.md5(data).hexdigest()), body))
+        fsm.apply(Entry(index=1 + i, term=1, data=body))
     store = DiskLogStore(workdir / "cpu")
     store.load()
     rows = []
@@ -301,13 +306,15 @@ def main() -> None:
                         help="skip the new-node catch-up measurement")
     parser.add_argument("--in-process", action="store_true",
                         help="only time writing and reading the snapshot in this process (CPU and wall)")
+    parser.add_argument("--etag", action="store_true",
+                        help="with --in-process: every file has an MD5 ETag (as puts since issue 18)")
     parser.add_argument("--json", type=Path, help="also write all figures here")
     parser.add_argument("--workdir", type=Path, help="keep the cluster's files here (default: a temporary folder)")
     args = parser.parse_args()
 
     if args.in_process:
         with tempfile.TemporaryDirectory(prefix="storg-ops-bench-", dir=".") as tmp:
-            costs = in_process_costs(args.files, args.restarts, Path(tmp))
+            costs = in_process_costs(args.files, args.restarts, Path(tmp), args.etag)
         print(f"{args.files} files, median of {args.restarts}: snapshot {costs['bytes'] / 2**20:.1f} MiB; "
               f"write {costs['write_cpu_s']:.2f} s CPU ({costs['write_wall_s']:.2f} s wall); "
               f"read + install {costs['load_cpu_s']:.2f} s CPU ({costs['load_wall_s']:.2f} s wall)")

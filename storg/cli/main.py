@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 from storg.cli import certs as certs_commands
 from storg.cli import keys as key_commands
 from storg.cli import members as member_commands
+from storg.cli import s3keys as s3_commands
 from storg.cli import tree as tree_commands
 from storg.cli.escape import escape_controls, escape_path
 from storg.cli.progress import progress_for
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     member_commands.add_parsers(sub)
     certs_commands.add_parsers(sub)
     key_commands.add_parsers(sub)
+    s3_commands.add_parsers(sub)
     return p
 
 
@@ -199,6 +201,13 @@ def file_dict(info: FileInfo, *, chunks: bool = False) -> dict[str, Any]:
     """The JSON object of a file (``ls --json`` rows; ``stat --json`` adds its chunks)."""
     out: dict[str, Any] = {"path": info.path, "size": info.size, "sha256": info.sha256,
                            "modified": iso_time(info.modified_ns), "version": info.version}
+    attrs = info.attrs
+    if attrs.etag:
+        out["etag"] = attrs.etag
+    if attrs.content_type:
+        out["content_type"] = attrs.content_type
+    if attrs.parts:
+        out["parts"] = list(attrs.parts)
     if chunks:
         out["chunks"] = [{"hash": c.hash, "size": c.size, "holders": list(c.holders)}
                          for c in info.chunks]
@@ -219,9 +228,14 @@ def format_ls(files: list[FileInfo]) -> str:
 
 
 def format_stat(info: FileInfo) -> str:
-    lines = [f"path:      {escape_path(info.path)}", f"size:      {info.size}", f"sha256:    {info.sha256}",
-             f"modified:  {iso_time(info.modified_ns)}", f"version:   {info.version}",
-             f"chunks:    {len(info.chunks)}"]
+    sha = info.sha256 + (f" (composite of {len(info.attrs.parts)} parts)" if info.attrs.parts else "")
+    lines = [f"path:      {escape_path(info.path)}", f"size:      {info.size}", f"sha256:    {sha}",
+             f"modified:  {iso_time(info.modified_ns)}", f"version:   {info.version}"]
+    if info.attrs.etag:
+        lines.append(f"etag:      {escape_controls(info.attrs.etag)}")
+    if info.attrs.content_type:
+        lines.append(f"type:      {escape_controls(info.attrs.content_type)}")
+    lines.append(f"chunks:    {len(info.chunks)}")
     lines += [f"  {c.hash}  {c.size}  {','.join(c.holders) or '-'}" for c in info.chunks]
     return "\n".join(lines)
 
@@ -255,6 +269,8 @@ def prepare(args: argparse.Namespace) -> None:
     """
     if args.command in ("member", "leader"):
         member_commands.check_args(args)
+    if args.command == "s3":
+        s3_commands.check_args(args)
     recursive = getattr(args, "recursive", False)
     if args.command in ("rm", "get", "put") and recursive:
         args.remote = remote_prefix(args.remote)
@@ -377,7 +393,8 @@ async def run_rm(client: StorgClient, args: argparse.Namespace) -> int:
 COMMANDS = {"status": run_status, "put": run_put, "get": run_get, "ls": run_ls,
             "stat": run_stat, "rm": run_rm, "scrub": run_scrub, "keys": key_commands.run_reencrypt,
             "mv": tree_commands.run_mv, "cp": tree_commands.run_cp, "watch": tree_commands.run_watch,
-            "member": member_commands.run_member, "leader": member_commands.run_leader}
+            "member": member_commands.run_member, "leader": member_commands.run_leader,
+            "s3": s3_commands.run_s3}
 
 
 def one_line(text: str) -> str:
@@ -396,7 +413,7 @@ def exit_for(exc: BaseException, args: argparse.Namespace) -> tuple[int, str] | 
         return EXIT_REFUSED, f"refused: {exc}"
     if isinstance(exc, CompactedError):
         return EXIT_REFUSED, f"{exc}"
-    if isinstance(exc, (CliError, member_commands.MemberCommandError)):
+    if isinstance(exc, (CliError, member_commands.MemberCommandError, s3_commands.S3CommandError)):
         return exc.code, str(exc)
     if isinstance(exc, InvalidPath):
         return EXIT_USAGE, f"invalid path: {exc}"
@@ -453,7 +470,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
             raise CliError(EXIT_USAGE, "--timeout: must be positive")
         prepare(args)
         credentials = client_credentials(args)
-    except (CliError, LocalError, member_commands.MemberCommandError) as exc:
+    except (CliError, LocalError, member_commands.MemberCommandError, s3_commands.S3CommandError) as exc:
         known = exit_for(exc, args)
         assert known is not None
         sys.stderr.write(f"storgctl: {one_line(known[1])}\n")

@@ -34,9 +34,9 @@ from storg.client.errors import (
     ProtocolViolation,
     ServerError,
 )
-from storg.client.streams import GetStream, PutStream, open_put
+from storg.client.streams import GetStream, PutStream
 from storg.client.transfer import Deadline, Progress, Watchdog
-from storg.client.upload import Upload, UploadSource, start_frame
+from storg.client.upload import Upload, UploadSource, open_put, start_frame
 from storg.config import LimitTuning
 from storg.net.connection import PLAIN, Dialer, RequestConnection, TLSHandshakeFailed
 from storg.node.executor import reactor_pool
@@ -447,10 +447,14 @@ class StorgClient:
             return start_frame(rid, path, session.client_id, seq, if_absent=if_absent,
                                attrs=attrs if attrs is not None else NO_ATTRS, if_match_etag=if_match_etag)
 
+        def opening(conn: RequestConnection, deadline: Deadline) -> defer.Deferred:
+            d = defer.Deferred.fromCoroutine(open_put(conn, deadline, make))
+            return d.addTimeout(max(deadline.remaining(), 0.0), self.reactor)  # a leader that never answers
+
         async def open_() -> Any:
             await self._upload_slots.acquire()
             try:
-                return await self.retrying(lambda conn, deadline: open_put(conn, deadline, make))
+                return await self.retrying(opening)
             except BaseException:
                 release()
                 raise

@@ -33,11 +33,11 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet import error as net_error
 
-from storg.client.errors import BadRequest, ClusterUnavailable, IntegrityError, ProtocolViolation
+from storg.client.errors import BadRequest, ClusterUnavailable, IntegrityError, LocalError, ProtocolViolation
 from storg.client.transfer import MAX_PIECE, Deadline, Watchdog, consume, in_thread
 from storg.client.verify import content_hasher
 from storg.net.connection import RequestConnection, Stream
-from storg.wire.files import WHOLE, FileInfo, GetData, GetEnd, GetRequest, GetStart, PutData, PutDone, PutEnd, PutReady
+from storg.wire.files import WHOLE, FileInfo, GetData, GetEnd, GetRequest, GetStart, PutData, PutEnd
 from storg.wire.objects import PutAbort
 
 _LOST = (net_error.ConnectError, net_error.ConnectionClosed, defer.TimeoutError, defer.CancelledError,
@@ -83,7 +83,15 @@ class PutStream:
         d = self._last.addCallback(lambda _: defer.Deferred.fromCoroutine(self._send(data)))
         self._last = d
         out: defer.Deferred = defer.Deferred()
-        d.addCallbacks(lambda _: out.callback(None), out.errback)
+
+        def failed(failure: Any) -> None:
+            # Every later write or finish fails the same way: the put cannot go on.
+            self._error = self._error or failure.value
+            self._over = True
+            self._end()
+            out.errback(failure)
+
+        d.addCallbacks(lambda _: out.callback(None), failed)
         return out
 
     async def _send(self, data: bytes) -> None:
@@ -152,40 +160,6 @@ class PutStream:
         release()
 
 
-async def open_put(conn: RequestConnection, deadline: Deadline, make: Callable[[int], Any],
-                   ) -> tuple[RequestConnection, Stream, int]:
-    """Send the start frame and wait for PutReady: (connection, stream, max_frame)."""
-    ready: defer.Deferred = defer.Deferred()
-
-    def on_frame(frame: Any) -> bool:
-        if isinstance(frame, PutReady) and not ready.called:
-            ready.callback(frame)
-            return False
-        if isinstance(frame, PutDone) and ready.called:
-            return True
-        raise ProtocolViolation(f"unexpected {type(frame).__name__} during a put")
-
-    stream = conn.request_stream(make, on_frame)
-
-    def failed(failure: Any) -> Any:
-        if not ready.called:
-            ready.errback(failure)
-        return failure
-
-    stream.done.addErrback(failed)
-    ready.addTimeout(max(deadline.remaining(), 0.0), deadline.reactor)
-    try:
-        frame = await ready
-    except BaseException:
-        if not stream.finished:
-            stream.abort(ProtocolViolation("put abandoned"))
-        consume(stream.done)
-        raise
-    if frame.max_frame <= 0:
-        raise ProtocolViolation(f"PutReady with max_frame {frame.max_frame}")
-    return conn, stream, frame.max_frame
-
-
 class GetStream:
     """One ranged or whole get fed to a caller's ``write``, resumed after a lost node."""
 
@@ -203,8 +177,12 @@ class GetStream:
         self.stop: int | None = None
         self.hasher: Any = None
         self._starts: list[int] = []
+        self._writing: defer.Deferred | None = None
+        """The caller's last ``write`` still pending: a resumed attempt waits for it first."""
 
     async def attempt(self, conn: RequestConnection, deadline: Deadline) -> FileInfo:
+        if self._writing is not None and not self._writing.called:
+            await defer.DeferredList([self._writing], consumeErrors=True)
         remaining = WHOLE if self.stop is None else self.stop - self.pos
         if self.info is not None and remaining == 0:
             return self.info
@@ -305,9 +283,14 @@ class GetStream:
                 if digest != ref:
                     raise IntegrityError(f"{self.path}: chunk {ref[:12]} at byte {self.pos} does not match its digest")
         self.pos += len(data)
-        result = self.write(data)
-        if isinstance(result, defer.Deferred):
-            await result
+        # The caller's failure ends the get (LocalError is never retried on another node).
+        try:
+            result = self.write(data)
+            if isinstance(result, defer.Deferred):
+                self._writing = result
+                await result
+        except Exception as exc:
+            raise LocalError(f"the receiver of {self.path} failed: {exc}") from exc
 
     def _whole_chunk_at(self, pos: int, size: int) -> str | None:
         """The hash of the chunk that bytes [pos, pos + size) are exactly, if they are one."""

@@ -8,6 +8,7 @@ import hashlib
 import io
 import os
 import stat
+from collections.abc import Callable
 from typing import Any, BinaryIO, cast
 
 from twisted.internet import defer
@@ -27,7 +28,7 @@ from storg.client.transfer import (
     in_thread,
     no_progress,
 )
-from storg.net.connection import RequestConnection
+from storg.net.connection import RequestConnection, Stream
 from storg.wire.files import (
     FileInfo,
     PutData,
@@ -36,7 +37,7 @@ from storg.wire.files import (
     PutReady,
     PutStart,
 )
-from storg.wire.objects import NO_ATTRS, ObjectAttrs, PutStartObject
+from storg.wire.objects import NO_ATTRS, ObjectAttrs, PutAbort, PutStartObject
 from storg.wire.tree import PutStartIf
 
 
@@ -134,6 +135,45 @@ class UploadSource:
             self.f.close()
 
 
+async def open_put(conn: RequestConnection, deadline: Deadline, make: Callable[[int], Any],
+                   ) -> tuple[RequestConnection, Stream, int]:
+    """Send a put's start frame and wait for PutReady: (connection, stream, max_frame).
+
+    The stream then takes PutData and PutEnd and ends with PutDone.  Both
+    :class:`Upload` and :class:`~storg.client.streams.PutStream` begin so.
+    """
+    ready: defer.Deferred = defer.Deferred()
+
+    def on_frame(frame: Any) -> bool:
+        if isinstance(frame, PutReady) and not ready.called:
+            ready.callback(frame)
+            return False
+        if isinstance(frame, PutDone) and ready.called:
+            return True
+        raise ProtocolViolation(f"unexpected {type(frame).__name__} during a put")
+
+    stream = conn.request_stream(make, on_frame)
+
+    def failed(failure: Any) -> Any:
+        if not ready.called:
+            ready.errback(failure)
+        return failure
+
+    stream.done.addErrback(failed)
+    try:
+        frame = await ready
+    except BaseException:
+        if not stream.finished:
+            stream.abort(ProtocolViolation("put abandoned"))
+        consume(stream.done)
+        raise
+    if frame.max_frame <= 0:
+        stream.abort(ProtocolViolation("put abandoned"))
+        consume(stream.done)
+        raise ProtocolViolation(f"PutReady with max_frame {frame.max_frame}")
+    return conn, stream, frame.max_frame
+
+
 def start_frame(request_id: int, path: str, client_id: int, seq: int, *, if_absent: bool = False,
                 if_match: str = "", attrs: ObjectAttrs | None = None,
                 if_match_etag: str = "") -> PutStart | PutStartIf | PutStartObject:
@@ -182,29 +222,11 @@ class Upload:
             small = await self.source.read_small(self.reactor, min(SMALL_PUT, conn.max_frame))
         if small is not None:
             return await self._attempt_small(conn, deadline, small)
-        ready: defer.Deferred = defer.Deferred()
-
-        def on_frame(frame: Any) -> bool:
-            if isinstance(frame, PutReady) and not ready.called:
-                ready.callback(frame)
-                return False
-            if isinstance(frame, PutDone) and ready.called:
-                return True
-            raise ProtocolViolation(f"unexpected {type(frame).__name__} during a put")
-
-        def fail_ready(failure: Any) -> Any:
-            if not ready.called:
-                ready.errback(failure)
-            return failure
-
-        stream = conn.request_stream(self._start, on_frame)
-        stream.done.addErrback(fail_ready)
         watchdog = Watchdog(self.reactor, conn, deadline.remaining())
         pending: defer.Deferred | None = None
+        stream: Stream | None = None
         try:
-            max_frame = (await ready).max_frame
-            if not 0 < max_frame:
-                raise ProtocolViolation(f"PutReady with max_frame {max_frame}")
+            _, stream, max_frame = await open_put(conn, deadline, self._start)
             conn.max_frame = max_frame
             piece = min(max_frame, MAX_PIECE)
             deadline.extend()
@@ -229,18 +251,20 @@ class Upload:
             reply = await stream.done
             return reply.info
         except LocalError:
-            # The server holds half an upload under this request id: the
-            # protocol's only way to make it let go is to drop the connection.
-            conn.abort()
+            # The server holds half an upload under this request id: PutAbort makes it let go
+            # (the connection goes on serving this client's other requests).
+            if stream is not None and not stream.finished:
+                stream.send(PutAbort(stream.request_id))
             raise
         except Exception as exc:
             self.interrupted = str(exc) or type(exc).__name__
             raise
         finally:
             watchdog.cancel()
-            consume(stream.done)
-            if not stream.finished:
-                stream.abort(ProtocolViolation("put abandoned"))
+            if stream is not None:
+                consume(stream.done)
+                if not stream.finished:
+                    stream.abort(ProtocolViolation("put abandoned"))
             if pending is not None:
                 consume(pending)
                 if self.source.seekable:

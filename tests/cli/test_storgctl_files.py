@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import os
@@ -35,6 +36,7 @@ from storg.client.errors import (
 )
 from storg.paths import InvalidPath
 from storg.wire.files import ChunkRef, FileInfo
+from storg.wire.objects import ObjectAttrs
 
 NS = 1_700_000_000_987_654_321  # 2023-11-14T22:13:20.987Z
 
@@ -134,6 +136,28 @@ def test_stat_text_names_each_field_and_chunk():
     assert "modified:  2023-11-14T22:13:20Z" in text
     assert "chunks:    2" in text
     assert text.splitlines()[-2].split() == ["cd" * 32, "1000", "n1,n2,n3"]
+
+
+def test_stat_shows_the_etag_content_type_and_a_composite():
+    plain = dataclasses.replace(INFO, attrs=ObjectAttrs("12" * 16, "text/plain"))
+    text = format_stat(plain)
+    assert "etag:      " + "12" * 16 in text and "type:      text/plain" in text
+    assert "composite" not in text
+    multi = dataclasses.replace(INFO, attrs=ObjectAttrs("34" * 16 + "-2", parts=(1000, 234)))
+    assert "sha256:    " + "ab" * 32 + " (composite of 2 parts)" in format_stat(multi)
+    assert file_dict(multi)["parts"] == [1000, 234] and file_dict(multi)["etag"] == "34" * 16 + "-2"
+    assert "etag" not in file_dict(INFO) and "etag:" not in format_stat(INFO)
+
+
+@pytest.mark.parametrize("argv, why", [
+    (["s3", "key", "create", "backup", "--role", "root"], "--role"),
+    (["s3", "key", "create", "backup"], "--role"),
+    (["s3", "key", "revoke"], "ID"),
+    (["s3", "key"], "SUBCOMMAND"),
+])
+def test_s3_key_usage_errors_exit_2_before_contacting_the_cluster(argv, why, capsys):
+    code, out, err = run_main(argv, capsys)
+    assert code == EXIT_USAGE and why in err and out == ""
 
 
 @pytest.mark.parametrize("exc,code", [

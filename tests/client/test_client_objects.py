@@ -24,7 +24,15 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 
 from storg.client.api import StorgClient
-from storg.client.errors import BadRequest, ConflictError, IntegrityError, NotFoundError, ProtocolViolation
+from storg.client.errors import (
+    BadRequest,
+    ClusterUnavailable,
+    ConflictError,
+    IntegrityError,
+    LocalError,
+    NotFoundError,
+    ProtocolViolation,
+)
 from storg.config import load_config
 from storg.server.service import NodeService
 from storg.testing.devcluster import free_port
@@ -298,3 +306,32 @@ async def test_get_r_reads_a_small_composed_object_whole(client, tmp_path) -> No
     assert report.failed == [] and report.files == 2
     assert (tmp_path / "out" / "small").read_bytes() == b"".join(parts)
     assert (tmp_path / "out" / "plain").read_bytes() == b"plain"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_put_stream_without_a_cluster_fails_every_call_as_unavailable(tmp_path) -> None:
+    lonely = StorgClient([f"127.0.0.1:{free_port()}"], reactor=reactor, timeout=0.5)
+    try:
+        stream = lonely.put_stream("/x")
+        with pytest.raises(ClusterUnavailable):
+            await stream.write(b"data")
+        with pytest.raises(ClusterUnavailable):
+            await stream.finish()
+        with pytest.raises(ClusterUnavailable):
+            await lonely.put_stream("/y").finish()
+    finally:
+        lonely.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failing_receiver_ends_the_get_stream_without_retrying(client) -> None:
+    await client.put(io.BytesIO(os.urandom(3 * CHUNK)), "/r/fail")
+    calls: list[int] = []
+
+    def write(piece: bytes) -> defer.Deferred:
+        calls.append(len(piece))
+        return defer.fail(ConnectionResetError("the S3 client went away"))
+
+    with pytest.raises(LocalError, match="went away"):
+        await client.get_stream("/r/fail", write)
+    assert len(calls) == 1

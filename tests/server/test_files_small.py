@@ -297,3 +297,24 @@ def test_a_small_file_the_snapshot_covers_but_the_store_lost_is_written_again_fr
     assert store.get(hashlib.sha256(b"only in the log").hexdigest()) == b"only in the log"
     assert not store.has(hashlib.sha256(b"not mine").hexdigest())
     assert restore_inline_chunks([entry, other], fsm, store, "n1") == 0  # present now
+
+
+def test_small_files_in_put_object_and_conditional_commands_are_restored_too(tmp_path):
+    """Every put since ETags is a PutObjectCommand wrapping the put: the restore looks inside it
+    (and inside the older ConditionalPutCommand)."""
+    from storg.server.files.inline_restore import restore_inline_chunks
+    from storg.wire.objects import ObjectAttrs, PutObjectCommand
+    from storg.wire.tree import ConditionalPutCommand
+
+    fsm = FileStoreStateMachine()
+    store = ChunkStore(tmp_path / "chunks")
+    wrapped = PutObjectCommand(False, "", "", ObjectAttrs(hashlib.md5(b"wrapped").hexdigest()),
+                               CODEC.encode(PutInlineCommand(0, 0, 1, "/w", b"wrapped", ("n1",))))
+    conditional = ConditionalPutCommand(True, "", CODEC.encode(PutInlineCommand(0, 0, 2, "/c", b"cond", ("n1",))))
+    entries = [Entry(1, 1, EntryType.NORMAL, CODEC.encode(wrapped)),
+               Entry(1, 2, EntryType.NORMAL, CODEC.encode(conditional))]
+    for entry in entries:
+        fsm.apply(entry)
+    assert restore_inline_chunks(entries, fsm, store, "n1") == 2
+    assert store.get(hashlib.sha256(b"wrapped").hexdigest()) == b"wrapped"
+    assert store.get(hashlib.sha256(b"cond").hexdigest()) == b"cond"

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from storg.wire import CODEC, CodecError
 from storg.wire import files as F
+from storg.wire import objects as O
 from storg.wire import tree as T
 from storg.wire.codec import Codec
 from storg.wire.schema import SHA256, U8, ListOf, Nested, layout, register_struct
@@ -21,15 +22,18 @@ hashes = st.binary(min_size=32, max_size=32).map(bytes.hex)
 text = st.text(max_size=40)
 blobs = st.binary(max_size=64)
 chunk_refs = st.builds(F.ChunkRef, hashes, u32, st.lists(ids, max_size=3).map(tuple))
-infos = st.builds(F.FileInfo, text, u64, hashes, u64, u64, st.lists(chunk_refs, max_size=3).map(tuple))
+pairs = st.lists(st.tuples(text, text), max_size=3).map(tuple)
+attrs = st.builds(O.ObjectAttrs, text, text, pairs, pairs, st.lists(u64, max_size=3).map(tuple), pairs)
+infos = st.builds(F.FileInfo, text, u64, hashes, u64, u64, st.lists(chunk_refs, max_size=3).map(tuple), attrs)
 
 KINDS = {
     F.PutStart: (u64, text, u64, u64), F.PutReady: (u64, u32), F.PutData: (u64, blobs),
-    F.PutEnd: (u64, u64, hashes), F.PutDone: (u64, infos), F.GetRequest: (u64, text, st.booleans()),
-    F.GetStart: (u64, infos), F.GetData: (u64, blobs), F.GetEnd: (u64,),
-    F.LsRequest: (u64, text, st.booleans()),
-    F.LsReply: (u64, st.lists(infos, max_size=3).map(tuple), st.booleans()),
-    F.StatRequest: (u64, text, st.booleans()), F.StatReply: (u64, infos),
+    F.PutEnd: (u64, u64, hashes), F.PutDone: (u64, infos),
+    F.GetRequest: (u64, text, st.booleans(), u64, u64),
+    F.GetStart: (u64, infos, u64), F.GetData: (u64, blobs), F.GetEnd: (u64,),
+    F.LsRequest: (u64, text, st.booleans(), text, u32),
+    F.LsReply: (u64, st.lists(infos, max_size=3).map(tuple), st.booleans(), u64),
+    F.StatRequest: (u64, text, st.booleans()), F.StatReply: (u64, infos, u64),
     F.RmRequest: (u64, text, u64, u64), F.RmDone: (u64, u64),
     F.ChunkPut: (u64, hashes, blobs), F.ChunkStored: (u64, hashes), F.ChunkGet: (u64, hashes),
     F.ChunkData: (u64, hashes, blobs),
@@ -46,6 +50,18 @@ KINDS = {
     T.CopyCommand: (u64, u64, u64, text, text, st.booleans(), st.booleans()),
     T.RemoveTreeCommand: (u64, u64, u64, text),
     T.ConditionalPutCommand: (st.booleans(), text, blobs),
+    O.PutStartObject: (u64, text, u64, u64, st.booleans(), text, text, attrs), O.PutAbort: (u64,),
+    O.CopyAttrsRequest: (u64, text, text, u64, u64, st.booleans(), attrs),
+    O.ComposeRequest: (u64, u64, u64, text, st.lists(text, max_size=3).map(tuple), attrs, text,
+                       st.booleans(), text),
+    O.S3KeyCreateRequest: (u64, u64, u64, ids, text, ids, text), O.S3KeyRevokeRequest: (u64, u64, u64, ids),
+    O.S3KeyListRequest: (u64,), O.S3KeyDone: (u64, u64),
+    O.S3KeyListReply: (u64, st.lists(st.builds(O.S3Key, ids, text, ids, u64), max_size=3).map(tuple)),
+    O.PutObjectCommand: (st.booleans(), text, text, attrs, blobs),
+    O.CopyAttrsCommand: (u64, u64, u64, text, text, st.booleans(), attrs),
+    O.ComposeCommand: (u64, u64, u64, text, st.lists(text, max_size=3).map(tuple), attrs, text,
+                       st.booleans(), text),
+    O.S3KeyCreateCommand: (u64, u64, u64, ids, text, ids, text), O.S3KeyRevokeCommand: (u64, u64, ids),
 }
 frames = st.one_of(*[st.builds(cls, *args) for cls, args in KINDS.items()])
 
@@ -89,6 +105,24 @@ def test_tree_type_bytes_are_the_documented_ones():
         body = CODEC.encode(obj)
         assert CODEC.type_byte(obj) == tb
         assert CODEC.decode(body) == obj
+
+
+@settings(max_examples=100, deadline=None)
+@given(frames)
+def test_object_frames_use_only_their_type_bytes(obj):
+    """Issue 18's frames use only the type bytes given to them: 14-31 and 130-149."""
+    if type(obj).__module__ == O.__name__:
+        tb = CODEC.type_byte(obj)
+        assert 14 <= tb <= 31 or 130 <= tb <= 149, (type(obj).__name__, tb)
+
+
+def test_attributes_round_trip_alone():
+    a = O.ObjectAttrs("e", "t", (("k", "v"),), (("CRC32", "x"),), (1, 2**63), (("x", ""),))
+    assert O.decode_attrs(O.encode_attrs(a)) == a
+    with pytest.raises(CodecError):
+        O.decode_attrs(O.encode_attrs(a) + b"\x00")
+    with pytest.raises(CodecError):
+        O.encode_attrs(O.ObjectAttrs(metadata=(("k", "v" * 70000),)))
 
 
 def test_a_forged_list_count_fails_before_allocating():

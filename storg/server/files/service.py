@@ -132,7 +132,7 @@ LS_FRAME_BYTES = 4 * 1024 * 1024
 large attributes would not fit in one frame (MAX_FRAME_BYTES), so a page is cut."""
 
 
-def _within_frame(files: list[FileInfo]) -> list[tuple[FileInfo, ...]]:
+def within_frame(files: list[FileInfo]) -> list[tuple[FileInfo, ...]]:
     """``files`` in runs whose frames stay under LS_FRAME_BYTES (at least one run, maybe empty).
 
     The size is estimated from the path and attributes (a FileInfo without
@@ -502,13 +502,13 @@ class FileService:
         listing = self.fsm.listing(prefix)
         last = (max(len(listing) - 1, 0) // LS_PAGE) * LS_PAGE
         for start in range(0, last, LS_PAGE):
-            for files in _within_frame(listing.page(start, start + LS_PAGE)):
+            for files in within_frame(listing.page(start, start + LS_PAGE)):
                 conn.send(LsReply(req.request_id, files, True, index))
             yield conn.writable()
             yield deferLater(self.reactor, 0, lambda: None)
             if not conn.open:
                 return None
-        pieces = _within_frame(listing.page(last, len(listing)))
+        pieces = within_frame(listing.page(last, len(listing)))
         for files in pieces[:-1]:
             conn.send(LsReply(req.request_id, files, True, index))
         return LsReply(req.request_id, pieces[-1], False, index)
@@ -526,7 +526,7 @@ class FileService:
         yield self._read_point(req.stale)
         index = self.node.applied_index
         files, more = self.fsm.page(prefix, req.start_after, req.limit)
-        pieces = _within_frame(files)
+        pieces = within_frame(files)
         if len(pieces) > 1:  # attributes too large for one frame: a shorter page
             return LsReply(req.request_id, pieces[0], True, index)
         return LsReply(req.request_id, pieces[0], more, index)
