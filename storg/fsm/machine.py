@@ -46,8 +46,8 @@ from storg.fsm.members import MemberDirectory, MembershipStateMachine
 from storg.fsm.objects import ObjectCommands, S3KeyState
 from storg.fsm.records import (
     S3KeyRecord,
+    effective_etag,
     file_chunks,
-    file_etag,
     file_head,
     file_size,
     pack_file,
@@ -255,7 +255,7 @@ class FileStoreStateMachine(TreeCommands, ObjectCommands):
         if etag:
             if old is None:
                 raise Conflict(f"{path} does not exist, so it cannot match ETag {etag}")
-            stored = file_etag(old)
+            stored = effective_etag(old)
             if stored != etag:
                 raise Conflict(f"{path} has ETag {stored or '(none)'}, not {etag}")
         if condition.if_match:
