@@ -179,12 +179,20 @@ class GetStream:
         self._starts: list[int] = []
         self._writing: defer.Deferred | None = None
         """The caller's last ``write`` still pending: a resumed attempt waits for it first."""
+        self._pump: defer.Deferred | None = None
+        """The last attempt's pump (delivering the frames it received): a resumed attempt waits for it."""
 
     async def attempt(self, conn: RequestConnection, deadline: Deadline) -> FileInfo:
+        # The last attempt's pump may still be hashing or handing on a piece it had received
+        # whole: once it settles, ``pos`` says what the caller has, and the resumed get asks
+        # for the bytes after it (not those again).
+        if self._pump is not None and not self._pump.called:
+            await defer.DeferredList([self._pump], consumeErrors=True)
         if self._writing is not None and not self._writing.called:
             await defer.DeferredList([self._writing], consumeErrors=True)
         remaining = WHOLE if self.stop is None else self.stop - self.pos
         if self.info is not None and remaining == 0:
+            await self._check_end()  # every byte arrived before GetEnd did: check the whole file now
             return self.info
         watchdog = Watchdog(self.reactor, conn, deadline.remaining())
         queue: deque[Any] = deque()
@@ -201,7 +209,7 @@ class GetStream:
                     paused[0] = True
                     conn.pause_reading()
                 if pump[0] is None or pump[0].called:  # (a drain may have ended synchronously)
-                    pump[0] = defer.Deferred.fromCoroutine(self._drain(queue, paused, conn, box, pump))
+                    pump[0] = self._pump = defer.Deferred.fromCoroutine(self._drain(queue, paused, conn, box, pump))
                 return False  # the end is decided by the pump, once everything is delivered
             raise ProtocolViolation(f"unexpected {type(frame).__name__} during a get")
 
@@ -237,14 +245,7 @@ class GetStream:
                         raise ProtocolViolation("GetData before GetStart")
                     await self._deliver(bytes(frame.data))
                 else:
-                    if self.pos != self.stop:
-                        raise IntegrityError(f"{self.path}: the get ended at byte {self.pos}, not {self.stop}")
-                    if self.hasher is not None:
-                        digest = await in_thread(self.reactor, self.hasher.hexdigest)
-                        assert self.info is not None
-                        if digest != self.info.sha256:
-                            raise IntegrityError(f"{self.path}: SHA-256 mismatch (got {digest}, "
-                                                 f"expected {self.info.sha256})")
+                    await self._check_end()
                     assert self.info is not None
                     if not stream.finished:
                         conn._forget(stream)
@@ -252,6 +253,16 @@ class GetStream:
         except Exception as exc:
             if not stream.finished:
                 stream.abort(exc)
+
+    async def _check_end(self) -> None:
+        """Every byte asked for was handed on, and a whole file hashes to its SHA-256 (or composite)."""
+        if self.pos != self.stop:
+            raise IntegrityError(f"{self.path}: the get ended at byte {self.pos}, not {self.stop}")
+        if self.hasher is not None:
+            digest = await in_thread(self.reactor, self.hasher.hexdigest)
+            assert self.info is not None
+            if digest != self.info.sha256:
+                raise IntegrityError(f"{self.path}: SHA-256 mismatch (got {digest}, expected {self.info.sha256})")
 
     def _started(self, frame: GetStart) -> None:
         info = frame.info
