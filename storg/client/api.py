@@ -436,12 +436,14 @@ class StorgClient:
         session = self.sessions.acquire()
         seq = session.next_seq()
         released = [False]
+        acquired = [False]
 
         def release() -> None:
             if not released[0]:
                 released[0] = True
                 self.sessions.release(session)
-                self._upload_slots.release()
+                if acquired[0]:
+                    self._upload_slots.release()
 
         def make(rid: int) -> Any:
             return start_frame(rid, path, session.client_id, seq, if_absent=if_absent,
@@ -453,6 +455,11 @@ class StorgClient:
 
         async def open_() -> Any:
             await self._upload_slots.acquire()
+            acquired[0] = True
+            if released[0]:  # aborted while waiting for a slot: give it back and open nothing
+                acquired[0] = False
+                self._upload_slots.release()
+                raise ProtocolViolation("the put stream was aborted")
             try:
                 return await self.retrying(opening)
             except BaseException:

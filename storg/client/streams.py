@@ -54,7 +54,6 @@ class PutStream:
         self.size = size
         self._release = release
         self._sha = hashlib.sha256()
-        self._hashed: defer.Deferred = defer.succeed(None)
         self._sent = 0
         self._last: defer.Deferred = opened.addCallback(self._opened)
         self._conn: RequestConnection | None = None
@@ -79,7 +78,6 @@ class PutStream:
             self.abort()
             return defer.fail(IntegrityError(f"more than the {self.size} bytes announced"))
         self._sent += len(data)
-        self._hashed = self._hashed.addCallback(lambda _: in_thread(self.reactor, self._sha.update, data))
         d = self._last.addCallback(lambda _: defer.Deferred.fromCoroutine(self._send(data)))
         self._last = d
         out: defer.Deferred = defer.Deferred()
@@ -95,8 +93,15 @@ class PutStream:
         return out
 
     async def _send(self, data: bytes) -> None:
+        """Hash ``data`` (in a thread), then send it as the connection drains.
+
+        Both before ``write`` fires: a piece is let go of only once it is
+        hashed and handed to the transport, so memory stays bounded by the
+        caller's pieces in flight even when hashing is the slower side.
+        """
         conn, stream = self._conn, self._stream
         assert conn is not None and stream is not None
+        await in_thread(self.reactor, self._sha.update, data)
         for pos in range(0, len(data), self._piece):
             try:
                 await conn.wait_writable(stream)
@@ -116,7 +121,6 @@ class PutStream:
             if self.size is not None and self._sent != self.size:
                 self.abort()
                 raise IntegrityError(f"{self._sent} bytes written, {self.size} announced")
-            await self._hashed
             stream = self._stream
             assert stream is not None
             self._over = True
@@ -136,6 +140,7 @@ class PutStream:
             self._send_abort()
         self._over = True
         self._error = self._error or ProtocolViolation("the put stream was aborted")
+        consume(self._last)  # an opening that fails now (or was refused) is no one's error
         self._end()
 
     def _send_abort(self) -> None:

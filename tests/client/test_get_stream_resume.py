@@ -1,4 +1,4 @@
-"""GetStream's resume after a lost node, driven frame by frame (a fake connection, hashing held by hand).
+"""GetStream's resume after a lost node, driven frame by frame, and PutStream's upload slot (fake connections).
 
 The real resume runs in tests/client/test_client_objects.py and the process
 tests; here the interleavings that are hard to hit there are made to happen:
@@ -134,3 +134,20 @@ def test_a_node_lost_before_get_end_still_checks_the_whole_file(held: list) -> N
     failures: list = []
     d2.addErrback(failures.append)
     assert failures and failures[0].check(IntegrityError), "a resumed get at the end is checked, not trusted"
+
+
+def test_a_put_stream_aborted_while_waiting_for_an_upload_slot_takes_none() -> None:
+    """The semaphore of uploads in flight stays exact: an abort before the slot came frees nothing."""
+    from storg.client.api import StorgClient
+    clock = task.Clock()
+    client = StorgClient(["127.0.0.1:1"], reactor=clock, max_uploads=1)
+    never: defer.Deferred = defer.Deferred()
+    client.retrying = lambda attempt, **kw: never  # type: ignore[method-assign]  # the leader being found
+    first = client.put_stream("/b/one")  # holds the only slot
+    second = client.put_stream("/b/two")  # waits for it
+    slots = client._upload_slots
+    assert slots.tokens == 0 and len(slots.waiting) == 1
+    second.abort()
+    assert slots.tokens == 0
+    first.abort()
+    assert slots.tokens == 1 and not slots.waiting, "both given up: the one slot is free, none extra"
