@@ -143,9 +143,10 @@ def within_frame(files: list[FileInfo]) -> list[tuple[FileInfo, ...]]:
     size = 0
     for info in files:
         attrs = info.attrs
-        cost = 100 + 3 * len(info.path) + len(attrs.etag) + len(attrs.content_type)
+        # 4 bytes per character: UTF-8's most, so that no run's frame can come out larger.
+        cost = 100 + 4 * (len(info.path) + len(attrs.etag) + len(attrs.content_type))
         if attrs.metadata or attrs.checksums or attrs.extra or attrs.parts:
-            cost += 3 * sum(len(k) + len(v) + 4 for k, v in attrs.metadata + attrs.checksums + attrs.extra)
+            cost += 4 * sum(len(k) + len(v) + 2 for k, v in attrs.metadata + attrs.checksums + attrs.extra)
             cost += 8 * len(attrs.parts)
         if run and size + cost > LS_FRAME_BYTES:
             runs.append(tuple(run))
