@@ -35,7 +35,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from benchlib import CpuMeter, cpu_flags, percentile, run_passes
+from benchlib import CpuMeter, cpu_flags, percentile, run_passes, sha256_mbs
 from storg.client.api import StorgClient
 from storg.net.credentials import from_environment
 from storg.testing.devcluster import ProcCluster, wait_for
@@ -169,17 +169,6 @@ def peak_rss_mib(cluster: ProcCluster) -> dict[str, float]:
             if line.startswith("VmHWM:"):
                 out[nid] = int(line.split()[1]) / 1024
     return out
-
-
-def sha256_mbs(seconds: float = 0.5) -> float:
-    """MB/s of hashlib.sha256 on one core of this machine (1 MiB buffers, as chunks are)."""
-    block = os.urandom(CHUNK)
-    n = 0
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        hashlib.sha256(block).digest()
-        n += 1
-    return n * CHUNK / (time.perf_counter() - t0) / 1e6
 
 
 async def big_file(reactor: Any, cluster: ProcCluster, addresses: list[str], workdir: Path,
