@@ -18,7 +18,8 @@ def _run(code: str) -> str:
 
 
 def test_import_of_storg_wire_imports_no_frame_module() -> None:
-    out = _run("import json, sys, storg.wire; print(json.dumps([m for m in sys.modules if m.startswith('storg.wire.')]))")
+    out = _run("import json, sys, storg.wire; "
+               "print(json.dumps([m for m in sys.modules if m.startswith('storg.wire.')]))")
     loaded = set(json.loads(out))
     assert loaded.isdisjoint(FRAME_MODULES)
 
