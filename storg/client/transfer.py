@@ -40,6 +40,7 @@ from typing import Any
 
 from twisted.internet import defer
 
+from storg.net import protocol
 from storg.net.connection import RequestConnection
 from storg.node.executor import reactor_pool
 from storg.wire import MAX_FRAME_BYTES
@@ -59,27 +60,12 @@ def no_progress(done: int, total: int | None) -> None:
     pass
 
 
-class Deadline:
-    """How long a client may still wait; pushed back whenever a transfer makes progress.
-
-    ``progressed`` tells the retry loop that the attempt under way moved
-    something, so that its failure counts as an interrupted transfer (of
-    which only a few are retried: a node failing every transfer halfway
-    would otherwise keep the deadline moving forever).
-    """
+class Deadline(protocol.Deadline):
+    """The client protocol's :class:`~storg.net.protocol.Deadline` on a reactor's clock."""
 
     def __init__(self, reactor: Any, timeout: float) -> None:
         self.reactor = reactor
-        self.timeout = timeout
-        self.at = reactor.seconds() + timeout
-        self.progressed = False
-
-    def remaining(self) -> float:
-        return self.at - self.reactor.seconds()
-
-    def extend(self) -> None:
-        self.progressed = True
-        self.at = max(self.at, self.reactor.seconds() + self.timeout)
+        super().__init__(reactor.seconds, timeout)
 
 
 class Watchdog:
