@@ -1,5 +1,7 @@
-"""One attempt of a get: write and hash the GetData frames off the reactor, memory bounded;
-and :class:`AtomicFile`, so a get never leaves a partial local file.
+"""One attempt of a get: write and hash the GetData frames off the reactor, memory bounded.
+
+:class:`AtomicFile` (a get never leaves a partial local file) is in
+:mod:`storg.client.localfile` and imported here for its old callers.
 
 See :mod:`storg.client.transfer` for the whole picture of a transfer."""
 
@@ -8,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 from collections import deque
 from collections.abc import Callable
 from typing import Any, BinaryIO, cast
@@ -22,6 +23,7 @@ from storg.client.errors import (
     LocalError,
     ProtocolViolation,
 )
+from storg.client.localfile import AtomicFile
 from storg.client.transfer import (
     Deadline,
     Progress,
@@ -38,6 +40,8 @@ from storg.wire.files import (
     GetRequest,
     GetStart,
 )
+
+__all__ = ["AtomicFile", "Download", "DownloadSink"]
 
 SINK_HIGH_WATER = 4 * 1024 * 1024
 """Bytes received but not yet written before a get stops reading its connection."""
@@ -300,55 +304,3 @@ class Download:
                 stream.abort(ProtocolViolation("get abandoned"))
             writer.stop()
             await writer.drain()
-
-
-# --- atomic local files ------------------------------------------------------------
-
-class AtomicFile:
-    """A file written under a temporary name in the target's folder, renamed at the end.
-
-    Readers of ``target`` see the old file or the whole new one; a failed
-    get leaves the old file untouched and no partial file behind.
-    """
-
-    def __init__(self, target: str | os.PathLike) -> None:
-        target = os.fspath(target)
-        if os.path.isdir(target):
-            raise LocalError(f"{target} is a directory")
-        self.target = target
-        folder = os.path.dirname(os.path.abspath(target))
-        try:
-            fd, self.temp = tempfile.mkstemp(
-                dir=folder, prefix="." + os.path.basename(target) + ".", suffix=".storg-part")
-        except OSError as exc:
-            raise LocalError(f"cannot write in {folder}: {exc.strerror or exc}") from None
-        self.f: BinaryIO = os.fdopen(fd, "w+b")
-        self.finished = False
-
-    def commit(self) -> None:
-        """Make the content durable, then give it the target's name (mode as a new file's)."""
-        try:
-            self.f.flush()
-            os.fsync(self.f.fileno())
-            self.f.close()
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self.temp, 0o666 & ~umask)
-            os.replace(self.temp, self.target)
-        except OSError as exc:
-            self.discard()
-            raise LocalError(f"cannot write {self.target}: {exc.strerror or exc}") from None
-        self.finished = True
-
-    def discard(self) -> None:
-        if self.finished:
-            return
-        self.finished = True
-        try:
-            self.f.close()
-        except OSError:
-            pass
-        try:
-            os.unlink(self.temp)
-        except FileNotFoundError:
-            pass

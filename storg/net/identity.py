@@ -134,3 +134,19 @@ def identity_of_peercert(cert: dict) -> Identity:
     uris = None if not san else [value for kind, value in san if kind == "URI"]
     common_names = [value for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"]
     return identity_from_names(uris, common_names)
+
+
+VERIFY_ERRORS = {
+    2: "its issuer is not this cluster's CA",
+    7: "its signature is bad",
+    9: "it is not valid yet",
+    10: "it has expired",
+    18: "it is self-signed, not signed by this cluster's CA",
+    19: "it is not signed by this cluster's CA",  # the chain sent ends in another self-signed CA
+    20: "it is not signed by this cluster's CA",
+    21: "it is not signed by this cluster's CA",
+    24: "its issuer is not a CA",
+    26: "its key usage does not allow this use",
+}
+"""OpenSSL's X509_V_ERR_* codes a peer's certificate is likely to fail with, in words
+(pyOpenSSL's verify callback and the standard library's ``verify_code`` give the same codes)."""

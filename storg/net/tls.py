@@ -114,11 +114,13 @@ from storg.net.identity import (
     NODE_ROLE,
     URI_SCHEME,
     USER_NAME_RE,
+    VERIFY_ERRORS,
     Identity,
     IdentityError,
     identity_from_names,
     parse_identity_uri,
 )
+from storg.net.tls_files import TLSConfigError
 
 __all__ = [
     "CLIENT", "CLIENT_ROLES", "CLUSTER_RE", "NODE", "NODE_ROLE", "URI_SCHEME", "USER_NAME_RE",
@@ -129,10 +131,6 @@ __all__ = [
 
 TLS12_CIPHERS = b"ECDHE+AESGCM:ECDHE+CHACHA20"
 """TLS 1.2 only (1.3 suites are OpenSSL's defaults, all of them AEAD): forward secret AEAD."""
-
-
-class TLSConfigError(Exception):
-    """TLS material that cannot be used: one line, naming the file."""
 
 
 def _as_cryptography(cert: x509.Certificate | openssl_crypto.X509) -> x509.Certificate:
@@ -229,20 +227,6 @@ def _check_own_certificate(cert: x509.Certificate, cert_path: str, cas: Sequence
     raise TLSConfigError(f"{cert_path}: the certificate was not issued by the CA in {ca_path}")
 
 
-_VERIFY_ERRORS = {
-    2: "its issuer is not this cluster's CA",
-    7: "its signature is bad",
-    9: "it is not valid yet",
-    10: "it has expired",
-    18: "it is self-signed, not signed by this cluster's CA",
-    19: "it is not signed by this cluster's CA",  # the chain sent ends in another self-signed CA
-    20: "it is not signed by this cluster's CA",
-    21: "it is not signed by this cluster's CA",
-    24: "its issuer is not a CA",
-    26: "its key usage does not allow this use",
-}
-"""OpenSSL's X509_V_ERR_* codes a peer's certificate is likely to fail with, in words."""
-
 _REFUSALS: weakref.WeakKeyDictionary[SSL.Connection, str] = weakref.WeakKeyDictionary()
 """Why our end refused a peer's certificate, per connection (read by describe_tls_failure)."""
 
@@ -312,7 +296,7 @@ class _Options:
         """
         try:
             if not ok:  # the chain's verdict, at any depth (a server may send its CA after its own)
-                why = _VERIFY_ERRORS.get(errno, f"OpenSSL verify error {errno}")
+                why = VERIFY_ERRORS.get(errno, f"OpenSSL verify error {errno}")
                 _REFUSALS.setdefault(conn, f"certificate of {_subject(cert.to_cryptography())} refused: {why}")
                 return False
             if depth != 0:
