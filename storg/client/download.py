@@ -8,11 +8,9 @@ See :mod:`storg.client.transfer` for the whole picture of a transfer."""
 from __future__ import annotations
 
 import hashlib
-import io
-import os
 from collections import deque
 from collections.abc import Callable
-from typing import Any, BinaryIO, cast
+from typing import Any, cast
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
@@ -23,7 +21,7 @@ from storg.client.errors import (
     LocalError,
     ProtocolViolation,
 )
-from storg.client.localfile import AtomicFile
+from storg.client.localfile import AtomicFile, DownloadSink
 from storg.client.transfer import (
     Deadline,
     Progress,
@@ -51,68 +49,6 @@ SINK_LOW_WATER = 1 * 1024 * 1024
 
 SYNC_EVERY = 64 * 1024 * 1024
 """Bytes written to a ``sync`` sink between two background fdatasyncs."""
-
-class DownloadSink:
-    """Where a get's bytes go; a seekable sink can be emptied and refilled by a retry.
-
-    ``sync=True``: the file will be fsynced once complete (AtomicFile), so
-    flushing it to disk early, in the background, only moves that work.
-    """
-
-    def __init__(self, fileobj: BinaryIO, sync: bool = False) -> None:
-        self.f = fileobj
-        self.sync = sync
-        try:
-            self.seekable = bool(fileobj.seekable())
-            self.start = fileobj.tell() if self.seekable else 0
-        except (OSError, ValueError, AttributeError):
-            self.seekable = False
-            self.start = 0
-        self.in_memory = isinstance(fileobj, io.BytesIO)
-        self.dirty = False
-
-    def can_restart(self) -> bool:
-        return self.seekable or not self.dirty
-
-    def restart(self) -> None:
-        if self.dirty and self.seekable:
-            self.f.seek(self.start)
-            self.f.truncate()
-            self.dirty = False
-
-    def write_and_hash(self, data: bytes, hasher: Any) -> None:
-        """Runs in the writer thread; never on the reactor."""
-        try:
-            self.f.write(data)
-        except (OSError, ValueError) as exc:
-            raise LocalError(f"writing the output failed: {exc}") from None
-        hasher.update(data)
-
-    def write_many(self, pieces: list) -> None:
-        """Runs in a thread: write each piece, in order (hashing runs beside it)."""
-        try:
-            for data in pieces:
-                self.f.write(data)
-        except (OSError, ValueError) as exc:
-            raise LocalError(f"writing the output failed: {exc}") from None
-
-    def sync_now(self) -> None:
-        """Runs in a thread beside the writer: push what the kernel holds to disk.
-
-        Large writes bypass the file object's buffer, so the descriptor has
-        them; whatever is still buffered is the final fsync's business.
-        """
-        try:
-            os.fdatasync(self.f.fileno())
-        except (OSError, ValueError):
-            pass  # the final fsync reports real trouble
-
-    def flush(self) -> None:
-        try:
-            self.f.flush()
-        except (OSError, ValueError) as exc:
-            raise LocalError(f"writing the output failed: {exc}") from None
-
 
 def _hash_all(hasher: Any, pieces: list) -> None:
     for data in pieces:

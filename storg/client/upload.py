@@ -5,10 +5,7 @@ See :mod:`storg.client.transfer` for the whole picture of a transfer."""
 from __future__ import annotations
 
 import hashlib
-import io
-import os
-import stat
-from typing import Any, BinaryIO, cast
+from typing import Any
 
 from twisted.internet import defer
 
@@ -17,6 +14,7 @@ from storg.client.errors import (
     LocalError,
     ProtocolViolation,
 )
+from storg.client.localfile import LocalSource
 from storg.client.transfer import (
     MAX_PIECE,
     SMALL_PUT,
@@ -39,52 +37,8 @@ from storg.wire.files import (
 from storg.wire.tree import PutStartIf
 
 
-class UploadSource:
-    """A put's bytes: a local file (re-readable) or a binary stream such as stdin (read once).
-
-    ``consumed`` turns true with the first byte read; a put may be retried
-    from the start only while :meth:`can_restart` holds.
-    """
-
-    def __init__(self, fileobj: BinaryIO, *, owned: bool = False) -> None:
-        self.f = fileobj
-        self.owned = owned
-        try:
-            self.seekable = bool(fileobj.seekable())
-            self.start = fileobj.tell() if self.seekable else 0
-        except (OSError, ValueError, AttributeError):
-            self.seekable = False
-            self.start = 0
-        self.in_memory = isinstance(fileobj, io.BytesIO)
-        self.size = self._size()
-        self.consumed = False
-
-    @classmethod
-    def open(cls, path: str | os.PathLike) -> UploadSource:
-        """Open a local file; an unreadable one is a LocalError (storgctl exit 2)."""
-        try:
-            f = open(path, "rb")
-        except OSError as exc:
-            raise LocalError(f"cannot read {os.fspath(path)}: {exc.strerror or exc}") from None
-        return cls(f, owned=True)
-
-    def _size(self) -> int | None:
-        if self.in_memory:
-            return max(len(cast(io.BytesIO, self.f).getbuffer()) - self.start, 0)
-        try:
-            st = os.fstat(self.f.fileno())
-        except (OSError, ValueError, AttributeError):
-            return None
-        if stat.S_ISREG(st.st_mode):
-            return max(st.st_size - self.start, 0)
-        return None
-
-    def can_restart(self) -> bool:
-        return self.seekable or not self.consumed
-
-    def rewind(self) -> None:
-        if self.consumed and self.seekable:
-            self.f.seek(self.start)
+class UploadSource(LocalSource):
+    """A :class:`~storg.client.localfile.LocalSource` read off the reactor thread."""
 
     def read_small(self, reactor: Any, limit: int) -> defer.Deferred:
         """Fires with the whole content if it is known to be at most ``limit`` bytes, else None.
@@ -97,40 +51,16 @@ class UploadSource:
             return defer.succeed(None)
         if self.in_memory:
             self.consumed = True
-            return defer.maybeDeferred(self._read_whole, limit)
+            return defer.maybeDeferred(self.read_whole, limit)
         self.consumed = True
-        return in_thread(reactor, self._read_whole, limit)
-
-    def _read_whole(self, limit: int) -> bytes | None:
-        try:
-            data = self.f.read(limit + 1)
-            if data is None or len(data) > limit:
-                self.f.seek(self.start)
-                return None
-        except (OSError, ValueError) as exc:
-            raise LocalError(f"reading the source failed: {exc}") from None
-        return bytes(data)
+        return in_thread(reactor, self.read_whole, limit)
 
     def read_piece(self, reactor: Any, size: int, hasher: Any) -> defer.Deferred:
         """Read up to ``size`` bytes (fewer only at the end) and hash them, off the reactor thread."""
         self.consumed = True
         if self.in_memory:
-            return defer.maybeDeferred(self._read_and_hash, size, hasher)
-        return in_thread(reactor, self._read_and_hash, size, hasher)
-
-    def _read_and_hash(self, size: int, hasher: Any) -> bytes:
-        try:
-            data = self.f.read(size)
-        except (OSError, ValueError) as exc:
-            raise LocalError(f"reading the source failed: {exc}") from None
-        if data is None:  # a non-blocking stream with nothing ready
-            raise LocalError("the source is a non-blocking stream")
-        hasher.update(data)
-        return bytes(data)
-
-    def close(self) -> None:
-        if self.owned:
-            self.f.close()
+            return defer.maybeDeferred(self.read_and_hash, size, hasher)
+        return in_thread(reactor, self.read_and_hash, size, hasher)
 
 
 class Upload:
