@@ -37,7 +37,16 @@ from storg.client.transfer import Deadline, Progress, Watchdog
 from storg.client.upload import Upload, UploadSource
 from storg.config import LimitTuning
 from storg.net.connection import PLAIN, Dialer, RequestConnection, TLSHandshakeFailed
-from storg.net.protocol import MAX_INTERRUPTIONS, RetryPolicy, Session, SessionPool, new_client_id
+from storg.net.protocol import (
+    MAX_INTERRUPTIONS,
+    STATUS_KEYS,
+    RetryPolicy,
+    Session,
+    SessionPool,
+    new_client_id,
+    status_row,
+    unreachable_row,
+)
 from storg.node.executor import reactor_pool
 from storg.paths import InvalidPath, normalize_path, normalize_prefix
 from storg.wire import ErrorCode, ProbeRead, ProbeWrite, StatusReply, StatusRequest
@@ -68,8 +77,6 @@ __all__ = [
     "SessionPool",
     "StorgClient",
 ]
-
-STATUS_KEYS = ("id", "role", "term", "leader", "commit_index", "applied_index", "last_index")
 
 RETRYABLE = (
     net_error.ConnectError, net_error.ConnectionClosed, defer.TimeoutError, defer.CancelledError,
@@ -223,15 +230,14 @@ class StorgClient:
 
         async def row_of(member) -> dict[str, Any]:
             if member.id == first.row.id:
-                return _row_dict(first)
+                return status_row(first)
             try:
-                return _row_dict(await self._ask_status(member.client, per_node))
+                return status_row(await self._ask_status(member.client, per_node))
             except Exception:
-                return {"id": member.id, "role": "unreachable", "term": None, "leader": None,
-                        "commit_index": None, "applied_index": None, "last_index": None}
+                return unreachable_row(member.id)
 
         if not members:
-            return [_row_dict(first)]
+            return [status_row(first)]
         rows = await defer.gatherResults(
             [defer.Deferred.fromCoroutine(row_of(m)) for m in members], consumeErrors=True)
         return list(rows)
@@ -625,8 +631,3 @@ def _check_not_inside(src: str, dst: str) -> None:
 def _pause(reactor: Any, seconds: float) -> defer.Deferred:
     from twisted.internet.task import deferLater
     return deferLater(reactor, seconds, lambda: None)
-
-
-def _row_dict(reply: StatusReply) -> dict[str, Any]:
-    row = reply.row
-    return {key: getattr(row, key) for key in STATUS_KEYS}

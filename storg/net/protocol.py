@@ -40,13 +40,13 @@ from storg.net.errors import (
     ServerError,
     error_for,
 )
-from storg.wire import CODEC, CodecError, ErrorCode, ErrorReply
+from storg.wire import CODEC, CodecError, ErrorCode, ErrorReply, StatusReply
 from storg.wire.bulk import BULK_MIN, BULK_TYPES, FRAME_HEADER, bulk_frame, decode_bulk
 from storg.wire.files import FileInfo, GetData, GetEnd, GetStart, PutDone, PutReady
 
 __all__ = [
-    "FRAME_HEADER", "MAX_INTERRUPTIONS", "Deadline", "GetCheck", "GetStream", "PutStream", "Requests",
-    "RetryPolicy", "Session", "SessionPool", "frame_bytes", "split_address",
+    "FRAME_HEADER", "MAX_INTERRUPTIONS", "STATUS_KEYS", "Deadline", "GetCheck", "GetStream", "PutStream", "Requests",
+    "RetryPolicy", "Session", "SessionPool", "frame_bytes", "split_address", "status_row", "unreachable_row",
 ]
 
 MAX_INTERRUPTIONS = 3
@@ -120,7 +120,7 @@ class Requests(Generic[H]):
     def __len__(self) -> int:
         return len(self._open)
 
-    def route(self, body: bytes) -> tuple[H, Any] | None:
+    def route(self, body: bytes | bytearray) -> tuple[H, Any] | None:
         """The request a reply frame answers and what it says: a frame, or a ServerError.
 
         None for a frame of a request no longer open (an aborted request's
@@ -144,7 +144,7 @@ class Requests(Generic[H]):
         return handler, frame
 
 
-def decode_reply(body: bytes) -> Any:
+def decode_reply(body: bytes | bytearray) -> Any:
     """A reply frame (with its ``request_id``); a bulk payload comes as a view. ProtocolViolation if bad."""
     try:
         frame = decode_bulk(body)
@@ -239,6 +239,23 @@ class GetStream:
         if isinstance(frame, GetEnd) and started:
             return "end"
         raise ProtocolViolation(f"unexpected {type(frame).__name__} during a get")
+
+
+# --- status rows -------------------------------------------------------------------------------
+
+STATUS_KEYS = ("id", "role", "term", "leader", "commit_index", "applied_index", "last_index")
+"""The keys of a status row (``storgctl --json status``), in column order."""
+
+
+def status_row(reply: StatusReply) -> dict[str, Any]:
+    """One member's row, as it reports itself."""
+    row = reply.row
+    return {key: getattr(row, key) for key in STATUS_KEYS}
+
+
+def unreachable_row(member_id: str) -> dict[str, Any]:
+    """The row of a member that did not answer."""
+    return {key: None for key in STATUS_KEYS} | {"id": member_id, "role": "unreachable"}
 
 
 # --- sessions and retries -----------------------------------------------------------------------

@@ -66,7 +66,7 @@ def bulk_frame(obj: Any) -> list[bytes]:
     return [_HEADER.pack(size) + body[:-4] + _U32.pack(len(payload)), payload]
 
 
-def decode_bulk(frame: bytes) -> Any:
+def decode_bulk(frame: bytes | bytearray) -> Any:
     """``CODEC.decode(frame)``, except that a large payload comes back as a view of ``frame``.
 
     The view keeps ``frame`` alive; hashlib, files and sockets take it as
