@@ -121,6 +121,7 @@ class LocalSource:
 
     def read_whole(self, limit: int) -> bytes | None:
         """The whole content if it is at most ``limit`` bytes; else None, rewound to the start."""
+        self.consumed = True
         try:
             data = self.f.read(limit + 1)
             if data is None or len(data) > limit:
@@ -131,6 +132,8 @@ class LocalSource:
         return bytes(data)
 
     def read_and_hash(self, size: int, hasher: Any) -> bytes:
+        """Up to ``size`` bytes (fewer only at the end), hashed; the source counts as consumed."""
+        self.consumed = True  # before the read: a retry must rewind even if this read fails
         try:
             data = self.f.read(size)
         except (OSError, ValueError) as exc:
