@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import os
 import stat
-import tempfile
 from typing import Any, BinaryIO, Self, cast
 
 from storg.client.errors import LocalError
@@ -32,6 +31,8 @@ class AtomicFile:
             raise LocalError(f"{target} is a directory")
         self.target = target
         folder = os.path.dirname(os.path.abspath(target))
+        import tempfile  # here: only a get to a file needs it (a put or a status does not)
+
         try:
             fd, self.temp = tempfile.mkstemp(
                 dir=folder, prefix="." + os.path.basename(target) + ".", suffix=".storg-part")
