@@ -37,6 +37,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Any, BinaryIO
 
 from storg.client.errors import ClusterUnavailable, LocalError
@@ -343,26 +344,27 @@ class BlockingClient:
         self.addresses = list(addresses)
         self.timeout = timeout
         self.tls = tls
-        self._connections: dict[str, Connection] = {}
+        self._connections: dict[tuple[str, str | None], Connection] = {}
+        """By address and the node it must be (None: any node of the CA)."""
         self._leader_guess = self.addresses[0]
         self.client_id = new_client_id()
         self.sessions = SessionPool(self.client_id)
 
     def connection(self, address: str, timeout: float, expected_node: str | None = None) -> Connection:
-        conn = self._connections.get(address)
+        conn = self._connections.get((address, expected_node))
         if conn is None:
             conn = Connection(address, self.tls, min(self.timeout, timeout), expected_node)
-            self._connections[address] = conn
+            self._connections[address, expected_node] = conn
         return conn
 
-    def _drop(self, address: str) -> None:
-        conn = self._connections.pop(address, None)
+    def _drop(self, address: str, expected_node: str | None = None) -> None:
+        conn = self._connections.pop((address, expected_node), None)
         if conn is not None:
             conn.close()
 
     def close(self) -> None:
-        for address in list(self._connections):
-            self._drop(address)
+        for address, node in list(self._connections):
+            self._drop(address, node)
 
     def retrying(self, attempt: Callable[[Connection, Deadline], Any], *, leader: bool = True) -> Any:
         """Run ``attempt(conn, deadline)`` on one node after another until it succeeds (see RetryPolicy)."""
@@ -400,7 +402,7 @@ class BlockingClient:
             conn = self.connection(address, timeout, expected_node)
             reply = conn.call(StatusRequest, deadline)
         except BaseException:
-            self._drop(address)
+            self._drop(address, expected_node)
             raise
         if not isinstance(reply, StatusReply):
             raise ProtocolViolation(f"unexpected {type(reply).__name__} for a status request")
@@ -409,47 +411,34 @@ class BlockingClient:
     async def status(self) -> list[dict[str, Any]]:
         """One row per member, as each member reports itself; ``unreachable`` where none came.
 
-        As :meth:`storg.client.api.StorgClient.status`: the member list from
-        the first node that answers, then every other member asked at once
-        (a thread each), so one dead node costs one timeout, not one per row.
+        As :meth:`storg.client.api.StorgClient.status`: the member list comes
+        from the first address (in order) that answers, and each member's row
+        from that member.  Every address is asked at once (a thread each),
+        and so is every member not among them, so one dead node costs one
+        timeout, not one per row.
         """
         per_node = min(self.timeout, 3.0)
-        first: StatusReply | None = None
-        tls_refusals: list[TLSRefusedError] = []
-        for address in self.addresses:
-            try:
-                first = self._ask_status(address, per_node)
-                break
-            except TLSRefusedError as exc:
-                tls_refusals.append(exc)
-            except Exception:
-                continue
+        answers: dict[str, StatusReply | BaseException] = {}
+        _at_once([(a, partial(self._ask_status, a, per_node)) for a in self.addresses], answers)
+        first = next((r for r in (answers[a] for a in self.addresses) if isinstance(r, StatusReply)), None)
         if first is None:
-            if len(tls_refusals) == len(self.addresses):
-                raise tls_refusals[0]  # our certificate, not an outage
+            refusals = [e for e in answers.values() if isinstance(e, TLSRefusedError)]
+            if len(refusals) == len(self.addresses):
+                raise refusals[0]  # our certificate, not an outage
             raise ClusterUnavailable("no node answered at " + ", ".join(self.addresses))
         members = sorted(first.members, key=lambda m: m.id)
         if not members:
             return [status_row(first)]
-        rows: dict[str, dict[str, Any]] = {}
-
-        def ask(member: Any) -> None:
-            try:
-                rows[member.id] = status_row(self._ask_status(member.client, per_node, member.id))
-            except Exception:
-                rows[member.id] = unreachable_row(member.id)
-
-        threads = []
+        # A member's own answer: the one its client address gave, if it names that member.
+        mine = {m.id: answers.get(m.client) for m in members}
+        missing = [m for m in members if not (isinstance(mine[m.id], StatusReply)
+                                             and mine[m.id].row.id == m.id)]  # type: ignore[union-attr]
+        _at_once([(m.id, partial(self._ask_status, m.client, per_node, m.id)) for m in missing], mine)
+        rows = []
         for member in members:
-            if member.id == first.row.id:
-                rows[member.id] = status_row(first)
-                continue
-            thread = threading.Thread(target=ask, args=(member,), daemon=True)
-            thread.start()
-            threads.append(thread)
-        for thread in threads:
-            thread.join()
-        return [rows[m.id] for m in members]
+            reply = first if member.id == first.row.id else mine[member.id]
+            rows.append(status_row(reply) if isinstance(reply, StatusReply) else unreachable_row(member.id))
+        return rows
 
     # --- files ----------------------------------------------------------------------------
 
@@ -552,6 +541,22 @@ class BlockingClient:
         finally:
             self.sessions.release(session)
         return reply.version
+
+
+def _at_once(calls: list[tuple[str, Callable[[], Any]]], into: dict[str, Any]) -> None:
+    """Run each ``(key, call)`` in a thread of its own; ``into[key]`` is its result or its exception."""
+
+    def run(key: str, call: Callable[[], Any]) -> None:
+        try:
+            into[key] = call()
+        except Exception as exc:
+            into[key] = exc
+
+    threads = [threading.Thread(target=run, args=pair, daemon=True) for pair in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def _no_progress(done: int, total: int | None) -> None:
