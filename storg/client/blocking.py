@@ -40,8 +40,9 @@ from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Any, BinaryIO
 
+from storg.client import localfile
 from storg.client.errors import ClusterUnavailable, LocalError
-from storg.client.localfile import DownloadSink, LocalSource
+from storg.client.localfile import AtomicFile, DownloadSink, LocalSource
 from storg.net.errors import ProtocolViolation, ServerError, TLSRefused
 from storg.net.identity import VERIFY_ERRORS, IdentityError, identity_of_peercert
 from storg.net.protocol import (
@@ -85,9 +86,6 @@ MAX_PIECE = MAX_FRAME_BYTES - 1024
 
 GET_BUFFERS = 4
 """Receive buffers of a get in rotation: one being filled, the others being hashed."""
-
-SYNC_EVERY = 64 * 1024 * 1024
-"""Bytes a get writes to a file that will be fsynced between two background fdatasyncs."""
 
 _GET_DATA = 48
 """GetData's type byte (storg.wire.files): its payload is read straight into a buffer."""
@@ -480,16 +478,22 @@ class BlockingClient:
             self.sessions.release(session)
             local.close()
 
-    async def get(self, remote: str, sink: BinaryIO, stale: bool = False,
+    async def get(self, remote: str, sink: str | os.PathLike | BinaryIO, stale: bool = False,
                   progress: Progress | None = None) -> FileInfo:
-        """Fetch ``remote`` into the binary file ``sink`` (a temp file or stdout), verified.
+        """Fetch ``remote`` into ``sink`` (a local path, written atomically, or a binary stream), verified.
 
-        ``sink`` must have a file descriptor: the bytes go to it with
-        ``os.write``.  On a lost node the get starts over elsewhere if
-        nothing was written yet or the sink can be rewound.
+        The bytes go to the sink's file descriptor with ``os.write`` (to its
+        ``write`` if it has none).  On a lost node the get starts over
+        elsewhere if nothing was written yet or the sink can be rewound; a
+        local path is replaced only once the whole verified content is on disk.
         """
         path = normalize_path(remote)
-        target = DownloadSink(sink, sync=_is_regular(sink))
+        atomic = None
+        if isinstance(sink, (str, os.PathLike)):
+            atomic = AtomicFile(sink)
+            target = DownloadSink(atomic.f, sync=True)
+        else:
+            target = DownloadSink(sink, sync=_is_regular(sink))
         report = progress or _no_progress
 
         def attempt(conn: Connection, deadline: Deadline) -> FileInfo:
@@ -498,7 +502,14 @@ class BlockingClient:
             target.restart()
             return _get_attempt(conn, deadline, path, stale, target, report)
 
-        return self.retrying(attempt, leader=False)
+        try:
+            info = self.retrying(attempt, leader=False)
+            if atomic is not None:
+                atomic.commit()
+            return info
+        finally:
+            if atomic is not None:
+                atomic.discard()
 
     async def ls(self, prefix: str = "/", stale: bool = False) -> list[FileInfo]:
         """Every file at or below the folder ``prefix``, sorted by path (chunks left empty)."""
@@ -693,9 +704,13 @@ def _get_attempt(conn: Connection, deadline: Deadline, path: str, stale: bool, s
     stream = GetStream(check)
     try:
         sink.f.flush()
-        fd = sink.f.fileno()
-    except (OSError, ValueError, AttributeError) as exc:
+    except (OSError, ValueError) as exc:
         raise LocalError(f"writing the output failed: {exc}") from None
+    try:
+        fd: int | None = sink.f.fileno()
+    except (OSError, ValueError, AttributeError):
+        fd = None  # an in-memory sink: its write()
+    write = partial(_write_all, fd) if fd is not None else partial(_write_to, sink)
     hasher: _Hasher | None = None
     syncer: threading.Thread | None = None
     written = synced = 0
@@ -717,13 +732,14 @@ def _get_attempt(conn: Connection, deadline: Deadline, path: str, stale: bool, s
                         buf = bytearray(size)
                     view = memoryview(buf)[:size]
                     conn._recv_into(view)
-                    _write_all(fd, view)
+                    write(view)
                     written += size
                     sink.dirty = True
                     hasher.work.put(view)
                     deadline.extend()
                     progress(written, check.info.size if check.info else None)
-                    if sink.sync and written - synced >= SYNC_EVERY and (syncer is None or not syncer.is_alive()):
+                    if (sink.sync and written - synced >= localfile.SYNC_EVERY
+                            and (syncer is None or not syncer.is_alive())):
                         synced = written
                         syncer = threading.Thread(target=sink.sync_now, name="get-sync", daemon=True)
                         syncer.start()
@@ -757,6 +773,13 @@ def _get_attempt(conn: Connection, deadline: Deadline, path: str, stale: bool, s
             hasher.finish()
         if syncer is not None:
             syncer.join()
+
+
+def _write_to(sink: DownloadSink, view: memoryview) -> None:
+    try:
+        sink.f.write(view)
+    except (OSError, ValueError) as exc:
+        raise LocalError(f"writing the output failed: {exc}") from None
 
 
 def _write_all(fd: int, view: memoryview) -> None:

@@ -15,6 +15,7 @@ from typing import Any, cast
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
+from storg.client import localfile
 from storg.client.errors import (
     ClusterUnavailable,
     IntegrityError,
@@ -47,8 +48,6 @@ SINK_HIGH_WATER = 4 * 1024 * 1024
 SINK_LOW_WATER = 1 * 1024 * 1024
 """Reading resumes once the writer is back under this many bytes."""
 
-SYNC_EVERY = 64 * 1024 * 1024
-"""Bytes written to a ``sync`` sink between two background fdatasyncs."""
 
 def _hash_all(hasher: Any, pieces: list) -> None:
     for data in pieces:
@@ -128,7 +127,7 @@ class _SinkWriter:
             self.conn.resume_reading()
         self._on_written(self.written)
         self._next()
-        if self.sink.sync and self._syncing is None and self.written - self._synced >= SYNC_EVERY:
+        if self.sink.sync and self._syncing is None and self.written - self._synced >= localfile.SYNC_EVERY:
             self._synced = self.written
             self._syncing = in_thread(self.reactor, self.sink.sync_now)
             self._syncing.addBoth(self._sync_done)

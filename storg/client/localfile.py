@@ -149,6 +149,10 @@ class LocalSource:
             self.f.close()
 
 
+SYNC_EVERY = 64 * 1024 * 1024
+"""Bytes written to a ``sync`` sink between two background fdatasyncs (both drivers' gets)."""
+
+
 class DownloadSink:
     """Where a get's bytes go; a seekable sink can be emptied and refilled by a retry.
 

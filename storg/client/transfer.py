@@ -22,7 +22,7 @@ here is what one attempt does, with memory bounded whatever the file size:
   the socket while more than :data:`SINK_HIGH_WATER` bytes wait for the
   sink.  The payloads are views of the received frames, never copied.  A
   sink that will be fsynced at the end (a temp file) is fdatasync'ed in
-  the background every :data:`SYNC_EVERY` bytes, so the final fsync does
+  the background every :data:`~storg.client.localfile.SYNC_EVERY` bytes, so the final fsync does
   not find a gigabyte still to write;
 * an in-memory source or sink (``io.BytesIO``) is read or written on the
   reactor thread: it cannot block, and a thread hop per frame would cost
