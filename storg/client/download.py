@@ -18,7 +18,6 @@ from twisted.python.failure import Failure
 from storg.client import localfile
 from storg.client.errors import (
     ClusterUnavailable,
-    IntegrityError,
     LocalError,
     ProtocolViolation,
 )
@@ -32,12 +31,10 @@ from storg.client.transfer import (
     no_progress,
 )
 from storg.net.connection import RequestConnection, Stream
+from storg.net.protocol import GetCheck, GetStream
 from storg.wire.files import (
     FileInfo,
-    GetData,
-    GetEnd,
     GetRequest,
-    GetStart,
 )
 
 __all__ = ["AtomicFile", "Download", "DownloadSink"]
@@ -177,40 +174,34 @@ class Download:
             raise ClusterUnavailable("the node was lost after part of the file was written out")
         self.sink.restart()
         watchdog = Watchdog(self.reactor, conn, deadline.remaining())
-        info: list[FileInfo] = []
-        received = [0]
+        # Which frames may come, and the size and SHA-256 checks: the client protocol's.
+        check = GetCheck(self.path)
+        rules = GetStream(check)
         stream_box: list[Stream] = []
 
         def moved(written: int) -> None:
             deadline.extend()
             watchdog.reset(deadline.timeout)
-            self.progress(written, info[0].size if info else None)
+            self.progress(written, check.info.size if check.info else None)
 
         def write_failed(exc: Exception) -> None:
             if stream_box:
                 stream_box[0].abort(exc)
 
         writer = _SinkWriter(self.reactor, conn, self.sink, moved, write_failed)
+        writer.hasher = check.hasher
 
         def on_frame(frame: Any) -> bool:
-            if isinstance(frame, GetStart) and not info:
-                info.append(frame.info)
-                deadline.extend()
-                watchdog.reset(deadline.timeout)
-                self.progress(0, frame.info.size)
-                return False
-            if isinstance(frame, GetData) and info:
-                received[0] += len(frame.data)
-                if received[0] > info[0].size:
-                    raise IntegrityError(
-                        f"{self.path}: received more than its {info[0].size} bytes")
-                writer.write(frame.data)
-                deadline.extend()
-                watchdog.reset(deadline.timeout)
-                return False
-            if isinstance(frame, GetEnd) and info:
+            kind = rules.frame(frame)  # ProtocolViolation or IntegrityError for a frame out of place
+            if kind == "end":
                 return True
-            raise ProtocolViolation(f"unexpected {type(frame).__name__} during a get")
+            if kind == "data":
+                writer.write(frame.data)
+            else:
+                self.progress(0, frame.info.size)
+            deadline.extend()
+            watchdog.reset(deadline.timeout)
+            return False
 
         stream = conn.request_stream(lambda rid: GetRequest(rid, self.path, self.stale), on_frame)
         stream_box.append(stream)
@@ -223,15 +214,7 @@ class Download:
                 self.sink.flush()
             else:
                 await in_thread(self.reactor, self.sink.flush)
-            meta = info[0]
-            if writer.written != meta.size:
-                raise IntegrityError(
-                    f"{self.path}: received {writer.written} bytes, expected {meta.size}")
-            digest = writer.hasher.hexdigest()
-            if digest != meta.sha256:
-                raise IntegrityError(
-                    f"{self.path}: SHA-256 mismatch (got {digest}, expected {meta.sha256})")
-            return meta
+            return check.finish(writer.written)
         finally:
             watchdog.cancel()
             consume(stream.done)

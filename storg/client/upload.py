@@ -26,10 +26,10 @@ from storg.client.transfer import (
     no_progress,
 )
 from storg.net.connection import RequestConnection
+from storg.net.protocol import PutStream
 from storg.wire.files import (
     FileInfo,
     PutData,
-    PutDone,
     PutEnd,
     PutReady,
     PutStart,
@@ -96,14 +96,13 @@ class Upload:
         if small is not None:
             return await self._attempt_small(conn, deadline, small)
         ready: defer.Deferred = defer.Deferred()
+        rules = PutStream()  # which frames may come: the client protocol's
 
         def on_frame(frame: Any) -> bool:
-            if isinstance(frame, PutReady) and not ready.called:
-                ready.callback(frame)
-                return False
-            if isinstance(frame, PutDone) and ready.called:
+            if rules.frame(frame):
                 return True
-            raise ProtocolViolation(f"unexpected {type(frame).__name__} during a put")
+            ready.callback(frame)  # a PutReady: the only other frame rules let through
+            return False
 
         def fail_ready(failure: Any) -> Any:
             if not ready.called:
@@ -116,8 +115,6 @@ class Upload:
         pending: defer.Deferred | None = None
         try:
             max_frame = (await ready).max_frame
-            if not 0 < max_frame:
-                raise ProtocolViolation(f"PutReady with max_frame {max_frame}")
             conn.max_frame = max_frame
             piece = min(max_frame, MAX_PIECE)
             deadline.extend()
@@ -166,19 +163,14 @@ class Upload:
         A node that reads all three at once answers PutDone alone; one that
         reads them apart sends PutReady first.
         """
-        ready = [False]
+        # A node may skip PutReady when the PutEnd came with the PutStart; one it sends
+        # must allow the bytes already sent (the client protocol's rules).
+        rules = PutStream(small_size=len(data))
 
         def on_frame(frame: Any) -> bool:
-            if isinstance(frame, PutReady) and not ready[0]:
-                ready[0] = True
+            if isinstance(frame, PutReady):
                 conn.max_frame = frame.max_frame
-                if frame.max_frame < len(data):
-                    raise ProtocolViolation(
-                        f"PutReady with max_frame {frame.max_frame}, below the {len(data)} bytes sent")
-                return False
-            if isinstance(frame, PutDone):
-                return True  # a node may skip PutReady when the PutEnd came with the PutStart
-            raise ProtocolViolation(f"unexpected {type(frame).__name__} during a put")
+            return rules.frame(frame)
 
         digest = hashlib.sha256(data).hexdigest()
         self.progress(0, len(data))
