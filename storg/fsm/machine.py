@@ -62,15 +62,14 @@ from storg.wire import (
     MemberAddress,
     ProbeCommand,
 )
-from storg.wire.files import (
+from storg.wire.chunks import (
     ChunkHoldersCommand,
-    ChunkRef,
     CollectChunksCommand,
-    FileInfo,
     PutFileCommand,
     PutInlineCommand,
     RemoveFileCommand,
 )
+from storg.wire.files import ChunkRef, FileInfo
 from storg.wire.tree import (
     WATCH_CREATE,
     WATCH_DELETE,

@@ -40,7 +40,7 @@ from storg.net.errors import (
     error_for,
 )
 from storg.wire import CODEC, CodecError, ErrorCode, ErrorReply, StatusReply
-from storg.wire.bulk import BULK_MIN, BULK_TYPES, FRAME_HEADER, bulk_frame, decode_bulk
+from storg.wire.bulk import BULK_MIN, FRAME_HEADER, bulk_frame, bulk_types, decode_bulk
 from storg.wire.files import FileInfo, GetData, GetEnd, GetStart, PutDone, PutReady
 
 __all__ = [
@@ -73,7 +73,7 @@ def frame_bytes(obj: Any) -> list[bytes]:
     A bulk frame (file bytes) keeps its payload as the last item, not
     copied (see :mod:`storg.wire.bulk`); anything else is encoded whole.
     """
-    if type(obj) in BULK_TYPES and len(obj.data) >= BULK_MIN:
+    if type(obj) in bulk_types() and len(obj.data) >= BULK_MIN:
         return bulk_frame(obj)
     body = CODEC.encode(obj)
     return [FRAME_HEADER.pack(len(body)), body]

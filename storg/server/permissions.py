@@ -45,11 +45,8 @@ from storg.wire.admin import (
     MemberRemoveRequest,
     RemovedNotice,
 )
+from storg.wire.chunks import ChunkGet, ChunkPinQuery, ChunkPlacedQuery, ChunkPutAfter
 from storg.wire.files import (
-    ChunkGet,
-    ChunkPinQuery,
-    ChunkPlacedQuery,
-    ChunkPutAfter,
     GetRequest,
     LsRequest,
     PutData,

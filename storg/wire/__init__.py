@@ -49,6 +49,7 @@ from storg.wire.records import CodecError, Reader
 
 FRAME_MODULES = (
     "storg.wire.admin",  # the membership and transfer frames
+    "storg.wire.chunks",  # the file store's frames that only nodes send or apply
     "storg.wire.files",  # the file store's frames
     "storg.wire.snapshots",  # the snapshot streaming frames
     "storg.wire.tree",  # mv, cp, rm -r, conditional puts, watch

@@ -25,7 +25,7 @@ from typing import Any
 from storg.raft.types import Entry, EntryType
 from storg.storage.chunks import ChunkStore
 from storg.wire import CODEC
-from storg.wire.files import PutInlineCommand
+from storg.wire.chunks import PutInlineCommand
 
 
 def restore_inline_chunks(entries: Iterable[Entry], fsm: Any, store: ChunkStore, node_id: str) -> int:

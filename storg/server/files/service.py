@@ -88,7 +88,7 @@ from storg.storage.errors import (
 )
 from storg.wire import CODEC, ErrorCode
 from storg.wire.bulk import BULK_MIN
-from storg.wire.files import (
+from storg.wire.chunks import (
     ChunkData,
     ChunkGet,
     ChunkPinQuery,
@@ -96,8 +96,11 @@ from storg.wire.files import (
     ChunkPlacedQuery,
     ChunkPlacedReply,
     ChunkPutAfter,
-    ChunkRef,
     ChunkStored,
+    RemoveFileCommand,
+)
+from storg.wire.files import (
+    ChunkRef,
     GetData,
     GetEnd,
     GetRequest,
@@ -108,7 +111,6 @@ from storg.wire.files import (
     PutEnd,
     PutReady,
     PutStart,
-    RemoveFileCommand,
     RmDone,
     RmRequest,
     StatReply,
