@@ -103,14 +103,19 @@ def command_of(argv: list[str]) -> str | None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Parse with the full parser, or for a fast command with only the core commands' parsers
-    (the same definitions: only the other commands' modules are not imported)."""
+    """Parse with the full parser, or for a fast command with that command's parser alone
+    (the same definitions: only the other commands' are not built, nor their modules imported)."""
     words = sys.argv[1:] if argv is None else argv
-    return build_parser(full=command_of(words) not in FAST_COMMANDS).parse_args(argv)
+    command = command_of(words)
+    return build_parser(only=command if command in FAST_COMMANDS else None).parse_args(argv)
 
 
-def build_parser(full: bool = True) -> argparse.ArgumentParser:
-    """storgctl's parser; ``full=False`` leaves out every command but :data:`FAST_COMMANDS`."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """storgctl's parser; ``only`` (one of :data:`FAST_COMMANDS`): with that command alone.
+
+    The definitions are the same either way; the one-command parser spares
+    a short-lived storgctl building (and importing) all the others.
+    """
     p = _Parser(prog="storgctl", description="Drive a storg cluster.")
     p.add_argument("--cluster", default=None,
                    help="client addresses HOST:PORT[,HOST:PORT...] "
@@ -125,44 +130,58 @@ def build_parser(full: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--key", default=None, metavar="FILE", help="TLS: its private key (default: $STORG_KEY)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    sub.add_parser("status", help="one row per member: role, term, leader, indexes")
-    if full:
+
+    def wanted(name: str) -> bool:
+        return only is None or name == only
+
+    made: dict[str, argparse.ArgumentParser] = {}
+    if wanted("status"):
+        made["status"] = sub.add_parser("status", help="one row per member: role, term, leader, indexes")
+    if only is None:
         scrub = sub.add_parser("scrub", help="each member's scrub and repair counters")
         scrub.add_argument("--start", action="store_true", help="start a scrub pass on every member now")
-    put = sub.add_parser("put", help="store a local file (LOCAL '-' reads stdin; -r a folder)")
-    put.add_argument("local", metavar="LOCAL")
-    put.add_argument("remote", metavar="REMOTE")
-    put.add_argument("-r", "--recursive", action="store_true",
-                     help="LOCAL is a folder: store every regular file below it under the folder REMOTE")
-    condition = put.add_mutually_exclusive_group()
-    condition.add_argument("--if-absent", action="store_true",
-                           help="only if no file is at REMOTE (exit 1 otherwise)")
-    condition.add_argument("--if-match", metavar="SHA256", default="",
-                           help="only if the file at REMOTE has this SHA-256 (exit 1 otherwise)")
-    get = sub.add_parser("get", help="fetch a file to LOCAL (omitted or '-': stdout; -r a folder)")
-    get.add_argument("remote", metavar="REMOTE")
-    get.add_argument("local", metavar="LOCAL", nargs="?", default="-")
-    get.add_argument("-r", "--recursive", action="store_true",
-                     help="REMOTE is a folder: fetch every file below it into the local folder LOCAL")
-    for tree in (put, get):
-        tree.add_argument("--jobs", type=int, default=16, metavar="N",
-                          help="with -r: files in flight at once (default 16)")
-    ls = sub.add_parser("ls", help="list the files at or below a folder")
-    ls.add_argument("prefix", metavar="PREFIX", nargs="?", default="/")
-    stat = sub.add_parser("stat", help="a file's metadata and chunks")
-    stat.add_argument("remote", metavar="REMOTE")
-    rm = sub.add_parser("rm", help="delete a file (-r: a folder and everything below it)")
-    rm.add_argument("remote", metavar="REMOTE")
-    rm.add_argument("-r", "--recursive", action="store_true",
-                    help="REMOTE is a folder: delete it and everything below it, in one step")
-    rm.add_argument("--dry-run", action="store_true", help="with -r: list what would be deleted, delete nothing")
-    if full:
+    if wanted("put"):
+        put = made["put"] = sub.add_parser("put", help="store a local file (LOCAL '-' reads stdin; -r a folder)")
+        put.add_argument("local", metavar="LOCAL")
+        put.add_argument("remote", metavar="REMOTE")
+        put.add_argument("-r", "--recursive", action="store_true",
+                         help="LOCAL is a folder: store every regular file below it under the folder REMOTE")
+        condition = put.add_mutually_exclusive_group()
+        condition.add_argument("--if-absent", action="store_true",
+                               help="only if no file is at REMOTE (exit 1 otherwise)")
+        condition.add_argument("--if-match", metavar="SHA256", default="",
+                               help="only if the file at REMOTE has this SHA-256 (exit 1 otherwise)")
+    if wanted("get"):
+        get = made["get"] = sub.add_parser("get", help="fetch a file to LOCAL (omitted or '-': stdout; -r a folder)")
+        get.add_argument("remote", metavar="REMOTE")
+        get.add_argument("local", metavar="LOCAL", nargs="?", default="-")
+        get.add_argument("-r", "--recursive", action="store_true",
+                         help="REMOTE is a folder: fetch every file below it into the local folder LOCAL")
+    for name in ("put", "get"):
+        if name in made:
+            made[name].add_argument("--jobs", type=int, default=16, metavar="N",
+                                    help="with -r: files in flight at once (default 16)")
+    if wanted("ls"):
+        ls = made["ls"] = sub.add_parser("ls", help="list the files at or below a folder")
+        ls.add_argument("prefix", metavar="PREFIX", nargs="?", default="/")
+    if wanted("stat"):
+        stat = made["stat"] = sub.add_parser("stat", help="a file's metadata and chunks")
+        stat.add_argument("remote", metavar="REMOTE")
+    if wanted("rm"):
+        rm = made["rm"] = sub.add_parser("rm", help="delete a file (-r: a folder and everything below it)")
+        rm.add_argument("remote", metavar="REMOTE")
+        rm.add_argument("-r", "--recursive", action="store_true",
+                        help="REMOTE is a folder: delete it and everything below it, in one step")
+        rm.add_argument("--dry-run", action="store_true",
+                        help="with -r: list what would be deleted, delete nothing")
+    if only is None:
         from storg.cli import tree as tree_commands
         tree_commands.add_parsers(sub)
-    for read in (get, ls, stat):
-        read.add_argument("--stale", action="store_true",
-                          help="read from the node contacted without checking it is current")
-    if full:
+    for name in ("get", "ls", "stat"):
+        if name in made:
+            made[name].add_argument("--stale", action="store_true",
+                                    help="read from the node contacted without checking it is current")
+    if only is None:
         from storg.cli import certs as certs_commands
         from storg.cli import keys as key_commands
         from storg.cli import members as member_commands

@@ -28,7 +28,7 @@ import storg.client.api  # noqa: F401  (the Twisted driver: every command beyond
 import storg.client.blocking  # noqa: F401  (the blocking driver: status, put, get, ls, stat, rm)
 
 cli.commands()  # the command modules the parser and the Twisted path import lazily
-cli.build_parser(full=True)
+cli.build_parser()
 
 
 def _reap(signum: int, frame: object) -> None:
