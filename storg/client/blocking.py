@@ -56,6 +56,7 @@ from storg.net.protocol import (
     SessionPool,
     frame_bytes,
     new_client_id,
+    small_put_limit,
     split_address,
     status_row,
     unreachable_row,
@@ -76,10 +77,6 @@ from storg.wire.files import (
 )
 
 __all__ = ["BlockingClient", "BlockingTLS", "TLSRefusedError", "run_now"]
-
-SMALL_PUT = 4096
-"""A put of at most this many bytes goes whole with its PutStart (one round trip, no PutReady
-awaited): every node takes PutData frames at least this large (MAX_DATA_FRAME is 1 MiB)."""
 
 MAX_PIECE = MAX_FRAME_BYTES - 1024
 """Never trust a node's max_frame beyond what one frame can carry."""
@@ -593,9 +590,9 @@ def _put_attempt(conn: Connection, deadline: Deadline, local: LocalSource, start
     token = object()
     conn.requests.add(request_id, token)
     small = None
-    if local.size is not None and local.size <= SMALL_PUT and local.seekable:
-        local.consumed = True
-        small = local.read_whole(SMALL_PUT)
+    limit = small_put_limit(None)  # one request per connection: no PutReady seen before
+    if local.size is not None and local.size <= limit and local.seekable:
+        small = local.read_whole(limit)
     if small is not None:
         # The whole put in one round trip: PutStart, PutData, PutEnd in one write.
         stream = PutStream(small_size=len(small))

@@ -51,9 +51,8 @@ Progress = Callable[[int, "int | None"], None]
 MAX_PIECE = MAX_FRAME_BYTES - 1024
 """Never trust a server's max_frame beyond what one frame can carry."""
 
-SMALL_PUT = 64 * 1024
-"""Sources up to this size may be put in one round trip (PutData sent before PutReady),
-when they also fit in the ``max_frame`` the node gave on this connection before."""
+SMALL_PUT = protocol.SMALL_PUT
+"""Sources up to this size may be put in one round trip: see :func:`storg.net.protocol.small_put_limit`."""
 
 
 def no_progress(done: int, total: int | None) -> None:

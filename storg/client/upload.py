@@ -17,7 +17,6 @@ from storg.client.errors import (
 from storg.client.localfile import LocalSource
 from storg.client.transfer import (
     MAX_PIECE,
-    SMALL_PUT,
     Deadline,
     Progress,
     Watchdog,
@@ -26,7 +25,7 @@ from storg.client.transfer import (
     no_progress,
 )
 from storg.net.connection import RequestConnection
-from storg.net.protocol import PutStream
+from storg.net.protocol import PutStream, small_put_limit
 from storg.wire.files import (
     FileInfo,
     PutData,
@@ -91,8 +90,7 @@ class Upload:
                 "and its source cannot be read again")
         self.source.rewind()
         small = None
-        if conn.max_frame is not None:
-            small = await self.source.read_small(self.reactor, min(SMALL_PUT, conn.max_frame))
+        small = await self.source.read_small(self.reactor, small_put_limit(conn.max_frame))
         if small is not None:
             return await self._attempt_small(conn, deadline, small)
         ready: defer.Deferred = defer.Deferred()

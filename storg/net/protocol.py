@@ -45,7 +45,8 @@ from storg.wire.files import FileInfo, GetData, GetEnd, GetStart, PutDone, PutRe
 
 __all__ = [
     "FRAME_HEADER", "MAX_INTERRUPTIONS", "STATUS_KEYS", "Deadline", "GetCheck", "GetStream", "PutStream", "Requests",
-    "RetryPolicy", "Session", "SessionPool", "frame_bytes", "split_address", "status_row", "unreachable_row",
+    "RetryPolicy", "Session", "SessionPool", "frame_bytes", "small_put_limit", "split_address", "status_row",
+    "unreachable_row",
 ]
 
 MAX_INTERRUPTIONS = 3
@@ -154,6 +155,21 @@ def decode_reply(body: bytes | bytearray) -> Any:
 
 
 # --- streams ----------------------------------------------------------------------------------
+
+SMALL_PUT = 64 * 1024
+"""Sources up to this size may be put in one round trip (PutData sent before PutReady), when
+they also fit in the ``max_frame`` the node gave on this connection before."""
+
+SMALL_PUT_BLIND = 4096
+"""...and up to this size even on a fresh connection: every node takes PutData frames at least
+this large (a node's ``max_frame`` is MAX_DATA_FRAME, 1 MiB), so a one-off put (storgctl) saves
+a round trip too."""
+
+
+def small_put_limit(max_frame: int | None) -> int:
+    """The largest put that may go whole with its PutStart, given the connection's last PutReady."""
+    return SMALL_PUT_BLIND if max_frame is None else max(min(SMALL_PUT, max_frame), SMALL_PUT_BLIND)
+
 
 class PutStream:
     """Which frames a put may receive, in order: PutReady (unless the node skips it), then PutDone.
