@@ -35,8 +35,8 @@ from twisted.internet import error as net_error
 
 from storg.client.errors import BadRequest, ClusterUnavailable, IntegrityError, LocalError, ProtocolViolation
 from storg.client.transfer import MAX_PIECE, Deadline, Watchdog, consume, in_thread
-from storg.client.verify import content_hasher
 from storg.net.connection import RequestConnection, Stream
+from storg.net.verify import content_hasher
 from storg.wire.files import WHOLE, FileInfo, GetData, GetEnd, GetRequest, GetStart, PutData, PutEnd
 from storg.wire.objects import PutAbort
 

@@ -66,15 +66,14 @@ from storg.wire import (
     ProbeCommand,
 )
 from storg.wire.batch import PutInlineBatchCommand
-from storg.wire.files import (
+from storg.wire.chunks import (
     ChunkHoldersCommand,
-    ChunkRef,
     CollectChunksCommand,
-    FileInfo,
     PutFileCommand,
     PutInlineCommand,
     RemoveFileCommand,
 )
+from storg.wire.files import ChunkRef, FileInfo
 from storg.wire.objects import (
     ComposeCommand,
     CopyAttrsCommand,

@@ -53,11 +53,8 @@ from storg.wire.admin import (
     RemovedNotice,
 )
 from storg.wire.batch import GetBatchRequest, PutBatchRequest
+from storg.wire.chunks import ChunkGet, ChunkPinQuery, ChunkPlacedQuery, ChunkPutAfter
 from storg.wire.files import (
-    ChunkGet,
-    ChunkPinQuery,
-    ChunkPlacedQuery,
-    ChunkPutAfter,
     GetRequest,
     LsRequest,
     PutData,

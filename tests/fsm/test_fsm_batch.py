@@ -9,7 +9,7 @@ import pytest
 from storg.fsm.errors import InvalidCommand
 from storg.wire import CODEC
 from storg.wire.batch import PutInlineBatchCommand
-from storg.wire.files import PutInlineCommand
+from storg.wire.chunks import PutInlineCommand
 from storg.wire.objects import ObjectAttrs, PutObjectCommand
 
 from tests.fsm.test_fsm_apply import Log

@@ -18,7 +18,7 @@ import pytest
 from storg.fsm.errors import Conflict, InvalidCommand, NotFound
 from storg.fsm.records import pack_attrs
 from storg.wire import CODEC
-from storg.wire.files import CollectChunksCommand, PutFileCommand, PutInlineCommand
+from storg.wire.chunks import CollectChunksCommand, PutFileCommand, PutInlineCommand
 from storg.wire.objects import (
     ComposeCommand,
     CopyAttrsCommand,

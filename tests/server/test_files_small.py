@@ -20,7 +20,8 @@ from storg.server.files.service import FileService
 from storg.storage.chunks import ChunkStore
 from storg.storage.errors import HashMismatchError
 from storg.wire import CODEC
-from storg.wire.files import GetData, GetEnd, GetRequest, GetStart, PutInlineCommand
+from storg.wire.chunks import PutInlineCommand
+from storg.wire.files import GetData, GetEnd, GetRequest, GetStart
 
 
 class HeldPool:

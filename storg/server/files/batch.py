@@ -43,7 +43,8 @@ from storg.wire.batch import (
     PutBatchRequest,
     PutInlineBatchCommand,
 )
-from storg.wire.files import ChunkRef, PutInlineCommand
+from storg.wire.chunks import PutInlineCommand
+from storg.wire.files import ChunkRef
 from storg.wire.objects import ObjectAttrs, PutObjectCommand
 
 HASH_ON_REACTOR = 256 * 1024

@@ -26,7 +26,7 @@ from storg.raft.types import Entry, EntryType
 from storg.storage.chunks import ChunkStore
 from storg.wire import CODEC
 from storg.wire.batch import PutInlineBatchCommand
-from storg.wire.files import PutInlineCommand
+from storg.wire.chunks import PutInlineCommand
 from storg.wire.objects import PutObjectCommand
 from storg.wire.tree import ConditionalPutCommand
 

@@ -91,8 +91,7 @@ from storg.storage.errors import (
 )
 from storg.wire import CODEC, ErrorCode
 from storg.wire.bulk import BULK_MIN
-from storg.wire.files import (
-    WHOLE,
+from storg.wire.chunks import (
     ChunkData,
     ChunkGet,
     ChunkPinQuery,
@@ -100,8 +99,12 @@ from storg.wire.files import (
     ChunkPlacedQuery,
     ChunkPlacedReply,
     ChunkPutAfter,
-    ChunkRef,
     ChunkStored,
+    RemoveFileCommand,
+)
+from storg.wire.files import (
+    WHOLE,
+    ChunkRef,
     FileInfo,
     GetData,
     GetEnd,
@@ -113,7 +116,6 @@ from storg.wire.files import (
     PutEnd,
     PutReady,
     PutStart,
-    RemoveFileCommand,
     RmDone,
     RmRequest,
     StatReply,
