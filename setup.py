@@ -29,16 +29,21 @@ setup(
     # seals everything at rest with its AES-GCM (storg/storage/keys.py).
     # prometheus_client renders /metrics (the text format, histograms, one
     # registry per node): the reference implementation, pure Python, no deps.
+    # awscrt is AWS's C runtime (what botocore uses for the same job): the S3
+    # gateway's CRC64NVME and CRC32C checksums and the CRC combination of
+    # multipart full-object checksums, in C.
     install_requires=["Twisted[tls]>=23.8", "PyYAML>=6.0", "google-crc32c>=1.5",
                       "cryptography>=41", "pyOpenSSL>=23.2", "service_identity>=21.1",
-                      "prometheus_client>=0.17"],
+                      "prometheus_client>=0.17", "awscrt>=0.38"],
     # The linters ride in the test extras too, so CI's one install has them
     # (scripts/lint.sh); pinned to a minor release, as new ones add checks.
     # selenium drives the system's headless Chromium (Debian's chromium and
     # chromium-driver, installed by .ci/run) for the status page's browser
     # test; it downloads no browser when /usr/bin/chromedriver is given.
+    # boto3 (and its botocore) is the reference S3 client: the S3 protocol
+    # tests check storg.s3 against botocore's own signers and encoders.
     extras_require={
-        "test": ["pytest>=7.4", "pytest-twisted>=1.14", "hypothesis>=6.80", "selenium>=4.10", *LINT],
+        "test": ["pytest>=7.4", "pytest-twisted>=1.14", "hypothesis>=6.80", "selenium>=4.10", "boto3>=1.36", *LINT],
         "lint": LINT,
     },
     entry_points={"console_scripts": ["storgctl = storg.cli.main:main"]},

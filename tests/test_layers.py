@@ -23,6 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("storg.raft",),
     ("storg.raft.sim",),
     ("storg.wire",),
+    ("storg.s3",),
     ("storg.storage",),
     ("storg.net",),
     ("storg.node",),

@@ -293,6 +293,24 @@ async def test_s3_keys_are_created_listed_without_secrets_and_revoked(client) ->
 
 
 @pytest_twisted.ensureDeferred
+async def test_get_r_reads_a_small_composed_object_whole(client, tmp_path) -> None:
+    """A batch of get -r leaves a composite (its SHA-256 is of its parts' digests) to the ordinary get."""
+    from storg.client.tree import get_tree
+    parts = [b"first part ", b"second part"]
+    for i, part in enumerate(parts, 1):
+        stream = client.put_stream(f"/.storg-multipart/u2/{i:05d}")
+        await stream.write(part)
+        await stream.finish()
+    await client.compose("/s/small", [f"/.storg-multipart/u2/{i:05d}" for i in (1, 2)],
+                         attrs=ObjectAttrs("e-2"), remove="/.storg-multipart/u2")
+    await client.put(io.BytesIO(b"plain"), "/s/plain")
+    report = await get_tree(client, "/s", str(tmp_path / "out"))
+    assert report.failed == [] and report.files == 2
+    assert (tmp_path / "out" / "small").read_bytes() == b"".join(parts)
+    assert (tmp_path / "out" / "plain").read_bytes() == b"plain"
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_put_stream_without_a_cluster_fails_every_call_as_unavailable(tmp_path) -> None:
     lonely = StorgClient([f"127.0.0.1:{free_port()}"], reactor=reactor, timeout=0.5)
     try:

@@ -35,12 +35,8 @@ from storg.fsm.records import (
 from storg.fsm.snapshot import LoadedSnapshot, read_snapshot
 from storg.raft.types import ConfChange, ConfChangeType, Entry, EntryType
 from storg.wire import CODEC, CodecError, MemberAddress, ProbeCommand
-from storg.wire.files import (
-    ChunkRef,
-    CollectChunksCommand,
-    PutFileCommand,
-    RemoveFileCommand,
-)
+from storg.wire.chunks import CollectChunksCommand, PutFileCommand, RemoveFileCommand
+from storg.wire.files import ChunkRef
 from storg.wire.objects import (
     ComposeCommand,
     CopyAttrsCommand,
