@@ -7,10 +7,12 @@ shared and its speed drifts.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import resource
 import sys
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -86,3 +88,14 @@ def cpu_flags(wanted: tuple[str, ...] = ("sha_ni", "aes", "avx2", "vaes")) -> st
     except OSError:
         pass
     return f"{model}; " + ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in wanted)
+
+
+def sha256_mbs(seconds: float = 0.5) -> float:
+    """MB/s of hashlib.sha256 on one core of this machine (1 MiB buffers, as chunks are)."""
+    block = os.urandom(1 << 20)
+    n = 0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        hashlib.sha256(block).digest()
+        n += 1
+    return n * len(block) / (time.perf_counter() - t0) / 1e6

@@ -29,16 +29,17 @@ import hashlib
 import io
 import os
 import statistics
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
 
-from benchlib import CpuMeter, cpu_flags, percentile, run_passes
+from benchlib import CpuMeter, cpu_flags, percentile, run_passes, sha256_mbs
 from storg.client.api import StorgClient
 from storg.net.credentials import from_environment
-from storg.testing.devcluster import ProcCluster, wait_for
+from storg.testing.devcluster import BIN, ProcCluster, wait_for
 
 CHUNK = 1 << 20
 
@@ -171,17 +172,6 @@ def peak_rss_mib(cluster: ProcCluster) -> dict[str, float]:
     return out
 
 
-def sha256_mbs(seconds: float = 0.5) -> float:
-    """MB/s of hashlib.sha256 on one core of this machine (1 MiB buffers, as chunks are)."""
-    block = os.urandom(CHUNK)
-    n = 0
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        hashlib.sha256(block).digest()
-        n += 1
-    return n * CHUNK / (time.perf_counter() - t0) / 1e6
-
-
 async def big_file(reactor: Any, cluster: ProcCluster, addresses: list[str], workdir: Path,
                    size: int, meter: CpuMeter, leader: str) -> dict:
     src = workdir / "big.src"
@@ -205,6 +195,8 @@ async def big_file(reactor: Any, cluster: ProcCluster, addresses: list[str], wor
     finally:
         client.close()
     dst.unlink()
+    cli = storgctl_get(cluster, addresses, dst)
+    dst.unlink()
     src.unlink()
     gib = size / (1 << 30)
 
@@ -217,7 +209,27 @@ async def big_file(reactor: Any, cluster: ProcCluster, addresses: list[str], wor
     return {"put_mbs": size / put_s / 1e6, "get_mbs": size / get_s / 1e6,
             "ceiling_write_mbs": ceil_w, "ceiling_read_mbs": ceil_r, "peak_rss_mib": rss,
             "put_cpu_s_per_gib": by_role(put_cpu), "get_cpu_s_per_gib": by_role(get_cpu),
+            "storgctl_get_mbs": size / cli["seconds"] / 1e6, "storgctl_rss_mib": cli["rss_mib"],
+            "storgctl_cpu_s_per_gib": cli["cpu_s"] / gib,
             "sha256_mbs": sha256_mbs()}
+
+
+def storgctl_get(cluster: ProcCluster, addresses: list[str], dst: Path) -> dict[str, float]:
+    """``storgctl get /bench/big DST`` as a process of its own: wall seconds, peak RSS and CPU.
+
+    storgctl runs on the blocking driver (storg.client.blocking); its
+    rusage comes from ``os.wait4``, so only that child is counted.
+    """
+    env = {k: v for k, v in cluster.env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([str(BIN / "storgctl"), "--cluster", ",".join(addresses), "--timeout", "60",
+                             "get", "/bench/big", str(dst)], env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"storgctl get exited {proc.returncode}")
+    return {"seconds": seconds, "rss_mib": usage.ru_maxrss / 1024, "cpu_s": usage.ru_utime + usage.ru_stime}
 
 
 async def one_pass(reactor: Any, args: argparse.Namespace, workdir: Path, tls: bool = True,
@@ -284,6 +296,12 @@ def summarize(passes: list[dict], args: argparse.Namespace) -> None:
             print(f"  pass {i}: put {b['put_mbs']:.0f} MB/s / {b['ceiling_write_mbs']:.0f} "
                   f"({b['put_mbs'] / b['ceiling_write_mbs']:.0%}); get {b['get_mbs']:.0f} MB/s / "
                   f"{b['ceiling_read_mbs']:.0f} ({b['get_mbs'] / b['ceiling_read_mbs']:.0%})")
+        sget = med(b["storgctl_get_mbs"] for b in bigs)
+        print(f"storgctl get (a process of its own, the blocking driver): {sget:.0f} MB/s vs ceiling {cr:.0f} MB/s "
+              f"({sget / cr:.0%}; per pass: "
+              + ", ".join(f"{b['storgctl_get_mbs'] / b['ceiling_read_mbs']:.0%}" for b in bigs)
+              + f"); its peak RSS {max(b['storgctl_rss_mib'] for b in bigs):.0f} MiB, "
+              f"CPU {med(b['storgctl_cpu_s_per_gib'] for b in bigs):.2f} s per GiB")
         print(f"median of the per-pass ratios: put "
               f"{med(b['put_mbs'] / b['ceiling_write_mbs'] for b in bigs):.0%}, get "
               f"{med(b['get_mbs'] / b['ceiling_read_mbs'] for b in bigs):.0%}")

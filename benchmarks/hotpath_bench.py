@@ -36,7 +36,8 @@ from twisted.python.threadpool import ThreadPool
 
 from storg.node.executor import SerialExecutor
 from storg.wire import CODEC
-from storg.wire.files import PutData, PutEnd, PutInlineCommand, PutStart
+from storg.wire.chunks import PutInlineCommand
+from storg.wire.files import PutData, PutEnd, PutStart
 from storg.wire.records import Reader
 from storg.wire.schema import _layout_of, compile_reader, read_fields
 

@@ -42,7 +42,8 @@ from storg.raft.types import Entry
 from storg.server.service import NodeService
 from storg.testing.devcluster import ProcCluster, free_port, wait_for
 from storg.wire import CODEC
-from storg.wire.files import ChunkRef, PutFileCommand
+from storg.wire.chunks import PutFileCommand
+from storg.wire.files import ChunkRef
 
 
 def _context(certs: Path) -> ssl.SSLContext:

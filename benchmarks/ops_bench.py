@@ -57,7 +57,8 @@ from storg.storage.chunks import ChunkStore
 from storg.storage.logstore import DiskLogStore
 from storg.testing.devcluster import ProcCluster, wait_for
 from storg.wire import CODEC
-from storg.wire.files import ChunkRef, PutFileCommand
+from storg.wire.chunks import PutFileCommand
+from storg.wire.files import ChunkRef
 from storg.wire.objects import ObjectAttrs, PutObjectCommand
 
 GOAL_SNAPSHOT_S = 5.0

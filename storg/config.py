@@ -25,7 +25,8 @@ from typing import Any
 
 import yaml
 
-NODE_ID_RE = re.compile(r"[a-z0-9_-]{1,64}")
+from storg.names import NODE_ID_RE
+
 _HOST_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 MIN_CHUNK_SIZE = 64 * 1024

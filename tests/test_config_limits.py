@@ -86,7 +86,7 @@ def test_the_nodes_own_commands_fit_the_smallest_proposal_limit() -> None:
     from storg.server.files.garbage import COLLECT_BATCH
     from storg.server.files.upload import INLINE_MAX
     from storg.wire import CODEC
-    from storg.wire.files import CollectChunksCommand, PutInlineCommand
+    from storg.wire.chunks import CollectChunksCommand, PutInlineCommand
 
     collect = CollectChunksCommand(tuple(f"{k:064x}" for k in range(COLLECT_BATCH)))
     assert len(CODEC.encode(collect)) <= MIN_PROPOSAL_LIMIT

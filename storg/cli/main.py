@@ -3,26 +3,28 @@
 Exit status (README.rst, section "Exit status"): 0 success; 1 refused; 2 usage or local error;
 3 cluster unavailable or disk full; 4 integrity error.  Every error is one line on
 stderr starting with ``storgctl: ``.
+
+Two drivers run the commands.  The ones a script loops over (:data:`FAST_COMMANDS`:
+``status``, and ``put``, ``get``, ``ls``, ``stat``, ``rm`` of one file) run on the
+blocking-socket client (:mod:`storg.client.blocking`), which never imports Twisted,
+cryptography or pyOpenSSL, so such a storgctl starts in tens of milliseconds; for them
+the argument parser is built without the other commands' modules.  Every other command
+(and ``-r``) runs on the Twisted client (:class:`storg.client.api.StorgClient`).  The
+command functions are coroutines written once for both: the blocking client's methods
+never suspend.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import sys
-from typing import Any, NoReturn
+import time
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
-from storg.cli import certs as certs_commands
-from storg.cli import keys as key_commands
-from storg.cli import members as member_commands
-from storg.cli import s3keys as s3_commands
-from storg.cli import tree as tree_commands
 from storg.cli.escape import escape_controls, escape_path
 from storg.cli.progress import progress_for
-from storg.client.api import STATUS_KEYS, StorgClient
-from storg.client.download import AtomicFile
 from storg.client.errors import (
     BadRequest,
     ClusterUnavailable,
@@ -36,9 +38,14 @@ from storg.client.errors import (
     PermissionDenied,
     ServerError,
 )
-from storg.net.connection import TLSHandshakeFailed, split_address
+from storg.client.localfile import AtomicFile
+from storg.net.errors import TLSRefused
+from storg.net.protocol import STATUS_KEYS, split_address
 from storg.paths import InvalidPath, normalize_path, normalize_prefix
-from storg.wire.files import FileInfo
+
+if TYPE_CHECKING:
+    from storg.client.api import StorgClient
+    from storg.wire.files import FileInfo
 
 DEFAULT_CLUSTER = "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003"
 
@@ -64,7 +71,51 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
-def build_parser() -> argparse.ArgumentParser:
+FAST_COMMANDS = ("status", "put", "get", "ls", "stat", "rm")
+"""Commands run on the blocking client when given one file (not ``-r``); see the module docstring."""
+
+_VALUE_OPTIONS = ("--cluster", "--timeout", "--ca", "--cert", "--key")
+_FLAG_OPTIONS = ("--json",)
+
+
+def command_of(argv: list[str]) -> str | None:
+    """The command word of a storgctl command line, or None when it cannot be told for sure.
+
+    Reads the global options as argparse would (``--opt VALUE``,
+    ``--opt=VALUE``, unique prefixes); anything else before the command
+    (``--help``, an unknown or ambiguous option) gives None, and the full
+    parser then reports it exactly as before.
+    """
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word == "--":
+            return argv[i + 1] if i + 1 < len(argv) else None
+        if not word.startswith("--"):
+            return None if word.startswith("-") and word != "-" else word
+        name, has_value, _ = word.partition("=")
+        known = [o for o in _VALUE_OPTIONS + _FLAG_OPTIONS if o == name] or \
+            [o for o in _VALUE_OPTIONS + _FLAG_OPTIONS if o.startswith(name)]
+        if len(known) != 1:
+            return None
+        i += 1 if has_value or known[0] in _FLAG_OPTIONS else 2
+    return None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse with the full parser, or for a fast command with that command's parser alone
+    (the same definitions: only the other commands' are not built, nor their modules imported)."""
+    words = sys.argv[1:] if argv is None else argv
+    command = command_of(words)
+    return build_parser(only=command if command in FAST_COMMANDS else None).parse_args(argv)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """storgctl's parser; ``only`` (one of :data:`FAST_COMMANDS`): with that command alone.
+
+    The definitions are the same either way; the one-command parser spares
+    a short-lived storgctl building (and importing) all the others.
+    """
     p = _Parser(prog="storgctl", description="Drive a storg cluster.")
     p.add_argument("--cluster", default=None,
                    help="client addresses HOST:PORT[,HOST:PORT...] "
@@ -79,44 +130,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", default=None, metavar="FILE", help="TLS: its private key (default: $STORG_KEY)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    sub.add_parser("status", help="one row per member: role, term, leader, indexes")
-    scrub = sub.add_parser("scrub", help="each member's scrub and repair counters")
-    scrub.add_argument("--start", action="store_true", help="start a scrub pass on every member now")
-    put = sub.add_parser("put", help="store a local file (LOCAL '-' reads stdin; -r a folder)")
-    put.add_argument("local", metavar="LOCAL")
-    put.add_argument("remote", metavar="REMOTE")
-    put.add_argument("-r", "--recursive", action="store_true",
-                     help="LOCAL is a folder: store every regular file below it under the folder REMOTE")
-    condition = put.add_mutually_exclusive_group()
-    condition.add_argument("--if-absent", action="store_true",
-                           help="only if no file is at REMOTE (exit 1 otherwise)")
-    condition.add_argument("--if-match", metavar="SHA256", default="",
-                           help="only if the file at REMOTE has this SHA-256 (exit 1 otherwise)")
-    get = sub.add_parser("get", help="fetch a file to LOCAL (omitted or '-': stdout; -r a folder)")
-    get.add_argument("remote", metavar="REMOTE")
-    get.add_argument("local", metavar="LOCAL", nargs="?", default="-")
-    get.add_argument("-r", "--recursive", action="store_true",
-                     help="REMOTE is a folder: fetch every file below it into the local folder LOCAL")
-    for tree in (put, get):
-        tree.add_argument("--jobs", type=int, default=16, metavar="N",
-                          help="with -r: files in flight at once (default 16)")
-    ls = sub.add_parser("ls", help="list the files at or below a folder")
-    ls.add_argument("prefix", metavar="PREFIX", nargs="?", default="/")
-    stat = sub.add_parser("stat", help="a file's metadata and chunks")
-    stat.add_argument("remote", metavar="REMOTE")
-    rm = sub.add_parser("rm", help="delete a file (-r: a folder and everything below it)")
-    rm.add_argument("remote", metavar="REMOTE")
-    rm.add_argument("-r", "--recursive", action="store_true",
-                    help="REMOTE is a folder: delete it and everything below it, in one step")
-    rm.add_argument("--dry-run", action="store_true", help="with -r: list what would be deleted, delete nothing")
-    tree_commands.add_parsers(sub)
-    for read in (get, ls, stat):
-        read.add_argument("--stale", action="store_true",
-                          help="read from the node contacted without checking it is current")
-    member_commands.add_parsers(sub)
-    certs_commands.add_parsers(sub)
-    key_commands.add_parsers(sub)
-    s3_commands.add_parsers(sub)
+
+    def wanted(name: str) -> bool:
+        return only is None or name == only
+
+    made: dict[str, argparse.ArgumentParser] = {}
+    if wanted("status"):
+        made["status"] = sub.add_parser("status", help="one row per member: role, term, leader, indexes")
+    if only is None:
+        scrub = sub.add_parser("scrub", help="each member's scrub and repair counters")
+        scrub.add_argument("--start", action="store_true", help="start a scrub pass on every member now")
+    if wanted("put"):
+        put = made["put"] = sub.add_parser("put", help="store a local file (LOCAL '-' reads stdin; -r a folder)")
+        put.add_argument("local", metavar="LOCAL")
+        put.add_argument("remote", metavar="REMOTE")
+        put.add_argument("-r", "--recursive", action="store_true",
+                         help="LOCAL is a folder: store every regular file below it under the folder REMOTE")
+        condition = put.add_mutually_exclusive_group()
+        condition.add_argument("--if-absent", action="store_true",
+                               help="only if no file is at REMOTE (exit 1 otherwise)")
+        condition.add_argument("--if-match", metavar="SHA256", default="",
+                               help="only if the file at REMOTE has this SHA-256 (exit 1 otherwise)")
+    if wanted("get"):
+        get = made["get"] = sub.add_parser("get", help="fetch a file to LOCAL (omitted or '-': stdout; -r a folder)")
+        get.add_argument("remote", metavar="REMOTE")
+        get.add_argument("local", metavar="LOCAL", nargs="?", default="-")
+        get.add_argument("-r", "--recursive", action="store_true",
+                         help="REMOTE is a folder: fetch every file below it into the local folder LOCAL")
+    for name in ("put", "get"):
+        if name in made:
+            made[name].add_argument("--jobs", type=int, default=16, metavar="N",
+                                    help="with -r: files in flight at once (default 16)")
+    if wanted("ls"):
+        ls = made["ls"] = sub.add_parser("ls", help="list the files at or below a folder")
+        ls.add_argument("prefix", metavar="PREFIX", nargs="?", default="/")
+    if wanted("stat"):
+        stat = made["stat"] = sub.add_parser("stat", help="a file's metadata and chunks")
+        stat.add_argument("remote", metavar="REMOTE")
+    if wanted("rm"):
+        rm = made["rm"] = sub.add_parser("rm", help="delete a file (-r: a folder and everything below it)")
+        rm.add_argument("remote", metavar="REMOTE")
+        rm.add_argument("-r", "--recursive", action="store_true",
+                        help="REMOTE is a folder: delete it and everything below it, in one step")
+        rm.add_argument("--dry-run", action="store_true",
+                        help="with -r: list what would be deleted, delete nothing")
+    if only is None:
+        from storg.cli import tree as tree_commands
+        tree_commands.add_parsers(sub)
+    for name in ("get", "ls", "stat"):
+        if name in made:
+            made[name].add_argument("--stale", action="store_true",
+                                    help="read from the node contacted without checking it is current")
+    if only is None:
+        from storg.cli import certs as certs_commands
+        from storg.cli import keys as key_commands
+        from storg.cli import members as member_commands
+        from storg.cli import s3keys as s3_commands
+        member_commands.add_parsers(sub)
+        certs_commands.add_parsers(sub)
+        key_commands.add_parsers(sub)
+        s3_commands.add_parsers(sub)
     return p
 
 
@@ -193,8 +266,8 @@ async def run_scrub(client: StorgClient, args: argparse.Namespace) -> int:
 
 def iso_time(ns: int) -> str:
     """Nanoseconds since the epoch as ISO 8601 UTC to the second, ending in ``Z``."""
-    moment = datetime.datetime.fromtimestamp(ns // 1_000_000_000, tz=datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # time.gmtime, not datetime: the same text, without datetime's import in every storgctl.
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns // 1_000_000_000))
 
 
 def file_dict(info: FileInfo, *, chunks: bool = False) -> dict[str, Any]:
@@ -268,8 +341,10 @@ def prepare(args: argparse.Namespace) -> None:
     (get to a file) are set.
     """
     if args.command in ("member", "leader"):
+        from storg.cli import members as member_commands
         member_commands.check_args(args)
     if args.command == "s3":
+        from storg.cli import s3keys as s3_commands
         s3_commands.check_args(args)
     recursive = getattr(args, "recursive", False)
     if args.command in ("rm", "get", "put") and recursive:
@@ -332,6 +407,7 @@ def _exit_code(exc: BaseException) -> int:
 
 async def run_put(client: StorgClient, args: argparse.Namespace) -> int:
     if args.recursive:
+        from storg.cli import tree as tree_commands
         return await tree_commands.run_put_tree(client, args, _exit_code)
     bar = progress_for(f"put {args.remote}", sys.stderr)
     try:
@@ -347,6 +423,7 @@ async def run_put(client: StorgClient, args: argparse.Namespace) -> int:
 
 async def run_get(client: StorgClient, args: argparse.Namespace) -> int:
     if args.recursive:
+        from storg.cli import tree as tree_commands
         return await tree_commands.run_get_tree(client, args, _exit_code)
     bar = progress_for(f"get {args.remote}", sys.stderr)
     atomic: AtomicFile | None = args.atomic
@@ -383,6 +460,7 @@ async def run_stat(client: StorgClient, args: argparse.Namespace) -> int:
 
 async def run_rm(client: StorgClient, args: argparse.Namespace) -> int:
     if args.recursive:
+        from storg.cli import tree as tree_commands
         return await tree_commands.run_rm_tree(client, args)
     version = await client.rm(args.remote)
     if args.json:
@@ -390,11 +468,21 @@ async def run_rm(client: StorgClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"status": run_status, "put": run_put, "get": run_get, "ls": run_ls,
-            "stat": run_stat, "rm": run_rm, "scrub": run_scrub, "keys": key_commands.run_reencrypt,
-            "mv": tree_commands.run_mv, "cp": tree_commands.run_cp, "watch": tree_commands.run_watch,
-            "member": member_commands.run_member, "leader": member_commands.run_leader,
-            "s3": s3_commands.run_s3}
+FILE_COMMANDS = {"status": run_status, "put": run_put, "get": run_get, "ls": run_ls,
+                 "stat": run_stat, "rm": run_rm}
+
+
+def commands() -> dict[str, Any]:
+    """Every command's function (importing the modules of those beyond :data:`FILE_COMMANDS`)."""
+    from storg.cli import keys as key_commands
+    from storg.cli import members as member_commands
+    from storg.cli import s3keys as s3_commands
+    from storg.cli import tree as tree_commands
+    return FILE_COMMANDS | {
+        "scrub": run_scrub, "keys": key_commands.run_reencrypt,
+        "mv": tree_commands.run_mv, "cp": tree_commands.run_cp, "watch": tree_commands.run_watch,
+        "member": member_commands.run_member, "leader": member_commands.run_leader,
+        "s3": s3_commands.run_s3}
 
 
 def one_line(text: str) -> str:
@@ -413,13 +501,13 @@ def exit_for(exc: BaseException, args: argparse.Namespace) -> tuple[int, str] | 
         return EXIT_REFUSED, f"refused: {exc}"
     if isinstance(exc, CompactedError):
         return EXIT_REFUSED, f"{exc}"
-    if isinstance(exc, (CliError, member_commands.MemberCommandError, s3_commands.S3CommandError)):
-        return exc.code, str(exc)
+    if isinstance(exc, CliError) or _is_member_error(exc):
+        return getattr(exc, "code", EXIT_USAGE), str(exc)
     if isinstance(exc, InvalidPath):
         return EXIT_USAGE, f"invalid path: {exc}"
     if isinstance(exc, LocalError):
         return EXIT_USAGE, str(exc)
-    if isinstance(exc, TLSHandshakeFailed):
+    if isinstance(exc, TLSRefused):
         return EXIT_USAGE, f"every node refused TLS with us: {exc}"
     if isinstance(exc, ClusterUnavailable):
         return EXIT_UNAVAILABLE, f"cluster unavailable: {exc}"
@@ -440,25 +528,88 @@ def exit_for(exc: BaseException, args: argparse.Namespace) -> tuple[int, str] | 
     return None
 
 
+def _is_member_error(exc: BaseException) -> bool:
+    """A MemberCommandError or an S3CommandError (only possible once their modules were imported)."""
+    members = sys.modules.get("storg.cli.members")
+    s3keys = sys.modules.get("storg.cli.s3keys")
+    return (members is not None and isinstance(exc, members.MemberCommandError)) or \
+        (s3keys is not None and isinstance(exc, s3keys.S3CommandError))
+
+
+def runs_blocking(args: argparse.Namespace) -> bool:
+    """Whether this command runs on the blocking client (see the module docstring)."""
+    return args.command in FAST_COMMANDS and not getattr(args, "recursive", False)
+
+
 def client_credentials(args: argparse.Namespace) -> Any:
-    """The TLS material of ``--ca/--cert/--key`` or ``STORG_CA/CERT/KEY`` (None: plain TCP); exit 2 if unusable."""
-    from storg.net.credentials import TLSConfigError, credentials_from_env
+    """The TLS material of ``--ca/--cert/--key`` or ``STORG_CA/CERT/KEY`` (None: plain TCP); exit 2 if unusable.
+
+    For the blocking client a :class:`storg.client.blocking.BlockingTLS`
+    (the standard library's ssl), else a :class:`storg.net.credentials.TLSCredentials`.
+    """
+    from storg.net.tls_files import TLSConfigError, tls_files
     try:
+        if runs_blocking(args):
+            files = tls_files(os.environ, args.ca, args.cert, args.key)
+            if files is None:
+                return None
+            from storg.client.blocking import BlockingTLS
+            return BlockingTLS(*files)
+        from storg.net.credentials import credentials_from_env
         return credentials_from_env(os.environ, args.ca, args.cert, args.key)
     except (TLSConfigError, ValueError) as exc:
         raise CliError(EXIT_USAGE, f"TLS: {exc}") from None
 
 
+def report(exc: Exception, args: argparse.Namespace, credentials: Any) -> int:
+    """Write an expected error's line on stderr and return its exit status; re-raise anything else."""
+    known = exit_for(exc, args)
+    if known is None:
+        raise exc
+    code, message = known
+    if code == EXIT_UNAVAILABLE and credentials is None and isinstance(exc, ClusterUnavailable):
+        message += " (if the cluster uses TLS: --ca, --cert and --key, or STORG_CA, STORG_CERT, STORG_KEY)"
+    sys.stderr.write(f"storgctl: {one_line(message)}\n")
+    return code
+
+
+def run_blocking(args: argparse.Namespace, addresses: list[str], credentials: Any) -> NoReturn:
+    """Run a fast command on the blocking client: no reactor, no Twisted (see the module docstring)."""
+    import signal
+
+    from storg.client.blocking import BlockingClient, run_now
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # as the reactor would: "interrupted", temporary files removed
+    client = BlockingClient(addresses, timeout=args.timeout, tls=credentials)
+    try:
+        code = run_now(FILE_COMMANDS[args.command](cast(Any, client), args))  # the same methods
+    except KeyboardInterrupt:
+        sys.stderr.write("storgctl: interrupted\n")
+        code = EXIT_INTERRUPTED
+    except Exception as exc:
+        code = report(exc, args, credentials)
+    finally:
+        client.close()
+        for atomic in _PENDING_FILES:
+            atomic.discard()
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if args.command == "certs":
         # Local only: no cluster, no reactor.
+        from storg.cli import certs as certs_commands
         try:
             sys.exit(certs_commands.run_certs(args))
         except certs_commands.CertsError as exc:
             sys.stderr.write(f"storgctl: {one_line(str(exc))}\n")
             sys.exit(EXIT_USAGE)
     if args.command == "keys" and args.keys_command != "reencrypt":
+        from storg.cli import keys as key_commands
         try:
             sys.exit(key_commands.run_keys(args))
         except key_commands.KeyFileError as exc:
@@ -470,30 +621,32 @@ def main(argv: list[str] | None = None) -> NoReturn:
             raise CliError(EXIT_USAGE, "--timeout: must be positive")
         prepare(args)
         credentials = client_credentials(args)
-    except (CliError, LocalError, member_commands.MemberCommandError, s3_commands.S3CommandError) as exc:
+    except Exception as exc:
+        if not isinstance(exc, (CliError, LocalError)) and not _is_member_error(exc):
+            raise
         known = exit_for(exc, args)
         assert known is not None
         sys.stderr.write(f"storgctl: {one_line(known[1])}\n")
         sys.exit(known[0])
+    if runs_blocking(args):
+        run_blocking(args, addresses, credentials)
 
     from twisted.internet import defer, task
+
+    from storg.client.api import StorgClient
+
+    table = commands()
 
     finished = []
 
     async def run(reactor: Any) -> None:
         client = StorgClient(addresses, reactor=reactor, timeout=args.timeout, tls=credentials)
         try:
-            code = await COMMANDS[args.command](client, args)
+            code = await table[args.command](client, args)
             finished.append(code)
         except Exception as exc:
-            known = exit_for(exc, args)
-            if known is None:
-                raise
-            code, message = known
-            if code == EXIT_UNAVAILABLE and credentials is None and isinstance(exc, ClusterUnavailable):
-                message += " (if the cluster uses TLS: --ca, --cert and --key, or STORG_CA, STORG_CERT, STORG_KEY)"
+            code = report(exc, args, credentials)
             finished.append(code)
-            sys.stderr.write(f"storgctl: {one_line(message)}\n")
         finally:
             client.close()
         if code:

@@ -15,7 +15,6 @@ Files: :meth:`StorgClient.put`, :meth:`~StorgClient.get`, :meth:`~StorgClient.ls
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, BinaryIO
 
@@ -39,6 +38,16 @@ from storg.client.transfer import Deadline, Progress, Watchdog
 from storg.client.upload import Upload, UploadSource, open_put, start_frame
 from storg.config import LimitTuning
 from storg.net.connection import PLAIN, Dialer, RequestConnection, TLSHandshakeFailed
+from storg.net.protocol import (
+    MAX_INTERRUPTIONS,
+    STATUS_KEYS,
+    RetryPolicy,
+    Session,
+    SessionPool,
+    new_client_id,
+    status_row,
+    unreachable_row,
+)
 from storg.node.executor import reactor_pool
 from storg.paths import InvalidPath, normalize_path, normalize_prefix
 from storg.wire import ErrorCode, ProbeRead, ProbeWrite, StatusReply, StatusRequest
@@ -52,6 +61,7 @@ from storg.wire.admin import (
     MemberListRequest,
     MemberRemoveRequest,
 )
+from storg.wire.batch import BatchFile, GetBatchReply, GetBatchRequest, PutBatchRequest
 from storg.wire.files import FileInfo, LsReply, LsRequest, RmRequest, StatRequest
 from storg.wire.objects import (
     NO_ATTRS,
@@ -68,6 +78,7 @@ from storg.wire.tree import CopyRequest, MoveRequest, RemoveTreeRequest, WatchEv
 _KEY_ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 __all__ = [
+    "MAX_INTERRUPTIONS",
     "STATUS_KEYS",
     "BadRequest",
     "ClusterUnavailable",
@@ -76,10 +87,10 @@ __all__ = [
     "LocalError",
     "NotFoundError",
     "ServerError",
+    "Session",
+    "SessionPool",
     "StorgClient",
 ]
-
-STATUS_KEYS = ("id", "role", "term", "leader", "commit_index", "applied_index", "last_index")
 
 RETRYABLE = (
     net_error.ConnectError, net_error.ConnectionClosed, defer.TimeoutError, defer.CancelledError,
@@ -91,45 +102,7 @@ WATCH_SILENCE = 10.0
 """Seconds without a frame (nodes send a progress mark every 2 s) after which a watch takes its
 node for lost and resumes on another."""
 
-MAX_INTERRUPTIONS = 3
-"""Transfers that made progress and then failed, retried at most this often per operation."""
-
 Attempt = Callable[[RequestConnection, Deadline], Awaitable[Any]]
-
-
-class Session:
-    """A client session of the cluster (dissertation 6.3): one id, writes numbered 1, 2, ...
-
-    The cluster remembers only the last seq of each session and refuses an
-    older one, so a session must carry one write at a time, in order.
-    """
-
-    def __init__(self, client_id: int) -> None:
-        self.client_id = client_id
-        self.seq = 0
-
-    def next_seq(self) -> int:
-        self.seq += 1
-        return self.seq
-
-
-class SessionPool:
-    """Hands each write in flight a session of its own, so concurrent writes never overlap.
-
-    Writes one after another reuse the first session; only concurrency
-    opens more, each with a fresh random id.
-    """
-
-    def __init__(self, first_id: int) -> None:
-        self._free = [Session(first_id)]
-
-    def acquire(self) -> Session:
-        if self._free:
-            return self._free.pop()
-        return Session(secrets.randbits(63) or 1)
-
-    def release(self, session: Session) -> None:
-        self._free.append(session)
 
 
 class StorgClient:
@@ -157,7 +130,7 @@ class StorgClient:
         self.timeout = timeout
         self._connections: dict[str, RequestConnection] = {}
         self._leader_guess = self.addresses[0]
-        self.client_id = secrets.randbits(63) or 1
+        self.client_id = new_client_id()
         self.sessions = SessionPool(self.client_id)
         # All uploads of this client ride on one connection to the leader, and a node
         # refuses more than limits.max_uploads_per_connection open at once: wait instead.
@@ -204,74 +177,30 @@ class StorgClient:
         passed, ClusterUnavailable.  Any other error ends the operation.
         """
         deadline = Deadline(self.reactor, self.timeout if timeout is None else timeout)
-        candidates = list(self.addresses)
-        target = self._leader_guess
-        failures = 0
-        redirects = 0
-        interruptions = 0
-        last_error: str = "no answer"
-        tls_refused: set[str] = set()
-        refused: dict[str, ServerError] = {}
-        """Nodes that refused the connection itself (too many open): asked no more this time."""
+        # Which node next, when to pause and when to give up: the client protocol's policy.
+        policy = RetryPolicy(self.addresses, self._leader_guess, deadline, leader=leader)
         while True:
-            remaining = deadline.remaining()
-            if remaining <= 0:
-                who = "no leader" if leader else "no node"
-                raise ClusterUnavailable(f"{who} answered within the timeout ({last_error})")
-            if deadline.progressed:
-                deadline.progressed = False
-                interruptions += 1
-                if interruptions > MAX_INTERRUPTIONS:
-                    raise ClusterUnavailable(
-                        f"the transfer was interrupted {interruptions} times ({last_error})")
+            target = policy.begin()
             try:
-                conn = await self.connection(target, timeout=min(remaining, 5.0))
+                conn = await self.connection(target, timeout=policy.connect_timeout())
                 result = await attempt(conn, deadline)
                 if leader:
                     self._leader_guess = target
                 return result
             except ServerError as exc:
                 if exc.whole_connection:
-                    # That node is full, not the cluster: try the others, and say so
-                    # at once when every one (or the leader we are sent to) is full.
-                    refused[target] = exc
                     self._connections.pop(target, None)
-                    if set(candidates) <= set(refused):
-                        raise
-                    last_error = f"{target}: {exc}"
-                    failures += 1
-                    target = next(c for c in candidates[failures % len(candidates):] + candidates
-                                  if c not in refused)
-                    continue
-                if exc.code not in (ErrorCode.NOT_LEADER, ErrorCode.UNAVAILABLE):
-                    raise
-                last_error = f"{target}: {exc}"
-                if exc.code == ErrorCode.NOT_LEADER and exc.leader in refused:
-                    raise refused[exc.leader] from None
-                if exc.code == ErrorCode.NOT_LEADER and exc.leader and exc.leader != target:
-                    redirects += 1
-                    if redirects <= len(candidates):  # nodes pointing at each other: pause
-                        target = exc.leader
-                        continue
+                pause = policy.on_server_error(exc)
             except (defer.TimeoutError, net_error.TimeoutError):
-                last_error = f"{target} did not answer in time"
+                pause = policy.on_timeout()
             except TLSHandshakeFailed as exc:
-                # A certificate refused (ours there, or theirs here) is no outage: once every
-                # node has refused it, say so at once instead of retrying until the timeout.
-                tls_refused.add(target)
                 self._connections.pop(target, None)
-                if set(candidates) <= tls_refused:
-                    raise
-                last_error = f"{target}: {exc}"
+                pause = policy.on_tls_refused(exc)
             except RETRYABLE as exc:
-                last_error = f"{target}: {exc}"
                 self._connections.pop(target, None)
-            failures += 1
-            target = candidates[failures % len(candidates)]
-            if failures % len(candidates) == 0:
-                redirects = 0
-                await _pause(self.reactor, min(0.05 * (failures // len(candidates)), 0.5,
-                                               max(deadline.remaining(), 0.0)))
+                pause = policy.on_lost(exc)
+            if pause > 0:
+                await _pause(self.reactor, pause)
 
     async def probe_write(self, payload: bytes = b"", timeout: float | None = None) -> int:
         """Commit a write that changes nothing; returns its log index."""
@@ -315,15 +244,14 @@ class StorgClient:
 
         async def row_of(member) -> dict[str, Any]:
             if member.id == first.row.id:
-                return _row_dict(first)
+                return status_row(first)
             try:
-                return _row_dict(await self._ask_status(member.client, per_node))
+                return status_row(await self._ask_status(member.client, per_node))
             except Exception:
-                return {"id": member.id, "role": "unreachable", "term": None, "leader": None,
-                        "commit_index": None, "applied_index": None, "last_index": None}
+                return unreachable_row(member.id)
 
         if not members:
-            return [_row_dict(first)]
+            return [status_row(first)]
         rows = await defer.gatherResults(
             [defer.Deferred.fromCoroutine(row_of(m)) for m in members], consumeErrors=True)
         return list(rows)
@@ -435,12 +363,14 @@ class StorgClient:
         session = self.sessions.acquire()
         seq = session.next_seq()
         released = [False]
+        acquired = [False]
 
         def release() -> None:
             if not released[0]:
                 released[0] = True
                 self.sessions.release(session)
-                self._upload_slots.release()
+                if acquired[0]:
+                    self._upload_slots.release()
 
         def make(rid: int) -> Any:
             return start_frame(rid, path, session.client_id, seq, if_absent=if_absent,
@@ -452,6 +382,11 @@ class StorgClient:
 
         async def open_() -> Any:
             await self._upload_slots.acquire()
+            acquired[0] = True
+            if released[0]:  # aborted while waiting for a slot: give it back and open nothing
+                acquired[0] = False
+                self._upload_slots.release()
+                raise ProtocolViolation("the put stream was aborted")
             try:
                 return await self.retrying(opening)
             except BaseException:
@@ -513,7 +448,7 @@ class StorgClient:
                       if_absent: bool = False, if_match_etag: str = "") -> FileInfo:
         """Build ``dst`` from the files ``parts`` in order, in one entry (no bytes move).
 
-        Its SHA-256 is the composite of the parts' (storg.client.verify),
+        Its SHA-256 is the composite of the parts' (storg.net.verify),
         ``attrs.parts`` their sizes; the tree ``remove`` (the upload's
         folder) goes in the same entry.  Conditions are decided at apply:
         ConflictError if they fail; NotFoundError if a part is missing.
@@ -538,6 +473,8 @@ class StorgClient:
         the secret crosses the network once, to the leader, over the
         client connection (TLS when the cluster has it).
         """
+        import secrets  # here: a storgctl that makes no key never imports it (start-up time)
+
         key_id = "SK" + "".join(secrets.choice(_KEY_ID_ALPHABET) for _ in range(18))
         secret = secrets.token_urlsafe(30)[:40]
         session = self.sessions.acquire()
@@ -756,6 +693,37 @@ class StorgClient:
                 if state["delivered"] == before:
                     raise  # no node served anything within the timeout: give up
 
+    async def put_batch(self, files: tuple[BatchFile, ...]) -> int:
+        """Store many small files in one entry, all or none; returns the entry's log index.
+
+        Each file is at most the inline size (4 KiB) and carries the SHA-256
+        of its bytes, which the leader checks.  One session for the batch:
+        a retry after a leader change replays the first outcome.  This is
+        what ``put -r`` sends for small files (see storg.wire.batch).
+        """
+        session = self.sessions.acquire()
+        seq = session.next_seq()
+        try:
+            reply = await self.call_leader(lambda rid: PutBatchRequest(rid, session.client_id, seq, files))
+        finally:
+            self.sessions.release(session)
+        return reply.index
+
+    async def get_batch(self, paths: tuple[str, ...], stale: bool = False) -> GetBatchReply:
+        """Read many small files at one read index (the caller checks each file's SHA-256).
+
+        The reply lists the files read, those that do not exist, and those
+        left for an ordinary :meth:`get` (too large, or a chunk not at hand).
+        """
+        normal = tuple(normalize_path(p) for p in paths)
+
+        async def attempt(conn: RequestConnection, deadline: Deadline) -> GetBatchReply:
+            d = conn.request(lambda rid: GetBatchRequest(rid, normal, stale))
+            d.addTimeout(max(deadline.remaining(), 0.0), self.reactor)
+            return await d
+
+        return await self.retrying(attempt, leader=False)
+
     async def _tree_call(self, make: Callable[[int, int, int], Any]) -> int:
         session = self.sessions.acquire()
         seq = session.next_seq()
@@ -873,8 +841,3 @@ def _check_not_inside(src: str, dst: str) -> None:
 def _pause(reactor: Any, seconds: float) -> defer.Deferred:
     from twisted.internet.task import deferLater
     return deferLater(reactor, seconds, lambda: None)
-
-
-def _row_dict(reply: StatusReply) -> dict[str, Any]:
-    row = reply.row
-    return {key: getattr(row, key) for key in STATUS_KEYS}

@@ -1,27 +1,27 @@
-"""One attempt of a get: write and hash the GetData frames off the reactor, memory bounded;
-and :class:`AtomicFile`, so a get never leaves a partial local file.
+"""One attempt of a get: write and hash the GetData frames off the reactor, memory bounded.
+
+:class:`AtomicFile` (a get never leaves a partial local file) is in
+:mod:`storg.client.localfile` and imported here for its old callers.
 
 See :mod:`storg.client.transfer` for the whole picture of a transfer."""
 
 from __future__ import annotations
 
 import hashlib
-import io
-import os
-import tempfile
 from collections import deque
 from collections.abc import Callable
-from typing import Any, BinaryIO, cast
+from typing import Any, cast
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
+from storg.client import localfile
 from storg.client.errors import (
     ClusterUnavailable,
-    IntegrityError,
     LocalError,
     ProtocolViolation,
 )
+from storg.client.localfile import AtomicFile, DownloadSink
 from storg.client.transfer import (
     Deadline,
     Progress,
@@ -30,85 +30,20 @@ from storg.client.transfer import (
     in_thread,
     no_progress,
 )
-from storg.client.verify import content_hasher
 from storg.net.connection import RequestConnection, Stream
+from storg.net.protocol import GetCheck, GetStream
 from storg.wire.files import (
     FileInfo,
-    GetData,
-    GetEnd,
     GetRequest,
-    GetStart,
 )
+
+__all__ = ["AtomicFile", "Download", "DownloadSink"]
 
 SINK_HIGH_WATER = 4 * 1024 * 1024
 """Bytes received but not yet written before a get stops reading its connection."""
 
 SINK_LOW_WATER = 1 * 1024 * 1024
 """Reading resumes once the writer is back under this many bytes."""
-
-SYNC_EVERY = 64 * 1024 * 1024
-"""Bytes written to a ``sync`` sink between two background fdatasyncs."""
-
-class DownloadSink:
-    """Where a get's bytes go; a seekable sink can be emptied and refilled by a retry.
-
-    ``sync=True``: the file will be fsynced once complete (AtomicFile), so
-    flushing it to disk early, in the background, only moves that work.
-    """
-
-    def __init__(self, fileobj: BinaryIO, sync: bool = False) -> None:
-        self.f = fileobj
-        self.sync = sync
-        try:
-            self.seekable = bool(fileobj.seekable())
-            self.start = fileobj.tell() if self.seekable else 0
-        except (OSError, ValueError, AttributeError):
-            self.seekable = False
-            self.start = 0
-        self.in_memory = isinstance(fileobj, io.BytesIO)
-        self.dirty = False
-
-    def can_restart(self) -> bool:
-        return self.seekable or not self.dirty
-
-    def restart(self) -> None:
-        if self.dirty and self.seekable:
-            self.f.seek(self.start)
-            self.f.truncate()
-            self.dirty = False
-
-    def write_and_hash(self, data: bytes, hasher: Any) -> None:
-        """Runs in the writer thread; never on the reactor."""
-        try:
-            self.f.write(data)
-        except (OSError, ValueError) as exc:
-            raise LocalError(f"writing the output failed: {exc}") from None
-        hasher.update(data)
-
-    def write_many(self, pieces: list) -> None:
-        """Runs in a thread: write each piece, in order (hashing runs beside it)."""
-        try:
-            for data in pieces:
-                self.f.write(data)
-        except (OSError, ValueError) as exc:
-            raise LocalError(f"writing the output failed: {exc}") from None
-
-    def sync_now(self) -> None:
-        """Runs in a thread beside the writer: push what the kernel holds to disk.
-
-        Large writes bypass the file object's buffer, so the descriptor has
-        them; whatever is still buffered is the final fsync's business.
-        """
-        try:
-            os.fdatasync(self.f.fileno())
-        except (OSError, ValueError):
-            pass  # the final fsync reports real trouble
-
-    def flush(self) -> None:
-        try:
-            self.f.flush()
-        except (OSError, ValueError) as exc:
-            raise LocalError(f"writing the output failed: {exc}") from None
 
 
 def _hash_all(hasher: Any, pieces: list) -> None:
@@ -189,7 +124,7 @@ class _SinkWriter:
             self.conn.resume_reading()
         self._on_written(self.written)
         self._next()
-        if self.sink.sync and self._syncing is None and self.written - self._synced >= SYNC_EVERY:
+        if self.sink.sync and self._syncing is None and self.written - self._synced >= localfile.SYNC_EVERY:
             self._synced = self.written
             self._syncing = in_thread(self.reactor, self.sink.sync_now)
             self._syncing.addBoth(self._sync_done)
@@ -239,41 +174,35 @@ class Download:
             raise ClusterUnavailable("the node was lost after part of the file was written out")
         self.sink.restart()
         watchdog = Watchdog(self.reactor, conn, deadline.remaining())
-        info: list[FileInfo] = []
-        received = [0]
+        # Which frames may come, and the size and SHA-256 checks: the client protocol's.
+        check = GetCheck(self.path)
+        rules = GetStream(check)
         stream_box: list[Stream] = []
 
         def moved(written: int) -> None:
             deadline.extend()
             watchdog.reset(deadline.timeout)
-            self.progress(written, info[0].size if info else None)
+            self.progress(written, check.info.size if check.info else None)
 
         def write_failed(exc: Exception) -> None:
             if stream_box:
                 stream_box[0].abort(exc)
 
         writer = _SinkWriter(self.reactor, conn, self.sink, moved, write_failed)
+        writer.hasher = check.hasher
 
         def on_frame(frame: Any) -> bool:
-            if isinstance(frame, GetStart) and not info:
-                info.append(frame.info)
-                writer.hasher = content_hasher(frame.info)  # a composite is hashed part by part
-                deadline.extend()
-                watchdog.reset(deadline.timeout)
-                self.progress(0, frame.info.size)
-                return False
-            if isinstance(frame, GetData) and info:
-                received[0] += len(frame.data)
-                if received[0] > info[0].size:
-                    raise IntegrityError(
-                        f"{self.path}: received more than its {info[0].size} bytes")
-                writer.write(frame.data)
-                deadline.extend()
-                watchdog.reset(deadline.timeout)
-                return False
-            if isinstance(frame, GetEnd) and info:
+            kind = rules.frame(frame)  # ProtocolViolation or IntegrityError for a frame out of place
+            if kind == "end":
                 return True
-            raise ProtocolViolation(f"unexpected {type(frame).__name__} during a get")
+            if kind == "data":
+                writer.write(frame.data)
+            else:
+                writer.hasher = check.hasher  # chosen by the file's kind at its start (a composite's part by part)
+                self.progress(0, frame.info.size)
+            deadline.extend()
+            watchdog.reset(deadline.timeout)
+            return False
 
         stream = conn.request_stream(lambda rid: GetRequest(rid, self.path, self.stale), on_frame)
         stream_box.append(stream)
@@ -286,15 +215,7 @@ class Download:
                 self.sink.flush()
             else:
                 await in_thread(self.reactor, self.sink.flush)
-            meta = info[0]
-            if writer.written != meta.size:
-                raise IntegrityError(
-                    f"{self.path}: received {writer.written} bytes, expected {meta.size}")
-            digest = writer.hasher.hexdigest()
-            if digest != meta.sha256:
-                raise IntegrityError(
-                    f"{self.path}: SHA-256 mismatch (got {digest}, expected {meta.sha256})")
-            return meta
+            return check.finish(writer.written)
         finally:
             watchdog.cancel()
             consume(stream.done)
@@ -302,55 +223,3 @@ class Download:
                 stream.abort(ProtocolViolation("get abandoned"))
             writer.stop()
             await writer.drain()
-
-
-# --- atomic local files ------------------------------------------------------------
-
-class AtomicFile:
-    """A file written under a temporary name in the target's folder, renamed at the end.
-
-    Readers of ``target`` see the old file or the whole new one; a failed
-    get leaves the old file untouched and no partial file behind.
-    """
-
-    def __init__(self, target: str | os.PathLike) -> None:
-        target = os.fspath(target)
-        if os.path.isdir(target):
-            raise LocalError(f"{target} is a directory")
-        self.target = target
-        folder = os.path.dirname(os.path.abspath(target))
-        try:
-            fd, self.temp = tempfile.mkstemp(
-                dir=folder, prefix="." + os.path.basename(target) + ".", suffix=".storg-part")
-        except OSError as exc:
-            raise LocalError(f"cannot write in {folder}: {exc.strerror or exc}") from None
-        self.f: BinaryIO = os.fdopen(fd, "w+b")
-        self.finished = False
-
-    def commit(self) -> None:
-        """Make the content durable, then give it the target's name (mode as a new file's)."""
-        try:
-            self.f.flush()
-            os.fsync(self.f.fileno())
-            self.f.close()
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self.temp, 0o666 & ~umask)
-            os.replace(self.temp, self.target)
-        except OSError as exc:
-            self.discard()
-            raise LocalError(f"cannot write {self.target}: {exc.strerror or exc}") from None
-        self.finished = True
-
-    def discard(self) -> None:
-        if self.finished:
-            return
-        self.finished = True
-        try:
-            self.f.close()
-        except OSError:
-            pass
-        try:
-            os.unlink(self.temp)
-        except FileNotFoundError:
-            pass

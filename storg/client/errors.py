@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from storg.net.errors import (
     BadRequest,
+    ClusterUnavailable,
     CompactedError,
     ConflictError,
     DiskFull,
@@ -29,10 +30,6 @@ __all__ = [
     "LimitExceeded", "LocalError",
     "NotFoundError", "PermissionDenied", "ProtocolViolation", "ServerError", "error_for",
 ]
-
-
-class ClusterUnavailable(Exception):
-    """No leader or no quorum answered within the timeout (storgctl exit 3)."""
 
 
 class LocalError(Exception):

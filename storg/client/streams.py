@@ -35,8 +35,8 @@ from twisted.internet import error as net_error
 
 from storg.client.errors import BadRequest, ClusterUnavailable, IntegrityError, LocalError, ProtocolViolation
 from storg.client.transfer import MAX_PIECE, Deadline, Watchdog, consume, in_thread
-from storg.client.verify import content_hasher
 from storg.net.connection import RequestConnection, Stream
+from storg.net.verify import content_hasher
 from storg.wire.files import WHOLE, FileInfo, GetData, GetEnd, GetRequest, GetStart, PutData, PutEnd
 from storg.wire.objects import PutAbort
 
@@ -54,7 +54,6 @@ class PutStream:
         self.size = size
         self._release = release
         self._sha = hashlib.sha256()
-        self._hashed: defer.Deferred = defer.succeed(None)
         self._sent = 0
         self._last: defer.Deferred = opened.addCallback(self._opened)
         self._conn: RequestConnection | None = None
@@ -79,7 +78,6 @@ class PutStream:
             self.abort()
             return defer.fail(IntegrityError(f"more than the {self.size} bytes announced"))
         self._sent += len(data)
-        self._hashed = self._hashed.addCallback(lambda _: in_thread(self.reactor, self._sha.update, data))
         d = self._last.addCallback(lambda _: defer.Deferred.fromCoroutine(self._send(data)))
         self._last = d
         out: defer.Deferred = defer.Deferred()
@@ -95,8 +93,15 @@ class PutStream:
         return out
 
     async def _send(self, data: bytes) -> None:
+        """Hash ``data`` (in a thread), then send it as the connection drains.
+
+        Both before ``write`` fires: a piece is let go of only once it is
+        hashed and handed to the transport, so memory stays bounded by the
+        caller's pieces in flight even when hashing is the slower side.
+        """
         conn, stream = self._conn, self._stream
         assert conn is not None and stream is not None
+        await in_thread(self.reactor, self._sha.update, data)
         for pos in range(0, len(data), self._piece):
             try:
                 await conn.wait_writable(stream)
@@ -116,7 +121,6 @@ class PutStream:
             if self.size is not None and self._sent != self.size:
                 self.abort()
                 raise IntegrityError(f"{self._sent} bytes written, {self.size} announced")
-            await self._hashed
             stream = self._stream
             assert stream is not None
             self._over = True
@@ -136,6 +140,7 @@ class PutStream:
             self._send_abort()
         self._over = True
         self._error = self._error or ProtocolViolation("the put stream was aborted")
+        consume(self._last)  # an opening that fails now (or was refused) is no one's error
         self._end()
 
     def _send_abort(self) -> None:
@@ -179,12 +184,20 @@ class GetStream:
         self._starts: list[int] = []
         self._writing: defer.Deferred | None = None
         """The caller's last ``write`` still pending: a resumed attempt waits for it first."""
+        self._pump: defer.Deferred | None = None
+        """The last attempt's pump (delivering the frames it received): a resumed attempt waits for it."""
 
     async def attempt(self, conn: RequestConnection, deadline: Deadline) -> FileInfo:
+        # The last attempt's pump may still be hashing or handing on a piece it had received
+        # whole: once it settles, ``pos`` says what the caller has, and the resumed get asks
+        # for the bytes after it (not those again).
+        if self._pump is not None and not self._pump.called:
+            await defer.DeferredList([self._pump], consumeErrors=True)
         if self._writing is not None and not self._writing.called:
             await defer.DeferredList([self._writing], consumeErrors=True)
         remaining = WHOLE if self.stop is None else self.stop - self.pos
         if self.info is not None and remaining == 0:
+            await self._check_end()  # every byte arrived before GetEnd did: check the whole file now
             return self.info
         watchdog = Watchdog(self.reactor, conn, deadline.remaining())
         queue: deque[Any] = deque()
@@ -201,7 +214,7 @@ class GetStream:
                     paused[0] = True
                     conn.pause_reading()
                 if pump[0] is None or pump[0].called:  # (a drain may have ended synchronously)
-                    pump[0] = defer.Deferred.fromCoroutine(self._drain(queue, paused, conn, box, pump))
+                    pump[0] = self._pump = defer.Deferred.fromCoroutine(self._drain(queue, paused, conn, box, pump))
                 return False  # the end is decided by the pump, once everything is delivered
             raise ProtocolViolation(f"unexpected {type(frame).__name__} during a get")
 
@@ -237,14 +250,7 @@ class GetStream:
                         raise ProtocolViolation("GetData before GetStart")
                     await self._deliver(bytes(frame.data))
                 else:
-                    if self.pos != self.stop:
-                        raise IntegrityError(f"{self.path}: the get ended at byte {self.pos}, not {self.stop}")
-                    if self.hasher is not None:
-                        digest = await in_thread(self.reactor, self.hasher.hexdigest)
-                        assert self.info is not None
-                        if digest != self.info.sha256:
-                            raise IntegrityError(f"{self.path}: SHA-256 mismatch (got {digest}, "
-                                                 f"expected {self.info.sha256})")
+                    await self._check_end()
                     assert self.info is not None
                     if not stream.finished:
                         conn._forget(stream)
@@ -252,6 +258,16 @@ class GetStream:
         except Exception as exc:
             if not stream.finished:
                 stream.abort(exc)
+
+    async def _check_end(self) -> None:
+        """Every byte asked for was handed on, and a whole file hashes to its SHA-256 (or composite)."""
+        if self.pos != self.stop:
+            raise IntegrityError(f"{self.path}: the get ended at byte {self.pos}, not {self.stop}")
+        if self.hasher is not None:
+            digest = await in_thread(self.reactor, self.hasher.hexdigest)
+            assert self.info is not None
+            if digest != self.info.sha256:
+                raise IntegrityError(f"{self.path}: SHA-256 mismatch (got {digest}, expected {self.info.sha256})")
 
     def _started(self, frame: GetStart) -> None:
         info = frame.info

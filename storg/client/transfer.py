@@ -22,7 +22,7 @@ here is what one attempt does, with memory bounded whatever the file size:
   the socket while more than :data:`SINK_HIGH_WATER` bytes wait for the
   sink.  The payloads are views of the received frames, never copied.  A
   sink that will be fsynced at the end (a temp file) is fdatasync'ed in
-  the background every :data:`SYNC_EVERY` bytes, so the final fsync does
+  the background every :data:`~storg.client.localfile.SYNC_EVERY` bytes, so the final fsync does
   not find a gigabyte still to write;
 * an in-memory source or sink (``io.BytesIO``) is read or written on the
   reactor thread: it cannot block, and a thread hop per frame would cost
@@ -40,6 +40,7 @@ from typing import Any
 
 from twisted.internet import defer
 
+from storg.net import protocol
 from storg.net.connection import RequestConnection
 from storg.node.executor import reactor_pool
 from storg.wire import MAX_FRAME_BYTES
@@ -50,36 +51,20 @@ Progress = Callable[[int, "int | None"], None]
 MAX_PIECE = MAX_FRAME_BYTES - 1024
 """Never trust a server's max_frame beyond what one frame can carry."""
 
-SMALL_PUT = 64 * 1024
-"""Sources up to this size may be put in one round trip (PutData sent before PutReady),
-when they also fit in the ``max_frame`` the node gave on this connection before."""
+SMALL_PUT = protocol.SMALL_PUT
+"""Sources up to this size may be put in one round trip: see :func:`storg.net.protocol.small_put_limit`."""
 
 
 def no_progress(done: int, total: int | None) -> None:
     pass
 
 
-class Deadline:
-    """How long a client may still wait; pushed back whenever a transfer makes progress.
-
-    ``progressed`` tells the retry loop that the attempt under way moved
-    something, so that its failure counts as an interrupted transfer (of
-    which only a few are retried: a node failing every transfer halfway
-    would otherwise keep the deadline moving forever).
-    """
+class Deadline(protocol.Deadline):
+    """The client protocol's :class:`~storg.net.protocol.Deadline` on a reactor's clock."""
 
     def __init__(self, reactor: Any, timeout: float) -> None:
         self.reactor = reactor
-        self.timeout = timeout
-        self.at = reactor.seconds() + timeout
-        self.progressed = False
-
-    def remaining(self) -> float:
-        return self.at - self.reactor.seconds()
-
-    def extend(self) -> None:
-        self.progressed = True
-        self.at = max(self.at, self.reactor.seconds() + self.timeout)
+        super().__init__(reactor.seconds, timeout)
 
 
 class Watchdog:

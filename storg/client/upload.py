@@ -5,11 +5,8 @@ See :mod:`storg.client.transfer` for the whole picture of a transfer."""
 from __future__ import annotations
 
 import hashlib
-import io
-import os
-import stat
 from collections.abc import Callable
-from typing import Any, BinaryIO, cast
+from typing import Any
 
 from twisted.internet import defer
 
@@ -18,9 +15,9 @@ from storg.client.errors import (
     LocalError,
     ProtocolViolation,
 )
+from storg.client.localfile import LocalSource
 from storg.client.transfer import (
     MAX_PIECE,
-    SMALL_PUT,
     Deadline,
     Progress,
     Watchdog,
@@ -29,10 +26,11 @@ from storg.client.transfer import (
     no_progress,
 )
 from storg.net.connection import RequestConnection, Stream
+from storg.net.protocol import PutStream as PutRules
+from storg.net.protocol import small_put_limit
 from storg.wire.files import (
     FileInfo,
     PutData,
-    PutDone,
     PutEnd,
     PutReady,
     PutStart,
@@ -41,52 +39,8 @@ from storg.wire.objects import NO_ATTRS, ObjectAttrs, PutAbort, PutStartObject
 from storg.wire.tree import PutStartIf
 
 
-class UploadSource:
-    """A put's bytes: a local file (re-readable) or a binary stream such as stdin (read once).
-
-    ``consumed`` turns true with the first byte read; a put may be retried
-    from the start only while :meth:`can_restart` holds.
-    """
-
-    def __init__(self, fileobj: BinaryIO, *, owned: bool = False) -> None:
-        self.f = fileobj
-        self.owned = owned
-        try:
-            self.seekable = bool(fileobj.seekable())
-            self.start = fileobj.tell() if self.seekable else 0
-        except (OSError, ValueError, AttributeError):
-            self.seekable = False
-            self.start = 0
-        self.in_memory = isinstance(fileobj, io.BytesIO)
-        self.size = self._size()
-        self.consumed = False
-
-    @classmethod
-    def open(cls, path: str | os.PathLike) -> UploadSource:
-        """Open a local file; an unreadable one is a LocalError (storgctl exit 2)."""
-        try:
-            f = open(path, "rb")
-        except OSError as exc:
-            raise LocalError(f"cannot read {os.fspath(path)}: {exc.strerror or exc}") from None
-        return cls(f, owned=True)
-
-    def _size(self) -> int | None:
-        if self.in_memory:
-            return max(len(cast(io.BytesIO, self.f).getbuffer()) - self.start, 0)
-        try:
-            st = os.fstat(self.f.fileno())
-        except (OSError, ValueError, AttributeError):
-            return None
-        if stat.S_ISREG(st.st_mode):
-            return max(st.st_size - self.start, 0)
-        return None
-
-    def can_restart(self) -> bool:
-        return self.seekable or not self.consumed
-
-    def rewind(self) -> None:
-        if self.consumed and self.seekable:
-            self.f.seek(self.start)
+class UploadSource(LocalSource):
+    """A :class:`~storg.client.localfile.LocalSource` read off the reactor thread."""
 
     def read_small(self, reactor: Any, limit: int) -> defer.Deferred:
         """Fires with the whole content if it is known to be at most ``limit`` bytes, else None.
@@ -99,40 +53,16 @@ class UploadSource:
             return defer.succeed(None)
         if self.in_memory:
             self.consumed = True
-            return defer.maybeDeferred(self._read_whole, limit)
+            return defer.maybeDeferred(self.read_whole, limit)
         self.consumed = True
-        return in_thread(reactor, self._read_whole, limit)
-
-    def _read_whole(self, limit: int) -> bytes | None:
-        try:
-            data = self.f.read(limit + 1)
-            if data is None or len(data) > limit:
-                self.f.seek(self.start)
-                return None
-        except (OSError, ValueError) as exc:
-            raise LocalError(f"reading the source failed: {exc}") from None
-        return bytes(data)
+        return in_thread(reactor, self.read_whole, limit)
 
     def read_piece(self, reactor: Any, size: int, hasher: Any) -> defer.Deferred:
         """Read up to ``size`` bytes (fewer only at the end) and hash them, off the reactor thread."""
         self.consumed = True
         if self.in_memory:
-            return defer.maybeDeferred(self._read_and_hash, size, hasher)
-        return in_thread(reactor, self._read_and_hash, size, hasher)
-
-    def _read_and_hash(self, size: int, hasher: Any) -> bytes:
-        try:
-            data = self.f.read(size)
-        except (OSError, ValueError) as exc:
-            raise LocalError(f"reading the source failed: {exc}") from None
-        if data is None:  # a non-blocking stream with nothing ready
-            raise LocalError("the source is a non-blocking stream")
-        hasher.update(data)
-        return bytes(data)
-
-    def close(self) -> None:
-        if self.owned:
-            self.f.close()
+            return defer.maybeDeferred(self.read_and_hash, size, hasher)
+        return in_thread(reactor, self.read_and_hash, size, hasher)
 
 
 async def open_put(conn: RequestConnection, deadline: Deadline, make: Callable[[int], Any],
@@ -143,14 +73,13 @@ async def open_put(conn: RequestConnection, deadline: Deadline, make: Callable[[
     :class:`Upload` and :class:`~storg.client.streams.PutStream` begin so.
     """
     ready: defer.Deferred = defer.Deferred()
+    rules = PutRules()  # which frames may come, and PutReady's checks: the client protocol's
 
     def on_frame(frame: Any) -> bool:
-        if isinstance(frame, PutReady) and not ready.called:
-            ready.callback(frame)
-            return False
-        if isinstance(frame, PutDone) and ready.called:
+        if rules.frame(frame):
             return True
-        raise ProtocolViolation(f"unexpected {type(frame).__name__} during a put")
+        ready.callback(frame)  # a PutReady: the only other frame the rules let through
+        return False
 
     stream = conn.request_stream(make, on_frame)
 
@@ -167,10 +96,6 @@ async def open_put(conn: RequestConnection, deadline: Deadline, make: Callable[[
             stream.abort(ProtocolViolation("put abandoned"))
         consume(stream.done)
         raise
-    if frame.max_frame <= 0:
-        stream.abort(ProtocolViolation("put abandoned"))
-        consume(stream.done)
-        raise ProtocolViolation(f"PutReady with max_frame {frame.max_frame}")
     return conn, stream, frame.max_frame
 
 
@@ -218,8 +143,7 @@ class Upload:
                 "and its source cannot be read again")
         self.source.rewind()
         small = None
-        if conn.max_frame is not None:
-            small = await self.source.read_small(self.reactor, min(SMALL_PUT, conn.max_frame))
+        small = await self.source.read_small(self.reactor, small_put_limit(conn.max_frame))
         if small is not None:
             return await self._attempt_small(conn, deadline, small)
         watchdog = Watchdog(self.reactor, conn, deadline.remaining())
@@ -277,19 +201,14 @@ class Upload:
         A node that reads all three at once answers PutDone alone; one that
         reads them apart sends PutReady first.
         """
-        ready = [False]
+        # A node may skip PutReady when the PutEnd came with the PutStart; one it sends
+        # must allow the bytes already sent (the client protocol's rules).
+        rules = PutRules(small_size=len(data))
 
         def on_frame(frame: Any) -> bool:
-            if isinstance(frame, PutReady) and not ready[0]:
-                ready[0] = True
+            if isinstance(frame, PutReady):
                 conn.max_frame = frame.max_frame
-                if frame.max_frame < len(data):
-                    raise ProtocolViolation(
-                        f"PutReady with max_frame {frame.max_frame}, below the {len(data)} bytes sent")
-                return False
-            if isinstance(frame, PutDone):
-                return True  # a node may skip PutReady when the PutEnd came with the PutStart
-            raise ProtocolViolation(f"unexpected {type(frame).__name__} during a put")
+            return rules.frame(frame)
 
         digest = hashlib.sha256(data).hexdigest()
         self.progress(0, len(data))

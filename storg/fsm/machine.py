@@ -46,8 +46,8 @@ from storg.fsm.members import MemberDirectory, MembershipStateMachine
 from storg.fsm.objects import ObjectCommands, S3KeyState
 from storg.fsm.records import (
     S3KeyRecord,
+    effective_etag,
     file_chunks,
-    file_etag,
     file_head,
     file_size,
     pack_file,
@@ -65,15 +65,15 @@ from storg.wire import (
     MemberAddress,
     ProbeCommand,
 )
-from storg.wire.files import (
+from storg.wire.batch import PutInlineBatchCommand
+from storg.wire.chunks import (
     ChunkHoldersCommand,
-    ChunkRef,
     CollectChunksCommand,
-    FileInfo,
     PutFileCommand,
     PutInlineCommand,
     RemoveFileCommand,
 )
+from storg.wire.files import ChunkRef, FileInfo
 from storg.wire.objects import (
     ComposeCommand,
     CopyAttrsCommand,
@@ -130,6 +130,7 @@ class FileStoreStateMachine(TreeCommands, ObjectCommands):
             CopyCommand: self._apply_copy,
             RemoveTreeCommand: self._apply_remove_tree,
             ConditionalPutCommand: self._apply_conditional,
+            PutInlineBatchCommand: self._apply_put_batch,
             PutObjectCommand: self._apply_conditional,
             CopyAttrsCommand: self._apply_copy_attrs,
             ComposeCommand: self._apply_compose,
@@ -253,7 +254,7 @@ class FileStoreStateMachine(TreeCommands, ObjectCommands):
         if etag:
             if old is None:
                 raise Conflict(f"{path} does not exist, so it cannot match ETag {etag}")
-            stored = file_etag(old)
+            stored = effective_etag(old)
             if stored != etag:
                 raise Conflict(f"{path} has ETag {stored or '(none)'}, not {etag}")
         if condition.if_match:
@@ -282,6 +283,41 @@ class FileStoreStateMachine(TreeCommands, ObjectCommands):
             except Exception:  # noqa: BLE001 -- a local write failure must not make nodes diverge
                 log.failure("on_inline_chunk failed for entry {index}", index=index)
         return info
+
+    def _apply_put_batch(self, cmd: PutInlineBatchCommand, index: int) -> int:
+        """Many small files in one entry (``put -r``): all of them are stored, or none; returns the entry's index.
+
+        Each inner command is a PutObjectCommand (the file's attributes: its
+        ETag) around an inline put.  Every one is decoded and checked before
+        the first one applies, so a refusal leaves the state untouched.  An inline put
+        that passed these checks cannot be refused by ``_put`` (its one
+        chunk's size is its digest's), so the applies that follow cannot
+        stop half way.  The inner commands have no session (client 0): the
+        batch's session makes a retried batch replay its first outcome.
+        """
+
+        def run() -> int:
+            puts: builtins.list[tuple[PutObjectCommand, PutInlineCommand]] = []
+            for body in cmd.commands:
+                try:
+                    wrapper = CODEC.decode(body)
+                    inner = CODEC.decode(wrapper.command) if isinstance(wrapper, PutObjectCommand) else None
+                except CodecError as exc:
+                    raise InvalidCommand(f"entry {index}: a batch holds no command: {exc}") from None
+                if not isinstance(inner, PutInlineCommand) or inner.client_id != 0 or wrapper.if_absent \
+                        or wrapper.if_match or wrapper.if_match_etag:
+                    raise InvalidCommand(f"entry {index}: a batch holds only unconditional inline puts "
+                                         f"without a session")
+                _command_path(inner.path, index)
+                if inner.data and not inner.holders:
+                    raise InvalidCommand(f"entry {index}: an inline file needs holders")
+                self._attrs_tail(wrapper.attrs, len(inner.data), index)  # what _put would refuse, refused first
+                puts.append((wrapper, inner))
+            for wrapper, inner in puts:
+                self._apply_put_inline(inner, index, wrapper)
+            return index
+
+        return self._with_session(cmd.client_id, cmd.seq, index, run)
 
     def _apply_remove(self, cmd: RemoveFileCommand, index: int) -> int:
         return self._with_session(cmd.client_id, cmd.seq, index, lambda: self._remove(cmd, index))

@@ -31,7 +31,16 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from storg.fsm.errors import Conflict, InvalidCommand, NotFound
-from storg.fsm.records import file_attrs, file_chunks, file_etag, file_head, pack_attrs, pack_file, with_tail
+from storg.fsm.records import (
+    DIGEST_BYTES,
+    effective_etag,
+    file_attrs,
+    file_chunks,
+    file_head,
+    pack_attrs,
+    pack_file,
+    with_tail,
+)
 from storg.fsm.sorted_paths import SortedPaths
 from storg.fsm.state import Change, ChunkState, PackedFile, bare_info, chunk_digests_of
 from storg.paths import InvalidPath, normalize_path, normalize_prefix
@@ -52,6 +61,16 @@ S3_ROLES = ("readonly", "readwrite", "admin")
 
 MAX_PARTS = 10000
 """S3's limit on the parts of one multipart upload."""
+
+MAX_FILE_CHUNKS = 131072
+"""The most chunks one file may have: 128 GiB at the default 1 MiB chunk size.
+
+A file's chunk list travels whole in a GetStart or StatReply frame (about
+50 bytes per chunk with its holders), is kept whole in a client session's
+recorded result and in its snapshot record: all within the 8 MiB frame
+limit at this count.  A single put cannot exceed it (its entry is bounded
+by the proposal limit); a compose could, from small entries, so it is
+refused there."""
 
 
 class S3KeyState(NamedTuple):
@@ -169,8 +188,8 @@ class ObjectCommands:
         if cmd.if_match_etag:
             if old is None:
                 raise Conflict(f"{dst} does not exist, so it cannot match ETag {cmd.if_match_etag}")
-            if file_etag(old) != cmd.if_match_etag:
-                raise Conflict(f"{dst} has ETag {file_etag(old) or '(none)'}, not {cmd.if_match_etag}")
+            if effective_etag(old) != cmd.if_match_etag:
+                raise Conflict(f"{dst} has ETag {effective_etag(old)}, not {cmd.if_match_etag}")
         sizes: list[int] = []
         shas: list[bytes] = []
         chunks: list[bytes] = []
@@ -185,6 +204,10 @@ class ObjectCommands:
             sizes.append(size)
             shas.append(sha)
             chunks.append(file_chunks(rec))
+        total = sum(len(c) for c in chunks) // DIGEST_BYTES
+        if total > MAX_FILE_CHUNKS:
+            raise InvalidCommand(f"entry {index}: the composed file would have {total} chunks, more than "
+                                 f"{MAX_FILE_CHUNKS}")
         attrs = dataclasses.replace(cmd.attrs, parts=tuple(sizes))
         try:
             tail = pack_attrs(attrs)

@@ -208,6 +208,16 @@ def file_etag(rec: bytes) -> str:
     return file_attrs(rec).etag
 
 
+def effective_etag(rec: bytes) -> str:
+    """The ETag a file answers to: its own, else (a file stored before ETags) its SHA-256 in hex.
+
+    One rule for the conditions decided at apply and for what the S3
+    gateway shows, so an ``If-Match`` with the ETag a client was given
+    matches at apply too.
+    """
+    return file_etag(rec) or _FILE_HEAD.unpack_from(rec)[3].hex()
+
+
 def with_tail(rec: bytes, tail: bytes) -> bytes:
     """The record with its attributes replaced by ``tail`` (a :func:`pack_attrs` result)."""
     return rec[:_chunks_end(rec)] + tail

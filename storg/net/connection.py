@@ -19,7 +19,6 @@ rather than our own buffers:
 
 from __future__ import annotations
 
-import itertools
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -35,11 +34,10 @@ from twisted.internet.interfaces import IHandshakeListener
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from storg.net.errors import ProtocolViolation, ServerError, error_for
+from storg.net.errors import ProtocolViolation, ServerError, TLSRefused
 from storg.net.flow import WriteWindow
 from storg.net.framing import FrameReceiver, send_bulk
-from storg.wire import CodecError, ErrorReply
-from storg.wire.bulk import decode_bulk
+from storg.net.protocol import Requests, split_address
 
 if TYPE_CHECKING:
     from storg.net.tls import ClientTLS
@@ -50,7 +48,7 @@ __all__ = [
 ]
 
 
-class TLSHandshakeFailed(ConnectionLost):
+class TLSHandshakeFailed(ConnectionLost, TLSRefused):
     """TLS with a node failed: its certificate was refused here, or ours there (an OpenSSL error).
 
     A ConnectionLost, so that callers that try the next node on a lost
@@ -122,8 +120,8 @@ class RequestConnection(FrameReceiver):
     """
 
     def __init__(self) -> None:
-        self._ids = itertools.count(1)
-        self._streams: dict[int, Stream] = {}
+        # Ids and the matching of replies to requests: the client protocol's (storg.net.protocol).
+        self._streams: Requests[Stream] = Requests()
         self._gate = WriteWindow(on_resume=self._wake_writers)
         self._writers: list[tuple[defer.Deferred, Stream | None]] = []
         self._read_pauses = 0
@@ -144,7 +142,7 @@ class RequestConnection(FrameReceiver):
 
     def request_stream(self, make: Callable[[int], Any], on_frame: Callable[[Any], bool]) -> Stream:
         """Send ``make(request_id)``; its reply frames go to ``on_frame`` (see :class:`Stream`)."""
-        request_id = next(self._ids)
+        request_id = self._streams.new_id()
         stream = Stream(self, request_id, on_frame)
         if self.refusal is not None:
             stream._fail(self.refusal)
@@ -152,7 +150,7 @@ class RequestConnection(FrameReceiver):
         if not self.connected or self.transport is None:
             stream._fail(ConnectionLost("connection to the node is closed"))
             return stream
-        self._streams[request_id] = stream
+        self._streams.add(request_id, stream)
         self.send(make(request_id))
         return stream
 
@@ -161,8 +159,7 @@ class RequestConnection(FrameReceiver):
         send_bulk(self.transport, frame)
 
     def _forget(self, stream: Stream) -> None:
-        if self._streams.get(stream.request_id) is stream:
-            del self._streams[stream.request_id]
+        self._streams.forget(stream.request_id, stream)
 
     # --- flow control ----------------------------------------------------------
 
@@ -247,25 +244,22 @@ class RequestConnection(FrameReceiver):
     def stringReceived(self, data: bytes) -> None:
         try:
             # GetData and ChunkData payloads arrive as views of the frame: not copied again.
-            reply = decode_bulk(data)
-            request_id = reply.request_id
-        except (CodecError, AttributeError) as exc:
-            self._fail_all(ProtocolViolation(f"bad reply from node: {exc}"))
+            routed = self._streams.route(data)
+        except ProtocolViolation as exc:
+            self._fail_all(exc)
             self.close()
             return
-        if request_id == 0 and isinstance(reply, ErrorReply):
+        except ServerError as refusal:
             # About the connection, not a request (ids start at 1): the node refused us.
-            self.refusal = error_for(reply.code, reply.message, reply.leader)
-            self.refusal.whole_connection = True
-            self._fail_all(self.refusal)
+            self.refusal = refusal
+            self._fail_all(refusal)
             self.close()
             return
-        stream = self._streams.get(request_id)
-        if stream is None:
+        if routed is None:
             return  # an aborted request's late frames
-        if isinstance(reply, ErrorReply):
-            self._forget(stream)
-            stream._fail(error_for(reply.code, reply.message, reply.leader))
+        stream, reply = routed
+        if isinstance(reply, ServerError):
+            stream._fail(reply)
         else:
             stream._frame(reply)
 
@@ -294,8 +288,7 @@ class RequestConnection(FrameReceiver):
             self.closed.callback(None)
 
     def _fail_all(self, exc: Exception) -> None:
-        streams, self._streams = self._streams, {}
-        for stream in streams.values():
+        for stream in self._streams.take_all():
             stream._fail(exc)
         self._fail_waiters(None, exc)
 
@@ -335,19 +328,6 @@ def _tls_why(protocol: RequestConnection, failure: Failure | None) -> str:
         return failure.getErrorMessage() if failure is not None else "connection closed"
     from storg.net.tls import describe_tls_failure
     return describe_tls_failure(protocol.transport, failure)
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port); ValueError if malformed."""
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ValueError(f"not a HOST:PORT address: {address!r}")
-    port = int(port_text)
-    if not 0 < port < 65536:
-        raise ValueError(f"port out of range in {address!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, port
 
 
 async def connect(reactor: Any, address: str, timeout: float = 5.0, tls: ClientTLS | None = None,

@@ -18,10 +18,10 @@ from storg.net.tls import (
     ClientTLS,
     Identity,
     ServerTLS,
-    TLSConfigError,
     client_options,
     server_options,
 )
+from storg.net.tls_files import TLSConfigError, tls_files
 
 __all__ = ["TLSCredentials", "TLSConfigError"]
 
@@ -86,15 +86,10 @@ def credentials_from_env(env: Any, ca: str | None, cert: str | None, key: str | 
     Raises TLSConfigError when the set is incomplete: a certificate without
     its key, or a certificate without the CA that checks the nodes.
     """
-    ca = ca or env.get("STORG_CA") or None
-    cert = cert or env.get("STORG_CERT") or None
-    key = key or env.get("STORG_KEY") or None
-    if ca is None and cert is None and key is None:
+    files = tls_files(env, ca, cert, key)
+    if files is None:
         return None
-    if ca is None:
-        raise TLSConfigError("--cert and --key need --ca (or STORG_CA): the CA that signed the nodes' certificates")
-    if (cert is None) != (key is None):
-        raise TLSConfigError("--cert and --key go together (or STORG_CERT and STORG_KEY)")
+    ca, cert, key = files
     return TLSCredentials(ca, cert, key)
 
 

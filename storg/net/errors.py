@@ -101,6 +101,19 @@ class ProtocolViolation(Exception):
     """The node sent something that is not a valid reply."""
 
 
+class ClusterUnavailable(Exception):
+    """No leader or no quorum answered within the timeout (storgctl exit 3)."""
+
+
+class TLSRefused(Exception):
+    """Marks a TLS failure that is a refusal of a certificate (ours there, or theirs here).
+
+    Both drivers of the client protocol raise a subclass of it (the Twisted
+    one's is also a ConnectionLost), so storgctl and the retry policy tell
+    a refused certificate (exit 2, said at once) from an outage.
+    """
+
+
 # The subclasses take (message, leader): their code is fixed.
 _BY_CODE: dict[int, Callable[[str, str], ServerError]] = {
     ErrorCode.NOT_FOUND: NotFoundError,

@@ -33,8 +33,9 @@ from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
-from storg.wire.bulk import BULK_MIN, BULK_TYPES, FRAME_HEADER, bulk_frame
-from storg.wire.codec import CODEC, MAX_FRAME_BYTES
+from storg.net.protocol import frame_bytes
+from storg.wire.bulk import FRAME_HEADER
+from storg.wire.codec import MAX_FRAME_BYTES
 
 _HEADER = FRAME_HEADER
 _SMALL = 4096
@@ -229,11 +230,7 @@ class FrameReceiver(Int32StringReceiver):
 
 def send_bulk(transport: Any, obj: Any) -> None:
     """Write ``obj`` framed on ``transport``; a large payload of a bulk type is not copied here."""
-    if type(obj) in BULK_TYPES and len(obj.data) >= BULK_MIN:
-        transport.writeSequence(bulk_frame(obj))
-    else:
-        body = CODEC.encode(obj)
-        transport.writeSequence([_HEADER.pack(len(body)), body])
+    transport.writeSequence(frame_bytes(obj))
 
 
 def describe_address(address: object) -> str:

@@ -85,10 +85,8 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import re
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, cast
 
 from cryptography import x509
@@ -107,107 +105,32 @@ from twisted.internet.interfaces import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from storg.config import NODE_ID_RE
+from storg.names import NODE_ID_RE
+from storg.net.identity import (
+    CLIENT,
+    CLIENT_ROLES,
+    CLUSTER_RE,
+    NODE,
+    NODE_ROLE,
+    URI_SCHEME,
+    USER_NAME_RE,
+    VERIFY_ERRORS,
+    Identity,
+    IdentityError,
+    identity_from_names,
+    parse_identity_uri,
+)
+from storg.net.tls_files import TLSConfigError
 
-URI_SCHEME = "storg"
-NODE = "node"
-CLIENT = "client"
-NODE_ROLE = "node"
-CLIENT_ROLES = ("readonly", "readwrite", "admin")
-"""The roles a client certificate may name, weakest first."""
-
-USER_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
-CLUSTER_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_URI_RE = re.compile(r"storg://(node|client)/([^/?#]*)(?:\?([^#]*))?")
+__all__ = [
+    "CLIENT", "CLIENT_ROLES", "CLUSTER_RE", "NODE", "NODE_ROLE", "URI_SCHEME", "USER_NAME_RE",
+    "ClientTLS", "Identity", "IdentityError", "ServerTLS", "TLSConfigError", "client_options",
+    "describe_tls_failure", "identity_of", "load_certificates", "load_private_key", "parse_identity_uri",
+    "peer_identity", "server_endpoint", "client_endpoint",
+]
 
 TLS12_CIPHERS = b"ECDHE+AESGCM:ECDHE+CHACHA20"
 """TLS 1.2 only (1.3 suites are OpenSSL's defaults, all of them AEAD): forward secret AEAD."""
-
-
-class IdentityError(ValueError):
-    """A certificate that does not name exactly one valid storg identity."""
-
-
-class TLSConfigError(Exception):
-    """TLS material that cannot be used: one line, naming the file."""
-
-
-@dataclass(frozen=True)
-class Identity:
-    """Who is on the other end: a node (``role`` ``node``) or a user with one client role."""
-
-    kind: str
-    """``node`` or ``client``."""
-    name: str
-    """The node id, or the user name."""
-    role: str
-    """``node`` for a node; ``readonly``, ``readwrite`` or ``admin`` for a client."""
-    cluster: str | None = None
-    """The cluster the certificate is limited to, if it says so (see the module docstring)."""
-
-    def __post_init__(self) -> None:
-        if self.kind == NODE:
-            if not NODE_ID_RE.fullmatch(self.name):
-                raise IdentityError(f"invalid node id {self.name!r} (1-64 of [a-z0-9_-])")
-            if self.role != NODE_ROLE:
-                raise IdentityError(f"a node's role is {NODE_ROLE!r}, not {self.role!r}")
-        elif self.kind == CLIENT:
-            if not USER_NAME_RE.fullmatch(self.name):
-                raise IdentityError(f"invalid user name {self.name!r} "
-                                    "(1-64 of [a-z0-9_.-], starting with a letter or digit)")
-            if self.role not in CLIENT_ROLES:
-                raise IdentityError(f"invalid role {self.role!r} (one of {', '.join(CLIENT_ROLES)})")
-        else:
-            raise IdentityError(f"invalid identity kind {self.kind!r} (node or client)")
-        if self.cluster is not None and not CLUSTER_RE.fullmatch(self.cluster):
-            raise IdentityError(f"invalid cluster {self.cluster!r} (1-64 of [A-Za-z0-9._-])")
-
-    @classmethod
-    def node(cls, node_id: str, cluster: str | None = None) -> Identity:
-        return cls(NODE, node_id, NODE_ROLE, cluster)
-
-    @classmethod
-    def client(cls, name: str, role: str, cluster: str | None = None) -> Identity:
-        return cls(CLIENT, name, role, cluster)
-
-    @property
-    def is_node(self) -> bool:
-        return self.kind == NODE
-
-    def uri(self) -> str:
-        """The subjectAltName URI that names this identity."""
-        params = [] if self.kind == NODE else [f"role={self.role}"]
-        if self.cluster is not None:
-            params.append(f"cluster={self.cluster}")
-        query = "?" + "&".join(params) if params else ""
-        return f"{URI_SCHEME}://{self.kind}/{self.name}{query}"
-
-    def __str__(self) -> str:
-        return f"node {self.name}" if self.kind == NODE else f"client {self.name} ({self.role})"
-
-
-def parse_identity_uri(uri: str) -> Identity:
-    """The identity a ``storg://`` URI names; :class:`IdentityError` unless it is exactly well-formed."""
-    match = _URI_RE.fullmatch(uri)
-    if match is None:
-        raise IdentityError(f"malformed storg identity URI {uri!r}")
-    kind, name, query = match.groups()
-    params: dict[str, str] = {}
-    if query is not None:
-        for part in query.split("&"):
-            key, sep, value = part.partition("=")
-            if not sep or key in params:
-                raise IdentityError(f"malformed storg identity URI {uri!r}")
-            params[key] = value
-    allowed = {"cluster"} if kind == NODE else {"role", "cluster"}
-    unknown = sorted(set(params) - allowed)
-    if unknown:
-        raise IdentityError(f"storg identity URI {uri!r}: unknown parameter {unknown[0]!r}")
-    if kind == NODE:
-        return Identity.node(name, params.get("cluster"))
-    if "role" not in params:
-        raise IdentityError(f"storg identity URI {uri!r}: a client names its role (?role=...)")
-    return Identity.client(name, params["role"], params.get("cluster"))
 
 
 def _as_cryptography(cert: x509.Certificate | openssl_crypto.X509) -> x509.Certificate:
@@ -226,23 +149,14 @@ def identity_of(cert: x509.Certificate | openssl_crypto.X509) -> Identity:
     cert = _as_cryptography(cert)
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris: list[str] | None = san.get_values_for_type(x509.UniformResourceIdentifier)
     except x509.ExtensionNotFound:
-        raise IdentityError("certificate names no storg identity (no subjectAltName)") from None
+        uris = None
     except ValueError as exc:  # a malformed extension
         raise IdentityError(f"certificate has an unreadable extension: {exc}") from None
-    uris = [u for u in san.get_values_for_type(x509.UniformResourceIdentifier)
-            if u.lower().startswith(URI_SCHEME + ":")]
-    if not uris:
-        raise IdentityError("certificate names no storg identity (no storg:// subjectAltName URI)")
-    if len(uris) > 1:
-        raise IdentityError(f"certificate names {len(uris)} storg identities; exactly one is allowed")
-    identity = parse_identity_uri(uris[0])
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if len(names) != 1 or names[0].value != identity.name:
-        common = ", ".join(repr(n.value) for n in names) or "none"
-        raise IdentityError(f"certificate's common name ({common}) is not its identity's name "
-                            f"{identity.name!r}")
-    return identity
+    names = [n.value if isinstance(n.value, str) else n.value.decode("utf-8", "replace")
+             for n in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    return identity_from_names(uris, names)
 
 
 # -- loading the files -------------------------------------------------------------------------
@@ -312,20 +226,6 @@ def _check_own_certificate(cert: x509.Certificate, cert_path: str, cas: Sequence
             continue
     raise TLSConfigError(f"{cert_path}: the certificate was not issued by the CA in {ca_path}")
 
-
-_VERIFY_ERRORS = {
-    2: "its issuer is not this cluster's CA",
-    7: "its signature is bad",
-    9: "it is not valid yet",
-    10: "it has expired",
-    18: "it is self-signed, not signed by this cluster's CA",
-    19: "it is not signed by this cluster's CA",  # the chain sent ends in another self-signed CA
-    20: "it is not signed by this cluster's CA",
-    21: "it is not signed by this cluster's CA",
-    24: "its issuer is not a CA",
-    26: "its key usage does not allow this use",
-}
-"""OpenSSL's X509_V_ERR_* codes a peer's certificate is likely to fail with, in words."""
 
 _REFUSALS: weakref.WeakKeyDictionary[SSL.Connection, str] = weakref.WeakKeyDictionary()
 """Why our end refused a peer's certificate, per connection (read by describe_tls_failure)."""
@@ -400,7 +300,7 @@ class _Options:
         """
         try:
             if not ok:  # the chain's verdict, at any depth (a server may send its CA after its own)
-                why = _VERIFY_ERRORS.get(errno, f"OpenSSL verify error {errno}")
+                why = VERIFY_ERRORS.get(errno, f"OpenSSL verify error {errno}")
                 _REFUSALS.setdefault(conn, f"certificate of {_subject(cert.to_cryptography())} refused: {why}")
                 return False
             if depth != 0:

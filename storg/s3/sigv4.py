@@ -397,7 +397,19 @@ def _signed_headers(text: str, table: dict[str, list[str]], error: Callable[[str
     absent = [name for name in names if name not in table]
     if absent:
         raise _mismatch(f"the signed header(s) {', '.join(absent)} are not in the request", "", "", "")
+    # Every x-amz-* header changes what a request does (x-amz-copy-source makes a PUT a copy,
+    # x-amz-metadata-directive replaces metadata): one the signer did not sign could be added
+    # by whoever holds a presigned URL or replays a request.  x-amz-content-sha256 is exempt,
+    # as on S3: its value is the canonical request's last line, so it is signed anyway.
+    unsigned = sorted(name for name in table
+                      if name.startswith("x-amz-") and name not in names and name not in _SIGNED_ANYWAY)
+    if unsigned:
+        raise S3Error("AccessDenied", "There were headers present in the request which were not signed", 403,
+                      details=(("HeadersNotSigned", ", ".join(unsigned)),))
     return names
+
+
+_SIGNED_ANYWAY = frozenset({"x-amz-content-sha256"})
 
 
 def _streaming_headers(table: dict[str, list[str]], payload: str) -> tuple[int | None, tuple[str, ...]]:

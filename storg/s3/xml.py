@@ -216,6 +216,11 @@ def parse(body: bytes, root: str) -> Node:
                       400)
     parser = expat.ParserCreate()
     parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+    # Expat calls the text handler once per entity reference: a 4 MiB body of ``&amp;`` is a
+    # million calls, and adding each to a growing str took seconds.  Buffered, expat hands
+    # text over in large runs (buffer_size bytes at a time).
+    parser.buffer_text = True
+    parser.buffer_size = 1 << 16
     stack: list[Node] = []
     top: list[Node] = []
 

@@ -7,8 +7,8 @@ each request type needs one permission:
 
 ==============  =================================================================
 ``cluster``     status, member list, scrub counters: who is who, no file data
-``read``        get (ranged too), ls (and its pages), stat, watch, ProbeRead
-``write``       put (PutStart, PutStartIf, PutStartObject, PutData, PutEnd, PutAbort),
+``read``        get (ranged too), ls (and its pages), stat, watch, ProbeRead, batched gets (get -r)
+``write``       put (PutStart, PutStartIf, PutStartObject, PutData, PutEnd, PutAbort, batched puts),
                 rm, mv, cp (with attributes too), rm -r, compose, ProbeWrite
 ``admin``       member add and remove, leader transfer, starting a scrub pass, S3 access
                 keys (create, list, revoke: a key is a credential, like a certificate)
@@ -52,11 +52,9 @@ from storg.wire.admin import (
     MemberRemoveRequest,
     RemovedNotice,
 )
+from storg.wire.batch import GetBatchRequest, PutBatchRequest
+from storg.wire.chunks import ChunkGet, ChunkPinQuery, ChunkPlacedQuery, ChunkPutAfter
 from storg.wire.files import (
-    ChunkGet,
-    ChunkPinQuery,
-    ChunkPlacedQuery,
-    ChunkPutAfter,
     GetRequest,
     LsRequest,
     PutData,
@@ -107,10 +105,12 @@ REQUIRED: dict[type, str | Callable[[Any], str]] = {
     LsRequest: READ,
     StatRequest: READ,
     WatchRequest: READ,
+    GetBatchRequest: READ,
     MemberListRequest: CLUSTER,
     ScrubStatusRequest: _scrub,
     PutStart: WRITE,
     PutStartIf: WRITE,
+    PutBatchRequest: WRITE,
     PutStartObject: WRITE,
     PutAbort: WRITE,
     CopyAttrsRequest: WRITE,

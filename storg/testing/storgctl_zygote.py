@@ -1,7 +1,8 @@
 """A fork server for storgctl: one process imports storgctl once, then forks one child per command.
 
 Why: starting a Python interpreter and importing Twisted costs ~0.4 s of
-CPU per storgctl, which on a two-core machine caps the fault tests' clients
+CPU per storgctl (the fast commands, on the blocking driver, less, but still
+tens of milliseconds), which on a two-core machine caps the fault tests' clients
 at a few operations a second and starves the nodes.  A forked child runs
 exactly ``storg.cli.main.main(argv)`` in a process of its own, with its own
 stdin, stdout, stderr and exit status, as the installed ``storgctl``
@@ -22,7 +23,12 @@ import os
 import signal
 import sys
 
-import storg.cli.main as cli  # the import this process exists to pay for once
+import storg.cli.main as cli  # the imports this process exists to pay for once
+import storg.client.api  # noqa: F401  (the Twisted driver: every command beyond the fast ones)
+import storg.client.blocking  # noqa: F401  (the blocking driver: status, put, get, ls, stat, rm)
+
+cli.commands()  # the command modules the parser and the Twisted path import lazily
+cli.build_parser()
 
 
 def _reap(signum: int, frame: object) -> None:

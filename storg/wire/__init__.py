@@ -2,15 +2,15 @@
 
 Use :data:`CODEC` (``CODEC.encode(obj)`` / ``CODEC.decode(body)``); every
 decoding failure is a :class:`CodecError`.
+
+The frame modules are imported on demand, not here: each one's frozen
+dataclasses cost about half a millisecond apiece to create, and a
+``storgctl status`` that needs three of a hundred types should not pay
+for the rest (see :meth:`Codec.load_on_demand`).  A module that builds a
+frame has imported its class, which registered it; a frame of a type byte
+not registered yet makes the codec import :data:`FRAME_MODULES` first.
 """
 
-# Imported for what importing them does: each registers its frames on CODEC.
-from storg.wire import (
-    admin,  # noqa: F401  (the membership and transfer frames)
-    files,  # noqa: F401  (the file store's frames)
-    snapshots,  # noqa: F401  (the snapshot streaming frames)
-    tree,  # noqa: F401  (mv, cp, rm -r, conditional puts, watch)
-)
 from storg.wire.codec import (
     CODEC,
     ERROR_REPLY,
@@ -47,8 +47,22 @@ from storg.wire.messages import (
 )
 from storg.wire.records import CodecError, Reader
 
+FRAME_MODULES = (
+    "storg.wire.admin",  # the membership and transfer frames
+    "storg.wire.batch",  # batches of small files (put -r, get -r)
+    "storg.wire.chunks",  # the file store's frames that only nodes send or apply
+    "storg.wire.files",  # the file store's frames
+    "storg.wire.objects",  # object attributes, compose, S3 keys (issue 18)
+    "storg.wire.snapshots",  # the snapshot streaming frames
+    "storg.wire.tree",  # mv, cp, rm -r, conditional puts, watch
+)
+"""The modules of storg.wire that register frames on CODEC when imported (a test checks the list)."""
+
+CODEC.load_on_demand(FRAME_MODULES)
+
 __all__ = [
     "BAD_REQUEST", "CODEC", "COMPACTED", "CONFLICT", "Codec", "CodecError", "ERROR_REPLY", "ErrorCode", "ErrorReply",
+    "FRAME_MODULES",
     "HELLO", "HELLO_REFUSED", "Hello", "HelloRefused", "INTEGRITY", "INTERNAL", "MAX_FRAME_BYTES",
     "MEMBER_ADDRESS", "MemberAddress", "MemberRow", "NOT_FOUND", "NOT_LEADER", "PROTOCOL_VERSION",
     "ProbeCommand", "ProbeRead", "ProbeReply", "ProbeWrite", "Reader", "STATUS_REPLY",

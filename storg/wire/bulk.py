@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+from functools import cache
 from typing import Any
 
 from storg.wire.codec import CODEC, MAX_FRAME_BYTES
-from storg.wire.files import ChunkData, ChunkPut, ChunkPutAfter, GetData, PutData
 from storg.wire.records import CodecError
 
 FRAME_HEADER = struct.Struct("!I")
@@ -29,14 +29,19 @@ BULK_MIN = 64 * 1024
 """Payloads at least this long go through :func:`bulk_frame` / :func:`decode_bulk`."""
 
 
+@cache
 def _bulk_layouts() -> dict[int, tuple[type, int]]:
     """Type byte -> (class, header length) of the frames whose last field is a bulk payload.
 
     Each of these layouts is fixed-size fields, then the payload as a u32
     length and its bytes (tests check that against ``CODEC.encode``), so
     the header is the encoding of the frame with an empty payload, minus
-    its zero length.
+    its zero length.  Built on first use: the node-only frames'
+    classes (storg.wire.chunks) are not built by a client that sends no bulk frame.
     """
+    from storg.wire.chunks import ChunkData, ChunkPut, ChunkPutAfter
+    from storg.wire.files import GetData, PutData
+
     samples = [PutData(0, b""), GetData(0, b""), ChunkData(0, "0" * 64, b""),
                ChunkPut(0, "0" * 64, b""), ChunkPutAfter(0, "0" * 64, 0, b"")]
     layouts = {}
@@ -48,12 +53,14 @@ def _bulk_layouts() -> dict[int, tuple[type, int]]:
     return layouts
 
 
-_BULK = _bulk_layouts()
-BULK_TYPES = frozenset(cls for cls, _ in _BULK.values())
+@cache
+def bulk_types() -> frozenset[type]:
+    """The classes whose large payloads :func:`bulk_frame` and :func:`decode_bulk` never copy."""
+    return frozenset(cls for cls, _ in _bulk_layouts().values())
 
 
 def bulk_frame(obj: Any) -> list[bytes]:
-    """``[length prefix + header, payload]``: the frame of ``obj`` (one of :data:`BULK_TYPES`).
+    """``[length prefix + header, payload]``: the frame of ``obj`` (one of :func:`bulk_types`).
 
     Written with ``transport.writeSequence``, the payload is copied only by
     the transport, not by ``encode`` and ``sendString`` first.
@@ -66,13 +73,13 @@ def bulk_frame(obj: Any) -> list[bytes]:
     return [_HEADER.pack(size) + body[:-4] + _U32.pack(len(payload)), payload]
 
 
-def decode_bulk(frame: bytes) -> Any:
+def decode_bulk(frame: bytes | bytearray) -> Any:
     """``CODEC.decode(frame)``, except that a large payload comes back as a view of ``frame``.
 
     The view keeps ``frame`` alive; hashlib, files and sockets take it as
     they take bytes.  Anything else decodes as usual.
     """
-    layout = _BULK.get(frame[1]) if len(frame) >= BULK_MIN else None
+    layout = _bulk_layouts().get(frame[1]) if len(frame) >= BULK_MIN else None
     if layout is None:
         return CODEC.decode(frame)
     cls, head = layout

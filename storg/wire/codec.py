@@ -28,8 +28,10 @@ snapshot meta when flag bit 1 is set.
 
 from __future__ import annotations
 
+import importlib
 import struct
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -99,6 +101,25 @@ class Codec:
     def __init__(self) -> None:
         self._decoders: dict[int, Decoder] = {}
         self._families: dict[type, _Family] = {}
+        self._on_demand: tuple[str, ...] = ()
+        self._loading = threading.RLock()
+
+    def load_on_demand(self, modules: Iterable[str]) -> None:
+        """Import ``modules`` (which register frames) the first time an unknown type byte is met.
+
+        Importing every frame module up front costs a short-lived process
+        such as storgctl more than its whole request; this way a process
+        pays only for the frame types it uses, and a peer's frame of a type
+        this process has not imported yet still decodes.
+        """
+        self._on_demand += tuple(m for m in modules if m not in self._on_demand)
+
+    def _load_pending(self) -> None:
+        """Import the on-demand modules not imported yet (a thread that comes second waits)."""
+        with self._loading:
+            for name in self._on_demand:
+                importlib.import_module(name)
+            self._on_demand = ()
 
     def register(self, type_byte: int, cls: type, encoder: Encoder, decoder: Decoder) -> None:
         """Give ``cls`` the type byte ``type_byte``."""
@@ -128,7 +149,8 @@ class Codec:
         self._families[cls] = _Family(encoder, type_of, frozenset(decoders))
 
     def type_bytes(self) -> frozenset[int]:
-        """Every type byte registered so far."""
+        """Every type byte registered (the on-demand modules' included)."""
+        self._load_pending()
         return frozenset(self._decoders)
 
     def type_byte(self, obj: object) -> int:
@@ -183,6 +205,9 @@ class Codec:
         if version != PROTOCOL_VERSION:
             raise CodecError(f"unknown protocol version {version}")
         decoder = self._decoders.get(tb)
+        if decoder is None:  # not imported yet, or unknown: only then the lock
+            self._load_pending()
+            decoder = self._decoders.get(tb)
         if decoder is None:
             raise CodecError(f"unknown message type {tb}")
         r = Reader(buf, 2)

@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.protocol import Factory
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from storg.net.framing import FrameReceiver
 from storg.wire import CODEC, ErrorCode, ErrorReply
@@ -50,7 +51,8 @@ class FakeNode:
     """One fake node listening on 127.0.0.1, port chosen by the OS."""
 
     def __init__(self, *, max_frame: int = 64 * 1024, page_size: int = 2,
-                 get_frame: int = 16 * 1024) -> None:
+                 get_frame: int = 16 * 1024, tls: Any = None) -> None:
+        """``tls``: a :class:`storg.net.tls.ServerTLS` to serve with (mutual TLS), else plain TCP."""
         self.max_frame = max_frame
         self.page_size = page_size
         self.get_frame = get_frame
@@ -77,7 +79,9 @@ class FakeNode:
         self.skip_ready = False  # no PutReady at all, as a node that read PutStart and PutEnd at once
         self.disk_full: str | None = None  # "start" or "end": refuse the put there with DISK_FULL
         self.protocols: list[NodeProtocol] = []
-        factory = Factory.forProtocol(lambda: NodeProtocol(self))
+        factory: Any = Factory.forProtocol(lambda: NodeProtocol(self))
+        if tls is not None:
+            factory = TLSMemoryBIOFactory(tls, False, factory)
         self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.address = f"127.0.0.1:{self.port.getHost().port}"
 

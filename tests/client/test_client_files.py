@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import os
 
 import pytest
 import pytest_twisted
 from fake_node import FakeNode
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, threads
 from twisted.internet.task import deferLater
 
 from storg.client.api import StorgClient
+from storg.client.blocking import BlockingClient, run_now
 from storg.client.errors import (
     BadRequest,
     ClusterUnavailable,
@@ -46,18 +48,54 @@ async def nodes():
         await node.close()
 
 
-@pytest_twisted.async_yield_fixture
-async def clients():
-    made: list[StorgClient] = []
+class ThreadedBlockingClient:
+    """The blocking driver (storgctl's) under these tests: each call runs in a thread of its own
+    while the reactor serves the fake nodes.  Attributes are the BlockingClient's."""
 
-    def make(addresses, timeout: float = 5.0) -> StorgClient:
-        client = StorgClient(list(addresses), reactor=reactor, timeout=timeout)
+    def __init__(self, addresses, timeout: float) -> None:
+        self.client = BlockingClient(list(addresses), timeout=timeout)
+
+    def __getattr__(self, name):
+        value = getattr(self.client, name)
+        if not inspect.iscoroutinefunction(value):
+            return value
+
+        def call(*args, **kwargs):
+            return threads.deferToThread(run_now, value(*args, **kwargs))
+        return call
+
+    def close(self) -> None:
+        self.client.close()
+
+
+async def _clients(driver: str):
+    made: list = []
+
+    def make(addresses, timeout: float = 5.0):
+        if driver == "twisted":
+            client = StorgClient(list(addresses), reactor=reactor, timeout=timeout)
+        else:
+            client = ThreadedBlockingClient(addresses, timeout)
         made.append(client)
         return client
 
     yield make
     for client in made:
         client.close()
+
+
+@pytest_twisted.async_yield_fixture(params=["twisted", "blocking"])
+async def clients(request):
+    """Both drivers of the client protocol: the behaviour of a file operation is the protocol's."""
+    async for make in _clients(request.param):
+        yield make
+
+
+@pytest_twisted.async_yield_fixture
+async def twisted_clients():
+    """The Twisted driver alone, for tests of what only it has (its connections' transports)."""
+    async for make in _clients("twisted"):
+        yield make
 
 
 class OneWayStream(io.RawIOBase):
@@ -154,7 +192,8 @@ async def test_put_retried_after_a_dropped_connection_reuses_client_id_and_seq(n
 
 
 @pytest_twisted.ensureDeferred
-async def test_concurrent_writes_use_sessions_of_their_own(nodes, clients, tmp_path):
+async def test_concurrent_writes_use_sessions_of_their_own(nodes, twisted_clients, tmp_path):
+    clients = twisted_clients  # concurrency is the Twisted driver's (storgctl makes one request)
     node = nodes(max_frame=4096)
     client = clients([node.address])
     sources = [write_file(tmp_path, f"f{i}", os.urandom(20_000)) for i in range(4)]
@@ -276,7 +315,8 @@ async def test_put_with_integrity_reply_is_an_integrity_error(nodes, clients, tm
 
 
 @pytest_twisted.ensureDeferred
-async def test_upload_to_a_node_that_stops_reading_stays_bounded(nodes, clients, monkeypatch):
+async def test_upload_to_a_node_that_stops_reading_stays_bounded(nodes, twisted_clients, monkeypatch):
+    clients = twisted_clients  # it watches the Twisted transport's buffer
     """The client never queues more than about one frame in its transport, however big the file."""
     from storg.net import connection as connection_module
 
@@ -564,7 +604,7 @@ async def test_get_of_large_frames_into_a_stream_is_exact(nodes, clients):
 
 @pytest_twisted.ensureDeferred
 async def test_get_into_a_file_syncs_in_the_background_as_it_goes(nodes, clients, tmp_path, monkeypatch):
-    from storg.client import download as client_files
+    from storg.client import localfile as client_files
 
     monkeypatch.setattr(client_files, "SYNC_EVERY", 1 << 20)
     synced = []

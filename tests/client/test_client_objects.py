@@ -86,6 +86,8 @@ async def test_every_put_gets_the_md5_as_its_etag_and_keeps_given_attributes(cli
     assert info.attrs == ObjectAttrs(md5(big), "text/plain", (("colour", "blue"),), (("CRC32", "AAAAAA=="),))
     assert (await client.stat("/b/meta")).attrs == info.attrs
     assert [f.attrs.etag for f in await client.ls("/b")] == [md5(big), md5(big), md5(small)]
+    given = await client.put(io.BytesIO(small), "/b/given", attrs=ObjectAttrs("abc-2"))
+    assert given.attrs.etag == "abc-2"  # the caller's ETag wins (a multipart part's, say)
 
 
 @pytest_twisted.ensureDeferred
@@ -288,6 +290,24 @@ async def test_s3_keys_are_created_listed_without_secrets_and_revoked(client) ->
     assert client.service.fsm.s3_secret(key_id) is None
     with pytest.raises(NotFoundError):
         await client.s3_key_revoke(key_id)
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_r_reads_a_small_composed_object_whole(client, tmp_path) -> None:
+    """A batch of get -r leaves a composite (its SHA-256 is of its parts' digests) to the ordinary get."""
+    from storg.client.tree import get_tree
+    parts = [b"first part ", b"second part"]
+    for i, part in enumerate(parts, 1):
+        stream = client.put_stream(f"/.storg-multipart/u2/{i:05d}")
+        await stream.write(part)
+        await stream.finish()
+    await client.compose("/s/small", [f"/.storg-multipart/u2/{i:05d}" for i in (1, 2)],
+                         attrs=ObjectAttrs("e-2"), remove="/.storg-multipart/u2")
+    await client.put(io.BytesIO(b"plain"), "/s/plain")
+    report = await get_tree(client, "/s", str(tmp_path / "out"))
+    assert report.failed == [] and report.files == 2
+    assert (tmp_path / "out" / "small").read_bytes() == b"".join(parts)
+    assert (tmp_path / "out" / "plain").read_bytes() == b"plain"
 
 
 @pytest_twisted.ensureDeferred

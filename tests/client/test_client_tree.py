@@ -233,3 +233,53 @@ async def test_watch_sees_every_change_in_order_and_resumes(client) -> None:
     await put_bytes(client, "/evict", b"e")
     with pytest.raises(CompactedError, match="list"):
         await client.watch("/", live.append, start=start, limit=1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_put_r_sends_small_files_in_batches(client, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    files = {f"d{i % 7}/f{i:04d}": os.urandom(i % 4097) for i in range(1100)}
+    files["large/over-inline"] = os.urandom(4097)
+    for rel, data in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    node = client.service.node
+    before = node.applied_index
+    report = await put_tree(client, str(src), "/b", jobs=4)
+    assert report.failed == [] and report.files == len(files)
+    entries = node.applied_index - before
+    # 1,100 files of up to 4 KiB: at least 5 batches (1 MiB each at most), at most a handful more;
+    # one entry per file would be 1,101.
+    assert 5 <= entries <= 12, entries
+    some = (await client.stat("/b/d3/f0003")).attrs.etag
+    assert some == hashlib.md5(files["d3/f0003"]).hexdigest(), "a batched file has its MD5 as ETag"
+    back = await get_tree(client, "/b", str(tmp_path / "dst"), jobs=4)
+    assert back.failed == [] and back.files == len(files)
+    for rel, data in files.items():
+        assert (tmp_path / "dst" / rel).read_bytes() == data
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_batch_says_what_it_did_not_read(client) -> None:
+    await put_bytes(client, "/g/small", b"small")
+    await put_bytes(client, "/g/big", os.urandom(70_000))
+    reply = await client.get_batch(("/g/small", "/g/gone", "/g/big"))
+    assert [(f.path, f.data, f.sha256) for f in reply.files] == [
+        ("/g/small", b"small", hashlib.sha256(b"small").hexdigest())]
+    assert reply.missing == ("/g/gone",) and reply.left == ("/g/big",)
+    assert reply.index >= (await client.stat("/g/big")).version
+
+
+@pytest_twisted.ensureDeferred
+async def test_put_batch_checks_every_file_and_stores_none_on_a_mismatch(client) -> None:
+    from storg.client.errors import IntegrityError
+    from storg.wire.batch import BatchFile
+    good = BatchFile("/c/good", b"good", hashlib.sha256(b"good").hexdigest())
+    bad = BatchFile("/c/bad", b"bad", hashlib.sha256(b"not these bytes").hexdigest())
+    with pytest.raises(IntegrityError):
+        await client.put_batch((good, bad))
+    assert await names(client, "/c") == []
+    with pytest.raises(BadRequest):
+        await client.put_batch((BatchFile("/c/large", b"x" * 4097, hashlib.sha256(b"x" * 4097).hexdigest()),))
+    index = await client.put_batch((good,))
+    assert (await client.stat("/c/good")).version == index

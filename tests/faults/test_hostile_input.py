@@ -24,12 +24,9 @@ from storg.config import cluster_id, load_config
 from storg.raft.types import Entry, Message, MessageType
 from storg.testing.devcluster import ProcCluster, loopback_hosts, wait_for
 from storg.wire import CODEC, MAX_FRAME_BYTES, CodecError, Hello, StatusRequest
+from storg.wire.chunks import ChunkData, ChunkGet, ChunkPut, ChunkStored
 from storg.wire.files import (
-    ChunkData,
-    ChunkGet,
-    ChunkPut,
     ChunkRef,
-    ChunkStored,
     FileInfo,
     GetData,
     GetEnd,

@@ -24,13 +24,8 @@ from storg.wire import (
     MemberAddress,
     ProbeCommand,
 )
-from storg.wire.files import (
-    ChunkRef,
-    CollectChunksCommand,
-    PutFileCommand,
-    PutStart,
-    RemoveFileCommand,
-)
+from storg.wire.chunks import CollectChunksCommand, PutFileCommand, RemoveFileCommand
+from storg.wire.files import ChunkRef, PutStart
 
 HOLDERS = ("n1", "n2", "n3")
 

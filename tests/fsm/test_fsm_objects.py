@@ -18,7 +18,7 @@ import pytest
 from storg.fsm.errors import Conflict, InvalidCommand, NotFound
 from storg.fsm.records import pack_attrs
 from storg.wire import CODEC
-from storg.wire.files import CollectChunksCommand, PutFileCommand, PutInlineCommand
+from storg.wire.chunks import CollectChunksCommand, PutFileCommand, PutInlineCommand
 from storg.wire.objects import (
     ComposeCommand,
     CopyAttrsCommand,
@@ -237,3 +237,29 @@ def test_a_page_lists_by_string_prefix_after_a_key(log: Log) -> None:
     page, more = log.fsm.page("/b", "/b/a3", 10)
     assert [f.path for f in page] == ["/b/b1", "/b2/x"] and not more
     assert log.fsm.page("/z", "", 5) == ([], False)
+
+
+def test_a_file_stored_before_etags_matches_its_sha256_as_etag(log: Log) -> None:
+    """The gateway shows the SHA-256 hex as the ETag of such a file: If-Match with it matches at apply."""
+    old = log(put("/b/old", fresh(1)))  # a bare put, as before ETags: no attributes
+    assert old.attrs.etag == ""
+    with pytest.raises(Conflict):
+        log(oput(put("/b/old", fresh(2)), if_match_etag="0" * 32))
+    log(oput(put("/b/old", fresh(2)), if_match_etag=old.sha256))
+    assert log.fsm.get("/b/old").chunks[0].hash == h(2)
+    log(put("/b/old2", fresh(3)))
+    log(put("/p/1", fresh(4)))
+    info = log(compose("/b/old2", ["/p/1"], if_match_etag=log.fsm.get("/b/old2").sha256))
+    assert info.attrs.parts == (10,)
+
+
+def test_a_compose_past_the_chunk_limit_is_refused_and_changes_nothing(log: Log) -> None:
+    from storg.fsm.objects import MAX_FILE_CHUNKS
+    many = MAX_FILE_CHUNKS // 2 + 1
+    chunks = tuple(fresh(10_000_000 + i, 1) for i in range(many))
+    log(put("/p/big", *chunks))
+    before = log.fsm.stats()
+    with pytest.raises(InvalidCommand, match="more than"):
+        log(compose("/b/huge", ["/p/big", "/p/big"]))
+    assert log.fsm.get("/b/huge") is None and log.fsm.stats() == before
+    assert log(compose("/b/fine", ["/p/big"])).size == many

@@ -10,12 +10,8 @@ from storg.fsm.errors import ChunkMissing, InvalidCommand, NotFound, StaleReques
 from storg.fsm.machine import FileStoreStateMachine
 from storg.raft.types import Entry
 from storg.wire import BAD_REQUEST, CODEC
-from storg.wire.files import (
-    ChunkRef,
-    CollectChunksCommand,
-    PutFileCommand,
-    RemoveFileCommand,
-)
+from storg.wire.chunks import CollectChunksCommand, PutFileCommand, RemoveFileCommand
+from storg.wire.files import ChunkRef
 
 
 def h(n: int) -> str:

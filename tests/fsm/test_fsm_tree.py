@@ -16,7 +16,7 @@ import pytest
 from storg.fsm.errors import Conflict, InvalidCommand, NotFound
 from storg.fsm.machine import FileStoreStateMachine
 from storg.wire import BAD_REQUEST, CODEC, CONFLICT, NOT_FOUND
-from storg.wire.files import CollectChunksCommand, PutInlineCommand
+from storg.wire.chunks import CollectChunksCommand, PutInlineCommand
 from storg.wire.tree import ConditionalPutCommand, CopyCommand, MoveCommand, RemoveTreeCommand
 
 from tests.fsm.test_fsm_apply import Log, fresh, h, put, refs, reuse, rm

@@ -12,8 +12,9 @@ from twisted.protocols.basic import Int32StringReceiver
 from storg.net.framing import LARGE_FRAME, FrameReceiver, send_bulk
 from storg.wire import CODEC, CodecError
 from storg.wire.bulk import BULK_MIN, bulk_frame, decode_bulk
+from storg.wire.chunks import ChunkData, ChunkPut, ChunkPutAfter
 from storg.wire.codec import MAX_FRAME_BYTES
-from storg.wire.files import ChunkData, ChunkPut, ChunkPutAfter, GetData, PutData
+from storg.wire.files import GetData, PutData
 
 
 class Recorder(FrameReceiver):

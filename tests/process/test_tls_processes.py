@@ -12,6 +12,9 @@ membership or send what only nodes send, ``admin`` can.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
 import subprocess
 import time
@@ -123,3 +126,28 @@ def test_roles_through_storgctl(cluster):
     assert out.returncode == 2 and b"every node refused TLS" in out.stderr, out.stderr
     assert b"certificate required" in out.stderr, out.stderr
     assert time.monotonic() - started < 8, "a refused certificate was retried until the timeout"
+
+
+def test_the_fast_commands_as_fresh_storgctl_processes(cluster, tmp_path):
+    """The installed ``storgctl`` entry point, a fresh process per command (no fork server), over
+    mutual TLS: the blocking driver's put, get, ls, stat, rm and status against real nodes."""
+    env = cluster.env
+    data = os.urandom(300_000)  # more than one frame, less than a chunk
+    (tmp_path / "in").write_bytes(data)
+    out = run(cluster, env, "--json", "put", str(tmp_path / "in"), "/fresh/f")
+    assert out.returncode == 0, out.stderr
+    put = json.loads(out.stdout)
+    out = run(cluster, env, "get", "/fresh/f", str(tmp_path / "out"))
+    assert out.returncode == 0 and (tmp_path / "out").read_bytes() == data, out.stderr
+    out = run(cluster, env, "get", "--stale", "/fresh/f")
+    assert out.returncode == 0 and out.stdout == data, out.stderr
+    out = run(cluster, env, "--json", "ls", "/fresh")
+    assert [f["path"] for f in json.loads(out.stdout)] == ["/fresh/f"], out.stderr
+    out = run(cluster, env, "--json", "stat", "/fresh/f")
+    assert json.loads(out.stdout)["sha256"] == put["sha256"] == hashlib.sha256(data).hexdigest()
+    out = run(cluster, env, "--json", "status")
+    rows = json.loads(out.stdout)
+    assert sorted(r["id"] for r in rows) == ["n1", "n2", "n3"] and "unreachable" not in {r["role"] for r in rows}
+    assert run(cluster, env, "rm", "/fresh/f").returncode == 0
+    out = run(cluster, env, "stat", "/fresh/f")
+    assert out.returncode == 1 and out.stderr == b"storgctl: /fresh/f: not found\n"

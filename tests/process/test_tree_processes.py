@@ -200,7 +200,11 @@ def test_watch_across_a_leader_kill_loses_and_repeats_nothing(cluster, tmp_path)
 
 def test_put_r_with_the_leader_killed_midway_completes_when_run_again(cluster, tmp_path):
     src = tmp_path / "tree"
-    files = {f"d{i % 7}/sub/f{i:04d}": os.urandom(100 + i) for i in range(400)}
+    # Small files travel in batches of up to 1 MiB (a few hundred files each), one at a time with
+    # --jobs 1: 8,000 files are some thirty batches, so the kill lands midway; every 50th file is
+    # over the inline size and goes as an ordinary put.
+    files = {f"d{i % 7}/sub/f{i:04d}": os.urandom(5000 if i % 50 == 0 else 100 + i * 37 % 4000)
+             for i in range(8000)}
     for rel, data in files.items():
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         (src / rel).write_bytes(data)
@@ -209,7 +213,7 @@ def test_put_r_with_the_leader_killed_midway_completes_when_run_again(cluster, t
     addresses = ",".join(n.client_address for n in cluster.nodes.values())
     first = subprocess.Popen(
         [str(BIN / "storgctl"), "--cluster", addresses, "--timeout", "30", "--json", "put", "-r",
-         "--jobs", "2", str(src), "/killed"], env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+         "--jobs", "1", str(src), "/killed"], env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         others = [n for n in cluster.nodes if n != leader]
 

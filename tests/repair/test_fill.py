@@ -24,13 +24,8 @@ from storg.server.upkeep.fill import ChunkFiller
 from storg.server.upkeep.pacing import RateLimiter
 from storg.storage.chunks import ChunkStore
 from storg.wire import CODEC
-from storg.wire.files import (
-    ChunkHoldersCommand,
-    ChunkRef,
-    CollectChunksCommand,
-    PutFileCommand,
-    RemoveFileCommand,
-)
+from storg.wire.chunks import ChunkHoldersCommand, CollectChunksCommand, PutFileCommand, RemoveFileCommand
+from storg.wire.files import ChunkRef
 
 from tests.snapshots.snapshot_cluster import SnapCluster
 

@@ -12,14 +12,14 @@ from storg.fsm.errors import InvalidCommand, StaleChange
 from storg.fsm.machine import FileStoreStateMachine
 from storg.raft.types import Entry, EntryType
 from storg.wire import CODEC
-from storg.wire.files import (
+from storg.wire.chunks import (
     ChunkHoldersCommand,
-    ChunkRef,
     CollectChunksCommand,
     PutFileCommand,
     PutInlineCommand,
     RemoveFileCommand,
 )
+from storg.wire.files import ChunkRef
 
 
 def h(n: int) -> str:

@@ -19,7 +19,8 @@ from storg.server.files.placement import Liveness
 from storg.server.upkeep.pacing import RateLimiter
 from storg.server.upkeep.repair import Repairer
 from storg.wire import CODEC
-from storg.wire.files import ChunkRef, PutFileCommand
+from storg.wire.chunks import PutFileCommand
+from storg.wire.files import ChunkRef
 
 DATA = b"x" * 1000
 HASH = hashlib.sha256(DATA).hexdigest()

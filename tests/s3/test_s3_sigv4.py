@@ -378,3 +378,16 @@ def test_dates_that_are_not_real_times_are_malformed(date):
     req = sign()
     assert code_of(lambda: authenticate(req.method, req.path, req.query, req.replace_header("x-amz-date", date),
                                         lookup, time.time())) == "AuthorizationHeaderMalformed"
+
+
+@pytest.mark.parametrize("presign", [None, 3600])
+def test_an_unsigned_amz_header_is_refused(presign):
+    """A presigned PUT (botocore signs only host) must not become a CopyObject by an added header."""
+    req = sign("PUT", "uploads/drop.bin", body=b"", presign=presign) if presign else sign("PUT", "b/k", body=b"hi")
+    added = [("x-amz-copy-source", "/secret/payroll.csv"), ("x-amz-metadata-directive", "REPLACE"),
+             ("x-amz-meta-owner", "mallory")]
+    with pytest.raises(S3Error) as caught:
+        authenticate("PUT", req.path, req.query, req.headers + added, lookup, time.time())
+    assert caught.value.code == "AccessDenied" and "not signed" in caught.value.message
+    # As sent (and with a non-x-amz header added), the same request is accepted.
+    authenticate("PUT", req.path, req.query, req.headers + [("user-agent", "curl")], lookup, time.time())

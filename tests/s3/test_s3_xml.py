@@ -237,3 +237,10 @@ def test_property_parsers_refuse_junk_with_s3_errors_only(body):
             parse(body)
         except S3Error as err:
             assert err.status == 400
+
+
+def test_a_key_of_many_entity_references_parses_whole():
+    """Text arrives in large runs (buffer_text), not one handler call per reference: the key is intact."""
+    body = b"<Delete><Object><Key>" + b"a&amp;" * 200_000 + b"</Key></Object></Delete>"
+    keys, quiet = xml.parse_delete(body)
+    assert keys == ["a&" * 200_000] and quiet is False

@@ -20,7 +20,8 @@ from storg.server.files.service import FileService
 from storg.storage.chunks import ChunkStore
 from storg.storage.errors import DiskFullError
 from storg.wire import ErrorCode
-from storg.wire.files import ChunkPutAfter, ChunkStored, PutStart
+from storg.wire.chunks import ChunkPutAfter, ChunkStored
+from storg.wire.files import PutStart
 
 RESERVE = 100 * MIB
 

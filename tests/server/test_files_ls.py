@@ -7,7 +7,8 @@ from twisted.internet import defer
 from storg.raft.types import Entry, EntryType
 from storg.server.files import service as files_module
 from storg.wire import CODEC
-from storg.wire.files import LsReply, LsRequest, PutInlineCommand, RemoveFileCommand
+from storg.wire.chunks import PutInlineCommand, RemoveFileCommand
+from storg.wire.files import LsReply, LsRequest
 
 from tests.server.test_files_streaming import Conn, make
 

@@ -20,7 +20,8 @@ from storg.server.files.service import FileService
 from storg.storage.chunks import ChunkStore
 from storg.storage.errors import HashMismatchError
 from storg.wire import CODEC
-from storg.wire.files import GetData, GetEnd, GetRequest, GetStart, PutInlineCommand
+from storg.wire.chunks import PutInlineCommand
+from storg.wire.files import GetData, GetEnd, GetRequest, GetStart
 
 
 class HeldPool:
@@ -318,3 +319,25 @@ def test_small_files_in_put_object_and_conditional_commands_are_restored_too(tmp
     assert restore_inline_chunks(entries, fsm, store, "n1") == 2
     assert store.get(hashlib.sha256(b"wrapped").hexdigest()) == b"wrapped"
     assert store.get(hashlib.sha256(b"cond").hexdigest()) == b"cond"
+
+
+def test_the_small_files_of_a_put_r_batch_are_restored_too(tmp_path):
+    """put -r stores most small files in batch entries (PutInlineBatchCommand): the restore looks inside."""
+    from storg.server.files.inline_restore import restore_inline_chunks
+    from storg.wire.batch import PutInlineBatchCommand
+    from storg.wire.objects import ObjectAttrs, PutObjectCommand
+
+    fsm = FileStoreStateMachine()
+    store = ChunkStore(tmp_path / "chunks")
+    files = {"/t/a": b"first small file", "/t/b": b"second small file", "/t/c": b"held elsewhere"}
+    bodies = tuple(CODEC.encode(PutObjectCommand(False, "", "", ObjectAttrs(hashlib.md5(data).hexdigest()),
+                                                 CODEC.encode(PutInlineCommand(0, 0, 1, path, data,
+                                                                               ("n2",) if path == "/t/c" else
+                                                                               ("n1", "n2")))))
+                   for path, data in files.items())
+    entry = Entry(1, 1, EntryType.NORMAL, CODEC.encode(PutInlineBatchCommand(5, 1, bodies)))
+    fsm.apply(entry)
+    assert restore_inline_chunks([entry], fsm, store, "n1") == 2
+    for path in ("/t/a", "/t/b"):
+        assert store.get(hashlib.sha256(files[path]).hexdigest()) == files[path]
+    assert not store.has(hashlib.sha256(files["/t/c"]).hexdigest())

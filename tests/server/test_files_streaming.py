@@ -25,16 +25,8 @@ from storg.server.files.service import FileService
 from storg.storage.chunks import ChunkStore
 from storg.wire import CODEC, ErrorCode
 from storg.wire.bulk import decode_bulk
-from storg.wire.files import (
-    ChunkRef,
-    GetData,
-    GetRequest,
-    GetStart,
-    PutData,
-    PutEnd,
-    PutFileCommand,
-    PutStart,
-)
+from storg.wire.chunks import PutFileCommand
+from storg.wire.files import ChunkRef, GetData, GetRequest, GetStart, PutData, PutEnd, PutStart
 
 from tests.server.test_files_small import FakeNode as LeaderOfThree
 from tests.server.test_files_small import NoRemote

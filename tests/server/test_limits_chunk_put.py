@@ -14,7 +14,7 @@ from twisted.internet import defer
 
 from storg.server.client_port import RequestError
 from storg.wire import ErrorCode
-from storg.wire.files import ChunkPlacedQuery, ChunkPlacedReply, ChunkPutAfter, ChunkStored
+from storg.wire.chunks import ChunkPlacedQuery, ChunkPlacedReply, ChunkPutAfter, ChunkStored
 
 from tests.server.test_files_streaming import CHUNK, Conn, commit_file, make
 

@@ -18,3 +18,11 @@ def test_a_page_of_the_longest_paths_and_large_attributes_is_cut_into_frames_tha
     plain = [FileInfo(f"/b/{i}", 1, "00" * 32, 1, 1) for i in range(LS_PAGE)]
     assert within_frame(plain) == [tuple(plain)]
     assert within_frame([]) == [()]
+
+
+def test_four_byte_characters_in_the_attributes_are_counted_as_four_bytes() -> None:
+    """A content type of astral characters (4 bytes each in UTF-8) must not make a run's frame overflow."""
+    wide = ObjectAttrs("e", "\U0001F600" * 16_383)
+    files = [FileInfo(f"/b/{i}", 1, "00" * 32, 1, 1, (), wide) for i in range(300)]
+    for run in within_frame(files):
+        assert len(CODEC.encode(LsReply(1, run, True, 5))) < MAX_FRAME_BYTES

@@ -37,7 +37,8 @@ from storg.wire.admin import (
     MemberRemoveRequest,
     RemovedNotice,
 )
-from storg.wire.files import ChunkGet, ChunkPutAfter, RmRequest, ScrubStatusRequest
+from storg.wire.chunks import ChunkGet, ChunkPutAfter
+from storg.wire.files import RmRequest, ScrubStatusRequest
 from storg.wire.objects import S3KeyListRequest
 from storg.wire.snapshots import SnapshotBegin
 

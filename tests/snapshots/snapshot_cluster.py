@@ -27,7 +27,8 @@ from storg.server.snapshots.node import NodeSnapshots
 from storg.storage.logstore import DiskLogStore
 from storg.testing.memory import MemoryNetwork
 from storg.wire import CODEC
-from storg.wire.files import ChunkRef, PutFileCommand
+from storg.wire.chunks import PutFileCommand
+from storg.wire.files import ChunkRef
 
 TICK = 0.01
 IDS = ("a", "b", "c")

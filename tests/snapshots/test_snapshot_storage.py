@@ -12,7 +12,8 @@ from storg.server.snapshots.data import load_snapshot, read_frames, write_frames
 from storg.storage.errors import StorageError
 from storg.storage.logstore import DiskLogStore
 from storg.wire import CODEC
-from storg.wire.files import ChunkRef, PutFileCommand
+from storg.wire.chunks import PutFileCommand
+from storg.wire.files import ChunkRef
 
 CONF = ConfState(voters=frozenset({"a", "b", "c"}))
 

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from storg.wire import CODEC, CodecError
+from storg.wire import chunks as C
 from storg.wire import files as F
 from storg.wire import objects as O
 from storg.wire import tree as T
@@ -35,11 +36,11 @@ KINDS = {
     F.LsReply: (u64, st.lists(infos, max_size=3).map(tuple), st.booleans(), u64),
     F.StatRequest: (u64, text, st.booleans()), F.StatReply: (u64, infos, u64),
     F.RmRequest: (u64, text, u64, u64), F.RmDone: (u64, u64),
-    F.ChunkPut: (u64, hashes, blobs), F.ChunkStored: (u64, hashes), F.ChunkGet: (u64, hashes),
-    F.ChunkData: (u64, hashes, blobs),
-    F.PutFileCommand: (u64, u64, u64, text, u64, hashes, st.lists(chunk_refs, max_size=3).map(tuple)),
-    F.RemoveFileCommand: (u64, u64, u64, text),
-    F.CollectChunksCommand: (st.lists(hashes, max_size=4).map(tuple),),
+    C.ChunkPut: (u64, hashes, blobs), C.ChunkStored: (u64, hashes), C.ChunkGet: (u64, hashes),
+    C.ChunkData: (u64, hashes, blobs),
+    C.PutFileCommand: (u64, u64, u64, text, u64, hashes, st.lists(chunk_refs, max_size=3).map(tuple)),
+    C.RemoveFileCommand: (u64, u64, u64, text),
+    C.CollectChunksCommand: (st.lists(hashes, max_size=4).map(tuple),),
     T.MoveRequest: (u64, text, text, u64, u64, st.booleans()),
     T.CopyRequest: (u64, text, text, u64, u64, st.booleans(), st.booleans()),
     T.RemoveTreeRequest: (u64, text, u64, u64), T.TreeDone: (u64, u64),
@@ -126,14 +127,14 @@ def test_attributes_round_trip_alone():
 
 
 def test_a_forged_list_count_fails_before_allocating():
-    body = bytearray(CODEC.encode(F.CollectChunksCommand(())))
+    body = bytearray(CODEC.encode(C.CollectChunksCommand(())))
     body[2:6] = (0xFFFFFFFF).to_bytes(4, "big")
     with pytest.raises(CodecError, match="cannot fit"):
         CODEC.decode(bytes(body))
 
 
 @pytest.mark.parametrize("bad", [
-    F.ChunkGet(1, "zz" * 32), F.ChunkGet(1, "ab"), F.RmDone(-1, 0), F.RmDone(2**64, 0),
+    C.ChunkGet(1, "zz" * 32), C.ChunkGet(1, "ab"), F.RmDone(-1, 0), F.RmDone(2**64, 0),
     F.PutData(1, "text, not bytes"),
 ])
 def test_unencodable_values_raise_codec_error(bad):

@@ -24,7 +24,7 @@ from storg.net.connection import PLAIN, RequestConnection
 from storg.node.executor import Submit
 from storg.storage.chunks import ChunkStore
 from storg.storage.errors import ChunkNotFoundError, CorruptionError
-from storg.wire.files import ChunkData, ChunkGet, ChunkPinQuery, ChunkPinReply
+from storg.wire.chunks import ChunkData, ChunkGet, ChunkPinQuery, ChunkPinReply
 
 log = Logger(namespace="storg.chunks")
 

@@ -33,7 +33,7 @@ from storg.server.files.chunk_io import LocalChunks, RemoteChunks
 from storg.server.files.chunk_ops import ChunkOps
 from storg.server.files.pins import CollectGuard
 from storg.wire import CODEC
-from storg.wire.files import CollectChunksCommand
+from storg.wire.chunks import CollectChunksCommand
 
 log = Logger(namespace="storg.files")
 

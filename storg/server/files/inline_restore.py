@@ -25,7 +25,8 @@ from typing import Any
 from storg.raft.types import Entry, EntryType
 from storg.storage.chunks import ChunkStore
 from storg.wire import CODEC
-from storg.wire.files import PutInlineCommand
+from storg.wire.batch import PutInlineBatchCommand
+from storg.wire.chunks import PutInlineCommand
 from storg.wire.objects import PutObjectCommand
 from storg.wire.tree import ConditionalPutCommand
 
@@ -36,21 +37,29 @@ def restore_inline_chunks(entries: Iterable[Entry], fsm: Any, store: ChunkStore,
     for entry in entries:
         if entry.type != EntryType.NORMAL or not entry.data:
             continue
-        try:
-            cmd = CODEC.decode(entry.data)
-        except Exception:  # noqa: BLE001 -- not a command of ours (a no-op, a config): skip it
-            continue
-        if isinstance(cmd, (ConditionalPutCommand, PutObjectCommand)):  # a put with conditions or attributes
-            try:
-                cmd = CODEC.decode(cmd.command)
-            except Exception:  # noqa: BLE001 -- the state machine refused it too
+        for cmd in _inline_puts(entry.data):
+            if not cmd.data or node_id not in cmd.holders:
                 continue
-        if not isinstance(cmd, PutInlineCommand) or not cmd.data or node_id not in cmd.holders:
-            continue
-        digest = hashlib.sha256(cmd.data).hexdigest()
-        chunk = fsm.chunk(digest)
-        if chunk is None or node_id not in chunk.holders or store.has(digest):
-            continue
-        store.put(cmd.data, digest, verified=True)
-        restored += 1
+            digest = hashlib.sha256(cmd.data).hexdigest()
+            chunk = fsm.chunk(digest)
+            if chunk is None or node_id not in chunk.holders or store.has(digest):
+                continue
+            store.put(cmd.data, digest, verified=True)
+            restored += 1
     return restored
+
+
+def _inline_puts(data: bytes) -> list[PutInlineCommand]:
+    """The inline puts an entry holds: one, wrapped in conditions or attributes, or a batch's many."""
+    try:
+        cmd = CODEC.decode(data)
+    except Exception:  # noqa: BLE001 -- not a command of ours (a no-op, a config): skip it
+        return []
+    if isinstance(cmd, PutInlineBatchCommand):  # put -r's many small files in one entry
+        return [put for body in cmd.commands for put in _inline_puts(body)]
+    if isinstance(cmd, (ConditionalPutCommand, PutObjectCommand)):  # a put with conditions or attributes
+        try:
+            cmd = CODEC.decode(cmd.command)
+        except Exception:  # noqa: BLE001 -- the state machine refused it too
+            return []
+    return [cmd] if isinstance(cmd, PutInlineCommand) else []

@@ -28,7 +28,8 @@ from storg.server.files.pins import CollectGuard
 from storg.server.files.placement import place
 from storg.server.files.reserve import DiskReserve, is_disk_full
 from storg.wire import ErrorCode
-from storg.wire.files import ChunkPutAfter, ChunkRef, ChunkStored
+from storg.wire.chunks import ChunkPutAfter, ChunkStored
+from storg.wire.files import ChunkRef
 
 
 class ChunkReplicator:

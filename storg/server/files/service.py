@@ -69,6 +69,7 @@ from storg.paths import MAX_PATH_BYTES, InvalidPath, normalize_path, normalize_p
 from storg.raft.types import Role
 from storg.server.client_port import ClientConnection, RequestError
 from storg.server.files.applied import AppliedWaiter
+from storg.server.files.batch import BatchService
 from storg.server.files.cache import SmallChunkCache
 from storg.server.files.chunk_io import Chunks, ChunkUnavailable
 from storg.server.files.chunk_ops import ChunkOps
@@ -90,8 +91,7 @@ from storg.storage.errors import (
 )
 from storg.wire import CODEC, ErrorCode
 from storg.wire.bulk import BULK_MIN
-from storg.wire.files import (
-    WHOLE,
+from storg.wire.chunks import (
     ChunkData,
     ChunkGet,
     ChunkPinQuery,
@@ -99,8 +99,12 @@ from storg.wire.files import (
     ChunkPlacedQuery,
     ChunkPlacedReply,
     ChunkPutAfter,
-    ChunkRef,
     ChunkStored,
+    RemoveFileCommand,
+)
+from storg.wire.files import (
+    WHOLE,
+    ChunkRef,
     FileInfo,
     GetData,
     GetEnd,
@@ -112,7 +116,6 @@ from storg.wire.files import (
     PutEnd,
     PutReady,
     PutStart,
-    RemoveFileCommand,
     RmDone,
     RmRequest,
     StatReply,
@@ -142,9 +145,10 @@ def within_frame(files: list[FileInfo]) -> list[tuple[FileInfo, ...]]:
     size = 0
     for info in files:
         attrs = info.attrs
-        cost = 100 + 3 * len(info.path) + len(attrs.etag) + len(attrs.content_type)
+        # 4 bytes per character: UTF-8's most, so that no run's frame can come out larger.
+        cost = 100 + 4 * (len(info.path) + len(attrs.etag) + len(attrs.content_type))
         if attrs.metadata or attrs.checksums or attrs.extra or attrs.parts:
-            cost += 3 * sum(len(k) + len(v) + 4 for k, v in attrs.metadata + attrs.checksums + attrs.extra)
+            cost += 4 * sum(len(k) + len(v) + 2 for k, v in attrs.metadata + attrs.checksums + attrs.extra)
             cost += 8 * len(attrs.parts)
         if run and size + cost > LS_FRAME_BYTES:
             runs.append(tuple(run))
@@ -269,6 +273,9 @@ class FileService:
         self.tree = TreeService(node)
         self.objects = ObjectService(node, fsm)
         self.watches = WatchHub(node, fsm, reactor=reactor)
+        self.batches = BatchService(node, fsm, self.replicator, self.reserve, read_point=self._read_point,
+                                    read_chunk=self._read_chunk, in_thread=hasher,
+                                    leader_address=self._leader_address)
         fsm.on_inline_chunk = self._inline_chunk
         self._unsynced: set[str] = set()
         self._inline_writes: set[defer.Deferred] = set()
@@ -285,7 +292,7 @@ class FileService:
         return self.liveness.failing() if self.node.is_leader() else frozenset()
 
     def handlers(self) -> dict[type, Callable[[Any, ClientConnection], Any]]:
-        return self.tree.handlers() | self.objects.handlers() | self.watches.handlers() | {
+        return self.tree.handlers() | self.objects.handlers() | self.watches.handlers() | self.batches.handlers() | {
             PutStart: self.put_start, PutStartIf: self.put_start, PutStartObject: self.put_start,
             PutData: self.put_data, PutEnd: self.put_end, PutAbort: self.put_abort,
             GetRequest: self.get, LsRequest: self.ls, StatRequest: self.stat, RmRequest: self.rm,

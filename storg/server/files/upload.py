@@ -30,7 +30,8 @@ from storg.server.client_port import ClientConnection, RequestError
 from storg.server.files.replication import ChunkReplicator
 from storg.server.files.reserve import is_disk_full
 from storg.wire import CODEC, ErrorCode
-from storg.wire.files import PutDone, PutEnd, PutFileCommand, PutInlineCommand, PutStart
+from storg.wire.chunks import PutFileCommand, PutInlineCommand
+from storg.wire.files import PutDone, PutEnd, PutStart
 from storg.wire.objects import NO_ATTRS, ObjectAttrs, PutObjectCommand, PutStartObject
 from storg.wire.tree import PutStartIf
 

@@ -38,7 +38,7 @@ from storg.server.files.placement import Liveness, place
 from storg.server.files.replication import ChunkReplicator
 from storg.server.upkeep.pacing import SCAN_SLICE, RateLimiter
 from storg.wire import CODEC, StatusReply, StatusRequest
-from storg.wire.files import ChunkHoldersCommand
+from storg.wire.chunks import ChunkHoldersCommand
 
 log = Logger(namespace="storg.repair")
 

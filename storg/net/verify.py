@@ -1,5 +1,7 @@
 """The hash a reader checks a whole file against: its SHA-256, or a composite's, part by part.
 
+Both client drivers use it, through the client protocol's GetCheck.
+
 A file built by compose (an S3 multipart upload) has as its ``sha256`` the
 SHA-256 of its parts' raw SHA-256 digests concatenated, and
 ``attrs.parts`` gives the parts' sizes.  :func:`content_hasher` returns a
