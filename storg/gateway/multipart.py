@@ -15,6 +15,7 @@ of the folder; the parts' chunks are then collected as any deleted file's.
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 import time
 from typing import Any
@@ -23,6 +24,7 @@ from storg.client.errors import NotFoundError
 from storg.gateway.common import MULTIPART, etag_of, iso_time, object_path, request_attrs, require_bucket
 from storg.gateway.handler import READ, WRITE, Response, S3Exchange
 from storg.gateway.objects import (
+    SMALL_BODY,
     check_copy_source_conditions,
     checksum_headers,
     copy_source,
@@ -87,6 +89,11 @@ async def upload_part(ex: S3Exchange) -> Response:
         raise S3Error("EntityTooLarge", "a part is at most 5 GiB", 400)
     upload_id = ex.query["uploadId"]
     await _upload_info(ex, upload_id)
+    if size is not None and size <= SMALL_BODY:
+        data = await ex.small_body(SMALL_BODY)
+        info = await ex.client.put(io.BytesIO(data), names.part_path(upload_id, number),
+                                   attrs=ObjectAttrs(checksums=(ex.checksum,) if ex.checksum else ()))
+        return Response(headers=[("ETag", etag_of(info)), *checksum_headers(info.attrs)], index=info.version)
     given = header_checksum(ex)
     stream = ex.client.put_stream(names.part_path(upload_id, number), size=size,
                                   attrs=ObjectAttrs(checksums=(given,) if given else ()))
