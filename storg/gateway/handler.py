@@ -289,6 +289,8 @@ class S3Exchange:
         except Exception:
             await self._answer_failure(Failure())
             return
+        if self._sink.target is None:
+            self.stream_body(lambda data: None)  # a body the operation had no use for: read and dropped
         await self.body_in
         if not response.streamed:
             self._write(response)
