@@ -108,3 +108,15 @@ def test_a_sink_failure_fails_done():
     failures: list[BaseException] = []
     pump.wait().addErrback(lambda f: failures.append(f.value))
     assert [type(f) for f in failures] == [ConnectionError] and not flow.paused
+
+
+def test_the_coalescer_gathers_pieces_into_writes_of_its_size():
+    from storg.gateway.body import Coalescer
+    sink = SlowSink()
+    coalescer = Coalescer(sink.write, size=100)
+    assert [coalescer.write(b"x" * 30) for _ in range(3)] == [None, None, None]  # 90 held
+    d = coalescer.write(b"y" * 30)  # 120: one write of all of it, its flow control passed on
+    assert sink.got == [b"x" * 90 + b"y" * 30] and d is sink.waiting and not d.called
+    sink.release()
+    assert coalescer.write(b"z") is None and coalescer.flush() is sink.waiting
+    assert sink.got[-1] == b"z" and coalescer.flush() is None
