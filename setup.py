@@ -40,8 +40,9 @@ setup(
     # selenium drives the system's headless Chromium (Debian's chromium and
     # chromium-driver, installed by .ci/run) for the status page's browser
     # test; it downloads no browser when /usr/bin/chromedriver is given.
-    # boto3 (and its botocore) is the reference S3 client: the S3 protocol
-    # tests check storg.s3 against botocore's own signers and encoders.
+    # boto3 (and its botocore) is the reference S3 client: the S3 protocol tests check
+    # storg.s3 against botocore's own signers and encoders, and the gateway's tests and
+    # benchmark drive it as it comes (default checksums, aws-chunked uploads).
     extras_require={
         "test": ["pytest>=7.4", "pytest-twisted>=1.14", "hypothesis>=6.80", "selenium>=4.10", "boto3>=1.36", *LINT],
         "lint": LINT,

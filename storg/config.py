@@ -169,6 +169,17 @@ class LimitTuning:
     """A partial snapshot upload whose connection dropped is deleted unless resumed this soon."""
 
 
+@dataclass(frozen=True, slots=True)
+class S3Settings:
+    """The ``s3:`` section: the S3 gateway's tuning (the gateway itself runs when ``s3_listen`` is set)."""
+
+    multipart_expiry_s: float = 7 * 86400.0
+    """A multipart upload neither completed nor aborted this long after it was created is
+    removed (its parts' chunks are then collected), by the leader's gateway."""
+    expiry_interval_s: float = 3600.0
+    """How often the leader's gateway looks for expired multipart uploads."""
+
+
 @dataclass(frozen=True)
 class LogSettings:
     """The ``log`` section: how the node writes its log.
@@ -192,6 +203,9 @@ class NodeConfig:
     client_listen: Address
     http_listen: Address | None
     cluster: dict[str, Member] = field(hash=False)
+    s3_listen: Address | None = None
+    """The S3 gateway's listener (storg.gateway); None: no gateway."""
+    s3: S3Settings = field(default_factory=S3Settings)
     join: bool = False
     cluster_token: str = "storg"
     raft: RaftTuning = field(default_factory=RaftTuning)
@@ -214,6 +228,8 @@ class NodeConfig:
         found = {"peer_listen": self.peer_listen, "client_listen": self.client_listen}
         if self.http_listen is not None:
             found["http_listen"] = self.http_listen
+        if self.s3_listen is not None:
+            found["s3_listen"] = self.s3_listen
         return found
 
     @property
@@ -319,10 +335,11 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 
 
 _TOP_KEYS = {
-    "node_id", "data_dir", "peer_listen", "client_listen", "http_listen",
+    "node_id", "data_dir", "peer_listen", "client_listen", "http_listen", "s3_listen", "s3",
     "cluster", "join", "cluster_token", "raft", "files", "tls", "limits", "log", "encryption",
 }
 _LOG_KEYS = {"format", "path"}
+_S3_KEYS = {"multipart_expiry_s", "expiry_interval_s"}
 LOG_FORMATS = ("text", "json")
 _TLS_KEYS = {"ca", "cert", "key"}
 _ENCRYPTION_KEYS = {"key_file"}
@@ -423,7 +440,10 @@ def load_config(path: str | os.PathLike[str]) -> NodeConfig:
     client_listen = check.address(check.required(raw, "client_listen"), "client_listen")
     http_raw = raw.get("http_listen")
     http_listen = None if http_raw is None else check.address(http_raw, "http_listen")
-    _check_distinct(check, peer_listen=peer_listen, client_listen=client_listen, http_listen=http_listen)
+    s3_raw = raw.get("s3_listen")
+    s3_listen = None if s3_raw is None else check.address(s3_raw, "s3_listen")
+    _check_distinct(check, peer_listen=peer_listen, client_listen=client_listen, http_listen=http_listen,
+                    s3_listen=s3_listen)
 
     join = raw.get("join", False)
     if join is None:
@@ -446,7 +466,7 @@ def load_config(path: str | os.PathLike[str]) -> NodeConfig:
     tls, tls_off = _tls(check, raw.get("tls", None), shown, "tls" in raw)
     if tls is None and not tls_off:
         for key, address in (("peer_listen", peer_listen), ("client_listen", client_listen),
-                             ("http_listen", http_listen)):
+                             ("http_listen", http_listen), ("s3_listen", s3_listen)):
             if address is not None and not is_loopback(address.host):
                 raise check.fail(
                     key, f"{address} is not a loopback address, and without TLS a node serves only on "
@@ -460,6 +480,8 @@ def load_config(path: str | os.PathLike[str]) -> NodeConfig:
         client_listen=client_listen,
         http_listen=http_listen,
         cluster=cluster,
+        s3_listen=s3_listen,
+        s3=_s3(check, raw.get("s3")),
         join=join,
         cluster_token=token,
         raft=_raft(check, raw.get("raft")),
@@ -615,6 +637,15 @@ def _files(check: _Checker, value: object) -> FileTuning:
         raise check.fail("files.disk_reserve_mb",
                          f"must be a whole number of MiB, 0 or more (0 disables the reserve), got {reserve!r}")
     return FileTuning(rf, chunk, **numbers, disk_reserve_mb=reserve)
+
+
+def _s3(check: _Checker, value: object) -> S3Settings:
+    default = S3Settings()
+    if value is None:
+        return default
+    raw = check.mapping(value, "s3", _S3_KEYS)
+    return S3Settings(**{key: check.positive_number(raw.get(key, getattr(default, key)), f"s3.{key}")
+                         for key in sorted(_S3_KEYS)})
 
 
 def _limits(check: _Checker, value: object) -> LimitTuning:

@@ -51,4 +51,9 @@ def makeService(options: Options):
     except StorageError as exc:
         sys.stderr.write(f"storg: {config.source}: data_dir: {exc}\n")
         sys.exit(1)
+    if config.s3_listen is not None:
+        # The S3 gateway sits above the client library, which sits above the server: it is
+        # assembled here, the top layer, and starts with the node once its state machine exists.
+        from storg.gateway.service import GatewayService
+        GatewayService(service).setServiceParent(service)
     return service

@@ -112,6 +112,7 @@ def test_shipped_configs_load(name: str) -> None:
     assert cfg.peer_listen == Address("127.0.0.1", 7000 + int(n))
     assert cfg.client_listen == Address("127.0.0.1", 8000 + int(n))
     assert cfg.http_listen == Address("127.0.0.1", 9000 + int(n))
+    assert cfg.s3_listen == Address("127.0.0.1", 9100 + int(n))
     assert cfg.data_dir == ETC.parent / "data" / f"n{n}"
     assert set(cfg.cluster) == {"n1", "n2", "n3"}
     assert cfg.cluster[f"n{n}"].peer == cfg.peer_listen
@@ -267,10 +268,25 @@ def test_without_tls_only_loopback_addresses_may_be_served(tmp_path: Path) -> No
     assert load_config(write(tmp_path, with_(client_listen="[::1]:8001"))).plaintext
     assert load_config(write(tmp_path, with_(client_listen="localhost:8001"))).plaintext
     for key, address in (("client_listen", "10.0.0.5:8001"), ("peer_listen", "0.0.0.0:7001"),
-                         ("http_listen", "myhost:9001")):
+                         ("http_listen", "myhost:9001"), ("s3_listen", "10.0.0.5:9101")):
         err = error_of(tmp_path, with_(**{key: address}))
         assert err.key == key and "not a loopback address" in err.reason and "tls: off" in err.reason
     # `tls: off` (YAML reads a bare off as false) is the operator saying they mean it.
     path = write(tmp_path, "tls: off\n" + yaml.safe_dump(with_(client_listen="10.0.0.5:8001")))
     cfg = load_config(path)
     assert cfg.tls is None and cfg.tls_off and cfg.plaintext
+
+
+def test_s3_listen_and_its_section(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, BASE))
+    assert cfg.s3_listen is None and cfg.s3.multipart_expiry_s == 7 * 86400
+    cfg = load_config(write(tmp_path, with_(s3_listen="127.0.0.1:9101", s3={"multipart_expiry_s": 60})))
+    assert cfg.s3_listen == Address("127.0.0.1", 9101)
+    assert cfg.listen_addresses()["s3_listen"] == cfg.s3_listen
+    assert cfg.s3.multipart_expiry_s == 60.0 and cfg.s3.expiry_interval_s == 3600.0
+    err = error_of(tmp_path, with_(s3_listen=BASE["client_listen"]))
+    assert err.key == "s3_listen" and "already used by client_listen" in err.reason
+    err = error_of(tmp_path, with_(s3={"multipart_expiry": 60}))
+    assert err.key == "s3.multipart_expiry" and "unknown key" in err.reason
+    err = error_of(tmp_path, with_(s3={"multipart_expiry_s": -1}))
+    assert err.key == "s3.multipart_expiry_s" and "positive number" in err.reason

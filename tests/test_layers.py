@@ -36,6 +36,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("storg.server.http",),
     ("storg.server", "storg.server.service"),
     ("storg.client",),
+    ("storg.gateway",),
     ("storg.cli",),
     ("storg.daemon",),
     ("storg.testing",),

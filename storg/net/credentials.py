@@ -43,6 +43,7 @@ class TLSCredentials:
         self.node_id = node_id
         self._clients: dict[str | None, ClientTLS] = {}
         self._server: ServerTLS | None = None
+        self._https: ServerTLS | None = None
         first = self.client(None)  # reads and checks every file now, so errors surface at start
         self.identity: Identity | None = first.identity
         if node_id is not None:
@@ -57,6 +58,15 @@ class TLSCredentials:
         if self._server is None:
             raise TLSConfigError("only a node's credentials can serve")
         return self._server
+
+    def https_server(self) -> ServerTLS:
+        """The S3 port's TLS: this node's certificate, no client certificate asked for
+        (requests carry AWS signatures instead; storg.gateway checks them)."""
+        if self._server is None or self.cert is None or self.key is None:
+            raise TLSConfigError("only a node's credentials can serve")
+        if self._https is None:
+            self._https = ServerTLS(self.ca, self.cert, self.key, require_client_certificate=False)
+        return self._https
 
     def client(self, expected_node: str | None = None) -> ClientTLS:
         """TLS for dialing a node; its certificate must name ``expected_node`` when given."""

@@ -242,7 +242,8 @@ def _subject(cert: x509.Certificate) -> str:
 class _Options:
     """One OpenSSL context, built once from the files; a connection per handshake."""
 
-    def __init__(self, ca_path: str, cert_path: str | None, key_path: str | None, *, server: bool) -> None:
+    def __init__(self, ca_path: str, cert_path: str | None, key_path: str | None, *, server: bool,
+                 verify_peer: bool = True) -> None:
         cas = load_certificates(ca_path, "CA certificate")
         self.identity: Identity | None = None
         ctx = SSL.Context(SSL.TLS_METHOD)
@@ -275,7 +276,10 @@ class _Options:
             ctx.load_verify_locations(ca_path)
         except SSL.Error:
             raise TLSConfigError(f"{ca_path}: OpenSSL cannot use this CA certificate") from None
-        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify)
+        if verify_peer:
+            ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify)
+        else:
+            ctx.set_verify(SSL.VERIFY_NONE)
         self.context = ctx
 
     def _check_peer(self, identity: Identity) -> str | None:
@@ -319,10 +323,16 @@ class _Options:
 
 @implementer(IOpenSSLServerConnectionCreator)
 class ServerTLS(_Options):
-    """A server's TLS: its certificate, and a client certificate from the CA required of every peer."""
+    """A server's TLS: its certificate, and a client certificate from the CA required of every peer.
 
-    def __init__(self, ca_path: str, cert_path: str, key_path: str) -> None:
-        super().__init__(ca_path, cert_path, key_path, server=True)
+    ``require_client_certificate=False`` is for the S3 port only: S3 clients
+    (boto3, rclone, ...) show no certificate, and every S3 request is
+    authenticated by its own signature (AWS Signature V4) instead.
+    """
+
+    def __init__(self, ca_path: str, cert_path: str, key_path: str, *,
+                 require_client_certificate: bool = True) -> None:
+        super().__init__(ca_path, cert_path, key_path, server=True, verify_peer=require_client_certificate)
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         return SSL.Connection(self.context, None)

@@ -154,10 +154,18 @@ class ProcNode:
     http_port: int | None = None
     """The node's ``http_listen`` port, when the cluster was created with ``http=True``."""
 
+    s3_port: int | None = None
+    """The node's ``s3_listen`` port, when the cluster was created with ``s3=True``."""
+
     @property
     def http_address(self) -> str:
         assert self.http_port is not None, "the cluster was created without http=True"
         return f"{self.host}:{self.http_port}"
+
+    @property
+    def s3_address(self) -> str:
+        assert self.s3_port is not None, "the cluster was created without s3=True"
+        return f"{self.host}:{self.s3_port}"
 
     @property
     def client_address(self) -> str:
@@ -199,7 +207,7 @@ class ProcCluster:
     def create(cls, root: Path, size: int = 3, raft: dict | None = None,
                files: dict | None = None, hosts: list[str] | None = None, tls: bool = True,
                extra: dict | None = None, limits: dict | None = None, http: bool = False,
-               encryption: bool = True) -> ProcCluster:
+               encryption: bool = True, s3: bool = False) -> ProcCluster:
         """Write configs for ``size`` nodes n1..nN under ``root``; start none yet.
 
         ``hosts``: one loopback address per node (see :func:`loopback_hosts`),
@@ -208,6 +216,7 @@ class ProcCluster:
         users run.  ``extra``: more top-level config keys for every node.
         ``http``: give every node an ``http_listen`` port too (status page, /metrics).
         ``encryption``: encryption at rest, on by default for the same reason.
+        ``s3``: give every node an ``s3_listen`` port too (the S3 gateway).
         """
         root = Path(root).resolve()
         cluster = cls(root, storgctl_server=STORGCTL_SERVER, tls=tls, encryption=encryption)
@@ -236,6 +245,9 @@ class ProcCluster:
             http_port = free_port(host_of[nid]) if http else None
             if http_port is not None:
                 cfg["http_listen"] = f"{host_of[nid]}:{http_port}"
+            s3_port = free_port(host_of[nid]) if s3 else None
+            if s3_port is not None:
+                cfg["s3_listen"] = f"{host_of[nid]}:{s3_port}"
             if raft:
                 cfg["raft"] = raft
             if files:
@@ -251,7 +263,7 @@ class ProcCluster:
             path = root / f"{nid}.yaml"
             path.write_text(yaml.safe_dump(cfg))
             cluster.nodes[nid] = ProcNode(nid, path, root / f"{nid}.log", peer, client,
-                                          host=host_of[nid], http_port=http_port)
+                                          host=host_of[nid], http_port=http_port, s3_port=s3_port)
         env = dict(os.environ)
         # twistd finds twisted/plugins/ by scanning sys.path: make this checkout win.
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
