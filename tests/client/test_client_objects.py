@@ -86,6 +86,8 @@ async def test_every_put_gets_the_md5_as_its_etag_and_keeps_given_attributes(cli
     assert info.attrs == ObjectAttrs(md5(big), "text/plain", (("colour", "blue"),), (("CRC32", "AAAAAA=="),))
     assert (await client.stat("/b/meta")).attrs == info.attrs
     assert [f.attrs.etag for f in await client.ls("/b")] == [md5(big), md5(big), md5(small)]
+    given = await client.put(io.BytesIO(small), "/b/given", attrs=ObjectAttrs("abc-2"))
+    assert given.attrs.etag == "abc-2"  # the caller's ETag wins (a multipart part's, say)
 
 
 @pytest_twisted.ensureDeferred
