@@ -48,6 +48,7 @@ from storg.net.protocol import (
     Requests,
     RetryPolicy,
     SessionPool,
+    check_not_inside,
     frame_bytes,
     new_client_id,
     small_put_limit,
@@ -439,6 +440,42 @@ class BlockingClient:
         finally:
             self.sessions.release(session)
         return reply.version
+
+
+    async def mv(self, src: str, dst: str, *, force: bool = False) -> int:
+        """Rename a file or folder in one entry; how many files moved (as StorgClient.mv)."""
+        from storg.wire.tree import MoveRequest
+
+        source, target = normalize_path(src), normalize_path(dst)
+        check_not_inside(source, target)
+        return self._tree_call(lambda rid, client, seq: MoveRequest(rid, source, target, client, seq, force))
+
+    async def cp(self, src: str, dst: str, *, recursive: bool = False, force: bool = False) -> int:
+        """Copy on the servers, sharing chunks; how many files were copied (as StorgClient.cp)."""
+        from storg.wire.tree import CopyRequest
+
+        source, target = normalize_path(src), normalize_path(dst)
+        check_not_inside(source, target)
+        return self._tree_call(
+            lambda rid, client, seq: CopyRequest(rid, source, target, client, seq, recursive, force))
+
+    async def rm_tree(self, prefix: str) -> int:
+        """Delete the file at ``prefix`` and everything below the folder, in one entry."""
+        from storg.wire.tree import RemoveTreeRequest
+
+        normal = normalize_prefix(prefix)
+        return self._tree_call(lambda rid, client, seq: RemoveTreeRequest(rid, normal, client, seq))
+
+    def _tree_call(self, make: Callable[[int, int, int], Any]) -> int:
+        """One tree command on the leader with a session (a retry replays the first outcome)."""
+        session = self.sessions.acquire()
+        seq = session.next_seq()
+        try:
+            reply = self.retrying(lambda conn, deadline: conn.call(
+                lambda rid: make(rid, session.client_id, seq), deadline))
+        finally:
+            self.sessions.release(session)
+        return int(reply.files)
 
 
 def _at_once(calls: list[tuple[str, Callable[[], Any]]], into: dict[str, Any]) -> None:
