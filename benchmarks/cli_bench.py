@@ -14,7 +14,8 @@ drift over the minute touches every row alike:
 * ``etcdctl put`` of a 1 KiB value, ``etcdctl get`` of it (plain TCP: the
   etcd members here run without TLS).
 
-Each figure is the median wall time of its runs, from fork to exit.  One
+Each figure is the median wall time of its runs, from fork to exit, and
+beside it the median CPU time of the process (user + system).  One
 warm-up round runs first and is not counted; the commands run with
 bytecode caching allowed (``PYTHONDONTWRITEBYTECODE`` removed), as an
 installed storgctl has its ``.pyc`` files.  The host's CPU flags and
@@ -81,14 +82,23 @@ class Etcd:
                 proc.wait(timeout=30)
 
 
-def timed(argv: list[str], env: dict[str, str], stdin: bytes | None = None) -> float:
-    """Wall seconds of one whole process, fork to exit; a failure stops the benchmark."""
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall, CPU) seconds of one whole process, fork to exit; a failure stops the benchmark.
+
+    CPU is the child's user + system time (``os.wait4``): on a shared
+    machine it moves less than the wall time when other work competes.
+    """
     t0 = time.perf_counter()
-    out = subprocess.run(argv, env=env, input=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - t0
-    if out.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} exited {out.returncode}: {out.stderr.decode(errors='replace')}")
-    return elapsed
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.stderr.close()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: {err.decode(errors='replace')}")
+    return elapsed, usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -118,12 +128,14 @@ def main() -> None:
                 etcd.close()
     print(f"median wall time of {args.runs} whole-process runs (interleaved rounds; goal for storgctl: "
           "at most 100 ms)")
+    print(f"  {'':<34} {'wall':>8}   {'min':>6} {'max':>6}   {'CPU (user+sys)':>14}")
     for name, times in rows.items():
-        ms = sorted(t * 1000 for t in times)
-        print(f"  {name:<34} {statistics.median(ms):7.1f} ms   (min {ms[0]:.1f}, max {ms[-1]:.1f})")
+        ms = sorted(wall * 1000 for wall, _ in times)
+        cpu = statistics.median(c * 1000 for _, c in times)
+        print(f"  {name:<34} {statistics.median(ms):5.1f} ms   {ms[0]:6.1f} {ms[-1]:6.1f}   {cpu:11.1f} ms")
 
 
-def measure(cluster: ProcCluster, etcd: Etcd | None, root: Path, runs: int) -> dict[str, list[float]]:
+def measure(cluster: ProcCluster, etcd: Etcd | None, root: Path, runs: int) -> dict[str, list[tuple[float, float]]]:
     env = {k: v for k, v in cluster.env.items() if k != "PYTHONDONTWRITEBYTECODE"}
     addresses = ",".join(n.client_address for n in cluster.nodes.values())
     storgctl = [str(BIN / "storgctl"), "--cluster", addresses]
@@ -131,7 +143,7 @@ def measure(cluster: ProcCluster, etcd: Etcd | None, root: Path, runs: int) -> d
     local.write_bytes(os.urandom(1024))
     value = os.urandom(512).hex()  # 1 KiB of text: etcdctl takes the value as an argument
     etcd_env = dict(os.environ, ETCDCTL_API="3")
-    commands: dict[str, Callable[[int], float]] = {
+    commands: dict[str, Callable[[int], tuple[float, float]]] = {
         "python -c pass": lambda i: timed([sys.executable, "-c", "pass"], env),
         "python -c 'import storg.wire'": lambda i: timed([sys.executable, "-c", "import storg.wire"], env),
         "storgctl put (1 KiB file)": lambda i: timed([*storgctl, "put", str(local), f"/bench/cli/{i}"], env),
@@ -141,7 +153,7 @@ def measure(cluster: ProcCluster, etcd: Etcd | None, root: Path, runs: int) -> d
     if etcd is not None:
         commands["etcdctl put (1 KiB value)"] = lambda i: timed(etcd.ctl("put", f"/bench/cli/{i}", value), etcd_env)
         commands["etcdctl get"] = lambda i: timed(etcd.ctl("get", f"/bench/cli/{i}"), etcd_env)
-    rows: dict[str, list[float]] = {name: [] for name in commands}
+    rows: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
     for i in range(runs + 1):
         for name, run in commands.items():
             elapsed = run(i)

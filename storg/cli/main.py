@@ -5,11 +5,12 @@ Exit status (README.rst, section "Exit status"): 0 success; 1 refused; 2 usage o
 stderr starting with ``storgctl: ``.
 
 Two drivers run the commands.  The ones a script loops over (:data:`FAST_COMMANDS`:
-``status``, and ``put``, ``get``, ``ls``, ``stat``, ``rm`` of one file) run on the
-blocking-socket client (:mod:`storg.client.blocking`), which never imports Twisted,
-cryptography or pyOpenSSL, so such a storgctl starts in tens of milliseconds; for them
-the argument parser is built without the other commands' modules.  Every other command
-(and ``-r``) runs on the Twisted client (:class:`storg.client.api.StorgClient`).  The
+``status``, ``put`` and ``get`` of one file, ``ls``, ``stat``, ``rm`` (``-r`` too),
+``mv`` and ``cp``) run on the blocking-socket client (:mod:`storg.client.blocking`),
+which never imports Twisted, cryptography or pyOpenSSL, so such a storgctl starts in
+tens of milliseconds; for them the argument parser is built without the other commands'
+modules.  Every other command (and ``put -r``, ``get -r``) runs on the Twisted client
+(:class:`storg.client.api.StorgClient`).  The
 command functions are coroutines written once for both: the blocking client's methods
 never suspend.
 """
@@ -71,7 +72,7 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
-FAST_COMMANDS = ("status", "put", "get", "ls", "stat", "rm")
+FAST_COMMANDS = ("status", "put", "get", "ls", "stat", "rm", "mv", "cp")
 """Commands run on the blocking client when given one file (not ``-r``); see the module docstring."""
 
 _VALUE_OPTIONS = ("--cluster", "--timeout", "--ca", "--cert", "--key")
@@ -174,9 +175,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                         help="REMOTE is a folder: delete it and everything below it, in one step")
         rm.add_argument("--dry-run", action="store_true",
                         help="with -r: list what would be deleted, delete nothing")
+    if wanted("mv") or wanted("cp"):
+        from storg.cli import namespace_ops
+        if wanted("mv"):
+            namespace_ops.add_mv_parser(sub)
+        if wanted("cp"):
+            namespace_ops.add_cp_parser(sub)
     if only is None:
         from storg.cli import tree as tree_commands
-        tree_commands.add_parsers(sub)
+        tree_commands.add_watch_parser(sub)
     for name in ("get", "ls", "stat"):
         if name in made:
             made[name].add_argument("--stale", action="store_true",
@@ -460,16 +467,26 @@ async def run_stat(client: StorgClient, args: argparse.Namespace) -> int:
 
 async def run_rm(client: StorgClient, args: argparse.Namespace) -> int:
     if args.recursive:
-        from storg.cli import tree as tree_commands
-        return await tree_commands.run_rm_tree(client, args)
+        from storg.cli import namespace_ops
+        return await namespace_ops.run_rm_tree(client, args)
     version = await client.rm(args.remote)
     if args.json:
         print(json.dumps({"path": args.remote, "version": version}))
     return EXIT_OK
 
 
+async def run_mv(client: StorgClient, args: argparse.Namespace) -> int:
+    from storg.cli import namespace_ops
+    return await namespace_ops.run_mv(client, args)
+
+
+async def run_cp(client: StorgClient, args: argparse.Namespace) -> int:
+    from storg.cli import namespace_ops
+    return await namespace_ops.run_cp(client, args)
+
+
 FILE_COMMANDS = {"status": run_status, "put": run_put, "get": run_get, "ls": run_ls,
-                 "stat": run_stat, "rm": run_rm}
+                 "stat": run_stat, "rm": run_rm, "mv": run_mv, "cp": run_cp}
 
 
 def commands() -> dict[str, Any]:
@@ -480,7 +497,7 @@ def commands() -> dict[str, Any]:
     from storg.cli import tree as tree_commands
     return FILE_COMMANDS | {
         "scrub": run_scrub, "keys": key_commands.run_reencrypt,
-        "mv": tree_commands.run_mv, "cp": tree_commands.run_cp, "watch": tree_commands.run_watch,
+        "watch": tree_commands.run_watch,
         "member": member_commands.run_member, "leader": member_commands.run_leader,
         "s3": s3_commands.run_s3}
 
@@ -538,7 +555,8 @@ def _is_member_error(exc: BaseException) -> bool:
 
 def runs_blocking(args: argparse.Namespace) -> bool:
     """Whether this command runs on the blocking client (see the module docstring)."""
-    return args.command in FAST_COMMANDS and not getattr(args, "recursive", False)
+    # put -r and get -r move many files through the Twisted client; rm -r and cp -r are one entry.
+    return args.command in FAST_COMMANDS and not (args.command in ("put", "get") and args.recursive)
 
 
 def client_credentials(args: argparse.Namespace) -> Any:

@@ -25,16 +25,7 @@ from storg.wire.tree import WATCH_DELETE, WATCH_KINDS, WatchEvent
 EXIT_OK = 0
 
 
-def add_parsers(sub: Any) -> None:
-    mv = sub.add_parser("mv", help="rename a file or a whole folder atomically")
-    mv.add_argument("src", metavar="SRC")
-    mv.add_argument("dst", metavar="DST")
-    mv.add_argument("--force", action="store_true", help="replace files already at DST")
-    cp = sub.add_parser("cp", help="copy on the servers, sharing chunks (-r for a folder)")
-    cp.add_argument("src", metavar="SRC")
-    cp.add_argument("dst", metavar="DST")
-    cp.add_argument("-r", "--recursive", action="store_true", help="copy a folder and everything below it")
-    cp.add_argument("--force", action="store_true", help="replace files already at DST")
+def add_watch_parser(sub: Any) -> None:
     watch = sub.add_parser("watch", help="one line per change under a folder, in commit order, with its index")
     watch.add_argument("prefix", metavar="PREFIX", nargs="?", default="/")
     watch.add_argument("--from", dest="start", type=int, default=0, metavar="INDEX",
@@ -65,36 +56,6 @@ async def run_watch(client: StorgClient, args: argparse.Namespace) -> int:
         print(json.dumps(event_dict(event)) if args.json else format_event(event), flush=True)
 
     await client.watch(args.prefix, show, start=args.start, limit=args.limit)
-    return EXIT_OK
-
-
-async def run_mv(client: StorgClient, args: argparse.Namespace) -> int:
-    files = await client.mv(args.src, args.dst, force=args.force)
-    if args.json:
-        print(json.dumps({"src": args.src, "dst": args.dst, "files": files}))
-    return EXIT_OK
-
-
-async def run_cp(client: StorgClient, args: argparse.Namespace) -> int:
-    files = await client.cp(args.src, args.dst, recursive=args.recursive, force=args.force)
-    if args.json:
-        print(json.dumps({"src": args.src, "dst": args.dst, "files": files}))
-    return EXIT_OK
-
-
-async def run_rm_tree(client: StorgClient, args: argparse.Namespace) -> int:
-    """``rm -r PREFIX``: one entry; ``--dry-run`` lists what would go (a linearizable ls) instead."""
-    if args.dry_run:
-        files = await client.ls(args.remote)
-        if args.json:
-            print(json.dumps({"prefix": args.remote, "files": [f.path for f in files], "dry_run": True}))
-        else:
-            for f in files:
-                print(escape_path(f.path))
-        return EXIT_OK
-    count = await client.rm_tree(args.remote)
-    if args.json:
-        print(json.dumps({"prefix": args.remote, "files": count}))
     return EXIT_OK
 
 

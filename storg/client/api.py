@@ -44,6 +44,7 @@ from storg.net.protocol import (
     RetryPolicy,
     Session,
     SessionPool,
+    check_not_inside,
     new_client_id,
     status_row,
     unreachable_row,
@@ -586,7 +587,7 @@ class StorgClient:
         first outcome.
         """
         source, target = normalize_path(src), normalize_path(dst)
-        _check_not_inside(source, target)
+        check_not_inside(source, target)
         return await self._tree_call(lambda rid, s, q: MoveRequest(rid, source, target, s, q, force))
 
     async def cp(self, src: str, dst: str, *, recursive: bool = False, force: bool = False,
@@ -604,10 +605,10 @@ class StorgClient:
             if recursive:
                 raise ValueError("a copy with attributes is of one file, not recursive")
             if target.startswith(source + "/"):
-                _check_not_inside(source, target)
+                check_not_inside(source, target)
             return await self._tree_call(
                 lambda rid, s, q: CopyAttrsRequest(rid, source, target, s, q, force, attrs))
-        _check_not_inside(source, target)
+        check_not_inside(source, target)
         return await self._tree_call(
             lambda rid, s, q: CopyRequest(rid, source, target, s, q, recursive, force))
 
@@ -830,12 +831,6 @@ class StorgClient:
             return result
 
         return stream.done.addBoth(stop)
-
-
-def _check_not_inside(src: str, dst: str) -> None:
-    """A folder cannot go into itself: refused here (InvalidPath, exit 2) before anything is sent."""
-    if dst == src or dst.startswith(src + "/"):
-        raise InvalidPath(f"cannot move or copy {src} to {dst}: the destination is {src} or inside it")
 
 
 def _pause(reactor: Any, seconds: float) -> defer.Deferred:

@@ -7,15 +7,9 @@ reply matching, put and get streams and their checks, sessions, the retry
 policy) over the standard library's :mod:`socket` and :mod:`ssl`, one
 request at a time per connection.
 
-TLS makes the checks the Twisted client makes (:mod:`storg.net.tls`): TLS
-1.2 at least, the same TLS 1.2 ciphers, no compression, tickets or
-renegotiation; the node's certificate chain must lead to the cluster's CA,
-and the certificate must name a storg node (the node the client means to
-reach, when it knows it: ``expected_node``); our client certificate is
-presented.  Host names are not checked: nodes are named by their
-certificate's identity, not by the address dialled.  Any refusal raises
-:class:`TLSRefusedError`, which the retry policy treats as final once
-every node has refused.
+TLS (:mod:`storg.client.stdlib_tls`) makes the checks the Twisted client
+makes; a refusal is a :class:`TLSRefusedError`, which the retry policy
+treats as final once every node has refused.
 
 The methods of :class:`BlockingClient` are coroutines that never suspend
 (they block inside), so storgctl's command functions, written against
@@ -43,8 +37,8 @@ from typing import Any, BinaryIO
 from storg.client import localfile
 from storg.client.errors import ClusterUnavailable, LocalError
 from storg.client.localfile import AtomicFile, DownloadSink, LocalSource
-from storg.net.errors import ProtocolViolation, ServerError, TLSRefused
-from storg.net.identity import VERIFY_ERRORS, IdentityError, identity_of_peercert
+from storg.client.stdlib_tls import BlockingTLS, TLSRefusedError, describe_ssl_error
+from storg.net.errors import ProtocolViolation, ServerError
 from storg.net.protocol import (
     FRAME_HEADER,
     Deadline,
@@ -54,6 +48,7 @@ from storg.net.protocol import (
     Requests,
     RetryPolicy,
     SessionPool,
+    check_not_inside,
     frame_bytes,
     new_client_id,
     small_put_limit,
@@ -61,7 +56,6 @@ from storg.net.protocol import (
     status_row,
     unreachable_row,
 )
-from storg.net.tls_files import TLSConfigError
 from storg.paths import normalize_path, normalize_prefix
 from storg.wire import MAX_FRAME_BYTES, StatusReply, StatusRequest
 from storg.wire.files import (
@@ -92,11 +86,6 @@ _GET_DATA_HEAD = struct.Struct(">BBQI")
 Progress = Callable[[int, "int | None"], None]
 
 
-class TLSRefusedError(ConnectionError, TLSRefused):
-    """A certificate refused: the node's here (wrong CA, not a node, not the expected node), or
-    ours there (the node's alert, which TLS 1.3 delivers after our side of the handshake)."""
-
-
 def run_now(coro: Coroutine[Any, Any, Any]) -> Any:
     """The result of a coroutine that never suspends (every BlockingClient method), without a loop."""
     try:
@@ -105,104 +94,6 @@ def run_now(coro: Coroutine[Any, Any, Any]) -> Any:
         return done.value
     coro.close()
     raise RuntimeError("a blocking command suspended: it awaited something that is not blocking")
-
-
-# --- TLS ----------------------------------------------------------------------------------------
-
-class BlockingTLS:
-    """The client TLS of storgctl with the standard library: the CA's nodes only, our certificate shown."""
-
-    def __init__(self, ca: str, cert: str | None, key: str | None) -> None:
-        import ssl
-
-        self.ssl = ssl
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False  # nodes are named by their certificate's storg identity
-        ctx.verify_mode = ssl.CERT_REQUIRED
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_TICKET | ssl.OP_NO_RENEGOTIATION
-        ctx.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")  # TLS 1.2's, as storg.net.tls.TLS12_CIPHERS
-        try:
-            ctx.load_verify_locations(ca)
-        except FileNotFoundError as exc:
-            raise TLSConfigError(f"{ca}: cannot read the CA certificate: {exc.strerror or exc}") from None
-        except (ssl.SSLError, OSError, ValueError):
-            raise TLSConfigError(f"{ca}: not a PEM CA certificate") from None
-        if cert is not None and key is not None:
-            _check_own_certificate(cert)
-            try:
-                ctx.load_cert_chain(cert, key)
-            except FileNotFoundError as exc:
-                raise TLSConfigError(f"{exc.filename}: cannot read it: {exc.strerror or exc}") from None
-            except (ssl.SSLError, OSError, ValueError):
-                raise TLSConfigError(f"{key}: the key does not match the certificate in {cert}, "
-                                     "or is not an unencrypted PEM private key") from None
-        self.context = ctx
-
-    def wrap(self, sock: socket.socket, expected_node: str | None) -> Any:
-        """The TLS socket over ``sock``, handshake done and the node's certificate checked."""
-        ssl = self.ssl
-        try:
-            tls = self.context.wrap_socket(sock, do_handshake_on_connect=False)
-            tls.do_handshake()
-        except ssl.SSLCertVerificationError as exc:
-            why = VERIFY_ERRORS.get(exc.verify_code, exc.verify_message or "refused")
-            raise TLSRefusedError(f"TLS handshake failed: the node's certificate refused: {why}") from None
-        except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError):
-            # A node that died or closed mid-handshake: worth trying again, elsewhere.
-            raise ConnectionError("connection lost before the TLS handshake completed") from None
-        except ssl.SSLError as exc:
-            raise TLSRefusedError(f"TLS handshake failed: {describe_ssl_error(exc)}") from None
-        try:
-            identity = identity_of_peercert(tls.getpeercert() or {})
-        except IdentityError as exc:
-            tls.close()
-            raise TLSRefusedError(f"TLS handshake failed: the node's certificate refused: {exc}") from None
-        refusal = None
-        if not identity.is_node:
-            refusal = "the server is not a node"
-        elif expected_node is not None and identity.name != expected_node:
-            refusal = f"expected node {expected_node}"
-        if refusal is not None:
-            tls.close()
-            raise TLSRefusedError(f"TLS handshake failed: certificate of {identity} refused: {refusal}")
-        return tls
-
-
-def describe_ssl_error(exc: Exception) -> str:
-    """OpenSSL's reason in words (``tlsv13 alert certificate required``, ...)."""
-    reason = getattr(exc, "reason", None)
-    if reason:
-        return str(reason).lower().replace("_", " ")
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _check_own_certificate(path: str) -> None:
-    """Our certificate names a storg identity and is in its validity period (as storg.net.tls checks).
-
-    Read with the standard library's certificate decoder; where a Python
-    lacks it, the node's refusal in the handshake says the same, later.
-    """
-    import ssl
-
-    decode = getattr(getattr(ssl, "_ssl", None), "_test_decode_cert", None)
-    if decode is None:
-        return
-    try:
-        cert = decode(path)
-    except FileNotFoundError as exc:
-        raise TLSConfigError(f"{path}: cannot read the certificate: {exc.strerror or exc}") from None
-    except (ssl.SSLError, OSError, ValueError):
-        raise TLSConfigError(f"{path}: not a PEM certificate") from None
-    try:
-        identity_of_peercert(cert)
-    except IdentityError as exc:
-        raise TLSConfigError(f"{path}: {exc}") from None
-    now = time.time()
-    if ssl.cert_time_to_seconds(cert["notAfter"]) < now:
-        raise TLSConfigError(f"{path}: the certificate expired on {cert['notAfter']}")
-    if ssl.cert_time_to_seconds(cert["notBefore"]) > now:
-        raise TLSConfigError(f"{path}: the certificate is not valid before {cert['notBefore']}")
 
 
 # --- one connection -----------------------------------------------------------------------------
@@ -549,6 +440,42 @@ class BlockingClient:
         finally:
             self.sessions.release(session)
         return reply.version
+
+
+    async def mv(self, src: str, dst: str, *, force: bool = False) -> int:
+        """Rename a file or folder in one entry; how many files moved (as StorgClient.mv)."""
+        from storg.wire.tree import MoveRequest
+
+        source, target = normalize_path(src), normalize_path(dst)
+        check_not_inside(source, target)
+        return self._tree_call(lambda rid, client, seq: MoveRequest(rid, source, target, client, seq, force))
+
+    async def cp(self, src: str, dst: str, *, recursive: bool = False, force: bool = False) -> int:
+        """Copy on the servers, sharing chunks; how many files were copied (as StorgClient.cp)."""
+        from storg.wire.tree import CopyRequest
+
+        source, target = normalize_path(src), normalize_path(dst)
+        check_not_inside(source, target)
+        return self._tree_call(
+            lambda rid, client, seq: CopyRequest(rid, source, target, client, seq, recursive, force))
+
+    async def rm_tree(self, prefix: str) -> int:
+        """Delete the file at ``prefix`` and everything below the folder, in one entry."""
+        from storg.wire.tree import RemoveTreeRequest
+
+        normal = normalize_prefix(prefix)
+        return self._tree_call(lambda rid, client, seq: RemoveTreeRequest(rid, normal, client, seq))
+
+    def _tree_call(self, make: Callable[[int, int, int], Any]) -> int:
+        """One tree command on the leader with a session (a retry replays the first outcome)."""
+        session = self.sessions.acquire()
+        seq = session.next_seq()
+        try:
+            reply = self.retrying(lambda conn, deadline: conn.call(
+                lambda rid: make(rid, session.client_id, seq), deadline))
+        finally:
+            self.sessions.release(session)
+        return int(reply.files)
 
 
 def _at_once(calls: list[tuple[str, Callable[[], Any]]], into: dict[str, Any]) -> None:

@@ -441,3 +441,11 @@ class RetryPolicy:
             self.redirects = 0
             return min(0.05 * (self.failures // n), 0.5, max(self.deadline.remaining(), 0.0))
         return 0.0
+
+
+def check_not_inside(src: str, dst: str) -> None:
+    """A folder cannot go into itself: refused before anything is sent (InvalidPath, exit 2), by both drivers."""
+    from storg.paths import InvalidPath
+
+    if dst == src or dst.startswith(src + "/"):
+        raise InvalidPath(f"cannot move or copy {src} to {dst}: the destination is {src} or inside it")

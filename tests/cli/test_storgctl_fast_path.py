@@ -21,6 +21,7 @@ CASES = [
     ["ls"], ["ls", "/p", "--stale"],
     ["--ca", "c", "--cert", "x", "--key", "k", "stat", "/a"],
     ["rm", "/a"], ["rm", "-r", "/a", "--dry-run"],
+    ["mv", "/a", "/b", "--force"], ["--json", "cp", "-r", "/a", "/b"],
 ]
 
 
@@ -40,13 +41,14 @@ def test_the_command_word_is_found_only_when_it_is_certain(argv, expected):
     assert command_of(argv) == expected
 
 
-def test_a_fast_command_imports_neither_twisted_nor_cryptography_nor_pyopenssl():
-    """In a fresh interpreter, as the storgctl entry point runs: a status against nothing."""
+@pytest.mark.parametrize("command", [["status"], ["mv", "/a", "/b"], ["cp", "-r", "/a", "/b"], ["rm", "-r", "/a"]])
+def test_a_fast_command_imports_neither_twisted_nor_cryptography_nor_pyopenssl(command):
+    """In a fresh interpreter, as the storgctl entry point runs: the command against nothing."""
     code = (
         "import json, sys\n"
         "from storg.cli.main import main\n"
         "try:\n"
-        "    main(['--cluster', '127.0.0.1:9', '--timeout', '0.2', 'status'])\n"
+        f"    main(['--cluster', '127.0.0.1:9', '--timeout', '0.2', *{command!r}])\n"
         "except SystemExit as exc:\n"
         "    code = exc.code\n"
         "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'twisted', 'cryptography', 'OpenSSL', 'yaml'})\n"
