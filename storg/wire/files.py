@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from storg.wire.attrs import NO_ATTRS, ObjectAttrs
 from storg.wire.codec import CODEC
-from storg.wire.objects import NO_ATTRS, ObjectAttrs
 from storg.wire.schema import BOOL, BYTES32, ID, SHA256, STR16, U32, U64, ListOf, Nested, layout, register_struct
 
 WHOLE = (1 << 64) - 1
@@ -50,7 +50,7 @@ class FileInfo:
     ``modified_ns`` is the leader's clock when it proposed the put, carried
     in the entry so every node agrees; ``version`` is the log index of the
     put that wrote this content.  ``attrs``: ETag, content type, user
-    metadata and the rest (storg.wire.objects); all empty for a file
+    metadata and the rest (storg.wire.attrs); all empty for a file
     stored before they existed.
     """
 

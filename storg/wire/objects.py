@@ -1,11 +1,10 @@
 """Object attributes (what S3 keeps beside an object's bytes) and the frames of the S3 gateway's needs.
 
-Every file may carry an :class:`ObjectAttrs`: the ETag (the MD5 of the
-content for a single put, computed by the node that cuts the upload beside
-its SHA-256), a content type, user metadata, checksums and, for a multipart
-object, its parts' sizes.  They ride in :class:`~storg.wire.files.FileInfo`
-and in the commands that write files, and the state machine keeps them in
-a file's packed record (see :mod:`storg.fsm.records`).
+Every file may carry an :class:`~storg.wire.attrs.ObjectAttrs` (defined,
+with its codec, in :mod:`storg.wire.attrs` and re-exported here): they ride
+in :class:`~storg.wire.files.FileInfo` and in the commands here that write
+files, and the state machine keeps them in a file's packed record (see
+:mod:`storg.fsm.records`).
 
 Type bytes (helper B of issue 18): 14-31 state machine commands, 130-149
 client requests and replies.  The layouts of the older commands are left
@@ -17,81 +16,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# Re-exported: the object frames' attributes (their home is storg.wire.attrs).
+from storg.wire.attrs import MAX_ATTRS_BYTES as MAX_ATTRS_BYTES
+from storg.wire.attrs import NO_ATTRS as NO_ATTRS
+from storg.wire.attrs import ObjectAttrs as ObjectAttrs
+from storg.wire.attrs import composite_parts as composite_parts
+from storg.wire.attrs import decode_attrs as decode_attrs
+from storg.wire.attrs import encode_attrs as encode_attrs
 from storg.wire.codec import CODEC
-from storg.wire.records import CodecError, Reader
 from storg.wire.schema import (
     BOOL,
     BYTES32,
     ID,
     STR16,
-    STR_PAIRS,
     U64,
     ListOf,
     Nested,
-    compile_reader,
-    fields_of,
     layout,
     register_struct,
-    write_fields,
 )
-
-MAX_ATTRS_BYTES = 1 << 20
-"""The largest encoded ObjectAttrs a command may carry (10,000 part sizes are 80 KB)."""
-
-
-@layout(STR16, STR16, STR_PAIRS, STR_PAIRS, ListOf(U64), STR_PAIRS)
-@dataclass(frozen=True, slots=True)
-class ObjectAttrs:
-    """What S3 keeps beside an object's bytes; the default (all empty) is "none".
-
-    ``etag`` unquoted: the MD5 hex of the content, or ``"<hex>-<N>"`` for a
-    multipart object; ``""`` unknown (a file stored before ETags).
-    ``metadata``: x-amz-meta-* with lower-case names without the prefix.
-    ``checksums``: (algorithm upper-case, base64 value; ``"<b64>-<N>"``
-    composite).  ``parts``: each part's size in order for a multipart
-    object.  ``extra``: the gateway's own keys (e.g. a multipart upload's
-    target).  Pairs keep the order given.
-    """
-
-    etag: str = ""
-    content_type: str = ""
-    metadata: tuple[tuple[str, str], ...] = ()
-    checksums: tuple[tuple[str, str], ...] = ()
-    parts: tuple[int, ...] = ()
-    extra: tuple[tuple[str, str], ...] = ()
-
-
-NO_ATTRS = ObjectAttrs()
-
-_ATTRS_FIELDS = fields_of(ObjectAttrs)
-_read_attrs = compile_reader(ObjectAttrs, _ATTRS_FIELDS)
-
-
-def encode_attrs(attrs: ObjectAttrs) -> bytes:
-    """The attributes' layout alone (no version or type byte): what a packed file record keeps."""
-    out: list[bytes] = []
-    try:
-        write_fields(_ATTRS_FIELDS, attrs, out)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise CodecError(f"cannot encode attributes: {exc}") from exc
-    raw = b"".join(out)
-    if len(raw) > MAX_ATTRS_BYTES:
-        raise CodecError(f"attributes of {len(raw)} bytes exceed {MAX_ATTRS_BYTES}")
-    return raw
-
-
-def decode_attrs(raw: bytes | memoryview) -> ObjectAttrs:
-    """The inverse of :func:`encode_attrs`; CodecError for anything else."""
-    r = Reader(raw)
-    attrs: ObjectAttrs = _read_attrs(r)
-    r.done()
-    return attrs
-
-
-def composite_parts(parts: tuple[int, ...], size: int) -> bool:
-    """Whether ``parts`` describes a file of ``size`` bytes (their sum), as a multipart object's must."""
-    return bool(parts) and sum(parts) == size and all(p > 0 for p in parts)
-
 
 # --- client requests and replies (130-149) ---------------------------------------------
 
