@@ -359,6 +359,37 @@ def read_chunk_batch(r: Reader) -> ChunkBatch:
     return ChunkBatch(tuple(sets), rows)
 
 
+def _encode_columns(paths: tuple[str, ...], column: array, files: tuple[bytes, ...], out: list) -> None:
+    """What file batches of both formats share: n u32, one u32 per file (``column``: format 2's
+    chunk counts, format 3's record lengths), the paths NUL-joined in UTF-8, then the records."""
+    text = "\x00".join(paths)
+    if text.count("\x00") != max(len(paths) - 1, 0):
+        raise CodecError("a file path contains NUL")
+    raw = text.encode("utf-8")
+    if _SWAP:
+        column.byteswap()
+    out += (_U32.pack(len(paths)), column.tobytes(), _U32.pack(len(raw)), raw)
+    out.extend(files)
+
+
+def _read_columns(r: Reader) -> tuple[array, list[str]]:
+    """The inverse of :func:`_encode_columns` up to the records: (the u32 column, the paths)."""
+    count = r.u32()
+    if count * _MIN_FILE_BYTES > r.remaining():
+        raise CodecError(f"{count} files cannot fit in the {r.remaining()} bytes left")
+    column = array("I", r.take(4 * count))
+    if _SWAP:
+        column.byteswap()
+    try:
+        text = r.take(r.u32()).decode("utf-8")
+    except UnicodeDecodeError:
+        raise CodecError("a file path is not UTF-8") from None
+    paths = text.split("\x00") if count else []
+    if len(paths) != count or (not count and text):
+        raise CodecError(f"{len(paths)} paths for {count} files")
+    return column, paths
+
+
 def encode_file_batch(batch: FileBatch, out: list) -> None:
     """Format 2's layout: only for records without attributes (tests write old snapshots with it)."""
     paths, files = batch.paths, batch.files
@@ -373,31 +404,13 @@ def encode_file_batch(batch: FileBatch, out: list) -> None:
         if odd or chunks < 0:
             raise CodecError(f"cannot encode file {path!r}: a {len(rec)}-byte record")
         counts.append(chunks)
-    text = "\x00".join(paths)
-    if text.count("\x00") != max(len(paths) - 1, 0):
-        raise CodecError("a file path contains NUL")
-    raw = text.encode("utf-8")
-    if _SWAP:
-        counts.byteswap()
-    out += (_U32.pack(len(paths)), counts.tobytes(), _U32.pack(len(raw)), raw)
-    out.extend(files)
+    _encode_columns(paths, counts, files, out)
 
 
 def read_file_batch(r: Reader) -> FileBatch:
     """Column by column: no Python-level loop over the files, which is most of a restart."""
-    count = r.u32()
-    if count * _MIN_FILE_BYTES > r.remaining():
-        raise CodecError(f"{count} files cannot fit in the {r.remaining()} bytes left")
-    counts = array("I", r.take(4 * count))
-    if _SWAP:
-        counts.byteswap()
-    try:
-        text = r.take(r.u32()).decode("utf-8")
-    except UnicodeDecodeError:
-        raise CodecError("a file path is not UTF-8") from None
-    paths = text.split("\x00") if count else []
-    if len(paths) != count or (not count and text):
-        raise CodecError(f"{len(paths)} paths for {count} files")
+    counts, paths = _read_columns(r)
+    count = len(paths)
     head = _FILE_HEAD.size
     block = r.take(head * count + DIGEST_BYTES * sum(counts))
     # Where each record ends: head bytes per file so far plus 32 per chunk so far.
@@ -426,31 +439,11 @@ def encode_file_batch3(batch: FileBatch3, out: list) -> None:
         raise CodecError(f"{len(paths)} paths for {len(files)} files")
     if not all(type(rec) is bytes for rec in files):
         raise CodecError("a file is not a packed record")
-    lengths = array("I", map(len, files))
-    text = "\x00".join(paths)
-    if text.count("\x00") != max(len(paths) - 1, 0):
-        raise CodecError("a file path contains NUL")
-    raw = text.encode("utf-8")
-    if _SWAP:
-        lengths.byteswap()
-    out += (_U32.pack(len(paths)), lengths.tobytes(), _U32.pack(len(raw)), raw)
-    out.extend(files)
+    _encode_columns(paths, array("I", map(len, files)), files, out)
 
 
 def read_file_batch3(r: Reader) -> FileBatch3:
-    count = r.u32()
-    if count * _MIN_FILE_BYTES > r.remaining():
-        raise CodecError(f"{count} files cannot fit in the {r.remaining()} bytes left")
-    lengths = array("I", r.take(4 * count))
-    if _SWAP:
-        lengths.byteswap()
-    try:
-        text = r.take(r.u32()).decode("utf-8")
-    except UnicodeDecodeError:
-        raise CodecError("a file path is not UTF-8") from None
-    paths = text.split("\x00") if count else []
-    if len(paths) != count or (not count and text):
-        raise CodecError(f"{len(paths)} paths for {count} files")
+    lengths, paths = _read_columns(r)
     block = r.take(sum(lengths))
     ends = list(accumulate(lengths))
     files = map(block.__getitem__, map(slice, chain((0,), ends), ends))
