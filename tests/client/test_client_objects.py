@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-import yaml
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 
@@ -33,37 +32,18 @@ from storg.client.errors import (
     NotFoundError,
     ProtocolViolation,
 )
-from storg.config import load_config
-from storg.server.service import NodeService
 from storg.testing.devcluster import free_port
 from storg.wire.objects import ObjectAttrs, S3Key
+
+from tests.client.one_node import one_node_client
 
 CHUNK = 64 * 1024
 
 
 @pytest_twisted.async_yield_fixture
 async def client(tmp_path: Path):
-    peer, port = free_port(), free_port()
-    config = tmp_path / "n1.yaml"
-    config.write_text(yaml.safe_dump({
-        "node_id": "n1", "data_dir": "data", "peer_listen": f"127.0.0.1:{peer}",
-        "client_listen": f"127.0.0.1:{port}",
-        "cluster": {"n1": {"peer": f"127.0.0.1:{peer}", "client": f"127.0.0.1:{port}"}},
-        "files": {"chunk_size": CHUNK},
-    }))
-    service = NodeService(load_config(config), reactor)
-    service.startService()
-    for _ in range(300):
-        if service.node is not None and service.node.is_leader():
-            break
-        await deferLater(reactor, 0.02, lambda: None)
-    c = StorgClient([f"127.0.0.1:{port}"], reactor=reactor, timeout=10)
-    c.service = service
-    try:
+    async with one_node_client(tmp_path, files={"chunk_size": CHUNK}) as c:
         yield c
-    finally:
-        c.close()
-        await service.stopService()
 
 
 async def read(c: StorgClient, path: str, **kw) -> bytes:

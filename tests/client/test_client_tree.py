@@ -14,41 +14,21 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-import yaml
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 
 from storg.client.api import StorgClient
 from storg.client.errors import BadRequest, ConflictError, NotFoundError
 from storg.client.tree import get_tree, put_tree, walk_local
-from storg.config import load_config
 from storg.paths import InvalidPath
-from storg.server.service import NodeService
-from storg.testing.devcluster import free_port
+
+from tests.client.one_node import one_node_client
 
 
 @pytest_twisted.async_yield_fixture
 async def client(tmp_path: Path):
-    peer, port = free_port(), free_port()
-    config = tmp_path / "n1.yaml"
-    config.write_text(yaml.safe_dump({
-        "node_id": "n1", "data_dir": "data", "peer_listen": f"127.0.0.1:{peer}",
-        "client_listen": f"127.0.0.1:{port}",
-        "cluster": {"n1": {"peer": f"127.0.0.1:{peer}", "client": f"127.0.0.1:{port}"}},
-    }))
-    service = NodeService(load_config(config), reactor)
-    service.startService()
-    for _ in range(300):
-        if service.node is not None and service.node.is_leader():
-            break
-        await deferLater(reactor, 0.02, lambda: None)
-    c = StorgClient([f"127.0.0.1:{port}"], reactor=reactor, timeout=10)
-    c.service = service
-    try:
+    async with one_node_client(tmp_path) as c:
         yield c
-    finally:
-        c.close()
-        await service.stopService()
 
 
 async def put_bytes(c: StorgClient, path: str, data: bytes, **kw):

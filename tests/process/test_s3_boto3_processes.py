@@ -346,7 +346,7 @@ def test_wrong_secret_expired_url_and_roles_are_refused(cluster, key, s3):
             status = exc.code
             body = exc.read()
             break
-        time.sleep(0.5)  # polling for the URL's expiry, which is the point of this check
+        time.sleep(0.2)  # polling (deadline above) for the URL's expiry, which is the point of this check
     assert status == 403 and b"<Code>AccessDenied</Code>" in body and b"<RequestId>" in body, body
     readonly = boto3_client(cluster, create_key(cluster, "reader", "readonly"))
     assert readonly.get_object(Bucket="auth", Key="k")["Body"].read() == b"secret data"
