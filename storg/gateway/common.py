@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from storg.s3 import checksums, conditions, names, xml
+from storg.s3 import checksums, conditions, listing, names, xml
 from storg.s3.errors import S3Error
 from storg.wire.objects import ObjectAttrs
 
@@ -32,7 +32,7 @@ BUCKET_CACHE_S = 5.0
 
 def etag_of(info: Any) -> str:
     """The quoted ETag: the stored MD5 (or multipart ``hex-N``), else the SHA-256 (files from before)."""
-    return f'"{info.attrs.etag or info.sha256}"'
+    return f'"{listing.etag_of(info)}"'
 
 
 def http_date(ns: int) -> str:
