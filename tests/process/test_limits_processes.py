@@ -77,7 +77,12 @@ def test_chunks_reach_every_holder_through_the_placement_check(cluster) -> None:
     info = json.loads(ok(ctl(cluster, "--json", "stat", "/placed")).stdout)
     assert all(sorted(c["holders"]) == ["n1", "n2", "n3"] for c in info["chunks"]), info
     for nid in cluster.nodes:
-        assert ok(ctl(cluster, "get", "--stale", "/placed", "-", nodes=[nid])).stdout == data
+        # A stale read: a follower may apply the put a moment after the leader acked it.
+        def read_here(nid: str = nid):
+            out = ctl(cluster, "get", "--stale", "/placed", "-", nodes=[nid])
+            return out if out.returncode == 0 else None
+
+        assert wait_for(read_here, 20, f"{nid} to serve /placed").stdout == data
 
 
 def test_a_probe_just_under_the_client_frame_limit_is_refused_and_nothing_is_stuck(cluster) -> None:
