@@ -33,7 +33,7 @@ from twisted.internet import defer, task
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-from benchlib import cpu_flags, percentile
+from benchlib import CpuMeter, cpu_flags, percentile
 from storg.client.api import StorgClient
 from storg.net.credentials import TLSCredentials
 from storg.testing.devcluster import ProcCluster, wait_for
@@ -57,7 +57,20 @@ class Bench:
         self.pool = ThreadPool(minthreads=4, maxthreads=80, name="boto3")
         self.pool.start()
         self.round = 0
+        self.cpu = CpuMeter({nid: n.proc.pid for nid, n in cluster.nodes.items() if n.proc is not None})
         boto3_client(cluster, self.key).create_bucket(Bucket="bench")
+
+    async def phase(self, op: str, run: Any, done: list[float], out: dict[str, float]) -> None:
+        """Time ``run()`` (a Deferred) and fill ``out``: ops/s, p50 ms, and the CPU ms per op of
+        the client process (boto3's threads, or the native library) and of all nodes together."""
+        before = self.cpu.read()
+        t0 = time.perf_counter()
+        await run()
+        out[op] = len(done) / (time.perf_counter() - t0)
+        used = CpuMeter.used(before, self.cpu.read())
+        out[op + "_p50"] = percentile(done, 0.5) * 1000
+        out[op + "_client_cpu"] = used.pop("client") * 1000 / max(len(done), 1)
+        out[op + "_nodes_cpu"] = sum(used.values()) * 1000 / max(len(done), 1)
 
     def in_thread(self, fn: Any, *args: Any) -> defer.Deferred:
         return deferToThreadPool(self.reactor, self.pool, fn, *args)
@@ -102,10 +115,8 @@ class Bench:
 
         out: dict[str, float] = {}
         for op, fn in (("put", putter), ("get", getter)):
-            t0 = time.perf_counter()
-            await defer.gatherResults([defer.Deferred.fromCoroutine(fn(k)) for k in range(clients)])
-            out[op] = len(lat[op]) / (time.perf_counter() - t0)
-            out[op + "_p50"] = percentile(lat[op], 0.5) * 1000
+            await self.phase(op, lambda fn=fn: defer.gatherResults(
+                [defer.Deferred.fromCoroutine(fn(k)) for k in range(clients)]), lat[op], out)
         return out
 
     async def s3_small(self, clients: int) -> dict[str, float]:
@@ -147,10 +158,8 @@ class Bench:
 
         out: dict[str, float] = {}
         for op, fn in (("put", putter), ("get", getter)):
-            t0 = time.perf_counter()
-            await defer.gatherResults([self.in_thread(fn, k) for k in range(clients)])
-            out[op] = len(lat[op]) / (time.perf_counter() - t0)
-            out[op + "_p50"] = percentile(lat[op], 0.5) * 1000
+            await self.phase(op, lambda fn=fn: defer.gatherResults(
+                [self.in_thread(fn, k) for k in range(clients)]), lat[op], out)
         return out
 
     # -- the large object -------------------------------------------------------------------
@@ -217,6 +226,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
             bench = Bench(reactor, cluster, args.seconds, big)
             ratios: dict[str, list[float]] = {}
             figures: dict[str, list[tuple[float, float]]] = {}
+            cpu: dict[str, list[tuple[float, float]]] = {}
             for r in range(args.rounds):
                 bench.round = r
                 order = ("native", "s3") if r % 2 == 0 else ("s3", "native")
@@ -228,6 +238,9 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                         name = f"4 KiB {op} x{n} (ops/s)"
                         ratios.setdefault(name, []).append(got["s3"][op] / got["native"][op])
                         figures.setdefault(name, []).append((got["s3"][op], got["native"][op]))
+                        for side in order:
+                            cpu.setdefault(f"4 KiB {op} x{n} {side}", []).append(
+                                (got[side][op + "_client_cpu"], got[side][op + "_nodes_cpu"]))
                 got = {}
                 for side in order:
                     got[side] = await (bench.native_big() if side == "native" else bench.s3_big())
@@ -240,6 +253,13 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
             for name, values in ratios.items():
                 rounds = "; ".join(f"{s:.1f} / {nat:.1f} = {s / nat:.2f}" for s, nat in figures[name])
                 print(f"{name:<28} {statistics.median(values):>17.2f}  {rounds}")
+            # Where the CPU of one request went: on 2 cores shared by client and nodes, a client
+            # that spends more per request than a whole native request costs bounds the ratio.
+            print(f"\n{'CPU ms per op':<28} {'client':>7} {'nodes':>7}  rounds (client + nodes)")
+            for name, pairs in cpu.items():
+                rounds = "; ".join(f"{c:.2f} + {nd:.2f}" for c, nd in pairs)
+                print(f"{name:<28} {statistics.median(c for c, _ in pairs):>7.2f} "
+                      f"{statistics.median(nd for _, nd in pairs):>7.2f}  {rounds}")
         finally:
             if bench is not None:
                 bench.pool.stop()

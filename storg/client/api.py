@@ -116,9 +116,14 @@ class StorgClient:
     """
 
     def __init__(self, addresses: list[str], *, reactor: Any = None, timeout: float = 30.0,
-                 tls: Any = None, max_uploads: int = LimitTuning().max_uploads_per_connection) -> None:
+                 tls: Any = None, max_uploads: int = LimitTuning().max_uploads_per_connection,
+                 dialer: Dialer | None = None, read_home: str | None = None) -> None:
         """``tls``: a :class:`storg.net.credentials.TLSCredentials` (storgctl's ``--ca/--cert/--key``);
         every connection then demands a node certificate from that CA, and shows ours.
+        ``dialer``: how connections are opened, instead of the one ``tls`` makes (the gateway's
+        :class:`~storg.net.connection.LocalDialer` reaches its own node through memory).
+        ``read_home``: the address reads start at, instead of the node that last acted as
+        leader (the gateway reads from its own node; any node serves linearizable reads).
         ``max_uploads``: puts open at once (more wait their turn); the nodes' default limit."""
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -126,11 +131,12 @@ class StorgClient:
         if not addresses:
             raise ValueError("no cluster address given")
         self.addresses = list(addresses)
-        self.dialer = PLAIN if tls is None else Dialer(tls)
+        self.dialer = dialer if dialer is not None else PLAIN if tls is None else Dialer(tls)
         self.reactor = reactor
         self.timeout = timeout
         self._connections: dict[str, RequestConnection] = {}
         self._leader_guess = self.addresses[0]
+        self.read_home = read_home
         self.client_id = new_client_id()
         self.sessions = SessionPool(self.client_id)
         # All uploads of this client ride on one connection to the leader, and a node
@@ -179,7 +185,8 @@ class StorgClient:
         """
         deadline = Deadline(self.reactor, self.timeout if timeout is None else timeout)
         # Which node next, when to pause and when to give up: the client protocol's policy.
-        policy = RetryPolicy(self.addresses, self._leader_guess, deadline, leader=leader)
+        start = self.read_home if not leader and self.read_home is not None else self._leader_guess
+        policy = RetryPolicy(self.addresses, start, deadline, leader=leader)
         while True:
             target = policy.begin()
             try:

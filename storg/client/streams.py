@@ -34,9 +34,9 @@ from twisted.internet import defer
 from twisted.internet import error as net_error
 
 from storg.client.errors import BadRequest, ClusterUnavailable, IntegrityError, LocalError, ProtocolViolation
-from storg.client.transfer import MAX_PIECE, Deadline, Watchdog, consume, in_thread
+from storg.client.transfer import MAX_PIECE, Deadline, Watchdog, consume, hash_off_reactor, in_thread
 from storg.net.connection import RequestConnection, Stream
-from storg.net.verify import content_hasher
+from storg.net.verify import PartsHasher, content_hasher
 from storg.wire.files import WHOLE, FileInfo, GetData, GetEnd, GetRequest, GetStart, PutData, PutEnd
 from storg.wire.objects import PutAbort
 
@@ -101,7 +101,7 @@ class PutStream:
         """
         conn, stream = self._conn, self._stream
         assert conn is not None and stream is not None
-        await in_thread(self.reactor, self._sha.update, data)
+        await hash_off_reactor(self.reactor, self._sha.update, data)
         for pos in range(0, len(data), self._piece):
             try:
                 await conn.wait_writable(stream)
@@ -264,7 +264,11 @@ class GetStream:
         if self.pos != self.stop:
             raise IntegrityError(f"{self.path}: the get ended at byte {self.pos}, not {self.stop}")
         if self.hasher is not None:
-            digest = await in_thread(self.reactor, self.hasher.hexdigest)
+            # A plain SHA-256 has nothing left to hash; a composite one hashes its part digests
+            # (up to 4 MiB of them for the most parts a file may have), so that goes to a thread.
+            composite = isinstance(self.hasher, PartsHasher)
+            digest = await (in_thread(self.reactor, self.hasher.hexdigest) if composite
+                            else defer.succeed(self.hasher.hexdigest()))
             assert self.info is not None
             if digest != self.info.sha256:
                 raise IntegrityError(f"{self.path}: SHA-256 mismatch (got {digest}, expected {self.info.sha256})")
@@ -291,11 +295,11 @@ class GetStream:
         if self.pos + len(data) > self.stop:
             raise IntegrityError(f"{self.path}: received more than the {self.stop - self.offset} bytes asked")
         if self.hasher is not None:
-            await in_thread(self.reactor, self.hasher.update, data)
+            await hash_off_reactor(self.reactor, self.hasher.update, data)
         else:
             ref = self._whole_chunk_at(self.pos, len(data))
             if ref is not None:
-                digest = await in_thread(self.reactor, _sha256, data)
+                digest = await hash_off_reactor(self.reactor, _sha256, data)
                 if digest != ref:
                     raise IntegrityError(f"{self.path}: chunk {ref[:12]} at byte {self.pos} does not match its digest")
         self.pos += len(data)

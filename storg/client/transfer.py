@@ -91,6 +91,18 @@ def in_thread(reactor: Any, f: Callable[..., Any], *args: Any) -> defer.Deferred
     return reactor_pool(reactor)(f, *args)
 
 
+INLINE_HASH_BYTES = 64 * 1024
+"""Data up to this size is hashed on the reactor thread: about 45 us of SHA-256 at 1.4 GB/s,
+far less than the hand-off to a pool thread and back (and its GIL switches) would cost."""
+
+
+def hash_off_reactor(reactor: Any, f: Callable[[bytes], Any], data: bytes) -> defer.Deferred:
+    """``f(data)`` (a hash update or digest): in a pool thread for large data, at once for small."""
+    if len(data) <= INLINE_HASH_BYTES:
+        return defer.maybeDeferred(f, data)
+    return in_thread(reactor, f, data)
+
+
 def consume(d: defer.Deferred) -> None:
     """Mark a Deferred's failure as seen (we already acted on it another way)."""
     d.addErrback(lambda _: None)

@@ -9,7 +9,10 @@ The gateway reaches the data as any client does, through
 :class:`~storg.client.api.StorgClient`, starting at this node's own client
 port (a read is served here after a ReadIndex round; a write goes on to
 the leader) and knowing the other members' ports, with the node's own
-certificate (a member node may read and write files).  With ``tls`` the
+certificate (a member node may read and write files).  Its connection to
+its own node is made in memory (:mod:`storg.net.local_pipe`): the same
+port and protocol, without a socket or a TLS layer that would encrypt
+each reply only to decrypt it again in the same process.  With ``tls`` the
 listener is HTTPS with the node's certificate, asking S3 clients for no
 certificate of their own (they sign each request instead); without it,
 plain HTTP, which the config allows only on loopback or with ``tls: off``.
@@ -32,6 +35,7 @@ from storg.gateway import buckets, multipart, objects
 from storg.gateway.handler import Gateway, Operation
 from storg.gateway.multipart import expire_uploads
 from storg.gateway.request import StreamingSite
+from storg.net.connection import LocalDialer
 from storg.net.tls import server_endpoint as tls_server_endpoint
 from storg.raft.types import Role
 
@@ -69,7 +73,12 @@ class GatewayService(service.Service):
         node = self.node
         config: NodeConfig = node.config
         assert config.s3_listen is not None and node.fsm is not None
-        self.client = StorgClient(client_addresses(node), reactor=self.reactor, tls=node.credentials)
+        addresses = client_addresses(node)
+        # Its own node through memory (no loopback TLS hop), where its reads are served; writes go
+        # on to the leader, over TLS if that is another node.
+        dialer = LocalDialer(node.credentials, addresses[0], config.node_id, node.open_local_client)
+        self.client = StorgClient(addresses, reactor=self.reactor, tls=node.credentials, dialer=dialer,
+                                  read_home=addresses[0])
         self.gateway = Gateway(self.client, node.fsm.s3_secret, all_operations(), reactor=self.reactor,
                                catch_up=self._catch_up)
         site = StreamingSite(self.gateway.exchange)

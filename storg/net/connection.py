@@ -387,5 +387,27 @@ class Dialer:
         return await connect(reactor, address, timeout=timeout, tls=options, bind_host=self.bind_host)
 
 
+class LocalDialer(Dialer):
+    """A :class:`Dialer` that reaches one address, this node's own client port, through memory.
+
+    ``open_local()`` returns a :class:`RequestConnection` already joined to
+    the node's client port (:mod:`storg.net.local_pipe`); every other
+    address is dialled as :class:`Dialer` does, with ``credentials``.
+    """
+
+    def __init__(self, credentials: Any, local_address: str, local_node: str,
+                 open_local: Callable[[], RequestConnection], bind_host: str | None = None) -> None:
+        super().__init__(credentials, bind_host)
+        self.local_address = local_address
+        self.local_node = local_node
+        self.open_local = open_local
+
+    async def __call__(self, reactor: Any, address: str, timeout: float = 5.0,
+                       node: str | None = None) -> RequestConnection:
+        if address == self.local_address and node in (None, self.local_node):
+            return self.open_local()
+        return await super().__call__(reactor, address, timeout=timeout, node=node)
+
+
 PLAIN = Dialer()
 """Plain TCP (a loopback cluster without TLS, and tests)."""

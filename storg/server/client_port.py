@@ -244,6 +244,12 @@ class ClientConnection(FrameReceiver):
         self._handshaken = True
         self.identity = peer_identity(self.transport)
 
+    def trust(self, identity: Identity | None) -> None:
+        """Take ``identity`` as the other end's, with no handshake: a connection made inside this
+        process (:mod:`storg.net.local_pipe`), whose other end is the node itself."""
+        self._handshaken = True
+        self.identity = identity
+
     def connectionLost(self, reason: object = None) -> None:
         if self.tls and not self._handshaken and isinstance(reason, Failure) \
                 and isinstance(reason.value, SSL.Error):

@@ -28,8 +28,9 @@ from twisted.logger import Logger
 from storg.config import Address, NodeConfig, cluster_id
 from storg.fsm.machine import FileStoreStateMachine
 from storg.fsm.members import MemberDirectory
-from storg.net.connection import PLAIN, Dialer
+from storg.net.connection import PLAIN, Dialer, RequestConnection
 from storg.net.credentials import TLSCredentials
+from storg.net.local_pipe import PipeAddress, connect_pipe
 from storg.net.tls import server_endpoint as tls_server_endpoint
 from storg.node.executor import PoolExecutor, reactor_pool
 from storg.node.raft_node import RaftNode, Timeout
@@ -121,6 +122,7 @@ class NodeService(service.MultiService):
         self.cluster_id = cluster_id(config)
         self.node: RaftNode | None = None
         self.transport: PeerTransport | None = None
+        self.client_port: ClientPortFactory | None = None
         self.log_store: DiskLogStore | None = None
         self.keyring: Keyring | None = None
         """The cluster key file, loaded at open_storage when the config has ``encryption``."""
@@ -263,6 +265,7 @@ class NodeService(service.MultiService):
             listeners.append((cfg.http_listen, site))
         client_port = ClientPortFactory(self, cfg.limits, self.reactor, tls=self.credentials is not None,
                                         is_member=self._is_member, on_request=on_request)
+        self.client_port = client_port
         for address, factory in (
             (cfg.peer_listen, self.transport.server_factory),
             (cfg.client_listen, client_port),
@@ -445,6 +448,21 @@ class NodeService(service.MultiService):
                      why=failure.getErrorMessage())
         if self.reactor.running:
             self.reactor.stop()
+
+    # -- the gateway's way in ------------------------------------------------
+
+    def open_local_client(self) -> RequestConnection:
+        """A client connection to this node's own client port through memory, for the S3 gateway
+        inside this process (:mod:`storg.net.local_pipe`): no socket, no TLS, the same port's
+        checks, limits and handlers; its other end is this node, so it has this node's identity."""
+        assert self.client_port is not None, "the client port is made in startService"
+        client = RequestConnection()
+        server = self.client_port.buildProtocol(PipeAddress(f"{self.config.node_id}'s gateway"))
+        trust = getattr(server, "trust", None)  # not on a refusal (too many connections)
+        if trust is not None:
+            trust(self.credentials.identity if self.credentials is not None else None)
+        connect_pipe(self.reactor, client, server, f"{self.config.node_id}'s gateway")
+        return client
 
     # -- peers -------------------------------------------------------------
 

@@ -71,7 +71,10 @@ def held(monkeypatch: pytest.MonkeyPatch) -> list:
         pending.append((d, f, args))
         return d
 
+    # Pieces this small are hashed at once in real runs (hash_off_reactor); held here as a large
+    # piece's hash is, so the node can go away while it is still being hashed.
     monkeypatch.setattr(streams, "in_thread", in_thread)
+    monkeypatch.setattr(streams, "hash_off_reactor", in_thread)
     return pending
 
 

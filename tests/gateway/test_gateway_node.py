@@ -30,6 +30,7 @@ from storg.gateway.multipart import expire_uploads
 from storg.gateway.service import GatewayService
 from storg.net.certs import init_dir
 from storg.net.credentials import TLSCredentials
+from storg.net.local_pipe import PipeEnd
 from storg.server.service import NodeService
 from storg.testing.devcluster import free_port
 
@@ -114,6 +115,26 @@ async def test_round_trip_and_a_revoked_key(node):
     assert info.attrs.etag == hashlib.md5(body).hexdigest() and done["index"] >= info.version
     await node.admin.s3_key_revoke(key_id)
     assert await deferToThread(code_of, s3.get_object, Bucket="round-trip", Key="dir/k") == "InvalidAccessKeyId"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_gateway_reaches_its_own_node_through_memory_with_the_nodes_identity(node):
+    """No loopback TLS hop inside the process: the gateway's connection to its node is a pipe,
+    counted by the client port like any connection, and the port knows it is the node itself."""
+    key_id, secret = await node.admin.s3_key_create("dave", "readwrite")
+    s3 = node.boto3(key_id, secret)
+
+    def work() -> bytes:
+        s3.create_bucket(Bucket="piped")
+        s3.put_object(Bucket="piped", Key="k", Body=b"through memory")
+        return s3.get_object(Bucket="piped", Key="k")["Body"].read()
+
+    assert await deferToThread(work) == b"through memory"
+    own = str(node.service.config.client_listen)
+    assert isinstance(node.gateway.client._connections[own].transport, PipeEnd)
+    piped = [c for c in node.service.client_port.connections if isinstance(c.transport, PipeEnd)]
+    assert len(piped) == 1
+    assert piped[0].identity is not None and piped[0].identity.name == "n1" and piped[0].identity.is_node
 
 
 @pytest_twisted.ensureDeferred
