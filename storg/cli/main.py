@@ -18,7 +18,6 @@ never suspend.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -213,6 +212,17 @@ def cluster_addresses(option: str | None) -> list[str]:
     return addresses
 
 
+def print_json(value: Any) -> None:
+    """``--json`` output: one line of JSON on stdout.
+
+    json is imported here, not with the module: most storgctl runs print
+    no JSON, and they start faster without it.
+    """
+    import json
+
+    print(json.dumps(value))
+
+
 def format_status(rows: list[dict[str, Any]]) -> str:
     headers = ("ID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST")
     table = [headers] + [
@@ -244,7 +254,7 @@ def status_summary(rows: list[dict[str, Any]]) -> str:
 async def run_status(client: StorgClient, args: argparse.Namespace) -> int:
     rows = await client.status()
     if args.json:
-        print(json.dumps(rows))
+        print_json(rows)
     else:
         print(status_summary(rows))
         print(format_status(rows))
@@ -261,7 +271,7 @@ async def run_scrub(client: StorgClient, args: argparse.Namespace) -> int:
     """One row per member: chunks checked, bad and missing copies, repairs, under-replicated chunks."""
     rows = await client.scrub(start=args.start)
     if args.json:
-        print(json.dumps(rows))
+        print_json(rows)
         return EXIT_OK
     table = [tuple(h for h, _ in SCRUB_COLUMNS)] + [
         tuple("-" if row.get(k) is None else str(row[k]).lower() for _, k in SCRUB_COLUMNS)
@@ -424,7 +434,7 @@ async def run_put(client: StorgClient, args: argparse.Namespace) -> int:
         if bar is not None:
             bar.finish()
     if args.json:
-        print(json.dumps(file_dict(info)))
+        print_json(file_dict(info))
     return EXIT_OK
 
 
@@ -450,7 +460,7 @@ async def run_get(client: StorgClient, args: argparse.Namespace) -> int:
 async def run_ls(client: StorgClient, args: argparse.Namespace) -> int:
     files = await client.ls(args.prefix, stale=args.stale)
     if args.json:
-        print(json.dumps([file_dict(f) for f in files]))
+        print_json([file_dict(f) for f in files])
     elif files:
         print(format_ls(files))
     return EXIT_OK
@@ -459,7 +469,7 @@ async def run_ls(client: StorgClient, args: argparse.Namespace) -> int:
 async def run_stat(client: StorgClient, args: argparse.Namespace) -> int:
     info = await client.stat(args.remote, stale=args.stale)
     if args.json:
-        print(json.dumps(file_dict(info, chunks=True)))
+        print_json(file_dict(info, chunks=True))
     else:
         print(format_stat(info))
     return EXIT_OK
@@ -471,7 +481,7 @@ async def run_rm(client: StorgClient, args: argparse.Namespace) -> int:
         return await namespace_ops.run_rm_tree(client, args)
     version = await client.rm(args.remote)
     if args.json:
-        print(json.dumps({"path": args.remote, "version": version}))
+        print_json({"path": args.remote, "version": version})
     return EXIT_OK
 
 

@@ -113,7 +113,11 @@ class Connection:
         self.requests: Requests[object] = Requests()
         self.answered = False
         self._head = bytearray(FRAME_HEADER.size)
-        sock = socket.create_connection((host, port), timeout=max(timeout, 0.01))
+        # An ASCII host as bytes: getaddrinfo encodes a str with the idna codec, whose import
+        # (with stringprep's tables) costs a short-lived storgctl more than resolving the address.
+        # (typeshed types the host as str only; create_connection passes it to getaddrinfo, which takes bytes.)
+        dialled: Any = host.encode("ascii") if host.isascii() else host
+        sock = socket.create_connection((dialled, port), timeout=max(timeout, 0.01))
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.sock: Any = sock if tls is None else tls.wrap(sock, expected_node)

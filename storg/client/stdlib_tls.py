@@ -120,8 +120,26 @@ def _check_own_certificate(path: str) -> None:
         identity_of_peercert(cert)
     except IdentityError as exc:
         raise TLSConfigError(f"{path}: {exc}") from None
-    now = time.time()
-    if ssl.cert_time_to_seconds(cert["notAfter"]) < now:
+    now = time.gmtime()[:6]
+    if _utc_fields(cert["notAfter"]) < now:
         raise TLSConfigError(f"{path}: the certificate expired on {cert['notAfter']}")
-    if ssl.cert_time_to_seconds(cert["notBefore"]) > now:
+    if _utc_fields(cert["notBefore"]) > now:
         raise TLSConfigError(f"{path}: the certificate is not valid before {cert['notBefore']}")
+
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _utc_fields(text: str) -> tuple[int, int, int, int, int, int]:
+    """(year, month, day, hour, minute, second) of a certificate time (``Jun  1 12:00:00 2026 GMT``).
+
+    Compared with ``time.gmtime()[:6]`` instead of turned into seconds with
+    ``ssl.cert_time_to_seconds``, whose ``strptime`` and ``calendar``
+    imports cost a short-lived storgctl about as much as its request's
+    frames; a malformed time is a ValueError either way.
+    """
+    month, day, clock, year, zone = text.split()
+    hour, minute, second = clock.split(":")
+    if zone != "GMT":
+        raise ValueError(f"time data {text!r} is not in GMT")
+    return int(year), _MONTHS.index(month) + 1, int(day), int(hour), int(minute), int(second)

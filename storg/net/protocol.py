@@ -74,7 +74,10 @@ def frame_bytes(obj: Any) -> list[bytes]:
     A bulk frame (file bytes) keeps its payload as the last item, not
     copied (see :mod:`storg.wire.bulk`); anything else is encoded whole.
     """
-    if type(obj) in bulk_types() and len(obj.data) >= BULK_MIN:
+    # The payload's size first: bulk_types() builds the node-only chunk frames, which a
+    # short-lived storgctl sending small frames must not pay for.
+    data = getattr(obj, "data", None)
+    if isinstance(data, (bytes, bytearray, memoryview)) and len(data) >= BULK_MIN and type(obj) in bulk_types():
         return bulk_frame(obj)
     body = CODEC.encode(obj)
     return [FRAME_HEADER.pack(len(body)), body]

@@ -45,7 +45,7 @@ from storg.wire.messages import (
     StatusReply,
     StatusRequest,
 )
-from storg.wire.records import CodecError, Reader
+from storg.wire.reader import CodecError, Reader
 
 FRAME_MODULES = (
     "storg.wire.admin",  # the membership and transfer frames
@@ -53,6 +53,7 @@ FRAME_MODULES = (
     "storg.wire.chunks",  # the file store's frames that only nodes send or apply
     "storg.wire.files",  # the file store's frames
     "storg.wire.objects",  # object attributes, compose, S3 keys (issue 18)
+    "storg.wire.raft",  # Raft's messages (type bytes 1..13)
     "storg.wire.snapshots",  # the snapshot streaming frames
     "storg.wire.tree",  # mv, cp, rm -r, conditional puts, watch
 )

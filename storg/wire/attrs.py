@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from storg.wire.records import CodecError, Reader
+from storg.wire.reader import CodecError, Reader
 from storg.wire.schema import STR16, STR_PAIRS, U64, ListOf, compile_reader, fields_of, layout, write_fields
 
 MAX_ATTRS_BYTES = 1 << 20

@@ -18,7 +18,7 @@ from functools import cache
 from typing import Any
 
 from storg.wire.codec import CODEC, MAX_FRAME_BYTES
-from storg.wire.records import CodecError
+from storg.wire.reader import CodecError
 
 FRAME_HEADER = struct.Struct("!I")
 """The int32 length prefix of every frame (``Int32StringReceiver``'s)."""

@@ -12,18 +12,13 @@ node keeps serving.
 Type bytes:
 
 * 1..13: Raft :class:`~storg.raft.types.Message`, type byte = ``MessageType``
+  (registered by :mod:`storg.wire.raft`, a frame module, so that a process
+  that sends no Raft message does not import the core's types)
 * 32 Hello, 33 HelloRefused, 34 StatusRequest, 35 StatusReply, 36 ErrorReply,
   37 MemberAddress (also nested in StatusReply; on its own it is the
   ``context`` of a membership change, so every node learns the address)
 * later issues register client and file messages on :data:`CODEC` with
   :meth:`Codec.register`, using bytes not taken here.
-
-Raft message layout (the same for every MessageType, so every field
-round-trips whatever the type): frm (u8 len + UTF-8), to (same), term u64,
-log_term u64, index u64, commit u64, reject_hint u64, hint_term u64,
-flags u8 (bit 0 reject, bit 1 snapshot present), context (u32 len + bytes),
-n_entries u32, entries (layout of :mod:`storg.wire.records`), then the
-snapshot meta when flag bit 1 is set.
 """
 
 from __future__ import annotations
@@ -33,10 +28,8 @@ import struct
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
-from storg.raft.types import Message, MessageType
 from storg.wire.messages import (
     ErrorReply,
     Hello,
@@ -50,18 +43,7 @@ from storg.wire.messages import (
     StatusReply,
     StatusRequest,
 )
-from storg.wire.records import (
-    CodecError,
-    Reader,
-    bytes32,
-    encode_entry,
-    encode_snapshot_meta,
-    read_entries,
-    read_snapshot_meta,
-    short_str,
-    str16,
-    str32,
-)
+from storg.wire.reader import CodecError, Reader, bytes32, short_str, str16, str32
 
 PROTOCOL_VERSION = 1
 """First byte of every frame body; bump it when any layout changes."""
@@ -156,6 +138,9 @@ class Codec:
     def type_byte(self, obj: object) -> int:
         """The type byte ``obj`` would be sent with; CodecError if it has none."""
         family = self._families.get(type(obj))
+        if family is None:  # a class whose frame module is not imported yet (storg.wire.raft's Message)
+            self._load_pending()
+            family = self._families.get(type(obj))
         if family is None:
             raise CodecError(f"no layout for {type(obj).__name__}")
         try:
@@ -233,45 +218,9 @@ def check_count(r: Reader, count: int, min_item_bytes: int, what: str) -> None:
         raise CodecError(f"{count} {what} cannot fit in the {r.remaining()} bytes left")
 
 
-# --- Raft messages --------------------------------------------------------
-
-_MSG_INTS = struct.Struct(">QQQQQQB")
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
-_FLAG_REJECT = 1
-_FLAG_SNAPSHOT = 2
-_KNOWN_FLAGS = _FLAG_REJECT | _FLAG_SNAPSHOT
-
-
-def encode_message(m: Message, out: list[bytes]) -> None:
-    """Every field, whatever the type, so a message always round-trips exactly."""
-    flags = (_FLAG_REJECT if m.reject else 0) | (_FLAG_SNAPSHOT if m.snapshot is not None else 0)
-    out.append(short_str(m.frm))
-    out.append(short_str(m.to))
-    out.append(_MSG_INTS.pack(m.term, m.log_term, m.index, m.commit, m.reject_hint, m.hint_term, flags))
-    out.append(bytes32(m.context))
-    out.append(_U32.pack(len(m.entries)))
-    out.extend(map(encode_entry, m.entries))
-    if m.snapshot is not None:
-        out.append(encode_snapshot_meta(m.snapshot))
-
-
-def read_message(kind: MessageType, r: Reader) -> Message:
-    """``kind`` comes from the type byte (bound with functools.partial at registration)."""
-    frm = r.short_str()
-    to = r.short_str()
-    term, log_term, index, commit, reject_hint, hint_term, flags = r.unpack(_MSG_INTS)
-    if flags & ~_KNOWN_FLAGS:
-        raise CodecError(f"unknown message flags {flags:#x}")
-    context = r.bytes32()
-    entries = read_entries(r, r.u32())
-    snapshot = read_snapshot_meta(r) if flags & _FLAG_SNAPSHOT else None
-    return Message(
-        type=kind, frm=frm, to=to, term=term, log_term=log_term, index=index,
-        entries=entries, commit=commit, reject=bool(flags & _FLAG_REJECT),
-        reject_hint=reject_hint, hint_term=hint_term, context=context, snapshot=snapshot,
-    )
 
 
 # --- Peer handshake and status ---------------------------------------------
@@ -396,12 +345,6 @@ def read_probe_command(r: Reader) -> ProbeCommand:
 
 def _build() -> Codec:
     codec = Codec()
-    codec.register_family(
-        Message,
-        encode_message,
-        {int(kind): partial(read_message, kind) for kind in MessageType},
-        lambda m: int(m.type),
-    )
     codec.register(HELLO, Hello, encode_hello, read_hello)
     codec.register(HELLO_REFUSED, HelloRefused, encode_hello_refused, read_hello_refused)
     codec.register(STATUS_REQUEST, StatusRequest, encode_status_request, read_status_request)

@@ -24,7 +24,7 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from storg.wire.records import CodecError, Reader, bytes32, short_str, str16, str32
+from storg.wire.reader import CodecError, Reader, bytes32, short_str, str16, str32
 
 if TYPE_CHECKING:
     from storg.wire.codec import Codec

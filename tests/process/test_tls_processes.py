@@ -151,3 +151,31 @@ def test_the_fast_commands_as_fresh_storgctl_processes(cluster, tmp_path):
     assert run(cluster, env, "rm", "/fresh/f").returncode == 0
     out = run(cluster, env, "stat", "/fresh/f")
     assert out.returncode == 1 and out.stderr == b"storgctl: /fresh/f: not found\n"
+
+
+NOT_ON_THE_FAST_PATH = ("twisted", "cryptography", "OpenSSL", "yaml", "storg.raft", "storg.wire.raft",
+                        "storg.wire.chunks", "json", "_strptime", "encodings.idna")
+"""What put, get and status of a small file must not import (each costs a storgctl milliseconds):
+the Twisted stack, the consensus core's types and the node-only frames, json without --json, the
+date parsing that ssl.cert_time_to_seconds pulls in, and the idna codec for an ASCII address."""
+
+
+@pytest.mark.parametrize("command", [["put", "{local}", "/lean/f"], ["get", "/lean/f"], ["status"]])
+def test_the_fast_commands_import_only_what_they_use(cluster, tmp_path, command):
+    """The real entry point over mutual TLS, under ``python -X importtime`` (which lists every
+    import on stderr): a module of NOT_ON_THE_FAST_PATH, or a package below one, fails it."""
+    local = tmp_path / "one-kib"
+    local.write_bytes(os.urandom(1024))
+    if command[0] == "get":
+        assert run(cluster, cluster.env, "put", str(local), "/lean/f").returncode == 0
+    addresses = ",".join(n.client_address for n in cluster.nodes.values())
+    argv = [a.format(local=local) for a in command]
+    out = subprocess.run([str(BIN / "python"), "-X", "importtime", str(BIN / "storgctl"), "--cluster", addresses,
+                          *argv], env=cluster.env, capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stderr.decode().splitlines()
+    imported = {line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:")}
+    assert "storg.client.blocking" in imported and "ssl" in imported  # the listing is what ran
+    assert [line for line in lines if not line.startswith("import time:")] == []
+    unwanted = sorted(m for m in imported if any(m == p or m.startswith(p + ".") for p in NOT_ON_THE_FAST_PATH))
+    assert unwanted == []
