@@ -4,10 +4,13 @@
 arrive (an HTTP request body): ``write`` sends them to the leader in
 frames of its ``max_frame`` and fires once the connection can take more,
 which is the caller's flow control; ``finish`` commits only when the
-caller has validated the body (its signature, its checksums), and
-``abort`` drops the upload without committing anything.  It is the same
-upload protocol as :meth:`StorgClient.put` (PutStart..., PutData,
-PutEnd) with the same start frame (:func:`~storg.client.upload.start_frame`);
+caller has validated the body (its signature, its checksums), and may
+give the object's final attributes then (a checksum from an aws-chunked
+trailer), which go into the put's one entry; ``abort`` drops the upload
+without committing anything.  It is the same upload protocol as
+:meth:`StorgClient.put` (PutStart..., PutData, PutEnd or PutEndObject)
+with the same start and end frames (:func:`~storg.client.upload.start_frame`,
+:func:`~storg.client.upload.end_frame`);
 what differs is who drives it: a pushed body cannot be read again, so a
 lost connection fails the put (ClusterUnavailable) instead of retrying.
 
@@ -35,10 +38,11 @@ from twisted.internet import error as net_error
 
 from storg.client.errors import BadRequest, ClusterUnavailable, IntegrityError, LocalError, ProtocolViolation
 from storg.client.transfer import MAX_PIECE, Deadline, Watchdog, consume, hash_off_reactor, in_thread
+from storg.client.upload import end_frame
 from storg.net.connection import RequestConnection, Stream
 from storg.net.verify import PartsHasher, content_hasher
-from storg.wire.files import WHOLE, FileInfo, GetData, GetEnd, GetRequest, GetStart, PutData, PutEnd
-from storg.wire.objects import PutAbort
+from storg.wire.files import WHOLE, FileInfo, GetData, GetEnd, GetRequest, GetStart, PutData
+from storg.wire.objects import ObjectAttrs, PutAbort
 
 _LOST = (net_error.ConnectError, net_error.ConnectionClosed, defer.TimeoutError, defer.CancelledError,
          ProtocolViolation, ConnectionError)
@@ -109,13 +113,19 @@ class PutStream:
                 raise self._fail(exc) from None
             stream.send(PutData(stream.request_id, data[pos:pos + self._piece]))
 
-    def finish(self) -> defer.Deferred:
-        """Commit: fires with the FileInfo (``version`` is the put's log index) once applied."""
+    def finish(self, attrs: ObjectAttrs | None = None) -> defer.Deferred:
+        """Commit: fires with the FileInfo (``version`` is the put's log index) once applied.
+
+        ``attrs``, if given, are the object's attributes in place of those
+        given to ``put_stream`` (the gateway's checksum from a trailer,
+        known only now), stored in the put's own entry: one commit.  An
+        empty ``etag`` is filled with the node's MD5, as at the start.
+        """
         if self._over:
             return defer.fail(self._error or ProtocolViolation("the put stream is finished"))
-        return defer.Deferred.fromCoroutine(self._finish())
+        return defer.Deferred.fromCoroutine(self._finish(attrs))
 
-    async def _finish(self) -> FileInfo:
+    async def _finish(self, attrs: ObjectAttrs | None) -> FileInfo:
         try:
             await self._last
             if self.size is not None and self._sent != self.size:
@@ -124,7 +134,7 @@ class PutStream:
             stream = self._stream
             assert stream is not None
             self._over = True
-            stream.send(PutEnd(stream.request_id, self._sent, self._sha.hexdigest()))
+            stream.send(end_frame(stream.request_id, self._sent, self._sha.hexdigest(), attrs))
             try:
                 reply = await stream.done
             except Exception as exc:

@@ -35,7 +35,7 @@ from storg.wire.files import (
     PutReady,
     PutStart,
 )
-from storg.wire.objects import NO_ATTRS, ObjectAttrs, PutAbort, PutStartObject
+from storg.wire.objects import NO_ATTRS, ObjectAttrs, PutAbort, PutEndObject, PutStartObject
 from storg.wire.tree import PutStartIf
 
 
@@ -112,6 +112,17 @@ def start_frame(request_id: int, path: str, client_id: int, seq: int, *, if_abse
     if if_absent or if_match:
         return PutStartIf(request_id, path, client_id, seq, if_absent, if_match)
     return PutStart(request_id, path, client_id, seq)
+
+
+def end_frame(request_id: int, size: int, sha256: str, attrs: ObjectAttrs | None = None) -> PutEnd | PutEndObject:
+    """A put's last frame: what was sent (size, SHA-256) and, if given, the put's final attributes.
+
+    ``attrs`` replace the start's in the put's entry (a checksum known only
+    after the body, from an aws-chunked trailer); None keeps the start's.
+    """
+    if attrs is None:
+        return PutEnd(request_id, size, sha256)
+    return PutEndObject(request_id, size, sha256, attrs)
 
 
 class Upload:

@@ -28,10 +28,8 @@ from storg.gateway.objects import (
     check_copy_source_conditions,
     checksum_headers,
     copy_source,
-    finish,
-    header_checksum,
     put_conditions,
-    stream_into,
+    put_streamed,
 )
 from storg.s3 import checksums, names, xml
 from storg.s3.errors import S3Error
@@ -92,15 +90,15 @@ async def upload_part(ex: S3Exchange) -> Response:
     if size is not None and size <= SMALL_BODY:
         data = await ex.small_body(SMALL_BODY)
         info = await ex.client.put(io.BytesIO(data), names.part_path(upload_id, number),
-                                   attrs=ObjectAttrs(checksums=(ex.checksum,) if ex.checksum else ()))
+                                   attrs=_part_attrs(ex.checksum))
         return Response(headers=[("ETag", etag_of(info)), *checksum_headers(info.attrs)], index=info.version)
-    given = header_checksum(ex)
-    stream = ex.client.put_stream(names.part_path(upload_id, number), size=size,
-                                  attrs=ObjectAttrs(checksums=(given,) if given else ()))
-    await stream_into(ex, stream)
-    info = await finish(ex, stream, names.part_path(upload_id, number),
-                        ObjectAttrs(checksums=(ex.checksum,) if ex.checksum else ()))
+    info = await put_streamed(ex, names.part_path(upload_id, number), size, _part_attrs)
     return Response(headers=[("ETag", etag_of(info)), *checksum_headers(info.attrs)], index=info.version)
+
+
+def _part_attrs(checksum: tuple[str, str] | None) -> ObjectAttrs:
+    """A part's attributes: its checksum, if the request gave one (the ETag is the node's MD5)."""
+    return ObjectAttrs(checksums=(checksum,) if checksum else ())
 
 
 def _copy_range(ex: S3Exchange, size: int) -> tuple[int, int] | None:

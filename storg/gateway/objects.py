@@ -14,8 +14,8 @@ applies, so of two racing writers exactly one wins.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import io
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -38,12 +38,16 @@ from storg.gateway.common import (
 from storg.gateway.handler import READ, WRITE, Response, S3Exchange
 from storg.s3 import checksums, conditions, names, ranges, xml
 from storg.s3.errors import S3Error
+from storg.wire.attrs import ObjectAttrs
+from storg.wire.files import FileInfo
 
 MAX_PUT = 5 * 1024 ** 3
-SMALL_BODY = 1024 * 1024
-"""A body up to this size is read whole before it is stored (its checksum, if in the trailer,
-then goes into the put's own entry); a larger one streams into the cluster as it arrives."""
 """S3's largest single PUT (5 GiB); larger objects are multipart."""
+
+SMALL_BODY = 1024 * 1024
+"""A body up to this size is read whole before it is stored, then put in one round trip; a
+larger one streams into the cluster as it arrives.  Either way a checksum that comes in the
+trailer goes into the put's own entry (PutStream.finish(attrs=...))."""
 
 DELETE_CONCURRENCY = 16
 """DeleteObjects removes this many keys at once."""
@@ -121,11 +125,27 @@ async def put_object(ex: S3Exchange) -> Response:
         info = await ex.client.put(io.BytesIO(data), path, if_absent=if_absent, if_match_etag=if_match,
                                    attrs=request_attrs(ex, checksum=ex.checksum))
         return Response(headers=[("ETag", etag_of(info)), *checksum_headers(info.attrs)], index=info.version)
-    attrs = request_attrs(ex, checksum=header_checksum(ex))
-    stream = ex.client.put_stream(path, size=size, attrs=attrs, if_absent=if_absent, if_match_etag=if_match)
-    await stream_into(ex, stream)
-    info = await finish(ex, stream, path, request_attrs(ex, checksum=ex.checksum))
+    info = await put_streamed(ex, path, size, lambda checksum: request_attrs(ex, checksum=checksum),
+                              if_absent=if_absent, if_match_etag=if_match)
     return Response(headers=[("ETag", etag_of(info)), *checksum_headers(info.attrs)], index=info.version)
+
+
+async def put_streamed(ex: S3Exchange, path: str, size: int | None,
+                       attrs_of: Callable[[tuple[str, str] | None], ObjectAttrs], *,
+                       if_absent: bool = False, if_match_etag: str = "") -> FileInfo:
+    """The request's body streamed into the file ``path``, committed once every check passed.
+
+    ``attrs_of(checksum)`` makes the object's attributes: at the start
+    with the checksum a header named, at the end with the one the body
+    was checked against, which may have come only now, in the aws-chunked
+    trailer.  The end's go into the put's own entry (one commit, no
+    second write to add the checksum).
+    """
+    stream = ex.client.put_stream(path, size=size, attrs=attrs_of(header_checksum(ex)), if_absent=if_absent,
+                                  if_match_etag=if_match_etag)
+    await stream_into(ex, stream)
+    info: FileInfo = await stream.finish(attrs=attrs_of(ex.checksum))
+    return info
 
 
 async def stream_into(ex: S3Exchange, stream: Any) -> None:
@@ -140,26 +160,6 @@ async def stream_into(ex: S3Exchange, stream: Any) -> None:
     except BaseException:
         stream.abort()
         raise
-
-
-async def finish(ex: S3Exchange, stream: Any, path: str, attrs: Any) -> Any:
-    """Commit ``stream`` with ``attrs`` (their checksum is known only now, after the body).
-
-    The client library's ``finish(attrs=...)`` stores them in the put's own
-    entry.  A library without it (helper B's first version) stores what was
-    given at ``put_stream``; a checksum learned from the trailer is then set
-    by a second entry, a copy of the file onto itself with the attributes
-    (the ETag the node computed kept).
-    """
-    if "attrs" in inspect.signature(stream.finish).parameters:
-        return await stream.finish(attrs=attrs)
-    info = await stream.finish()
-    if tuple(attrs.checksums) == tuple(info.attrs.checksums):
-        return info
-    wanted = dataclasses.replace(attrs, etag=info.attrs.etag or attrs.etag)
-    await ex.client.cp(path, path, force=True, attrs=wanted)
-    updated, _ = await ex.client.stat_at(path)
-    return updated
 
 
 def _precondition(ex: S3Exchange, info: Any) -> Response | None:

@@ -8,7 +8,7 @@ each request type needs one permission:
 ==============  =================================================================
 ``cluster``     status, member list, scrub counters: who is who, no file data
 ``read``        get (ranged too), ls (and its pages), stat, watch, ProbeRead, batched gets (get -r)
-``write``       put (PutStart, PutStartIf, PutStartObject, PutData, PutEnd, PutAbort, batched puts),
+``write``       put (PutStart, PutStartIf, PutStartObject, PutData, PutEnd, PutEndObject, PutAbort, batched puts),
                 rm, mv, cp (with attributes too), rm -r, compose, ProbeWrite
 ``admin``       member add and remove, leader transfer, starting a scrub pass, S3 access
                 keys (create, list, revoke: a key is a credential, like a certificate)
@@ -68,6 +68,7 @@ from storg.wire.objects import (
     ComposeRequest,
     CopyAttrsRequest,
     PutAbort,
+    PutEndObject,
     PutStartObject,
     S3KeyCreateRequest,
     S3KeyListRequest,
@@ -123,6 +124,7 @@ REQUIRED: dict[type, str | Callable[[Any], str]] = {
     RemoveTreeRequest: WRITE,
     PutData: WRITE,
     PutEnd: WRITE,
+    PutEndObject: WRITE,
     RmRequest: WRITE,
     ProbeWrite: WRITE,
     MemberAddRequest: ADMIN,

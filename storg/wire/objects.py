@@ -28,6 +28,7 @@ from storg.wire.schema import (
     BOOL,
     BYTES32,
     ID,
+    SHA256,
     STR16,
     U64,
     ListOf,
@@ -64,6 +65,25 @@ class PutAbort:
     """Drop the upload ``request_id`` of this connection: nothing is committed (its chunks are collected)."""
 
     request_id: int
+
+
+@layout(U64, U64, SHA256, Nested(ObjectAttrs))
+@dataclass(frozen=True, slots=True)
+class PutEndObject:
+    """``PutEnd`` that also gives the put's final attributes, in place of those of its start.
+
+    The S3 gateway learns an aws-chunked body's checksum only from the
+    trailer, after the last byte: sent here, it goes into the put's own
+    entry (one commit, no second write).  The conditions stay the start's;
+    the node fills ``attrs.etag`` with its MD5 if it is empty.  A frame of
+    its own, not a field added to ``PutEnd``, so that the PutEnd every
+    other put sends keeps its layout.
+    """
+
+    request_id: int
+    size: int
+    sha256: str
+    attrs: ObjectAttrs
 
 
 @layout(U64, STR16, STR16, U64, U64, BOOL, Nested(ObjectAttrs))
@@ -226,7 +246,7 @@ _TYPE_BYTES: dict[int, type] = {
     17: S3KeyCreateCommand, 18: S3KeyRevokeCommand,
     130: PutStartObject, 131: PutAbort, 132: CopyAttrsRequest, 133: ComposeRequest,
     134: S3KeyCreateRequest, 135: S3KeyRevokeRequest, 136: S3KeyListRequest, 137: S3KeyListReply,
-    138: S3KeyDone,
+    138: S3KeyDone, 139: PutEndObject,
 }
 
 for _tb, _cls in _TYPE_BYTES.items():

@@ -28,6 +28,7 @@ from storg.client.errors import (
     ClusterUnavailable,
     ConflictError,
     IntegrityError,
+    LimitExceeded,
     LocalError,
     NotFoundError,
     ProtocolViolation,
@@ -96,6 +97,58 @@ async def test_put_stream_pushes_pieces_with_flow_control_and_commits_on_finish(
     assert await read(client, "/s/obj") == data
 
 
+async def _no_uploads_left(client) -> None:
+    uploads = client.service.files._uploads
+    for _ in range(100):
+        if not uploads:
+            return
+        await deferLater(reactor, 0.02, lambda: None)
+    assert not uploads
+
+
+@pytest_twisted.ensureDeferred
+async def test_put_stream_finish_with_attrs_stores_them_in_the_one_entry(client) -> None:
+    data = os.urandom(3 * CHUNK + 9)
+    node = client.service.node
+    await client.put(io.BytesIO(b"first"), "/s/first")  # the leader's own first entry is applied by now
+    stream = client.put_stream("/s/trailer", size=len(data), attrs=ObjectAttrs(content_type="text/plain"))
+    await stream.write(data)
+    before = node.applied_index
+    final = ObjectAttrs(content_type="text/plain", metadata=(("m", "1"),), checksums=(("CRC32", "q83vEg=="),))
+    info = await stream.finish(attrs=final)
+    assert node.applied_index == before + 1 and info.version == before + 1  # one entry: the put's
+    assert info.attrs == ObjectAttrs(md5(data), "text/plain", (("m", "1"),), (("CRC32", "q83vEg=="),))
+    assert (await client.stat("/s/trailer")).attrs == info.attrs
+    assert await read(client, "/s/trailer") == data
+    # The start's conditions still hold with the end's attributes.
+    again = client.put_stream("/s/trailer", if_absent=True)
+    await again.write(b"second")
+    with pytest.raises(ConflictError):
+        await again.finish(attrs=ObjectAttrs(checksums=(("CRC32", "AAAAAA=="),)))
+    assert (await client.stat("/s/trailer")).attrs == info.attrs
+
+
+@pytest_twisted.ensureDeferred
+async def test_put_stream_finish_with_bad_attrs_is_refused_and_stores_nothing(client) -> None:
+    node = client.service.node
+    await client.put(io.BytesIO(b"first"), "/s/first")  # the leader's own first entry is applied by now
+    stream = client.put_stream("/s/parts")
+    await stream.write(os.urandom(2 * CHUNK))
+    before = node.applied_index
+    with pytest.raises(BadRequest, match="parts"):
+        await stream.finish(attrs=ObjectAttrs(parts=(CHUNK, CHUNK)))
+    huge = client.put_stream("/s/huge")
+    await huge.write(b"x")
+    with pytest.raises(LimitExceeded, match="exceed"):
+        await huge.finish(attrs=ObjectAttrs(metadata=tuple((f"k{i}", "v" * 200) for i in range(6000))))
+    assert node.applied_index == before
+    for path in ("/s/parts", "/s/huge"):
+        with pytest.raises(NotFoundError):
+            await client.stat(path)
+    await _no_uploads_left(client)
+    await client.put(io.BytesIO(b"after"), "/s/after")  # the connection still serves
+
+
 @pytest_twisted.ensureDeferred
 async def test_an_aborted_put_stream_commits_nothing_and_the_client_goes_on(client) -> None:
     stream = client.put_stream("/s/aborted")
@@ -110,12 +163,7 @@ async def test_an_aborted_put_stream_commits_nothing_and_the_client_goes_on(clie
     # The connection and the upload slots still serve.
     await client.put(io.BytesIO(b"after"), "/s/after")
     assert await read(client, "/s/after") == b"after"
-    uploads = client.service.files._uploads
-    for _ in range(100):
-        if not uploads:
-            break
-        await deferLater(reactor, 0.02, lambda: None)
-    assert not uploads
+    await _no_uploads_left(client)
 
 
 @pytest_twisted.ensureDeferred

@@ -11,8 +11,12 @@ The real-client matrix is in tests/process/test_s3_*.py.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
+import os
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -135,6 +139,26 @@ async def test_the_gateway_reaches_its_own_node_through_memory_with_the_nodes_id
     piped = [c for c in node.service.client_port.connections if isinstance(c.transport, PipeEnd)]
     assert len(piped) == 1
     assert piped[0].identity is not None and piped[0].identity.name == "n1" and piped[0].identity.is_node
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_large_put_with_its_checksum_in_the_trailer_is_one_entry(node):
+    key_id, secret = await node.admin.s3_key_create("erin", "readwrite")
+    s3 = node.boto3(key_id, secret)
+    body = os.urandom(3 * 1024 * 1024 + 5)  # past SMALL_BODY: streamed into the cluster as it arrives
+    sent: list[dict] = []
+    s3.meta.events.register("before-send.s3.PutObject", lambda request, **_: sent.append(dict(request.headers)))
+    await deferToThread(s3.create_bucket, Bucket="trailer")
+    await node.admin.put(io.BytesIO(b"settle"), "/trailer/settle")  # every earlier entry is applied now
+    before = node.service.node.applied_index
+    put = await deferToThread(s3.put_object, Bucket="trailer", Key="big", Body=body)
+    headers = {k.lower(): v.decode() if isinstance(v, bytes) else v for k, v in sent[-1].items()}
+    assert headers.get("x-amz-trailer") == "x-amz-checksum-crc32", headers  # boto3 sends it after the body
+    crc = base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
+    assert put["ChecksumCRC32"] == crc
+    info = await node.admin.stat("/trailer/big")
+    assert info.attrs.checksums == (("CRC32", crc),) and info.attrs.etag == hashlib.md5(body).hexdigest()
+    assert node.service.node.applied_index == before + 1 == info.version  # the put's entry, no second write
 
 
 @pytest_twisted.ensureDeferred

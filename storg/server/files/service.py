@@ -121,7 +121,7 @@ from storg.wire.files import (
     StatReply,
     StatRequest,
 )
-from storg.wire.objects import PutAbort, PutStartObject
+from storg.wire.objects import ObjectAttrs, PutAbort, PutEndObject, PutStartObject
 from storg.wire.records import CodecError
 from storg.wire.tree import PutStartIf
 
@@ -189,13 +189,18 @@ def _condition(req: PutStart | PutStartIf | PutStartObject) -> ObjectWrite:
         raise RequestError(ErrorCode.BAD_REQUEST, "--if-absent and --if-match cannot both hold")
     if not isinstance(req, PutStartObject):
         return ObjectWrite(req.if_absent, match)
-    if req.attrs.parts:
+    return ObjectWrite(req.if_absent, match, etag, _checked_attrs(req.attrs))
+
+
+def _checked_attrs(attrs: ObjectAttrs) -> ObjectAttrs:
+    """A put's attributes (at its start or its end), checked for form as the state machine will."""
+    if attrs.parts:
         raise RequestError(ErrorCode.BAD_REQUEST, "only a composed file has parts")
     try:
-        pack_attrs(req.attrs)
+        pack_attrs(attrs)
     except CodecError as exc:
         raise RequestError(ErrorCode.LIMIT_EXCEEDED, str(exc)) from None
-    return ObjectWrite(req.if_absent, match, etag, req.attrs)
+    return attrs
 
 
 INLINE_RETRIES = 5
@@ -294,7 +299,7 @@ class FileService:
     def handlers(self) -> dict[type, Callable[[Any, ClientConnection], Any]]:
         return self.tree.handlers() | self.objects.handlers() | self.watches.handlers() | self.batches.handlers() | {
             PutStart: self.put_start, PutStartIf: self.put_start, PutStartObject: self.put_start,
-            PutData: self.put_data, PutEnd: self.put_end, PutAbort: self.put_abort,
+            PutData: self.put_data, PutEnd: self.put_end, PutEndObject: self.put_end, PutAbort: self.put_abort,
             GetRequest: self.get, LsRequest: self.ls, StatRequest: self.stat, RmRequest: self.rm,
             ChunkGet: self.chunk_get, ChunkPutAfter: self.chunk_put_after,
             ChunkPlacedQuery: self.chunk_placed,
@@ -353,13 +358,21 @@ class FileService:
             raise RequestError(ErrorCode.BAD_REQUEST, f"no upload {req.request_id} on this connection")
         upload.data(req.data)
 
-    def put_end(self, req: PutEnd, conn: ClientConnection) -> defer.Deferred:
+    def put_end(self, req: PutEnd | PutEndObject, conn: ClientConnection) -> defer.Deferred:
+        """The upload's last frame: commit it (PutEndObject: with the attributes it gives)."""
         key = (id(conn), req.request_id)
         upload = self._uploads.get(key)
         if upload is None:
             raise RequestError(ErrorCode.BAD_REQUEST, f"no upload {req.request_id} on this connection")
         if upload.ready is not None:
             upload.ready.cancel()
+        if isinstance(req, PutEndObject):
+            try:
+                upload.write = upload.write._replace(attrs=_checked_attrs(req.attrs))
+            except RequestError:
+                upload.abort(RequestError(ErrorCode.BAD_REQUEST, "the upload's final attributes were refused"))
+                self._drop_aborted(key)
+                raise
         d = upload.finish(req)
         d.addBoth(self._upload_over, key)
         return d

@@ -32,7 +32,7 @@ from storg.server.files.reserve import is_disk_full
 from storg.wire import CODEC, ErrorCode
 from storg.wire.chunks import PutFileCommand, PutInlineCommand
 from storg.wire.files import PutDone, PutEnd, PutStart
-from storg.wire.objects import NO_ATTRS, ObjectAttrs, PutObjectCommand, PutStartObject
+from storg.wire.objects import NO_ATTRS, ObjectAttrs, PutEndObject, PutObjectCommand, PutStartObject
 from storg.wire.tree import PutStartIf
 
 MAX_DATA_FRAME = 1 << 20
@@ -149,7 +149,8 @@ class Upload:
         self.start = start
         self.path = path
         self.write = write
-        """Conditions and attributes: the entry is a PutObjectCommand carrying them."""
+        """Conditions and attributes: the entry is a PutObjectCommand carrying them (a
+        PutEndObject replaces the attributes: the service sets them before ``finish``)."""
         self.buffer = bytearray()
         self.size = 0
         self.hasher = ContentHasher()
@@ -222,7 +223,7 @@ class Upload:
             self.conn.resume_reading()
         return result
 
-    def finish(self, end: PutEnd) -> defer.Deferred:
+    def finish(self, end: PutEnd | PutEndObject) -> defer.Deferred:
         """Fires with PutDone once the file's entry is applied (or fails with the refusal)."""
         if not self.chunk_results and len(self.buffer) <= INLINE_MAX and self.aborted is None:
             # A small file: no chunk round, so no generator and DeferredList either.
@@ -239,7 +240,7 @@ class Upload:
             return d.addCallback(lambda info: PutDone(request_id, info))
         return self._finish_chunked(end)
 
-    def _check_arrival(self, end: PutEnd) -> None:
+    def _check_arrival(self, end: PutEnd | PutEndObject) -> None:
         sha = self.hasher.hexdigest()
         if end.size != self.size or end.sha256 != sha:
             raise RequestError(ErrorCode.INTEGRITY,
@@ -247,7 +248,7 @@ class Upload:
                                f"the client sent {end.size} bytes with SHA-256 {end.sha256}")
 
     @defer.inlineCallbacks
-    def _finish_chunked(self, end: PutEnd):
+    def _finish_chunked(self, end: PutEnd | PutEndObject):
         if self.buffer:
             chunk, self.buffer = bytes(self.buffer), bytearray()
             self._replicate(chunk)

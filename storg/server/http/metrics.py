@@ -52,6 +52,7 @@ from storg.server.http import families as families_of
 from storg.server.http.families import Sources
 from storg.wire import files as wire_files
 from storg.wire import messages as wire_messages
+from storg.wire import objects as wire_objects
 
 log = Logger(namespace="storg.http.metrics")
 
@@ -77,7 +78,7 @@ NOT_TIMED = frozenset({wire_files.PutData})
 
 def operation_name(kind: type) -> str:
     """The ``operation`` label of a request type: ``PutEnd`` is ``put``, ``LsRequest`` is ``ls``."""
-    special = {wire_files.PutEnd: "put", wire_files.PutStart: "put_start",
+    special = {wire_files.PutEnd: "put", wire_objects.PutEndObject: "put", wire_files.PutStart: "put_start",
                wire_messages.StatusRequest: "status"}
     name = special.get(kind)
     if name is not None:
