@@ -193,6 +193,31 @@ def test_upload_stops_reading_past_its_window_and_resumes_as_chunks_settle(tmp_p
     assert replication.pending[0][1] is data[1]
 
 
+def test_uploads_together_stop_reading_past_the_node_budget_and_resume_as_chunks_settle(tmp_path):
+    """Four uploads on one connection (the gateway's parts), each within its own window of
+    three chunks: the node's budget (two windows, six chunks) is what stops the reading."""
+    service, _, _ = make(tmp_path, upload_window_chunks=3)
+    assert service.upload_budget.limit == 6 * CHUNK
+    service.hasher = lambda fn, *args: defer.maybeDeferred(fn, *args)
+    replication = HeldReplication()
+    service.replicator.replicate = replication
+    conn = Conn()
+    for rid in (1, 2, 3, 4):
+        service.put_start(PutStart(rid, f"/part{rid}", 5, rid), conn)
+    for rid in (1, 2, 3):
+        for _ in range(2):
+            service.put_data(PutData(rid, os.urandom(CHUNK)), conn)
+    assert conn.pauses == 0  # six chunks in flight: at the budget, not past it
+    service.put_data(PutData(4, os.urandom(CHUNK)), conn)
+    assert conn.pauses == 1 and conn.resumes == 0
+    assert service.upload_budget.in_flight == 7 * CHUNK
+    replication.release_one()  # one of the first upload's chunks is stored: back within the budget
+    assert conn.resumes == 1 and service.upload_budget.in_flight == 6 * CHUNK
+    while replication.pending:
+        replication.release_one()
+    assert service.upload_budget.in_flight == 0 and conn.pauses == conn.resumes == 1
+
+
 def test_upload_hash_covers_bytes_hashed_inline_and_in_the_thread(tmp_path):
     """Frames of odd sizes: the first bytes are hashed on the reactor, the rest in order in
     the thread; the PutEnd check sees the digest of the whole stream."""

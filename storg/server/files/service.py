@@ -81,6 +81,7 @@ from storg.server.files.replication import ChunkReplicator
 from storg.server.files.reserve import DiskReserve
 from storg.server.files.tree import TreeService
 from storg.server.files.upload import INLINE_MAX, MAX_DATA_FRAME, PLAIN_WRITE, ObjectWrite, Upload
+from storg.server.files.upload_budget import UploadBudget
 from storg.server.files.watch import WatchHub
 from storg.storage.errors import (
     ChunkNotFoundError,
@@ -157,6 +158,10 @@ def within_frame(files: list[FileInfo]) -> list[tuple[FileInfo, ...]]:
         size += cost
     runs.append(tuple(run))
     return runs
+
+UPLOAD_BUDGET_WINDOWS = 2
+"""All uploads on a node together have at most this many upload windows of chunks in flight
+(storg.server.files.upload_budget): one upload keeps its whole window, a second shares."""
 
 PLACED_QUERY_TIMEOUT = 5.0
 """Seconds a holder waits for the leader's answer to a ChunkPlacedQuery before refusing the put."""
@@ -255,6 +260,7 @@ class FileService:
         pool, whose threads may all be waiting on fsyncs."""
         self.chunk_size = chunk_size
         self.upload_window = upload_window_chunks * chunk_size
+        self.upload_budget = UploadBudget(UPLOAD_BUDGET_WINDOWS * self.upload_window)
         self.liveness = liveness if liveness is not None else Liveness(reactor)
         self.reserve = reserve if reserve is not None else DiskReserve(
             node.node_id, ".", 0, reactor=reactor, run_in_thread=hasher)  # none: never refuses
@@ -343,7 +349,8 @@ class FileService:
                                f"{limit} uploads are already open on this connection "
                                "(limits.max_uploads_per_connection)")
         upload = Upload(self.replicator, conn, req, path, chunk_size=self.chunk_size,
-                        window=self.upload_window, hasher=self.hasher, write=condition)
+                        window=self.upload_window, hasher=self.hasher, write=condition,
+                        budget=self.upload_budget)
         self._uploads[key] = upload
         self._uploads_per_conn[id(conn)] += 1
         conn.on_close(lambda: self._connection_gone(key))

@@ -29,6 +29,7 @@ from storg.node.executor import Submit
 from storg.server.client_port import ClientConnection, RequestError
 from storg.server.files.replication import ChunkReplicator
 from storg.server.files.reserve import is_disk_full
+from storg.server.files.upload_budget import UploadBudget
 from storg.wire import CODEC, ErrorCode
 from storg.wire.chunks import PutFileCommand, PutInlineCommand
 from storg.wire.files import PutDone, PutEnd, PutStart
@@ -138,12 +139,14 @@ class Upload:
     def __init__(self, replicator: ChunkReplicator, conn: ClientConnection,
                  start: PutStart | PutStartIf | PutStartObject,
                  path: str, *, chunk_size: int, window: int, hasher: Submit,
-                 write: ObjectWrite = PLAIN_WRITE) -> None:
+                 write: ObjectWrite = PLAIN_WRITE, budget: UploadBudget | None = None) -> None:
         self.replicator = replicator
         self.node = replicator.node
         self.chunk_size = chunk_size
         self.window = window
         """Bytes of chunks not yet stored and hashed past which the client's socket is not read."""
+        self.budget = budget if budget is not None else UploadBudget(window)
+        """The node's bound on all uploads' bytes in flight (storg.server.files.upload_budget)."""
         self.run_hash = hasher
         self.conn = conn
         self.start = start
@@ -186,9 +189,12 @@ class Upload:
 
     def _replicate(self, chunk: bytes) -> None:
         self.in_flight += len(chunk)
-        if not self.reading_paused and self.in_flight > self.window:
+        self.budget.take(len(chunk))
+        if not self.reading_paused and (self.in_flight > self.window or self.budget.over()):
             self.reading_paused = True
             self.conn.pause_reading()
+            if self.budget.over():
+                self.budget.wait(self)
         # The part of this chunk not hashed on the reactor goes to the thread, in order.
         skip = min(len(chunk), max(0, self.hashed - self.cut))
         self.cut += len(chunk)
@@ -218,10 +224,23 @@ class Upload:
 
     def _chunk_settled(self, result: Any, size: int) -> Any:
         self.in_flight -= size
-        if self.reading_paused and self.in_flight <= self.window:
-            self.reading_paused = False
-            self.conn.resume_reading()
+        self.budget.give_back(size)
+        self.budget_freed()
         return result
+
+    def budget_freed(self) -> None:
+        """Read the connection again if this upload's window and the node's budget allow it."""
+        if not self.reading_paused or self.in_flight > self.window:
+            return
+        if self.budget.over():
+            self.budget.wait(self)
+            return
+        self._resume()
+
+    def _resume(self) -> None:
+        self.reading_paused = False
+        self.budget.forget(self)
+        self.conn.resume_reading()
 
     def finish(self, end: PutEnd | PutEndObject) -> defer.Deferred:
         """Fires with PutDone once the file's entry is applied (or fails with the refusal)."""
@@ -278,5 +297,4 @@ class Upload:
             self.aborted = why
             self.buffer = bytearray()
         if self.reading_paused:
-            self.reading_paused = False
-            self.conn.resume_reading()
+            self._resume()
