@@ -29,7 +29,10 @@ def makeService(options: Options):
     except ConfigError as exc:
         sys.stderr.write(f"storg: {exc}\n")
         sys.exit(2)
+    from storg import tracing
     from storg.server.service import make_service
+    tracing.set_name(config.node_id)
+    tracing.trace_sockets()
     from storg.storage.errors import StorageError
     service = make_service(config)
     service.twistd_options = getattr(options, "parent", None)

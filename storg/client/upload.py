@@ -10,6 +10,7 @@ from typing import Any
 
 from twisted.internet import defer
 
+from storg import tracing
 from storg.client.errors import (
     ClusterUnavailable,
     LocalError,
@@ -223,6 +224,8 @@ class Upload:
 
         digest = hashlib.sha256(data).hexdigest()
         self.progress(0, len(data))
+        if tracing.ON:
+            tracing.mark("client.put", f"{self.path} bytes={len(data)}")
         stream = conn.request_stream(self._start, on_frame)
         watchdog = Watchdog(self.reactor, conn, deadline.remaining())
         try:
@@ -231,6 +234,8 @@ class Upload:
             if not stream.finished:
                 stream.send(PutEnd(stream.request_id, len(data), digest))
             reply = await stream.done
+            if tracing.ON:
+                tracing.mark("client.put_done", self.path)
             deadline.extend()
             self.progress(len(data), len(data))
             return reply.info

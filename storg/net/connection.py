@@ -34,6 +34,7 @@ from twisted.internet.interfaces import IHandshakeListener
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from storg import tracing
 from storg.net.errors import ProtocolViolation, ServerError, TLSRefused
 from storg.net.flow import WriteWindow
 from storg.net.framing import FrameReceiver, send_bulk
@@ -156,6 +157,8 @@ class RequestConnection(FrameReceiver):
 
     def send(self, frame: Any) -> None:
         """Encode and write one frame; a chunk's payload is not copied on the way (see framing)."""
+        if tracing.ON:
+            tracing.mark("conn.send", type(frame).__name__)
         send_bulk(self.transport, frame)
 
     def _forget(self, stream: Stream) -> None:
@@ -240,6 +243,11 @@ class RequestConnection(FrameReceiver):
             self.resumeProducing()
 
     # --- receiving -------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if tracing.ON:
+            tracing.mark("conn.recv", f"bytes={len(data)}")
+        super().dataReceived(data)
 
     def stringReceived(self, data: bytes) -> None:
         try:

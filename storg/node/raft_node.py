@@ -37,6 +37,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from storg import tracing
 from storg.node.executor import SerialExecutor, Submit
 from storg.raft.core import RaftCore
 from storg.raft.errors import NotLeader, ProposalDropped
@@ -277,6 +278,9 @@ class RaftNode:
             # full.  Dropping them is a lost message, which Raft tolerates: the
             # leader sends them again once this node answers.
             return
+        if tracing.ON:
+            tracing.mark("raft.step", f"{msg.type.name} from={msg.frm} index={msg.index} "
+                         f"n={len(msg.entries)} commit={msg.commit}")
         if msg.type == MessageType.SNAPSHOT and self._snapshot_gate is not None:
             self._step_snapshot(msg, self._snapshot_gate)
         else:
@@ -469,6 +473,8 @@ class RaftNode:
             index = submit()
         except Exception as exc:
             return defer.fail(exc)
+        if tracing.ON:
+            tracing.mark("raft.propose", f"index={index}")
         d: defer.Deferred = defer.Deferred()
         call = self._reactor.callLater(
             self.default_timeout if timeout is None else timeout, self._expire_proposal, index)
@@ -500,6 +506,10 @@ class RaftNode:
             return
         rd = self.core.ready()
         self._busy = True
+        if tracing.ON:
+            tracing.mark("raft.ready", f"entries={[e.index for e in rd.entries]} "
+                         f"committed={[e.index for e in rd.committed_entries]} "
+                         f"msgs={len(rd.messages)} reads={len(rd.read_states)}")
         if rd.soft_state is not None:
             self._note_soft_state(rd.soft_state)
         if self._may_send_before_persisting(rd):
@@ -560,6 +570,8 @@ class RaftNode:
 
         def write() -> defer.Deferred:
             assert executor is not None
+            if tracing.ON:
+                tracing.mark("raft.persist_submit", f"n={len(rd.entries)}")
             d = executor(self._log_store.persist, rd.snapshot, rd.entries, hard_state)
             d.addCallbacks(written, full)
             return d
@@ -633,12 +645,17 @@ class RaftNode:
 
     def _send_messages(self, rd: Ready) -> None:
         for msg in rd.messages:
+            if tracing.ON:
+                tracing.mark("raft.send", f"{msg.type.name} to={msg.to} index={msg.index} "
+                             f"n={len(msg.entries)} commit={msg.commit}")
             if msg.type == MessageType.SNAPSHOT and self._snapshot_sender is not None:
                 self._snapshot_sender(msg)
             else:
                 self._send(msg)
 
     def _after_persist(self, rd: Ready) -> defer.Deferred | None:
+        if tracing.ON:
+            tracing.mark("raft.persisted", f"n={len(rd.entries)}")
         if rd.hard_state is not None:
             self._persisted_term_vote = (rd.hard_state.term, rd.hard_state.vote)
         if self._stopped:
@@ -688,6 +705,8 @@ class RaftNode:
             except Exception as exc:  # a deterministic refusal is the command's answer
                 error = exc
         self.applied_index = entry.index
+        if tracing.ON:
+            tracing.mark("raft.applied", f"index={entry.index}")
         waiting = self._proposals.pop(entry.index, None)
         if waiting is None:
             return

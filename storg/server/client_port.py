@@ -63,6 +63,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from storg import tracing
 from storg.config import LimitTuning
 from storg.net.flow import WriteWindow
 from storg.net.framing import FrameReceiver, Transport, describe_address
@@ -167,6 +168,8 @@ class ClientConnection(FrameReceiver):
 
     def send(self, obj: object) -> None:
         if self.transport is not None and self.connected and not self.transport.disconnecting:
+            if tracing.ON:
+                tracing.mark("port.send", type(obj).__name__)
             self.sendString(CODEC.encode(obj))
 
     def send_soon(self, obj: object) -> HeldReply:
@@ -278,6 +281,8 @@ class ClientConnection(FrameReceiver):
 
     def dataReceived(self, data: bytes) -> None:
         self._last_received = self.reactor.seconds()
+        if tracing.ON:
+            tracing.mark("port.recv", f"bytes={len(data)}")
         super().dataReceived(data)
 
     # -- idle timeout ----------------------------------------------------------
@@ -332,6 +337,8 @@ class ClientConnection(FrameReceiver):
             self._drop(f"{type(request).__name__} is not a client request")
             return
         request_id = request.request_id
+        if tracing.ON:
+            tracing.mark("port.request", type(request).__name__)
         if self.tls:
             if self.identity is None:
                 self.identity = peer_identity(self.transport)

@@ -160,6 +160,7 @@ from typing import Self
 from google_crc32c import extend as crc32c_extend
 from google_crc32c import value as crc32c
 
+from storg import tracing
 from storg.raft.types import Entry, EntryType
 from storg.storage.errors import CorruptionError, StorageError
 from storg.storage.fsutil import (
@@ -797,6 +798,8 @@ class WriteAheadLog:
         if not self.first_index <= first <= self.last_index + 1:
             raise ValueError(f"batch starting at {first} does not fit a log holding "
                              f"[{self.first_index}, {self.last_index}]")
+        if tracing.ON:
+            tracing.mark("wal.append", f"first={first} n={len(entries)}")
         parts, nbytes, terms = _encode_batch(entries, self._keyring)
         seg = self._segments[-1]
         if first <= seg.last and (first < seg.first or seg.size + nbytes > self._segment_bytes):
@@ -817,7 +820,11 @@ class WriteAheadLog:
         except OSError as e:
             self._undo_write(seg, base)
             raise storage_error(f"cannot append to {seg.path}", e) from e
+        if tracing.ON:
+            tracing.mark("wal.fsync_start", f"first={first} bytes={nbytes}")
         self._fsync(seg)
+        if tracing.ON:
+            tracing.mark("wal.fsync_end", f"first={first}")
         seg.add(first, base, nbytes, terms)
         seg.size = end
 
