@@ -227,7 +227,7 @@ def main(args: argparse.Namespace) -> int:
     sampler: RssSampler | None = None
     try:
         cluster.start_all()
-        wait_for(cluster.leader, 60, "a leader", 0.2)
+        print(f"leader at the start: {wait_for(cluster.leader, 60, 'a leader', 0.2)}; boto3 talks to n1's gateway")
         pids = {nid: node.proc.pid for nid, node in cluster.nodes.items() if node.proc is not None}
         sampler = RssSampler(pids)
         sampler.start()
