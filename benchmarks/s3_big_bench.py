@@ -175,10 +175,7 @@ class Run:
             _, seconds = timed(self.s3.put_object, Bucket=BUCKET, Key="one-put", Body=f)
         self.rates.append((f"PutObject {mib} MiB (one PUT)", mib / seconds))
         source.unlink()
-        sampler.begin(f"GetObject {mib} MiB")
-        got, seconds = timed(hash_object, self.s3, "one-put")
-        self.rates.append((f"GetObject {mib} MiB", mib / seconds))
-        self.check("the single PUT read back", got, want)
+        self.read_back(sampler, "one-put", f"GetObject {mib} MiB", mib, want, "the single PUT read back")
 
     def multipart(self, sampler: RssSampler) -> None:
         from boto3.s3.transfer import TransferConfig
@@ -190,10 +187,15 @@ class Run:
         _, seconds = timed(self.s3.upload_file, str(source), BUCKET, "multipart", Config=config)
         self.rates.append((f"multipart upload {mib} MiB ({self.args.part_mb} MiB parts)", mib / seconds))
         source.unlink()
-        sampler.begin(f"GetObject {mib} MiB (multipart)")
-        got, seconds = timed(hash_object, self.s3, "multipart")
-        self.rates.append((f"GetObject {mib} MiB (multipart)", mib / seconds))
-        self.check("the multipart upload read back", got, want)
+        self.read_back(sampler, "multipart", f"GetObject {mib} MiB (multipart)", mib, want,
+                       "the multipart upload read back")
+
+    def read_back(self, sampler: RssSampler, key: str, label: str, mib: int, want: str, what: str) -> None:
+        """GET ``key`` hashing it as it streams (its rate under ``label``) and compare with ``want``."""
+        sampler.begin(label)
+        got, seconds = timed(hash_object, self.s3, key)
+        self.rates.append((label, mib / seconds))
+        self.check(what, got, want)
 
     def delete_and_reclaim(self, key: str, before: int) -> None:
         """Delete ``key`` and wait for its chunks to be collected (disk for the next phase)."""
