@@ -386,6 +386,28 @@ def summarize_pairs(pairs: list[dict], args: argparse.Namespace, what: str) -> N
             ratios.append(ratio)
             cells.append(f"{off:.0f} -> {on:.0f} ({ratio:.2f})")
         print(f"{name:>32} | {statistics.median(ratios):>6.2f} | " + "; ".join(cells))
+    print(f"CPU per operation over all processes, {label} off -> on, per round (less noisy than rates):")
+    for name, cpu_off, cpu_on in cpu_pairs(pairs, args):
+        cells = [f"{a:.3f} -> {b:.3f}" for a, b in zip(cpu_off, cpu_on, strict=True)]
+        extra = statistics.median(b / a for a, b in zip(cpu_off, cpu_on, strict=True)) if cpu_off else float("nan")
+        print(f"{name:>32} | x{extra:>5.2f} | " + "; ".join(cells))
+
+
+def cpu_pairs(pairs: list[dict], args: argparse.Namespace) -> list[tuple[str, list[float], list[float]]]:
+    """(figure, CPU per op off by round, on by round): ms per small operation, s per GiB for the big file."""
+    rows = []
+    for size in [] if args.big_only else args.sizes:
+        for clients in args.clients:
+            for index, op in enumerate(("put", "get")):
+                name = f"{size} B {op} CPU ms, {clients} clients"
+                rows.append((name, [p["off"]["small"][(size, clients)][index]["cpu_total"] for p in pairs],
+                             [p["on"]["small"][(size, clients)][index]["cpu_total"] for p in pairs]))
+    if args.big_mb > 0:
+        for op in ("put", "get"):
+            rows.append((f"{args.big_mb} MiB {op} CPU s per GiB",
+                         [sum(p["off"]["big"][f"{op}_cpu_s_per_gib"].values()) for p in pairs],
+                         [sum(p["on"]["big"][f"{op}_cpu_s_per_gib"].values()) for p in pairs]))
+    return rows
 
 
 if __name__ == "__main__":

@@ -226,13 +226,13 @@ class Upload:
         self.progress(0, len(data))
         if tracing.ON:
             tracing.mark("client.put", f"{self.path} bytes={len(data)}")
-        stream = conn.request_stream(self._start, on_frame)
+        def then(request_id: int) -> list[Any]:
+            end = PutEnd(request_id, len(data), digest)
+            return [PutData(request_id, data), end] if data else [end]
+
+        stream = conn.request_stream(self._start, on_frame, then)
         watchdog = Watchdog(self.reactor, conn, deadline.remaining())
         try:
-            if data and not stream.finished:
-                stream.send(PutData(stream.request_id, data))
-            if not stream.finished:
-                stream.send(PutEnd(stream.request_id, len(data), digest))
             reply = await stream.done
             if tracing.ON:
                 tracing.mark("client.put_done", self.path)

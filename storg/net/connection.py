@@ -37,7 +37,7 @@ from zope.interface import implementer
 from storg import tracing
 from storg.net.errors import ProtocolViolation, ServerError, TLSRefused
 from storg.net.flow import WriteWindow
-from storg.net.framing import FrameReceiver, send_bulk
+from storg.net.framing import FrameReceiver, frame_bytes, send_bulk
 from storg.net.protocol import Requests, split_address
 
 if TYPE_CHECKING:
@@ -141,8 +141,13 @@ class RequestConnection(FrameReceiver):
         """``make(request_id)`` builds the request; fires with the reply or fails with ServerError."""
         return self.request_stream(make, _single).done
 
-    def request_stream(self, make: Callable[[int], Any], on_frame: Callable[[Any], bool]) -> Stream:
-        """Send ``make(request_id)``; its reply frames go to ``on_frame`` (see :class:`Stream`)."""
+    def request_stream(self, make: Callable[[int], Any], on_frame: Callable[[Any], bool],
+                       then: Callable[[int], list[Any]] | None = None) -> Stream:
+        """Send ``make(request_id)``; its reply frames go to ``on_frame`` (see :class:`Stream`).
+
+        ``then(request_id)``: frames of the same request sent with it in one write (a small
+        put's PutData and PutEnd), so that over TLS they go in one record, not one each.
+        """
         request_id = self._streams.new_id()
         stream = Stream(self, request_id, on_frame)
         if self.refusal is not None:
@@ -152,7 +157,10 @@ class RequestConnection(FrameReceiver):
             stream._fail(ConnectionLost("connection to the node is closed"))
             return stream
         self._streams.add(request_id, stream)
-        self.send(make(request_id))
+        if then is None:
+            self.send(make(request_id))
+        else:
+            self.send_all([make(request_id), *then(request_id)])
         return stream
 
     def send(self, frame: Any) -> None:
@@ -160,6 +168,16 @@ class RequestConnection(FrameReceiver):
         if tracing.ON:
             tracing.mark("conn.send", type(frame).__name__)
         send_bulk(self.transport, frame)
+
+    def send_all(self, frames: list[Any]) -> None:
+        """Encode ``frames`` and write them in one call (one TLS record when they are small)."""
+        if tracing.ON:
+            tracing.mark("conn.send", "+".join(type(frame).__name__ for frame in frames))
+        pieces: list[bytes] = []
+        for frame in frames:
+            pieces.extend(frame_bytes(frame))
+        assert self.transport is not None  # request_stream checked it
+        self.transport.writeSequence(pieces)
 
     def _forget(self, stream: Stream) -> None:
         self._streams.forget(stream.request_id, stream)
@@ -325,10 +343,10 @@ class RequestConnection(FrameReceiver):
 
 
 def _is_tls_error(failure: Failure | None) -> bool:
-    """Whether a connection ended with an OpenSSL error.  OpenSSL is imported only by TLS
-    connections (a plain storgctl never pays for it): if it is not loaded, this was not TLS."""
-    ssl = sys.modules.get("OpenSSL.SSL")
-    return failure is not None and ssl is not None and isinstance(failure.value, ssl.Error)
+    """Whether a connection ended with a TLS error.  :mod:`storg.net.tls` is imported only by TLS
+    connections (a plain client never pays for it): if it is not loaded, this was not TLS."""
+    tls = sys.modules.get("storg.net.tls")
+    return failure is not None and tls is not None and tls.is_tls_failure(failure)
 
 
 def _tls_why(protocol: RequestConnection, failure: Failure | None) -> str:

@@ -1,6 +1,6 @@
 """Mutual TLS for storg's ports: who a certificate names, and the TLS contexts that check it.
 
-This module knows certificates, OpenSSL and Twisted endpoints; it knows
+This module knows certificates, TLS contexts and Twisted endpoints; it knows
 nothing of nodes, requests or roles beyond their names, so the node's
 listeners, the peer transport and storgctl all build on it.
 
@@ -46,64 +46,59 @@ certificate presented by a server.
 The contexts
 ------------
 
-:func:`server_options` and :func:`client_options` return connection
-creators (``IOpenSSLServerConnectionCreator`` and
-``IOpenSSLClientConnectionCreator``) for Twisted's TLS: TLS 1.2 at least
-(1.3 is preferred: OpenSSL negotiates the highest both ends have), ECDHE
-with AES-GCM or ChaCha20 for 1.2, no session cache, no session tickets, no
+:func:`server_options` and :func:`client_options` return a side's TLS
+configuration: one ``ssl.SSLContext`` (the standard library's), TLS 1.2 at
+least (1.3 is preferred: OpenSSL negotiates the highest both ends have),
+ECDHE with AES-GCM or ChaCha20 for 1.2, no session tickets, no
 renegotiation, no compression.  A server requires a client certificate
 signed by the CA and naming a valid storg identity; a client requires the
 server's certificate to be signed by the CA and to name a node (the node
-``expected_node``, when given).  A refused handshake sends the peer a TLS
-alert and ends the connection; the reason, in one line, is kept for
-:func:`describe_tls_failure`.
+``expected_node``, when given).  OpenSSL verifies the chain in the
+handshake and sends the peer an alert when it fails; the identity is
+checked as soon as the handshake is done (``check_peer``), before the
+protocol hears of the connection.  Either refusal is kept, in one line,
+for :func:`describe_tls_failure`.  Connections run on
+:mod:`storg.net.tls_stream`, not on Twisted's ``TLSMemoryBIOProtocol``,
+for a third of its CPU per message (its docstring has the figures).
 
 When is the peer's identity known?
 ----------------------------------
 
 Twisted calls the protocol's ``connectionMade`` as soon as TCP connects,
-*before* the TLS handshake: at that point ``transport.getPeerCertificate()``
-is ``None`` and nothing may be trusted.  Twisted signals the end of the
-handshake to a protocol that provides
-``twisted.internet.interfaces.IHandshakeListener`` by calling its
-``handshakeCompleted()`` (``TLSMemoryBIOProtocol`` calls it once
-``do_handshake`` succeeds; the endpoints' wrapping protocols pass it on).
-From then on :func:`peer_identity` returns the verified identity.  So a
-protocol that needs to know who is on the other end is declared
+*before* the TLS handshake: at that point :func:`peer_identity` is
+``None`` and nothing may be trusted.  The end of the handshake is signalled
+to a protocol that provides
+``twisted.internet.interfaces.IHandshakeListener`` by a call to its
+``handshakeCompleted()``, as Twisted's own TLS does.  From then on
+:func:`peer_identity` returns the verified identity.  So a protocol that
+needs to know who is on the other end is declared
 ``@implementer(IHandshakeListener)`` and reads ``peer_identity(self.transport)``
 in ``handshakeCompleted`` (buffering or refusing any bytes before it).
 
 One asymmetry of TLS 1.3: the client finishes its handshake before the
 server has checked the client's certificate.  A client whose certificate
 the server refuses sees ``handshakeCompleted`` and then the connection
-ending with the server's alert (``describe_tls_failure`` names it).  The
-server never calls ``handshakeCompleted`` for a refused client, and never
-delivers it a byte.
+ending, with the server's alert when the chain failed
+(``describe_tls_failure`` names it) or with a close when the identity was
+refused.  The server never calls ``handshakeCompleted`` for a refused
+client, and never delivers it a byte.
 """
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
-import weakref
+import ssl
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import NameOID
-from OpenSSL import SSL
-from OpenSSL import crypto as openssl_crypto
 from twisted.internet import endpoints
-from twisted.internet.interfaces import (
-    IOpenSSLClientConnectionCreator,
-    IOpenSSLServerConnectionCreator,
-    IStreamClientEndpoint,
-)
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from storg.names import NODE_ID_RE
 from storg.net.identity import (
@@ -114,39 +109,32 @@ from storg.net.identity import (
     NODE_ROLE,
     URI_SCHEME,
     USER_NAME_RE,
-    VERIFY_ERRORS,
     Identity,
     IdentityError,
     identity_from_names,
     parse_identity_uri,
 )
 from storg.net.tls_files import TLSConfigError
+from storg.net.tls_stream import TLSStream, TLSStreamFactory, tls_error_text
 
 __all__ = [
     "CLIENT", "CLIENT_ROLES", "CLUSTER_RE", "NODE", "NODE_ROLE", "URI_SCHEME", "USER_NAME_RE",
     "ClientTLS", "Identity", "IdentityError", "ServerTLS", "TLSConfigError", "client_options",
     "describe_tls_failure", "identity_of", "load_certificates", "load_private_key", "parse_identity_uri",
-    "peer_identity", "server_endpoint", "client_endpoint",
+    "is_tls_failure", "peer_identity", "server_endpoint", "client_endpoint",
 ]
 
-TLS12_CIPHERS = b"ECDHE+AESGCM:ECDHE+CHACHA20"
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 """TLS 1.2 only (1.3 suites are OpenSSL's defaults, all of them AEAD): forward secret AEAD."""
 
 
-def _as_cryptography(cert: x509.Certificate | openssl_crypto.X509) -> x509.Certificate:
-    if isinstance(cert, openssl_crypto.X509):
-        return cert.to_cryptography()
-    return cert
-
-
-def identity_of(cert: x509.Certificate | openssl_crypto.X509) -> Identity:
-    """The storg identity a certificate (cryptography's or pyOpenSSL's) names.
+def identity_of(cert: x509.Certificate) -> Identity:
+    """The storg identity a certificate names.
 
     :class:`IdentityError` unless it names exactly one, well-formed, with a
     matching common name (see the module docstring).  This reads the
     certificate only: whether the CA signed it is the TLS context's job.
     """
-    cert = _as_cryptography(cert)
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         uris: list[str] | None = san.get_values_for_type(x509.UniformResourceIdentifier)
@@ -227,10 +215,6 @@ def _check_own_certificate(cert: x509.Certificate, cert_path: str, cas: Sequence
     raise TLSConfigError(f"{cert_path}: the certificate was not issued by the CA in {ca_path}")
 
 
-_REFUSALS: weakref.WeakKeyDictionary[SSL.Connection, str] = weakref.WeakKeyDictionary()
-"""Why our end refused a peer's certificate, per connection (read by describe_tls_failure)."""
-
-
 def _subject(cert: x509.Certificate) -> str:
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if names:
@@ -240,88 +224,55 @@ def _subject(cert: x509.Certificate) -> str:
 
 
 class _Options:
-    """One OpenSSL context, built once from the files; a connection per handshake."""
+    """One TLS context (the standard library's), built once from the files; a session per connection.
+
+    The context is the standard library's ``ssl.SSLContext``, not a
+    pyOpenSSL one: connections run on :mod:`storg.net.tls_stream`, which
+    drives OpenSSL's memory BIOs from C (see its docstring for why).  The
+    files are still read and checked with ``cryptography`` first, so a bad
+    file is one :class:`TLSConfigError` line naming it.
+    """
+
+    server_side = False
 
     def __init__(self, ca_path: str, cert_path: str | None, key_path: str | None, *, server: bool,
                  verify_peer: bool = True) -> None:
         cas = load_certificates(ca_path, "CA certificate")
         self.identity: Identity | None = None
-        ctx = SSL.Context(SSL.TLS_METHOD)
-        ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
-        ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_TICKET | SSL.OP_NO_RENEGOTIATION
-                        | SSL.OP_CIPHER_SERVER_PREFERENCE)
-        ctx.set_cipher_list(TLS12_CIPHERS)
-        # Without sessions there is nothing to resume; OpenSSL still wants a
-        # session id context on a server that asks for client certificates.
-        ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
-        ctx.set_session_id(b"storg")
+        self.server_side = server
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False  # nodes are named by their certificate's storg identity, not by address
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.options |= (ssl.OP_NO_COMPRESSION | ssl.OP_NO_TICKET | ssl.OP_NO_RENEGOTIATION
+                        | ssl.OP_CIPHER_SERVER_PREFERENCE)
+        ctx.set_ciphers(TLS12_CIPHERS)
+        if server:
+            ctx.num_tickets = 0  # TLS 1.3: nothing to resume
         if (cert_path is None) != (key_path is None):
             raise TLSConfigError("a certificate and its key go together: give both or neither")
         if cert_path is not None and key_path is not None:
             chain = load_certificates(cert_path)
-            key = load_private_key(key_path)
+            load_private_key(key_path)  # a clear error for a missing, encrypted or foreign key
             self.identity = _check_own_certificate(chain[0], cert_path, cas, ca_path)
             try:
-                ctx.use_certificate(chain[0])
-                for extra in chain[1:]:
-                    ctx.add_extra_chain_cert(extra)
-                ctx.use_privatekey(key)
-                ctx.check_privatekey()
-            except SSL.Error:
+                ctx.load_cert_chain(cert_path, key_path)
+            except (ssl.SSLError, OSError, ValueError):
                 raise TLSConfigError(f"{key_path}: the key does not match the certificate in {cert_path}") \
                     from None
         elif server:
             raise TLSConfigError("a TLS server needs its certificate and key")
         try:
             ctx.load_verify_locations(ca_path)
-        except SSL.Error:
+        except (ssl.SSLError, OSError, ValueError):
             raise TLSConfigError(f"{ca_path}: OpenSSL cannot use this CA certificate") from None
-        if verify_peer:
-            ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify)
-        else:
-            ctx.set_verify(SSL.VERIFY_NONE)
+        ctx.verify_mode = ssl.CERT_REQUIRED if verify_peer else ssl.CERT_NONE
         self.context = ctx
 
-    def _check_peer(self, identity: Identity) -> str | None:
-        """Why the verified peer ``identity`` is refused, or None to accept it."""
+    def check_peer(self, identity: Identity | None) -> str | None:
+        """Why the verified peer ``identity`` is refused, or None to accept it (see TLSStream)."""
         return None
 
-    def _verify(self, conn: SSL.Connection, cert: openssl_crypto.X509, errno: int, depth: int,
-                ok: int) -> bool:
-        """OpenSSL's verify callback: the chain's verdict, then the storg identity of the leaf.
 
-        Must never raise (an exception here would surface from OpenSSL in a
-        place Twisted does not expect); a refusal returns False, so OpenSSL
-        fails the handshake and sends the peer an alert, and the reason is
-        kept for :func:`describe_tls_failure`.  The alert names a chain's
-        failure (unknown CA, expired certificate, ...); for a refused
-        identity it is "internal error", as pyOpenSSL gives a verify callback
-        no way to set a finer error.
-        """
-        try:
-            if not ok:  # the chain's verdict, at any depth (a server may send its CA after its own)
-                why = VERIFY_ERRORS.get(errno, f"OpenSSL verify error {errno}")
-                _REFUSALS.setdefault(conn, f"certificate of {_subject(cert.to_cryptography())} refused: {why}")
-                return False
-            if depth != 0:
-                return True
-            leaf = cert.to_cryptography()
-            try:
-                identity = identity_of(leaf)
-            except IdentityError as exc:
-                _REFUSALS[conn] = f"certificate of {_subject(leaf)} refused: {exc}"
-                return False
-            refusal = self._check_peer(identity)
-            if refusal is not None:
-                _REFUSALS[conn] = f"certificate of {identity} refused: {refusal}"
-                return False
-            return True
-        except Exception as exc:  # never let an exception into OpenSSL
-            _REFUSALS[conn] = f"certificate refused: {type(exc).__name__}: {exc}"
-            return False
-
-
-@implementer(IOpenSSLServerConnectionCreator)
 class ServerTLS(_Options):
     """A server's TLS: its certificate, and a client certificate from the CA required of every peer.
 
@@ -334,11 +285,7 @@ class ServerTLS(_Options):
                  require_client_certificate: bool = True) -> None:
         super().__init__(ca_path, cert_path, key_path, server=True, verify_peer=require_client_certificate)
 
-    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        return SSL.Connection(self.context, None)
 
-
-@implementer(IOpenSSLClientConnectionCreator)
 class ClientTLS(_Options):
     """A client's TLS: the server must be a node of the CA (``expected_node``, if given)."""
 
@@ -349,15 +296,14 @@ class ClientTLS(_Options):
         self.expected_node = expected_node
         super().__init__(ca_path, cert_path, key_path, server=False)
 
-    def _check_peer(self, identity: Identity) -> str | None:
+    def check_peer(self, identity: Identity | None) -> str | None:
+        if identity is None:
+            return "the server showed no certificate"
         if identity.kind != NODE:
             return "the server is not a node"
         if self.expected_node is not None and identity.name != self.expected_node:
             return f"expected node {self.expected_node}"
         return None
-
-    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        return SSL.Connection(self.context, None)
 
 
 def server_options(ca_path: str, cert_path: str, key_path: str) -> ServerTLS:
@@ -385,27 +331,20 @@ def peer_identity(transport: Any) -> Identity | None:
     """The verified identity of the other end of a TLS ``transport``, once the handshake is done.
 
     None before the handshake has completed (e.g. in ``connectionMade``; see
-    the module docstring for ``IHandshakeListener``), or if the transport
-    is not TLS.  The certificate was verified against the CA and its
-    identity checked during the handshake, so this does not raise for a
-    connection made with :func:`server_options` or :func:`client_options`.
+    the module docstring for ``IHandshakeListener``), if the peer showed no
+    certificate (the S3 port), or if the transport is not TLS.  The
+    certificate was verified against the CA and its identity checked during
+    the handshake (:class:`storg.net.tls_stream.TLSStream`).
     """
-    get = getattr(transport, "getPeerCertificate", None)
-    if get is None:
+    if not isinstance(transport, TLSStream):
         return None
-    cert = get()
-    if cert is None:
-        return None
-    return identity_of(cert)
+    return transport.tls_identity
 
 
-def _ssl_error_text(error: BaseException) -> str:
-    """OpenSSL's error queue, in one line (``certificate verify failed``, an alert's name, ...)."""
-    if isinstance(error, SSL.Error) and error.args and isinstance(error.args[0], list):
-        reasons = [str(item[-1]) for item in error.args[0] if isinstance(item, tuple) and item]
-        if reasons:
-            return "; ".join(reasons)
-    return " ".join(str(error).split()) or type(error).__name__
+def is_tls_failure(reason: object) -> bool:
+    """Whether a connection ended because of TLS (a refused certificate, an alert), not TCP."""
+    error = reason.value if isinstance(reason, Failure) else reason
+    return isinstance(error, ssl.SSLError)
 
 
 def describe_tls_failure(transport: Any, reason: Failure | BaseException | None = None) -> str:
@@ -417,18 +356,17 @@ def describe_tls_failure(transport: Any, reason: Failure | BaseException | None 
     OpenSSL error (for instance the alert the peer sent: "tlsv13 alert
     certificate required").
     """
-    handle = getattr(transport, "getHandle", None)
-    if handle is not None:
-        try:
-            refusal = _REFUSALS.get(handle())
-        except Exception:
-            refusal = None
-        if refusal is not None:
-            return refusal
+    refusal = transport.refusal if isinstance(transport, TLSStream) else None
+    if refusal is not None:
+        return refusal
     if reason is None:
         return "connection closed"
     error = reason.value if isinstance(reason, Failure) else reason
-    return "connection closed" if error is None else _ssl_error_text(error)
+    if error is None:
+        return "connection closed"
+    if isinstance(error, ssl.SSLError):
+        return tls_error_text(error)
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 # -- endpoints ---------------------------------------------------------------------------------
@@ -449,14 +387,39 @@ def _is_ip(host: str) -> bool:
         return False
 
 
+class _TLSServerEndpoint:
+    """A TCP listener whose every connection runs TLS (:class:`TLSStream`) under the protocol."""
+
+    def __init__(self, tcp: Any, options: ServerTLS) -> None:
+        self._tcp = tcp
+        self._options = options
+
+    def listen(self, factory: Any) -> Any:
+        return self._tcp.listen(TLSStreamFactory(self._options, factory))
+
+
+class _TLSClientEndpoint:
+    """A TCP connection with TLS under the protocol; fires with the caller's protocol, as
+    ``wrapClientTLS`` does (the handshake is still to come: ``handshakeCompleted``)."""
+
+    def __init__(self, tcp: Any, options: ClientTLS) -> None:
+        self._tcp = tcp
+        self._options = options
+
+    def connect(self, factory: Any) -> Any:
+        return self._tcp.connect(TLSStreamFactory(self._options, factory)).addCallback(
+            lambda stream: stream.wrappedProtocol)
+
+
 def server_endpoint(reactor: Any, host: str, port: int, options: ServerTLS,
-                    backlog: int = 50) -> endpoints.SSL4ServerEndpoint:
+                    backlog: int = 50) -> Any:
     """A TLS listener on ``host`` (an IPv4 or IPv6 address; "" for every IPv4 one) and ``port``."""
-    return endpoints.SSL4ServerEndpoint(reactor, port, options, backlog=backlog, interface=host)
+    cls = endpoints.TCP6ServerEndpoint if _is_ipv6(host) else endpoints.TCP4ServerEndpoint
+    return _TLSServerEndpoint(cls(reactor, port, backlog=backlog, interface=host), options)
 
 
 def client_endpoint(reactor: Any, host: str, port: int, options: ClientTLS, timeout: float = 30,
-                    bind_host: str | None = None) -> IStreamClientEndpoint:
+                    bind_host: str | None = None) -> Any:
     """A TLS connection to ``host:port`` (IPv4, IPv6 or a host name), made from ``bind_host`` if given.
 
     ``timeout`` bounds the TCP connect only; the handshake is the caller's
@@ -470,4 +433,4 @@ def client_endpoint(reactor: Any, host: str, port: int, options: ClientTLS, time
         tcp = endpoints.TCP4ClientEndpoint(reactor, host, port, timeout=timeout, bindAddress=bind)
     else:
         tcp = endpoints.HostnameEndpoint(reactor, host.encode("idna"), port, timeout=timeout, bindAddress=bind)
-    return endpoints.wrapClientTLS(cast(IOpenSSLClientConnectionCreator, options), tcp)
+    return _TLSClientEndpoint(tcp, options)

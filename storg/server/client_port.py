@@ -55,7 +55,6 @@ from collections.abc import Callable
 from typing import Any, cast
 from typing import Protocol as TypingProtocol
 
-from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.internet.interfaces import IHandshakeListener, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
@@ -68,7 +67,7 @@ from storg.config import LimitTuning
 from storg.net.flow import WriteWindow
 from storg.net.framing import FrameReceiver, Transport, describe_address
 from storg.net.ratelimit import OncePerReason, RateLimitedLog
-from storg.net.tls import Identity, describe_tls_failure, peer_identity
+from storg.net.tls import Identity, describe_tls_failure, is_tls_failure, peer_identity
 from storg.node.raft_node import NodeStopped, Timeout
 from storg.raft.errors import NotLeader, ProposalDropped, ProposalTooLarge
 from storg.server.permissions import refusal
@@ -254,8 +253,7 @@ class ClientConnection(FrameReceiver):
         self.identity = identity
 
     def connectionLost(self, reason: object = None) -> None:
-        if self.tls and not self._handshaken and isinstance(reason, Failure) \
-                and isinstance(reason.value, SSL.Error):
+        if self.tls and not self._handshaken and isinstance(reason, Failure) and is_tls_failure(reason):
             peer = self.transport.getPeer()
             why = describe_tls_failure(self.transport, reason)
             self._refusals.warn(f"tls:{getattr(peer, 'host', peer)}:{why}",

@@ -76,18 +76,17 @@ import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.internet.protocol import ClientFactory, ServerFactory
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from storg.config import NODE_ID_RE, Address, LimitTuning
 from storg.net.flow import WriteWindow
 from storg.net.framing import FrameReceiver, Transport, describe_address
 from storg.net.ratelimit import RateLimitedLog
-from storg.net.tls import describe_tls_failure, peer_identity
+from storg.net.tls import describe_tls_failure, is_tls_failure, peer_identity
+from storg.net.tls_stream import TLSStreamFactory
 from storg.raft.types import Message
 from storg.server.peer_stats import PeerStats
 from storg.wire.codec import CODEC
@@ -146,7 +145,7 @@ def _peer_text(transport: Any) -> str:
 
 def _is_tls_failure(reason: object) -> bool:
     """Whether a connection ended because of TLS (a refused certificate, an alert), not TCP."""
-    return isinstance(reason, Failure) and isinstance(reason.value, SSL.Error)
+    return isinstance(reason, Failure) and is_tls_failure(reason)
 
 
 def _tls_reason(transport: Any, reason: object) -> str:
@@ -313,7 +312,7 @@ class PeerServerFactory(ServerFactory):
 
     Kept apart from how it is listened on: ``reactor.listenTCP(port,
     factory, interface=host)`` today, a TLS endpoint (or
-    ``TLSMemoryBIOFactory`` wrapping this factory) later.
+    ``TLSStreamFactory`` wrapping this factory) later.
     """
 
     noisy = False
@@ -464,7 +463,7 @@ class _Link:
         factory: Any = _LinkFactory(self)
         if owner.tls is not None:
             # The peer's certificate must name the node we mean to reach.
-            factory = TLSMemoryBIOFactory(owner.tls.client(self.peer_id), True, factory)
+            factory = TLSStreamFactory(owner.tls.client(self.peer_id), factory)
         self.connector = owner.reactor.connectTCP(
             self.address.host, self.address.port, factory,
             timeout=owner.connect_timeout, bindAddress=bind)

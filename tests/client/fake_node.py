@@ -14,9 +14,9 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.protocol import Factory
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from storg.net.framing import FrameReceiver
+from storg.net.tls_stream import TLSStreamFactory
 from storg.wire import CODEC, ErrorCode, ErrorReply
 from storg.wire.files import (
     ChunkRef,
@@ -81,7 +81,7 @@ class FakeNode:
         self.protocols: list[NodeProtocol] = []
         factory: Any = Factory.forProtocol(lambda: NodeProtocol(self))
         if tls is not None:
-            factory = TLSMemoryBIOFactory(tls, False, factory)
+            factory = TLSStreamFactory(tls, factory)
         self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.address = f"127.0.0.1:{self.port.getHost().port}"
 
