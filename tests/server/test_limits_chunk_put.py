@@ -138,3 +138,23 @@ def test_placements_are_released_when_the_upload_ends(tmp_path) -> None:
     service.replicator.unplace(placed)
     assert not service.replicator.is_placed(h, "n1")
     assert service.replicator._placements == {}
+
+
+def test_a_follower_that_has_not_heard_from_a_leader_yet_asks_once_it_has(tmp_path) -> None:
+    """A node just started gets the leader's copy before the leader's first message: asked at
+    once it would have no leader to ask and refuse; it asks after it has applied the index."""
+    data = os.urandom(CHUNK)
+    h = hashlib.sha256(data).hexdigest()
+    leader = Leader({(h, "n2")})
+    service, fsm, store = follower(tmp_path, leader)
+    node = service.node
+    node.leader = ""  # no leader heard of yet
+    node.applied_index = 0
+    outcome: list[object] = []
+    d = defer.maybeDeferred(service.chunk_put_after, ChunkPutAfter(7, h, 5, data), Conn())
+    d.addCallbacks(outcome.append, lambda f: outcome.append(f.value))
+    assert outcome == [] and leader.asked == []  # waiting for index 5; nobody asked yet
+    node.leader, node.applied_index = "n1", 5  # the leader's first append arrived and applied
+    service.reactor.advance(1.0)
+    assert len(outcome) == 1 and isinstance(outcome[0], ChunkStored), outcome
+    assert store.has(h) and [(q.hash, q.holder) for q in leader.asked] == [(h, "n2")]

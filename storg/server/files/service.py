@@ -597,7 +597,10 @@ class FileService:
         # A full disk refuses at once, whoever asks (the cheapest check first).
         self.reserve.check(f"chunk {req.hash[:12]}")
         # Asked at once, answered while the collect barrier is awaited: no added round trip.
-        asked = None if known is not None else self._placed_by_leader(req.hash)
+        # A node that has not heard from a leader yet (just started, say) asks after the
+        # wait instead: applying up to req.index means a leader has reached it.
+        leader_known = self.node.is_leader() or bool(self.node.leader)
+        asked = None if known is not None or not leader_known else self._placed_by_leader(req.hash)
         try:
             yield self.applied.wait(req.index)
         except defer.TimeoutError:
