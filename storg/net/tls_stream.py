@@ -201,7 +201,7 @@ class TLSStream(ProtocolWrapper):
             self._flush()
             return
         except ssl.SSLCertVerificationError as exc:
-            self.refusal = f"certificate from {self._peer_text()} refused: {tls_error_text(exc)}"
+            self.refusal = f"certificate refused: {tls_error_text(exc)}"
             self._fail(Failure())
             return
         except ssl.SSLError:
@@ -233,11 +233,12 @@ class TLSStream(ProtocolWrapper):
             try:
                 identity = identity_of_peercert(cert)
             except IdentityError as exc:
-                return f"certificate from {self._peer_text()} refused: {exc}"
+                return f"certificate refused: {exc}"
         refusal = self._options.check_peer(identity)
         if refusal is not None:
-            who = identity if identity is not None else f"no certificate from {self._peer_text()}"
-            return f"certificate of {who} refused: {refusal}"
+            if identity is None:
+                return f"no certificate: {refusal}"
+            return f"certificate of {identity} refused: {refusal}"
         self.tls_identity = identity
         return None
 
@@ -310,14 +311,6 @@ class TLSStream(ProtocolWrapper):
         self._early.clear()
         self._flush()
         self.transport.loseConnection()
-
-    def _peer_text(self) -> str:
-        try:
-            peer = self.transport.getPeer()
-            host, port = peer.host, peer.port
-        except Exception:  # a transport already torn down
-            return "?"
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class TLSStreamFactory(WrappingFactory):

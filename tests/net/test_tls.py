@@ -422,14 +422,12 @@ async def test_a_server_from_another_ca_or_with_a_client_certificate_is_refused(
     side = await connect(foreign, good_client(pki))
     assert side.received == b"" and not side.handshake_done
     # The server sent its CA after its own certificate: the chain ends in a CA this client does not trust.
-    assert side.lost == (f"certificate from 127.0.0.1:{foreign.port_number} refused: "
-                         "it is not signed by this cluster's CA")
+    assert side.lost == "certificate refused: it is not signed by this cluster's CA"
     # A client certificate is not a server's: its extended key usage says clientAuth only.
     posing = await serve(server_options(pki.path("ca"), *pki.pair("alice")))
     side = await connect(posing, good_client(pki, expected=None))
     assert side.received == b"" and not side.handshake_done
-    assert side.lost == (f"certificate from 127.0.0.1:{posing.port_number} refused: "
-                         "its key usage does not allow this use")
+    assert side.lost == "certificate refused: its key usage does not allow this use"
 
 
 def test_private_key_files_are_0600(pki):
