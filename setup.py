@@ -32,9 +32,10 @@ setup(
     # awscrt is AWS's C runtime (what botocore uses for the same job): the S3
     # gateway's CRC64NVME and CRC32C checksums and the CRC combination of
     # multipart full-object checksums, in C.
-    install_requires=["Twisted[tls]>=23.8", "PyYAML>=6.0", "google-crc32c>=1.5",
-                      "cryptography>=41", "pyOpenSSL>=23.2", "service_identity>=21.1",
-                      "prometheus_client>=0.17", "awscrt>=0.38"],
+    # TLS runs on the standard library's ssl (storg/net/tls_stream.py says why), so
+    # pyOpenSSL is a benchmark's only: Twisted's own TLS is the baseline it measures.
+    install_requires=["Twisted>=23.8", "PyYAML>=6.0", "google-crc32c>=1.5",
+                      "cryptography>=41", "prometheus_client>=0.17", "awscrt>=0.38"],
     # The linters ride in the test extras too, so CI's one install has them
     # (scripts/lint.sh); pinned to a minor release, as new ones add checks.
     # selenium drives the system's headless Chromium (Debian's chromium and
@@ -44,7 +45,8 @@ setup(
     # storg.s3 against botocore's own signers and encoders, and the gateway's tests and
     # benchmark drive it as it comes (default checksums, aws-chunked uploads).
     extras_require={
-        "test": ["pytest>=7.4", "pytest-twisted>=1.14", "hypothesis>=6.80", "selenium>=4.10", "boto3>=1.36", *LINT],
+        "test": ["pytest>=7.4", "pytest-twisted>=1.14", "hypothesis>=6.80", "selenium>=4.10", "boto3>=1.36",
+                 "pyOpenSSL>=23.2", *LINT],
         "lint": LINT,
     },
     entry_points={"console_scripts": ["storgctl = storg.cli.main:main"]},

@@ -321,8 +321,9 @@ class RequestConnection(FrameReceiver):
     def close(self) -> None:
         """Close after flushing; the write gate is unregistered first so the close is not held up.
 
-        Unconditionally: over TLS ``transport.producer`` is the TLS layer's,
-        not our gate, and a TLS transport with a producer registered never
+        Unconditionally: over TLS the registration is held by the TCP
+        transport under :class:`~storg.net.tls_stream.TLSStream`, not by the
+        transport we see, and a transport with a producer registered never
         shuts down, so the connection would stay open on both ends (the node
         counts it against ``limits.max_client_connections``).  Unregistering
         when nothing is registered does nothing.

@@ -149,4 +149,4 @@ VERIFY_ERRORS = {
     26: "its key usage does not allow this use",
 }
 """OpenSSL's X509_V_ERR_* codes a peer's certificate is likely to fail with, in words
-(pyOpenSSL's verify callback and the standard library's ``verify_code`` give the same codes)."""
+(the standard library's ``SSLCertVerificationError.verify_code``)."""

@@ -60,8 +60,10 @@ from storg.net.identity import VERIFY_ERRORS, Identity, IdentityError, identity_
 
 __all__ = ["PeerRefusedError", "TLSOptions", "TLSStream", "TLSStreamFactory", "tls_error_text"]
 
-READ_SIZE = 256 * 1024
-"""The most one ``SSLObject.read`` returns (OpenSSL gives one 16 KiB record per call anyway)."""
+READ_SIZE = 16 * 1024
+"""What one ``SSLObject.read`` asks for: one TLS record's most (OpenSSL returns one record per
+call).  The standard library allocates the whole size before each read and shrinks it after,
+so asking for more costs an allocation (past 128 KiB, an mmap) per 16 KiB record."""
 
 JOIN_BELOW = 64 * 1024
 """``writeSequence`` joins pieces smaller than this into one write (one TLS record for a small
@@ -215,9 +217,8 @@ class TLSStream(ProtocolWrapper):
             return
         self._handshaken = True
         early, self._early = self._early, []
-        for data in early:
+        for data in early:  # each flushed at once: the outgoing BIO never holds them all
             self._encrypt(data)
-        if early:
             self._flush()
         if IHandshakeListener.providedBy(self.wrappedProtocol):
             self.wrappedProtocol.handshakeCompleted()

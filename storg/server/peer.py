@@ -370,8 +370,8 @@ class PeerClientProtocol(_PeerProtocol):
 
     def close_connection(self) -> None:
         # A transport with a registered producer never finishes closing.  Unconditional:
-        # over TLS ``transport.producer`` is the TLS layer's, not ours, and unregistering
-        # when nothing is registered does nothing.
+        # over TLS the registration is held by the TCP transport under TLSStream, not by
+        # the transport we see, and unregistering when nothing is registered does nothing.
         self.transport.unregisterProducer()
         self.transport.loseConnection()
 

@@ -5,7 +5,7 @@ piece: storage is opened and the core rebuilt from it in ``startService``,
 and ``stopService`` hands leadership over before anything is closed, so a
 SIGTERM (a rolling restart) costs the cluster no election timeout.
 
-Listeners are built from endpoints: TLS (``SSL4ServerEndpoint`` with the
+Listeners are built from endpoints: TLS (``storg.net.tls.server_endpoint`` with the
 node's credentials) when the config has a ``tls`` section, plain TCP
 otherwise; the protocols are the same either way.  Every outgoing
 connection goes through the node's :class:`~storg.net.connection.Dialer`
