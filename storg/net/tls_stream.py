@@ -48,7 +48,7 @@ way :attr:`TLSStream.refusal` says why in one line, for
 from __future__ import annotations
 
 import ssl
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from twisted.internet.interfaces import IHandshakeListener, ISSLTransport
 from twisted.internet.protocol import Protocol as TwistedProtocol
@@ -100,8 +100,9 @@ class TLSStream(ProtocolWrapper):
     """One TLS connection: a ``ssl.SSLObject`` between the TCP transport and the wrapped protocol."""
 
     def __init__(self, factory: TLSStreamFactory, wrappedProtocol: Any) -> None:
-        super().__init__(factory, wrappedProtocol)
+        super().__init__(cast(Any, factory), wrappedProtocol)
         self._options = factory.options
+        self._tcp: Any = None  # the TCP transport under us (``self.transport``, typed for use)
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._tls = factory.options.context.wrap_bio(
@@ -122,9 +123,10 @@ class TLSStream(ProtocolWrapper):
         # As ProtocolWrapper's, but this transport is an ISSLTransport from the start: the wrapped
         # protocol's connectionMade (before the handshake) may ask.
         directlyProvides(self, providedBy(transport), ISSLTransport)
+        self._tcp = transport
         TwistedProtocol.makeConnection(self, transport)
         self.factory.registerProtocol(self)
-        self.wrappedProtocol.makeConnection(self)
+        cast(Any, self.wrappedProtocol).makeConnection(self)
         if not self._options.server_side and not self._finished:
             self._handshake()  # the ClientHello
 
@@ -182,7 +184,7 @@ class TLSStream(ProtocolWrapper):
     def abortConnection(self) -> None:
         self._finished = True
         self.disconnecting = True
-        self.transport.abortConnection()
+        self._tcp.abortConnection()
 
     def getPeerCertificate(self) -> bytes | None:
         """The peer's certificate (DER), once the handshake is done; None before or without one."""
@@ -285,7 +287,7 @@ class TLSStream(ProtocolWrapper):
 
     def _flush(self) -> None:
         if self._outgoing.pending:
-            self.transport.write(self._outgoing.read())
+            self._tcp.write(self._outgoing.read())
 
     def _shutdown(self) -> None:
         """Our close_notify, then close TCP once its buffer is written (we do not wait for theirs)."""
@@ -297,7 +299,7 @@ class TLSStream(ProtocolWrapper):
             except ssl.SSLError:
                 pass  # SSLWantReadError: the peer's close_notify has not come; it need not
             self._flush()
-        self.transport.loseConnection()
+        self._tcp.loseConnection()
 
     def _peer_closed(self) -> None:
         self.disconnecting = True
@@ -311,7 +313,7 @@ class TLSStream(ProtocolWrapper):
         self.disconnecting = True
         self._early.clear()
         self._flush()
-        self.transport.loseConnection()
+        self._tcp.loseConnection()
 
 
 class TLSStreamFactory(WrappingFactory):
