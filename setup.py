@@ -34,6 +34,8 @@ setup(
     # multipart full-object checksums, in C.
     # TLS runs on the standard library's ssl (storg/net/tls_stream.py says why), so
     # pyOpenSSL is a benchmark's only: Twisted's own TLS is the baseline it measures.
+    # Where pyOpenSSL is installed, importing twisted.internet.endpoints imports
+    # Twisted's TLS, which needs service_identity: the test extras carry both.
     install_requires=["Twisted>=23.8", "PyYAML>=6.0", "google-crc32c>=1.5",
                       "cryptography>=41", "prometheus_client>=0.17", "awscrt>=0.38"],
     # The linters ride in the test extras too, so CI's one install has them
@@ -46,7 +48,7 @@ setup(
     # benchmark drive it as it comes (default checksums, aws-chunked uploads).
     extras_require={
         "test": ["pytest>=7.4", "pytest-twisted>=1.14", "hypothesis>=6.80", "selenium>=4.10", "boto3>=1.36",
-                 "pyOpenSSL>=23.2", *LINT],
+                 "pyOpenSSL>=23.2", "service_identity>=21.1", *LINT],
         "lint": LINT,
     },
     entry_points={"console_scripts": ["storgctl = storg.cli.main:main"]},
