@@ -59,7 +59,7 @@ checked as soon as the handshake is done (``check_peer``), before the
 protocol hears of the connection.  Either refusal is kept, in one line,
 for :func:`describe_tls_failure`.  Connections run on
 :mod:`storg.net.tls_stream`, not on Twisted's ``TLSMemoryBIOProtocol``,
-for a third of its CPU per message (its docstring has the figures).
+for 0.38 of its own CPU cost per message (its docstring has the figures).
 
 When is the peer's identity known?
 ----------------------------------

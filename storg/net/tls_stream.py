@@ -7,11 +7,12 @@ Twisted's TLS drives pyOpenSSL's memory BIOs from Python: every message
 crosses cffi several times, each read ends in a ``WantReadError`` raised
 and caught (three exceptions per message), and every write is copied into
 an aggregation buffer flushed by a ``callLater(0)`` on the next reactor
-turn.  Measured round trips of 300-byte messages over loopback, both ends
-in one process (``benchmarks/tls_record_bench.py --round-trips``): plain
-TCP about 64 µs of CPU, Twisted's TLS about 155 µs, this module about
-95 µs.  storg's small requests are a few such messages each, so TLS cost
-them 20-50% of their throughput; here it costs a third of that.
+turn.  Measured over loopback, both ends in one process
+(``benchmarks/tls_transport_bench.py``, docs/benchmarks.rst row P): a
+300-byte round trip cost TLS about 100 µs of CPU over plain TCP's with
+Twisted's, about 38 µs with this module; a MiB streamed, 3.4 ms against
+2.1.  storg's small requests are a few such messages each, so TLS cost
+them 20-50% of their throughput with Twisted's.
 
 The standard library's ``ssl`` module runs the same OpenSSL with the
 memory BIOs in C: :class:`TLSStream` writes a message straight through
