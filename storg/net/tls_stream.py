@@ -41,7 +41,8 @@ The chain is verified by OpenSSL during the handshake (an alert goes to
 the peer: unknown CA, expired, certificate required, ...).  The storg
 identity in a verified certificate is checked right after it
 (:meth:`TLSOptions.check_peer`); a refused identity ends the connection
-with a close_notify before a byte reaches the wrapped protocol.  Either
+(a TCP close, no alert: the standard library cannot send one) before a
+byte reaches the wrapped protocol.  Either
 way :attr:`TLSStream.refusal` says why in one line, for
 :func:`storg.net.tls.describe_tls_failure`.
 """
@@ -51,6 +52,7 @@ from __future__ import annotations
 import ssl
 from typing import Any, Protocol, cast
 
+from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IHandshakeListener, ISSLTransport
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -65,6 +67,10 @@ READ_SIZE = 16 * 1024
 """What one ``SSLObject.read`` asks for: one TLS record's most (OpenSSL returns one record per
 call).  The standard library allocates the whole size before each read and shrinks it after,
 so asking for more costs an allocation (past 128 KiB, an mmap) per 16 KiB record."""
+
+CLOSE_GRACE = 10.0
+"""Seconds a close asked for before the handshake waits for it (to send what was written) before
+the connection is dropped: a peer that accepted TCP but never answers TLS must not hold it."""
 
 JOIN_BELOW = 64 * 1024
 """``writeSequence`` joins pieces smaller than this into one write (one TLS record for a small
@@ -112,6 +118,9 @@ class TLSStream(ProtocolWrapper):
         self._finished = False  # TLS is over: failed, refused, or shut down by either end
         self._early: list[bytes] = []  # written by the wrapped protocol before the handshake
         self._close_after_handshake = False
+        self._close_timer: Any = None
+        self._peer_closed_tls = False  # the peer's close_notify came: TCP's end is a clean one
+        self._we_closed = False  # our close_notify went, or we ended the connection
         self._failure: Failure | None = None
         self.refusal: str | None = None
         """Why this end refused the peer's certificate, in one line; None if it did not."""
@@ -144,8 +153,15 @@ class TLSStream(ProtocolWrapper):
     def connectionLost(self, reason: Any = None) -> None:
         self._finished = True
         self._early.clear()
+        if self._close_timer is not None and self._close_timer.active():
+            self._close_timer.cancel()
+        self._close_timer = None
         if self._failure is not None:
             reason = self._failure
+        elif self._handshaken and not self._peer_closed_tls and not self._we_closed:
+            # TCP ended without the peer's close_notify: the stream may have been cut short
+            # (as Twisted's TLS reports it), not ended.
+            reason = Failure(ConnectionLost("the TLS stream ended without close_notify"))
         ProtocolWrapper.connectionLost(self, reason)
 
     # -- Twisted: the wrapped protocol's transport ------------------------------------------------
@@ -178,11 +194,15 @@ class TLSStream(ProtocolWrapper):
             return
         self.disconnecting = True
         if not self._handshaken and self._early:
-            self._close_after_handshake = True  # what was written goes out first
+            self._close_after_handshake = True  # what was written goes out first, if it can
+            from twisted.internet import reactor
+
+            self._close_timer = cast(Any, reactor).callLater(CLOSE_GRACE, self.abortConnection)
             return
         self._shutdown()
 
     def abortConnection(self) -> None:
+        self._we_closed = True
         self._finished = True
         self.disconnecting = True
         self._tcp.abortConnection()
@@ -223,6 +243,8 @@ class TLSStream(ProtocolWrapper):
         for data in early:  # each flushed at once: the outgoing BIO never holds them all
             self._encrypt(data)
             self._flush()
+        if self._finished:  # an encryption failed: _fail closed the connection
+            return
         if IHandshakeListener.providedBy(self.wrappedProtocol):
             self.wrappedProtocol.handshakeCompleted()
         if self._close_after_handshake:
@@ -263,8 +285,10 @@ class TLSStream(ProtocolWrapper):
                 self._give(pieces)
                 self._fail(Failure())
                 return
-            if not piece:
-                break
+            if not piece:  # SSLObject.read gives b"" for the peer's close_notify
+                self._give(pieces)
+                self._peer_closed()
+                return
             pieces.append(piece)
             if not incoming.pending and not tls.pending():
                 break
@@ -292,6 +316,7 @@ class TLSStream(ProtocolWrapper):
 
     def _shutdown(self) -> None:
         """Our close_notify, then close TCP once its buffer is written (we do not wait for theirs)."""
+        self._we_closed = True
         self._finished = True
         self.disconnecting = True
         if self._handshaken:
@@ -303,6 +328,9 @@ class TLSStream(ProtocolWrapper):
         self._tcp.loseConnection()
 
     def _peer_closed(self) -> None:
+        self._peer_closed_tls = True
+        if self._finished:
+            return
         self.disconnecting = True
         self._shutdown()
 
@@ -310,6 +338,7 @@ class TLSStream(ProtocolWrapper):
         """TLS cannot go on: send the alert OpenSSL made, close, and report ``failure``."""
         if self._failure is None:
             self._failure = failure
+        self._we_closed = True
         self._finished = True
         self.disconnecting = True
         self._early.clear()

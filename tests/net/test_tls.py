@@ -445,3 +445,66 @@ async def test_tls_1_2_is_the_minimum(pki, harness):
     side = await connect(server, RawClient(pki.pair("alice"), max_version=ssl.TLSVersion.TLSv1_1))
     assert side.received == b"" and side.lost is not None and not server.sides[-1].handshake_done
     await assert_served(server, connect, pki)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_close_and_a_cut_are_told_apart(pki, harness):
+    """The server's own close sends close_notify (a clean end); a TCP close under TLS, without
+    close_notify, may have cut the stream short and is reported as a lost connection."""
+    serve, connect = harness
+    server = await serve(server_options(pki.path("ca"), *pki.pair("n1")))
+    clean = await connect(server, good_client(pki))
+    server.sides[-1].transport.loseConnection()
+    await wait_for(lambda: clean.lost is not None, "the clean close")
+    assert "without close_notify" not in clean.lost and "cleanly" in clean.lost, clean.lost
+    cut = await connect(server, good_client(pki))
+    server.sides[-1].transport.transport.loseConnection()  # TCP's FIN, under TLS
+    await wait_for(lambda: cut.lost is not None, "the cut")
+    assert "without close_notify" in cut.lost, cut.lost
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_peers_close_notify_is_answered_while_tcp_stays_open(pki, harness, tmp_path):
+    """A client that sends close_notify and waits for ours (as HTTPS clients may) gets it: the
+    standard library's SSLObject reads the close_notify as b"", not as an exception."""
+    from twisted.internet.threads import deferToThread
+
+    serve, _connect = harness
+    server = await serve(server_options(pki.path("ca"), *pki.pair("n1")))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.load_verify_locations(pki.path("ca"))
+    context.load_cert_chain(*pki.pair("alice"))
+
+    def client() -> bytes:
+        with socket.create_connection(("127.0.0.1", server.port_number), timeout=TIMEOUT) as raw:
+            tls = context.wrap_socket(raw)
+            tls.sendall(b"hello")
+            echoed = tls.recv(5)
+            tls.unwrap()  # sends our close_notify and waits for the node's
+            return echoed
+
+    assert await deferToThread(client) == b"hello"
+    await wait_for(lambda: server.sides and server.sides[-1].lost is not None, "the server's end")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_close_asked_before_the_handshake_gives_up_on_a_silent_peer(pki, monkeypatch):
+    """Written-then-closed before the handshake: the bytes wait for it, but not for ever, when
+    the other end accepted TCP and never answers TLS."""
+    from twisted.internet.protocol import ServerFactory
+
+    from storg.net import tls_stream
+
+    monkeypatch.setattr(tls_stream, "CLOSE_GRACE", 0.3)
+    silent = reactor.listenTCP(0, ServerFactory.forProtocol(Protocol), interface="127.0.0.1")
+    try:
+        side = Side(echo=False)
+        endpoint = client_endpoint(reactor, "127.0.0.1", silent.getHost().port, good_client(pki), timeout=TIMEOUT)
+        await connectProtocol(endpoint, side)
+        side.transport.write(b"hello")
+        side.transport.loseConnection()
+        await wait_for(lambda: side.lost is not None, "the close to give up", timeout=5)
+        assert not side.handshake_done
+    finally:
+        await silent.stopListening()
