@@ -37,13 +37,10 @@ class BlockingTLS:
     def __init__(self, ca: str, cert: str | None, key: str | None) -> None:
         import ssl
 
+        from storg.net.tls_policy import base_context
+
         self.ssl = ssl
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False  # nodes are named by their certificate's storg identity
-        ctx.verify_mode = ssl.CERT_REQUIRED
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_TICKET | ssl.OP_NO_RENEGOTIATION
-        ctx.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")  # TLS 1.2's, as storg.net.tls.TLS12_CIPHERS
+        ctx = base_context(server=False)
         try:
             ctx.load_verify_locations(ca)
         except FileNotFoundError as exc:

@@ -226,6 +226,7 @@ class Upload:
         self.progress(0, len(data))
         if tracing.ON:
             tracing.mark("client.put", f"{self.path} bytes={len(data)}")
+
         def then(request_id: int) -> list[Any]:
             end = PutEnd(request_id, len(data), digest)
             return [PutData(request_id, data), end] if data else [end]

@@ -115,6 +115,7 @@ from storg.net.identity import (
     parse_identity_uri,
 )
 from storg.net.tls_files import TLSConfigError
+from storg.net.tls_policy import base_context
 from storg.net.tls_stream import TLSStream, TLSStreamFactory, tls_error_text
 
 __all__ = [
@@ -124,8 +125,6 @@ __all__ = [
     "is_tls_failure", "peer_identity", "server_endpoint", "client_endpoint",
 ]
 
-TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
-"""TLS 1.2 only (1.3 suites are OpenSSL's defaults, all of them AEAD): forward secret AEAD."""
 
 
 def identity_of(cert: x509.Certificate) -> Identity:
@@ -215,14 +214,6 @@ def _check_own_certificate(cert: x509.Certificate, cert_path: str, cas: Sequence
     raise TLSConfigError(f"{cert_path}: the certificate was not issued by the CA in {ca_path}")
 
 
-def _subject(cert: x509.Certificate) -> str:
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if names:
-        value = names[0].value
-        return f"CN={value.decode('utf-8', 'replace') if isinstance(value, bytes) else value}"
-    return cert.subject.rfc4514_string() or "an empty subject"
-
-
 class _Options:
     """One TLS context (the standard library's), built once from the files; a session per connection.
 
@@ -240,14 +231,7 @@ class _Options:
         cas = load_certificates(ca_path, "CA certificate")
         self.identity: Identity | None = None
         self.server_side = server
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False  # nodes are named by their certificate's storg identity, not by address
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.options |= (ssl.OP_NO_COMPRESSION | ssl.OP_NO_TICKET | ssl.OP_NO_RENEGOTIATION
-                        | ssl.OP_CIPHER_SERVER_PREFERENCE)
-        ctx.set_ciphers(TLS12_CIPHERS)
-        if server:
-            ctx.num_tickets = 0  # TLS 1.3: nothing to resume
+        ctx = base_context(server=server)
         if (cert_path is None) != (key_path is None):
             raise TLSConfigError("a certificate and its key go together: give both or neither")
         if cert_path is not None and key_path is not None:
@@ -390,24 +374,26 @@ def _is_ip(host: str) -> bool:
 class _TLSServerEndpoint:
     """A TCP listener whose every connection runs TLS (:class:`TLSStream`) under the protocol."""
 
-    def __init__(self, tcp: Any, options: ServerTLS) -> None:
+    def __init__(self, tcp: Any, options: ServerTLS, reactor: Any) -> None:
         self._tcp = tcp
         self._options = options
+        self._reactor = reactor
 
     def listen(self, factory: Any) -> Any:
-        return self._tcp.listen(TLSStreamFactory(self._options, factory))
+        return self._tcp.listen(TLSStreamFactory(self._options, factory, self._reactor))
 
 
 class _TLSClientEndpoint:
     """A TCP connection with TLS under the protocol; fires with the caller's protocol, as
     ``wrapClientTLS`` does (the handshake is still to come: ``handshakeCompleted``)."""
 
-    def __init__(self, tcp: Any, options: ClientTLS) -> None:
+    def __init__(self, tcp: Any, options: ClientTLS, reactor: Any) -> None:
         self._tcp = tcp
         self._options = options
+        self._reactor = reactor
 
     def connect(self, factory: Any) -> Any:
-        return self._tcp.connect(TLSStreamFactory(self._options, factory)).addCallback(
+        return self._tcp.connect(TLSStreamFactory(self._options, factory, self._reactor)).addCallback(
             lambda stream: stream.wrappedProtocol)
 
 
@@ -415,7 +401,7 @@ def server_endpoint(reactor: Any, host: str, port: int, options: ServerTLS,
                     backlog: int = 50) -> Any:
     """A TLS listener on ``host`` (an IPv4 or IPv6 address; "" for every IPv4 one) and ``port``."""
     cls = endpoints.TCP6ServerEndpoint if _is_ipv6(host) else endpoints.TCP4ServerEndpoint
-    return _TLSServerEndpoint(cls(reactor, port, backlog=backlog, interface=host), options)
+    return _TLSServerEndpoint(cls(reactor, port, backlog=backlog, interface=host), options, reactor)
 
 
 def client_endpoint(reactor: Any, host: str, port: int, options: ClientTLS, timeout: float = 30,
@@ -433,4 +419,4 @@ def client_endpoint(reactor: Any, host: str, port: int, options: ClientTLS, time
         tcp = endpoints.TCP4ClientEndpoint(reactor, host, port, timeout=timeout, bindAddress=bind)
     else:
         tcp = endpoints.HostnameEndpoint(reactor, host.encode("idna"), port, timeout=timeout, bindAddress=bind)
-    return _TLSClientEndpoint(tcp, options)
+    return _TLSClientEndpoint(tcp, options, reactor)

@@ -195,9 +195,7 @@ class TLSStream(ProtocolWrapper):
         self.disconnecting = True
         if not self._handshaken and self._early:
             self._close_after_handshake = True  # what was written goes out first, if it can
-            from twisted.internet import reactor
-
-            self._close_timer = cast(Any, reactor).callLater(CLOSE_GRACE, self.abortConnection)
+            self._close_timer = self.factory.reactor.callLater(CLOSE_GRACE, self.abortConnection)
             return
         self._shutdown()
 
@@ -352,9 +350,15 @@ class TLSStreamFactory(WrappingFactory):
     protocol = TLSStream
     noisy = False
 
-    def __init__(self, options: TLSOptions, wrappedFactory: Any) -> None:
+    def __init__(self, options: TLSOptions, wrappedFactory: Any, reactor: Any = None) -> None:
         super().__init__(wrappedFactory)
         self.options = options
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        self.reactor: Any = reactor
+        """Times the grace of a close asked before the handshake (``CLOSE_GRACE``)."""
 
     def logPrefix(self) -> str:
         inner = getattr(self.wrappedFactory, "logPrefix", None)

@@ -463,7 +463,7 @@ class _Link:
         factory: Any = _LinkFactory(self)
         if owner.tls is not None:
             # The peer's certificate must name the node we mean to reach.
-            factory = TLSStreamFactory(owner.tls.client(self.peer_id), factory)
+            factory = TLSStreamFactory(owner.tls.client(self.peer_id), factory, owner.reactor)
         self.connector = owner.reactor.connectTCP(
             self.address.host, self.address.port, factory,
             timeout=owner.connect_timeout, bindAddress=bind)

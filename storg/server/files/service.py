@@ -159,6 +159,7 @@ def within_frame(files: list[FileInfo]) -> list[tuple[FileInfo, ...]]:
     runs.append(tuple(run))
     return runs
 
+
 UPLOAD_BUDGET_WINDOWS = 2
 """All uploads on a node together have at most this many upload windows of chunks in flight
 (storg.server.files.upload_budget): one upload keeps its whole window, a second shares."""
