@@ -16,7 +16,7 @@ setup() {
     if [ ! -x "$VENV/bin/python" ]; then
         python3 -m venv "$VENV"
     fi
-    if ! "$VENV/bin/python" -c 'import storg, twisted, yaml, OpenSSL, cryptography, service_identity' 2>/dev/null; then
+    if ! "$VENV/bin/python" -c 'import storg, twisted, yaml, cryptography, google_crc32c, prometheus_client' 2>/dev/null; then
         "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
         "$VENV/bin/python" -m pip install -q -e .
     fi

@@ -74,6 +74,7 @@ from storg.wire.objects import (
     S3KeyListRequest,
     S3KeyRevokeRequest,
 )
+from storg.wire.record import record_fields
 from storg.wire.tree import CopyRequest, MoveRequest, RemoveTreeRequest, WatchEvent, WatchRequest
 
 _KEY_ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
@@ -290,7 +291,7 @@ class StorgClient:
                 return empty
             if not isinstance(reply, ScrubStatusReply):
                 return empty
-            return {name: getattr(reply, name) for name in reply.__slots__ if name != "request_id"} | \
+            return {name: getattr(reply, name) for name in record_fields(reply) if name != "request_id"} | \
                 {"id": reply.node_id}
 
         clients = await self._member_clients()

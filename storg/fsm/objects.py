@@ -24,7 +24,6 @@ gateway's lookup.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from collections import Counter
 from collections.abc import Callable
@@ -54,6 +53,7 @@ from storg.wire.objects import (
     S3KeyCreateCommand,
     S3KeyRevokeCommand,
 )
+from storg.wire.record import replace as replace_record
 from storg.wire.tree import WATCH_CREATE, WATCH_UPDATE
 
 S3_ROLES = ("readonly", "readwrite", "admin")
@@ -134,7 +134,7 @@ class ObjectCommands:
         if old is not None and dst != src and not cmd.force:
             raise Conflict(f"{dst} already exists (--force replaces it)")
         # The content's parts are a fact of its chunks and SHA-256, not an attribute to replace.
-        attrs = dataclasses.replace(cmd.attrs, parts=file_attrs(rec).parts)
+        attrs = replace_record(cmd.attrs, parts=file_attrs(rec).parts)
         try:
             tail = pack_attrs(attrs)
         except CodecError as exc:
@@ -208,7 +208,7 @@ class ObjectCommands:
         if total > MAX_FILE_CHUNKS:
             raise InvalidCommand(f"entry {index}: the composed file would have {total} chunks, more than "
                                  f"{MAX_FILE_CHUNKS}")
-        attrs = dataclasses.replace(cmd.attrs, parts=tuple(sizes))
+        attrs = replace_record(cmd.attrs, parts=tuple(sizes))
         try:
             tail = pack_attrs(attrs)
         except CodecError as exc:

@@ -36,13 +36,13 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
-from dataclasses import dataclass
 from itertools import accumulate, chain, repeat
 from operator import add, itemgetter, mul
 
 from storg.wire.codec import CODEC
 from storg.wire.files import ChunkRef, FileInfo
 from storg.wire.objects import NO_ATTRS, ObjectAttrs, decode_attrs, encode_attrs
+from storg.wire.record import record
 from storg.wire.records import CodecError, Reader, short_str
 from storg.wire.schema import (
     ID,
@@ -74,7 +74,7 @@ FILE_BATCH_BYTES = 64 * 1024
 
 
 @layout(U16, U64, U64, U64, U64)
-@dataclass(frozen=True, slots=True)
+@record
 class SnapshotHeader:
     """First frame of a snapshot: its format and the number of records of each kind."""
 
@@ -86,7 +86,7 @@ class SnapshotHeader:
 
 
 @layout(U16, U64, U64, U64, U64, U64)
-@dataclass(frozen=True, slots=True)
+@record
 class SnapshotHeader3:
     """Format 3's first frame: :class:`SnapshotHeader` and the number of S3 key records (last)."""
 
@@ -99,7 +99,7 @@ class SnapshotHeader3:
 
 
 @layout(ID, STR16, ID, STR16, U64)
-@dataclass(frozen=True, slots=True)
+@record
 class S3KeyRecord:
     """One S3 access key, secret included (snapshots are sealed at rest, issue 16)."""
 
@@ -251,7 +251,7 @@ def file_chunks(rec: bytes) -> bytes:
 # --- format 1 (read only): one frame per chunk and per file -------------------------------
 
 @layout(SHA256, U32, U64, ListOf(ID))
-@dataclass(frozen=True, slots=True)
+@record
 class ChunkRecord:
     """Format 1's chunk map entry (hex hash); restore treats it as a batch of one."""
 
@@ -262,7 +262,7 @@ class ChunkRecord:
 
 
 @layout(STR16, U64, SHA256, U64, U64, ListOf(SHA256))
-@dataclass(frozen=True, slots=True)
+@record
 class FileRecord:
     """Format 1's namespace entry (hex hashes); restore treats it as a batch of one."""
 
@@ -276,7 +276,7 @@ class FileRecord:
 
 # --- batches: hand-written layouts, decoded without the generic schema ---------------------
 
-@dataclass(frozen=True, slots=True)
+@record
 class ChunkBatch:
     """Consecutive chunk map entries.
 
@@ -291,7 +291,7 @@ class ChunkBatch:
     chunks: tuple[tuple[bytes, int, int, int], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FileBatch:
     """Consecutive namespace entries: ``paths[i]`` is stored as ``files[i]``.
 
@@ -420,7 +420,7 @@ def read_file_batch(r: Reader) -> FileBatch:
     return FileBatch(tuple(paths), tuple(files))
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FileBatch3:
     """Format 3's namespace entries: as :class:`FileBatch`, but the column gives each record's length.
 
@@ -451,7 +451,7 @@ def read_file_batch3(r: Reader) -> FileBatch3:
 
 
 @layout(STR16, U64, SHA256, U64, U64, ListOf(Nested(ChunkRef)))
-@dataclass(frozen=True, slots=True)
+@record
 class _FileInfoV2:
     """FileInfo as formats 1 and 2 wrote it in put sessions (before attributes)."""
 
@@ -464,7 +464,7 @@ class _FileInfoV2:
 
 
 @layout(U64, U64, U64, Nested(_FileInfoV2))
-@dataclass(frozen=True, slots=True)
+@record
 class SessionPutRecordV2:
     """Formats 1 and 2's put session (read only): restored as a :class:`SessionPutRecord`."""
 
@@ -480,7 +480,7 @@ class SessionPutRecordV2:
 
 
 @layout(U64, U64, U64, Nested(FileInfo))
-@dataclass(frozen=True, slots=True)
+@record
 class SessionPutRecord:
     """A client session whose last command was a put that succeeded with ``info``.
 
@@ -494,7 +494,7 @@ class SessionPutRecord:
 
 
 @layout(U64, U64, U64, U64)
-@dataclass(frozen=True, slots=True)
+@record
 class SessionIndexRecord:
     """A client session whose last command succeeded with an integer (an rm's version)."""
 
@@ -505,7 +505,7 @@ class SessionIndexRecord:
 
 
 @layout(U64, U64, U64, ID, STR32)
-@dataclass(frozen=True, slots=True)
+@record
 class SessionErrorRecord:
     """A client session whose last command was refused: the error's class name and message."""
 

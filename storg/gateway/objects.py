@@ -13,7 +13,6 @@ applies, so of two racing writers exactly one wins.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +39,7 @@ from storg.s3 import checksums, conditions, names, ranges, xml
 from storg.s3.errors import S3Error
 from storg.wire.attrs import ObjectAttrs
 from storg.wire.files import FileInfo
+from storg.wire.record import replace as replace_record
 
 MAX_PUT = 5 * 1024 ** 3
 """S3's largest single PUT (5 GiB); larger objects are multipart."""
@@ -330,7 +330,7 @@ async def copy_object(ex: S3Exchange) -> Response:
     attrs = None
     if directive == "REPLACE":
         given = request_attrs(ex)
-        attrs = dataclasses.replace(info.attrs, content_type=given.content_type, metadata=given.metadata)
+        attrs = replace_record(info.attrs, content_type=given.content_type, metadata=given.metadata)
     elif src == dst:
         raise S3Error("InvalidRequest", "This copy request is illegal because it is trying to copy an object "
                       "to itself without changing the object's metadata, storage class, website redirect "

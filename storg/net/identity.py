@@ -10,9 +10,9 @@ applies exactly the same rules without importing cryptography or pyOpenSSL.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from storg.names import NODE_ID_RE
+from storg.wire.record import record
 
 URI_SCHEME = "storg"
 NODE = "node"
@@ -30,7 +30,7 @@ class IdentityError(ValueError):
     """A certificate that does not name exactly one valid storg identity."""
 
 
-@dataclass(frozen=True)
+@record
 class Identity:
     """Who is on the other end: a node (``role`` ``node``) or a user with one client role."""
 

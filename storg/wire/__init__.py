@@ -3,8 +3,8 @@
 Use :data:`CODEC` (``CODEC.encode(obj)`` / ``CODEC.decode(body)``); every
 decoding failure is a :class:`CodecError`.
 
-The frame modules are imported on demand, not here: each one's frozen
-dataclasses cost about half a millisecond apiece to create, and a
+The frame modules are imported on demand, not here: each frame class
+costs some tens of microseconds to create (:mod:`storg.wire.record`), and a
 ``storgctl status`` that needs three of a hundred types should not pay
 for the rest (see :meth:`Codec.load_on_demand`).  A module that builds a
 frame has imported its class, which registered it; a frame of a type byte

@@ -14,9 +14,8 @@ leader tells it, and it stops.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from storg.wire.codec import CODEC
+from storg.wire.record import record
 from storg.wire.schema import (
     BOOL,
     ID,
@@ -34,7 +33,7 @@ REMOVED = "removed"
 
 
 @layout(ID, ID, STR16, STR16)
-@dataclass(frozen=True, slots=True)
+@record
 class MemberInfo:
     """One member as ``member list`` shows it; ``role`` is ``voter`` or ``learner``."""
 
@@ -45,20 +44,20 @@ class MemberInfo:
 
 
 @layout(U64)
-@dataclass(frozen=True, slots=True)
+@record
 class MemberListRequest:
     request_id: int
 
 
 @layout(U64, ListOf(Nested(MemberInfo)))
-@dataclass(frozen=True, slots=True)
+@record
 class MemberListReply:
     request_id: int
     members: tuple[MemberInfo, ...] = ()
 
 
 @layout(U64, ID, STR16, STR16, BOOL)
-@dataclass(frozen=True, slots=True)
+@record
 class MemberAddRequest:
     """Add ``node_id`` as a learner, wait until it caught up, then make it a voter.
 
@@ -74,7 +73,7 @@ class MemberAddRequest:
 
 
 @layout(U64, ID, U64, U64, ID)
-@dataclass(frozen=True, slots=True)
+@record
 class MemberAddProgress:
     """The learner holds the log up to ``match`` of the leader's ``last_index``."""
 
@@ -86,7 +85,7 @@ class MemberAddProgress:
 
 
 @layout(U64, ID, ID, U64)
-@dataclass(frozen=True, slots=True)
+@record
 class MemberChanged:
     """The change is committed: ``node_id`` is now ``role`` (voter, learner or removed).
 
@@ -100,14 +99,14 @@ class MemberChanged:
 
 
 @layout(U64, ID)
-@dataclass(frozen=True, slots=True)
+@record
 class MemberRemoveRequest:
     request_id: int
     node_id: str
 
 
 @layout(U64, ID)
-@dataclass(frozen=True, slots=True)
+@record
 class LeaderTransferRequest:
     """Hand leadership to ``target``, or to the most up-to-date voter if empty."""
 
@@ -116,7 +115,7 @@ class LeaderTransferRequest:
 
 
 @layout(U64, ID, U64)
-@dataclass(frozen=True, slots=True)
+@record
 class LeaderTransferDone:
     """``leader`` is in office in ``term``."""
 
@@ -126,7 +125,7 @@ class LeaderTransferDone:
 
 
 @layout(U64, ID, ID, U64, U64)
-@dataclass(frozen=True, slots=True)
+@record
 class RemovedNotice:
     """Leader ``by`` (in ``term``) committed the entry at ``index`` removing ``node_id``."""
 

@@ -9,15 +9,13 @@ state machine keeps them in a file's packed record (:mod:`storg.fsm.records`).
 
 A module of its own, apart from the object frames, because every
 ``FileInfo`` needs it: a short-lived storgctl that reads a FileInfo should
-not build the S3 key and compose frames too (each frozen dataclass costs
-about half a millisecond to create).
+not build the S3 key and compose frames too.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from storg.wire.reader import CodecError, Reader
+from storg.wire.record import record
 from storg.wire.schema import STR16, STR_PAIRS, U64, ListOf, compile_reader, fields_of, layout, write_fields
 
 MAX_ATTRS_BYTES = 1 << 20
@@ -25,7 +23,7 @@ MAX_ATTRS_BYTES = 1 << 20
 
 
 @layout(STR16, STR16, STR_PAIRS, STR_PAIRS, ListOf(U64), STR_PAIRS)
-@dataclass(frozen=True, slots=True)
+@record
 class ObjectAttrs:
     """What S3 keeps beside an object's bytes; the default (all empty) is "none".
 

@@ -20,9 +20,8 @@ the bytes end to end as a single put or get does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from storg.wire.codec import CODEC
+from storg.wire.record import record
 from storg.wire.schema import BOOL, BYTES32, SHA256, STR16, U32, U64, ListOf, Nested, layout, register_struct
 
 MAX_BATCH_FILES = 512
@@ -33,7 +32,7 @@ MAX_BATCH_BYTES = 1 << 20
 
 
 @layout(STR16, BYTES32, SHA256)
-@dataclass(frozen=True, slots=True)
+@record
 class BatchFile:
     """One small file of a batch: its path, its bytes and their SHA-256 (hex)."""
 
@@ -43,7 +42,7 @@ class BatchFile:
 
 
 @layout(U64, U64, U64, ListOf(Nested(BatchFile)))
-@dataclass(frozen=True, slots=True)
+@record
 class PutBatchRequest:
     """Store every file of ``files`` in one entry (a retry with the same session gets the first outcome)."""
 
@@ -54,7 +53,7 @@ class PutBatchRequest:
 
 
 @layout(U64, U64, U32)
-@dataclass(frozen=True, slots=True)
+@record
 class PutBatchDone:
     """A batch applied at log index ``index``: ``files`` files stored."""
 
@@ -64,7 +63,7 @@ class PutBatchDone:
 
 
 @layout(U64, U64, ListOf(BYTES32))
-@dataclass(frozen=True, slots=True)
+@record
 class PutInlineBatchCommand:
     """The entry of a batch: encoded ``PutObjectCommand`` frames, each around an inline put.
 
@@ -79,7 +78,7 @@ class PutInlineBatchCommand:
 
 
 @layout(U64, ListOf(STR16), BOOL)
-@dataclass(frozen=True, slots=True)
+@record
 class GetBatchRequest:
     """Read the files at ``paths`` (each read whole), at one read index."""
 
@@ -89,7 +88,7 @@ class GetBatchRequest:
 
 
 @layout(U64, U64, ListOf(Nested(BatchFile)), ListOf(STR16), ListOf(STR16))
-@dataclass(frozen=True, slots=True)
+@record
 class GetBatchReply:
     """The files read at log index ``index``; ``missing`` do not exist; ``left`` were not read here.
 

@@ -12,13 +12,13 @@ the result to a transport is :func:`storg.net.framing.send_bulk`.
 
 from __future__ import annotations
 
-import dataclasses
 import struct
 from functools import cache
 from typing import Any
 
 from storg.wire.codec import CODEC, MAX_FRAME_BYTES
 from storg.wire.reader import CodecError
+from storg.wire.record import replace
 
 FRAME_HEADER = struct.Struct("!I")
 """The int32 length prefix of every frame (``Int32StringReceiver``'s)."""
@@ -66,7 +66,7 @@ def bulk_frame(obj: Any) -> list[bytes]:
     the transport, not by ``encode`` and ``sendString`` first.
     """
     payload = obj.data
-    body = CODEC.encode(dataclasses.replace(obj, data=b""))
+    body = CODEC.encode(replace(obj, data=b""))
     size = len(body) + len(payload)
     if size > MAX_FRAME_BYTES:
         raise CodecError(f"{type(obj).__name__} frame of {size} bytes exceeds {MAX_FRAME_BYTES}")
@@ -89,4 +89,4 @@ def decode_bulk(frame: bytes | bytearray) -> Any:
     if length != len(frame) - head:
         raise CodecError(f"{cls.__name__} payload of {length} bytes in a frame of {len(frame)}")
     obj = CODEC.decode(frame[:head - 4] + b"\0\0\0\0")
-    return dataclasses.replace(obj, data=memoryview(frame)[head:])
+    return replace(obj, data=memoryview(frame)[head:])

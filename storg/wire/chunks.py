@@ -1,24 +1,23 @@
 """The file store's frames that only nodes send or apply: chunk transfer, commands, placement.
 
 Kept apart from :mod:`storg.wire.files` (the frames a client speaks) so that
-a short-lived client process never pays for building these classes: each
-frozen dataclass costs about half a millisecond to create.  Their type bytes
+a short-lived client process never pays for building these classes
+(:mod:`storg.wire.record`).  Their type bytes
 decode in any process: the codec imports this module on demand
 (``storg.wire.FRAME_MODULES``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from storg.wire.codec import CODEC
 from storg.wire.files import ChunkRef
+from storg.wire.record import record
 from storg.wire.schema import BOOL, BYTES32, ID, SHA256, STR16, U64, ListOf, Nested, layout, register_struct
 
 # --- chunk transfer between nodes -----------------------------------------------
 
 @layout(U64, SHA256, BYTES32)
-@dataclass(frozen=True, slots=True)
+@record
 class ChunkPut:
     """Store this chunk durably; answered with ChunkStored once fsynced."""
 
@@ -28,21 +27,21 @@ class ChunkPut:
 
 
 @layout(U64, SHA256)
-@dataclass(frozen=True, slots=True)
+@record
 class ChunkStored:
     request_id: int
     hash: str
 
 
 @layout(U64, SHA256)
-@dataclass(frozen=True, slots=True)
+@record
 class ChunkGet:
     request_id: int
     hash: str
 
 
 @layout(U64, SHA256, BYTES32)
-@dataclass(frozen=True, slots=True)
+@record
 class ChunkData:
     request_id: int
     hash: str
@@ -52,7 +51,7 @@ class ChunkData:
 # --- state machine commands (log entry payloads) ----------------------------------
 
 @layout(U64, U64, U64, STR16, U64, SHA256, ListOf(Nested(ChunkRef)))
-@dataclass(frozen=True, slots=True)
+@record
 class PutFileCommand:
     client_id: int
     seq: int
@@ -64,7 +63,7 @@ class PutFileCommand:
 
 
 @layout(U64, U64, U64, STR16)
-@dataclass(frozen=True, slots=True)
+@record
 class RemoveFileCommand:
     client_id: int
     seq: int
@@ -73,7 +72,7 @@ class RemoveFileCommand:
 
 
 @layout(U64, U64, U64, STR16, BYTES32, ListOf(ID))
-@dataclass(frozen=True, slots=True)
+@record
 class PutInlineCommand:
     """A small file whose bytes ride in the log entry itself.
 
@@ -95,7 +94,7 @@ class PutInlineCommand:
 
 
 @layout(ListOf(SHA256))
-@dataclass(frozen=True, slots=True)
+@record
 class CollectChunksCommand:
     """Forget chunks no file refers to; every node then deletes its copies."""
 
@@ -105,7 +104,7 @@ class CollectChunksCommand:
 # --- placement, repair and scrub (issue 6) --------------------------------------------
 
 @layout(SHA256, ListOf(ID), ListOf(ID))
-@dataclass(frozen=True, slots=True)
+@record
 class ChunkHoldersCommand:
     """Replace a chunk's recorded holders: ``expected`` -> ``holders`` (repair, by the leader).
 
@@ -120,7 +119,7 @@ class ChunkHoldersCommand:
 
 
 @layout(U64, SHA256, U64, BYTES32)
-@dataclass(frozen=True, slots=True)
+@record
 class ChunkPutAfter:
     """ChunkPut, stored only once the receiver has applied the log up to ``index``.
 
@@ -136,7 +135,7 @@ class ChunkPutAfter:
 
 
 @layout(U64, SHA256, ID)
-@dataclass(frozen=True, slots=True)
+@record
 class ChunkPlacedQuery:
     """Asked of the leader: did you place chunk ``hash`` on ``holder`` (an upload in flight)?
 
@@ -151,14 +150,14 @@ class ChunkPlacedQuery:
 
 
 @layout(U64, BOOL)
-@dataclass(frozen=True, slots=True)
+@record
 class ChunkPlacedReply:
     request_id: int
     placed: bool
 
 
 @layout(U64, ListOf(SHA256))
-@dataclass(frozen=True, slots=True)
+@record
 class ChunkPinQuery:
     """A node's orphan sweep asks the leader: which of these chunks does a live upload or repair hold?
 
@@ -172,7 +171,7 @@ class ChunkPinQuery:
 
 
 @layout(U64, ListOf(SHA256))
-@dataclass(frozen=True, slots=True)
+@record
 class ChunkPinReply:
     request_id: int
     pinned: tuple[str, ...]

@@ -27,7 +27,6 @@ import importlib
 import struct
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from storg.wire.messages import (
@@ -44,6 +43,7 @@ from storg.wire.messages import (
     StatusRequest,
 )
 from storg.wire.reader import CodecError, Reader, bytes32, short_str, str16, str32
+from storg.wire.record import record
 
 PROTOCOL_VERSION = 1
 """First byte of every frame body; bump it when any layout changes."""
@@ -63,7 +63,7 @@ Decoder = Callable[[Reader], Any]
 """Reads one object's layout from a Reader; raises CodecError on bad bytes."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Family:
     """How to encode one class: its encoder and which type byte an instance gets."""
 

@@ -22,10 +22,9 @@ a retried put or rm apply once (client sessions).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from storg.wire.attrs import NO_ATTRS, ObjectAttrs
 from storg.wire.codec import CODEC
+from storg.wire.record import record
 from storg.wire.schema import BOOL, BYTES32, ID, SHA256, STR16, U32, U64, ListOf, Nested, layout, register_struct
 
 WHOLE = (1 << 64) - 1
@@ -33,7 +32,7 @@ WHOLE = (1 << 64) - 1
 
 
 @layout(SHA256, U32, ListOf(ID))
-@dataclass(frozen=True, slots=True)
+@record
 class ChunkRef:
     """One chunk of a file: its SHA-256 (hex), size and the nodes holding it."""
 
@@ -43,7 +42,7 @@ class ChunkRef:
 
 
 @layout(STR16, U64, SHA256, U64, U64, ListOf(Nested(ChunkRef)), Nested(ObjectAttrs))
-@dataclass(frozen=True, slots=True)
+@record
 class FileInfo:
     """A file's metadata as the namespace holds it.
 
@@ -59,14 +58,14 @@ class FileInfo:
     sha256: str
     modified_ns: int
     version: int
-    chunks: tuple[ChunkRef, ...] = field(default=())
-    attrs: ObjectAttrs = field(default=NO_ATTRS)
+    chunks: tuple[ChunkRef, ...] = ()
+    attrs: ObjectAttrs = NO_ATTRS
 
 
 # --- client requests and replies ---------------------------------------------
 
 @layout(U64, STR16, U64, U64)
-@dataclass(frozen=True, slots=True)
+@record
 class PutStart:
     request_id: int
     path: str
@@ -75,7 +74,7 @@ class PutStart:
 
 
 @layout(U64, U32)
-@dataclass(frozen=True, slots=True)
+@record
 class PutReady:
     """The leader accepts the upload; send PutData frames of at most ``max_frame`` bytes."""
 
@@ -84,14 +83,14 @@ class PutReady:
 
 
 @layout(U64, BYTES32)
-@dataclass(frozen=True, slots=True)
+@record
 class PutData:
     request_id: int
     data: bytes
 
 
 @layout(U64, U64, SHA256)
-@dataclass(frozen=True, slots=True)
+@record
 class PutEnd:
     request_id: int
     size: int
@@ -99,14 +98,14 @@ class PutEnd:
 
 
 @layout(U64, Nested(FileInfo))
-@dataclass(frozen=True, slots=True)
+@record
 class PutDone:
     request_id: int
     info: FileInfo
 
 
 @layout(U64, STR16, BOOL, U64, U64)
-@dataclass(frozen=True, slots=True)
+@record
 class GetRequest:
     """Fetch ``length`` bytes (:data:`WHOLE`: to the end) of ``path`` from ``offset`` on.
 
@@ -121,7 +120,7 @@ class GetRequest:
 
 
 @layout(U64, Nested(FileInfo), U64)
-@dataclass(frozen=True, slots=True)
+@record
 class GetStart:
     """The file's metadata (its chunk list whole, whatever the range) and the read index that served it."""
 
@@ -131,20 +130,20 @@ class GetStart:
 
 
 @layout(U64, BYTES32)
-@dataclass(frozen=True, slots=True)
+@record
 class GetData:
     request_id: int
     data: bytes
 
 
 @layout(U64)
-@dataclass(frozen=True, slots=True)
+@record
 class GetEnd:
     request_id: int
 
 
 @layout(U64, STR16, BOOL, STR16, U32)
-@dataclass(frozen=True, slots=True)
+@record
 class LsRequest:
     """List the folder ``prefix`` (``limit`` 0: every file, in as many pages as it takes), or
     one page (``limit`` > 0): at most ``limit`` files whose path starts with the string
@@ -158,7 +157,7 @@ class LsRequest:
 
 
 @layout(U64, ListOf(Nested(FileInfo)), BOOL, U64)
-@dataclass(frozen=True, slots=True)
+@record
 class LsReply:
     """One page of an ``ls``; ``more``: further LsReply frames follow for this request (a
     whole listing), or further files match after this page (a page request).
@@ -171,7 +170,7 @@ class LsReply:
 
 
 @layout(U64, STR16, BOOL)
-@dataclass(frozen=True, slots=True)
+@record
 class StatRequest:
     request_id: int
     path: str
@@ -179,7 +178,7 @@ class StatRequest:
 
 
 @layout(U64, Nested(FileInfo), U64)
-@dataclass(frozen=True, slots=True)
+@record
 class StatReply:
     request_id: int
     info: FileInfo
@@ -187,7 +186,7 @@ class StatReply:
 
 
 @layout(U64, STR16, U64, U64)
-@dataclass(frozen=True, slots=True)
+@record
 class RmRequest:
     request_id: int
     path: str
@@ -196,7 +195,7 @@ class RmRequest:
 
 
 @layout(U64, U64)
-@dataclass(frozen=True, slots=True)
+@record
 class RmDone:
     request_id: int
     version: int
@@ -205,7 +204,7 @@ class RmDone:
 # --- scrub (issue 6): a client's question to each node --------------------------------
 
 @layout(U64, BOOL)
-@dataclass(frozen=True, slots=True)
+@record
 class ScrubStatusRequest:
     """Ask one node for its scrub and repair counters; ``start`` begins a scrub pass now."""
 
@@ -214,7 +213,7 @@ class ScrubStatusRequest:
 
 
 @layout(U64, ID, BOOL, U64, U64, U64, U64, U64, U64, U64, U64, U64)
-@dataclass(frozen=True, slots=True)
+@record
 class ScrubStatusReply:
     """One node's counters since it started (``under_replicated``: as of its last scan)."""
 

@@ -12,8 +12,9 @@ text (refusal reasons, error messages) up to the frame size.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import IntEnum
+
+from storg.wire.record import record
 
 
 class ErrorCode(IntEnum):
@@ -45,7 +46,7 @@ CONFLICT = ErrorCode.CONFLICT
 COMPACTED = ErrorCode.COMPACTED
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Hello:
     """Peer handshake, sent first in both directions.
 
@@ -60,21 +61,21 @@ class Hello:
     instance_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HelloRefused:
     """Sent just before closing a refused peer, so its log says why."""
 
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StatusRequest:
     """``storgctl status`` asks one node for its row and its member list."""
 
     request_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MemberRow:
     """One row of ``storgctl status``, as the node itself sees it.
 
@@ -90,7 +91,7 @@ class MemberRow:
     last_index: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MemberAddress:
     """Where a member listens.
 
@@ -103,7 +104,7 @@ class MemberAddress:
     client: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StatusReply:
     """A node's own row plus the members it knows, so the client can ask each."""
 
@@ -112,7 +113,7 @@ class StatusReply:
     members: tuple[MemberAddress, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ErrorReply:
     """A request failed; ``code`` is an :class:`ErrorCode` (u16 on the wire).
 
@@ -127,7 +128,7 @@ class ErrorReply:
     leader: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ProbeWrite:
     """Commit a write that changes nothing: a health check of the whole write path.
 
@@ -141,14 +142,14 @@ class ProbeWrite:
     payload: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ProbeRead:
     """Confirm a linearizable read point (ReadIndex) on the node asked."""
 
     request_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ProbeReply:
     """Answer to ProbeWrite (the entry's index) and ProbeRead (the safe read index)."""
 
@@ -156,7 +157,7 @@ class ProbeReply:
     index: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ProbeCommand:
     """The log entry a ProbeWrite commits; applying it changes no state."""
 

@@ -14,8 +14,6 @@ behaviour comes in new commands.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 # Re-exported: the object frames' attributes (their home is storg.wire.attrs).
 from storg.wire.attrs import MAX_ATTRS_BYTES as MAX_ATTRS_BYTES
 from storg.wire.attrs import NO_ATTRS as NO_ATTRS
@@ -24,6 +22,7 @@ from storg.wire.attrs import composite_parts as composite_parts
 from storg.wire.attrs import decode_attrs as decode_attrs
 from storg.wire.attrs import encode_attrs as encode_attrs
 from storg.wire.codec import CODEC
+from storg.wire.record import record
 from storg.wire.schema import (
     BOOL,
     BYTES32,
@@ -41,7 +40,7 @@ from storg.wire.schema import (
 
 
 @layout(U64, STR16, U64, U64, BOOL, STR16, STR16, Nested(ObjectAttrs))
-@dataclass(frozen=True, slots=True)
+@record
 class PutStartObject:
     """``PutStart`` with attributes and conditions (if_absent, if_match SHA-256, if_match_etag).
 
@@ -56,11 +55,11 @@ class PutStartObject:
     if_absent: bool = False
     if_match: str = ""
     if_match_etag: str = ""
-    attrs: ObjectAttrs = field(default=NO_ATTRS)
+    attrs: ObjectAttrs = NO_ATTRS
 
 
 @layout(U64)
-@dataclass(frozen=True, slots=True)
+@record
 class PutAbort:
     """Drop the upload ``request_id`` of this connection: nothing is committed (its chunks are collected)."""
 
@@ -68,7 +67,7 @@ class PutAbort:
 
 
 @layout(U64, U64, SHA256, Nested(ObjectAttrs))
-@dataclass(frozen=True, slots=True)
+@record
 class PutEndObject:
     """``PutEnd`` that also gives the put's final attributes, in place of those of its start.
 
@@ -87,7 +86,7 @@ class PutEndObject:
 
 
 @layout(U64, STR16, STR16, U64, U64, BOOL, Nested(ObjectAttrs))
-@dataclass(frozen=True, slots=True)
+@record
 class CopyAttrsRequest:
     """Copy the file ``src`` to ``dst`` with new attributes (S3 CopyObject with REPLACE); ``src == dst`` allowed."""
 
@@ -101,7 +100,7 @@ class CopyAttrsRequest:
 
 
 @layout(U64, U64, U64, STR16, ListOf(STR16), Nested(ObjectAttrs), STR16, BOOL, STR16)
-@dataclass(frozen=True, slots=True)
+@record
 class ComposeRequest:
     """Build ``dst`` from the files ``parts`` in order (no bytes move), then remove the tree ``remove``."""
 
@@ -117,7 +116,7 @@ class ComposeRequest:
 
 
 @layout(ID, STR16, ID, U64)
-@dataclass(frozen=True, slots=True)
+@record
 class S3Key:
     """An S3 access key as listed: never its secret."""
 
@@ -128,7 +127,7 @@ class S3Key:
 
 
 @layout(U64, U64, U64, ID, STR16, ID, STR16)
-@dataclass(frozen=True, slots=True)
+@record
 class S3KeyCreateRequest:
     """Record a key; the client library generated ``key_id`` and ``secret`` (with ``secrets``)."""
 
@@ -142,7 +141,7 @@ class S3KeyCreateRequest:
 
 
 @layout(U64, U64, U64, ID)
-@dataclass(frozen=True, slots=True)
+@record
 class S3KeyRevokeRequest:
     request_id: int
     client_id: int
@@ -151,20 +150,20 @@ class S3KeyRevokeRequest:
 
 
 @layout(U64)
-@dataclass(frozen=True, slots=True)
+@record
 class S3KeyListRequest:
     request_id: int
 
 
 @layout(U64, ListOf(Nested(S3Key)))
-@dataclass(frozen=True, slots=True)
+@record
 class S3KeyListReply:
     request_id: int
     keys: tuple[S3Key, ...]
 
 
 @layout(U64, U64)
-@dataclass(frozen=True, slots=True)
+@record
 class S3KeyDone:
     """A key command applied at log index ``index``."""
 
@@ -176,7 +175,7 @@ class S3KeyDone:
 
 
 @layout(BOOL, STR16, STR16, Nested(ObjectAttrs), BYTES32)
-@dataclass(frozen=True, slots=True)
+@record
 class PutObjectCommand:
     """A put command (``PutFileCommand`` or ``PutInlineCommand``, encoded) with attributes and conditions.
 
@@ -194,7 +193,7 @@ class PutObjectCommand:
 
 
 @layout(U64, U64, U64, STR16, STR16, BOOL, Nested(ObjectAttrs))
-@dataclass(frozen=True, slots=True)
+@record
 class CopyAttrsCommand:
     client_id: int
     seq: int
@@ -206,7 +205,7 @@ class CopyAttrsCommand:
 
 
 @layout(U64, U64, U64, STR16, ListOf(STR16), Nested(ObjectAttrs), STR16, BOOL, STR16)
-@dataclass(frozen=True, slots=True)
+@record
 class ComposeCommand:
     """dst = the parts' chunks in order, SHA-256 composite; then rm -r ``remove``; one entry."""
 
@@ -222,7 +221,7 @@ class ComposeCommand:
 
 
 @layout(U64, U64, U64, ID, STR16, ID, STR16)
-@dataclass(frozen=True, slots=True)
+@record
 class S3KeyCreateCommand:
     client_id: int
     seq: int
@@ -234,7 +233,7 @@ class S3KeyCreateCommand:
 
 
 @layout(U64, U64, ID)
-@dataclass(frozen=True, slots=True)
+@record
 class S3KeyRevokeCommand:
     client_id: int
     seq: int

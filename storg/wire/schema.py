@@ -1,4 +1,4 @@
-"""Declarative layouts: a frozen dataclass plus a list of field kinds is a frame type.
+"""Declarative layouts: a frozen record (:mod:`storg.wire.record`) plus a list of field kinds is a frame type.
 
 The file store adds a couple of dozen request, reply and command types.
 Writing an encoder and a decoder by hand for each would repeat the same
@@ -19,12 +19,12 @@ name/value lists such as an object's metadata).
 
 from __future__ import annotations
 
-import dataclasses
 import struct
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from storg.wire.reader import CodecError, Reader, bytes32, short_str, str16, str32
+from storg.wire.record import Record, record_fields
 
 if TYPE_CHECKING:
     from storg.wire.codec import Codec
@@ -195,10 +195,12 @@ _LAYOUTS: dict[type, list[tuple[str, Kind]]] = {}
 
 
 def layout(*kinds: Kind) -> Callable[[type], type]:
-    """Class decorator: give a dataclass's fields, in order, these kinds."""
+    """Class decorator: give a record's fields, in order, these kinds."""
 
     def attach(cls: type) -> type:
-        names = [f.name for f in dataclasses.fields(cls)]
+        if not issubclass(cls, Record):
+            raise TypeError(f"{cls.__name__} is not a record: put @layout(...) above @record")
+        names = record_fields(cls)
         if len(names) != len(kinds):
             raise TypeError(f"{cls.__name__} has {len(names)} fields but {len(kinds)} kinds")
         _LAYOUTS[cls] = list(zip(names, kinds, strict=True))
@@ -270,7 +272,7 @@ def compile_reader(cls: type, fields: Sequence[tuple[str, Kind]]) -> Callable[[R
 
 
 def register_struct(codec: Codec, type_byte: int, cls: type) -> None:
-    """Register a @layout dataclass on ``codec`` under ``type_byte``."""
+    """Register a @layout record on ``codec`` under ``type_byte``."""
     fields = _layout_of(cls)
     codec.register(type_byte, cls,
                    lambda obj, out: write_fields(fields, obj, out),

@@ -18,14 +18,13 @@ SnapshotBegin with SnapshotStored at once.  Refusals are ErrorReply frames.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from storg.wire.codec import CODEC
+from storg.wire.record import record
 from storg.wire.schema import BYTES32, ID, SHA256, U64, ListOf, layout, register_struct
 
 
 @layout(U64, ID, U64, U64, U64, ListOf(ID), ListOf(ID), U64, SHA256)
-@dataclass(frozen=True, slots=True)
+@record
 class SnapshotBegin:
     """Start (or resume) sending the snapshot at (``index``, ``snap_term``).
 
@@ -47,7 +46,7 @@ class SnapshotBegin:
 
 
 @layout(U64, U64)
-@dataclass(frozen=True, slots=True)
+@record
 class SnapshotOffset:
     """Send from ``offset``: the follower kept that much from an interrupted transfer."""
 
@@ -56,7 +55,7 @@ class SnapshotOffset:
 
 
 @layout(U64, U64, BYTES32)
-@dataclass(frozen=True, slots=True)
+@record
 class SnapshotPart:
     """``data`` at ``offset`` of the snapshot's data; parts must arrive in order, without gaps."""
 
@@ -66,13 +65,13 @@ class SnapshotPart:
 
 
 @layout(U64)
-@dataclass(frozen=True, slots=True)
+@record
 class SnapshotEnd:
     request_id: int
 
 
 @layout(U64, U64, U64)
-@dataclass(frozen=True, slots=True)
+@record
 class SnapshotStored:
     """The follower holds the snapshot (or everything it covers): the leader may send SNAPSHOT."""
 

@@ -19,16 +19,15 @@ may already be stale.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from storg.wire.codec import CODEC
+from storg.wire.record import record
 from storg.wire.schema import BOOL, BYTES32, STR16, U8, U64, layout, register_struct
 
 # --- client requests and replies ----------------------------------------------------
 
 
 @layout(U64, STR16, STR16, U64, U64, BOOL)
-@dataclass(frozen=True, slots=True)
+@record
 class MoveRequest:
     """Rename the file or folder ``src`` to ``dst`` (``force``: replace what is at ``dst``)."""
 
@@ -41,7 +40,7 @@ class MoveRequest:
 
 
 @layout(U64, STR16, STR16, U64, U64, BOOL, BOOL)
-@dataclass(frozen=True, slots=True)
+@record
 class CopyRequest:
     """Copy ``src`` to ``dst`` in the namespace only: the copies refer to the same chunks."""
 
@@ -55,7 +54,7 @@ class CopyRequest:
 
 
 @layout(U64, STR16, U64, U64)
-@dataclass(frozen=True, slots=True)
+@record
 class RemoveTreeRequest:
     """Delete the file at ``prefix`` and every file below the folder ``prefix``."""
 
@@ -66,7 +65,7 @@ class RemoveTreeRequest:
 
 
 @layout(U64, U64)
-@dataclass(frozen=True, slots=True)
+@record
 class TreeDone:
     """A tree operation applied: ``files`` is how many files it moved, copied or deleted."""
 
@@ -75,7 +74,7 @@ class TreeDone:
 
 
 @layout(U64, STR16, U64, U64, BOOL, STR16)
-@dataclass(frozen=True, slots=True)
+@record
 class PutStartIf:
     """``PutStart`` with a condition checked at apply: the rest of the upload is the same.
 
@@ -92,7 +91,7 @@ class PutStartIf:
 
 
 @layout(U64, STR16, U64)
-@dataclass(frozen=True, slots=True)
+@record
 class WatchRequest:
     """Stream the changes under the folder ``prefix`` from log index ``start`` on (0: from now)."""
 
@@ -109,7 +108,7 @@ WATCH_KINDS = {WATCH_CREATE: "create", WATCH_UPDATE: "update", WATCH_DELETE: "de
 
 
 @layout(U64, U64, U8, STR16, STR16, U64, STR16, BOOL)
-@dataclass(frozen=True, slots=True)
+@record
 class WatchEvent:
     """One change under a watched prefix; ``index`` is the log index of the entry that made it.
 
@@ -136,7 +135,7 @@ class WatchEvent:
 
 
 @layout(U64, U64, U64, STR16, STR16, BOOL)
-@dataclass(frozen=True, slots=True)
+@record
 class MoveCommand:
     client_id: int
     seq: int
@@ -147,7 +146,7 @@ class MoveCommand:
 
 
 @layout(U64, U64, U64, STR16, STR16, BOOL, BOOL)
-@dataclass(frozen=True, slots=True)
+@record
 class CopyCommand:
     client_id: int
     seq: int
@@ -159,7 +158,7 @@ class CopyCommand:
 
 
 @layout(U64, U64, U64, STR16)
-@dataclass(frozen=True, slots=True)
+@record
 class RemoveTreeCommand:
     client_id: int
     seq: int
@@ -168,7 +167,7 @@ class RemoveTreeCommand:
 
 
 @layout(BOOL, STR16, BYTES32)
-@dataclass(frozen=True, slots=True)
+@record
 class ConditionalPutCommand:
     """A put command (``PutFileCommand`` or ``PutInlineCommand``, encoded) applied only if its condition holds.
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import io
 import json
 import os
@@ -37,6 +36,7 @@ from storg.client.errors import (
 from storg.paths import InvalidPath
 from storg.wire.files import ChunkRef, FileInfo
 from storg.wire.objects import ObjectAttrs
+from storg.wire.record import replace as replace_record
 
 NS = 1_700_000_000_987_654_321  # 2023-11-14T22:13:20.987Z
 
@@ -139,11 +139,11 @@ def test_stat_text_names_each_field_and_chunk():
 
 
 def test_stat_shows_the_etag_content_type_and_a_composite():
-    plain = dataclasses.replace(INFO, attrs=ObjectAttrs("12" * 16, "text/plain"))
+    plain = replace_record(INFO, attrs=ObjectAttrs("12" * 16, "text/plain"))
     text = format_stat(plain)
     assert "etag:      " + "12" * 16 in text and "type:      text/plain" in text
     assert "composite" not in text
-    multi = dataclasses.replace(INFO, attrs=ObjectAttrs("34" * 16 + "-2", parts=(1000, 234)))
+    multi = replace_record(INFO, attrs=ObjectAttrs("34" * 16 + "-2", parts=(1000, 234)))
     assert "sha256:    " + "ab" * 32 + " (composite of 2 parts)" in format_stat(multi)
     assert file_dict(multi)["parts"] == [1000, 234] and file_dict(multi)["etag"] == "34" * 16 + "-2"
     assert "etag" not in file_dict(INFO) and "etag:" not in format_stat(INFO)

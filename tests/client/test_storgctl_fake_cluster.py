@@ -194,24 +194,23 @@ async def test_server_side_integrity_refusal_of_a_put_exits_4(node, tmp_path):
 
 @pytest_twisted.ensureDeferred
 async def test_get_of_a_composite_object_is_verified_part_by_part(node, tmp_path):
-    import dataclasses
-
     from storg.wire.objects import ObjectAttrs
+    from storg.wire.record import replace as replace_record
 
     parts = [os.urandom(3000), os.urandom(1), os.urandom(2500)]
     data = b"".join(parts)
     composite = hashlib.sha256(b"".join(hashlib.sha256(p).digest() for p in parts)).hexdigest()
     plain = node.add_file("/multi", data)
     attrs = ObjectAttrs("00" * 16 + "-3", parts=tuple(map(len, parts)))
-    node.files["/multi"] = (dataclasses.replace(plain, sha256=composite, attrs=attrs), data)
+    node.files["/multi"] = (replace_record(plain, sha256=composite, attrs=attrs), data)
     code, out, err = await storgctl(node, "get", "/multi", str(tmp_path / "out"))
     assert code == 0, err
     assert (tmp_path / "out").read_bytes() == data
     code, out, _ = await storgctl(node, "stat", "/multi")
     assert b"(composite of 3 parts)" in out
     # The same bytes cut into other parts do not match: exit 4, nothing left behind.
-    wrong = dataclasses.replace(attrs, parts=(2999, 2, 2500))
-    node.files["/multi"] = (dataclasses.replace(plain, sha256=composite, attrs=wrong), data)
+    wrong = replace_record(attrs, parts=(2999, 2, 2500))
+    node.files["/multi"] = (replace_record(plain, sha256=composite, attrs=wrong), data)
     code, _, err = await storgctl(node, "get", "/multi", str(tmp_path / "again"))
     assert code == 4 and "SHA-256 mismatch" in err, err
     assert not (tmp_path / "again").exists()

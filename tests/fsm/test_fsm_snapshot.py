@@ -287,7 +287,7 @@ def format_2(frames: list[bytes]) -> list[bytes]:
             out.append(CODEC.encode(FileBatch(record.paths, record.files)))
         elif isinstance(record, SessionPutRecord):
             i = record.info
-            old = SessionPutRecordV2.__dataclass_fields__["info"].type
+            old = SessionPutRecordV2.__annotations__["info"]
             assert old == "_FileInfoV2"
             from storg.fsm.records import _FileInfoV2
             out.append(CODEC.encode(SessionPutRecordV2(record.client_id, record.seq, record.index, _FileInfoV2(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import struct
 
 import pytest
@@ -15,6 +14,7 @@ from storg.wire.bulk import BULK_MIN, bulk_frame, decode_bulk
 from storg.wire.chunks import ChunkData, ChunkPut, ChunkPutAfter
 from storg.wire.codec import MAX_FRAME_BYTES
 from storg.wire.files import GetData, PutData
+from storg.wire.record import replace as replace_record
 
 
 class Recorder(FrameReceiver):
@@ -290,7 +290,7 @@ def test_bulk_frame_is_the_codec_frame_and_decodes_to_a_view(obj) -> None:
     decoded = decode_bulk(body)
     assert isinstance(decoded.data, memoryview)
     assert type(decoded) is type(obj)
-    assert dataclasses.replace(decoded, data=bytes(decoded.data)) == CODEC.decode(body) == obj
+    assert replace_record(decoded, data=bytes(decoded.data)) == CODEC.decode(body) == obj
     transport = StringTransport()
     send_bulk(transport, obj)
     assert transport.value() == frame(body)

@@ -154,10 +154,11 @@ def test_the_fast_commands_as_fresh_storgctl_processes(cluster, tmp_path):
 
 
 NOT_ON_THE_FAST_PATH = ("twisted", "cryptography", "OpenSSL", "yaml", "storg.raft", "storg.wire.raft",
-                        "storg.wire.chunks", "json", "_strptime", "encodings.idna")
+                        "storg.wire.chunks", "json", "_strptime", "encodings.idna", "dataclasses")
 """What put, get and status of a small file must not import (each costs a storgctl milliseconds):
-the Twisted stack, the consensus core's types and the node-only frames, json without --json, the
-date parsing that ssl.cert_time_to_seconds pulls in, and the idna codec for an ASCII address."""
+the Twisted stack, the consensus core's types and the node-only frames, dataclasses (with inspect:
+storg.wire.record says why), json without --json, the date parsing that ssl.cert_time_to_seconds
+pulls in, and the idna codec for an ASCII address."""
 
 
 @pytest.mark.parametrize("command", [["put", "{local}", "/lean/f"], ["get", "/lean/f"], ["status"]])

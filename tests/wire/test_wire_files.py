@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,6 +12,7 @@ from storg.wire import files as F
 from storg.wire import objects as O
 from storg.wire import tree as T
 from storg.wire.codec import Codec
+from storg.wire.record import record
 from storg.wire.schema import SHA256, U8, ListOf, Nested, layout, register_struct
 
 u64 = st.integers(0, 2**64 - 1)
@@ -152,7 +151,7 @@ def test_a_boolean_byte_other_than_0_or_1_is_refused():
 def test_layout_must_name_every_field():
     with pytest.raises(TypeError):
         @layout(U8)
-        @dataclasses.dataclass(frozen=True)
+        @record
         class TwoFields:
             a: int
             b: int
@@ -160,13 +159,13 @@ def test_layout_must_name_every_field():
 
 def test_nested_and_list_kinds_on_a_fresh_codec():
     @layout(U8, SHA256)
-    @dataclasses.dataclass(frozen=True)
+    @record
     class Inner:
         n: int
         h: str
 
     @layout(ListOf(Nested(Inner)))
-    @dataclasses.dataclass(frozen=True)
+    @record
     class Outer:
         items: tuple
 

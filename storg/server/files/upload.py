@@ -15,7 +15,6 @@ attributes, whose ETag is that MD5 unless the caller gave one.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import time
 from collections import deque
@@ -34,6 +33,7 @@ from storg.wire import CODEC, ErrorCode
 from storg.wire.chunks import PutFileCommand, PutInlineCommand
 from storg.wire.files import PutDone, PutEnd, PutStart
 from storg.wire.objects import NO_ATTRS, ObjectAttrs, PutEndObject, PutObjectCommand, PutStartObject
+from storg.wire.record import replace as replace_record
 from storg.wire.tree import PutStartIf
 
 MAX_DATA_FRAME = 1 << 20
@@ -288,7 +288,7 @@ class Upload:
     def _encode(self, command: PutFileCommand | PutInlineCommand) -> bytes:
         """The put wrapped with its conditions and attributes, the ETag our MD5 unless given."""
         w = self.write
-        attrs = w.attrs if w.attrs.etag else dataclasses.replace(w.attrs, etag=self.hasher.md5.hexdigest())
+        attrs = w.attrs if w.attrs.etag else replace_record(w.attrs, etag=self.hasher.md5.hexdigest())
         return CODEC.encode(PutObjectCommand(w.if_absent, w.if_match, w.if_match_etag, attrs,
                                              CODEC.encode(command)))
 
