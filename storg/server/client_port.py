@@ -66,6 +66,7 @@ from storg import tracing
 from storg.config import LimitTuning
 from storg.net.flow import WriteWindow
 from storg.net.framing import FrameReceiver, Transport, describe_address
+from storg.net.protocol import frame_bytes
 from storg.net.ratelimit import OncePerReason, RateLimitedLog
 from storg.net.tls import Identity, describe_tls_failure, is_tls_failure, peer_identity
 from storg.node.raft_node import NodeStopped, Timeout
@@ -170,6 +171,21 @@ class ClientConnection(FrameReceiver):
             if tracing.ON:
                 tracing.mark("port.send", type(obj).__name__)
             self.sendString(CODEC.encode(obj))
+
+    def send_all(self, frames: list[object]) -> None:
+        """Write ``frames`` in one call: small ones become one TLS record and one send, not one each.
+
+        A small file's get is three frames (GetStart, GetData, GetEnd); sent
+        one by one, each is encrypted and handed to TCP on its own, which
+        TLS made about a fifth of such a get's cost on the node.
+        """
+        if self.transport is not None and self.connected and not self.transport.disconnecting:
+            if tracing.ON:
+                tracing.mark("port.send", "+".join(type(frame).__name__ for frame in frames))
+            pieces: list[bytes] = []
+            for frame in frames:
+                pieces.extend(frame_bytes(frame))
+            self.transport.writeSequence(pieces)
 
     def send_soon(self, obj: object) -> HeldReply:
         """Send ``obj`` once the frames already read from the socket are handled.

@@ -87,9 +87,16 @@ class Conn:
 
     def __init__(self) -> None:
         self.sent: list[object] = []
+        self.writes: list[list[type]] = []
+
+    backed_up = False
 
     def send(self, frame) -> None:
         self.sent.append(frame)
+
+    def send_all(self, frames) -> None:
+        self.sent.extend(frames)
+        self.writes.append([type(f) for f in frames])
 
     def writable(self) -> defer.Deferred:
         return defer.succeed(None)
@@ -123,7 +130,7 @@ def issue_batch(service) -> None:
 def get(service, path: str) -> list[object]:
     conn = Conn()
     d = service.get(GetRequest(1, path, False), conn)
-    d.addCallback(conn.send)
+    d.addCallback(lambda reply: None if reply is None else conn.send(reply))  # as the client port does
     return conn.sent
 
 
@@ -138,6 +145,15 @@ def test_a_small_file_is_written_off_the_reactor_and_served_from_memory_meanwhil
     assert sent[1].data == b"small bytes"
     pool.release()
     assert store.get(h) == b"small bytes"
+
+
+def test_a_small_file_at_hand_is_answered_in_one_write(tmp_path):
+    """GetStart, GetData and GetEnd in one send_all: one TLS record and one send, not three."""
+    service, fsm, _pool, _store = make(tmp_path)
+    apply_small(fsm, 1, "/s", b"small bytes")
+    conn = Conn()
+    service.get(GetRequest(1, "/s", False), conn)
+    assert conn.writes == [[GetStart, GetData, GetEnd]]
 
 
 def test_without_the_cache_a_get_reads_after_the_queued_write(tmp_path):

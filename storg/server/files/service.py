@@ -454,7 +454,10 @@ class FileService:
             raise RequestError(ErrorCode.BAD_REQUEST,
                                f"offset {req.offset} is past the end of {path} ({info.size} bytes)")
         stop = info.size if req.length == WHOLE else min(info.size, req.offset + req.length)
-        conn.send(GetStart(req.request_id, info, self.node.applied_index))
+        # Small frames whose data is at hand are held and written together
+        # (send_all): a small file's whole answer goes out as one write.
+        held: list[Any] = [GetStart(req.request_id, info, self.node.applied_index)]
+        held_bytes = 0
         # Reads (each one a file read and a SHA-256 in the pool) run ahead of
         # the socket by up to GET_READ_AHEAD chunks, so neither waits for the other.
         chunks = iter(_overlapping(info.chunks, req.offset, stop))
@@ -472,10 +475,20 @@ class FileService:
             read_ahead()
             while pending:
                 d, cut_from, cut_to, size = pending.popleft()
+                if held and not d.called:  # a wait for the disk: what is ready goes first
+                    conn.send_all(held)
+                    held, held_bytes = [], 0
                 data = yield d
                 read_ahead()
                 if cut_from or cut_to != size:
                     data = data[cut_from:cut_to]
+                if held_bytes + len(data) < BULK_MIN and not conn.backed_up:
+                    held.append(GetData(req.request_id, data))
+                    held_bytes += len(data)
+                    continue
+                if held:
+                    conn.send_all(held)
+                    held, held_bytes = [], 0
                 yield conn.writable()
                 if not conn.open:
                     return None
@@ -486,7 +499,9 @@ class FileService:
         finally:
             for d, *_ in pending:
                 d.addErrback(lambda _: None)
-        return GetEnd(req.request_id)
+        held.append(GetEnd(req.request_id))
+        conn.send_all(held)
+        return None
 
     def _read_chunk(self, ref: ChunkRef) -> defer.Deferred:
         small = ref.size <= INLINE_MAX
