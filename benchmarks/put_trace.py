@@ -1,4 +1,4 @@
-"""The timeline of one small put at one client: every hop through client, leader and followers.
+"""The timeline of one small put (or get) at one client: every hop through client, leader and followers.
 
 Starts three node processes (fsync on, TLS and encryption at rest on, as
 file_bench.py runs them) with ``STORG_TRACE`` set (see :mod:`storg.tracing`),
@@ -6,7 +6,11 @@ makes ``--warm`` puts of ``--size`` bytes from one client, then ``--puts``
 more, each after a pause so that no heartbeat or earlier put is in its way,
 and prints the timeline of the put whose latency was the median::
 
-    python benchmarks/put_trace.py [--size 256] [--warm 50] [--puts 9] [--tls on|off]
+    python benchmarks/put_trace.py [--size 256] [--warm 50] [--puts 9] [--tls on|off] [--op put|get]
+
+With ``--op get`` the traced operations are linearizable gets of one file
+of ``--size`` bytes (put first): the client's request, the ReadIndex
+heartbeat round and the reply.
 """
 
 from __future__ import annotations
@@ -49,10 +53,17 @@ async def run(reactor: object, args: argparse.Namespace, workdir: Path) -> None:
             for i in range(args.warm):
                 await client.put(io.BytesIO(payload), f"/trace/warm/{i}")
             spans = []
+            if args.op == "get":
+                await client.put(io.BytesIO(payload), "/trace/get")
+                for _ in range(args.warm):
+                    await client.get("/trace/get", io.BytesIO())
             for i in range(args.puts):
                 await task.deferLater(reactor, args.pause, lambda: None)
                 start = time.monotonic_ns()
-                await client.put(io.BytesIO(payload), f"/trace/put/{i}")
+                if args.op == "get":
+                    await client.get("/trace/get", io.BytesIO())
+                else:
+                    await client.put(io.BytesIO(payload), f"/trace/put/{i}")
                 spans.append((time.monotonic_ns() - start, start))
         finally:
             client.close()
@@ -69,9 +80,9 @@ async def run(reactor: object, args: argparse.Namespace, workdir: Path) -> None:
     window = [line for line in lines if line.split(" ", 1)[0].isdigit()
               and chosen[1] <= int(line.split(" ", 1)[0]) < min(end, chosen[1] + int(args.window * 1e6))]
     print(f"host: {cpu_flags()}")
-    print(f"{args.size} B put at 1 client, TLS {args.tls}, leader {leader}; latencies of the "
-          f"{args.puts} traced puts (ms): " + " ".join(f"{s[0] / 1e6:.2f}" for s in spans))
-    print(f"the median put ({median / 1e6:.2f} ms), its timeline (ms since its start, +ms since "
+    print(f"{args.size} B {args.op} at 1 client, TLS {args.tls}, leader {leader}; latencies of the "
+          f"{args.puts} traced {args.op}s (ms): " + " ".join(f"{s[0] / 1e6:.2f}" for s in spans))
+    print(f"the median {args.op} ({median / 1e6:.2f} ms), its timeline (ms since its start, +ms since "
           f"the line before; lines to {args.window:.0f} ms after its start):")
     for row in tracing.timeline(window):
         print(row)
@@ -85,6 +96,7 @@ def main() -> None:
     parser.add_argument("--pause", type=float, default=0.02, help="seconds between traced puts")
     parser.add_argument("--window", type=float, default=20.0, help="ms of trace shown after the put starts")
     parser.add_argument("--tls", choices=("on", "off"), default="on")
+    parser.add_argument("--op", choices=("put", "get"), default="put", help="what is traced")
     parser.add_argument("--dir", default=".", help="where the cluster goes")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="storg-put-trace-", dir=args.dir) as tmp:
