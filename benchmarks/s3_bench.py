@@ -119,11 +119,14 @@ class Bench:
                 [defer.Deferred.fromCoroutine(fn(k)) for k in range(clients)]), lat[op], out)
         return out
 
-    async def s3_small(self, clients: int) -> dict[str, float]:
+    async def s3_small(self, clients: int, endpoint_url: str | None = None) -> dict[str, float]:
+        """boto3's 4 KiB PUTs then GETs, each client to a node's gateway in turn (or all to
+        ``endpoint_url``: s3_ceiling.py's null endpoint)."""
         payload = os.urandom(SMALL)
         tag = f"s3-{self.round}-{clients}"
         nodes = list(self.cluster.nodes)
-        s3s = [boto3_client(self.cluster, self.key, nodes[k % 3], max_pool_connections=4) for k in range(clients)]
+        s3s = [boto3_client(self.cluster, self.key, nodes[k % 3], endpoint_url, max_pool_connections=4)
+               for k in range(clients)]
         written: list[list[str]] = [[] for _ in range(clients)]
         lat: dict[str, list[float]] = {"put": [], "get": []}
         lock = threading.Lock()

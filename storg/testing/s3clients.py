@@ -49,8 +49,10 @@ def ca_file(cluster: ProcCluster) -> str | bool:
     return str(cluster.certs / "ca.pem") if cluster.tls else False
 
 
-def boto3_client(cluster: ProcCluster, key: S3Key, nid: str = "n1", **config: Any) -> Any:
-    """boto3's S3 client as it comes (its default checksums and aws-chunked uploads), path-style."""
+def boto3_client(cluster: ProcCluster, key: S3Key, nid: str = "n1", endpoint_url: str | None = None,
+                 **config: Any) -> Any:
+    """boto3's S3 client as it comes (its default checksums and aws-chunked uploads), path-style;
+    to node ``nid``'s S3 port, or to ``endpoint_url`` (benchmarks/null_s3.py, say)."""
     import boto3
     from botocore.config import Config
 
@@ -58,7 +60,7 @@ def boto3_client(cluster: ProcCluster, key: S3Key, nid: str = "n1", **config: An
     settings: dict[str, Any] = {"s3": {"addressing_style": "path"}, "signature_version": "s3v4",
                                 "retries": {"max_attempts": 5, "mode": "standard"}}
     settings.update(config)
-    return boto3.client("s3", endpoint_url=endpoint(cluster, nid), aws_access_key_id=key.key_id,
+    return boto3.client("s3", endpoint_url=endpoint_url or endpoint(cluster, nid), aws_access_key_id=key.key_id,
                         aws_secret_access_key=key.secret, region_name=REGION, verify=ca_file(cluster),
                         config=Config(**settings))
 
